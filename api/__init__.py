@@ -1,0 +1,23 @@
+"""Kascade's API types: pydantic models of the custom resources (no kopf, no kubernetes)."""
+
+from kascade.api.modelcascade import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    ModelCascade,
+    ModelCascadeSpec,
+    ModelCascadeStatus,
+)
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "ModelCascade",
+    "ModelCascadeSpec",
+    "ModelCascadeStatus",
+]

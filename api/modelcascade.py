@@ -1,0 +1,318 @@
+"""Pydantic models of the `ModelCascade` custom resource (kascade.dev/v1alpha1).
+
+These types are the contract: the CRD YAML in `crds/` is generated from them,
+the operator parses resources with them and local mode runs them. They import
+nothing of Kascade's and nothing of kopf or kubernetes.
+
+Field names are camelCase on the wire (Kubernetes convention) and snake_case in
+Python; `extra="forbid"` so a misspelt field is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "kascade.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelCascade"
+PLURAL = "modelcascades"
+
+
+class SpecModel(BaseModel):
+    """Base for every spec type: camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid"
+    )
+
+
+class Task(StrEnum):
+    chat = "chat"
+    completion = "completion"
+    classify = "classify"
+
+
+class EngineKind(StrEnum):
+    vllm = "vllm"
+    transformers = "transformers"
+    external = "external"
+
+
+class ConfidenceMethod(StrEnum):
+    """How a tier's answer is scored; every score lies in [0, 1]."""
+
+    geometric_mean = "geometricMean"  # exp(mean token logprob)
+    min_token = "minToken"  # the least likely generated token
+    quantile = "quantile"  # a low quantile of token probabilities
+    margin = "margin"  # mean top-1 minus top-2 probability
+    entropy = "entropy"  # 1 - normalised entropy of the top-k distribution
+    max_prob = "maxProb"  # classify: probability of the chosen label
+    class_margin = "classMargin"  # classify: top-1 minus top-2 label probability
+
+
+GENERATIVE_METHODS = frozenset(
+    {
+        ConfidenceMethod.geometric_mean,
+        ConfidenceMethod.min_token,
+        ConfidenceMethod.quantile,
+        ConfidenceMethod.margin,
+        ConfidenceMethod.entropy,
+    }
+)
+CLASSIFY_METHODS = frozenset({ConfidenceMethod.max_prob, ConfidenceMethod.class_margin})
+
+
+class SecretKeyRef(SpecModel):
+    """A key of a Secret in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class ModelSource(SpecModel):
+    uri: str = Field(
+        min_length=1,
+        description=(
+            "Where the weights are: hf://org/name, pvc://claim/path, s3://bucket/path, "
+            "pkg://catalog-name (models packaged for local mode), or a local path "
+            "in local mode. For engine external: the OpenAI-compatible base URL."
+        ),
+    )
+    served_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The model name the engine serves and answers with; defaults to the tier name.",
+    )
+    hub_token_secret: SecretKeyRef | None = Field(
+        default=None, description="Token for gated hub models (HF_TOKEN)."
+    )
+
+
+class Price(SpecModel):
+    """What a tier costs. Usage-based prices drive savings; GPU-hours are reported apart."""
+
+    currency: str = Field(default="USD", min_length=3, max_length=3)
+    input_per_million: float = Field(default=0.0, ge=0, description="Price per million input tokens.")
+    output_per_million: float = Field(default=0.0, ge=0, description="Price per million output tokens.")
+    per_gpu_hour: float = Field(default=0.0, ge=0, description="Reservation price per GPU-hour.")
+
+
+class Accept(SpecModel):
+    """When a tier's own answer is good enough to return."""
+
+    method: ConfidenceMethod = ConfidenceMethod.geometric_mean
+    threshold: float = Field(ge=0, le=1, description="Accept at or above this confidence.")
+    quantile: float = Field(
+        default=0.1, gt=0, lt=1, description="For method quantile: which low quantile of token probabilities."
+    )
+
+
+class Resources(SpecModel):
+    gpus: int = Field(default=0, ge=0, description="nvidia.com/gpu per replica.")
+    gpu_type: str | None = Field(
+        default=None, description="GPU product (nvidia.com/gpu.product node label), e.g. NVIDIA-A100-SXM4-80GB."
+    )
+    cpu: str | None = Field(default=None, description="CPU request, e.g. '4'.")
+    memory: str | None = Field(default=None, description="Memory request, e.g. '32Gi'.")
+
+
+class Toleration(SpecModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Tier(SpecModel):
+    name: str = Field(
+        min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="DNS label; names the tier's Deployment and Service.",
+    )
+    model: ModelSource
+    engine: EngineKind = EngineKind.vllm
+    replicas: int = Field(default=1, ge=0)
+    resources: Resources = Field(default_factory=Resources)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="A Kubernetes Affinity, passed through to the tier's pods."
+    )
+    engine_args: list[str] = Field(default_factory=list, description="Extra engine command-line arguments.")
+    api_key_secret: SecretKeyRef | None = Field(
+        default=None, description="For engine external: the API key sent as a bearer token."
+    )
+    price: Price = Field(default_factory=Price)
+    accept: Accept | None = Field(
+        default=None, description="Confidence rule; required on every tier but the last, refused on the last."
+    )
+
+
+class OnTierError(StrEnum):
+    escalate = "escalate"
+    fail = "fail"
+
+
+class StreamingMode(StrEnum):
+    buffer = "buffer"  # decide on the whole small-tier answer, then stream the chosen one
+    early = "early"  # decide after the first N tokens, then stream on or escalate
+
+
+class Streaming(SpecModel):
+    mode: StreamingMode = StreamingMode.buffer
+    early_tokens: int = Field(default=16, ge=1, le=4096, description="Tokens scored before deciding in early mode.")
+
+
+class Router(SpecModel):
+    replicas: int = Field(default=1, ge=0)
+    api_key_secret: SecretKeyRef | None = Field(
+        default=None, description="When set, clients must send one of its keys (one per line) as a bearer token."
+    )
+    timeout_seconds: float = Field(default=60.0, gt=0, description="Per tier call.")
+    retries: int = Field(default=1, ge=0, le=10, description="Retries of a failed tier call before on_tier_error applies.")
+    on_tier_error: OnTierError = OnTierError.escalate
+    streaming: Streaming = Field(default_factory=Streaming)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+
+class Calibration(SpecModel):
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+    max_escalation_rate: float | None = Field(default=None, ge=0, le=1)
+    shadow_sample_rate: float = Field(default=0.02, ge=0, le=1)
+
+
+class EscalationLog(SpecModel):
+    enabled: bool = False
+    uri: str | None = Field(default=None, description="pvc://claim/path or s3://bucket/prefix.")
+    retention_days: int = Field(default=30, ge=1)
+    redact: list[str] = Field(default_factory=list, description="Regular expressions removed from prompts.")
+    top_logprobs: int = Field(default=5, ge=0, le=20)
+
+
+class DistillationLoss(StrEnum):
+    forward_kl = "forwardKL"
+    reverse_kl = "reverseKL"
+    jsd = "generalizedJSD"
+
+
+class DistillationPolicy(SpecModel):
+    schedule: str | None = Field(default=None, description="Cron schedule of distillation runs.")
+    min_samples: int = Field(default=1000, ge=1)
+    loss: DistillationLoss = DistillationLoss.forward_kl
+    temperature: float = Field(default=2.0, gt=0)
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
+    on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
+    output_uri: str | None = None
+    min_agreement_gain: float = Field(default=0.01, ge=0, le=1)
+
+
+class ModelCascadeSpec(SpecModel):
+    task: Task = Task.chat
+    tiers: list[Tier] = Field(min_length=1, max_length=8, description="Cheapest first; the last tier always answers.")
+    router: Router = Field(default_factory=Router)
+    calibration: Calibration | None = None
+    escalation_log: EscalationLog | None = None
+    distillation: DistillationPolicy | None = None
+
+    @model_validator(mode="after")
+    def _check_tiers(self) -> ModelCascadeSpec:
+        names = [tier.name for tier in self.tiers]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"tier names must be unique; repeated: {', '.join(duplicates)}")
+        *front, last = self.tiers
+        if last.accept is not None:
+            raise ValueError(f"the last tier ({last.name!r}) always answers and takes no accept rule")
+        for tier in front:
+            if tier.accept is None:
+                raise ValueError(f"tier {tier.name!r} is not the last tier and needs an accept rule")
+        allowed = CLASSIFY_METHODS if self.task is Task.classify else GENERATIVE_METHODS
+        for tier in front:
+            assert tier.accept is not None
+            if tier.accept.method not in allowed:
+                raise ValueError(
+                    f"tier {tier.name!r}: method {tier.accept.method.value!r} does not fit task "
+                    f"{self.task.value!r}; use one of {sorted(m.value for m in allowed)}"
+                )
+        for tier in self.tiers:
+            if tier.engine is EngineKind.external and not tier.model.uri.startswith(("http://", "https://")):
+                raise ValueError(f"tier {tier.name!r}: engine external needs an http(s) URL as model.uri")
+        return self
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class StatusModel(BaseModel):
+    """Status types allow extra fields: older operators must not choke on newer status."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+
+class TierStatus(StatusModel):
+    name: str
+    ready_replicas: int = 0
+    replicas: int = 0
+    threshold: float | None = None
+
+
+class Traffic(StatusModel):
+    requests: int = 0
+    answered_by: dict[str, int] = Field(default_factory=dict)
+    escalations: int = 0
+    escalation_rate: float = 0.0
+    errors: int = 0
+
+
+class Cost(StatusModel):
+    currency: str = "USD"
+    actual: float = 0.0
+    baseline: float = 0.0
+    saved: float = 0.0
+    saved_percent: float = 0.0
+    gpu_hours: float = 0.0
+    reservation_cost: float = 0.0
+    since: str | None = None
+
+
+class ModelCascadeStatus(StatusModel):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    endpoint: str | None = None
+    tiers: list[TierStatus] = Field(default_factory=list)
+    traffic: Traffic = Field(default_factory=Traffic)
+    cost: Cost = Field(default_factory=Cost)
+    replica_counters: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="One slot per router replica: its absolute /stats snapshot."
+    )
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str | None = None
+
+
+class ModelCascade(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    api_version: Literal["kascade.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["ModelCascade"] = KIND
+    metadata: ObjectMeta
+    spec: ModelCascadeSpec
+    status: ModelCascadeStatus | None = None

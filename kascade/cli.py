@@ -1,0 +1,79 @@
+"""The `kascade` command. Thin: parse arguments, import the part lazily, run it.
+
+Imports stay lazy so that `kascade route` never loads torch and `kascade --help`
+answers at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="kascade",
+    help="Kascade: a model cascade for LLMs. A small model answers first; a large one when it is not confident.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def up(
+    file: Annotated[Path, typer.Option("--file", "-f", help="A ModelCascade manifest (YAML).")],
+    port: Annotated[int, typer.Option(help="Port of the router on localhost.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address the router binds.")] = "127.0.0.1",
+    demo: Annotated[bool, typer.Option(help="Send a few requests through the cascade, print the summary and exit.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Where converted models are kept.")] = None,
+) -> None:
+    """Run a ModelCascade on this machine with no cluster (local mode)."""
+    from kascade.runtime.local import run_local
+
+    raise typer.Exit(run_local(manifest=file, port=port, host=host, demo=demo, cache_dir=cache_dir))
+
+
+@app.command()
+def route(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Router config (YAML), as the operator renders it.")],
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "0.0.0.0",
+) -> None:
+    """Run the cascade router in front of tiers that are reachable over HTTP."""
+    from kascade.runtime.router import run_router
+
+    raise typer.Exit(run_router(config_path=config, port=port, host=host))
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="A model folder (transformers format), or pkg://NAME.")],
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    served_model_name: Annotated[Optional[str], typer.Option(help="Name the model answers to (default: folder name).")] = None,
+    task: Annotated[str, typer.Option(help="generate (chat and completions) or classify.")] = "generate",
+    device: Annotated[str, typer.Option(help="cpu, cuda, or auto.")] = "auto",
+) -> None:
+    """Serve one transformers model with vLLM's OpenAI-compatible wire format."""
+    from kascade.runtime.server import run_model_server
+
+    raise typer.Exit(
+        run_model_server(
+            model=model, port=port, host=host, served_model_name=served_model_name, task=task, device=device
+        )
+    )
+
+
+@app.command()
+def crds(
+    out: Annotated[Path, typer.Option(help="Folder to write the CRD YAML into.")] = Path("crds"),
+    check: Annotated[bool, typer.Option(help="Do not write; fail when the folder is stale.")] = False,
+) -> None:
+    """Generate the CustomResourceDefinitions from the API types."""
+    from kascade.api.crd import sync_crds
+
+    raise typer.Exit(sync_crds(out, check=check))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""The Kopf operator (kascade.operator). Not built yet: see issue 3."""

@@ -1,0 +1,1 @@
+"""Kascade's data plane: router, confidence scores, engines, cost ledger, local mode."""

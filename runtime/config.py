@@ -1,0 +1,128 @@
+"""The router's runtime configuration: what one router process needs to know.
+
+The operator renders it into a ConfigMap from a ModelCascade; local mode builds
+it in memory. Config models forbid unknown fields (a typo must fail loudly).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kascade.api.modelcascade import (
+    Accept,
+    ModelCascade,
+    OnTierError,
+    Price,
+    Streaming,
+    Task,
+)
+
+
+class ConfigModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TierConfig(ConfigModel):
+    name: str
+    served_model: str = Field(description="The model name sent to the tier and reported to clients.")
+    url: str | None = Field(
+        default=None,
+        description="OpenAI base URL of the tier, e.g. http://127.0.0.1:8001/v1. None: an in-process engine is given.",
+    )
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the tier's API key.")
+    api_key_file: str | None = Field(default=None, description="File holding the tier's API key (a mounted Secret).")
+    price: Price = Field(default_factory=Price)
+    accept: Accept | None = None
+
+    def read_api_key(self) -> str | None:
+        import os
+
+        if self.api_key_file:
+            return Path(self.api_key_file).read_text().strip() or None
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
+class RouterConfig(ConfigModel):
+    cascade: str = Field(description="The model name clients ask for: the ModelCascade's name.")
+    task: Task = Task.chat
+    tiers: list[TierConfig] = Field(min_length=1)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=1, ge=0)
+    retry_backoff_seconds: float = Field(default=0.05, ge=0)
+    on_tier_error: OnTierError = OnTierError.escalate
+    streaming: Streaming = Field(default_factory=Streaming)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    api_keys_file: str | None = Field(default=None, description="Client API keys, one per line (a mounted Secret).")
+    api_keys_env: str | None = Field(default=None, description="Environment variable with comma-separated client API keys.")
+
+    @model_validator(mode="after")
+    def _last_tier_answers(self) -> RouterConfig:
+        for tier in self.tiers[:-1]:
+            if tier.accept is None:
+                raise ValueError(f"tier {tier.name!r} is not the last tier and needs an accept rule")
+        if self.tiers[-1].accept is not None:
+            raise ValueError("the last tier always answers and takes no accept rule")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RouterConfig:
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+
+    def read_client_api_keys(self) -> frozenset[str]:
+        import os
+
+        keys: set[str] = set()
+        if self.api_keys_file:
+            keys.update(line.strip() for line in Path(self.api_keys_file).read_text().splitlines())
+        if self.api_keys_env:
+            keys.update(part.strip() for part in os.environ.get(self.api_keys_env, "").split(","))
+        keys.discard("")
+        return frozenset(keys)
+
+
+def router_config_from_cascade(
+    cascade: ModelCascade,
+    tier_urls: dict[str, str | None],
+    *,
+    tier_api_key_envs: dict[str, str] | None = None,
+    tier_api_key_files: dict[str, str] | None = None,
+    api_keys_file: str | None = None,
+    api_keys_env: str | None = None,
+) -> RouterConfig:
+    """Render the router's config from a ModelCascade and where each tier is reachable.
+
+    `tier_urls` maps a tier name to its OpenAI base URL, or to None when local
+    mode hands the router an in-process engine for that tier.
+    """
+    spec = cascade.spec
+    tier_api_key_envs = tier_api_key_envs or {}
+    tier_api_key_files = tier_api_key_files or {}
+    tiers = [
+        TierConfig(
+            name=tier.name,
+            served_model=tier.model.served_name or tier.name,
+            url=tier_urls.get(tier.name),
+            api_key_env=tier_api_key_envs.get(tier.name),
+            api_key_file=tier_api_key_files.get(tier.name),
+            price=tier.price,
+            accept=tier.accept,
+        )
+        for tier in spec.tiers
+    ]
+    return RouterConfig(
+        cascade=cascade.metadata.name,
+        task=spec.task,
+        tiers=tiers,
+        timeout_seconds=spec.router.timeout_seconds,
+        retries=spec.router.retries,
+        on_tier_error=spec.router.on_tier_error,
+        streaming=spec.router.streaming,
+        max_body_bytes=spec.router.max_body_bytes,
+        api_keys_file=api_keys_file,
+        api_keys_env=api_keys_env,
+    )
