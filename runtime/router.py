@@ -1,0 +1,308 @@
+"""The router: an ASGI app speaking the OpenAI API in front of the tiers.
+
+Routes: POST /v1/chat/completions, POST /v1/completions (both also as SSE
+streams), GET /v1/models, POST /classify (vLLM's classify API), GET /healthz,
+/readyz, /metrics (Prometheus) and /stats (the ledger's absolute snapshot,
+which the operator folds into the ModelCascade's status).
+
+Everything the app needs is created in `create_router_app` or its lifespan:
+no module-level state, so tests and local mode can run several side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from kascade.api.modelcascade import Task
+from kascade.runtime.cascade import Answer, Cascade, CascadeFailed
+from kascade.runtime.config import RouterConfig
+from kascade.runtime.engines.base import Endpoint, Engine
+from kascade.runtime.engines.http import HttpEngine, new_pooled_client
+from kascade.runtime.errors import error_response
+from kascade.runtime.ledger import Ledger
+from kascade.runtime.metrics import RouterMetrics
+from kascade.runtime.sse import SSE_DONE, sse_event
+from kascade.runtime.wire import InvalidRequest, parse_request
+
+_TASK_ENDPOINTS = {
+    Task.chat: {Endpoint.chat, Endpoint.completion},
+    Task.completion: {Endpoint.chat, Endpoint.completion},
+    Task.classify: {Endpoint.classify},
+}
+_READY_CACHE_SECONDS = 2.0
+
+
+@dataclass
+class RouterState:
+    """What one router process holds: the cascade, its books, and the engines it owns."""
+
+    config: RouterConfig
+    cascade: Cascade
+    ledger: Ledger
+    registry: CollectorRegistry
+    client_api_keys: frozenset[str]
+    started: float = field(default_factory=time.time)
+    ready_checked_at: float = 0.0
+    ready_report: dict[str, bool] = field(default_factory=dict)
+
+
+def create_router_app(
+    config: RouterConfig,
+    *,
+    engines: Mapping[str, Engine] | None = None,
+    ledger: Ledger | None = None,
+) -> Starlette:
+    """Build the router app.
+
+    Tiers with a `url` in the config get an `HttpEngine` over one pooled client
+    that the app's lifespan opens and closes. Tiers without a url must be given
+    in `engines` (local mode's in-process models); the app does not close those.
+    """
+    given = dict(engines or {})
+    missing = [tier.name for tier in config.tiers if tier.url is None and tier.name not in given]
+    if missing:
+        raise ValueError(f"tier(s) {', '.join(missing)} have no url and no in-process engine")
+    ledger = ledger or Ledger({tier.name: tier.price for tier in config.tiers})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with new_pooled_client() as client:
+            tier_engines: dict[str, Engine] = dict(given)
+            for tier in config.tiers:
+                if tier.name not in tier_engines:
+                    assert tier.url is not None
+                    tier_engines[tier.name] = HttpEngine(
+                        tier.url, api_key=tier.read_api_key(), timeout=config.timeout_seconds, client=client
+                    )
+            registry = CollectorRegistry()
+            metrics = RouterMetrics(registry, config.cascade, [tier.name for tier in config.tiers])
+            app.state.router = RouterState(
+                config=config,
+                cascade=Cascade(config, tier_engines, ledger, metrics),
+                ledger=ledger,
+                registry=registry,
+                client_api_keys=config.read_client_api_keys(),
+            )
+            yield
+
+    routes = [
+        Route("/v1/chat/completions", _endpoint_handler(Endpoint.chat), methods=["POST"]),
+        Route("/v1/completions", _endpoint_handler(Endpoint.completion), methods=["POST"]),
+        Route("/classify", _endpoint_handler(Endpoint.classify), methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/stats", stats, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _method_not_allowed},
+    )
+
+
+def _state(request: Request) -> RouterState:
+    return request.app.state.router
+
+
+def _endpoint_handler(endpoint: Endpoint):
+    async def handler(request: Request) -> Response:
+        return await handle_request(request, endpoint)
+
+    handler.__name__ = f"handle_{endpoint.value}"
+    return handler
+
+
+async def handle_request(request: Request, endpoint: Endpoint) -> Response:
+    state = _state(request)
+    if not _authorized(request, state.client_api_keys):
+        return error_response(401, "a valid API key is required: send it as 'Authorization: Bearer KEY'")
+    if endpoint not in _TASK_ENDPOINTS[state.config.task]:
+        return error_response(
+            404, f"cascade {state.config.cascade!r} serves task {state.config.task.value!r}, not {endpoint.value!r}"
+        )
+    try:
+        body = await _read_json_body(request, state.config.max_body_bytes)
+    except _BodyTooLarge:
+        return error_response(413, f"the request body exceeds {state.config.max_body_bytes} bytes")
+    except ValueError as error:
+        return error_response(400, f"the request body is not valid JSON: {error}")
+    except ClientDisconnect:
+        return Response(status_code=499)
+    try:
+        parsed = parse_request(endpoint, body)
+    except InvalidRequest as error:
+        status = 400 if error.param is None else 422
+        return error_response(status, error.message, param=error.param)
+    if parsed.model != state.config.cascade:
+        return error_response(
+            404,
+            f"the model {parsed.model!r} does not exist; this router serves {state.config.cascade!r}",
+            type="NotFoundError",
+            param="model",
+        )
+    streaming = endpoint is not Endpoint.classify and bool(getattr(parsed, "stream", False))
+    try:
+        if streaming:
+            streamed = await _unless_disconnected(request, state.cascade.answer_streaming(endpoint, body))
+            if streamed is None:
+                return Response(status_code=499)
+            return StreamingResponse(
+                _sse(streamed.chunks), media_type="text/event-stream", headers=_attribution(streamed)
+            )
+        answered = await _unless_disconnected(request, state.cascade.answer(endpoint, body))
+    except CascadeFailed as failure:
+        if failure.body is not None and isinstance(failure.body.get("error"), dict):
+            return JSONResponse(failure.body, status_code=failure.status)
+        return error_response(failure.status, failure.message)
+    if answered is None:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    return JSONResponse(answered.response, headers=_attribution(answered))
+
+
+def _attribution(answer: Answer) -> dict[str, str]:
+    headers = {"x-kascade-tier": answer.tier, "x-kascade-escalated": "true" if answer.escalated else "false"}
+    if answer.confidence is not None:
+        headers["x-kascade-confidence"] = f"{answer.confidence:.4f}"
+    return headers
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        yield sse_event(chunk)
+    yield SSE_DONE
+
+
+async def _unless_disconnected(request: Request, work):
+    """Run `work`; if the client goes away first, cancel it (and so its upstream calls) and return None."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_json_body(request: Request, limit: int) -> Any:
+    import json
+
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    received = bytearray()
+    async for part in request.stream():
+        received.extend(part)
+        if len(received) > limit:
+            raise _BodyTooLarge
+    return json.loads(received)
+
+
+def _authorized(request: Request, keys: frozenset[str]) -> bool:
+    if not keys:
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    return any(hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys)
+
+
+async def list_models(request: Request) -> Response:
+    state = _state(request)
+    if not _authorized(request, state.client_api_keys):
+        return error_response(401, "a valid API key is required: send it as 'Authorization: Bearer KEY'")
+    model = {
+        "id": state.config.cascade,
+        "object": "model",
+        "created": int(state.started),
+        "owned_by": "kascade",
+        "kascade": {"task": state.config.task.value, "tiers": [tier.served_model for tier in state.config.tiers]},
+    }
+    return JSONResponse({"object": "list", "data": [model]})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the last tier, which always answers, is reachable; every tier is reported."""
+    state = _state(request)
+    now = time.monotonic()
+    if now - state.ready_checked_at > _READY_CACHE_SECONDS:
+        checks = await asyncio.gather(*(tier.engine.ready() for tier in state.cascade.tiers), return_exceptions=True)
+        state.ready_report = {
+            tier.name: check is True for tier, check in zip(state.cascade.tiers, checks, strict=True)
+        }
+        state.ready_checked_at = now
+    ready = state.ready_report.get(state.cascade.last_tier.name, False)
+    return JSONResponse({"ready": ready, "tiers": state.ready_report}, status_code=200 if ready else 503)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(generate_latest(_state(request).registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def stats(request: Request) -> Response:
+    snapshot = _state(request).ledger.snapshot()
+    snapshot["cascade"] = _state(request).config.cascade
+    return JSONResponse(snapshot)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(404, f"no route {request.url.path}")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(405, f"{request.method} is not allowed on {request.url.path}")
+
+
+def run_router(*, config_path: Path, port: int, host: str) -> int:
+    """`kascade route`: load the config, serve until stopped."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    try:
+        config = RouterConfig.from_yaml(config_path)
+    except FileNotFoundError:
+        print(f"kascade route: no config file at {config_path}")
+        return 2
+    except ValidationError as error:
+        print(f"kascade route: the config in {config_path} is invalid:\n{error}")
+        return 2
+    if any(tier.url is None for tier in config.tiers):
+        print("kascade route: every tier needs a url (in-process tiers exist only in local mode, `kascade up`)")
+        return 2
+    uvicorn.run(create_router_app(config), host=host, port=port, log_level="warning", access_log=False)
+    return 0
+

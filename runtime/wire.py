@@ -1,0 +1,89 @@
+"""The request bodies the router accepts, as the OpenAI and vLLM APIs define them.
+
+Wire models allow extra fields (the OpenAI API grows; tiers may accept
+engine-specific parameters) but refuse wrong types, so a bad body gets a clear
+error at the router instead of a confusing one from a tier. The router forwards
+the caller's original JSON, not a re-serialisation, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kascade.runtime.engines.base import Endpoint
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class StreamOptions(WireModel):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(WireModel):
+    model: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+
+
+class CompletionRequest(WireModel):
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+
+
+class ClassificationRequest(WireModel):
+    model: str
+    input: str | list[str]
+
+
+REQUEST_MODELS: dict[Endpoint, type[WireModel]] = {
+    Endpoint.chat: ChatCompletionRequest,
+    Endpoint.completion: CompletionRequest,
+    Endpoint.classify: ClassificationRequest,
+}
+
+
+class InvalidRequest(Exception):
+    """The body is not a valid request; `param` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def parse_request(endpoint: Endpoint, body: Any) -> WireModel:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return REQUEST_MODELS[endpoint].model_validate(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        message = f"{param}: {first['msg']}" if param else first["msg"]
+        more = error.error_count() - 1
+        if more:
+            message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise InvalidRequest(message, param) from error
