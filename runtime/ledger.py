@@ -1,0 +1,234 @@
+"""Cost accounting: what each request cost, what it would have cost on the largest tier alone.
+
+Pure bookkeeping (no I/O): the router records one `RequestOutcome` per request
+and the ledger keeps absolute, never-decreasing totals. A snapshot of them is
+served on the router's `/stats` and folded by the operator into the resource's
+status, one slot per router process, so totals must be absolute (a restarted
+process starts a new slot under a new process id) rather than deltas.
+
+Prices are usage-based, per million tokens (`Price`); GPU-hour reservations
+are reported elsewhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kascade.api.modelcascade import Price
+
+_PER_MILLION = 1_000_000
+
+
+@dataclass(frozen=True)
+class TierCall:
+    """One call to one tier. A failed call (`ok` False) usually has 0 tokens and costs 0."""
+
+    tier: str
+    input_tokens: int
+    output_tokens: int
+    latency_seconds: float
+    ok: bool
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """Every tier call one client request made, in order, and which tier's answer was returned.
+
+    `answered_by` is None when the request failed (no tier's answer returned).
+    """
+
+    answered_by: str | None
+    calls: tuple[TierCall, ...]
+    escalated: bool
+
+    def answering_index(self) -> int | None:
+        """Position in `calls` of the call whose answer was returned: the last successful call to `answered_by`.
+
+        Retries of the answering tier may precede it as failed calls. None for
+        a failed request.
+        """
+        if self.answered_by is None:
+            return None
+        for index in range(len(self.calls) - 1, -1, -1):
+            call = self.calls[index]
+            if call.tier == self.answered_by and call.ok:
+                return index
+        return None
+
+    def answering_call(self) -> TierCall | None:
+        """The call whose answer was returned (see `answering_index`)."""
+        index = self.answering_index()
+        return None if index is None else self.calls[index]
+
+
+@dataclass(frozen=True)
+class RequestCost:
+    """`actual` paid, the all-last-tier `baseline`, and `saved` = baseline - actual (may be negative)."""
+
+    actual: float
+    baseline: float
+    saved: float
+
+
+def usage_cost(price: Price, input_tokens: int, output_tokens: int) -> float:
+    """input_tokens * input_per_million / 1e6 + output_tokens * output_per_million / 1e6."""
+    return (input_tokens * price.input_per_million + output_tokens * price.output_per_million) / _PER_MILLION
+
+
+@dataclass
+class _TierTotals:
+    calls: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    latency_seconds_sum: float = 0.0
+
+
+def _iso_utc(timestamp: float) -> str:
+    """ISO-8601 in UTC with a `Z`, the way Kubernetes writes times."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Ledger:
+    """Running totals of one router process: calls, tokens and cost per tier, savings overall.
+
+    `tier_prices` is ordered cheapest first; its last key is the last tier,
+    whose price defines the baseline. Every count and the actual and baseline
+    totals only ever grow (prices and token counts are non-negative), which is
+    what lets readers treat snapshots as monotonic counters.
+    """
+
+    def __init__(
+        self,
+        tier_prices: dict[str, Price],
+        *,
+        process_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not tier_prices:
+            raise ValueError("a ledger needs at least one tier price")
+        currencies = {price.currency for price in tier_prices.values()}
+        if len(currencies) > 1:
+            listing = ", ".join(f"{tier}: {price.currency}" for tier, price in tier_prices.items())
+            raise ValueError(
+                f"tier prices must share one currency to be added up; got {listing}. "
+                "Convert every tier's price to the same currency."
+            )
+        self._prices = dict(tier_prices)
+        self._last_tier = list(tier_prices)[-1]
+        self._currency = currencies.pop()
+        self._process_id = process_id or uuid.uuid4().hex
+        self._clock = clock
+        self._started_at = clock()
+        self._updated_at = self._started_at
+        self._lock = threading.Lock()
+        self._requests = 0
+        self._failed = 0
+        self._escalations = 0
+        self._answered_by = dict.fromkeys(tier_prices, 0)
+        self._tiers = {tier: _TierTotals() for tier in tier_prices}
+        self._actual = 0.0
+        self._baseline = 0.0
+
+    @property
+    def process_id(self) -> str:
+        return self._process_id
+
+    def _check(self, outcome: RequestOutcome) -> None:
+        """Refuse an outcome before any total changes, so a bad one leaves no half-record."""
+        unknown = sorted(
+            {call.tier for call in outcome.calls if call.tier not in self._prices}
+            | ({outcome.answered_by} if outcome.answered_by not in (None, *self._prices) else set())
+        )
+        if unknown:
+            raise ValueError(f"unknown tier(s) {unknown}; the ledger knows {list(self._prices)}")
+        for call in outcome.calls:
+            if call.input_tokens < 0 or call.output_tokens < 0:
+                raise ValueError(f"tier {call.tier!r}: token counts cannot be negative ({call})")
+
+    def cost_of(self, outcome: RequestOutcome) -> RequestCost:
+        """What `outcome` cost and would have cost on the last tier alone, without recording it.
+
+        actual: every call at its tier's price (an escalated request pays its
+        discarded cheap answer too). baseline: the answering call's tokens at
+        the last tier's price (a request the last tier answered costs exactly
+        its own call); 0 for a failed request, whose actual still counts.
+        """
+        self._check(outcome)
+        actual = sum(
+            usage_cost(self._prices[call.tier], call.input_tokens, call.output_tokens) for call in outcome.calls
+        )
+        answering = outcome.answering_call()
+        baseline = (
+            usage_cost(self._prices[self._last_tier], answering.input_tokens, answering.output_tokens)
+            if answering is not None
+            else 0.0
+        )
+        return RequestCost(actual=actual, baseline=baseline, saved=baseline - actual)
+
+    def record(self, outcome: RequestOutcome) -> RequestCost:
+        """Add one request's calls and cost to the totals; returns its cost."""
+        cost = self.cost_of(outcome)
+        with self._lock:
+            self._requests += 1
+            if outcome.answered_by is None:
+                self._failed += 1
+            else:
+                self._answered_by[outcome.answered_by] += 1
+            if outcome.escalated:
+                self._escalations += 1
+            for call in outcome.calls:
+                totals = self._tiers[call.tier]
+                totals.calls += 1
+                totals.errors += 0 if call.ok else 1
+                totals.input_tokens += call.input_tokens
+                totals.output_tokens += call.output_tokens
+                totals.cost += usage_cost(self._prices[call.tier], call.input_tokens, call.output_tokens)
+                # A wall-clock step can make a measured latency negative; it must
+                # not make the sum go down.
+                totals.latency_seconds_sum += max(call.latency_seconds, 0.0)
+            self._actual += cost.actual
+            self._baseline += cost.baseline
+            self._updated_at = max(self._updated_at, self._clock())
+        return cost
+
+    def snapshot(self) -> dict[str, Any]:
+        """The absolute totals as a JSON-able dict with camelCase keys (see the module docstring)."""
+        with self._lock:
+            saved = self._baseline - self._actual
+            return {
+                "processId": self._process_id,
+                "startedAt": _iso_utc(self._started_at),
+                "updatedAt": _iso_utc(self._updated_at),
+                "currency": self._currency,
+                "requests": self._requests,
+                "failed": self._failed,
+                "escalations": self._escalations,
+                "answeredBy": dict(self._answered_by),
+                "tiers": {
+                    tier: {
+                        "calls": totals.calls,
+                        "errors": totals.errors,
+                        "inputTokens": totals.input_tokens,
+                        "outputTokens": totals.output_tokens,
+                        "cost": totals.cost,
+                        "latencySecondsSum": totals.latency_seconds_sum,
+                    }
+                    for tier, totals in self._tiers.items()
+                },
+                "cost": {
+                    "actual": self._actual,
+                    "baseline": self._baseline,
+                    "saved": saved,
+                    "savedPercent": 100.0 * saved / self._baseline if self._baseline > 0 else 0.0,
+                },
+            }

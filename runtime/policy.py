@@ -1,0 +1,49 @@
+"""The cascade's decision: keep a tier's answer, or escalate to the next tier.
+
+Pure: a score and a threshold in, a `Decision` out. The router does the I/O
+and reports the decision (confidence, threshold) in its `x-kascade-*` headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kascade.api.modelcascade import Accept, ConfidenceMethod
+from kascade.runtime.confidence import score, score_tokens
+from kascade.runtime.engines.base import Endpoint
+from kascade.runtime.logprobs import TokenEvidence
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a tier's answer stands, and the numbers it was decided on."""
+
+    accept: bool
+    confidence: float
+    threshold: float
+    method: ConfidenceMethod
+
+
+def decide(accept: Accept, confidence: float) -> Decision:
+    """Accept iff `confidence >= accept.threshold`: an answer exactly at the threshold stands.
+
+    A NaN confidence never accepts (every comparison with NaN is false).
+    """
+    return Decision(
+        accept=confidence >= accept.threshold,
+        confidence=confidence,
+        threshold=accept.threshold,
+        method=accept.method,
+    )
+
+
+def judge(accept: Accept, endpoint: Endpoint, response: dict[str, Any]) -> Decision:
+    """Score a tier's whole response and decide on it."""
+    return decide(accept, score(accept, endpoint, response))
+
+
+def judge_tokens(accept: Accept, tokens: Sequence[TokenEvidence]) -> Decision:
+    """Score token evidence (a streamed prefix in early mode) and decide on it."""
+    return decide(accept, score_tokens(accept, tokens))
