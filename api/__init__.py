@@ -9,7 +9,9 @@ from kascade.api.modelcascade import (
     ModelCascade,
     ModelCascadeSpec,
     ModelCascadeStatus,
+    StatusSummary,
 )
+from kascade.api.summary import summarize_status
 
 __all__ = [
     "API_VERSION",
@@ -20,4 +22,6 @@ __all__ = [
     "ModelCascade",
     "ModelCascadeSpec",
     "ModelCascadeStatus",
+    "StatusSummary",
+    "summarize_status",
 ]

@@ -11,9 +11,9 @@ Python; `extra="forbid"` so a misspelt field is an error, not a silent no-op.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "kascade.dev"
@@ -21,6 +21,35 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelCascade"
 PLURAL = "modelcascades"
+
+# Kubernetes' own pattern for resource quantities ("4", "500m", "32Gi", "1e3").
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+def _quantity_to_str(value: Any) -> Any:
+    """YAML reads `cpu: 4` as an integer; Kubernetes accepts it, and so do we."""
+    if isinstance(value, bool):
+        return value  # left for the string check to refuse
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        raise ValueError(f"write a fractional quantity as a string, e.g. '500m' or '{value}'")
+    return value
+
+
+# A Kubernetes resource quantity: an integer or a string in YAML, always a string in Python.
+# In the CRD it is `x-kubernetes-int-or-string`, as in Kubernetes' own schemas.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_to_str),
+    Field(pattern=QUANTITY_PATTERN, max_length=64),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "maxLength": 64}),
+]
 
 
 class SpecModel(BaseModel):
@@ -70,13 +99,16 @@ CLASSIFY_METHODS = frozenset({ConfidenceMethod.max_prob, ConfidenceMethod.class_
 class SecretKeyRef(SpecModel):
     """A key of a Secret in the resource's namespace."""
 
-    name: str = Field(min_length=1, max_length=253)
-    key: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
 
 
 class ModelSource(SpecModel):
+    """Which model a tier serves."""
+
     uri: str = Field(
         min_length=1,
+        max_length=2048,
         description=(
             "Where the weights are: hf://org/name, pvc://claim/path, s3://bucket/path, "
             "pkg://catalog-name (models packaged for local mode), or a local path "
@@ -86,6 +118,7 @@ class ModelSource(SpecModel):
     served_name: str | None = Field(
         default=None,
         min_length=1,
+        max_length=253,
         description="The model name the engine serves and answers with; defaults to the tier name.",
     )
     hub_token_secret: SecretKeyRef | None = Field(
@@ -96,7 +129,10 @@ class ModelSource(SpecModel):
 class Price(SpecModel):
     """What a tier costs. Usage-based prices drive savings; GPU-hours are reported apart."""
 
-    currency: str = Field(default="USD", min_length=3, max_length=3)
+    currency: str = Field(
+        default="USD", min_length=3, max_length=3, pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code; every tier of a cascade should use the same one.",
+    )
     input_per_million: float = Field(default=0.0, ge=0, description="Price per million input tokens.")
     output_per_million: float = Field(default=0.0, ge=0, description="Price per million output tokens.")
     per_gpu_hour: float = Field(default=0.0, ge=0, description="Reservation price per GPU-hour.")
@@ -105,7 +141,13 @@ class Price(SpecModel):
 class Accept(SpecModel):
     """When a tier's own answer is good enough to return."""
 
-    method: ConfidenceMethod = ConfidenceMethod.geometric_mean
+    method: ConfidenceMethod = Field(
+        default=ConfidenceMethod.geometric_mean,
+        description=(
+            "How the answer is scored. Tasks chat and completion: geometricMean, minToken, quantile, "
+            "margin, entropy. Task classify: maxProb, classMargin."
+        ),
+    )
     threshold: float = Field(ge=0, le=1, description="Accept at or above this confidence.")
     quantile: float = Field(
         default=0.1, gt=0, lt=1, description="For method quantile: which low quantile of token probabilities."
@@ -113,37 +155,59 @@ class Accept(SpecModel):
 
 
 class Resources(SpecModel):
-    gpus: int = Field(default=0, ge=0, description="nvidia.com/gpu per replica.")
+    """What one replica of a tier needs."""
+
+    gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per replica.")
     gpu_type: str | None = Field(
-        default=None, description="GPU product (nvidia.com/gpu.product node label), e.g. NVIDIA-A100-SXM4-80GB."
+        default=None,
+        max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
+        description=(
+            "GPU product as the nvidia.com/gpu.product node label spells it (dashes, no spaces), "
+            "e.g. NVIDIA-L4, NVIDIA-A100-SXM4-80GB, NVIDIA-H100-80GB-HBM3."
+        ),
     )
-    cpu: str | None = Field(default=None, description="CPU request, e.g. '4'.")
-    memory: str | None = Field(default=None, description="Memory request, e.g. '32Gi'.")
+    cpu: Quantity | None = Field(default=None, description="CPU request, e.g. 4 or '500m'.")
+    memory: Quantity | None = Field(default=None, description="Memory request, e.g. '32Gi'.")
 
 
 class Toleration(SpecModel):
-    key: str | None = None
+    """A Kubernetes Toleration, added to the tier's pods (GPU taints are tolerated already)."""
+
+    key: str | None = Field(default=None, max_length=316)
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: str | None = Field(default=None, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = None
 
 
 class Tier(SpecModel):
+    """One model of the cascade: where it comes from, how it is served, what it costs, when it may answer."""
+
     name: str = Field(
-        min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        description="DNS label; names the tier's Deployment and Service.",
+        min_length=1, max_length=40, pattern=DNS_LABEL_PATTERN,
+        description="DNS label (lower-case letters, digits, '-'); names the tier's Deployment and Service.",
     )
     model: ModelSource
-    engine: EngineKind = EngineKind.vllm
-    replicas: int = Field(default=1, ge=0)
+    engine: EngineKind = Field(
+        default=EngineKind.vllm,
+        description=(
+            "vllm: the official vLLM OpenAI-compatible server; transformers: Kascade's own model server "
+            "(CPU or GPU); external: an OpenAI-compatible API at model.uri, nothing is deployed."
+        ),
+    )
+    replicas: int = Field(default=1, ge=0, le=1000, description="Pods of this tier (ignored for engine external).")
     resources: Resources = Field(default_factory=Resources)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Node labels the tier's pods must run on."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     affinity: dict[str, Any] | None = Field(
         default=None, description="A Kubernetes Affinity, passed through to the tier's pods."
     )
-    engine_args: list[str] = Field(default_factory=list, description="Extra engine command-line arguments.")
+    engine_args: list[str] = Field(
+        default_factory=list, max_length=64, description="Extra engine command-line arguments, passed as they are."
+    )
     api_key_secret: SecretKeyRef | None = Field(
         default=None, description="For engine external: the API key sent as a bearer token."
     )
@@ -164,34 +228,66 @@ class StreamingMode(StrEnum):
 
 
 class Streaming(SpecModel):
-    mode: StreamingMode = StreamingMode.buffer
+    """How streamed requests are answered."""
+
+    mode: StreamingMode = Field(
+        default=StreamingMode.buffer,
+        description=(
+            "buffer: score the small tier's whole answer, then stream the chosen one; "
+            "early: decide after earlyTokens tokens, then stream on or escalate."
+        ),
+    )
     early_tokens: int = Field(default=16, ge=1, le=4096, description="Tokens scored before deciding in early mode.")
 
 
 class Router(SpecModel):
-    replicas: int = Field(default=1, ge=0)
+    """The router Deployment: the cascade's OpenAI-compatible endpoint."""
+
+    replicas: int = Field(default=1, ge=0, le=1000)
     api_key_secret: SecretKeyRef | None = Field(
         default=None, description="When set, clients must send one of its keys (one per line) as a bearer token."
     )
     timeout_seconds: float = Field(default=60.0, gt=0, description="Per tier call.")
-    retries: int = Field(default=1, ge=0, le=10, description="Retries of a failed tier call before on_tier_error applies.")
-    on_tier_error: OnTierError = OnTierError.escalate
+    retries: int = Field(
+        default=1, ge=0, le=10, description="Retries of a failed tier call before on_tier_error applies."
+    )
+    on_tier_error: OnTierError = Field(
+        default=OnTierError.escalate,
+        description="When a tier call fails after its retries: escalate to the next tier, or fail the request.",
+    )
     streaming: Streaming = Field(default_factory=Streaming)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted.")
 
 
 class Calibration(SpecModel):
-    min_agreement: float | None = Field(default=None, ge=0, le=1)
-    max_escalation_rate: float | None = Field(default=None, ge=0, le=1)
-    shadow_sample_rate: float = Field(default=0.02, ge=0, le=1)
+    """A goal the thresholds are tuned to meet; the tuned thresholds are reported in status."""
+
+    min_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Least share of answers that must agree with the last tier's."
+    )
+    max_escalation_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Largest share of requests that may escalate."
+    )
+    shadow_sample_rate: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Share of accepted requests also sent to the last tier, to measure agreement.",
+    )
 
 
 class EscalationLog(SpecModel):
+    """Keeps escalated requests with the large model's answers: free teacher data for distillation."""
+
     enabled: bool = False
-    uri: str | None = Field(default=None, description="pvc://claim/path or s3://bucket/prefix.")
+    uri: str | None = Field(default=None, max_length=2048, description="pvc://claim/path or s3://bucket/prefix.")
     retention_days: int = Field(default=30, ge=1)
-    redact: list[str] = Field(default_factory=list, description="Regular expressions removed from prompts.")
-    top_logprobs: int = Field(default=5, ge=0, le=20)
+    redact: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Regular expressions removed from prompts before they are kept.",
+    )
+    top_logprobs: int = Field(default=5, ge=0, le=20, description="Teacher logprobs kept per token.")
 
 
 class DistillationLoss(StrEnum):
@@ -201,6 +297,8 @@ class DistillationLoss(StrEnum):
 
 
 class DistillationPolicy(SpecModel):
+    """When and how a better student is distilled from the escalation log, and when it is promoted."""
+
     schedule: str | None = Field(default=None, description="Cron schedule of distillation runs.")
     min_samples: int = Field(default=1000, ge=1)
     loss: DistillationLoss = DistillationLoss.forward_kl
@@ -208,12 +306,19 @@ class DistillationPolicy(SpecModel):
     alpha: float = Field(default=0.5, ge=0, le=1)
     beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
     on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
-    output_uri: str | None = None
-    min_agreement_gain: float = Field(default=0.01, ge=0, le=1)
+    output_uri: str | None = Field(default=None, max_length=2048, description="Where distilled students are written.")
+    min_agreement_gain: float = Field(
+        default=0.01, ge=0, le=1, description="Promotion gate: least gain in agreement on held-out escalations."
+    )
 
 
 class ModelCascadeSpec(SpecModel):
-    task: Task = Task.chat
+    """A cascade of models: the cheapest tier answers first, the next one when it is not confident."""
+
+    # The cross-field rules of `_check_tiers` are restated in CEL in the CRD
+    # (`kascade.api.crd.SPEC_RULES`, `TIER_RULES`); change both together.
+
+    task: Task = Field(default=Task.chat, description="chat, completion or classify.")
     tiers: list[Tier] = Field(min_length=1, max_length=8, description="Cheapest first; the last tier always answers.")
     router: Router = Field(default_factory=Router)
     calibration: Calibration | None = None
@@ -247,6 +352,8 @@ class ModelCascadeSpec(SpecModel):
 
 
 class Condition(BaseModel):
+    """A Kubernetes-style condition: Ready, TiersReady, RouterReady, Calibrated, Degraded."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     type: str
@@ -267,7 +374,11 @@ class TierStatus(StatusModel):
     name: str
     ready_replicas: int = 0
     replicas: int = 0
-    threshold: float | None = None
+    ready: bool | None = Field(
+        default=None,
+        description="Set for tiers without pods (engine external); unset: ready when a replica is ready.",
+    )
+    threshold: float | None = Field(default=None, description="The threshold in force (calibrated or declared).")
 
 
 class Traffic(StatusModel):
@@ -280,22 +391,36 @@ class Traffic(StatusModel):
 
 class Cost(StatusModel):
     currency: str = "USD"
-    actual: float = 0.0
-    baseline: float = 0.0
-    saved: float = 0.0
-    saved_percent: float = 0.0
+    actual: float = Field(default=0.0, description="Usage-based cost, wasted small-tier calls of escalations included.")
+    baseline: float = Field(default=0.0, description="What the last tier alone would have cost.")
+    saved: float = Field(default=0.0, description="baseline - actual.")
+    saved_percent: float = Field(default=0.0, description="100 * saved / baseline.")
     gpu_hours: float = 0.0
     reservation_cost: float = 0.0
     since: str | None = None
 
 
+class StatusSummary(StatusModel):
+    """Human-readable figures for `kubectl get`; computed by `kascade.api.summary.summarize_status`."""
+
+    tiers: str = Field(default="", description="Ready tiers out of all tiers, e.g. 2/2.")
+    escalation: str = Field(default="", description="Share of requests that escalated, e.g. 12.5%.")
+    saved: str = Field(default="", description="Money saved against the last tier alone, e.g. USD 1.23 (45.0%).")
+
+
 class ModelCascadeStatus(StatusModel):
+    """Observed state, written by the operator (router replicas write their own counter slots)."""
+
     observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    endpoint: str | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    endpoint: str | None = Field(default=None, description="The cascade's OpenAI-compatible base URL.")
     tiers: list[TierStatus] = Field(default_factory=list)
     traffic: Traffic = Field(default_factory=Traffic)
     cost: Cost = Field(default_factory=Cost)
+    summary: StatusSummary = Field(default_factory=StatusSummary)
     replica_counters: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="One slot per router replica: its absolute /stats snapshot."
     )
@@ -309,6 +434,8 @@ class ObjectMeta(BaseModel):
 
 
 class ModelCascade(BaseModel):
+    """A ModelCascade resource as a whole."""
+
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     api_version: Literal["kascade.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
