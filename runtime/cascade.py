@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from kascade.api.modelcascade import OnTierError, StreamingMode
 from kascade.runtime.config import RouterConfig, TierConfig
@@ -37,6 +37,8 @@ from kascade.runtime.logprobs import (
 )
 from kascade.runtime.metrics import RouterMetrics
 from kascade.runtime.policy import judge, judge_tokens
+
+_Result = TypeVar("_Result")
 
 _FAILURE_STATUS = {
     TierErrorKind.timeout: (504, "the answering tier timed out"),
@@ -322,48 +324,53 @@ class Cascade:
         return with_logprobs_requested(endpoint, tier_body, required_top_logprobs(tier.config.accept.method))
 
     async def _call(self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: _Attempts) -> dict[str, Any]:
-        """One tier call with the retry budget; every attempt is accounted."""
-        for attempt in range(self.config.retries + 1):
-            started = self._clock()
-            try:
-                response = await asyncio.wait_for(tier.engine.call(endpoint, body), self.config.timeout_seconds)
-            except (TierError, TimeoutError) as caught:
-                error = _as_tier_error(caught, self.config.timeout_seconds)
-                attempts.add(TierCall(tier.name, 0, 0, self._clock() - started, ok=False))
-                if not error.retryable or attempt == self.config.retries:
-                    raise error from caught
-                await asyncio.sleep(self.config.retry_backoff_seconds * 2**attempt)
-                continue
-            input_tokens, output_tokens = _usage(response)
-            attempts.add(TierCall(tier.name, input_tokens, output_tokens, self._clock() - started, ok=True))
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+        """One tier call within the retry budget; every attempt is accounted."""
+        response, latency = await self._retrying(
+            tier, attempts, lambda: asyncio.wait_for(tier.engine.call(endpoint, body), self.config.timeout_seconds)
+        )
+        input_tokens, output_tokens = _usage(response)
+        attempts.add(TierCall(tier.name, input_tokens, output_tokens, latency, ok=True))
+        return response
 
     async def _open_stream(
         self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: _Attempts
     ) -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any]]:
-        """Open a tier's stream and read its first chunk, retrying like `_call`.
+        """Open a tier's stream and read its first chunk, within the retry budget.
 
         Waiting for the first chunk means a tier that refuses or fails at once
-        is handled before the caller has been sent anything.
+        is handled before the caller has been sent anything. The call's tokens
+        are filled in when the stream ends.
         """
-        for attempt in range(self.config.retries + 1):
-            started = self._clock()
+
+        async def open_once() -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any]]:
             chunks = aiter(tier.engine.stream(endpoint, body))
             try:
                 first = await asyncio.wait_for(anext(chunks), self.config.timeout_seconds)
             except StopAsyncIteration:
                 first = {}
-            except (TierError, TimeoutError) as caught:
+            except BaseException:
                 await _aclose_quietly(chunks)
+                raise
+            return chunks, first
+
+        opened, latency = await self._retrying(tier, attempts, open_once)
+        attempts.add(TierCall(tier.name, 0, 0, latency, ok=True))
+        return opened
+
+    async def _retrying(
+        self, tier: Tier, attempts: _Attempts, once: Callable[[], Awaitable[_Result]]
+    ) -> tuple[_Result, float]:
+        """Run `once` until it succeeds or the budget is spent; failed attempts are accounted here."""
+        for attempt in range(self.config.retries + 1):
+            started = self._clock()
+            try:
+                return await once(), self._clock() - started
+            except (TierError, TimeoutError) as caught:
                 error = _as_tier_error(caught, self.config.timeout_seconds)
                 attempts.add(TierCall(tier.name, 0, 0, self._clock() - started, ok=False))
                 if not error.retryable or attempt == self.config.retries:
                     raise error from caught
                 await asyncio.sleep(self.config.retry_backoff_seconds * 2**attempt)
-                continue
-            attempts.add(TierCall(tier.name, 0, 0, self._clock() - started, ok=True))
-            return chunks, first
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _escalate_or_fail(self, tier: Tier, error: TierError) -> None:
