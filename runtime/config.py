@@ -19,6 +19,7 @@ from kascade.api.modelcascade import (
     Streaming,
     Task,
 )
+from kascade.runtime.status_report import StatusReportConfig
 
 
 class ConfigModel(BaseModel):
@@ -59,6 +60,9 @@ class RouterConfig(ConfigModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     api_keys_file: str | None = Field(default=None, description="Client API keys, one per line (a mounted Secret).")
     api_keys_env: str | None = Field(default=None, description="Environment variable with comma-separated client API keys.")
+    status_report: StatusReportConfig | None = Field(
+        default=None, description="Report this replica's counters into the ModelCascade's status (in a cluster)."
+    )
 
     @model_validator(mode="after")
     def _last_tier_answers(self) -> RouterConfig:

@@ -35,6 +35,7 @@ from kascade.runtime.errors import error_response
 from kascade.runtime.ledger import Ledger
 from kascade.runtime.metrics import RouterMetrics
 from kascade.runtime.sse import SSE_DONE, sse_event
+from kascade.runtime.status_report import StatusReporter
 from kascade.runtime.wire import InvalidRequest, parse_request
 
 _TASK_ENDPOINTS = {
@@ -96,7 +97,16 @@ def create_router_app(
                 registry=registry,
                 client_api_keys=config.read_client_api_keys(),
             )
-            yield
+            reporting = None
+            if config.status_report is not None:
+                reporting = asyncio.create_task(StatusReporter(config.status_report, ledger.snapshot).run())
+            try:
+                yield
+            finally:
+                if reporting is not None:
+                    reporting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reporting
 
     routes = [
         Route("/v1/chat/completions", _endpoint_handler(Endpoint.chat), methods=["POST"]),

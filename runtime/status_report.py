@@ -1,0 +1,117 @@
+"""Router replicas report their ledger into their own slot of the ModelCascade's status.
+
+Each router process writes its ABSOLUTE snapshot (`Ledger.snapshot()`) to
+`status.replicaCounters[<processId>]` with a JSON merge patch on the status
+subresource. Absolute values make the write idempotent: a retried or repeated
+patch cannot double count. A restarted process has a new processId and so a
+new slot; the operator folds the slots into `status.traffic` and
+`status.cost`, retiring the slots of processes that are gone.
+
+Plain httpx with the pod's service-account token: the runtime never imports
+kubernetes or kopf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from kascade.api.modelcascade import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("kascade.router.status")
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class StatusReportConfig(BaseModel):
+    """Where a router replica reports; the operator renders it, with in-cluster defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str
+    name: str = Field(description="The ModelCascade's name.")
+    api_server: str | None = Field(
+        default=None, description="API server URL; default: the in-cluster KUBERNETES_SERVICE_HOST/PORT."
+    )
+    token_file: str = str(SERVICE_ACCOUNT / "token")
+    ca_file: str | None = str(SERVICE_ACCOUNT / "ca.crt")
+    pod_env: str = Field(default="POD_NAME", description="Environment variable holding this pod's name.")
+    interval_seconds: float = Field(default=15.0, gt=0)
+
+    def resolved_api_server(self) -> str:
+        if self.api_server:
+            return self.api_server.rstrip("/")
+        host = os.environ.get("KUBERNETES_SERVICE_HOST")
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        if not host:
+            raise RuntimeError("no api_server set and KUBERNETES_SERVICE_HOST is empty: not running in a cluster?")
+        return f"https://{host}:{port}"
+
+    def status_url(self) -> str:
+        return (
+            f"{self.resolved_api_server()}/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}"
+            f"/{PLURAL}/{self.name}/status"
+        )
+
+
+def replica_slot_patch(snapshot: dict[str, Any], pod: str) -> dict[str, Any]:
+    """The merge patch that writes one process's absolute numbers into its own slot."""
+    return {"status": {"replicaCounters": {snapshot["processId"]: {**snapshot, "pod": pod}}}}
+
+
+class StatusReporter:
+    """Reports every `interval_seconds` and once more on shutdown; failures are logged, never fatal."""
+
+    def __init__(self, config: StatusReportConfig, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.config = config
+        self._snapshot = snapshot
+        self._pod = os.environ.get(config.pod_env) or os.uname().nodename
+        self.reports = 0  # successful writes, for /readyz-style introspection and tests
+
+    def _client(self) -> httpx.AsyncClient:
+        verify: str | bool = self.config.ca_file if self.config.ca_file and Path(self.config.ca_file).exists() else True
+        return httpx.AsyncClient(verify=verify, timeout=10.0)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/merge-patch+json", "User-Agent": "kascade-router"}
+        token_path = Path(self.config.token_file)
+        if token_path.exists():  # re-read every time: projected tokens rotate
+            headers["Authorization"] = f"Bearer {token_path.read_text().strip()}"
+        return headers
+
+    async def report_once(self, client: httpx.AsyncClient) -> bool:
+        try:
+            response = await client.patch(
+                self.config.status_url(),
+                json=replica_slot_patch(self._snapshot(), self._pod),
+                headers=self._headers(),
+            )
+        except (httpx.HTTPError, RuntimeError, OSError) as error:
+            log.warning("could not report counters to %s/%s: %s", self.config.namespace, self.config.name, error)
+            return False
+        if response.status_code >= 400:
+            log.warning(
+                "the API server refused the counters of %s/%s: HTTP %s %s",
+                self.config.namespace, self.config.name, response.status_code, response.text[:300],
+            )
+            return False
+        self.reports += 1
+        return True
+
+    async def run(self) -> None:
+        """Report until cancelled; the final report on cancellation keeps a clean shutdown's last requests."""
+        async with self._client() as client:
+            try:
+                while True:
+                    await self.report_once(client)
+                    await asyncio.sleep(self.config.interval_seconds)
+            except asyncio.CancelledError:
+                await asyncio.shield(self.report_once(client))
+                raise
