@@ -325,9 +325,11 @@ class Cascade:
 
     async def _call(self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: _Attempts) -> dict[str, Any]:
         """One tier call within the retry budget; every attempt is accounted."""
-        response, latency = await self._retrying(
-            tier, attempts, lambda: asyncio.wait_for(tier.engine.call(endpoint, body), self.config.timeout_seconds)
-        )
+        async def call_once() -> dict[str, Any]:
+            async with asyncio.timeout(self.config.timeout_seconds):
+                return await tier.engine.call(endpoint, body)
+
+        response, latency = await self._retrying(tier, attempts, call_once)
         input_tokens, output_tokens = _usage(response)
         attempts.add(TierCall(tier.name, input_tokens, output_tokens, latency, ok=True))
         return response
@@ -345,7 +347,8 @@ class Cascade:
         async def open_once() -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any]]:
             chunks = aiter(tier.engine.stream(endpoint, body))
             try:
-                first = await asyncio.wait_for(anext(chunks), self.config.timeout_seconds)
+                async with asyncio.timeout(self.config.timeout_seconds):
+                    first = await anext(chunks)
             except StopAsyncIteration:
                 first = {}
             except BaseException:

@@ -15,10 +15,10 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -30,7 +30,7 @@ from kascade.api.modelcascade import Task
 from kascade.runtime.cascade import Answer, Cascade, CascadeFailed
 from kascade.runtime.config import RouterConfig
 from kascade.runtime.engines.base import Endpoint, Engine
-from kascade.runtime.engines.http import HttpEngine, new_pooled_client
+from kascade.runtime.engines.http import HttpEngine, new_pooled_session
 from kascade.runtime.errors import error_response
 from kascade.runtime.ledger import Ledger
 from kascade.runtime.metrics import RouterMetrics
@@ -44,6 +44,7 @@ _TASK_ENDPOINTS = {
     Task.classify: {Endpoint.classify},
 }
 _READY_CACHE_SECONDS = 2.0
+_Result = TypeVar("_Result")
 
 
 @dataclass
@@ -80,13 +81,13 @@ def create_router_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with new_pooled_client() as client:
+        async with new_pooled_session() as session:
             tier_engines: dict[str, Engine] = dict(given)
             for tier in config.tiers:
                 if tier.name not in tier_engines:
                     assert tier.url is not None
                     tier_engines[tier.name] = HttpEngine(
-                        tier.url, api_key=tier.read_api_key(), timeout=config.timeout_seconds, client=client
+                        tier.url, api_key=tier.read_api_key(), timeout=config.timeout_seconds, session=session
                     )
             registry = CollectorRegistry()
             metrics = RouterMetrics(registry, config.cascade, [tier.name for tier in config.tiers])
@@ -197,20 +198,32 @@ async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     yield SSE_DONE
 
 
-async def _unless_disconnected(request: Request, work):
-    """Run `work`; if the client goes away first, cancel it (and so its upstream calls) and return None."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+async def _unless_disconnected(request: Request, work: Awaitable[_Result]) -> _Result | None:
+    """Await `work`; if the client goes away first, cancel it (and so its upstream calls) and return None.
+
+    The work runs in this task and a watcher cancels it, rather than two tasks
+    and a wait: one task less per request on the hot path.
+    """
+    this_task = asyncio.current_task()
+    assert this_task is not None
+    client_left = False
+
+    async def watch() -> None:
+        nonlocal client_left
+        await _wait_for_disconnect(request)
+        client_left = True
+        this_task.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if client_left:
+            this_task.uncancel()
+            return None
+        raise
     finally:
         watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -444,3 +444,22 @@ def test_three_tiers_escalate_one_step_at_a_time(start_upstream, start_router, t
     assert raw.headers["x-kascade-tier"] == "medium"
     assert raw.parse().choices[0].message.content == "medium"
     assert large.behaviour.requests == 0
+
+
+def test_a_client_that_gives_up_cancels_the_pending_tier_call(start_upstream, start_router, two_tier_config):
+    import time
+
+    small = start_upstream(delay_seconds=3.0)
+    large = start_upstream()
+    router = start_router(two_tier_config(small.url, large.url, timeout_seconds=30))
+
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{router.url}/v1/chat/completions", json={"model": "demo", "messages": CHAT}, timeout=0.3)
+
+    deadline = time.monotonic() + 2.0  # well before the small tier would have answered
+    while stats(router)["failed"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    books = stats(router)
+    assert books["failed"] == 1
+    assert books["requests"] == 1
+    assert large.behaviour.requests == 0  # cancelled, not escalated
