@@ -76,6 +76,7 @@ class Answer:
     served_model: str
     confidence: float | None
     escalated: bool
+    trail: str  # every tier tried, with its score: "small=0.4123,large"
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,18 @@ class _Attempts:
 
     def set_last_confidence(self, confidence: float) -> None:
         self.calls[-1] = replace(self.calls[-1], confidence=confidence)
+
+    def trail(self) -> str:
+        """Each tier tried, in order: its score, `error` if every attempt failed, or just its name."""
+        steps: dict[str, str] = {}
+        for call in self.calls:
+            if call.confidence is not None:
+                steps[call.tier] = f"{call.tier}={call.confidence:.4f}"
+            elif call.ok:
+                steps[call.tier] = call.tier
+            else:
+                steps.setdefault(call.tier, f"{call.tier}=error")
+        return ",".join(steps.values())
 
 
 class Cascade:
@@ -154,6 +167,7 @@ class Cascade:
                     served_model=tier.config.served_model,
                     confidence=confidence,
                     escalated=index > 0,
+                    trail=attempts.trail(),
                     response=self._present(endpoint, body, tier, response),
                 )
             raise AssertionError("the last tier always answers or raises")  # pragma: no cover
@@ -188,6 +202,7 @@ class Cascade:
                         served_model=tier.config.served_model,
                         confidence=None,
                         escalated=escalated,
+                        trail=attempts.trail(),
                         chunks=self._relay(endpoint, body, tier, attempts, [first], chunks, [], escalated),
                     )
                 assert tier.config.accept is not None
@@ -215,6 +230,7 @@ class Cascade:
                     served_model=tier.config.served_model,
                     confidence=decision.confidence,
                     escalated=escalated,
+                    trail=attempts.trail(),
                     chunks=_replay_as_chunks(endpoint, body, self._present(endpoint, body, tier, response)),
                 )
             raise AssertionError("the last tier always answers or raises")  # pragma: no cover
@@ -266,6 +282,7 @@ class Cascade:
             served_model=tier.config.served_model,
             confidence=decision.confidence,
             escalated=escalated,
+            trail=attempts.trail(),
             chunks=self._relay(endpoint, body, tier, attempts, buffered, rest, evidence, escalated),
         )
 

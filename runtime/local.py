@@ -446,7 +446,7 @@ def _ledger_view(stats: Mapping[str, Any] | None, names: Sequence[str], *, title
 class DemoAnswer:
     prompt: str
     tier: str
-    confidence: str
+    confidence: str  # the x-kascade-trail header: each tier tried and its score
     escalated: bool
     answer: str
     seconds: float
@@ -488,7 +488,7 @@ def run_demo(
         answer = DemoAnswer(
             prompt=prompt,
             tier=raw.headers.get("x-kascade-tier", "?"),
-            confidence=raw.headers.get("x-kascade-confidence", "-"),
+            confidence=raw.headers.get("x-kascade-trail", "-"),
             escalated=raw.headers.get("x-kascade-escalated") == "true",
             answer=" ".join(text.split()),
             seconds=time.monotonic() - started,
@@ -509,7 +509,7 @@ def _demo_classify(cascade: ModelCascade, base_url: str, console: Console, api_k
             answer = DemoAnswer(
                 prompt=text,
                 tier=response.headers.get("x-kascade-tier", "?"),
-                confidence=response.headers.get("x-kascade-confidence", "-"),
+                confidence=response.headers.get("x-kascade-trail", "-"),
                 escalated=response.headers.get("x-kascade-escalated") == "true",
                 answer=str(label),
                 seconds=time.monotonic() - started,
@@ -524,7 +524,7 @@ def _print_demo_answer(console: Console, number: int, answer: DemoAnswer) -> Non
     verdict = "[yellow]escalated[/yellow]" if answer.escalated else "[green]accepted[/green]"
     console.print(f"[bold]{number}.[/bold] {answer.prompt}")
     console.print(
-        f"   → tier [bold]{answer.tier}[/bold]  confidence {answer.confidence}  {verdict}  "
+        f"   → tier [bold]{answer.tier}[/bold]  {verdict}  scores {answer.confidence}  "
         f"({answer.seconds:.1f} s)",
         highlight=False,
     )

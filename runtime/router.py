@@ -189,6 +189,8 @@ def _attribution(answer: Answer) -> dict[str, str]:
     headers = {"x-kascade-tier": answer.tier, "x-kascade-escalated": "true" if answer.escalated else "false"}
     if answer.confidence is not None:
         headers["x-kascade-confidence"] = f"{answer.confidence:.4f}"
+    if answer.trail:
+        headers["x-kascade-trail"] = answer.trail
     return headers
 
 

@@ -56,6 +56,7 @@ def test_an_unsure_small_tier_escalates_and_both_calls_are_paid(start_upstream, 
     assert raw.parse().model == "large-model"
     assert raw.headers["x-kascade-tier"] == "large"
     assert raw.headers["x-kascade-escalated"] == "true"
+    assert raw.headers["x-kascade-trail"] == "small=0.3000,large"  # why it escalated
     assert raw.parse().usage.completion_tokens == 2  # usage belongs to the answering tier
     books = stats(router)
     assert books["answeredBy"] == {"small": 0, "large": 1}
@@ -255,6 +256,7 @@ def test_a_failing_small_tier_is_retried_then_escalated(start_upstream, start_ro
     raw = client_for(router).chat.completions.with_raw_response.create(model="demo", messages=CHAT)
 
     assert raw.headers["x-kascade-tier"] == "large"
+    assert raw.headers["x-kascade-trail"] == "small=error,large"
     assert small.behaviour.requests == 3
     assert stats(router)["tiers"]["small"]["errors"] == 3
 
