@@ -422,7 +422,17 @@ class ModelCascadeStatus(StatusModel):
     cost: Cost = Field(default_factory=Cost)
     summary: StatusSummary = Field(default_factory=StatusSummary)
     replica_counters: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="One slot per router replica: its absolute /stats snapshot."
+        default_factory=dict,
+        description="One slot per router process (keyed by processId): its absolute /stats snapshot and pod.",
+    )
+    retired_counters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Running sum of every retired router process (requests, failed, escalations, answeredBy, "
+        "actual, baseline, currency, since, processes): restarts and scale-downs lose nothing.",
+    )
+    retired_processes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="What each recently retired process already contributed, so a late write is counted once.",
     )
 
 

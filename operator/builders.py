@@ -1,0 +1,125 @@
+"""Every child of a ModelCascade, as plain manifests, in the order they are applied.
+
+Pure: a parsed `ModelCascade` and the `OperatorSettings` in, a list of dicts
+out; no kopf, no kubernetes client, no I/O. The handler adopts the children
+(`kopf.adopt`: owner references) and applies what `plan.plan_children` says.
+
+Each manifest carries the common labels (`labels.common_labels`) and the
+`kascade.dev/spec-hash` annotation, and holds no owner references.
+
+The builders themselves live in `build_tier` (a tier's Deployment and
+Service; engine specifics in `engine_vllm` and `engine_transformers`) and
+`build_router` (the router's ConfigMap, Deployment, Service and RBAC); they
+are re-exported here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from kascade.api.modelcascade import ModelCascade
+from kascade.operator.build_router import (
+    build_router_config,
+    build_router_configmap,
+    build_router_deployment,
+    build_router_role,
+    build_router_role_binding,
+    build_router_service,
+    build_router_service_account,
+    endpoint_url,
+    render_router_config,
+)
+from kascade.operator.build_tier import (
+    build_tier_deployment,
+    build_tier_service,
+    deploys_pods,
+    tier_service_url,
+)
+from kascade.operator.labels import router_child_name, tier_child_name
+from kascade.operator.settings import OperatorSettings
+
+__all__ = [
+    "CHILD_KINDS",
+    "ChildKind",
+    "build_children",
+    "build_router_config",
+    "build_router_configmap",
+    "build_router_deployment",
+    "build_router_role",
+    "build_router_role_binding",
+    "build_router_service",
+    "build_router_service_account",
+    "build_tier_deployment",
+    "build_tier_service",
+    "deploys_pods",
+    "endpoint_url",
+    "name_collisions",
+    "render_router_config",
+    "tier_service_url",
+]
+
+
+class ChildKind(NamedTuple):
+    """A kind of object a cascade owns: what the handler lists (with `labels.owned_selector`) to observe them."""
+
+    api_version: str
+    kind: str
+    plural: str
+
+
+# Apply order: identity and permissions first, then the config, the tiers, the router.
+CHILD_KINDS: tuple[ChildKind, ...] = (
+    ChildKind("v1", "ServiceAccount", "serviceaccounts"),
+    ChildKind("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    ChildKind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+    ChildKind("v1", "ConfigMap", "configmaps"),
+    ChildKind("v1", "Service", "services"),
+    ChildKind("apps/v1", "Deployment", "deployments"),
+)
+
+
+def name_collisions(cascade: ModelCascade) -> list[str]:
+    """Tiers whose children would take the router's names (a tier named `router`), or each other's."""
+    router = router_child_name(cascade.metadata.name)
+    seen: dict[str, str] = {}
+    problems: list[str] = []
+    for tier in cascade.spec.tiers:
+        if not deploys_pods(tier):
+            continue
+        name = tier_child_name(cascade.metadata.name, tier.name)
+        if name == router:
+            problems.append(
+                f"tier {tier.name!r} would be named {name!r}, the router's name; rename the tier"
+            )
+        elif name in seen:
+            problems.append(f"tiers {seen[name]!r} and {tier.name!r} would both be named {name!r}")
+        seen.setdefault(name, tier.name)
+    return problems
+
+
+def build_children(cascade: ModelCascade, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """All children of `cascade`, in apply order.
+
+    ServiceAccount, Role, RoleBinding, ConfigMap (router config), then per tier
+    that deploys pods its Service and Deployment (none for engine external),
+    then the router's Service and Deployment. Raises ValueError when two
+    children would share a name (see `name_collisions`; `conditions.check_semantics`
+    reports it as InvalidSpec first).
+    """
+    collisions = name_collisions(cascade)
+    if collisions:
+        raise ValueError("; ".join(collisions))
+    configmap = build_router_configmap(cascade, settings)
+    children: list[dict[str, Any]] = [
+        build_router_service_account(cascade, settings),
+        build_router_role(cascade, settings),
+        build_router_role_binding(cascade, settings),
+        configmap,
+    ]
+    for tier in cascade.spec.tiers:
+        if deploys_pods(tier):
+            children.append(build_tier_service(cascade, tier, settings))
+            children.append(build_tier_deployment(cascade, tier, settings))
+    children.append(build_router_service(cascade, settings))
+    children.append(build_router_deployment(cascade, settings, configmap=configmap))
+    return children

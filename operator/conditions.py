@@ -1,0 +1,359 @@
+"""Readiness and conditions of a ModelCascade, from its spec and its observed children. Pure.
+
+- `check_semantics(cascade, secrets=..., gpu_products=...)`: what the CRD
+  schema cannot see (a missing Secret, a GPU type no node offers, a model URI
+  an engine cannot load) as a list of `Problem`s. The handler gathers the
+  Secret names and the nodes' `nvidia.com/gpu.product` values; this function
+  only compares.
+- `compute_health(cascade, observed, previous=..., problems=..., now=...)`:
+  per-tier `TierStatus` and the conditions `Ready`, `TiersReady`,
+  `RouterReady`, `Degraded`. A condition whose status does not change keeps
+  its `lastTransitionTime`; conditions of other types (e.g. `Calibrated`) are
+  kept as they are.
+- `invalid_spec_conditions(...)`: the conditions to write when the resource
+  does not even parse (the handler then raises `kopf.PermanentError`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+from kascade.api.modelcascade import Condition, EngineKind, ModelCascade, TierStatus
+from kascade.api.summary import tier_is_ready
+from kascade.operator.build_tier import (
+    GPU_PRODUCT_LABEL,
+    cascade_namespace,
+    deploys_pods,
+)
+from kascade.operator.builders import name_collisions
+from kascade.operator.labels import router_child_name, tier_child_name
+from kascade.operator.plan import ChildKey
+
+READY = "Ready"
+TIERS_READY = "TiersReady"
+ROUTER_READY = "RouterReady"
+DEGRADED = "Degraded"
+OWN_CONDITIONS = (READY, TIERS_READY, ROUTER_READY, DEGRADED)
+
+# Flags the operator sets itself; engineArgs repeating them would break the Service or the config.
+_RESERVED_ENGINE_FLAGS = ("--model", "--port", "--host", "--served-model-name")
+_KNOWN_SCHEMES = {
+    EngineKind.vllm: ("hf", "pvc", "s3", "file"),
+    EngineKind.transformers: ("hf", "pvc", "pkg", "file"),
+}
+
+
+class ProblemReason(StrEnum):
+    invalid_spec = "InvalidSpec"
+    missing_secret = "MissingSecret"
+    no_matching_nodes = "NoMatchingNodes"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong that the user must fix; it makes the cascade `Degraded`."""
+
+    reason: str  # a ProblemReason value, or any CamelCase reason the handler finds
+    message: str
+
+
+@dataclass(frozen=True)
+class Health:
+    """What `compute_health` found: `status.tiers` and `status.conditions`."""
+
+    tiers: list[TierStatus]
+    conditions: list[Condition]
+
+    @property
+    def ready(self) -> bool:
+        return any(c.type == READY and c.status == "True" for c in self.conditions)
+
+    def status_fields(self) -> dict[str, Any]:
+        """`{"tiers": [...], "conditions": [...]}` as JSON for a status merge patch (camelCase)."""
+        return {
+            "tiers": [tier.model_dump(mode="json", by_alias=True, exclude_none=True) for tier in self.tiers],
+            "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in self.conditions],
+        }
+
+
+# --- Semantic checks ----------------------------------------------------------------
+
+
+def _scheme(uri: str) -> str | None:
+    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
+    return match.group(1).lower() if match else None
+
+
+def _secret_problems(
+    cascade: ModelCascade, secrets: Collection[str] | Mapping[str, Collection[str]]
+) -> list[Problem]:
+    namespace = cascade_namespace(cascade)
+    refs = []
+    for tier in cascade.spec.tiers:
+        if tier.model.hub_token_secret is not None:
+            refs.append((f'tier "{tier.name}" (model.hubTokenSecret)', tier.model.hub_token_secret))
+        if tier.api_key_secret is not None:
+            refs.append((f'tier "{tier.name}" (apiKeySecret)', tier.api_key_secret))
+    if cascade.spec.router.api_key_secret is not None:
+        refs.append(("the router (router.apiKeySecret)", cascade.spec.router.api_key_secret))
+    problems = []
+    for where, ref in refs:
+        if ref.name not in secrets:
+            problems.append(
+                Problem(
+                    ProblemReason.missing_secret,
+                    f'Secret "{ref.name}" used by {where} does not exist in namespace "{namespace}"; '
+                    f"create it: kubectl -n {namespace} create secret generic {ref.name} "
+                    f"--from-literal={ref.key}=...",
+                )
+            )
+        elif isinstance(secrets, Mapping) and ref.key not in secrets[ref.name]:
+            problems.append(
+                Problem(
+                    ProblemReason.missing_secret,
+                    f'Secret "{ref.name}" used by {where} has no key "{ref.key}" '
+                    f"(it has: {', '.join(sorted(secrets[ref.name])) or 'none'})",
+                )
+            )
+    return problems
+
+
+def _node_problems(cascade: ModelCascade, gpu_products: Collection[str]) -> list[Problem]:
+    problems = []
+    for tier in cascade.spec.tiers:
+        wanted = tier.resources.gpu_type
+        if not deploys_pods(tier) or tier.resources.gpus == 0 or not wanted or wanted in gpu_products:
+            continue
+        if tier.node_selector.get(GPU_PRODUCT_LABEL, wanted) != wanted:
+            continue  # the tier's own nodeSelector overrides gpuType; nothing to compare
+        offered = ", ".join(sorted(gpu_products))
+        hint = (
+            f"nodes offer: {offered}"
+            if offered
+            else f"no node carries the {GPU_PRODUCT_LABEL} label (is NVIDIA GPU feature discovery installed?)"
+        )
+        problems.append(
+            Problem(
+                ProblemReason.no_matching_nodes,
+                f'tier "{tier.name}" asks for resources.gpuType {wanted} but no node has '
+                f"{GPU_PRODUCT_LABEL}={wanted}; {hint}. Fix gpuType or add such nodes.",
+            )
+        )
+    return problems
+
+
+def _spec_problems(cascade: ModelCascade) -> list[Problem]:
+    messages: list[str] = list(name_collisions(cascade))
+    currencies = {tier.name: tier.price.currency for tier in cascade.spec.tiers}
+    if len(set(currencies.values())) > 1:
+        listing = ", ".join(f"{name}: {currency}" for name, currency in currencies.items())
+        messages.append(f"tier prices must share one currency to be added up ({listing})")
+    for tier in cascade.spec.tiers:
+        if not deploys_pods(tier):
+            continue
+        where = f'tier "{tier.name}"'
+        if tier.resources.gpu_type and tier.resources.gpus == 0:
+            messages.append(f"{where}: resources.gpuType is set but resources.gpus is 0; set gpus or remove gpuType")
+        scheme = _scheme(tier.model.uri)
+        if scheme is not None and scheme not in _KNOWN_SCHEMES[tier.engine]:
+            if scheme == "pkg":
+                messages.append(
+                    f"{where}: pkg:// models are packaged for Kascade's own server; use engine transformers, "
+                    "or hf://, pvc:// or s3:// with engine vllm"
+                )
+            elif scheme == "s3":
+                messages.append(f"{where}: engine transformers cannot read s3://; use engine vllm or a pvc:// model")
+            else:
+                allowed = ", ".join(f"{s}://" for s in _KNOWN_SCHEMES[tier.engine])
+                messages.append(f"{where}: model.uri scheme {scheme}:// is not supported; use {allowed} or a path")
+        if scheme == "pvc" and not tier.model.uri[len("pvc://"):].split("/", 1)[0]:
+            messages.append(f"{where}: model.uri {tier.model.uri} names no claim; write pvc://CLAIM/path")
+        reserved = sorted(
+            {flag for arg in tier.engine_args for flag in _RESERVED_ENGINE_FLAGS if arg == flag or arg.startswith(f"{flag}=")}
+        )
+        if reserved:
+            messages.append(
+                f"{where}: engineArgs must not set {', '.join(reserved)}; the operator sets them "
+                "(use model.uri and model.servedName)"
+            )
+    return [Problem(ProblemReason.invalid_spec, message) for message in messages]
+
+
+def check_semantics(
+    cascade: ModelCascade,
+    *,
+    secrets: Collection[str] | Mapping[str, Collection[str]],
+    gpu_products: Collection[str] | None,
+) -> list[Problem]:
+    """Problems the CRD schema cannot catch, InvalidSpec first, then MissingSecret, then NoMatchingNodes.
+
+    `secrets`: the names of the Secrets in the cascade's namespace, or a
+    mapping of name to its keys (then missing keys are reported too).
+    `gpu_products`: the values of the `nvidia.com/gpu.product` label over the
+    cluster's nodes; None when the handler could not list nodes (the check is skipped).
+    """
+    problems = _spec_problems(cascade) + _secret_problems(cascade, secrets)
+    if gpu_products is not None:
+        problems += _node_problems(cascade, gpu_products)
+    return problems
+
+
+# --- Readiness ----------------------------------------------------------------------
+
+
+def _ready_replicas(observed: Mapping[ChildKey, Mapping[str, Any]], name: str) -> int:
+    deployment = observed.get(("Deployment", name)) or {}
+    value = (deployment.get("status") or {}).get("readyReplicas") or 0
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def tier_statuses(cascade: ModelCascade, observed: Mapping[ChildKey, Mapping[str, Any]]) -> list[TierStatus]:
+    """One `TierStatus` per tier, in spec order: ready/desired replicas of its Deployment; external tiers ready.
+
+    `threshold` is the declared accept threshold (calibration may later report another).
+    """
+    result = []
+    for tier in cascade.spec.tiers:
+        threshold = tier.accept.threshold if tier.accept is not None else None
+        if not deploys_pods(tier):
+            result.append(TierStatus(name=tier.name, ready=True, threshold=threshold))
+            continue
+        ready = _ready_replicas(observed, tier_child_name(cascade.metadata.name, tier.name))
+        result.append(TierStatus(name=tier.name, ready_replicas=ready, replicas=tier.replicas, threshold=threshold))
+    return result
+
+
+def _replicas_phrase(what: str, ready: int, desired: int) -> str:
+    return f"{what} has {ready}/{desired} ready replicas"
+
+
+def merge_conditions(
+    previous: Iterable[Condition | Mapping[str, Any]], new: Iterable[Condition], *, now: str
+) -> list[Condition]:
+    """`new` conditions with `lastTransitionTime` kept from `previous` when the status did not change.
+
+    Previous conditions of types not in `new` are kept after them, unchanged.
+    """
+    before = {c.type: c for c in (_as_condition(p) for p in previous)}
+    merged = []
+    for condition in new:
+        old = before.pop(condition.type, None)
+        kept = old.last_transition_time if old is not None and old.status == condition.status else None
+        merged.append(condition.model_copy(update={"last_transition_time": kept or now}))
+    return merged + list(before.values())
+
+
+def _as_condition(value: Condition | Mapping[str, Any]) -> Condition:
+    return value if isinstance(value, Condition) else Condition.model_validate(value)
+
+
+def _condition(
+    type_: str, ok: bool, reason: str, message: str, generation: int | None
+) -> Condition:
+    status: Literal["True", "False"] = "True" if ok else "False"
+    return Condition(type=type_, status=status, reason=reason, message=message, observed_generation=generation)
+
+
+def compute_health(
+    cascade: ModelCascade,
+    observed: Mapping[ChildKey, Mapping[str, Any]],
+    *,
+    previous: Iterable[Condition | Mapping[str, Any]] = (),
+    problems: Sequence[Problem] = (),
+    now: str,
+    generation: int | None = None,
+) -> Health:
+    """Tier statuses and the Ready, TiersReady, RouterReady and Degraded conditions.
+
+    `observed`: the cascade's children keyed by (kind, name) (`plan.index_children`);
+    only the Deployments' `status.readyReplicas` is read. `previous`: the
+    conditions now in the status. `problems`: `check_semantics(...)` plus
+    anything else the handler found. `now`: an RFC 3339 time (e.g.
+    `2025-01-01T00:00:00Z`) used for conditions that change. `generation`:
+    `metadata.generation`, written as each condition's `observedGeneration`.
+
+    - TiersReady: every tier can serve (a ready replica; external tiers always).
+    - RouterReady: the router has a ready replica.
+    - Ready: both of the above.
+    - Degraded: a problem was found (reason: the first problem's), or a
+      component serves with fewer ready replicas than desired (ReplicasUnavailable).
+    """
+    tiers = tier_statuses(cascade, observed)
+    not_serving = [
+        _replicas_phrase(f'tier "{t.name}"', t.ready_replicas, t.replicas) for t in tiers if not tier_is_ready(t)
+    ]
+    short = [
+        _replicas_phrase(f'tier "{t.name}"', t.ready_replicas, t.replicas)
+        for t in tiers
+        if tier_is_ready(t) and t.ready is None and t.ready_replicas < t.replicas
+    ]
+    router_desired = cascade.spec.router.replicas
+    router_ready = _ready_replicas(observed, router_child_name(cascade.metadata.name))
+    router_phrase = _replicas_phrase("the router", router_ready, router_desired)
+    if 0 < router_ready < router_desired:
+        short.append(router_phrase)
+
+    tiers_ok = not not_serving
+    tiers_condition = _condition(
+        TIERS_READY,
+        tiers_ok,
+        "AllTiersReady" if tiers_ok else "TiersNotReady",
+        f"all {len(tiers)} tiers serve" if tiers_ok else "; ".join(not_serving),
+        generation,
+    )
+    router_ok = router_ready > 0
+    if router_ok:
+        router_reason, router_message = "RouterReady", router_phrase
+    elif router_desired == 0:
+        router_reason, router_message = "ScaledToZero", "spec.router.replicas is 0: the cascade has no endpoint"
+    else:
+        router_reason, router_message = "RouterNotReady", router_phrase
+    router_condition = _condition(ROUTER_READY, router_ok, router_reason, router_message, generation)
+
+    problem_text = "; ".join(p.message for p in problems)
+    ready_ok = tiers_ok and router_ok
+    if ready_ok:
+        ready_reason, ready_message = "Ready", "the cascade serves at its endpoint"
+    else:
+        waiting = [c.message for c in (tiers_condition, router_condition) if c.status != "True"]
+        ready_reason = problems[0].reason if problems else ("TiersNotReady" if not tiers_ok else router_reason)
+        ready_message = "; ".join(waiting + ([problem_text] if problems else []))
+    ready_condition = _condition(READY, ready_ok, ready_reason, ready_message, generation)
+
+    if problems:
+        degraded = _condition(DEGRADED, True, problems[0].reason, problem_text, generation)
+    elif short:
+        degraded = _condition(DEGRADED, True, "ReplicasUnavailable", "; ".join(short), generation)
+    else:
+        degraded = _condition(DEGRADED, False, "AsExpected", "no problems found", generation)
+
+    conditions = merge_conditions(
+        previous, [ready_condition, tiers_condition, router_condition, degraded], now=now
+    )
+    return Health(tiers=tiers, conditions=conditions)
+
+
+def invalid_spec_conditions(
+    previous: Iterable[Condition | Mapping[str, Any]],
+    *,
+    message: str,
+    now: str,
+    generation: int | None = None,
+) -> list[Condition]:
+    """Conditions for a resource the operator cannot parse: Ready False and Degraded True, reason InvalidSpec.
+
+    TiersReady and RouterReady are left as they were: the children keep running as last applied.
+    """
+    reason = ProblemReason.invalid_spec.value
+    return merge_conditions(
+        previous,
+        [
+            _condition(READY, False, reason, message, generation),
+            _condition(DEGRADED, True, reason, message, generation),
+        ],
+        now=now,
+    )

@@ -1,0 +1,130 @@
+"""Operator-wide settings: images, ports, GPU scheduling defaults, probe budgets.
+
+One `OperatorSettings` value is made at startup (`OperatorSettings.from_env()`,
+in the handler's `@kopf.on.startup()`) and passed explicitly to every builder;
+nothing here is a module global. Every field can be overridden by an
+environment variable named `KASCADE_<FIELD_NAME_IN_UPPER_SNAKE_CASE>`, e.g.
+`KASCADE_VLLM_IMAGE=vllm/vllm-openai:v0.11.1`. Lists and mappings are written
+as JSON (`KASCADE_GPU_TOLERATIONS='[{"key": "gpu", "operator": "Exists"}]'`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kascade import __version__
+
+ENV_PREFIX = "KASCADE_"
+
+# vLLM's official OpenAI-compatible server, pinned: a floating tag would change
+# the engine under running cascades whenever a node pulls again.
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_RUNTIME_IMAGE = f"ghcr.io/kascade-dev/kascade-runtime:{__version__}"
+
+DEFAULT_GPU_TOLERATIONS: tuple[dict[str, str], ...] = (
+    # The NVIDIA GPU operator and the managed clouds taint GPU nodes this way.
+    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+)
+
+
+class SettingsError(ValueError):
+    """A KASCADE_* environment variable holds a value the operator cannot use."""
+
+
+class OperatorSettings(BaseModel):
+    """What the operator puts into every cascade's children, apart from the cascade's own spec."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Images
+    vllm_image: str = Field(default=DEFAULT_VLLM_IMAGE, min_length=1, description="Engine vllm.")
+    runtime_image: str = Field(
+        default=DEFAULT_RUNTIME_IMAGE, min_length=1, description="The router and engine transformers (kascade serve)."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+    # Ports (container ports and Service ports alike)
+    router_port: int = Field(default=8000, ge=1, le=65535)
+    engine_port: int = Field(default=8000, ge=1, le=65535)
+
+    # Scheduling of tier pods
+    gpu_tolerations: tuple[dict[str, Any], ...] = Field(
+        default=DEFAULT_GPU_TOLERATIONS, description="Added to every GPU tier's pods, before the tier's own."
+    )
+    tier_node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels every tier's pods require; the gpuType selector and the tier's own win over it.",
+    )
+
+    # Volumes
+    model_cache_path: str = Field(default="/cache", description="Where the model download cache is mounted.")
+    model_cache_size: str = Field(default="200Gi", description="Size limit of the download cache (hf://, pkg://).")
+    model_cache_storage_class: str | None = Field(
+        default=None,
+        description=(
+            "When set, the download cache is a generic ephemeral volume (a PVC per pod) of this storage "
+            "class instead of an emptyDir on the node's disk; large models rarely fit a node's ephemeral storage."
+        ),
+    )
+    model_mount_path: str = Field(default="/mnt/models", description="Where pvc:// model claims are mounted.")
+    shm_size: str | None = Field(
+        default=None,
+        description="Size limit of vLLM's /dev/shm (memory-backed); None: no limit (counts against pod memory).",
+    )
+
+    # Probes. Large models take long to download and load: the startup probe
+    # allows period x failureThreshold seconds before the kubelet restarts the pod.
+    startup_probe_period_seconds: int = Field(default=10, ge=1)
+    startup_probe_failure_threshold: int = Field(default=180, ge=1, description="180 x 10 s = 30 minutes.")
+    liveness_probe_period_seconds: int = Field(default=15, ge=1)
+    liveness_probe_failure_threshold: int = Field(default=4, ge=1)
+    readiness_probe_period_seconds: int = Field(default=5, ge=1)
+    probe_timeout_seconds: int = Field(default=5, ge=1)
+
+    # The router
+    router_cpu: str = "250m"
+    router_memory: str = "512Mi"
+    router_status_report_interval_seconds: float = Field(
+        default=15.0, gt=0, description="How often each router replica writes its counters into the status."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Defaults overridden by KASCADE_* variables of `environ` (default: the process environment).
+
+        Raises `SettingsError` naming the variable when a value does not fit.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            variable = ENV_PREFIX + name.upper()
+            if variable not in environ:
+                continue
+            raw = environ[variable]
+            annotation = str(field.annotation)
+            if any(word in annotation for word in ("dict", "tuple", "list")):
+                try:
+                    values[name] = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise SettingsError(f"{variable} must be JSON ({exc.msg}): {raw!r}") from None
+            elif raw == "" and "None" in annotation:
+                values[name] = None
+            else:
+                values[name] = raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}" for error in exc.errors()
+            )
+            raise SettingsError(f"invalid operator settings from the environment: {problems}") from None
+
+    @property
+    def startup_budget_seconds(self) -> int:
+        """How long a tier may take to load its model before the kubelet restarts it."""
+        return self.startup_probe_period_seconds * self.startup_probe_failure_threshold

@@ -1,0 +1,30 @@
+"""The operator's pure core imports no kopf, no kubernetes client and nothing heavy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+PURE_MODULES = [
+    "kascade.operator.settings",
+    "kascade.operator.labels",
+    "kascade.operator.engine_vllm",
+    "kascade.operator.engine_transformers",
+    "kascade.operator.build_tier",
+    "kascade.operator.build_router",
+    "kascade.operator.builders",
+    "kascade.operator.plan",
+    "kascade.operator.conditions",
+    "kascade.operator.counters",
+]
+FORBIDDEN = ["kopf", "kubernetes", "torch", "transformers", "kascade.operator.handlers"]
+
+
+def test_pure_core_imports_no_io_libraries() -> None:
+    code = (
+        "import sys\n"
+        + "".join(f"import {module}\n" for module in PURE_MODULES)
+        + f"print(sorted(m for m in {FORBIDDEN!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

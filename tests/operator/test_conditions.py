@@ -1,0 +1,205 @@
+"""Tier readiness, conditions and the semantic checks the CRD schema cannot do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kascade.api.modelcascade import Condition, ModelCascade, ModelCascadeStatus
+from kascade.api.summary import summarize_status
+from kascade.operator.conditions import (
+    DEGRADED,
+    READY,
+    ROUTER_READY,
+    TIERS_READY,
+    Problem,
+    ProblemReason,
+    check_semantics,
+    compute_health,
+    invalid_spec_conditions,
+    merge_conditions,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+T0 = "2025-01-01T00:00:00Z"
+T1 = "2025-01-01T00:05:00Z"
+
+
+def example(name: str, **spec_changes: Any) -> ModelCascade:
+    body = yaml.safe_load((EXAMPLES / name).read_text())
+    body["spec"].update(spec_changes)
+    return ModelCascade.model_validate(body)
+
+
+def deployments(**ready: int) -> dict:
+    """Observed Deployments by name with their readyReplicas."""
+    return {
+        ("Deployment", name.replace("_", "-")): {"kind": "Deployment", "status": {"readyReplicas": count}}
+        for name, count in ready.items()
+    }
+
+
+def by_type(conditions: list[Condition]) -> dict[str, Condition]:
+    return {c.type: c for c in conditions}
+
+
+def test_everything_ready() -> None:
+    cascade = example("external-last-tier.yaml")
+    health = compute_health(
+        cascade, deployments(support_bot_small=2, support_bot_medium=1, support_bot_router=2), now=T0, generation=3
+    )
+    conditions = by_type(health.conditions)
+    assert health.ready
+    assert [c.type for c in health.conditions] == [READY, TIERS_READY, ROUTER_READY, DEGRADED]
+    assert conditions[READY].status == "True"
+    assert conditions[TIERS_READY].status == "True"
+    assert conditions[ROUTER_READY].status == "True"
+    assert conditions[DEGRADED].status == "False"
+    assert all(c.observed_generation == 3 and c.last_transition_time == T0 for c in health.conditions)
+    small, _, frontier = health.tiers
+    assert (small.ready_replicas, small.replicas, small.threshold) == (2, 2, 0.85)
+    assert frontier.ready is True and frontier.threshold is None  # external: no pods, always ready
+    status = ModelCascadeStatus(tiers=health.tiers)
+    assert summarize_status(status, tier_count=3).tiers == "3/3"
+
+
+def test_a_tier_without_ready_replicas_says_so() -> None:
+    cascade = example("external-last-tier.yaml")
+    health = compute_health(cascade, deployments(support_bot_small=2, support_bot_router=1), now=T0)
+    conditions = by_type(health.conditions)
+    assert not health.ready
+    assert conditions[TIERS_READY].status == "False"
+    assert conditions[TIERS_READY].message == 'tier "medium" has 0/1 ready replicas'
+    assert conditions[READY].reason == "TiersNotReady"
+    assert 'tier "medium" has 0/1 ready replicas' in conditions[READY].message
+    # The router has 1 of 2: serving, but below what was asked.
+    assert conditions[ROUTER_READY].status == "True"
+    assert conditions[DEGRADED].status == "True"
+    assert conditions[DEGRADED].reason == "ReplicasUnavailable"
+    assert conditions[DEGRADED].message == "the router has 1/2 ready replicas"
+
+
+def test_router_not_ready_and_nothing_observed_yet() -> None:
+    cascade = example("chat-vllm-gpu.yaml")
+    conditions = by_type(compute_health(cascade, {}, now=T0).conditions)
+    assert conditions[ROUTER_READY].status == "False"
+    assert conditions[ROUTER_READY].reason == "RouterNotReady"
+    assert conditions[TIERS_READY].message == (
+        'tier "small" has 0/2 ready replicas; tier "large" has 0/1 ready replicas'
+    )
+    assert conditions[DEGRADED].status == "False"  # starting up is not a problem
+
+
+def test_last_transition_time_is_kept_while_the_status_holds() -> None:
+    cascade = example("external-last-tier.yaml")
+    starting = compute_health(cascade, {}, now=T0)
+    still_starting = compute_health(cascade, {}, previous=starting.conditions, now=T1)
+    assert still_starting.conditions == starting.conditions
+    ready = compute_health(
+        cascade,
+        deployments(support_bot_small=2, support_bot_medium=1, support_bot_router=2),
+        previous=[c.model_dump(by_alias=True) for c in still_starting.conditions],  # raw status dicts work too
+        now=T1,
+    )
+    times = {c.type: c.last_transition_time for c in ready.conditions}
+    assert times == {READY: T1, TIERS_READY: T1, ROUTER_READY: T1, DEGRADED: T0}
+
+
+def test_conditions_of_other_types_are_kept() -> None:
+    calibrated = Condition(type="Calibrated", status="True", reason="GoalMet", last_transition_time=T0)
+    merged = merge_conditions([calibrated], [Condition(type=READY, status="False")], now=T1)
+    assert [c.type for c in merged] == [READY, "Calibrated"]
+    assert merged[1] == calibrated
+
+
+def test_problems_make_the_cascade_degraded_with_their_reason() -> None:
+    cascade = example("chat-vllm-gpu.yaml")
+    problems = [Problem(ProblemReason.missing_secret, 'Secret "hf-token" ... does not exist')]
+    conditions = by_type(compute_health(cascade, {}, problems=problems, now=T0).conditions)
+    assert conditions[DEGRADED].status == "True"
+    assert conditions[DEGRADED].reason == "MissingSecret"
+    assert 'Secret "hf-token"' in conditions[DEGRADED].message
+    assert conditions[READY].reason == "MissingSecret"
+    assert 'Secret "hf-token"' in conditions[READY].message
+
+
+def test_invalid_spec_conditions() -> None:
+    previous = compute_health(example("chat-vllm-gpu.yaml"), {}, now=T0).conditions
+    conditions = by_type(invalid_spec_conditions(previous, message="spec.tiers: field required", now=T1))
+    assert conditions[READY].status == "False" and conditions[READY].reason == "InvalidSpec"
+    assert conditions[DEGRADED].status == "True" and conditions[DEGRADED].last_transition_time == T1
+    assert conditions[READY].last_transition_time == T0  # it was False already
+    assert conditions[TIERS_READY].last_transition_time == T0
+
+
+# --- check_semantics -----------------------------------------------------------------
+
+ALL_SECRETS = {"hf-token", "chat-client-keys", "openai"}
+ALL_GPUS = {"NVIDIA-L4", "NVIDIA-H100-80GB-HBM3", "NVIDIA-L40S", "NVIDIA-T4"}
+
+
+def test_the_examples_have_no_problems_in_a_cluster_that_has_what_they_need() -> None:
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        cascade = example(path.name)
+        assert check_semantics(cascade, secrets=ALL_SECRETS, gpu_products=ALL_GPUS) == [], path.name
+
+
+def test_missing_secrets_are_named_with_the_command_to_create_them() -> None:
+    cascade = example("chat-vllm-gpu.yaml")
+    problems = check_semantics(cascade, secrets=set(), gpu_products=None)
+    assert [p.reason for p in problems] == ["MissingSecret", "MissingSecret"]
+    assert 'Secret "hf-token" used by tier "large" (model.hubTokenSecret) does not exist in namespace "llm"' in (
+        problems[0].message
+    )
+    assert "kubectl -n llm create secret generic hf-token --from-literal=token=" in problems[0].message
+    assert "router.apiKeySecret" in problems[1].message
+
+
+def test_missing_secret_keys_when_keys_are_known() -> None:
+    cascade = example("external-last-tier.yaml")
+    problems = check_semantics(cascade, secrets={"openai": {"token"}}, gpu_products=None)
+    assert len(problems) == 1
+    assert problems[0].message == 'Secret "openai" used by tier "frontier" (apiKeySecret) has no key "api-key" (it has: token)'
+
+
+def test_gpu_type_no_node_offers() -> None:
+    cascade = example("chat-vllm-gpu.yaml")
+    problems = check_semantics(cascade, secrets=ALL_SECRETS, gpu_products={"NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"})
+    assert [p.reason for p in problems] == ["NoMatchingNodes"]
+    assert 'tier "large" asks for resources.gpuType NVIDIA-H100-80GB-HBM3' in problems[0].message
+    assert "nodes offer: NVIDIA-A100-SXM4-80GB, NVIDIA-L4" in problems[0].message
+    none = check_semantics(cascade, secrets=ALL_SECRETS, gpu_products=set())
+    assert len(none) == 2 and "GPU feature discovery" in none[0].message
+
+
+def _tiers_body(*tiers: dict[str, Any]) -> ModelCascade:
+    specs = [dict(t) for t in tiers]
+    for spec in specs[:-1]:
+        spec.setdefault("accept", {"threshold": 0.5})
+    return ModelCascade.model_validate(
+        {"apiVersion": "kascade.dev/v1alpha1", "kind": "ModelCascade", "metadata": {"name": "c", "namespace": "n"},
+         "spec": {"tiers": specs}}
+    )
+
+
+def test_invalid_specs_the_schema_cannot_see() -> None:
+    cascade = _tiers_body(
+        {"name": "a", "model": {"uri": "pkg://smollm2-135m-instruct"}},
+        {"name": "b", "engine": "transformers", "model": {"uri": "s3://bucket/m"}, "price": {"currency": "EUR"}},
+        {"name": "router", "model": {"uri": "hf://o/m"}, "resources": {"gpuType": "NVIDIA-L4"},
+         "engineArgs": ["--port=9000", "--dtype=bfloat16"]},
+        {"name": "d", "model": {"uri": "gs://bucket/m"}},
+        {"name": "e", "model": {"uri": "pvc:///path"}},
+    )
+    problems = check_semantics(cascade, secrets=set(), gpu_products=None)
+    assert {p.reason for p in problems} == {"InvalidSpec"}
+    text = "\n".join(p.message for p in problems)
+    assert "tier 'router' would be named 'c-router', the router's name" in text
+    assert "tier prices must share one currency" in text
+    assert 'tier "a": pkg:// models are packaged for Kascade\'s own server' in text
+    assert 'tier "b": engine transformers cannot read s3://' in text
+    assert 'tier "router": resources.gpuType is set but resources.gpus is 0' in text
+    assert 'tier "router": engineArgs must not set --port' in text
+    assert 'tier "d": model.uri scheme gs:// is not supported' in text
+    assert 'tier "e": model.uri pvc:///path names no claim' in text
