@@ -232,7 +232,12 @@ def test_unknown_fields_are_pruned_except_in_free_form_objects() -> None:
     preserved = sorted(
         path for path, node in _nodes(openapi_schema()) if node.get("x-kubernetes-preserve-unknown-fields")
     )
-    assert preserved == [".spec.tiers[].affinity", ".status.replicaCounters.*"]
+    assert preserved == [
+        ".spec.tiers[].affinity",
+        ".status.replicaCounters.*",
+        ".status.retiredCounters",
+        ".status.retiredProcesses.*",
+    ]
 
 
 def test_cel_rules_are_attached_where_they_belong() -> None:
