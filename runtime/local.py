@@ -459,7 +459,7 @@ def run_demo(
     count = len(DEMO_CLASSIFY_INPUTS if cascade.spec.task is Task.classify else DEMO_PROMPTS)
     console.print(
         f"\n[bold]Demo[/bold]: {count} requests to {base_url}/v1 with the openai client. "
-        "Confidence is the answering tier's own score; the last tier always answers and is not scored (-).\n"
+        "Scores: each tier tried and its confidence (x-kascade-trail); the last tier always answers and is not scored.\n"
     )
     if cascade.spec.task is Task.classify:
         return _demo_classify(cascade, base_url, console, api_key)
