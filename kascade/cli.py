@@ -76,6 +76,44 @@ def serve(
 
 
 @app.command()
+def operator(
+    namespace: Annotated[
+        Optional[list[str]],
+        typer.Option("--namespace", "-n", help="A namespace to watch (repeatable)."),
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace (needs a ClusterRole).")
+    ] = False,
+    liveness: Annotated[
+        str, typer.Option(help="Kopf's liveness endpoint; an empty string turns it off.")
+    ] = "http://0.0.0.0:8080/healthz",
+    standalone: Annotated[
+        bool, typer.Option("--standalone", help="No peering with other operator replicas (run one replica).")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Log everything, Kopf's internals included.")] = False,
+) -> None:
+    """Run the ModelCascade operator (Kopf's `kopf run` with Kascade's handlers).
+
+    Settings come from KASCADE_* environment variables (images, ports, GPU
+    tolerations, KASCADE_RECONCILE_INTERVAL_SECONDS...); credentials from the
+    in-cluster service account, else $KUBECONFIG.
+    """
+    from kascade.operator.main import run_operator
+
+    raise typer.Exit(
+        run_operator(
+            namespaces=namespace or [],
+            all_namespaces=all_namespaces,
+            liveness=liveness or None,
+            standalone=standalone,
+            verbose=verbose,
+            debug=debug,
+        )
+    )
+
+
+@app.command()
 def crds(
     out: Annotated[Path, typer.Option(help="Folder to write the CRD YAML into.")] = Path("crds"),
     check: Annotated[bool, typer.Option(help="Do not write; fail when the folder is stale.")] = False,

@@ -1,0 +1,136 @@
+"""`reconcile` itself against the API-server stand-in (no kopf loop): what it writes, and when it writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+kopf = pytest.importorskip("kopf")
+pytest.importorskip("kmock")
+
+from kascade.operator.handlers import GpuProducts, Operator, reconcile
+from kascade.operator.k8s import Credentials, KubeApi
+from kascade.operator.settings import OperatorSettings
+
+from kascade.testing import StandinApiServer
+
+REPO = Path(__file__).resolve().parents[2]
+LOGGER = logging.getLogger("test-reconcile")
+CHILDREN = ("serviceaccounts", "roles", "rolebindings", "configmaps", "services", "deployments")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[StandinApiServer]:
+    with StandinApiServer(crd_paths=[REPO / "crds"], controller_delay=0.01) as running:
+        running.add_node("gpu-l4", labels={"nvidia.com/gpu.product": "NVIDIA-L4"})
+        running.add_node("gpu-h100", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"})
+        for name, key in (("hf-token", "token"), ("chat-client-keys", "keys")):
+            running.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {key: "x"}})
+        yield running
+
+
+@pytest.fixture
+def credentials(server: StandinApiServer, monkeypatch: pytest.MonkeyPatch) -> Credentials:
+    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return Credentials.from_environment()
+
+
+def create_cascade(server: StandinApiServer, name: str, **spec: Any) -> dict[str, Any]:
+    body = yaml.safe_load((REPO / "examples" / "chat-vllm-gpu.yaml").read_text())
+    body["metadata"] = {"name": name, "namespace": "default"}
+    body["spec"].update(spec)
+    return server.create(body)
+
+
+def reconcile_once(credentials: Credentials, body: dict[str, Any]) -> None:
+    async def run() -> None:
+        async with KubeApi(credentials) as api:
+            await reconcile(Operator(api=api, settings=OperatorSettings(), gpu_products=GpuProducts()), body, LOGGER)
+
+    asyncio.run(run())
+
+
+def children(server: StandinApiServer, name: str) -> list[str]:
+    return sorted(f"{resource}/{obj['metadata']['name']}" for resource in CHILDREN
+                  for obj in server.objects(resource, "default", label_selector=f"kascade.dev/cascade={name}"))  # fmt: skip
+
+
+def conditions(server: StandinApiServer, name: str) -> dict[str, tuple[str, str]]:
+    status = server.get("modelcascades", name, "default").get("status") or {}
+    return {c["type"]: (c["status"], c["reason"]) for c in status.get("conditions") or []}
+
+
+def test_the_first_reconcile_creates_and_the_next_ones_write_nothing(server: StandinApiServer, credentials: Credentials):
+    body = create_cascade(server, "steady")
+    reconcile_once(credentials, body)
+    assert len(children(server, "steady")) == 10
+    server.wait_for(lambda: all((server.get("deployments", f"steady-{c}", "default").get("status") or {}).get("readyReplicas")
+                                for c in ("small", "large", "router")))  # fmt: skip
+    body = server.get("modelcascades", "steady", "default")
+    reconcile_once(credentials, body)  # readiness lands in the status
+    assert conditions(server, "steady")["Ready"] == ("True", "Ready")
+
+    mark = server.mark()
+    reconcile_once(credentials, server.get("modelcascades", "steady", "default"))
+    reconcile_once(credentials, server.get("modelcascades", "steady", "default"))
+    assert server.writes(since=mark) == []
+    reads = [r for r in server.requests[mark:] if r.user_agent.startswith("kascade-operator/")]
+    assert {r.verb for r in reads} == {"list", "get"}
+    # Per reconcile: 6 child lists, 2 Secret gets, 1 node list (a running operator lists nodes at most every 10 s).
+    assert len(reads) == 2 * (6 + 2 + 1)
+
+
+def test_a_name_taken_by_someone_else_is_a_conflict_and_nothing_is_applied(server: StandinApiServer,
+                                                                            credentials: Credentials):  # fmt: skip
+    foreign = server.create({"apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": "taken-router", "labels": {"owner": "someone-else"}}, "data": {"a": "b"}})  # fmt: skip
+    body = create_cascade(server, "taken")
+    reconcile_once(credentials, body)
+    assert children(server, "taken") == []
+    assert conditions(server, "taken")["Degraded"] == ("True", "NameConflict")
+    status = server.get("modelcascades", "taken", "default")["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert 'ConfigMap "taken-router" already exists in namespace "default" and is not managed by this cascade' in (
+        degraded["message"])  # fmt: skip
+    assert server.get("configmaps", "taken-router", "default") == foreign
+
+
+def test_a_spec_that_does_not_parse_sets_invalid_spec_and_fails_permanently(server: StandinApiServer,
+                                                                             credentials: Credentials):  # fmt: skip
+    body = create_cascade(server, "unparsed")
+    body["spec"]["tiers"][1]["accept"] = {"threshold": 0.5}  # the CRD's CEL rule would refuse it; pydantic does too
+    with pytest.raises(kopf.PermanentError, match="the last tier .* always answers"):
+        reconcile_once(credentials, body)
+    assert conditions(server, "unparsed") == {"Ready": ("False", "InvalidSpec"), "Degraded": ("True", "InvalidSpec")}
+    assert children(server, "unparsed") == []
+    mark = server.mark()
+    with pytest.raises(kopf.PermanentError):
+        reconcile_once(credentials, {**body, "status": server.get("modelcascades", "unparsed", "default")["status"],
+                                     "metadata": server.get("modelcascades", "unparsed", "default")["metadata"]})  # fmt: skip
+    assert server.writes(since=mark) == []
+
+
+def test_a_stale_body_never_overwrites_a_newer_status(server: StandinApiServer, credentials: Credentials):
+    """The status write carries the body's resourceVersion: a router's newer slot makes it re-read, not clobber."""
+    body = create_cascade(server, "stale")
+    reconcile_once(credentials, body)
+    slot = {"processId": "p1", "pod": "stale-router-x", "startedAt": "2026-01-01T00:00:00Z", "currency": "USD",
+            "requests": 7, "failed": 0, "escalations": 1, "answeredBy": {"small": 6, "large": 1},
+            "cost": {"actual": 1.0, "baseline": 2.0}}  # fmt: skip
+    server.create({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "stale-router-x", "labels": {"app.kubernetes.io/name": "kascade",
+                                "app.kubernetes.io/instance": "stale", "app.kubernetes.io/component": "router",
+                                "kascade.dev/cascade": "stale"}},
+                   "spec": {"containers": [{"name": "router", "image": "r:1"}]}})  # fmt: skip
+    server.patch("modelcascades", "stale", {"status": {"replicaCounters": {"p1": slot}}}, subresource="status")
+    reconcile_once(credentials, body)  # `body` predates both the first status write and the slot
+    status = server.get("modelcascades", "stale", "default")["status"]
+    assert status["replicaCounters"]["p1"]["requests"] == 7
+    assert status["traffic"]["requests"] == 7 and status["traffic"]["escalations"] == 1

@@ -1,0 +1,626 @@
+"""End to end: the real operator process, the API-server stand-in, the real kubectl, real routers.
+
+One cluster for the whole module, driven in order, as a user would:
+
+1. `kubectl apply -f crds/`, a namespace, GPU nodes and the Secrets the example needs;
+   `kascade operator --namespace llm --standalone` starts as a subprocess;
+2. `kubectl apply -f examples/chat-vllm-gpu.yaml`: the children appear with GPU
+   requests, node selectors and tolerations; every stored child passes
+   `kubernetes-validate --strict`; the stand-in's Deployment controller makes
+   them ready and the status turns Ready with observedGeneration;
+3. two router processes rendered from the ConfigMap the operator wrote (tiers
+   replaced by local fixed-answer upstreams, status reports aimed at the stand-in)
+   take traffic from the official openai client; their counters show in the
+   status and in `kubectl get modelcascades`;
+4. a router restarts (new process id) and a router pod goes away mid-traffic:
+   the totals never go down and end equal to what the clients got answered;
+5. a reconcile with nothing to do writes nothing, and neither does an operator restart;
+6. a missing Secret and a GPU type no node offers set Degraded with a clear
+   message and leave the children untouched;
+7. deleting the cascade removes the children; every API call the operator made
+   is covered by the RBAC rules documented in docs/operator.md.
+
+Timers are short (KASCADE_RECONCILE_INTERVAL_SECONDS=0.5; routers report every 0.3 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+pytest.importorskip("kopf")
+pytest.importorskip("kmock")
+openai = pytest.importorskip("openai")
+
+from kascade.operator.k8s import OPERATOR_RULES, rule_allows
+from kascade.operator.labels import COMPONENT_ROUTER, selector_labels
+from kascade.runtime.config import RouterConfig
+from kascade.runtime.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
+from kascade.runtime.router import create_router_app
+from kascade.runtime.serving import BackgroundServer, free_port
+
+from kascade.testing import StandinApiServer, kubectl_path
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "chat-vllm-gpu.yaml"
+NS, NAME = "llm", "chat"
+CLIENT_KEY = "e2e-client-key"
+INTERVAL_S = 0.5
+OPERATOR_AGENTS = ("kopf/", "kascade-operator/")
+CHILD_RESOURCES = ("serviceaccounts", "roles", "rolebindings", "configmaps", "services", "deployments")
+
+
+# --- the cluster ----------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    server: StandinApiServer
+    tmp: Path
+    operator: subprocess.Popen[bytes] | None = None
+    operator_log: Path | None = None
+    liveness_port: int = 0
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        done = subprocess.run(
+            [str(kubectl_path()), "--kubeconfig", str(self.server.kubeconfig_path),
+             "--cache-dir", str(self.tmp / "kube-cache"), *args],
+            input=input, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}\n{self.log_tail()}")
+        return done.stdout
+
+    def start_operator(self) -> None:
+        self.liveness_port = free_port()
+        self.operator_log = self.tmp / f"operator-{time.monotonic_ns()}.log"
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.server.kubeconfig_path),
+            "KASCADE_RECONCILE_INTERVAL_SECONDS": str(INTERVAL_S),
+            "KASCADE_ROUTER_STATUS_REPORT_INTERVAL_SECONDS": "0.3",
+            "PYTHONUNBUFFERED": "1",
+        }
+        with self.operator_log.open("wb") as log:
+            self.operator = subprocess.Popen(
+                [sys.executable, "-m", "kascade", "operator", "--namespace", NS, "--standalone",
+                 "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz", "--verbose"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            )  # fmt: skip
+        wait_for(lambda: self._live(), timeout=30, what="the operator's liveness endpoint")
+
+    def _live(self) -> bool:
+        assert self.operator is not None
+        if self.operator.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.operator.returncode}:\n{self.log_tail()}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop_operator(self) -> None:
+        if self.operator is not None and self.operator.poll() is None:
+            self.operator.send_signal(signal.SIGTERM)
+            try:
+                self.operator.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+                self.operator.wait(timeout=5)
+        self.operator = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self.operator_log is None or not self.operator_log.exists():
+            return ""
+        return "operator log:\n" + "\n".join(self.operator_log.read_text(errors="replace").splitlines()[-lines:])
+
+    # --- reading the stand-in ---
+
+    def cascade(self) -> dict[str, Any]:
+        found = self.server.get("modelcascades", NAME, NS)
+        assert found is not None, "the ModelCascade is gone"
+        return found
+
+    def status(self) -> dict[str, Any]:
+        return self.cascade().get("status") or {}
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return next((c for c in self.status().get("conditions") or [] if c["type"] == type_), {})
+
+    def children(self) -> dict[tuple[str, str], dict[str, Any]]:
+        found = {}
+        for resource in CHILD_RESOURCES:
+            for obj in self.server.objects(resource, NS, label_selector=f"kascade.dev/cascade={NAME}"):
+                found[(resource, obj["metadata"]["name"])] = obj
+        return found
+
+    def operator_writes(self, since: int) -> list[Any]:
+        return [r for r in self.server.writes(since=since) if r.user_agent.startswith(OPERATOR_AGENTS)]
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 20.0, what: str = "a condition",
+             context: Callable[[], str] = lambda: "") -> Any:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    value = condition()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value: {value!r})\n{context()}")
+        time.sleep(0.05)
+        value = condition()
+    return value
+
+
+def manifests(*documents: dict[str, Any]) -> str:
+    return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("e2e-operator")
+    with StandinApiServer(controller_delay=0.2) as server:
+        running = Cluster(server=server, tmp=tmp)
+        running.kubectl("apply", "-f", str(REPO / "crds"))
+        wait_for(lambda: server.get("customresourcedefinitions", "modelcascades.kascade.dev"), what="the CRD")
+        wait_for(lambda: any(c["type"] == "Established" and c["status"] == "True" for c in
+                             (server.get("crd", "modelcascades.kascade.dev") or {}).get("status", {}).get("conditions", [])),
+                 what="the CRD to be established")  # fmt: skip
+        server.add_node("gpu-l4-1", labels={"nvidia.com/gpu.product": "NVIDIA-L4"}, capacity={"nvidia.com/gpu": "8"})
+        server.add_node("gpu-h100-1", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                        capacity={"nvidia.com/gpu": "8"})  # fmt: skip
+        running.kubectl("apply", "-f", "-", input=manifests(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+            hf_token_secret(),
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "chat-client-keys", "namespace": NS},
+             "stringData": {"keys": f"{CLIENT_KEY}\n"}},
+        ))  # fmt: skip
+        running.start_operator()
+        try:
+            yield running
+        finally:
+            running.stop_operator()
+
+
+def hf_token_secret() -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token", "namespace": NS},
+            "stringData": {"token": "hf_e2e"}}  # fmt: skip
+
+
+# --- 2. apply the example ----------------------------------------------------------------------
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_kubectl_apply_creates_the_children_with_gpu_requests(cluster: Cluster):
+    """The example's tiers become Deployments asking for nvidia.com/gpu on nodes of the right GPU product."""
+    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    expected = {("deployments", f"{NAME}-{c}") for c in ("small", "large", "router")}
+    expected |= {("services", f"{NAME}-{c}") for c in ("small", "large", "router")}
+    expected |= {(r, f"{NAME}-router") for r in ("serviceaccounts", "roles", "rolebindings", "configmaps")}
+    wait_for(lambda: expected <= set(cluster.children()), what="the children", context=cluster.log_tail)
+    children = cluster.children()
+    assert set(children) == expected
+
+    small, large = children[("deployments", "chat-small")], children[("deployments", "chat-large")]
+    assert container(small)["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert container(large)["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    assert small["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert large["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    gpu_taint = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    assert gpu_taint in small["spec"]["template"]["spec"]["tolerations"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "inference", "effect": "NoSchedule"} in (
+        small["spec"]["template"]["spec"]["tolerations"])  # fmt: skip
+    assert gpu_taint in large["spec"]["template"]["spec"]["tolerations"]
+    assert small["spec"]["replicas"] == 2 and large["spec"]["replicas"] == 1
+    hf_token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+    assert hf_token in container(large)["env"]
+
+    owner = cluster.cascade()["metadata"]
+    for key, child in children.items():
+        refs = child["metadata"].get("ownerReferences") or []
+        assert [(r["kind"], r["name"], r["uid"], r.get("controller")) for r in refs] == [
+            ("ModelCascade", NAME, owner["uid"], True)], key  # fmt: skip
+
+
+def test_every_stored_child_passes_kubernetes_validate_strict(cluster: Cluster, tmp_path: Path):
+    """The children as the API server stored them (defaults and server metadata included) pass the real schemas."""
+    files = []
+    for (resource, name), obj in sorted(cluster.children().items()):
+        path = tmp_path / f"{resource}-{name}.yaml"
+        path.write_text(yaml.safe_dump(obj, sort_keys=False))
+        files.append(str(path))
+    tool = Path(sys.executable).with_name("kubernetes-validate")
+    done = subprocess.run([str(tool), "--strict", "--kubernetes-version", "1.37.0", *files],
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("INFO") == len(files), done.stdout
+
+
+def test_the_status_turns_ready_with_observed_generation(cluster: Cluster):
+    """Once the Deployments are ready, Ready=True for the cascade's current generation, and the endpoint is set."""
+    wait_for(lambda: cluster.condition("Ready").get("status") == "True" and cluster.condition("Degraded").get("status") == "False",
+             what="Ready and not Degraded", context=lambda: f"{cluster.status()}\n{cluster.log_tail()}")  # fmt: skip
+    status, generation = cluster.status(), cluster.cascade()["metadata"]["generation"]
+    assert status["observedGeneration"] == generation
+    assert {c["type"]: (c["status"], c["observedGeneration"]) for c in status["conditions"]} == {
+        "Ready": ("True", generation), "TiersReady": ("True", generation),
+        "RouterReady": ("True", generation), "Degraded": ("False", generation)}  # fmt: skip
+    assert status["endpoint"] == "http://chat-router.llm.svc:8000/v1"
+    assert [(t["name"], t["readyReplicas"], t["replicas"]) for t in status["tiers"]] == [("small", 2, 2), ("large", 1, 1)]
+    assert status["summary"]["tiers"] == "2/2"
+    ready_event = wait_for(lambda: next((e for e in cluster.server.objects("events", NS) if e.get("reason") == "Ready"),
+                                        None), what="the Ready event")  # fmt: skip
+    assert ready_event["type"] == "Normal" and ready_event["involvedObject"]["name"] == NAME
+
+
+# --- 3. routers and their counters ----------------------------------------------------------------
+
+
+@dataclass
+class Router:
+    pod: str
+    server: BackgroundServer
+    client: Any  # openai.OpenAI on the router's URL
+    inflight: int = 0
+
+
+@dataclass
+class Traffic:
+    """Local tiers, router processes and a client that counts what it got answered."""
+
+    cluster: Cluster
+    tmp: Path
+    small: FixedBehaviour = field(default_factory=lambda: FixedBehaviour(model="qwen2.5-7b-instruct"))
+    large: FixedBehaviour = field(default_factory=lambda: FixedBehaviour(model="llama-3.1-70b-instruct"))
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    routers: dict[str, Router] = field(default_factory=dict)
+    sent: int = 0
+    answered: int = 0
+    escalated: int = 0
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    one_at_a_time: threading.Lock = field(default_factory=threading.Lock)
+
+    def start_tiers(self) -> None:
+        self.small_url = self.stack.enter_context(BackgroundServer(create_fixed_upstream_app(self.small))).url + "/v1"
+        self.large_url = self.stack.enter_context(BackgroundServer(create_fixed_upstream_app(self.large))).url + "/v1"
+
+    def router_config(self, pod: str) -> RouterConfig:
+        """The ConfigMap's config with the tiers on loopback and status reports going to the stand-in."""
+        configmap = self.cluster.server.get("configmaps", "chat-router", NS)
+        assert configmap is not None
+        config = RouterConfig.model_validate(yaml.safe_load(configmap["data"]["router.yaml"]))
+        assert config.status_report is not None and config.status_report.interval_seconds == 0.3
+        urls = {"small": self.small_url, "large": self.large_url}
+        keys = self.tmp / "client-keys"
+        keys.write_text(f"{CLIENT_KEY}\n")
+        token = self.tmp / "token"
+        token.write_text("e2e-router-token\n")
+        env = f"KASCADE_E2E_POD_{pod.replace('-', '_').upper()}"
+        os.environ[env] = pod
+        report = config.status_report.model_copy(update={
+            "api_server": self.cluster.server.url, "token_file": str(token), "ca_file": None, "pod_env": env})  # fmt: skip
+        tiers = [tier.model_copy(update={"url": urls[tier.name]}) for tier in config.tiers]
+        return config.model_copy(update={"tiers": tiers, "api_keys_file": str(keys), "status_report": report})
+
+    def start_router(self, pod: str) -> Router:
+        if self.cluster.server.get("pods", pod, NS) is None:
+            self.cluster.server.create({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": NS, "labels": selector_labels(NAME, COMPONENT_ROUTER)},
+                "spec": {"serviceAccountName": "chat-router",
+                         "containers": [{"name": "router", "image": "ghcr.io/kascade-dev/kascade-runtime:0.1.0"}]},
+            })  # fmt: skip
+        server = BackgroundServer(create_router_app(self.router_config(pod))).start()
+        router = Router(pod, server, openai.OpenAI(base_url=f"{server.url}/v1", api_key=CLIENT_KEY, max_retries=0))
+        with self.lock:
+            self.routers[pod] = router
+        return router
+
+    def stop_router(self, pod: str) -> None:
+        """Take the router out of rotation, let its in-flight requests finish, stop it (it reports one last time)."""
+        with self.lock:
+            router = self.routers.pop(pod)
+            self.lock.wait_for(lambda: router.inflight == 0, timeout=10)
+        router.client.close()
+        router.server.stop()
+
+    def ask(self, router: Router, *, confident: bool) -> None:
+        """One chat completion through `router` (already counted in flight); checks who answered."""
+        try:
+            with self.one_at_a_time:  # the small tier's confidence is set per request
+                self.small.token_prob = 0.9 if confident else 0.2
+                raw = router.client.with_raw_response.chat.completions.create(
+                    model=NAME, messages=[{"role": "user", "content": "hello"}])
+                answer = raw.parse()
+                escalated = raw.headers.get("x-kascade-escalated") == "true"
+            assert answer.choices[0].message.content == "Hello, world."
+            assert escalated is not confident
+        finally:
+            with self.lock:
+                router.inflight -= 1
+                self.lock.notify_all()
+        with self.lock:
+            self.answered += 1
+            self.escalated += int(escalated)
+
+    def send(self, count: int, *, pods: list[str] | None = None) -> None:
+        """`count` requests, spread over the routers in rotation (or `pods`); every fourth one escalates."""
+        for _ in range(count):
+            with self.lock:
+                live = sorted(pods or self.routers)
+                router = self.routers[live[self.sent % len(live)]]
+                confident = self.sent % 4 != 3
+                self.sent += 1
+                router.inflight += 1
+            self.ask(router, confident=confident)
+
+    def close(self) -> None:
+        for pod in list(self.routers):
+            self.stop_router(pod)
+        self.stack.close()
+
+
+@pytest.fixture(scope="module")
+def traffic(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
+    running = Traffic(cluster=cluster, tmp=tmp_path_factory.mktemp("e2e-routers"))
+    running.start_tiers()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def kubectl_table(cluster: Cluster) -> dict[str, str]:
+    lines = cluster.kubectl("get", "modelcascades", "-n", NS).splitlines()
+    header, row = (re.split(r"\s{2,}", line.strip()) for line in lines[:2])
+    return dict(zip(header, row, strict=True))
+
+
+def test_router_counters_fold_into_the_status_and_kubectl_shows_them(cluster: Cluster, traffic: Traffic):
+    """Two routers take traffic from the openai client; the operator folds their slots into traffic and cost."""
+    traffic.start_router("chat-router-7d9f-a")
+    traffic.start_router("chat-router-7d9f-b")
+    traffic.send(40)
+
+    wait_for(lambda: cluster.status().get("traffic", {}).get("requests") == 40, what="40 requests in the status",
+             context=lambda: str(cluster.status().get("traffic")) + "\n" + cluster.log_tail())  # fmt: skip
+    status = cluster.status()
+    assert status["traffic"]["escalations"] == 10
+    assert status["traffic"]["answeredBy"] == {"small": 30, "large": 10}
+    assert status["cost"]["saved"] > 0 and status["cost"]["currency"] == "USD"
+    assert set(status["replicaCounters"]) == {
+        slot["processId"] for slot in status["replicaCounters"].values()}  # fmt: skip
+    assert {slot["pod"] for slot in status["replicaCounters"].values()} == {"chat-router-7d9f-a", "chat-router-7d9f-b"}
+
+    row = kubectl_table(cluster)
+    assert row["NAME"] == NAME and row["READY"] == "True" and row["TIERS"] == "2/2"
+    assert row["ESCALATION"] == "25.0%" == status["summary"]["escalation"]
+    assert row["SAVED"] == status["summary"]["saved"]
+    assert re.fullmatch(r"USD [0-9.]+ \([0-9.]+%\)", row["SAVED"]), row["SAVED"]
+
+
+def test_restarts_and_removed_pods_neither_drop_nor_double_count(cluster: Cluster, traffic: Traffic):
+    """Router A restarts (a new process id) and pod B goes away while traffic flows: totals only grow, and end exact."""
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            seen.append(cluster.status().get("traffic", {}).get("requests", 0))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    flowing = threading.Event()
+    errors: list[BaseException] = []
+
+    def background() -> None:
+        try:
+            while not flowing.is_set():
+                traffic.send(1)
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+
+    sender = threading.Thread(target=background, daemon=True)
+    sender.start()
+    try:
+        time.sleep(0.5)
+        # Router A restarts: same pod, new process.
+        traffic.stop_router("chat-router-7d9f-a")
+        traffic.start_router("chat-router-7d9f-a")
+        time.sleep(0.8)
+        # Pod B is deleted; its process finishes a few in-flight requests after the operator retired its slot,
+        # then stops and writes its slot one last time.
+        retired_before = cluster.status().get("retiredCounters", {}).get("processes", 0)
+        cluster.server.delete("pods", "chat-router-7d9f-b", namespace=NS)
+        wait_for(lambda: cluster.status().get("retiredCounters", {}).get("processes", 0) > retired_before,
+                 what="the operator to retire pod B's slot", context=cluster.log_tail)  # fmt: skip
+        traffic.send(3, pods=["chat-router-7d9f-b"])
+        traffic.stop_router("chat-router-7d9f-b")
+        time.sleep(0.5)
+    finally:
+        flowing.set()
+        sender.join(timeout=20)
+        assert not errors, errors
+
+    wait_for(lambda: cluster.status().get("traffic", {}).get("requests") == traffic.answered
+             and len(cluster.status().get("replicaCounters") or {}) == 1,
+             timeout=20, what=f"{traffic.answered} requests folded and one live slot",
+             context=lambda: str(cluster.status().get("traffic")) + str(cluster.status().get("retiredCounters")))  # fmt: skip
+    time.sleep(4 * INTERVAL_S)  # more folds: nothing may count twice
+    stop.set()
+    sampler.join(timeout=5)
+    status = cluster.status()
+    assert status["traffic"]["requests"] == traffic.answered
+    assert status["traffic"]["escalations"] == traffic.escalated
+    assert sum(status["traffic"]["answeredBy"].values()) == traffic.answered
+    assert status["retiredCounters"]["processes"] == 2  # the first process of A, and B
+    assert [slot["pod"] for slot in status["replicaCounters"].values()] == ["chat-router-7d9f-a"]
+    assert all(later >= earlier for earlier, later in itertools.pairwise(seen)), "a cumulative figure went down"
+    assert seen[-1] == traffic.answered
+
+
+# --- 5. no-op reconciles write nothing ------------------------------------------------------------------
+
+
+def test_a_reconcile_with_nothing_to_change_writes_nothing(cluster: Cluster):
+    """Timer reconciles of a settled cascade, and an update that changes no child, write nothing to the API."""
+    time.sleep(2 * INTERVAL_S)
+    mark = cluster.server.mark()
+    time.sleep(8 * INTERVAL_S)
+    assert cluster.operator_writes(since=mark) == []
+    reconciles = [r for r in cluster.server.requests[mark:]
+                  if r.user_agent.startswith("kascade-operator/") and r.resource == "deployments"]  # fmt: skip
+    assert len(reconciles) >= 4, "the timer did not reconcile"
+
+    # A label on the cascade is an update that no child depends on: kopf records it, the reconcile writes nothing.
+    mark = cluster.server.mark()
+    cluster.kubectl("label", "modelcascade", NAME, "-n", NS, "team=ml")
+    time.sleep(6 * INTERVAL_S)
+    writes = cluster.operator_writes(since=mark)
+    assert [(w.verb, w.resource, w.subresource) for w in writes] == [("patch", "modelcascades", None)], [str(w) for w in writes]
+    assert set(writes[0].body["metadata"]) == {"annotations"}  # kopf's last-handled-configuration, nothing else
+
+
+def test_an_operator_restart_writes_nothing(cluster: Cluster):
+    """Resuming a settled cascade after the operator restarts changes nothing."""
+    cluster.stop_operator()
+    mark = cluster.server.mark()
+    cluster.start_operator()
+    time.sleep(6 * INTERVAL_S)
+    resumed = [r for r in cluster.server.requests[mark:] if r.user_agent.startswith("kascade-operator/")]
+    assert resumed, "the operator did not reconcile after the restart"
+    assert cluster.operator_writes(since=mark) == []
+
+
+def child_writes(cluster: Cluster, since: int) -> list[tuple[str | None, str | None, str | None]]:
+    return [(w.verb, w.resource, w.name or ((w.body or {}).get("metadata") or {}).get("name"))
+            for w in cluster.operator_writes(since=since) if w.resource in CHILD_RESOURCES]  # fmt: skip
+
+
+def test_a_spec_change_replaces_only_the_children_it_changes(cluster: Cluster):
+    """More replicas for the small tier: one PUT of its Deployment; the status follows the new generation."""
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["spec"]["tiers"][0]["replicas"] = 3
+    mark = cluster.server.mark()
+    cluster.kubectl("apply", "-f", "-", input=manifests(document))
+    generation = cluster.cascade()["metadata"]["generation"]
+    wait_for(lambda: cluster.status().get("observedGeneration") == generation
+             and cluster.status()["tiers"][0]["readyReplicas"] == 3, what="3 ready replicas of the small tier",
+             context=lambda: str(cluster.status().get("tiers")) + cluster.log_tail())  # fmt: skip
+    assert cluster.server.get("deployments", "chat-small", NS)["spec"]["replicas"] == 3
+    assert child_writes(cluster, mark) == [("update", "deployments", "chat-small")]
+    puts = [w for w in cluster.operator_writes(since=mark) if w.verb == "update"]
+    assert puts[0].method == "PUT" and puts[0].body["metadata"]["resourceVersion"]
+
+    mark = cluster.server.mark()
+    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    wait_for(lambda: cluster.server.get("deployments", "chat-small", NS)["spec"]["replicas"] == 2, what="2 replicas again")
+    wait_for(lambda: cluster.condition("Degraded").get("status") == "False"
+             and cluster.status()["tiers"][0]["replicas"] == 2, what="the status of 2 replicas")  # fmt: skip
+    assert child_writes(cluster, mark) == [("update", "deployments", "chat-small")]
+
+
+def test_the_timer_corrects_drift(cluster: Cluster):
+    """A deleted child comes back, and a widened router Role is narrowed again, without any change to the cascade."""
+    role_rules = cluster.server.get("roles", "chat-router", NS)["rules"]
+    mark = cluster.server.mark()
+    cluster.server.delete("deployments", "chat-large", namespace=NS)
+    cluster.server.patch("roles", "chat-router", {"rules": [{**role_rules[0], "verbs": ["get", "patch", "delete"]}]},
+                         namespace=NS)  # fmt: skip
+    wait_for(lambda: cluster.server.get("deployments", "chat-large", NS) is not None, what="chat-large to come back")
+    wait_for(lambda: cluster.server.get("roles", "chat-router", NS)["rules"] == role_rules, what="the Role restored")
+    assert sorted(child_writes(cluster, mark)) == [("create", "deployments", "chat-large"), ("update", "roles", "chat-router")]
+    wait_for(lambda: cluster.condition("Ready").get("status") == "True", what="Ready again")
+
+
+# --- 6. semantic problems ----------------------------------------------------------------------------------
+
+
+def fingerprint(cluster: Cluster) -> dict[tuple[str, str], str]:
+    return {key: obj["metadata"]["resourceVersion"] for key, obj in cluster.children().items()}
+
+
+def test_a_missing_secret_degrades_and_leaves_the_children_untouched(cluster: Cluster):
+    before = fingerprint(cluster)
+    mark = cluster.server.mark()
+    cluster.kubectl("delete", "secret", "hf-token", "-n", NS)
+    degraded = wait_for(lambda: (c := cluster.condition("Degraded")).get("status") == "True" and c,
+                        what="Degraded", context=cluster.log_tail)  # fmt: skip
+    assert degraded["reason"] == "MissingSecret"
+    assert 'Secret "hf-token" used by tier "large" (model.hubTokenSecret) does not exist in namespace "llm"' in (
+        degraded["message"])  # fmt: skip
+    time.sleep(4 * INTERVAL_S)
+    assert fingerprint(cluster) == before
+    assert not [w for w in cluster.operator_writes(since=mark) if w.resource in CHILD_RESOURCES]
+    warning = wait_for(lambda: next((e for e in cluster.server.objects("events", NS)
+                                     if e.get("reason") == "MissingSecret"), None), what="the MissingSecret event")  # fmt: skip
+    assert warning["type"] == "Warning" and 'Secret "hf-token"' in warning["message"]
+
+    cluster.kubectl("apply", "-f", "-", input=manifests(hf_token_secret()))
+    wait_for(lambda: cluster.condition("Degraded").get("status") == "False", what="recovery", context=cluster.log_tail)
+    assert fingerprint(cluster) == before
+
+
+def test_a_gpu_type_no_node_offers_degrades_and_leaves_the_children_untouched(cluster: Cluster, tmp_path: Path):
+    before = fingerprint(cluster)
+    document = yaml.safe_load(EXAMPLE.read_text())
+    changed = copy.deepcopy(document)
+    changed["spec"]["tiers"][1]["resources"]["gpuType"] = "NVIDIA-A100-SXM4-80GB"
+    cluster.kubectl("apply", "-f", "-", input=manifests(changed))
+    generation = cluster.cascade()["metadata"]["generation"]
+    degraded = wait_for(lambda: (c := cluster.condition("Degraded")).get("status") == "True"
+                        and c.get("observedGeneration") == generation and c,
+                        what="Degraded for the new generation", context=cluster.log_tail)  # fmt: skip
+    assert degraded["reason"] == "NoMatchingNodes"
+    assert 'tier "large" asks for resources.gpuType NVIDIA-A100-SXM4-80GB but no node has ' \
+           "nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB" in degraded["message"]  # fmt: skip
+    assert "NVIDIA-H100-80GB-HBM3, NVIDIA-L4" in degraded["message"]
+    assert cluster.status()["observedGeneration"] == generation
+    time.sleep(3 * INTERVAL_S)
+    assert fingerprint(cluster) == before
+    large = cluster.server.get("deployments", "chat-large", NS)
+    assert large["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    wait_for(lambda: cluster.condition("Degraded").get("status") == "False", what="recovery", context=cluster.log_tail)
+    assert fingerprint(cluster) == before  # the same spec again: the same children, nothing rewritten
+
+
+# --- 7. deletion, and what the operator may call -------------------------------------------------------------
+
+
+def test_deleting_the_cascade_removes_the_children(cluster: Cluster, traffic: Traffic):
+    traffic.close()  # the routers' pods would outlive nothing: they are not children here
+    cluster.kubectl("delete", "modelcascade", NAME, "-n", NS, "--timeout=30s")
+    assert cluster.server.get("modelcascades", NAME, NS) is None
+    wait_for(lambda: not cluster.children(), what="the children to be garbage-collected")
+
+
+def test_every_call_the_operator_made_is_allowed_by_its_documented_rbac(cluster: Cluster):
+    calls = {
+        (r.verb, r.group or "", r.resource if r.subresource is None else f"{r.resource}/{r.subresource}")
+        for r in cluster.server.requests
+        if r.user_agent.startswith(OPERATOR_AGENTS) and r.resource is not None
+    }
+    assert calls, "no operator requests were recorded"
+    missing = sorted(call for call in calls if not rule_allows(OPERATOR_RULES, verb=call[0], group=call[1], resource=call[2]))
+    assert missing == []
