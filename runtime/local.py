@@ -426,16 +426,19 @@ def watch(cascade: ModelCascade, base_url: str, console: Console) -> None:
     screen = Console(file=console.file)  # wraps long lines, where the main console keeps them whole
     screen.print(header)
     with httpx.Client() as client:
-        try:
-            # Transient: the live table goes when stopped, and the final one is printed once, below.
-            with Live(Text("waiting for the ledger…"), console=screen, refresh_per_second=4, transient=True) as live:
-                while True:
-                    stats = _fetch_stats(client, base_url)
-                    live.update(_ledger_view(stats, names))
-                    time.sleep(1.0)
-        except KeyboardInterrupt:
-            screen.print(_ledger_view(_fetch_stats(client, base_url), names, title="Cascade ledger (final)"))
-            raise
+        # Transient: the live table goes when stopped; the caller prints the final one once.
+        with Live(Text("waiting for the ledger…"), console=screen, refresh_per_second=4, transient=True) as live:
+            while True:
+                stats = _fetch_stats(client, base_url)
+                live.update(_ledger_view(stats, names))
+                time.sleep(1.0)
+
+
+def print_final_ledger(cascade: ModelCascade, base_url: str, console: Console) -> None:
+    with httpx.Client() as client:
+        stats = _fetch_stats(client, base_url)
+    names = [tier.name for tier in cascade.spec.tiers]
+    Console(file=console.file).print(_ledger_view(stats, names, title="Cascade ledger (final)"))
 
 
 def _ledger_view(stats: Mapping[str, Any] | None, names: Sequence[str], *, title: str = "Cascade ledger") -> Any:
@@ -575,36 +578,40 @@ def _run_local(
         )
         started = time.monotonic()
         with serve_cascade(cascade, host=host, port=port, cache_dir=cache_dir, console=console) as base_url:
-            console.print(
-                f"router ready at [bold]{base_url}/v1[/bold] after {time.monotonic() - started:.1f} s; "
-                f"ask for model {cascade.metadata.name!r}"
-            )
-            router_secret = cascade.spec.router.api_key_secret
-            api_key = os.environ[secret_env_var(router_secret)].split(",")[0].strip() if router_secret else "local"
-            if demo:
-                demo_started = time.monotonic()
-                try:
-                    run_demo(cascade, base_url, console, api_key=api_key)
-                except LocalModeError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - openai.APIError, httpx errors: the cascade failed
-                    raise LocalModeError(f"a demo request failed: {type(exc).__name__}: {exc}", exit_code=1) from None
-                with httpx.Client() as client:
-                    stats = _fetch_stats(client, base_url)
-                console.print()
-                if stats is not None:
-                    console.print(summary_table(stats, [tier.name for tier in cascade.spec.tiers]))
-                console.print(
-                    f"\ndemo requests took {time.monotonic() - demo_started:.1f} s; "
-                    f"whole run {time.monotonic() - started:.1f} s",
-                    highlight=False,
-                )
-                return 0
             try:
-                watch(cascade, base_url, console)
+                console.print(
+                    f"router ready at [bold]{base_url}/v1[/bold] after {time.monotonic() - started:.1f} s; "
+                    f"ask for model {cascade.metadata.name!r}"
+                )
+                router_secret = cascade.spec.router.api_key_secret
+                api_key = os.environ[secret_env_var(router_secret)].split(",")[0].strip() if router_secret else "local"
+                if not demo:
+                    watch(cascade, base_url, console)  # until Ctrl-C
+                else:
+                    demo_started = time.monotonic()
+                    try:
+                        run_demo(cascade, base_url, console, api_key=api_key)
+                    except LocalModeError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - openai.APIError, httpx errors: the cascade failed
+                        raise LocalModeError(f"a demo request failed: {type(exc).__name__}: {exc}", exit_code=1) from None
+                    with httpx.Client() as client:
+                        stats = _fetch_stats(client, base_url)
+                    console.print()
+                    if stats is not None:
+                        console.print(summary_table(stats, [tier.name for tier in cascade.spec.tiers]))
+                    console.print(
+                        f"\ndemo requests took {time.monotonic() - demo_started:.1f} s; "
+                        f"whole run {time.monotonic() - started:.1f} s",
+                        highlight=False,
+                    )
+                    return 0
             except KeyboardInterrupt:
+                # Caught here, around everything that runs while the router serves: Ctrl-C may come
+                # at any moment, and the final ledger is printed while the router still answers.
                 console.print("\nstopping…")
-            return 0
+                print_final_ledger(cascade, base_url, console)
+                return 0
     except LocalModeError as exc:
         console.print(f"[red]kascade up:[/red] {exc.message}", highlight=False)
         return exc.exit_code
