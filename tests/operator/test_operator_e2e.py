@@ -624,3 +624,20 @@ def test_every_call_the_operator_made_is_allowed_by_its_documented_rbac(cluster:
     assert calls, "no operator requests were recorded"
     missing = sorted(call for call in calls if not rule_allows(OPERATOR_RULES, verb=call[0], group=call[1], resource=call[2]))
     assert missing == []
+
+
+def test_the_charts_roles_allow_every_call_the_operator_made(cluster: Cluster, monkeypatch: pytest.MonkeyPatch):
+    """The Helm chart's Roles (namespaced mode, cluster reads on) would have allowed every recorded operator call."""
+    charts = REPO / "tests" / "charts"
+    if not (charts / "rbac_coverage.py").exists() or not (REPO / "charts" / "kascade").is_dir():
+        pytest.skip("no Helm chart or RBAC checker in this checkout")
+    monkeypatch.syspath_prepend(str(charts))
+    from chart_testkit import by_kind, render_values
+    from rbac_coverage import check_rbac
+
+    objects = render_values({"watch": {"namespaces": [NS]}, "rbac": {"clusterReads": True}})
+    roles = by_kind(objects, "Role") + by_kind(objects, "ClusterRole")
+    requests = [r for r in cluster.server.requests if r.user_agent.startswith(OPERATOR_AGENTS)]
+    report = check_rbac(requests, roles)
+    assert report.not_allowed == [], report.explain()
+
