@@ -8,7 +8,7 @@ One cluster for the whole module, driven in order, as a user would:
    requests, node selectors and tolerations; every stored child passes
    `kubernetes-validate --strict`; the stand-in's Deployment controller makes
    them ready and the status turns Ready with observedGeneration;
-3. two router processes rendered from the ConfigMap the operator wrote (tiers
+3. two `kascade route` processes, their config rendered from the ConfigMap the operator wrote (tiers
    replaced by local fixed-answer upstreams, status reports aimed at the stand-in)
    take traffic from the official openai client; their counters show in the
    status and in `kubectl get modelcascades`;
@@ -52,7 +52,6 @@ from kascade.operator.k8s import OPERATOR_RULES, rule_allows
 from kascade.operator.labels import COMPONENT_ROUTER, selector_labels
 from kascade.runtime.config import RouterConfig
 from kascade.runtime.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
-from kascade.runtime.router import create_router_app
 from kascade.runtime.serving import BackgroundServer, free_port
 
 from kascade.testing import StandinApiServer, kubectl_path
@@ -274,10 +273,38 @@ def test_the_status_turns_ready_with_observed_generation(cluster: Cluster):
 # --- 3. routers and their counters ----------------------------------------------------------------
 
 
+class RouterProcess:
+    """A real `kascade route` process, as a router pod runs it: its own process, so its own processId."""
+
+    def __init__(self, config_path: Path, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kascade", "route", "--config", str(config_path),
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.process.poll() is None, f"kascade route exited: {log_path.read_text()}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"kascade route did not start: {log_path.read_text()}"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM, as the kubelet sends: uvicorn shuts down and the router reports one last time."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        self._log.close()
+
+
 @dataclass
 class Router:
     pod: str
-    server: BackgroundServer
+    server: RouterProcess
     client: Any  # openai.OpenAI on the router's URL
     inflight: int = 0
 
@@ -313,10 +340,8 @@ class Traffic:
         keys.write_text(f"{CLIENT_KEY}\n")
         token = self.tmp / "token"
         token.write_text("e2e-router-token\n")
-        env = f"KASCADE_E2E_POD_{pod.replace('-', '_').upper()}"
-        os.environ[env] = pod
         report = config.status_report.model_copy(update={
-            "api_server": self.cluster.server.url, "token_file": str(token), "ca_file": None, "pod_env": env})  # fmt: skip
+            "api_server": self.cluster.server.url, "token_file": str(token), "ca_file": None})  # fmt: skip
         tiers = [tier.model_copy(update={"url": urls[tier.name]}) for tier in config.tiers]
         return config.model_copy(update={"tiers": tiers, "api_keys_file": str(keys), "status_report": report})
 
@@ -328,7 +353,12 @@ class Traffic:
                 "spec": {"serviceAccountName": "chat-router",
                          "containers": [{"name": "router", "image": "ghcr.io/kascade-dev/kascade-runtime:0.1.0"}]},
             })  # fmt: skip
-        server = BackgroundServer(create_router_app(self.router_config(pod))).start()
+        config = self.router_config(pod)
+        config_path = self.tmp / f"{pod}.yaml"
+        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+        # The pod name comes the way the Deployment gives it: the downward API's POD_NAME.
+        env = {**os.environ, config.status_report.pod_env: pod}  # type: ignore[union-attr]
+        server = RouterProcess(config_path, env, self.tmp / f"{pod}.{time.monotonic_ns()}.log")
         router = Router(pod, server, openai.OpenAI(base_url=f"{server.url}/v1", api_key=CLIENT_KEY, max_retries=0))
         with self.lock:
             self.routers[pod] = router
