@@ -43,7 +43,8 @@ def build_engine_container(
     ]  # fmt: skip
     container = {
         "name": "engine",
-        "image": settings.runtime_image,
+        # A GPU tier needs the CUDA build of the runtime image; the CPU build's torch cannot see the GPU.
+        "image": settings.runtime_gpu_image if tier.resources.gpus > 0 else settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(COMMAND),
         "args": args,

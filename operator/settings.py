@@ -46,6 +46,11 @@ class OperatorSettings(BaseModel):
     runtime_image: str = Field(
         default=DEFAULT_RUNTIME_IMAGE, min_length=1, description="The router and engine transformers (kascade serve)."
     )
+    runtime_gpu_image: str = Field(
+        default=f"{DEFAULT_RUNTIME_IMAGE}-cuda",
+        min_length=1,
+        description="Engine transformers on GPUs: the runtime image's CUDA build (the CPU build cannot use a GPU).",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
     # Ports (container ports and Service ports alike)

@@ -62,7 +62,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "extraEnv": [{"name": "KASCADE_STARTUP_PROBE_FAILURE_THRESHOLD", "value": "360"}],
         },
         "cascades": {
-            "runtimeImage": {"repository": "registry.example.com/kascade/runtime", "tag": "0.1.0-cuda"},
+            "runtimeImage": {"repository": "registry.example.com/kascade/runtime", "tag": "0.1.0",
+                             "gpuTag": "0.1.0-cuda"},
             "vllmImage": {"repository": "registry.example.com/vllm/vllm-openai", "tag": "v0.11.1"},
             "imagePullPolicy": "Always",
             "gpuTolerations": [{"key": "gpu", "operator": "Exists"}],

@@ -161,11 +161,13 @@ def test_default_values_give_the_operators_own_defaults():
     assert settings == OperatorSettings()
     assert reconcile_interval(env) == handlers.DEFAULT_RECONCILE_INTERVAL_S
     assert settings.runtime_image == DEFAULT_RUNTIME_IMAGE and settings.vllm_image == DEFAULT_VLLM_IMAGE
+    assert settings.runtime_gpu_image == f"{DEFAULT_RUNTIME_IMAGE}-cuda"
 
 
 def test_customised_values_reach_the_operator():
     settings = OperatorSettings.from_env(operator_env(render("customised")))
-    assert settings.runtime_image == "registry.example.com/kascade/runtime:0.1.0-cuda"
+    assert settings.runtime_image == "registry.example.com/kascade/runtime:0.1.0"
+    assert settings.runtime_gpu_image == "registry.example.com/kascade/runtime:0.1.0-cuda"
     assert settings.vllm_image == "registry.example.com/vllm/vllm-openai:v0.11.1"
     assert settings.image_pull_policy == "Always"
     assert settings.gpu_tolerations == ({"key": "gpu", "operator": "Exists"},)

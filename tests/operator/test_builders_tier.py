@@ -221,6 +221,7 @@ def test_transformers_engine_runs_kascade_serve_on_all_addresses() -> None:
     # kascade serve resolves hf:// itself, into the cache.
     assert gpu["args"][gpu["args"].index("--model") + 1] == "hf://org/mpnet"
     assert gpu["args"][gpu["args"].index("--device") + 1] == "cuda"
+    assert gpu["image"] == SETTINGS.runtime_gpu_image == f"{SETTINGS.runtime_image}-cuda"  # the CUDA build
     assert {"name": "KASCADE_CACHE_DIR", "value": "/cache/kascade"} in gpu["env"]
 
 

@@ -120,6 +120,12 @@ Images. An empty tag means the chart's appVersion.
 {{- end }}
 {{- end }}
 
+{{- define "kascade.runtimeGpuImage" -}}
+{{- with .Values.cascades.runtimeImage }}
+{{- printf "%s:%s" .repository (default (printf "%s-cuda" $.Chart.AppVersion) .gpuTag) }}
+{{- end }}
+{{- end }}
+
 {{- define "kascade.vllmImage" -}}
 {{- printf "%s:%s" .Values.cascades.vllmImage.repository .Values.cascades.vllmImage.tag }}
 {{- end }}
