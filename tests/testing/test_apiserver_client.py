@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import kubernetes
 import pytest
@@ -12,14 +10,7 @@ from kubernetes.client.rest import ApiException
 
 from kascade.testing import StandinApiServer
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 GROUP, VERSION, PLURAL = "kascade.dev", "v1alpha1", "modelcascades"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[StandinApiServer]:
-    with StandinApiServer(crd_paths=[CRDS]) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,6 @@ def server() -> Iterator[StandinApiServer]:
         yield running
 
 
-@pytest.fixture
-def api(server: StandinApiServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        yield client
-
-
 def conditions(obj: dict) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in obj.get("status", {}).get("conditions", [])}
 

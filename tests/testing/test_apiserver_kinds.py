@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 
 from kascade.testing import StandinApiServer
 from kascade.testing.tables import human_age, jsonpath
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 MC = "/apis/kascade.dev/v1alpha1/namespaces/default/modelcascades"
 TABLE = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
 MERGE = {"Content-Type": "application/merge-patch+json"}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[StandinApiServer]:
-    with StandinApiServer(crd_paths=[CRDS]) as running:
-        yield running
-
-
-@pytest.fixture
-def api(server: StandinApiServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        yield client
 
 
 def test_core_discovery_reports_group_version_v1(api: httpx.Client):

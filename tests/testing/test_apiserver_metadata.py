@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
-from kascade.testing import StandinApiServer
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 MC = "/apis/kascade.dev/v1alpha1/namespaces/default/modelcascades"
 CM = "/api/v1/namespaces/default/configmaps"
 
@@ -26,18 +21,6 @@ def cascade(name: str | None = None, **metadata: object) -> dict:
         "spec": {"tiers": [{"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
                            {"name": "large", "model": {"uri": "hf://org/large"}}]},
     }
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[StandinApiServer]:
-    with StandinApiServer(crd_paths=[CRDS]) as running:
-        yield running
-
-
-@pytest.fixture
-def api(server: StandinApiServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        yield client
 
 
 def test_create_answers_201_with_server_set_metadata(api: httpx.Client):

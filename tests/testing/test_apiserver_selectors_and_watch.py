@@ -21,12 +21,6 @@ def server() -> Iterator[StandinApiServer]:
         yield running
 
 
-@pytest.fixture
-def api(server: StandinApiServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        yield client
-
-
 @pytest.fixture(scope="module")
 def labelled(server: StandinApiServer) -> None:
     for name, labels in {

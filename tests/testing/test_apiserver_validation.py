@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import base64
 import copy
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from kascade.testing import StandinApiServer
 from kascade.testing.quantity import canonical_quantity
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 MC = "/apis/kascade.dev/v1alpha1/namespaces/default/modelcascades"
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
 CM = "/api/v1/namespaces/default/configmaps"
@@ -41,18 +37,6 @@ def deployment(name: str) -> dict:
                  "template": {"metadata": {"labels": {"app": name}},
                               "spec": {"containers": [{"name": "engine", "image": "vllm/vllm-openai:v0.9.0"}]}}},
     }
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[StandinApiServer]:
-    with StandinApiServer(crd_paths=[CRDS]) as running:
-        yield running
-
-
-@pytest.fixture
-def api(server: StandinApiServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        yield client
 
 
 def causes(response: httpx.Response) -> dict[str, str]:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
-import pytest
 
 from kascade.testing import StandinApiServer
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 MC = "/apis/kascade.dev/v1alpha1/namespaces/default/modelcascades"
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
 CM = "/api/v1/namespaces/default/configmaps"
@@ -50,18 +45,6 @@ def deployment(name: str) -> dict:
             },
         },
     }
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[StandinApiServer]:
-    with StandinApiServer(crd_paths=[CRDS]) as running:
-        yield running
-
-
-@pytest.fixture
-def api(server: StandinApiServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        yield client
 
 
 # --- PUT and optimistic concurrency ----------------------------------------------------------
