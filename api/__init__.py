@@ -11,6 +11,9 @@ from kascade.api.modelcascade import (
     ModelCascadeStatus,
     StatusSummary,
 )
+from kascade.api.errors import field_path, validation_problems
+from kascade.api.model_uri import ModelUri
+from kascade.api.modelcascade import currency_conflict
 from kascade.api.summary import summarize_status
 
 __all__ = [
@@ -22,6 +25,10 @@ __all__ = [
     "ModelCascade",
     "ModelCascadeSpec",
     "ModelCascadeStatus",
+    "ModelUri",
     "StatusSummary",
+    "currency_conflict",
+    "field_path",
     "summarize_status",
+    "validation_problems",
 ]

@@ -10,11 +10,14 @@ Python; `extra="forbid"` so a misspelt field is an error, not a silent no-op.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
+
+from kascade.api.model_uri import ModelUri
 
 GROUP = "kascade.dev"
 VERSION = "v1alpha1"
@@ -125,6 +128,11 @@ class ModelSource(SpecModel):
         default=None, description="Token for gated hub models (HF_TOKEN)."
     )
 
+    @property
+    def location(self) -> ModelUri:
+        """`uri`, parsed."""
+        return ModelUri.parse(self.uri)
+
 
 class Price(SpecModel):
     """What a tier costs. Usage-based prices drive savings; GPU-hours are reported apart."""
@@ -136,6 +144,17 @@ class Price(SpecModel):
     input_per_million: float = Field(default=0.0, ge=0, description="Price per million input tokens.")
     output_per_million: float = Field(default=0.0, ge=0, description="Price per million output tokens.")
     per_gpu_hour: float = Field(default=0.0, ge=0, description="Reservation price per GPU-hour.")
+
+
+def currency_conflict(prices: Mapping[str, Price]) -> str | None:
+    """Why tier prices cannot be added up (they name different currencies), or None when they can."""
+    if len({price.currency for price in prices.values()}) <= 1:
+        return None
+    listing = ", ".join(f"{tier}: {price.currency}" for tier, price in prices.items())
+    return (
+        f"tier prices must share one currency to be added up; got {listing}. "
+        "Convert every tier's price to the same currency."
+    )
 
 
 class Accept(SpecModel):
@@ -215,6 +234,11 @@ class Tier(SpecModel):
     accept: Accept | None = Field(
         default=None, description="Confidence rule; required on every tier but the last, refused on the last."
     )
+
+    @property
+    def served_name(self) -> str:
+        """The model name the tier's engine serves and answers with."""
+        return self.model.served_name or self.name
 
 
 class OnTierError(StrEnum):
