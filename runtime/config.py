@@ -109,7 +109,7 @@ def router_config_from_cascade(
     tiers = [
         TierConfig(
             name=tier.name,
-            served_model=tier.model.served_name or tier.name,
+            served_model=tier.served_name,
             url=tier_urls.get(tier.name),
             api_key_env=tier_api_key_envs.get(tier.name),
             api_key_file=tier_api_key_files.get(tier.name),

@@ -194,7 +194,7 @@ def _resolve_model_path(model: str) -> Path:
     if "://" not in model:
         return Path(model).expanduser()
     try:
-        from kascade.runtime.catalog import resolve_model_uri
+        from kascade.runtime.model_files import resolve_model_uri
     except ImportError as exc:
         raise _ServeError(f"{model}: model URIs such as pkg:// need kascade.runtime.catalog ({exc})") from exc
     try:

@@ -14,17 +14,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from kascade.runtime import catalog
-from kascade.runtime.catalog import (
-    CATALOG,
-    MARKER_FILE,
-    CatalogModel,
-    ModelNotAvailable,
-    PackagedPart,
-    ensure_packaged_model,
-    lookup,
-    resolve_model_uri,
-)
+from kascade.runtime import packaged_models
+from kascade.runtime.catalog import CATALOG, CatalogModel, ModelNotAvailable, PackagedPart, lookup
+from kascade.runtime.model_files import resolve_model_uri
+from kascade.runtime.packaged_models import MARKER_FILE, ensure_packaged_model
 from rich.console import Console
 
 PART_DATA = [b"GGUF" + b"a" * 60, b"b" * 64, b"c" * 17]
@@ -134,7 +127,7 @@ def test_an_installed_package_is_read_in_place(tmp_path: Path, monkeypatch: pyte
     def no_pip(*args, **kwargs):
         raise AssertionError("installed packages need no download")
 
-    monkeypatch.setattr(catalog.subprocess, "run", no_pip)
+    monkeypatch.setattr(packaged_models.subprocess, "run", no_pip)
     folder = ensure_packaged_model(model, cache_dir=tmp_path / "cache", converter=copying_converter, console=quiet())
     assert (folder / "joined.bin").read_bytes() == b"".join(PART_DATA)
 
@@ -205,7 +198,7 @@ def test_a_missing_package_that_pip_cannot_fetch_says_how_to_install(
             command, 1, "", "ERROR: No matching distribution found for kascade-test-fake-model-part1==1.0.0\n"
         )
 
-    monkeypatch.setattr(catalog.subprocess, "run", failing_pip)
+    monkeypatch.setattr(packaged_models.subprocess, "run", failing_pip)
     model = fake_model()
     with pytest.raises(ModelNotAvailable) as error:
         ensure_packaged_model(model, cache_dir=tmp_path, converter=copying_converter, console=quiet())

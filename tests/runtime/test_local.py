@@ -21,15 +21,9 @@ import httpx
 import pytest
 import yaml
 from kascade.api.modelcascade import ModelCascade, SecretKeyRef
-from kascade.runtime.local import (
-    LocalModeError,
-    LocalTiers,
-    build_router_config,
-    load_manifest,
-    run_local,
-    secret_env_var,
-    serve_cascade,
-)
+from kascade.runtime.local import run_local
+from kascade.runtime.local_manifest import LocalModeError, load_manifest, secret_env_var
+from kascade.runtime.local_tiers import LocalTiers, build_router_config, serve_cascade
 from kascade.runtime.serving import free_port
 from openai import APIConnectionError, OpenAI
 from rich.console import Console
@@ -154,10 +148,21 @@ def test_demo_run_prints_each_answer_and_the_savings(
     assert "Traceback" not in out
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    "started_from", [None, _ignore_sigint], ids=["from-a-terminal", "from-a-background-job"]
+)
 def test_the_router_keeps_serving_until_interrupted(
-    tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path, write_manifest
+    tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path, write_manifest,
+    started_from: Callable[[], None] | None,
 ) -> None:
-    """`kascade up` without --demo serves until Ctrl-C, then stops cleanly with exit code 0."""
+    """`kascade up` without --demo serves until Ctrl-C, then stops cleanly with exit code 0.
+
+    A background job (`nohup … &`) inherits SIGINT as ignored; `kascade up` still stops on it.
+    """
     path = write_manifest(
         manifest([
             transformers_tier("small", tiny_small_lm_dir, threshold=0.0),
@@ -166,7 +171,9 @@ def test_the_router_keeps_serving_until_interrupted(
     )  # fmt: skip
     port = free_port()
     command = [sys.executable, "-m", "kascade", "up", "-f", str(path), "--port", str(port)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=started_from
+    )
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
