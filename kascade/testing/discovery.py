@@ -15,6 +15,7 @@ import hashlib
 import json
 from typing import Any
 
+from kascade.testing import errors
 from kascade.testing.kinds import KindRegistry
 
 SERVER_VERSION = {
@@ -28,6 +29,26 @@ SERVER_VERSION = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
+
+
+def fixed_document(kinds: KindRegistry, path: str) -> dict[str, Any] | None:
+    """The document at a discovery path outside `/api/{version}` and `/apis/{group}`; None for other paths."""
+    if path == "/":
+        return root_paths(kinds)
+    if path == "/version":
+        return SERVER_VERSION
+    if path == "/api":
+        return api_versions()
+    if path == "/apis":
+        return api_group_list(kinds)
+    if path == "/openapi/v3":
+        return openapi_v3_root(kinds)
+    if path.startswith("/openapi/v3/"):
+        document = openapi_v3_group_version(kinds, path[len("/openapi/v3/"):])
+        if document is None:
+            raise errors.resource_not_found()
+        return document
+    return None
 
 
 def api_versions() -> dict[str, Any]:

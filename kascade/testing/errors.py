@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,22 @@ class Cause:
 
     def line(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
+
+
+def invalid_value(field: str, value: Any, message: str) -> Cause:
+    return Cause("FieldValueInvalid", f"Invalid value: {json.dumps(value)}: {message}", field)
+
+
+def required_value(field: str, detail: str = "") -> Cause:
+    return Cause("FieldValueRequired", f"Required value{': ' + detail if detail else ''}", field)
+
+
+def forbidden_value(field: str, detail: str) -> Cause:
+    return Cause("FieldValueForbidden", f"Forbidden: {detail}", field)
+
+
+def immutable_value(field: str, value: Any) -> Cause:
+    return invalid_value(field, value, "field is immutable")
 
 
 @dataclass
@@ -119,7 +136,3 @@ def unsupported_media_type(content_type: str, supported: list[str]) -> ApiError:
 
 def expired(message: str) -> ApiError:
     return ApiError(410, "Expired", message)
-
-
-def not_acceptable(message: str) -> ApiError:
-    return ApiError(406, "NotAcceptable", message)
