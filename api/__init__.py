@@ -1,5 +1,8 @@
 """Kascade's API types: pydantic models of the custom resources (no kopf, no kubernetes)."""
 
+from kascade.api.counters import CounterFigures, CounterSlot, RetiredCounters, RetiredProcess
+from kascade.api.errors import field_path, validation_problems
+from kascade.api.model_uri import ModelUri
 from kascade.api.modelcascade import (
     API_VERSION,
     GROUP,
@@ -8,12 +11,9 @@ from kascade.api.modelcascade import (
     VERSION,
     ModelCascade,
     ModelCascadeSpec,
-    ModelCascadeStatus,
-    StatusSummary,
+    currency_conflict,
 )
-from kascade.api.errors import field_path, validation_problems
-from kascade.api.model_uri import ModelUri
-from kascade.api.modelcascade import currency_conflict
+from kascade.api.status import ModelCascadeStatus, StatusSummary
 from kascade.api.summary import summarize_status
 
 __all__ = [
@@ -22,10 +22,14 @@ __all__ = [
     "KIND",
     "PLURAL",
     "VERSION",
+    "CounterFigures",
+    "CounterSlot",
     "ModelCascade",
     "ModelCascadeSpec",
     "ModelCascadeStatus",
     "ModelUri",
+    "RetiredCounters",
+    "RetiredProcess",
     "StatusSummary",
     "currency_conflict",
     "field_path",

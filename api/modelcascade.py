@@ -2,7 +2,8 @@
 
 These types are the contract: the CRD YAML in `crds/` is generated from them,
 the operator parses resources with them and local mode runs them. They import
-nothing of Kascade's and nothing of kopf or kubernetes.
+nothing of kopf or kubernetes. The status types live in `kascade.api.status`
+(the router counters in `kascade.api.counters`) and are imported from here too.
 
 Field names are camelCase on the wire (Kubernetes convention) and snake_case in
 Python; `extra="forbid"` so a misspelt field is an error, not a silent no-op.
@@ -15,9 +16,10 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
-from pydantic.alias_generators import to_camel
 
+from kascade.api.base import SpecModel, StatusModel  # noqa: F401 - StatusModel: imported from here too
 from kascade.api.model_uri import ModelUri
+from kascade.api.status import Condition, Cost, ModelCascadeStatus, StatusSummary, TierStatus, Traffic  # noqa: F401
 
 GROUP = "kascade.dev"
 VERSION = "v1alpha1"
@@ -53,14 +55,6 @@ Quantity = Annotated[
     Field(pattern=QUANTITY_PATTERN, max_length=64),
     WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "maxLength": 64}),
 ]
-
-
-class SpecModel(BaseModel):
-    """Base for every spec type: camelCase aliases, unknown fields refused."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid"
-    )
 
 
 class Task(StrEnum):
@@ -375,91 +369,6 @@ class ModelCascadeSpec(SpecModel):
         return self
 
 
-class Condition(BaseModel):
-    """A Kubernetes-style condition: Ready, TiersReady, RouterReady, Calibrated, Degraded."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
-
-
-class StatusModel(BaseModel):
-    """Status types allow extra fields: older operators must not choke on newer status."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
-
-class TierStatus(StatusModel):
-    name: str
-    ready_replicas: int = 0
-    replicas: int = 0
-    ready: bool | None = Field(
-        default=None,
-        description="Set for tiers without pods (engine external); unset: ready when a replica is ready.",
-    )
-    threshold: float | None = Field(default=None, description="The threshold in force (calibrated or declared).")
-
-
-class Traffic(StatusModel):
-    requests: int = 0
-    answered_by: dict[str, int] = Field(default_factory=dict)
-    escalations: int = 0
-    escalation_rate: float = 0.0
-    errors: int = 0
-
-
-class Cost(StatusModel):
-    currency: str = "USD"
-    actual: float = Field(default=0.0, description="Usage-based cost, wasted small-tier calls of escalations included.")
-    baseline: float = Field(default=0.0, description="What the last tier alone would have cost.")
-    saved: float = Field(default=0.0, description="baseline - actual.")
-    saved_percent: float = Field(default=0.0, description="100 * saved / baseline.")
-    gpu_hours: float = 0.0
-    reservation_cost: float = 0.0
-    since: str | None = None
-
-
-class StatusSummary(StatusModel):
-    """Human-readable figures for `kubectl get`; computed by `kascade.api.summary.summarize_status`."""
-
-    tiers: str = Field(default="", description="Ready tiers out of all tiers, e.g. 2/2.")
-    escalation: str = Field(default="", description="Share of requests that escalated, e.g. 12.5%.")
-    saved: str = Field(default="", description="Money saved against the last tier alone, e.g. USD 1.23 (45.0%).")
-
-
-class ModelCascadeStatus(StatusModel):
-    """Observed state, written by the operator (router replicas write their own counter slots)."""
-
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    endpoint: str | None = Field(default=None, description="The cascade's OpenAI-compatible base URL.")
-    tiers: list[TierStatus] = Field(default_factory=list)
-    traffic: Traffic = Field(default_factory=Traffic)
-    cost: Cost = Field(default_factory=Cost)
-    summary: StatusSummary = Field(default_factory=StatusSummary)
-    replica_counters: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="One slot per router process (keyed by processId): its absolute /stats snapshot and pod.",
-    )
-    retired_counters: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Running sum of every retired router process (requests, failed, escalations, answeredBy, "
-        "actual, baseline, currency, since, processes): restarts and scale-downs lose nothing.",
-    )
-    retired_processes: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="What each recently retired process already contributed, so a late write is counted once.",
-    )
-
-
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -477,3 +386,4 @@ class ModelCascade(BaseModel):
     metadata: ObjectMeta
     spec: ModelCascadeSpec
     status: ModelCascadeStatus | None = None
+

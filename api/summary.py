@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from kascade.api.modelcascade import Cost, ModelCascadeStatus, StatusSummary, TierStatus, Traffic
+from kascade.api.status import Cost, ModelCascadeStatus, StatusSummary, TierStatus, Traffic
 
 NOT_YET = "-"  # shown before there is anything to count
 

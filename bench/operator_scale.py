@@ -35,19 +35,12 @@ from typing import Any
 
 import httpx
 import yaml
+from kascade.runtime.serving import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
 EXAMPLE = REPO / "examples" / "chat-vllm-gpu.yaml"
 OPERATOR_AGENTS = ("kopf/", "kascade-operator/")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -136,22 +136,10 @@ def _secret_volumes(cascade: ModelCascade) -> tuple[list[dict[str, Any]], list[d
     return volumes, mounts
 
 
-def build_router_deployment(
-    cascade: ModelCascade, settings: OperatorSettings, *, configmap: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Deployment `{cascade}-router` running `kascade route --config /etc/kascade/router.yaml`.
-
-    `configmap` is the output of `build_router_configmap` (built here when not
-    given); its data's hash goes into the pod template's `kascade.dev/config-hash`
-    annotation. POD_NAME and POD_NAMESPACE come from the downward API: the
-    router writes its status slot with its pod's name (see `build_router_config`).
-    """
-    name = cascade.metadata.name
-    configmap = configmap if configmap is not None else build_router_configmap(cascade, settings)
-    selector = selector_labels(name, COMPONENT_ROUTER)
-    secret_volumes, secret_mounts = _secret_volumes(cascade)
+def _router_container(settings: OperatorSettings, secret_mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """`kascade route` with its config and API keys mounted, its pod's name from the downward API, and probes."""
     probe = {"port": PORT_NAME}
-    container = {
+    return {
         "name": "router",
         "image": settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -178,6 +166,23 @@ def build_router_deployment(
         },
         "securityContext": {"allowPrivilegeEscalation": False},
     }
+
+
+def build_router_deployment(
+    cascade: ModelCascade, settings: OperatorSettings, *, configmap: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Deployment `{cascade}-router` running `kascade route --config /etc/kascade/router.yaml`.
+
+    `configmap` is the output of `build_router_configmap` (built here when not
+    given); its data's hash goes into the pod template's `kascade.dev/config-hash`
+    annotation. POD_NAME and POD_NAMESPACE come from the downward API: the
+    router writes its status slot with its pod's name (see `build_router_config`).
+    """
+    name = cascade.metadata.name
+    configmap = configmap if configmap is not None else build_router_configmap(cascade, settings)
+    selector = selector_labels(name, COMPONENT_ROUTER)
+    secret_volumes, secret_mounts = _secret_volumes(cascade)
+    container = _router_container(settings, secret_mounts)
     manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

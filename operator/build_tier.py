@@ -9,11 +9,11 @@ line and their own volumes. Engine `external` deploys nothing.
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kascade.api.model_uri import ModelUri
 from kascade.api.modelcascade import EngineKind, ModelCascade, Tier
 from kascade.operator import engine_transformers, engine_vllm
 from kascade.operator.labels import (
@@ -44,9 +44,6 @@ ENGINE_BUILDERS: dict[EngineKind, EngineBuilder] = {
     EngineKind.vllm: engine_vllm.build_engine_container,
     EngineKind.transformers: engine_transformers.build_engine_container,
 }
-
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$")
-
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -80,27 +77,22 @@ def resolve_model(uri: str, settings: OperatorSettings) -> ModelRef:
     `hf://org/name@rev` -> repo `org/name`, revision `rev`;
     `file:///p` and `/p` -> the path `/p` inside the container.
     """
-    match = _SCHEME.match(uri)
-    if match is None:
-        return ModelRef(uri=uri, scheme="path", model_path=uri)
-    scheme, rest = match.group(1).lower(), match.group(2)
-    if scheme == "hf":
-        repo_id, _, revision = rest.partition("@")
-        return ModelRef(uri=uri, scheme="hf", repo_id=repo_id.strip("/"), revision=revision or None)
-    if scheme == "pvc":
-        claim, _, path = rest.partition("/")
-        path = path.strip("/")
+    location = ModelUri.parse(uri)
+    if location.is_path:
+        return ModelRef(uri=uri, scheme=location.scheme, model_path=location.path)
+    if location.scheme == "hf":
+        return ModelRef(uri=uri, scheme="hf", repo_id=location.hf_repo_id, revision=location.hf_revision)
+    if location.scheme == "pvc":
+        path = location.pvc_path or ""
         mount = settings.model_mount_path.rstrip("/") or "/"
         return ModelRef(
             uri=uri,
             scheme="pvc",
-            claim=claim,
+            claim=location.pvc_claim,
             claim_path=path,
             model_path=posixpath.join(mount, path) if path else mount,
         )
-    if scheme == "file":
-        return ModelRef(uri=uri, scheme="path", model_path=rest)
-    return ModelRef(uri=uri, scheme=scheme)
+    return ModelRef(uri=uri, scheme=location.scheme)
 
 
 def cascade_namespace(cascade: ModelCascade) -> str:

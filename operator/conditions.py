@@ -16,13 +16,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal
 
-from kascade.api.modelcascade import Condition, EngineKind, ModelCascade, TierStatus
+from kascade.api.modelcascade import Condition, EngineKind, ModelCascade, Tier, TierStatus, currency_conflict
 from kascade.api.summary import tier_is_ready
 from kascade.operator.build_tier import (
     GPU_PRODUCT_LABEL,
@@ -30,8 +28,26 @@ from kascade.operator.build_tier import (
     deploys_pods,
 )
 from kascade.operator.builders import name_collisions
+from kascade.operator.cluster_needs import secret_refs
 from kascade.operator.labels import router_child_name, tier_child_name
 from kascade.operator.plan import ChildKey
+from kascade.operator.problems import Problem, ProblemReason
+
+__all__ = [
+    "DEGRADED",
+    "OWN_CONDITIONS",
+    "READY",
+    "ROUTER_READY",
+    "TIERS_READY",
+    "Health",
+    "Problem",
+    "ProblemReason",
+    "check_semantics",
+    "compute_health",
+    "invalid_spec_conditions",
+    "merge_conditions",
+    "tier_statuses",
+]
 
 READY = "Ready"
 TIERS_READY = "TiersReady"
@@ -41,24 +57,11 @@ OWN_CONDITIONS = (READY, TIERS_READY, ROUTER_READY, DEGRADED)
 
 # Flags the operator sets itself; engineArgs repeating them would break the Service or the config.
 _RESERVED_ENGINE_FLAGS = ("--model", "--port", "--host", "--served-model-name")
+# Schemes each engine loads (`ModelUri.scheme`); plain paths and file:// always work. "file" is listed for messages.
 _KNOWN_SCHEMES = {
     EngineKind.vllm: ("hf", "pvc", "s3", "file"),
     EngineKind.transformers: ("hf", "pvc", "pkg", "file"),
 }
-
-
-class ProblemReason(StrEnum):
-    invalid_spec = "InvalidSpec"
-    missing_secret = "MissingSecret"
-    no_matching_nodes = "NoMatchingNodes"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something wrong that the user must fix; it makes the cascade `Degraded`."""
-
-    reason: str  # a ProblemReason value, or any CamelCase reason the handler finds
-    message: str
 
 
 @dataclass(frozen=True)
@@ -83,25 +86,12 @@ class Health:
 # --- Semantic checks ----------------------------------------------------------------
 
 
-def _scheme(uri: str) -> str | None:
-    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
-    return match.group(1).lower() if match else None
-
-
 def _secret_problems(
     cascade: ModelCascade, secrets: Collection[str] | Mapping[str, Collection[str]]
 ) -> list[Problem]:
     namespace = cascade_namespace(cascade)
-    refs = []
-    for tier in cascade.spec.tiers:
-        if tier.model.hub_token_secret is not None:
-            refs.append((f'tier "{tier.name}" (model.hubTokenSecret)', tier.model.hub_token_secret))
-        if tier.api_key_secret is not None:
-            refs.append((f'tier "{tier.name}" (apiKeySecret)', tier.api_key_secret))
-    if cascade.spec.router.api_key_secret is not None:
-        refs.append(("the router (router.apiKeySecret)", cascade.spec.router.api_key_secret))
     problems = []
-    for where, ref in refs:
+    for where, ref in secret_refs(cascade):
         if ref.name not in secrets:
             problems.append(
                 Problem(
@@ -146,40 +136,49 @@ def _node_problems(cascade: ModelCascade, gpu_products: Collection[str]) -> list
     return problems
 
 
+def _model_uri_problems(tier: Tier) -> list[str]:
+    where = f'tier "{tier.name}"'
+    location = tier.model.location
+    if not location.is_path and location.scheme not in _KNOWN_SCHEMES[tier.engine]:
+        if location.scheme == "pkg":
+            return [
+                f"{where}: pkg:// models are packaged for Kascade's own server; use engine transformers, "
+                "or hf://, pvc:// or s3:// with engine vllm"
+            ]
+        if location.scheme == "s3":
+            return [f"{where}: engine transformers cannot read s3://; use engine vllm or a pvc:// model"]
+        allowed = ", ".join(f"{s}://" for s in _KNOWN_SCHEMES[tier.engine])
+        return [f"{where}: model.uri scheme {location.scheme}:// is not supported; use {allowed} or a path"]
+    if location.scheme == "pvc" and not location.pvc_claim:
+        return [f"{where}: model.uri {tier.model.uri} names no claim; write pvc://CLAIM/path"]
+    return []
+
+
+def _tier_problems(tier: Tier) -> list[str]:
+    where = f'tier "{tier.name}"'
+    messages = []
+    if tier.resources.gpu_type and tier.resources.gpus == 0:
+        messages.append(f"{where}: resources.gpuType is set but resources.gpus is 0; set gpus or remove gpuType")
+    messages += _model_uri_problems(tier)
+    reserved = sorted(
+        {flag for arg in tier.engine_args for flag in _RESERVED_ENGINE_FLAGS if arg == flag or arg.startswith(f"{flag}=")}
+    )
+    if reserved:
+        messages.append(
+            f"{where}: engineArgs must not set {', '.join(reserved)}; the operator sets them "
+            "(use model.uri and model.servedName)"
+        )
+    return messages
+
+
 def _spec_problems(cascade: ModelCascade) -> list[Problem]:
     messages: list[str] = list(name_collisions(cascade))
-    currencies = {tier.name: tier.price.currency for tier in cascade.spec.tiers}
-    if len(set(currencies.values())) > 1:
-        listing = ", ".join(f"{name}: {currency}" for name, currency in currencies.items())
-        messages.append(f"tier prices must share one currency to be added up ({listing})")
+    conflict = currency_conflict({tier.name: tier.price for tier in cascade.spec.tiers})
+    if conflict is not None:
+        messages.append(conflict)
     for tier in cascade.spec.tiers:
-        if not deploys_pods(tier):
-            continue
-        where = f'tier "{tier.name}"'
-        if tier.resources.gpu_type and tier.resources.gpus == 0:
-            messages.append(f"{where}: resources.gpuType is set but resources.gpus is 0; set gpus or remove gpuType")
-        scheme = _scheme(tier.model.uri)
-        if scheme is not None and scheme not in _KNOWN_SCHEMES[tier.engine]:
-            if scheme == "pkg":
-                messages.append(
-                    f"{where}: pkg:// models are packaged for Kascade's own server; use engine transformers, "
-                    "or hf://, pvc:// or s3:// with engine vllm"
-                )
-            elif scheme == "s3":
-                messages.append(f"{where}: engine transformers cannot read s3://; use engine vllm or a pvc:// model")
-            else:
-                allowed = ", ".join(f"{s}://" for s in _KNOWN_SCHEMES[tier.engine])
-                messages.append(f"{where}: model.uri scheme {scheme}:// is not supported; use {allowed} or a path")
-        if scheme == "pvc" and not tier.model.uri[len("pvc://"):].split("/", 1)[0]:
-            messages.append(f"{where}: model.uri {tier.model.uri} names no claim; write pvc://CLAIM/path")
-        reserved = sorted(
-            {flag for arg in tier.engine_args for flag in _RESERVED_ENGINE_FLAGS if arg == flag or arg.startswith(f"{flag}=")}
-        )
-        if reserved:
-            messages.append(
-                f"{where}: engineArgs must not set {', '.join(reserved)}; the operator sets them "
-                "(use model.uri and model.servedName)"
-            )
+        if deploys_pods(tier):
+            messages += _tier_problems(tier)
     return [Problem(ProblemReason.invalid_spec, message) for message in messages]
 
 
@@ -283,9 +282,6 @@ def compute_health(
       component serves with fewer ready replicas than desired (ReplicasUnavailable).
     """
     tiers = tier_statuses(cascade, observed)
-    not_serving = [
-        _replicas_phrase(f'tier "{t.name}"', t.ready_replicas, t.replicas) for t in tiers if not tier_is_ready(t)
-    ]
     short = [
         _replicas_phrase(f'tier "{t.name}"', t.ready_replicas, t.replicas)
         for t in tiers
@@ -293,48 +289,59 @@ def compute_health(
     ]
     router_desired = cascade.spec.router.replicas
     router_ready = _ready_replicas(observed, router_child_name(cascade.metadata.name))
-    router_phrase = _replicas_phrase("the router", router_ready, router_desired)
     if 0 < router_ready < router_desired:
-        short.append(router_phrase)
+        short.append(_replicas_phrase("the router", router_ready, router_desired))
+    tiers_condition = _tiers_condition(tiers, generation)
+    router_condition = _router_condition(router_ready, router_desired, generation)
+    conditions = [
+        _ready_condition(tiers_condition, router_condition, problems, generation),
+        tiers_condition,
+        router_condition,
+        _degraded_condition(problems, short, generation),
+    ]
+    return Health(tiers=tiers, conditions=merge_conditions(previous, conditions, now=now))
 
-    tiers_ok = not not_serving
-    tiers_condition = _condition(
-        TIERS_READY,
-        tiers_ok,
-        "AllTiersReady" if tiers_ok else "TiersNotReady",
-        f"all {len(tiers)} tiers serve" if tiers_ok else "; ".join(not_serving),
-        generation,
-    )
-    router_ok = router_ready > 0
-    if router_ok:
-        router_reason, router_message = "RouterReady", router_phrase
-    elif router_desired == 0:
-        router_reason, router_message = "ScaledToZero", "spec.router.replicas is 0: the cascade has no endpoint"
-    else:
-        router_reason, router_message = "RouterNotReady", router_phrase
-    router_condition = _condition(ROUTER_READY, router_ok, router_reason, router_message, generation)
 
-    problem_text = "; ".join(p.message for p in problems)
-    ready_ok = tiers_ok and router_ok
-    if ready_ok:
-        ready_reason, ready_message = "Ready", "the cascade serves at its endpoint"
-    else:
-        waiting = [c.message for c in (tiers_condition, router_condition) if c.status != "True"]
-        ready_reason = problems[0].reason if problems else ("TiersNotReady" if not tiers_ok else router_reason)
-        ready_message = "; ".join(waiting + ([problem_text] if problems else []))
-    ready_condition = _condition(READY, ready_ok, ready_reason, ready_message, generation)
+def _tiers_condition(tiers: Sequence[TierStatus], generation: int | None) -> Condition:
+    not_serving = [
+        _replicas_phrase(f'tier "{t.name}"', t.ready_replicas, t.replicas) for t in tiers if not tier_is_ready(t)
+    ]
+    if not_serving:
+        return _condition(TIERS_READY, False, "TiersNotReady", "; ".join(not_serving), generation)
+    return _condition(TIERS_READY, True, "AllTiersReady", f"all {len(tiers)} tiers serve", generation)
 
+
+def _router_condition(ready: int, desired: int, generation: int | None) -> Condition:
+    phrase = _replicas_phrase("the router", ready, desired)
+    if ready > 0:
+        return _condition(ROUTER_READY, True, "RouterReady", phrase, generation)
+    if desired == 0:
+        message = "spec.router.replicas is 0: the cascade has no endpoint"
+        return _condition(ROUTER_READY, False, "ScaledToZero", message, generation)
+    return _condition(ROUTER_READY, False, "RouterNotReady", phrase, generation)
+
+
+def _ready_condition(
+    tiers: Condition, router: Condition, problems: Sequence[Problem], generation: int | None
+) -> Condition:
+    """Ready when tiers and router are; otherwise what they wait for, then the problems (reason: the first's)."""
+    if tiers.status == "True" and router.status == "True":
+        return _condition(READY, True, "Ready", "the cascade serves at its endpoint", generation)
+    waiting = [c.message for c in (tiers, router) if c.status != "True"]
     if problems:
-        degraded = _condition(DEGRADED, True, problems[0].reason, problem_text, generation)
-    elif short:
-        degraded = _condition(DEGRADED, True, "ReplicasUnavailable", "; ".join(short), generation)
+        reason = problems[0].reason
+        waiting.append("; ".join(p.message for p in problems))
     else:
-        degraded = _condition(DEGRADED, False, "AsExpected", "no problems found", generation)
+        reason = tiers.reason if tiers.status != "True" else router.reason
+    return _condition(READY, False, reason, "; ".join(waiting), generation)
 
-    conditions = merge_conditions(
-        previous, [ready_condition, tiers_condition, router_condition, degraded], now=now
-    )
-    return Health(tiers=tiers, conditions=conditions)
+
+def _degraded_condition(problems: Sequence[Problem], short: Sequence[str], generation: int | None) -> Condition:
+    if problems:
+        return _condition(DEGRADED, True, problems[0].reason, "; ".join(p.message for p in problems), generation)
+    if short:
+        return _condition(DEGRADED, True, "ReplicasUnavailable", "; ".join(short), generation)
+    return _condition(DEGRADED, False, "AsExpected", "no problems found", generation)
 
 
 def invalid_spec_conditions(

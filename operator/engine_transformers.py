@@ -30,13 +30,12 @@ def build_engine_container(
     tier: Tier, *, task: Task, model: ModelRef, settings: OperatorSettings
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The engine container (image, command, args) and the pod volumes it needs (none)."""
-    served = tier.model.served_name or tier.name
     args = [
         *model_args(model),
         # `kascade serve` binds the loopback by default; a pod must listen on all addresses.
         "--host", "0.0.0.0",
         "--port", str(settings.engine_port),
-        "--served-model-name", served,
+        "--served-model-name", tier.served_name,
         "--task", "classify" if task is Task.classify else "generate",
         "--device", "cuda" if tier.resources.gpus > 0 else "cpu",
         *tier.engine_args,

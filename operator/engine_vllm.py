@@ -59,10 +59,9 @@ def build_engine_container(
     vLLM releases), e.g. `--task=classify` on older releases.
     """
     del task  # the same server serves every task; see the docstring for classify
-    served = tier.model.served_name or tier.name
     args = [
         *model_args(model, tier),
-        "--served-model-name", served,
+        "--served-model-name", tier.served_name,
         "--port", str(settings.engine_port),
     ]  # fmt: skip
     gpus = tier.resources.gpus

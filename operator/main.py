@@ -50,12 +50,10 @@ def kopf_run_args(
 
 def check_configuration() -> str | None:
     """A message naming what is wrong with the KASCADE_* variables, or None when they are usable."""
-    from kascade.operator.handlers import reconcile_interval
     from kascade.operator.settings import OperatorSettings, SettingsError
 
     try:
         OperatorSettings.from_env()
-        reconcile_interval()
     except SettingsError as error:
         return str(error)
     return None

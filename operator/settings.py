@@ -1,4 +1,4 @@
-"""Operator-wide settings: images, ports, GPU scheduling defaults, probe budgets.
+"""Operator-wide settings: images, ports, GPU scheduling defaults, probe budgets, the drift interval.
 
 One `OperatorSettings` value is made at startup (`OperatorSettings.from_env()`,
 in the handler's `@kopf.on.startup()`) and passed explicitly to every builder;
@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kascade import __version__
 
@@ -25,6 +25,8 @@ ENV_PREFIX = "KASCADE_"
 # the engine under running cascades whenever a node pulls again.
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 DEFAULT_RUNTIME_IMAGE = f"ghcr.io/kascade-dev/kascade-runtime:{__version__}"
+
+MAX_RECONCILE_INTERVAL_S = 3600
 
 DEFAULT_GPU_TOLERATIONS: tuple[dict[str, str], ...] = (
     # The NVIDIA GPU operator and the managed clouds taint GPU nodes this way.
@@ -98,6 +100,24 @@ class OperatorSettings(BaseModel):
         default=15.0, gt=0, description="How often each router replica writes its counters into the status."
     )
 
+    # The drift reconcile
+    reconcile_interval_seconds: float = Field(
+        default=15.0,
+        description="How often each cascade is reconciled without a change: drift, readiness, router counters.",
+    )
+
+    @field_validator("reconcile_interval_seconds", mode="before")
+    @classmethod
+    def _interval_in_range(cls, value: Any) -> float:
+        # Own messages: they read as a sentence after the variable's name (see `from_env`).
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number of seconds, not {value!r}") from None
+        if not 0 < seconds <= MAX_RECONCILE_INTERVAL_S:
+            raise ValueError(f"must lie in (0, {MAX_RECONCILE_INTERVAL_S}] seconds, not {value!r}")
+        return seconds
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
         """Defaults overridden by KASCADE_* variables of `environ` (default: the process environment).
@@ -124,12 +144,18 @@ class OperatorSettings(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{ENV_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}" for error in exc.errors()
-            )
+            problems = "; ".join(_env_problem(error) for error in exc.errors())
             raise SettingsError(f"invalid operator settings from the environment: {problems}") from None
 
     @property
     def startup_budget_seconds(self) -> int:
         """How long a tier may take to load its model before the kubelet restarts it."""
         return self.startup_probe_period_seconds * self.startup_probe_failure_threshold
+
+
+def _env_problem(error: Mapping[str, Any]) -> str:
+    """`KASCADE_X must ...` for this module's own validators, `KASCADE_X: <pydantic's message>` otherwise."""
+    variable = f"{ENV_PREFIX}{str(error['loc'][0]).upper()}"
+    if error["type"] == "value_error":
+        return f"{variable} {str(error['msg']).removeprefix('Value error, ')}"
+    return f"{variable}: {error['msg']}"

@@ -3,7 +3,7 @@
 Pure bookkeeping (no I/O): the router records one `RequestOutcome` per request
 and the ledger keeps absolute, never-decreasing totals. A snapshot of them is
 served on the router's `/stats` and folded by the operator into the resource's
-status, one slot per router process, so totals must be absolute (a restarted
+status, one slot per router process (`kascade.api.counters.CounterSlot`), so totals must be absolute (a restarted
 process starts a new slot under a new process id) rather than deltas.
 
 Prices are usage-based, per million tokens (`Price`); GPU-hour reservations
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kascade.api.modelcascade import Price
+from kascade.api.counters import CounterSlot, SlotCost, TierCounters
+from kascade.api.modelcascade import Price, currency_conflict
 
 _PER_MILLION = 1_000_000
 
@@ -116,16 +117,12 @@ class Ledger:
     ) -> None:
         if not tier_prices:
             raise ValueError("a ledger needs at least one tier price")
-        currencies = {price.currency for price in tier_prices.values()}
-        if len(currencies) > 1:
-            listing = ", ".join(f"{tier}: {price.currency}" for tier, price in tier_prices.items())
-            raise ValueError(
-                f"tier prices must share one currency to be added up; got {listing}. "
-                "Convert every tier's price to the same currency."
-            )
+        conflict = currency_conflict(tier_prices)
+        if conflict is not None:
+            raise ValueError(conflict)
         self._prices = dict(tier_prices)
         self._last_tier = list(tier_prices)[-1]
-        self._currency = currencies.pop()
+        self._currency = next(iter(tier_prices.values())).currency
         self._process_id = process_id or uuid.uuid4().hex
         self._clock = clock
         self._started_at = clock()
@@ -201,34 +198,38 @@ class Ledger:
             self._updated_at = max(self._updated_at, self._clock())
         return cost
 
-    def snapshot(self) -> dict[str, Any]:
-        """The absolute totals as a JSON-able dict with camelCase keys (see the module docstring)."""
+    def counter_slot(self) -> CounterSlot:
+        """The absolute totals: what `/stats` serves and what the router writes into its status slot."""
         with self._lock:
             saved = self._baseline - self._actual
-            return {
-                "processId": self._process_id,
-                "startedAt": _iso_utc(self._started_at),
-                "updatedAt": _iso_utc(self._updated_at),
-                "currency": self._currency,
-                "requests": self._requests,
-                "failed": self._failed,
-                "escalations": self._escalations,
-                "answeredBy": dict(self._answered_by),
-                "tiers": {
-                    tier: {
-                        "calls": totals.calls,
-                        "errors": totals.errors,
-                        "inputTokens": totals.input_tokens,
-                        "outputTokens": totals.output_tokens,
-                        "cost": totals.cost,
-                        "latencySecondsSum": totals.latency_seconds_sum,
-                    }
+            return CounterSlot(
+                process_id=self._process_id,
+                started_at=_iso_utc(self._started_at),
+                updated_at=_iso_utc(self._updated_at),
+                currency=self._currency,
+                requests=self._requests,
+                failed=self._failed,
+                escalations=self._escalations,
+                answered_by=dict(self._answered_by),
+                tiers={
+                    tier: TierCounters(
+                        calls=totals.calls,
+                        errors=totals.errors,
+                        input_tokens=totals.input_tokens,
+                        output_tokens=totals.output_tokens,
+                        cost=totals.cost,
+                        latency_seconds_sum=totals.latency_seconds_sum,
+                    )
                     for tier, totals in self._tiers.items()
                 },
-                "cost": {
-                    "actual": self._actual,
-                    "baseline": self._baseline,
-                    "saved": saved,
-                    "savedPercent": 100.0 * saved / self._baseline if self._baseline > 0 else 0.0,
-                },
-            }
+                cost=SlotCost(
+                    actual=self._actual,
+                    baseline=self._baseline,
+                    saved=saved,
+                    saved_percent=100.0 * saved / self._baseline if self._baseline > 0 else 0.0,
+                ),
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        """`counter_slot()` as JSON, with camelCase keys (the `/stats` body)."""
+        return self.counter_slot().to_wire()

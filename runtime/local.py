@@ -16,65 +16,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 from kascade.api.modelcascade import ModelCascade
 from kascade.runtime.catalog import ModelNotAvailable
+from kascade.runtime.ledger_view import fetch_stats, ledger_view, summary_table
 from kascade.runtime.local_demo import run_demo
 from kascade.runtime.local_manifest import LocalModeError, check_runnable, load_manifest, secret_env_var
 from kascade.runtime.local_tiers import ensure_port_free, serve_cascade
 from kascade.runtime.signals import interrupt_on_stop_signals
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 
 # --- what the user sees ------------------------------------------------------
-
-
-def _money(value: float, currency: str) -> str:
-    return f"{value:.6f} {currency}"
-
-
-def summary_table(stats: Mapping[str, Any], tier_names: Sequence[str], *, title: str = "Cascade ledger") -> Table:
-    """The ledger as a table: traffic per tier, escalation rate, what it cost and saved."""
-    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-    requests = int(stats.get("requests", 0))
-    escalations = int(stats.get("escalations", 0))
-    answered = stats.get("answeredBy", {})
-    currency = stats.get("currency", "USD")
-    table.add_row("requests", f"{requests}" + (f"  ({stats.get('failed', 0)} failed)" if stats.get("failed") else ""))
-    for name in tier_names:
-        count = int(answered.get(name, 0))
-        share = f"{100.0 * count / requests:.0f}%" if requests else "-"
-        tier = stats.get("tiers", {}).get(name, {})
-        calls = int(tier.get("calls", 0))
-        latency = f", {tier.get('latencySecondsSum', 0.0) / calls:.2f} s/call" if calls else ""
-        table.add_row(f"answered by {name}", f"{count} ({share}); {calls} calls{latency}")
-    rate = f"{100.0 * escalations / requests:.0f}%" if requests else "-"
-    table.add_row("escalated", f"{escalations} ({rate})")
-    cost = stats.get("cost", {})
-    table.add_row("actual cost", _money(float(cost.get("actual", 0.0)), currency))
-    table.add_row("all-largest baseline", _money(float(cost.get("baseline", 0.0)), currency))
-    table.add_row(
-        "saved",
-        f"{_money(float(cost.get('saved', 0.0)), currency)} ({float(cost.get('savedPercent', 0.0)):.1f}%)",
-    )
-    return table
-
-
-def _fetch_stats(client: httpx.Client, base_url: str) -> dict[str, Any] | None:
-    try:
-        response = client.get(f"{base_url}/stats", timeout=2.0)
-        response.raise_for_status()
-        return response.json()
-    except (httpx.HTTPError, ValueError):
-        return None
 
 
 def watch(cascade: ModelCascade, base_url: str, console: Console) -> None:
@@ -104,20 +60,16 @@ def watch(cascade: ModelCascade, base_url: str, console: Console) -> None:
         # Transient: the live table goes when stopped; the caller prints the final one once.
         with Live(Text("waiting for the ledger…"), console=screen, refresh_per_second=4, transient=True) as live:
             while True:
-                stats = _fetch_stats(client, base_url)
-                live.update(_ledger_view(stats, names))
+                stats = fetch_stats(client, base_url)
+                live.update(ledger_view(stats, names))
                 time.sleep(1.0)
 
 
 def print_final_ledger(cascade: ModelCascade, base_url: str, console: Console) -> None:
     with httpx.Client() as client:
-        stats = _fetch_stats(client, base_url)
+        stats = fetch_stats(client, base_url)
     names = [tier.name for tier in cascade.spec.tiers]
-    Console(file=console.file).print(_ledger_view(stats, names, title="Cascade ledger (final)"))
-
-
-def _ledger_view(stats: Mapping[str, Any] | None, names: Sequence[str], *, title: str = "Cascade ledger") -> Any:
-    return summary_table(stats, names, title=title) if stats is not None else Text("the router is not answering /stats")
+    Console(file=console.file).print(ledger_view(stats, names, title="Cascade ledger (final)"))
 
 
 # --- the command ----------------------------------------------------------------
@@ -165,7 +117,7 @@ def _run_local(
                     except Exception as exc:  # noqa: BLE001 - openai.APIError, httpx errors: the cascade failed
                         raise LocalModeError(f"a demo request failed: {type(exc).__name__}: {exc}", exit_code=1) from None
                     with httpx.Client() as client:
-                        stats = _fetch_stats(client, base_url)
+                        stats = fetch_stats(client, base_url)
                     console.print()
                     if stats is not None:
                         console.print(summary_table(stats, [tier.name for tier in cascade.spec.tiers]))

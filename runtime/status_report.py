@@ -1,6 +1,6 @@
 """Router replicas report their ledger into their own slot of the ModelCascade's status.
 
-Each router process writes its ABSOLUTE snapshot (`Ledger.snapshot()`) to
+Each router process writes its ABSOLUTE snapshot (`Ledger.counter_slot()`) to
 `status.replicaCounters[<processId>]` with a JSON merge patch on the status
 subresource. Absolute values make the write idempotent: a retried or repeated
 patch cannot double count. A restarted process has a new processId and so a
@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from kascade.api.counters import CounterSlot
 from kascade.api.modelcascade import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("kascade.router.status")
@@ -61,15 +62,22 @@ class StatusReportConfig(BaseModel):
         )
 
 
-def replica_slot_patch(snapshot: dict[str, Any], pod: str) -> dict[str, Any]:
-    """The merge patch that writes one process's absolute numbers into its own slot."""
-    return {"status": {"replicaCounters": {snapshot["processId"]: {**snapshot, "pod": pod}}}}
+def replica_slot_patch(snapshot: CounterSlot | Mapping[str, Any], pod: str) -> dict[str, Any]:
+    """The merge patch that writes one process's absolute numbers, and its pod, into its own slot.
+
+    `snapshot`: the ledger's `CounterSlot`, or its JSON (`/stats`); what it
+    holds is written as it is, checked against the slot's type.
+    """
+    slot = snapshot if isinstance(snapshot, CounterSlot) else CounterSlot.model_validate(snapshot)
+    if slot.process_id is None:
+        raise ValueError("a counter slot needs its processId: it names the slot")
+    return {"status": {"replicaCounters": {slot.process_id: slot.model_copy(update={"pod": pod}).to_wire()}}}
 
 
 class StatusReporter:
     """Reports every `interval_seconds` and once more on shutdown; failures are logged, never fatal."""
 
-    def __init__(self, config: StatusReportConfig, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, config: StatusReportConfig, snapshot: Callable[[], CounterSlot | Mapping[str, Any]]) -> None:
         self.config = config
         self._snapshot = snapshot
         self._pod = os.environ.get(config.pod_env) or os.uname().nodename

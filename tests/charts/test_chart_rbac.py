@@ -1,15 +1,18 @@
 """The operator's RBAC in the chart: exactly the calls it makes, in the scope it runs in.
 
-tests/charts/operator_api_calls.yaml lists every (verb, group, resource) the
-operator calls, with why; the rendered Roles must grant exactly those (checked
+kascade.operator.permissions.OPERATOR_RULES lists every (verb, group,
+resource) the operator calls, with why; the chart's rules and the table in
+docs/operator.md are generated from it (scripts/render_permissions.py) and
+must not be stale; the rendered Roles must grant exactly those calls (checked
 through `rbac_coverage.check_rbac`, the same function the operator's
 end-to-end test feeds its recorded requests to).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
-from pathlib import Path
+import sys
 from typing import Any
 
 import pytest
@@ -17,18 +20,35 @@ import yaml
 from chart_testkit import REPO, by_kind, operator_deployment, render, render_values
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.builders import CHILD_KINDS, build_router_role
+from kascade.operator.permissions import OPERATOR_RULES
 from kascade.operator.settings import OperatorSettings
 from rbac_coverage import ApiCall, api_call, check_rbac, grants
 
 from kascade.testing import RecordedRequest
 
-CALLS_FILE = Path(__file__).with_name("operator_api_calls.yaml")
+TABLE = "kascade.operator.permissions.OPERATOR_RULES"
+RENDER_SCRIPT = REPO / "scripts" / "render_permissions.py"
 WATCHED = ["team-a", "team-b"]  # the "namespaced" value set
 NAMED_VERBS = ("get", "patch", "update", "delete")
 
 
 def listed_calls() -> list[dict[str, Any]]:
-    return yaml.safe_load(CALLS_FILE.read_text())["calls"]
+    """The operator's table, one entry per resource: group, resource, scope, modes, verbs (verb -> why)."""
+    return [
+        {"group": rule.api_group, "resource": resource, "scope": rule.scope.value, "verbs": dict(rule.reasons),
+         "modes": [mode.value for mode in rule.modes], **({"never_called": True} if rule.never_called else {})}
+        for rule in OPERATOR_RULES
+        for resource in rule.resources
+    ]  # fmt: skip
+
+
+def render_script() -> Any:
+    spec = importlib.util.spec_from_file_location("render_permissions", RENDER_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def calls_in(namespace: str, *, mode: str, scopes: tuple[str, ...] = ("namespaced", "cluster")) -> list[ApiCall]:
@@ -76,22 +96,19 @@ def test_every_child_kind_of_the_operator_has_its_whole_life_cycle_listed():
     for child in CHILD_KINDS:
         group = child.api_version.rpartition("/")[0]
         verbs = listed.get((group, child.plural))
-        assert verbs is not None, f"{child.kind} ({child.plural}) is a child kind but not in {CALLS_FILE.name}"
+        assert verbs is not None, f"{child.kind} ({child.plural}) is a child kind but not in {TABLE}"
         assert {"get", "list", "create", "update", "delete"} <= verbs, f"{child.plural}: {sorted(verbs)}"
 
 
 def test_the_list_agrees_with_the_operators_own_rules():
-    """kascade.operator.k8s.OPERATOR_RULES is the operator's account of its calls; this list must say the same."""
-    k8s = pytest.importorskip("kascade.operator.k8s")
-    rules = getattr(k8s, "OPERATOR_RULES", None)
-    if rules is None:
-        pytest.skip("kascade.operator.k8s has no OPERATOR_RULES")
+    """The calls as the chart's tests read them say what OPERATOR_RULES says, verb by verb and scope by scope."""
+    rules = OPERATOR_RULES
     theirs = {(verb, rule.api_group, resource, "cluster" if rule.cluster_scoped else "namespaced")
               for rule in rules for verb in rule.verbs for resource in rule.resources}  # fmt: skip
     ours = {(verb, e["group"], e["resource"], e["scope"]) for e in listed_calls() for verb in e["verbs"]}
     ours_called = {call for call in ours if call[:3] not in never_called()}  # OPERATOR_RULES may list these or not
     assert ours_called - theirs == set(), "listed here, not in OPERATOR_RULES"
-    assert theirs - ours == set(), f"in OPERATOR_RULES, not in {CALLS_FILE.name}"
+    assert theirs - ours == set(), "in OPERATOR_RULES, not in the calls"
 
 
 # --- namespaced mode: Roles only ---------------------------------------------------------
@@ -164,12 +181,27 @@ def test_no_wildcards_escalation_or_secret_enumeration(value_set: str):
 
 
 def test_every_rule_carries_a_comment_saying_why():
-    text = (REPO / "charts" / "kascade" / "templates" / "rbac.yaml").read_text()
+    text = (REPO / "charts" / "kascade" / "templates" / "_operator_rules.tpl").read_text()
     lines = text.splitlines()
     rule_lines = [i for i, line in enumerate(lines) if line.lstrip().startswith("- apiGroups:")]
     assert len(rule_lines) >= 9
     for index in rule_lines:
-        assert lines[index - 1].lstrip().startswith("#"), f"rbac.yaml line {index + 1}: a rule with no comment above it"
+        assert lines[index - 1].lstrip().startswith("#"), f"_operator_rules.tpl line {index + 1}: a rule with no comment above it"
+
+
+def test_the_charts_rules_and_the_docs_table_are_generated_from_the_operators_table():
+    """One source: a permission added to kascade.operator.permissions must be rendered into the chart and docs."""
+    script = render_script()
+    for path, text in script.rendered().items():
+        stale = f"{path.relative_to(REPO)} is stale: run `python scripts/render_permissions.py`"
+        assert path.read_text() == text, stale
+    assert script.main(["--check"]) == 0
+
+
+def test_the_rbac_template_holds_no_rule_of_its_own():
+    """rbac.yaml only places the generated rules into Roles and ClusterRoles."""
+    text = (REPO / "charts" / "kascade" / "templates" / "rbac.yaml").read_text()
+    assert not [line for line in text.splitlines() if line.lstrip().startswith("- apiGroups:")]
 
 
 # --- bindings and the router's permissions ---------------------------------------------------

@@ -36,10 +36,13 @@ from kascade.operator.settings import (
 
 from kascade import __version__
 
-# The drift timer's interval, read by the operator's handlers module (which imports kopf).
-handlers = pytest.importorskip("kascade.operator.handlers")
-RECONCILE_INTERVAL_ENV = handlers.RECONCILE_INTERVAL_ENV
-reconcile_interval = handlers.reconcile_interval
+# The drift reconcile's interval is an operator setting like the others.
+RECONCILE_INTERVAL_ENV = "KASCADE_RECONCILE_INTERVAL_SECONDS"
+DEFAULT_RECONCILE_INTERVAL_S = OperatorSettings().reconcile_interval_seconds
+
+
+def reconcile_interval(env: dict[str, str]) -> float:
+    return OperatorSettings.from_env(env).reconcile_interval_seconds
 
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")  # Chart.yaml's kubeVersion floor, and the newest schemas
 NOT_BUILT_IN = {"monitoring.coreos.com/v1": "ServiceMonitor"}  # checked in test_chart_metrics.py
@@ -159,7 +162,7 @@ def test_default_values_give_the_operators_own_defaults():
     env = operator_env(render("defaults"))
     settings = OperatorSettings.from_env(env)
     assert settings == OperatorSettings()
-    assert reconcile_interval(env) == handlers.DEFAULT_RECONCILE_INTERVAL_S
+    assert reconcile_interval(env) == DEFAULT_RECONCILE_INTERVAL_S
     assert settings.runtime_image == DEFAULT_RUNTIME_IMAGE and settings.vllm_image == DEFAULT_VLLM_IMAGE
     assert settings.runtime_gpu_image == f"{DEFAULT_RUNTIME_IMAGE}-cuda"
 

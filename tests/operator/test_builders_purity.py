@@ -16,8 +16,25 @@ PURE_MODULES = [
     "kascade.operator.plan",
     "kascade.operator.conditions",
     "kascade.operator.counters",
+    "kascade.operator.problems",
+    "kascade.operator.cluster_needs",
+    "kascade.operator.cascade_resource",
+    "kascade.operator.drift",
+    "kascade.operator.status_patch",
+    "kascade.operator.notices",
+    "kascade.operator.replacement",
+    "kascade.operator.permissions",
 ]
-FORBIDDEN = ["kopf", "kubernetes", "torch", "transformers", "kascade.operator.handlers"]
+FORBIDDEN = [
+    "kopf",
+    "kubernetes",
+    "aiohttp",
+    "torch",
+    "transformers",
+    "kascade.operator.handlers",
+    "kascade.operator.reconcile",
+    "kascade.operator.kube_api",
+]
 
 
 def test_pure_core_imports_no_io_libraries() -> None:

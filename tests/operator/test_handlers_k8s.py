@@ -14,19 +14,14 @@ import yaml
 kopf = pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 
-from kascade.operator import k8s
-from kascade.operator.builders import build_children
-from kascade.operator.handlers import parse_cascade
-from kascade.operator.k8s import (
-    OPERATOR_RULES,
-    ApiError,
-    Credentials,
-    KubeApi,
-    apply_plan,
-    replacement,
-    resource_path,
-    rule_allows,
-)
+from kascade.operator import kube_api
+from kascade.operator.apply import apply_plan
+from kascade.operator.builders import CHILD_KINDS, build_children
+from kascade.operator.cascade_resource import parse_cascade
+from kascade.operator.kube_api import ApiError, KubeApi, resource_path
+from kascade.operator.kube_credentials import Credentials
+from kascade.operator.permissions import OPERATOR_RULES, rule_allows
+from kascade.operator.replacement import replacement
 from kascade.operator.labels import label_value, owned_selector, selector_string
 from kascade.operator.plan import index_children, plan_children
 from kascade.operator.settings import OperatorSettings
@@ -63,7 +58,7 @@ def cascade_body(server: StandinApiServer, name: str) -> dict[str, Any]:
 async def observe(api: KubeApi, name: str) -> dict:
     selector = selector_string(owned_selector(name))
     objects = []
-    for kind in k8s.CHILD_KINDS:
+    for kind in CHILD_KINDS:
         objects += await api.list(kind.api_version, kind.plural, namespace="default", label_selector=selector, kind=kind.kind)
     return index_children(objects)
 
@@ -184,7 +179,7 @@ def test_delete_and_list_pages(server: StandinApiServer, credentials: Credential
     for index in range(5):
         server.create({"apiVersion": "v1", "kind": "ConfigMap",
                        "metadata": {"name": f"page-{index}", "labels": {"paged": "yes"}}})  # fmt: skip
-    monkeypatch.setattr(k8s, "_LIST_PAGE_SIZE", 2)
+    monkeypatch.setattr(kube_api, "_LIST_PAGE_SIZE", 2)
 
     async def scenario() -> None:
         async with KubeApi(credentials) as api:

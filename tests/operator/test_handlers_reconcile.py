@@ -14,8 +14,10 @@ import yaml
 kopf = pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 
-from kascade.operator.handlers import GpuProducts, Operator, reconcile
-from kascade.operator.k8s import Credentials, KubeApi
+from kascade.operator.kube_api import KubeApi
+from kascade.operator.kube_credentials import Credentials
+from kascade.operator.observe import GpuProducts
+from kascade.operator.reconcile import Operator, reconcile
 from kascade.operator.settings import OperatorSettings
 
 from kascade.testing import StandinApiServer

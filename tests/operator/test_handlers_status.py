@@ -1,4 +1,4 @@
-"""The handlers' pure helpers: parsing, status composition, no-op detection, events, in-place edits."""
+"""The reconcile's pure helpers (no kopf): parsing, status composition, no-op detection, events, in-place edits."""
 
 from __future__ import annotations
 
@@ -8,30 +8,19 @@ from typing import Any
 
 import pytest
 import yaml
-
-pytest.importorskip("kopf")
-
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.builders import build_children
-from kascade.operator.conditions import Problem
+from kascade.operator.cascade_resource import parse_cascade, validation_message
+from kascade.operator.cluster_needs import referenced_secrets, wants_gpu_products
 from kascade.operator.counters import apply_merge_patch
-from kascade.operator.handlers import (
-    Notice,
-    changes_status,
-    compose_status,
-    conflict_problems,
-    invalid_status,
-    mark_edited,
-    parse_cascade,
-    reconcile_interval,
-    referenced_secrets,
-    transition_notices,
-    validation_message,
-    wants_gpu_products,
-)
+from kascade.operator.drift import mark_edited
 from kascade.operator.labels import SPEC_HASH_ANNOTATION
+from kascade.operator.notices import Notice, transition_notices
 from kascade.operator.plan import Plan, index_children, plan_children
+from kascade.operator.problems import Problem, conflict_problems
 from kascade.operator.settings import OperatorSettings, SettingsError
+from kascade.operator.status_patch import changes_status, compose_status, invalid_status
+from pydantic import ValidationError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SETTINGS = OperatorSettings()
@@ -80,6 +69,14 @@ def test_a_spec_that_does_not_parse_gives_one_readable_line():
     assert message.startswith("the resource does not parse: ")
     assert "the last tier ('large') always answers and takes no accept rule" in message
     assert "\n" not in message
+
+
+def test_validation_messages_write_paths_as_yaml_does():
+    body = example()
+    body["spec"]["tiers"][0]["accept"]["threshold"] = 2
+    with pytest.raises(ValidationError) as raised:
+        parse_cascade(body)
+    assert "spec.tiers[0].accept.threshold: " in validation_message(raised.value)
 
 
 def test_invalid_status_says_invalid_spec_and_keeps_other_conditions():
@@ -132,7 +129,7 @@ def test_composing_again_from_the_written_status_changes_nothing():
     again, fold = compose_status(cascade, SETTINGS, written, observed, problems=[],
                                  live_pods=["chat-router-a", "chat-router-b"], now=T1, generation=1)  # fmt: skip
     assert not changes_status(written, again)
-    assert not fold.changed
+    assert not changes_status(written, fold.status_patch())
     assert written["traffic"]["requests"] == 12
 
 
@@ -214,6 +211,10 @@ def test_server_defaults_on_other_kinds_are_not_edits():
 
 
 # --- settings ----------------------------------------------------------------------------------------------
+
+
+def reconcile_interval(environ: dict[str, str]) -> float:
+    return OperatorSettings.from_env(environ).reconcile_interval_seconds
 
 
 def test_the_reconcile_interval_comes_from_the_environment():

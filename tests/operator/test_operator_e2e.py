@@ -48,10 +48,10 @@ pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 openai = pytest.importorskip("openai")
 
-from kascade.operator.k8s import OPERATOR_RULES, rule_allows
+from kascade.operator.permissions import OPERATOR_RULES, rule_allows
 from kascade.operator.labels import COMPONENT_ROUTER, selector_labels
 from kascade.runtime.config import RouterConfig
-from kascade.runtime.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
+from kascade.testing.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
 from kascade.runtime.serving import BackgroundServer, free_port
 
 from kascade.testing import StandinApiServer, kubectl_path

@@ -1,0 +1,91 @@
+"""The observed state of a ModelCascade: `.status`, written by the operator and, slot by slot, by the routers.
+
+Status types keep unknown fields (`StatusModel`): an older operator must not
+choke on what a newer one wrote. The router counter slots and their running
+sum are typed in `kascade.api.counters`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kascade.api.base import StatusModel
+from kascade.api.counters import CounterSlot, RetiredCounters, RetiredProcess
+
+
+class Condition(StatusModel):
+    """A Kubernetes-style condition: Ready, TiersReady, RouterReady, Calibrated, Degraded."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class TierStatus(StatusModel):
+    name: str
+    ready_replicas: int = 0
+    replicas: int = 0
+    ready: bool | None = Field(
+        default=None,
+        description="Set for tiers without pods (engine external); unset: ready when a replica is ready.",
+    )
+    threshold: float | None = Field(default=None, description="The threshold in force (calibrated or declared).")
+
+
+class Traffic(StatusModel):
+    requests: int = 0
+    answered_by: dict[str, int] = Field(default_factory=dict)
+    escalations: int = 0
+    escalation_rate: float = 0.0
+    errors: int = 0
+
+
+class Cost(StatusModel):
+    currency: str = "USD"
+    actual: float = Field(default=0.0, description="Usage-based cost, wasted small-tier calls of escalations included.")
+    baseline: float = Field(default=0.0, description="What the last tier alone would have cost.")
+    saved: float = Field(default=0.0, description="baseline - actual.")
+    saved_percent: float = Field(default=0.0, description="100 * saved / baseline.")
+    gpu_hours: float = 0.0
+    reservation_cost: float = 0.0
+    since: str | None = None
+
+
+class StatusSummary(StatusModel):
+    """Human-readable figures for `kubectl get`; computed by `kascade.api.summary.summarize_status`."""
+
+    tiers: str = Field(default="", description="Ready tiers out of all tiers, e.g. 2/2.")
+    escalation: str = Field(default="", description="Share of requests that escalated, e.g. 12.5%.")
+    saved: str = Field(default="", description="Money saved against the last tier alone, e.g. USD 1.23 (45.0%).")
+
+
+class ModelCascadeStatus(StatusModel):
+    """Observed state, written by the operator (router replicas write their own counter slots)."""
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    endpoint: str | None = Field(default=None, description="The cascade's OpenAI-compatible base URL.")
+    tiers: list[TierStatus] = Field(default_factory=list)
+    traffic: Traffic = Field(default_factory=Traffic)
+    cost: Cost = Field(default_factory=Cost)
+    summary: StatusSummary = Field(default_factory=StatusSummary)
+    replica_counters: dict[str, CounterSlot] = Field(
+        default_factory=dict,
+        description="One slot per router process (keyed by processId): its absolute /stats snapshot and pod.",
+    )
+    retired_counters: RetiredCounters = Field(
+        default_factory=RetiredCounters,
+        description="Running sum of every retired router process: restarts and scale-downs lose nothing.",
+    )
+    retired_processes: dict[str, RetiredProcess] = Field(
+        default_factory=dict,
+        description="What each recently retired process already contributed, so a late write is counted once.",
+    )

@@ -1,0 +1,202 @@
+"""One reconcile of one ModelCascade: observe, decide, apply, write the status. Idempotent.
+
+1. parse the resource (a validation error: conditions Ready=False and
+   Degraded=True with reason InvalidSpec, then `kopf.PermanentError`);
+2. observe (`observe.observe`): the cascade's children, the Secrets it
+   references, the GPU products nodes offer;
+3. build the desired children (`builders.build_children`), add owner
+   references, and plan (`plan.plan_children`: spec hashes decide);
+4. when the spec is semantically wrong (a missing Secret, a GPU type no node
+   offers, a name taken by someone else) apply NOTHING and say so in the
+   Degraded condition; otherwise create, replace and delete (`apply.apply_plan`);
+5. write the status (`status_patch.compose_status`) as one merge patch on the
+   status subresource, only when it differs from what is there, with the
+   observed resourceVersion as a precondition so that stale data never lowers
+   a figure or retires a slot.
+
+A reconcile that finds nothing to change makes no write at all. The Kopf
+handlers (`handlers`) run it for create, update, resume and the drift timer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import kopf
+from kascade.api import API_VERSION
+from kascade.api.modelcascade import PLURAL, ModelCascade
+from kascade.operator.apply import apply_plan
+from kascade.operator.builders import build_children
+from kascade.operator.cascade_resource import parse_cascade, plain, validation_message
+from kascade.operator.conditions import check_semantics
+from kascade.operator.counters import REPLICA_COUNTERS, FoldResult
+from kascade.operator.drift import mark_edited
+from kascade.operator.kube_api import ApiError, KubeApi
+from kascade.operator.labels import label_value
+from kascade.operator.notices import Notice, transition_notices
+from kascade.operator.observe import GpuProducts, find_taken_names, live_router_pods, observe
+from kascade.operator.plan import ChildKey, plan_children
+from kascade.operator.problems import Problem, ProblemReason, conflict_problems
+from kascade.operator.settings import OperatorSettings
+from kascade.operator.status_patch import changes_status, compose_status, invalid_status, now_rfc3339
+from pydantic import ValidationError
+
+log = logging.getLogger("kascade.operator")
+
+STATUS_WRITE_ATTEMPTS = 4
+_EVENT_MESSAGE_LIMIT = 1000
+
+StatusComposer = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class Operator:
+    """What every reconcile needs; made once at startup and kept in kopf's memo."""
+
+    api: KubeApi
+    settings: OperatorSettings
+    gpu_products: GpuProducts = field(default_factory=GpuProducts)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The resource being reconciled, as this reconcile first saw it."""
+
+    body: Any  # kopf's body (events are posted on it)
+    name: str
+    namespace: str
+    generation: int | None
+    resource_version: str | None
+    status: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, body: Any) -> Target:
+        meta = body.get("metadata") or {}
+        return cls(body=body, name=meta["name"], namespace=meta.get("namespace") or "default",
+                   generation=meta.get("generation"), resource_version=meta.get("resourceVersion"),
+                   status=plain(body.get("status") or {}))  # fmt: skip
+
+
+def post(body: Any, notice: Notice) -> None:
+    message = notice.message[:_EVENT_MESSAGE_LIMIT]
+    try:
+        if notice.type == "Warning":
+            kopf.warn(body, reason=notice.reason, message=message)
+        else:
+            # kopf.info is filtered by the posting level (WARNING: kopf's own chatter stays off the
+            # API); the operator's notable actions are posted regardless.
+            kopf.event(body, type="Normal", reason=notice.reason, message=message)
+    except LookupError:  # called outside a running operator (tests, tools): nowhere to post
+        log.info("%s %s: %s", notice.type, notice.reason, message)
+
+
+async def write_status(api: KubeApi, target: Target, compose: StatusComposer) -> dict[str, Any] | None:
+    """Compose the status patch and write it if it changes anything; the patch written, or None.
+
+    The write carries the observed resourceVersion as a precondition: when the
+    object moved on (a router wrote its slot, the spec changed), the API
+    server says 409 and the status is re-read and recomposed, so a write is
+    never based on stale slots or stale totals. Events for the condition
+    changes written are posted on the resource.
+    """
+    status, resource_version = target.status, target.resource_version
+    for _ in range(STATUS_WRITE_ATTEMPTS):
+        patch = await compose(status)
+        if not changes_status(status, patch):
+            return None
+        try:
+            await api.patch_status(API_VERSION, PLURAL, target.name, namespace=target.namespace,
+                                   status_patch=patch, resource_version=resource_version)  # fmt: skip
+        except ApiError as error:
+            if not error.conflict:
+                raise
+        else:
+            for notice in transition_notices(status.get("conditions") or [], patch.get("conditions") or []):
+                post(target.body, notice)
+            return patch
+        fresh = await api.get(API_VERSION, PLURAL, target.name, namespace=target.namespace)
+        if fresh is None:
+            return None  # deleted meanwhile
+        status, resource_version = fresh.get("status") or {}, fresh["metadata"].get("resourceVersion")
+    raise kopf.TemporaryError("the status kept changing under the operator; trying again", delay=1)
+
+
+async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
+    """Bring the children and the status of one ModelCascade to what its spec asks. Idempotent."""
+    target = Target.of(body)
+    try:
+        cascade = parse_cascade(body)
+    except ValidationError as error:
+        await _report_invalid(operator.api, target, validation_message(error))
+    observation = await observe(operator.api, cascade, operator.gpu_products)
+    problems = check_semantics(cascade, secrets=observation.secrets, gpu_products=observation.gpu_products)
+    observed = observation.children
+    if not problems:
+        observed, problems = await _apply(operator, cascade, target, observed, logger)
+    await _write_health(operator, cascade, target, observed, problems, logger)
+    if problems and problems[0].reason == ProblemReason.apply_failed:
+        raise kopf.TemporaryError(problems[0].message, delay=10)
+
+
+async def _report_invalid(api: KubeApi, target: Target, message: str) -> NoReturn:
+    """Conditions InvalidSpec, then `kopf.PermanentError`: nothing to do until the spec changes."""
+
+    async def compose(current: Mapping[str, Any]) -> dict[str, Any]:
+        return invalid_status(current, message=message, now=now_rfc3339(), generation=target.generation)
+
+    await write_status(api, target, compose)
+    raise kopf.PermanentError(message)
+
+
+async def _apply(
+    operator: Operator, cascade: ModelCascade, target: Target, observed: dict[ChildKey, dict[str, Any]],
+    logger: kopf.Logger,
+) -> tuple[dict[ChildKey, dict[str, Any]], list[Problem]]:  # fmt: skip
+    """Plan and apply the children; (what was observed, taken names included; the problems found)."""
+    desired = build_children(cascade, operator.settings)
+    kopf.append_owner_reference(desired, owner=target.body)  # controller, blockOwnerDeletion: deleting the cascade removes them
+    observed = {**observed, **await find_taken_names(operator.api, desired, observed, target.namespace)}
+    plan = plan_children(desired, mark_edited(desired, observed), cascade=label_value(target.name))
+    problems = conflict_problems(plan, target.namespace)
+    if problems or plan.empty:
+        return observed, problems
+    logger.info("applying: %s", plan.summary())
+    report = await apply_plan(operator.api, plan, observed, namespace=target.namespace)
+    if report.wrote:
+        post(target.body, Notice("Normal", "Applied", report.summary()))
+    if report.failures:
+        return observed, [Problem(ProblemReason.apply_failed, "; ".join(report.failures))]
+    if report.stale:
+        raise kopf.TemporaryError(f"children changed while applying ({report.summary()} done); again", delay=1)
+    return observed, []
+
+
+async def _write_health(
+    operator: Operator, cascade: ModelCascade, target: Target, observed: Mapping[ChildKey, Mapping[str, Any]],
+    problems: list[Problem], logger: kopf.Logger,
+) -> None:  # fmt: skip
+    """Write the status (readiness, conditions, folded counters) when it changed, and log what the fold did."""
+    live_pods: list[str] | None = None
+    folds: list[FoldResult] = []
+
+    async def compose(current: Mapping[str, Any]) -> dict[str, Any]:
+        nonlocal live_pods
+        if current.get(REPLICA_COUNTERS) and live_pods is None:
+            live_pods = await live_router_pods(operator.api, cascade)
+        patch, fold = compose_status(cascade, operator.settings, current, observed, problems=problems,
+                                     live_pods=live_pods or [], now=now_rfc3339(), generation=target.generation)  # fmt: skip
+        folds.append(fold)
+        return patch
+
+    written = await write_status(operator.api, target, compose)
+    fold = folds[-1]
+    for line in (*fold.guarded, *fold.warnings):
+        log.warning("%s/%s: %s", target.namespace, target.name, line)
+    if written is not None:
+        if problems:
+            logger.info("degraded: %s", "; ".join(p.message for p in problems))
+        if fold.retired:
+            logger.info("retired the counter slots of gone router processes: %s", ", ".join(fold.retired))

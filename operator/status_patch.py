@@ -1,0 +1,63 @@
+"""The status the operator writes: one merge patch, composed from the spec, the children and the problems. Pure.
+
+observedGeneration, endpoint, tiers, conditions, and the router replicas'
+counters folded into traffic and cost (`counters.fold_replica_counters`). The
+reconcile writes it only when it changes something (`changes_status`).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from kascade.api.modelcascade import ModelCascade
+from kascade.operator.build_router import endpoint_url
+from kascade.operator.conditions import compute_health, invalid_spec_conditions
+from kascade.operator.counters import FoldResult, apply_merge_patch, fold_replica_counters
+from kascade.operator.plan import ChildKey
+from kascade.operator.problems import Problem
+from kascade.operator.settings import OperatorSettings
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def compose_status(
+    cascade: ModelCascade,
+    settings: OperatorSettings,
+    status: Mapping[str, Any],
+    observed: Mapping[ChildKey, Mapping[str, Any]],
+    *,
+    problems: list[Problem],
+    live_pods: Collection[str],
+    now: str,
+    generation: int | None,
+) -> tuple[dict[str, Any], FoldResult]:
+    """The status merge patch: observedGeneration, endpoint, tiers, conditions, folded traffic and cost."""
+    health = compute_health(
+        cascade, observed, previous=status.get("conditions") or [], problems=problems, now=now, generation=generation
+    )
+    fold = fold_replica_counters(status, live_pods, now, tiers=health.tiers, tier_count=len(cascade.spec.tiers))
+    patch = {
+        "observedGeneration": generation,
+        "endpoint": endpoint_url(cascade, settings),
+        **health.status_fields(),
+        **fold.status_patch(),
+    }
+    return patch, fold
+
+
+def invalid_status(status: Mapping[str, Any], *, message: str, now: str, generation: int | None) -> dict[str, Any]:
+    """The status patch of a resource that does not parse: conditions Ready=False, Degraded=True (InvalidSpec)."""
+    conditions = invalid_spec_conditions(status.get("conditions") or [], message=message, now=now, generation=generation)
+    return {
+        "observedGeneration": generation,
+        "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conditions],
+    }
+
+
+def changes_status(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """Whether the merge patch would change the status (the reconcile writes nothing otherwise)."""
+    return apply_merge_patch(status, patch) != dict(status)

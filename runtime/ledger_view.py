@@ -1,0 +1,63 @@
+"""Local mode's view of the ledger: who answered, what escalated, what it cost and what it saved.
+
+It reads the router's `/stats` answer as the `CounterSlot` it is (the same type
+the router writes into the cluster's status), and renders it with rich.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import httpx
+from rich.table import Table
+from rich.text import Text
+
+from kascade.api.counters import CounterSlot
+
+DEFAULT_TITLE = "Cascade ledger"
+
+
+def fetch_stats(client: httpx.Client, base_url: str) -> CounterSlot | None:
+    """The router's ledger, or None while it does not answer (or answers something else)."""
+    try:
+        response = client.get(f"{base_url}/stats", timeout=2.0)
+        response.raise_for_status()
+        return CounterSlot.model_validate(response.json())
+    except (httpx.HTTPError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
+
+
+def summary_table(slot: CounterSlot, tier_names: Sequence[str], *, title: str = DEFAULT_TITLE) -> Table:
+    """The ledger as a table: traffic per tier, escalation rate, what it cost and saved."""
+    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    requests = slot.requests
+    currency = slot.currency or "USD"
+    table.add_row("requests", f"{requests}" + (f"  ({slot.failed} failed)" if slot.failed else ""))
+    for name in tier_names:
+        count = slot.answered_by.get(name, 0)
+        share = f"{100.0 * count / requests:.0f}%" if requests else "-"
+        tier = slot.tiers.get(name)
+        calls = tier.calls if tier is not None else 0
+        latency = f", {tier.latency_seconds_sum / calls:.2f} s/call" if tier is not None and calls else ""
+        table.add_row(f"answered by {name}", f"{count} ({share}); {calls} calls{latency}")
+    rate = f"{100.0 * slot.escalations / requests:.0f}%" if requests else "-"
+    table.add_row("escalated", f"{slot.escalations} ({rate})")
+    cost = slot.cost
+    table.add_row("actual cost", _money(cost.actual, currency))
+    table.add_row("all-largest baseline", _money(cost.baseline, currency))
+    table.add_row("saved", f"{_money(cost.saved, currency)} ({cost.saved_percent:.1f}%)")
+    return table
+
+
+def ledger_view(slot: CounterSlot | None, tier_names: Sequence[str], *, title: str = DEFAULT_TITLE) -> Table | Text:
+    """The table, or a line saying why there is none."""
+    if slot is None:
+        return Text("the router is not answering /stats")
+    return summary_table(slot, tier_names, title=title)
+
+
+def _money(value: float, currency: str) -> str:
+    # Six decimals: a few local requests cost fractions of a cent.
+    return f"{value:.6f} {currency}"
