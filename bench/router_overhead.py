@@ -1,6 +1,6 @@
 """Router overhead: Kascade's router and the LiteLLM proxy against direct calls, in one run.
 
-One fixed-answer OpenAI-compatible upstream (`kascade.runtime.fixed_upstream`)
+One fixed-answer OpenAI-compatible upstream (`kascade.testing.fixed_upstream`)
 answers every request. Three targets are measured against it, each a separate
 single-worker process on loopback:
 
@@ -143,12 +143,6 @@ def wait_ready(processes: Processes, name: str, process: subprocess.Popen[bytes]
                 return
         time.sleep(0.2)
     raise SystemExit(f"{name} was not ready at {url} after {timeout:g} s; its log ends:\n{processes.log_tail(name)}")
-
-
-def free_port() -> int:
-    from kascade.runtime.serving import free_port as pick
-
-    return pick()
 
 
 # -- CPU accounting (Linux /proc; None elsewhere) ------------------------------------------
@@ -305,7 +299,7 @@ def run_python_load(url: str, body: bytes, headers: dict[str, str], concurrency:
 def run_upstream(port: int) -> None:
     """The `_upstream` subcommand: the fixed-answer server, alone in its process."""
     import uvicorn
-    from kascade.runtime.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
+    from kascade.testing.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
 
     uvicorn.run(create_fixed_upstream_app(FixedBehaviour()), host="127.0.0.1", port=port,
                 log_level="warning", access_log=False)
@@ -344,6 +338,8 @@ def write_litellm_config(path: Path, upstream: str) -> None:
 
 
 def start_targets(processes: Processes, work: Path, litellm: str | None) -> list[Target]:
+    from kascade.runtime.serving import free_port
+
     upstream_port = free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     up = processes.start("upstream", [sys.executable, __file__, "_upstream", "--port", str(upstream_port)])

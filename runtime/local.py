@@ -3,7 +3,7 @@
 The same YAML the operator deploys runs here, every tier in this process where
 possible, behind the same router and the same OpenAI API. The parts, one file
 each: the manifest and its Secrets (`local_manifest`), the tiers and the router
-(`local_tiers`), the demo requests (`local_demo`), the live ledger (below).
+(`local_tiers`), the demo requests (`local_demo`), the live ledger (`ledger_view`).
 
 With no manifest, the embedded default (`demo.yaml` beside this module) runs:
 two real pretrained models packaged on PyPI. `--demo` sends a few requests

@@ -83,7 +83,7 @@ def start_tiers(
 
 
 def _load_transformers(tier: Tier, path: Path, task: str, console: Console) -> Engine:
-    from kascade.runtime.engines.transformers_engine import (
+    from kascade.runtime.engines.transformers import (
         ModelLoadError,
         TransformersEngine,
     )

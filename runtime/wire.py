@@ -8,10 +8,11 @@ the caller's original JSON, not a re-serialisation, so nothing is lost.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kascade.api.errors import field_path, validation_problems
 from kascade.runtime.engines.base import Endpoint
 
 
@@ -74,16 +75,27 @@ class InvalidRequest(Exception):
         self.param = param
 
 
-def parse_request(endpoint: Endpoint, body: Any) -> WireModel:
+RequestModel = TypeVar("RequestModel", bound=WireModel)
+
+
+def validate_body(model: type[RequestModel], body: Any) -> RequestModel:
+    """`body` as `model`, or InvalidRequest naming the first problem (YAML-style path) and how many more there are.
+
+    The router validates with the models above; an engine with narrower
+    support validates with its own subclasses of them.
+    """
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     try:
-        return REQUEST_MODELS[endpoint].model_validate(body)
+        return model.model_validate(body)
     except ValidationError as error:
-        first = error.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        message = f"{param}: {first['msg']}" if param else first["msg"]
+        param = field_path(error.errors()[0]["loc"]) or None
+        message = validation_problems(error)[0]
         more = error.error_count() - 1
         if more:
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise InvalidRequest(message, param) from error
+
+
+def parse_request(endpoint: Endpoint, body: Any) -> WireModel:
+    return validate_body(REQUEST_MODELS[endpoint], body)

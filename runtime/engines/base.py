@@ -7,7 +7,7 @@ router, the model server and local mode only ever see this interface:
 
 - `HttpEngine` (engines/http.py): any OpenAI-compatible server (vLLM, TGI,
   `kascade serve`, hosted APIs).
-- `TransformersEngine` (engines/transformers_engine.py): an in-process
+- `TransformersEngine` (engines/transformers/): an in-process
   transformers model (causal LM or sequence classifier), CPU or GPU.
 """
 

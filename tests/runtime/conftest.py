@@ -10,7 +10,7 @@ import pytest
 
 from kascade.api.modelcascade import Accept, Price
 from kascade.runtime.config import RouterConfig, TierConfig
-from kascade.runtime.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
+from kascade.testing.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
 from kascade.runtime.router import create_router_app
 from kascade.runtime.serving import BackgroundServer
 

@@ -351,3 +351,38 @@ def test_strip_leaves_classify_responses_alone() -> None:
     stripped = strip_unrequested_logprobs(Endpoint.classify, {"input": "x"}, response)
     assert stripped == response
     assert stripped is not response
+
+
+# -- the writer (engines' vllm_layout) and the reader agree ------------------------------------------
+
+
+def test_what_the_engines_write_is_what_the_router_reads() -> None:
+    from kascade.runtime.engines import vllm_layout as layout
+
+    scored = [
+        layout.TokenLogprobs("Hi", LN_HALF, (("Hi", LN_HALF), ("Yo", LN_QUARTER))),
+        layout.TokenLogprobs("!", -math.inf, ()),  # vLLM clamps -inf so the JSON stays valid
+    ]
+    header = layout.ResponseHeader("x", 0, "small")
+    expected = [TokenEvidence(LN_HALF, (LN_HALF, LN_QUARTER)), TokenEvidence(layout.MIN_LOGPROB, ())]
+    for endpoint, build, logprobs in [
+        (Endpoint.chat, layout.chat_completion, layout.chat_logprobs(scored)),
+        (Endpoint.completion, layout.text_completion, layout.completion_logprobs(scored)),
+    ]:
+        response = build(header, "Hi!", logprobs=logprobs, finish_reason="stop", stop_reason=None,
+                         token_usage=layout.usage(3, 2))
+        evidence = token_evidence(endpoint, response)
+        # Completions list the chosen token among the top ones, so its own logprob shows there too.
+        assert [e.logprob for e in evidence] == [e.logprob for e in expected]
+        assert evidence[0].top_logprobs == expected[0].top_logprobs
+    assert layout.completion_logprobs(scored, 5)["text_offset"] == [5, 7]
+
+
+def test_the_layouts_classify_response_is_read_back() -> None:
+    from kascade.runtime.engines import vllm_layout as layout
+
+    result = layout.class_result(0, [0.25, 0.75], ["negative", "positive"])
+    assert result == {"index": 0, "label": "positive", "probs": [0.25, 0.75], "num_classes": 2}
+    response = layout.classification(layout.ResponseHeader("c", 0, "clf"), [result], prompt_tokens=4)
+    assert class_probs(response) == [0.25, 0.75]
+    assert response["usage"] == {"prompt_tokens": 4, "total_tokens": 4, "completion_tokens": 0}
