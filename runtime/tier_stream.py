@@ -1,0 +1,100 @@
+"""A tier's stream inside the router: relayed to the caller, or closed when the request escalates past it.
+
+Either way the stream is closed at the end (which cancels the tier's
+generation) and its tokens are counted on the tier's call, from the usage the
+stream reported or, failing that, from what was seen of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kascade.runtime.attempts import Attempts, usage_of_chunks
+from kascade.runtime.engines.base import Endpoint, TierError
+from kascade.runtime.logprobs import TokenEvidence
+from kascade.runtime.presentation import caller_wants_usage, present_chunk
+
+Chunks = AsyncIterator[dict[str, Any]]
+
+
+@dataclass
+class OpenStream:
+    """A tier's stream once opened: the chunks read so far, the rest, and the tokens scored (early mode)."""
+
+    buffered: list[dict[str, Any]]
+    rest: Chunks
+    evidence: list[TokenEvidence] = field(default_factory=list)
+
+
+def streaming_overrides(body: dict[str, Any]) -> dict[str, Any]:
+    """Ask the tier to stream and to report usage, whatever the caller asked (the ledger needs it)."""
+    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    return {"stream": True, "stream_options": {**options, "include_usage": True}}
+
+
+async def relay(
+    endpoint: Endpoint,
+    caller_body: dict[str, Any],
+    tier: str,
+    served_model: str,
+    opened: OpenStream,
+    attempts: Attempts,
+    record: Callable[[str | None], None],
+) -> Chunks:
+    """Pass a tier's stream to the caller: honest model name, only the logprobs asked for.
+
+    `record(answered_by)` writes the ledger entry when the stream ends, however
+    it ends; a client that goes away closes this generator, which closes the
+    upstream stream and so cancels the tier's generation.
+    """
+    wants_usage = caller_wants_usage(caller_body)
+    seen = list(opened.buffered)
+    completed = False
+    try:
+        for chunk in opened.buffered:
+            presented = present_chunk(endpoint, caller_body, served_model, chunk, wants_usage)
+            if presented is not None:
+                yield presented
+        async for chunk in opened.rest:
+            seen.append(chunk)
+            presented = present_chunk(endpoint, caller_body, served_model, chunk, wants_usage)
+            if presented is not None:
+                yield presented
+        completed = True
+    except TierError as error:
+        yield {"error": {"message": f"tier {tier!r} failed mid-stream: {error.message}",
+                         "type": "upstream_error", "param": None, "code": 502}}
+    finally:
+        await aclose_quietly(opened.rest)
+        _count_tokens(attempts, seen, opened.evidence, ok=completed)
+        record(tier if completed else None)
+
+
+async def discard(opened: OpenStream, attempts: Attempts) -> None:
+    """Escalating past a streamed answer: close it (which cancels its generation) and count its tokens."""
+    await aclose_quietly(opened.rest)
+    _count_tokens(attempts, opened.buffered, opened.evidence)
+
+
+def _count_tokens(
+    attempts: Attempts, seen: list[dict[str, Any]], evidence: list[TokenEvidence], *, ok: bool | None = None
+) -> None:
+    input_tokens, output_tokens = usage_of_chunks(seen)
+    attempts.settle_last(input_tokens=input_tokens, output_tokens=max(output_tokens, len(evidence)), ok=ok)
+
+
+async def empty_stream() -> Chunks:
+    return
+    yield  # pragma: no cover
+
+
+async def aclose_quietly(chunks: Chunks) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:  # closing is cleanup; the caller already has what matters
+        pass
