@@ -7,10 +7,13 @@ them, with its pod's name, into `status.replicaCounters[<processId>]`: a
 are added once into `status.retiredCounters` (`RetiredCounters`), and what was
 credited for it is remembered in `status.retiredProcesses` (`RetiredProcess`).
 
-Like every status type they keep unknown fields (an older operator must not
-choke on what a newer router writes), but their figures are strict: a count is
-a non-negative integer and an amount a non-negative number, in pydantic and in
-the CRD schema alike, so the API server refuses a malformed slot.
+Like every status type, in Python they keep unknown fields (an older operator
+must not choke on what a newer router writes); the CRD schema describes every
+field, so the API server prunes an unknown one, as it does everywhere else in
+the resource: a new field ships with its regenerated CRD. Their figures are
+strict: a count is a non-negative integer and an amount a non-negative number,
+in pydantic and in the CRD schema alike, so the API server refuses a malformed
+slot.
 
 Room to grow: the figures the fold adds up live in `CounterFigures`, and its
 arithmetic goes field by field, so a figure added there (and filled in by

@@ -53,6 +53,11 @@ class ModelUri:
         return self.scheme == PATH
 
     @property
+    def is_plain_path(self) -> bool:
+        """Written as a path (`/models/x`, `./x`), not as a `file://` URI."""
+        return self.scheme == PATH and self.raw == self.rest
+
+    @property
     def is_http(self) -> bool:
         return self.scheme in ("http", "https")
 

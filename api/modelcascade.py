@@ -26,6 +26,7 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelCascade"
 PLURAL = "modelcascades"
+DEFAULT_MAX_BODY_BYTES = 1_048_576  # the router's limit on a request body, unless the spec says otherwise
 
 # Kubernetes' own pattern for resource quantities ("4", "500m", "32Gi", "1e3").
 QUANTITY_PATTERN = (
@@ -274,7 +275,7 @@ class Router(SpecModel):
         description="When a tier call fails after its retries: escalate to the next tier, or fail the request.",
     )
     streaming: Streaming = Field(default_factory=Streaming)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted.")
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body accepted.")
 
 
 class Calibration(SpecModel):

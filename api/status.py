@@ -89,3 +89,8 @@ class ModelCascadeStatus(StatusModel):
         default_factory=dict,
         description="What each recently retired process already contributed, so a late write is counted once.",
     )
+
+
+REPLICA_COUNTERS = "replicaCounters"
+"""The status field of the routers' slots, as written on the wire (routers patch it directly)."""
+assert ModelCascadeStatus.model_fields["replica_counters"].alias == REPLICA_COUNTERS

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from kascade.api.errors import field_path
 from kascade.api.counters import CounterFigures, CounterSlot, RetiredCounters, RetiredProcess
+from kascade.api.errors import field_path
+from kascade.api.status import REPLICA_COUNTERS
 
-REPLICA_COUNTERS = "replicaCounters"
 RETIRED_COUNTERS = "retiredCounters"
 RETIRED_PROCESSES = "retiredProcesses"
 

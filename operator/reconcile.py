@@ -15,7 +15,7 @@
    a figure or retires a slot.
 
 A reconcile that finds nothing to change makes no write at all. The Kopf
-handlers (`handlers`) run it for create, update, resume and the drift timer.
+handlers (`handlers`) run it for create, update, resume and the drift loop.
 """
 
 from __future__ import annotations

@@ -128,9 +128,9 @@ class OperatorSettings(BaseModel):
         values: dict[str, Any] = {}
         for name, field in cls.model_fields.items():
             variable = ENV_PREFIX + name.upper()
-            if variable not in environ:
-                continue
-            raw = environ[variable]
+            raw = environ.get(variable)
+            if raw is None or (name == "reconcile_interval_seconds" and not raw.strip()):
+                continue  # a blank interval means the default, as it always has (the chart may render one)
             annotation = str(field.annotation)
             if any(word in annotation for word in ("dict", "tuple", "list")):
                 try:

@@ -12,8 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PKG_SCHEME = "pkg://"
-
 
 class ModelNotAvailable(Exception):
     """A model cannot be found, fetched or converted. `message` is meant for the user."""

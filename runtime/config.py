@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kascade.api.modelcascade import (
+    DEFAULT_MAX_BODY_BYTES,
     Accept,
     ModelCascade,
     OnTierError,
@@ -57,7 +58,7 @@ class RouterConfig(ConfigModel):
     retry_backoff_seconds: float = Field(default=0.05, ge=0)
     on_tier_error: OnTierError = OnTierError.escalate
     streaming: Streaming = Field(default_factory=Streaming)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     api_keys_file: str | None = Field(default=None, description="Client API keys, one per line (a mounted Secret).")
     api_keys_env: str | None = Field(default=None, description="Environment variable with comma-separated client API keys.")
     status_report: StatusReportConfig | None = Field(

@@ -83,21 +83,16 @@ def start_tiers(
 
 
 def _load_transformers(tier: Tier, path: Path, task: str, console: Console) -> Engine:
-    from kascade.runtime.engines.transformers import (
-        ModelLoadError,
-        TransformersEngine,
-    )
-    from transformers.utils import logging as hf_logging
+    from kascade.runtime.engines.transformers import ModelLoadError, TransformersEngine
+    from kascade.runtime.engines.transformers.loading import without_progress_bars
 
     started = time.monotonic()
-    hf_logging.disable_progress_bar()  # the spinner below says what is happening
+    loading = f"loading tier [bold]{tier.name}[/bold] from {tier.model.uri} ({path})"
     try:
-        with console.status(f"loading tier [bold]{tier.name}[/bold] from {tier.model.uri} ({path})"):
+        with without_progress_bars(), console.status(loading):  # the spinner says what is happening
             engine = TransformersEngine.load(path, task=task, device="auto", served_model_name=tier.served_name)
     except ModelLoadError as exc:
         raise LocalModeError(f"tier {tier.name!r}: {exc}") from None
-    finally:
-        hf_logging.enable_progress_bar()
     console.print(f"loaded tier [bold]{tier.name}[/bold] from {tier.model.uri} in {time.monotonic() - started:.1f} s")
     return engine
 

@@ -324,12 +324,12 @@ def convert_gguf_to_transformers(gguf_file: Path, out_dir: Path, report: Progres
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     from transformers.utils import logging as hf_logging
+    from kascade.runtime.engines.transformers.loading import without_progress_bars
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # our own rich progress is on screen
     try:
-        with _report_dequantisation(report):
+        with _report_dequantisation(report), without_progress_bars():  # our own rich progress is on screen
             model = AutoModelForCausalLM.from_pretrained(
                 gguf_file.parent,
                 gguf_file=gguf_file.name,
@@ -343,7 +343,6 @@ def convert_gguf_to_transformers(gguf_file: Path, out_dir: Path, report: Progres
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
     finally:
-        hf_logging.enable_progress_bar()
         hf_logging.set_verbosity(verbosity)
 
 

@@ -283,6 +283,7 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 def run_router(*, config_path: Path, port: int, host: str) -> int:
     """`kascade route`: load the config, serve until stopped."""
     import uvicorn
+    from kascade.api.errors import validation_problems
     from pydantic import ValidationError
 
     try:
@@ -291,7 +292,8 @@ def run_router(*, config_path: Path, port: int, host: str) -> int:
         print(f"kascade route: no config file at {config_path}")
         return 2
     except ValidationError as error:
-        print(f"kascade route: the config in {config_path} is invalid:\n{error}")
+        problems = "\n".join(f"  {problem}" for problem in validation_problems(error))
+        print(f"kascade route: the config in {config_path} is invalid:\n{problems}")
         return 2
     if any(tier.url is None for tier in config.tiers):
         print("kascade route: every tier needs a url (in-process tiers exist only in local mode, `kascade up`)")

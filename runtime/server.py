@@ -19,7 +19,7 @@ from kascade.api.model_uri import ModelUri
 from kascade.runtime.engines.base import Endpoint, Engine, TierError
 from kascade.runtime.errors import error_response, openai_error
 from kascade.runtime.http_request import BodyError, read_json_object
-from kascade.runtime.sse import SSE_DONE, EventStreamResponse, sse_event
+from kascade.runtime.sse import SSE_DONE, EventStreamResponse, aclose_quietly, sse_event
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -133,10 +133,10 @@ class _ModelServer:
         except StopAsyncIteration:
             first = None
         except TierError as exc:
-            await _aclose(chunks)
+            await aclose_quietly(chunks)
             return _tier_error_response(exc)
         except Exception as exc:  # noqa: BLE001 - as above
-            await _aclose(chunks)
+            await aclose_quietly(chunks)
             return error_response(500, f"The model server failed: {type(exc).__name__}: {exc}")
         return EventStreamResponse(_events(first, chunks))
 
@@ -154,7 +154,7 @@ async def _events(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, 
         yield SSE_DONE
     finally:
         # Closing the engine's stream is what stops generation when the client leaves.
-        await _aclose(chunks)
+        await aclose_quietly(chunks)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -164,25 +164,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(status, str(detail), headers=getattr(exc, "headers", None))
 
 
-async def _aclose(iterator: AsyncIterator[Any]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
 class _ServeError(Exception):
     pass
 
 
 def _resolve_model_path(model: str) -> Path:
-    """A local folder as it is; URIs (pkg://, hf://, file://) through the model catalog."""
-    location = ModelUri.parse(model)
-    if location.is_path and location.raw == location.rest:  # a plain path, not file://
+    """A plain path as it is; URIs (pkg://, hf://, file://) as local mode resolves them (`model_files`)."""
+    if ModelUri.parse(model).is_plain_path:
         return Path(model).expanduser()
-    try:
-        from kascade.runtime.model_files import resolve_model_uri
-    except ImportError as exc:
-        raise _ServeError(f"{model}: model URIs such as pkg:// need kascade.runtime.catalog ({exc})") from exc
+    from kascade.runtime.model_files import resolve_model_uri
+
     try:
         return Path(resolve_model_uri(model))
     except Exception as exc:  # the catalog's message says what is missing and what to do
@@ -190,20 +181,12 @@ def _resolve_model_path(model: str) -> Path:
 
 
 def _default_served_name(model: str, path: Path) -> str:
+    """The name the user wrote (pkg://NAME, hf://org/NAME@rev, file:///…/NAME), not a cache folder's."""
     location = ModelUri.parse(model)
-    name = location.pkg_name or location.hf_repo_id  # the name the user wrote, not a cache folder's
-    if name is not None:
-        return name.rstrip("/").rsplit("/", 1)[-1] or path.name
-    return path.resolve().name
-
-
-def _quiet_transformers() -> None:
-    # Weight-loading progress bars fill server logs with carriage returns.
-    try:
-        from transformers.utils import logging as transformers_logging
-    except ImportError:
-        return
-    transformers_logging.disable_progress_bar()
+    if location.is_plain_path:
+        return path.resolve().name
+    written = location.pkg_name or location.hf_repo_id or location.path or ""
+    return written.rstrip("/").rsplit("/", 1)[-1] or path.name
 
 
 def run_model_server(
@@ -220,18 +203,16 @@ def run_model_server(
     2 means the model could not be found or loaded (the message says why).
     """
     try:
-        from kascade.runtime.engines.transformers import (
-            ModelLoadError,
-            TransformersEngine,
-        )
+        from kascade.runtime.engines.transformers import ModelLoadError, TransformersEngine
+        from kascade.runtime.engines.transformers.loading import without_progress_bars
     except ImportError as exc:  # pragma: no cover - only without the [local] extra
         print(f"kascade serve: {exc}. Install the in-process extra: pip install 'kascade[local]'", file=sys.stderr)
         return 2
     try:
         path = _resolve_model_path(model)
         name = served_model_name or _default_served_name(model, path)
-        _quiet_transformers()
-        engine = TransformersEngine.load(path, task=task, device=device, served_model_name=name)  # type: ignore[arg-type]
+        with without_progress_bars():  # in a server's log they are lines of carriage returns
+            engine = TransformersEngine.load(path, task=task, device=device, served_model_name=name)  # type: ignore[arg-type]
     except (_ServeError, ModelLoadError) as exc:
         print(f"kascade serve: {exc}", file=sys.stderr)
         return 2

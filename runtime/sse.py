@@ -117,6 +117,15 @@ class EventStreamResponse:
                 group.start_soon(stream, group.cancel_scope)
                 group.start_soon(watch_disconnect, group.cancel_scope)
         finally:
-            aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose_quietly(self.events)
+
+
+async def aclose_quietly(events: AsyncIterator[Any]) -> None:
+    """Close a stream of events (a generator's `aclose`); closing is cleanup, so its errors are not the caller's."""
+    close = getattr(events, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:  # noqa: BLE001 - the caller already has what matters
+        pass

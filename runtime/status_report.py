@@ -24,6 +24,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from kascade.api.counters import CounterSlot
+from kascade.api.status import REPLICA_COUNTERS
 from kascade.api.modelcascade import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("kascade.router.status")
@@ -71,7 +72,7 @@ def replica_slot_patch(snapshot: CounterSlot | Mapping[str, Any], pod: str) -> d
     slot = snapshot if isinstance(snapshot, CounterSlot) else CounterSlot.model_validate(snapshot)
     if slot.process_id is None:
         raise ValueError("a counter slot needs its processId: it names the slot")
-    return {"status": {"replicaCounters": {slot.process_id: slot.model_copy(update={"pod": pod}).to_wire()}}}
+    return {"status": {REPLICA_COUNTERS: {slot.process_id: slot.model_copy(update={"pod": pod}).to_wire()}}}
 
 
 class StatusReporter:

@@ -15,6 +15,7 @@ from kascade.runtime.attempts import Attempts, usage_of_chunks
 from kascade.runtime.engines.base import Endpoint, TierError
 from kascade.runtime.logprobs import TokenEvidence
 from kascade.runtime.presentation import caller_wants_usage, present_chunk
+from kascade.runtime.sse import aclose_quietly
 
 Chunks = AsyncIterator[dict[str, Any]]
 
@@ -88,13 +89,3 @@ def _count_tokens(
 async def empty_stream() -> Chunks:
     return
     yield  # pragma: no cover
-
-
-async def aclose_quietly(chunks: Chunks) -> None:
-    close = getattr(chunks, "aclose", None)
-    if close is None:
-        return
-    try:
-        await close()
-    except Exception:  # closing is cleanup; the caller already has what matters
-        pass

@@ -24,13 +24,16 @@ class StreamOptions(WireModel):
     include_usage: bool | None = None
 
 
+MAX_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
+
+
 class ChatCompletionRequest(WireModel):
     model: str
     messages: list[dict[str, Any]] = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0)
@@ -45,7 +48,7 @@ class CompletionRequest(WireModel):
     prompt: str | list[str] | list[int] | list[list[int]]
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    logprobs: int | None = Field(default=None, ge=0, le=20)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)

@@ -42,11 +42,14 @@ def test_a_wheel_install_gives_a_working_command(tmp_path: Path):
     assert (installed / "api" / "modelcascade.py").is_file()
     assert (installed / "runtime" / "router.py").is_file()
     assert (installed / "runtime" / "engines" / "http.py").is_file()
+    assert (installed / "runtime" / "engines" / "transformers" / "engine.py").is_file()
+    assert (installed / "testing" / "fixed_upstream.py").is_file()
     assert (installed / "operator" / "__init__.py").is_file()
     # Run from an empty folder with only the wheel's files on the path, so the repo cannot leak in.
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = subprocess.run(
         [sys.executable, "-c", "import kascade.runtime.router, kascade.api.modelcascade, kascade; "
+                               "import kascade.runtime.engines.transformers, kascade.testing.fixed_upstream; "
                                "print(kascade.__file__)"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     )

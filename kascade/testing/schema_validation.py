@@ -25,25 +25,27 @@ from kascade.testing.schemas import SchemaTree
 # --- OpenAPI schema ------------------------------------------------------------------
 
 
-def to_jsonschema(node: dict[str, Any]) -> dict[str, Any]:
-    """Kubernetes' OpenAPI v3 dialect -> JSON Schema 2020-12 (as in tests/api/crd_testkit.py).
+def to_jsonschema(node: dict[str, Any], *, refuse_unknown: bool = False) -> dict[str, Any]:
+    """Kubernetes' OpenAPI v3 dialect -> JSON Schema 2020-12.
 
     nullable -> null allowed; int-or-string -> integer or string; boolean
     exclusive bounds -> numeric ones; x-kubernetes-* keys otherwise ignored.
-    Unknown fields are not refused here: the server prunes them first.
+    Unknown fields are not refused by default: the server prunes them first.
+    `refuse_unknown` refuses them where the schema does not preserve them, as
+    `kubectl apply`'s strict field validation does (and the CRD tests check).
     """
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key.startswith("x-kubernetes-") or key in {"nullable", "exclusiveMinimum", "exclusiveMaximum"}:
             continue
         if key == "properties":
-            out[key] = {name: to_jsonschema(sub) for name, sub in value.items()}
+            out[key] = {name: to_jsonschema(sub, refuse_unknown=refuse_unknown) for name, sub in value.items()}
         elif key in {"items", "additionalProperties"} and isinstance(value, dict):
-            out[key] = to_jsonschema(value)
+            out[key] = to_jsonschema(value, refuse_unknown=refuse_unknown)
         elif key in {"allOf", "anyOf", "oneOf"}:
-            out[key] = [to_jsonschema(sub) for sub in value]
+            out[key] = [to_jsonschema(sub, refuse_unknown=refuse_unknown) for sub in value]
         elif key == "not":
-            out[key] = to_jsonschema(value)
+            out[key] = to_jsonschema(value, refuse_unknown=refuse_unknown)
         else:
             out[key] = value
     if node.get("x-kubernetes-int-or-string"):
@@ -55,6 +57,8 @@ def to_jsonschema(node: dict[str, Any]) -> dict[str, Any]:
     if node.get("nullable") and "type" in out:
         types = out["type"] if isinstance(out["type"], list) else [out["type"]]
         out["type"] = [*types, "null"]
+    if refuse_unknown and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
     return out
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import celpy
 import jsonschema
 import yaml
+from kascade.testing.schema_validation import to_jsonschema as standin_to_jsonschema
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -39,33 +40,8 @@ def openapi_schema() -> dict[str, Any]:
 
 
 def to_jsonschema(node: dict[str, Any], *, strict: bool = True) -> dict[str, Any]:
-    """Kubernetes' OpenAPI v3 dialect -> JSON Schema 2020-12.
-
-    nullable -> null allowed; int-or-string -> integer or string; boolean
-    exclusive bounds -> numeric ones; x-kubernetes-* keys otherwise ignored.
-    """
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key.startswith("x-kubernetes-") or key in {"nullable", "exclusiveMinimum", "exclusiveMaximum"}:
-            continue
-        if key == "properties":
-            out[key] = {name: to_jsonschema(sub, strict=strict) for name, sub in value.items()}
-        elif key in {"items", "additionalProperties"} and isinstance(value, dict):
-            out[key] = to_jsonschema(value, strict=strict)
-        else:
-            out[key] = value
-    if node.get("x-kubernetes-int-or-string"):
-        out["type"] = ["integer", "string"]
-    if node.get("exclusiveMinimum") is True:
-        out["exclusiveMinimum"] = out.pop("minimum")
-    if node.get("exclusiveMaximum") is True:
-        out["exclusiveMaximum"] = out.pop("maximum")
-    if node.get("nullable") and "type" in out:
-        types = out["type"] if isinstance(out["type"], list) else [out["type"]]
-        out["type"] = [*types, "null"]
-    if strict and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    return out
+    """The CRD's schema as JSON Schema, by the stand-in's conversion; strict: unknown fields refused."""
+    return standin_to_jsonschema(node, refuse_unknown=strict)
 
 
 @functools.cache

@@ -38,13 +38,6 @@ def server() -> Iterator[StandinApiServer]:
         yield running
 
 
-@pytest.fixture
-def credentials(server: StandinApiServer, monkeypatch: pytest.MonkeyPatch) -> Credentials:
-    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig_path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    return Credentials.from_environment()
-
-
 def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 

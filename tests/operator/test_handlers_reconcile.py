@@ -37,13 +37,6 @@ def server() -> Iterator[StandinApiServer]:
         yield running
 
 
-@pytest.fixture
-def credentials(server: StandinApiServer, monkeypatch: pytest.MonkeyPatch) -> Credentials:
-    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig_path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    return Credentials.from_environment()
-
-
 def create_cascade(server: StandinApiServer, name: str, **spec: Any) -> dict[str, Any]:
     body = yaml.safe_load((REPO / "examples" / "chat-vllm-gpu.yaml").read_text())
     body["metadata"] = {"name": name, "namespace": "default"}

@@ -219,6 +219,7 @@ def reconcile_interval(environ: dict[str, str]) -> float:
 
 def test_the_reconcile_interval_comes_from_the_environment():
     assert reconcile_interval({}) == 15.0
+    assert reconcile_interval({"KASCADE_RECONCILE_INTERVAL_SECONDS": "  "}) == 15.0  # blank: the default
     assert reconcile_interval({"KASCADE_RECONCILE_INTERVAL_SECONDS": "2.5"}) == 2.5
     with pytest.raises(SettingsError, match="must be a number of seconds"):
         reconcile_interval({"KASCADE_RECONCILE_INTERVAL_SECONDS": "soon"})

@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import shutil
+import time
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -249,7 +250,28 @@ def test_completion_streaming(lm: TransformersEngine) -> None:
     assert "usage" not in chunks[-1]
 
 
-def test_closing_a_stream_stops_generation(lm: TransformersEngine) -> None:
+class _PacedModel:
+    """The model, one forward pass per `seconds` at most: a real model's pace, so the reader keeps up.
+
+    A tiny model decodes a token in about a millisecond, faster than a loaded
+    two-core machine schedules the reading coroutine; then the worker is
+    ahead by chance, not by a fault of the engine.
+    """
+
+    def __init__(self, model: Any, seconds: float) -> None:
+        self._model, self._seconds = model, seconds
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self._seconds)
+        return self._model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def test_closing_a_stream_stops_generation(lm: TransformersEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lm, "_model", _PacedModel(lm._model, seconds=0.05))
+
     async def scenario() -> tuple[int, int]:
         before = lm.generated_tokens
         stream = lm.stream(Endpoint.chat, {"messages": HELLO, "max_tokens": 400, "temperature": 0})

@@ -7,6 +7,8 @@ imported inside the functions, so importing this module is cheap.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +32,24 @@ class LoadedModel:
     device: Any  # torch.device
     max_model_len: int  # the context length: prompt plus generated tokens
     stop_token_ids: frozenset[int]  # generation ends at any of these (EOS from every source)
+
+
+@contextlib.contextmanager
+def without_progress_bars() -> Iterator[None]:
+    """transformers' own progress bars off within the block, as they were after it.
+
+    A spinner or Kascade's own progress is on screen while models load, and in
+    a server's log the bars are lines of carriage returns.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_causal_lm(model_path: str | Path, *, device: str = "auto", dtype: Any = None) -> LoadedModel:

@@ -26,8 +26,6 @@ from kascade.runtime.wire import (
     validate_body,
 )
 
-MAX_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs; the wire types' `le=20`
-
 Prompt = list[dict[str, str]] | str | list[int]  # chat messages, or a prompt text, or token ids
 
 
