@@ -329,19 +329,20 @@ def convert_gguf_to_transformers(gguf_file: Path, out_dir: Path, report: Progres
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        with _report_dequantisation(report), without_progress_bars():  # our own rich progress is on screen
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf_file.parent,
-                gguf_file=gguf_file.name,
-                quantization_config=GgufConfig(dequantize=True),
-                dtype=torch.bfloat16,
-                local_files_only=True,
-            )
-        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
-        model.config.quantization_config = None
-        model.hf_quantizer = None
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        with without_progress_bars():  # our own rich progress is on screen
+            with _report_dequantisation(report):
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf_file.parent,
+                    gguf_file=gguf_file.name,
+                    quantization_config=GgufConfig(dequantize=True),
+                    dtype=torch.bfloat16,
+                    local_files_only=True,
+                )
+            tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
+            model.config.quantization_config = None
+            model.hf_quantizer = None
+            model.save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)
     finally:
         hf_logging.set_verbosity(verbosity)
 
