@@ -1,30 +1,20 @@
 """Local mode's view of the ledger: who answered, what escalated, what it cost and what it saved.
 
-It reads the router's `/stats` answer as the `CounterSlot` it is (the same type
-the router writes into the cluster's status), and renders it with rich.
+It renders the router's `/stats` answer, read as the `CounterSlot` it is (the
+same type the router writes into the cluster's status), with rich. Pure: local
+mode (`local.py`) fetches it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import httpx
 from rich.table import Table
 from rich.text import Text
 
 from kascade.api.counters import CounterSlot
 
 DEFAULT_TITLE = "Cascade ledger"
-
-
-def fetch_stats(client: httpx.Client, base_url: str) -> CounterSlot | None:
-    """The router's ledger, or None while it does not answer (or answers something else)."""
-    try:
-        response = client.get(f"{base_url}/stats", timeout=2.0)
-        response.raise_for_status()
-        return CounterSlot.model_validate(response.json())
-    except (httpx.HTTPError, ValueError):  # pydantic's ValidationError is a ValueError
-        return None
 
 
 def summary_table(slot: CounterSlot, tier_names: Sequence[str], *, title: str = DEFAULT_TITLE) -> Table:

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import httpx
+from kascade.api.counters import CounterSlot
 from kascade.api.modelcascade import ModelCascade
 from kascade.runtime.catalog import ModelNotAvailable
-from kascade.runtime.ledger_view import fetch_stats, ledger_view, summary_table
+from kascade.runtime.ledger_view import ledger_view, summary_table
 from kascade.runtime.local_demo import run_demo
 from kascade.runtime.local_manifest import LocalModeError, check_runnable, load_manifest, secret_env_var
 from kascade.runtime.local_tiers import ensure_port_free, serve_cascade
@@ -31,6 +32,16 @@ from rich.text import Text
 
 
 # --- what the user sees ------------------------------------------------------
+
+
+def fetch_stats(client: httpx.Client, base_url: str) -> CounterSlot | None:
+    """The router's ledger, or None while it does not answer (or answers something else)."""
+    try:
+        response = client.get(f"{base_url}/stats", timeout=2.0)
+        response.raise_for_status()
+        return CounterSlot.model_validate(response.json())
+    except (httpx.HTTPError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
 
 
 def watch(cascade: ModelCascade, base_url: str, console: Console) -> None:
