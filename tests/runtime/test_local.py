@@ -197,7 +197,11 @@ def test_the_router_keeps_serving_until_interrupted(
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=60)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()  # Ctrl-C did not stop it: fail, but leave no server behind
+            raise
         reader.join(timeout=5)
     text = "".join(output)
     assert code == 0, text
