@@ -16,8 +16,15 @@ from typing import Any
 
 import yaml
 
+from kascade.api.loop import (
+    NOT_IMPLEMENTED_CALIBRATION,
+    NOT_IMPLEMENTED_DISTILLATION,
+    NOT_IMPLEMENTED_ESCALATION_LOG,
+    NOT_IMPLEMENTED_GPU_HOUR_PRICE,
+)
 from kascade.api.modelcascade import (
     CLASSIFY_METHODS,
+    TOLERATION_SECONDS_NEED_NO_EXECUTE,
     GROUP,
     KIND,
     PLURAL,
@@ -79,8 +86,31 @@ SPEC_RULES: list[dict[str, str]] = [
     },
 ]
 
+# What this version declares but does not implement is refused (`kascade.api.loop`).
+SPEC_RULES += [
+    {"rule": "!has(self.calibration)", "message": NOT_IMPLEMENTED_CALIBRATION},
+    {
+        "rule": "!has(self.escalationLog) || !has(self.escalationLog.enabled) || !self.escalationLog.enabled",
+        "message": NOT_IMPLEMENTED_ESCALATION_LOG,
+    },
+    {"rule": "!has(self.distillation)", "message": NOT_IMPLEMENTED_DISTILLATION},
+]
+
+# CEL rules on each item of `spec.tiers[].tolerations`, mirroring Toleration's validator.
+TOLERATION_RULES: list[dict[str, str]] = [
+    {
+        "rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        "message": TOLERATION_SECONDS_NEED_NO_EXECUTE,
+    },
+]
+
 # CEL rules on each item of `spec.tiers`.
 TIER_RULES: list[dict[str, str]] = [
+    {
+        # double(): a price written as 0 arrives as an int in some evaluators, as a double in the server.
+        "rule": "!has(self.price) || !has(self.price.perGpuHour) || double(self.price.perGpuHour) == 0.0",
+        "message": NOT_IMPLEMENTED_GPU_HOUR_PRICE,
+    },
     {
         "rule": (
             f"!has(self.engine) || self.engine != '{EngineKind.external.value}' || "
@@ -135,6 +165,9 @@ def build_openapi_schema() -> dict[str, Any]:
     spec = to_structural(ModelCascadeSpec.model_json_schema(by_alias=True))
     spec["x-kubernetes-validations"] = SPEC_RULES
     spec["properties"]["tiers"]["items"]["x-kubernetes-validations"] = TIER_RULES
+    spec["properties"]["tiers"]["items"]["properties"]["tolerations"]["items"]["x-kubernetes-validations"] = (
+        TOLERATION_RULES
+    )
     status = to_structural(ModelCascadeStatus.model_json_schema(by_alias=True))
     return {
         "type": "object",

@@ -15,9 +15,17 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from kascade.api.base import SpecModel, StatusModel  # noqa: F401 - StatusModel: imported from here too
+from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from here too
+    NOT_IMPLEMENTED_GPU_HOUR_PRICE,
+    Calibration,
+    DistillationLoss,
+    DistillationPolicy,
+    EscalationLog,
+    refuse_what_is_not_implemented,
+)
 from kascade.api.model_uri import ModelUri
 from kascade.api.status import Condition, Cost, ModelCascadeStatus, StatusSummary, TierStatus, Traffic  # noqa: F401
 
@@ -138,7 +146,16 @@ class Price(SpecModel):
     )
     input_per_million: float = Field(default=0.0, ge=0, description="Price per million input tokens.")
     output_per_million: float = Field(default=0.0, ge=0, description="Price per million output tokens.")
-    per_gpu_hour: float = Field(default=0.0, ge=0, description="Reservation price per GPU-hour.")
+    per_gpu_hour: float = Field(
+        default=0.0, ge=0, description="Reservation price per GPU-hour. Not implemented yet: only 0 is accepted."
+    )
+
+    @field_validator("per_gpu_hour")
+    @classmethod
+    def _refuse_gpu_hour_price(cls, value: float) -> float:
+        if value != 0:
+            raise ValueError(NOT_IMPLEMENTED_GPU_HOUR_PRICE)
+        return value
 
 
 def currency_conflict(prices: Mapping[str, Price]) -> str | None:
@@ -185,6 +202,9 @@ class Resources(SpecModel):
     memory: Quantity | None = Field(default=None, description="Memory request, e.g. '32Gi'.")
 
 
+TOLERATION_SECONDS_NEED_NO_EXECUTE = "tolerationSeconds is allowed only with effect NoExecute"
+
+
 class Toleration(SpecModel):
     """A Kubernetes Toleration, added to the tier's pods (GPU taints are tolerated already)."""
 
@@ -192,7 +212,16 @@ class Toleration(SpecModel):
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = Field(default=None, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated; Kubernetes allows it with NoExecute only."
+    )
+
+    @model_validator(mode="after")
+    def _seconds_only_with_no_execute(self) -> Toleration:
+        # Restated in CEL in the CRD (`kascade.api.crd.TOLERATION_RULES`).
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(TOLERATION_SECONDS_NEED_NO_EXECUTE)
+        return self
 
 
 class Tier(SpecModel):
@@ -278,59 +307,6 @@ class Router(SpecModel):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body accepted.")
 
 
-class Calibration(SpecModel):
-    """A goal the thresholds are tuned to meet; the tuned thresholds are reported in status."""
-
-    min_agreement: float | None = Field(
-        default=None, ge=0, le=1, description="Least share of answers that must agree with the last tier's."
-    )
-    max_escalation_rate: float | None = Field(
-        default=None, ge=0, le=1, description="Largest share of requests that may escalate."
-    )
-    shadow_sample_rate: float = Field(
-        default=0.02,
-        ge=0,
-        le=1,
-        description="Share of accepted requests also sent to the last tier, to measure agreement.",
-    )
-
-
-class EscalationLog(SpecModel):
-    """Keeps escalated requests with the large model's answers: free teacher data for distillation."""
-
-    enabled: bool = False
-    uri: str | None = Field(default=None, max_length=2048, description="pvc://claim/path or s3://bucket/prefix.")
-    retention_days: int = Field(default=30, ge=1)
-    redact: list[str] = Field(
-        default_factory=list,
-        max_length=32,
-        description="Regular expressions removed from prompts before they are kept.",
-    )
-    top_logprobs: int = Field(default=5, ge=0, le=20, description="Teacher logprobs kept per token.")
-
-
-class DistillationLoss(StrEnum):
-    forward_kl = "forwardKL"
-    reverse_kl = "reverseKL"
-    jsd = "generalizedJSD"
-
-
-class DistillationPolicy(SpecModel):
-    """When and how a better student is distilled from the escalation log, and when it is promoted."""
-
-    schedule: str | None = Field(default=None, description="Cron schedule of distillation runs.")
-    min_samples: int = Field(default=1000, ge=1)
-    loss: DistillationLoss = DistillationLoss.forward_kl
-    temperature: float = Field(default=2.0, gt=0)
-    alpha: float = Field(default=0.5, ge=0, le=1)
-    beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
-    on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
-    output_uri: str | None = Field(default=None, max_length=2048, description="Where distilled students are written.")
-    min_agreement_gain: float = Field(
-        default=0.01, ge=0, le=1, description="Promotion gate: least gain in agreement on held-out escalations."
-    )
-
-
 class ModelCascadeSpec(SpecModel):
     """A cascade of models: the cheapest tier answers first, the next one when it is not confident."""
 
@@ -367,6 +343,11 @@ class ModelCascadeSpec(SpecModel):
         for tier in self.tiers:
             if tier.engine is EngineKind.external and not tier.model.uri.startswith(("http://", "https://")):
                 raise ValueError(f"tier {tier.name!r}: engine external needs an http(s) URL as model.uri")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_what_is_not_implemented(self) -> ModelCascadeSpec:
+        refuse_what_is_not_implemented(self.calibration, self.escalation_log, self.distillation)
         return self
 
 

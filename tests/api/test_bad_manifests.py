@@ -143,6 +143,20 @@ CASES = [
          "spec: accept.method must fit spec.task", "method 'maxProb' does not fit task 'chat'"),
     Case("generative-method-on-classify", _classify_with_default_method, "cel",
          "spec: accept.method must fit spec.task", "method 'geometricMean' does not fit task 'classify'"),
+    Case("toleration-seconds-without-no-execute",
+         _set(lambda m: _tier(0)(m)["tolerations"][0], "tolerationSeconds", 300), "cel",
+         "spec.tiers[0].tolerations[0]: tolerationSeconds is allowed only with effect NoExecute",
+         "tolerationSeconds is allowed only with effect NoExecute"),
+    # Declared for the coming loop, not implemented yet: refused, never accepted and ignored.
+    Case("calibration-not-implemented", _set(_spec, "calibration", {"minAgreement": 0.95}), "cel",
+         "spec: spec.calibration is not implemented", "spec.calibration is not implemented"),
+    Case("escalation-log-not-implemented", _set(_spec, "escalationLog", {"enabled": True}), "cel",
+         "spec: spec.escalationLog.enabled: the escalation log is not implemented",
+         "the escalation log is not implemented"),
+    Case("distillation-not-implemented", _set(_spec, "distillation", {"minSamples": 10}), "cel",
+         "spec: spec.distillation is not implemented", "spec.distillation is not implemented"),
+    Case("gpu-hour-price-not-implemented", _set(lambda m: _tier(0)(m)["price"], "perGpuHour", 0.8), "cel",
+         "spec.tiers[0]: price.perGpuHour is not implemented", "price.perGpuHour is not implemented"),
 ]  # fmt: skip
 
 
@@ -155,6 +169,18 @@ def _bad(case: Case) -> dict[str, Any]:
 def test_the_good_manifest_passes_everything() -> None:
     assert refusals(GOOD) == []
     ModelCascade.model_validate(GOOD)
+
+
+def test_what_is_off_or_zero_is_accepted() -> None:
+    """An escalation log that is off, a zero GPU-hour price and a NoExecute toleration with seconds work."""
+    manifest = copy.deepcopy(GOOD)
+    manifest["spec"]["escalationLog"] = {"enabled": False, "retentionDays": 7}
+    manifest["spec"]["tiers"][0]["price"]["perGpuHour"] = 0
+    manifest["spec"]["tiers"][0]["tolerations"].append(
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}
+    )
+    assert refusals(manifest) == []
+    ModelCascade.model_validate(manifest)
 
 
 def test_there_are_enough_kinds_of_bad_manifest() -> None:

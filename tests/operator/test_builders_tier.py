@@ -98,7 +98,11 @@ def test_gpu_tier_requests_gpus_selects_the_product_and_tolerates_the_taint() ->
             "model": {"uri": "hf://a/b"},
             "resources": {"gpus": 2, "gpuType": "NVIDIA-H100-80GB-HBM3", "cpu": 16, "memory": "128Gi"},
             "nodeSelector": {"topology.kubernetes.io/zone": "us-east-1a"},
-            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}],
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+                 "tolerationSeconds": 60},
+            ],
             "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                 "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}]}}},
         }
@@ -114,6 +118,7 @@ def test_gpu_tier_requests_gpus_selects_the_product_and_tolerates_the_taint() ->
     assert pod["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
         {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"},
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60},
     ]
     assert pod["affinity"] == tier.affinity
 

@@ -1,0 +1,97 @@
+"""The loop's part of the API: calibration, the escalation log, distillation. Declared, not implemented yet.
+
+The types are the contract the coming issues implement (evaluation and
+calibration, the escalation log and distillation, the loop in the cluster).
+Until a part is implemented, a cascade that sets it is refused, by the model
+(`refuse_what_is_not_implemented`) and by the CRD's CEL rules
+(`kascade.api.crd.SPEC_RULES`), with the messages below: a field that is
+accepted and then ignored would be a silent no-op. The issue that implements a
+part removes its refusal.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from kascade.api.base import SpecModel
+
+NOT_IMPLEMENTED_CALIBRATION = (
+    "spec.calibration is not implemented in this version of Kascade: remove it "
+    "(the tiers' declared accept thresholds are in force)"
+)
+NOT_IMPLEMENTED_ESCALATION_LOG = (
+    "spec.escalationLog.enabled: the escalation log is not implemented in this version of Kascade: "
+    "remove escalationLog or set enabled: false"
+)
+NOT_IMPLEMENTED_DISTILLATION = "spec.distillation is not implemented in this version of Kascade: remove it"
+NOT_IMPLEMENTED_GPU_HOUR_PRICE = (
+    "price.perGpuHour is not implemented in this version of Kascade (reserved GPUs are not costed yet): "
+    "remove it or set it to 0"
+)
+
+
+def refuse_what_is_not_implemented(
+    calibration: Calibration | None, escalation_log: EscalationLog | None, distillation: DistillationPolicy | None
+) -> None:
+    """Raise ValueError, with the message the CRD's rule gives too, for a part that is set but not implemented."""
+    if calibration is not None:
+        raise ValueError(NOT_IMPLEMENTED_CALIBRATION)
+    if escalation_log is not None and escalation_log.enabled:
+        raise ValueError(NOT_IMPLEMENTED_ESCALATION_LOG)
+    if distillation is not None:
+        raise ValueError(NOT_IMPLEMENTED_DISTILLATION)
+
+
+class Calibration(SpecModel):
+    """A goal the thresholds are tuned to meet. Not implemented yet: a cascade that sets it is refused."""
+
+    min_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Least share of answers that must agree with the last tier's."
+    )
+    max_escalation_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Largest share of requests that may escalate."
+    )
+    shadow_sample_rate: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Share of accepted requests also sent to the last tier, to measure agreement.",
+    )
+
+
+class EscalationLog(SpecModel):
+    """Keeps escalated requests with the large model's answers. Not implemented yet: enabled: true is refused."""
+
+    enabled: bool = False
+    uri: str | None = Field(default=None, max_length=2048, description="pvc://claim/path or s3://bucket/prefix.")
+    retention_days: int = Field(default=30, ge=1)
+    redact: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Regular expressions removed from prompts before they are kept.",
+    )
+    top_logprobs: int = Field(default=5, ge=0, le=20, description="Teacher logprobs kept per token.")
+
+
+class DistillationLoss(StrEnum):
+    forward_kl = "forwardKL"
+    reverse_kl = "reverseKL"
+    jsd = "generalizedJSD"
+
+
+class DistillationPolicy(SpecModel):
+    """When a better student is distilled from the escalation log. Not implemented yet: refused when set."""
+
+    schedule: str | None = Field(default=None, description="Cron schedule of distillation runs.")
+    min_samples: int = Field(default=1000, ge=1)
+    loss: DistillationLoss = DistillationLoss.forward_kl
+    temperature: float = Field(default=2.0, gt=0)
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
+    on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
+    output_uri: str | None = Field(default=None, max_length=2048, description="Where distilled students are written.")
+    min_agreement_gain: float = Field(
+        default=0.01, ge=0, le=1, description="Promotion gate: least gain in agreement on held-out escalations."
+    )
