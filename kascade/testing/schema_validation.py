@@ -62,6 +62,14 @@ def to_jsonschema(node: dict[str, Any], *, refuse_unknown: bool = False) -> dict
     return out
 
 
+_BOUND_WORDS = {
+    "minimum": "greater than or equal to",
+    "exclusiveMinimum": "greater than",
+    "maximum": "less than or equal to",
+    "exclusiveMaximum": "less than",
+}
+
+
 def _json(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return '"object"' if isinstance(value, dict) else '"array"'
@@ -112,15 +120,10 @@ def _cause(error: jsonschema.ValidationError) -> list[Cause]:
                           path)]
         case "maxLength":
             return [Cause("FieldValueTooLong", f"Too long: may not be more than {error.validator_value} bytes", path)]
-        case "maxItems":
+        case "maxItems" | "maxProperties":
             return [Cause("FieldValueTooMany", f"Too many: {len(value)}: must have at most {error.validator_value} items", path)]
-        case "maxProperties":
-            return [Cause("FieldValueTooMany", f"Too many: {len(value)}: must have at most {error.validator_value} items", path)]
-        case "minimum" | "exclusiveMinimum":
-            word = "greater than or equal to" if error.validator == "minimum" else "greater than"
-            return [Cause("FieldValueInvalid", f"Invalid value: {_json(value)}: {shown} in body should be {word} {error.validator_value}", path)]
-        case "maximum" | "exclusiveMaximum":
-            word = "less than or equal to" if error.validator == "maximum" else "less than"
+        case "minimum" | "exclusiveMinimum" | "maximum" | "exclusiveMaximum":
+            word = _BOUND_WORDS[error.validator]
             return [Cause("FieldValueInvalid", f"Invalid value: {_json(value)}: {shown} in body should be {word} {error.validator_value}", path)]
         case "minLength":
             return [Cause("FieldValueInvalid", f"Invalid value: {_json(value)}: {shown} in body should be at least {error.validator_value} chars long", path)]

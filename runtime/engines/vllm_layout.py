@@ -91,10 +91,8 @@ def chat_completion(
     stop_reason: str | None,
     token_usage: dict[str, int],
 ) -> dict[str, Any]:
-    message = {"role": "assistant", "content": text}
-    choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason,
-              "stop_reason": stop_reason}  # fmt: skip
-    return {**header.fields("chat.completion"), "choices": [choice], "usage": token_usage}
+    answer = {"message": {"role": "assistant", "content": text}}
+    return _completion(header, "chat.completion", answer, logprobs, finish_reason, stop_reason, token_usage)
 
 
 def text_completion(
@@ -106,9 +104,21 @@ def text_completion(
     stop_reason: str | None,
     token_usage: dict[str, int],
 ) -> dict[str, Any]:
-    choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason,
-              "stop_reason": stop_reason}  # fmt: skip
-    return {**header.fields("text_completion"), "choices": [choice], "usage": token_usage}
+    return _completion(header, "text_completion", {"text": text}, logprobs, finish_reason, stop_reason, token_usage)
+
+
+def _completion(
+    header: ResponseHeader,
+    object_name: str,
+    answer: dict[str, Any],
+    logprobs: dict[str, Any] | None,
+    finish_reason: str | None,
+    stop_reason: str | None,
+    token_usage: dict[str, int],
+) -> dict[str, Any]:
+    """One choice, in vLLM's key order: index, the answer (message or text), logprobs, finish and stop reasons."""
+    choice = {"index": 0, **answer, "logprobs": logprobs, "finish_reason": finish_reason, "stop_reason": stop_reason}
+    return {**header.fields(object_name), "choices": [choice], "usage": token_usage}
 
 
 def chat_role_chunk(header: ResponseHeader) -> dict[str, Any]:
