@@ -17,13 +17,24 @@ from typing import Any
 import yaml
 
 from kascade.api.loop import (
-    NOT_IMPLEMENTED_CALIBRATION,
+    CALIBRATION_NEEDS_A_GOAL,
+    NOT_IMPLEMENTED_SHADOW_SAMPLES,
     NOT_IMPLEMENTED_DISTILLATION,
     NOT_IMPLEMENTED_ESCALATION_LOG,
     NOT_IMPLEMENTED_GPU_HOUR_PRICE,
 )
 from kascade.api.modelcascade import (
+    CLASSIFY_FEATURES,
     CLASSIFY_METHODS,
+    EARLY_MODE_SCORES_A_PREFIX,
+    FEATURES_FIT_TASK,
+    GENERATIVE_METHODS,
+    LEARNED_NEEDS_PARAMETERS,
+    LEARNED_ONLY_WITH_METHOD,
+    LEARNED_WEIGHTS_PER_FEATURE,
+    SPAN_NEEDS_TOKENS,
+    TOKEN_FEATURES,
+    ConfidenceMethod,
     TOLERATION_SECONDS_NEED_NO_EXECUTE,
     GROUP,
     KIND,
@@ -76,19 +87,68 @@ SPEC_RULES: list[dict[str, str]] = [
     {
         "rule": (
             f"self.tiers.all(t, !has(t.accept) || "
-            f"(({_TASK} == '{Task.classify.value}') == "
-            f"({_METHOD} in {_cel_list(sorted(m.value for m in CLASSIFY_METHODS))})))"
+            f"({_METHOD} in {_cel_list(sorted(m.value for m in CLASSIFY_METHODS))} && {_TASK} == '{Task.classify.value}') || "
+            f"({_METHOD} in {_cel_list(sorted(m.value for m in GENERATIVE_METHODS))} && {_TASK} != '{Task.classify.value}'))"
         ),
         "message": (
-            "accept.method must fit spec.task: maxProb or classMargin for task classify; "
-            "geometricMean, minToken, quantile, margin or entropy for chat and completion"
+            "accept.method must fit spec.task: maxProb, classMargin or learned for task classify; "
+            "geometricMean, minToken, quantile, margin, entropy or learned for chat and completion"
         ),
+    },
+    {
+        "rule": (
+            f"{_TASK} != '{Task.classify.value}' || "
+            "self.tiers.all(t, !has(t.accept) || !has(t.accept.span) || t.accept.span == 'all')"
+        ),
+        "message": SPAN_NEEDS_TOKENS,
+    },
+    {
+        "rule": (
+            "self.tiers.all(t, !has(t.accept) || !has(t.accept.learned) || t.accept.learned.features.all(f, "
+            f"({_TASK} == '{Task.classify.value}' && f in {_cel_list(sorted(f.value for f in CLASSIFY_FEATURES))}) || "
+            f"({_TASK} != '{Task.classify.value}' && f in {_cel_list(sorted(f.value for f in TOKEN_FEATURES))})))"
+        ),
+        "message": FEATURES_FIT_TASK,
+    },
+    {
+        "rule": (
+            "!has(self.router) || !has(self.router.streaming) || !has(self.router.streaming.mode) || "
+            "self.router.streaming.mode != 'early' || self.tiers.all(t, !has(t.accept) || "
+            "((!has(t.accept.span) || !(t.accept.span in ['finalCodeBlock', 'finalLine'])) && "
+            "(!has(t.accept.learned) || !('logPromptTokens' in t.accept.learned.features))))"
+        ),
+        "message": EARLY_MODE_SCORES_A_PREFIX,
+    },
+]
+
+# CEL rules on `spec.tiers[].accept`, mirroring Accept's and LearnedScore's validators.
+ACCEPT_RULES: list[dict[str, str]] = [
+    {
+        "rule": f"(has(self.method) && self.method == '{ConfidenceMethod.learned.value}') == has(self.learned)",
+        "message": f"{LEARNED_NEEDS_PARAMETERS}; {LEARNED_ONLY_WITH_METHOD}",
+    },
+    {
+        "rule": "!has(self.learned) || size(self.learned.weights) == size(self.learned.features)",
+        "message": LEARNED_WEIGHTS_PER_FEATURE,
     },
 ]
 
 # What this version declares but does not implement is refused (`kascade.api.loop`).
 SPEC_RULES += [
-    {"rule": "!has(self.calibration)", "message": NOT_IMPLEMENTED_CALIBRATION},
+    {
+        "rule": (
+            "!has(self.calibration) || !has(self.calibration.shadowSampleRate) || "
+            "double(self.calibration.shadowSampleRate) == 0.0"
+        ),
+        "message": NOT_IMPLEMENTED_SHADOW_SAMPLES,
+    },
+    {
+        "rule": (
+            "!has(self.calibration) || has(self.calibration.minAgreement) || "
+            "has(self.calibration.minAccuracy) || has(self.calibration.maxEscalationRate)"
+        ),
+        "message": CALIBRATION_NEEDS_A_GOAL,
+    },
     {
         "rule": "!has(self.escalationLog) || !has(self.escalationLog.enabled) || !self.escalationLog.enabled",
         "message": NOT_IMPLEMENTED_ESCALATION_LOG,
@@ -165,6 +225,7 @@ def build_openapi_schema() -> dict[str, Any]:
     spec = to_structural(ModelCascadeSpec.model_json_schema(by_alias=True))
     spec["x-kubernetes-validations"] = SPEC_RULES
     spec["properties"]["tiers"]["items"]["x-kubernetes-validations"] = TIER_RULES
+    spec["properties"]["tiers"]["items"]["properties"]["accept"]["x-kubernetes-validations"] = ACCEPT_RULES
     spec["properties"]["tiers"]["items"]["properties"]["tolerations"]["items"]["x-kubernetes-validations"] = (
         TOLERATION_RULES
     )

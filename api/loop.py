@@ -1,4 +1,8 @@
-"""The loop's part of the API: calibration, the escalation log, distillation. Declared, not implemented yet.
+"""The loop's part of the API: calibration, the escalation log, distillation.
+
+Calibration's goal is implemented offline: `kascade calibrate` reads it and
+sets the thresholds in the manifest. Online calibration from shadow samples,
+the escalation log and distillation are declared, not implemented yet.
 
 The types are the contract the coming issues implement (evaluation and
 calibration, the escalation log and distillation, the loop in the cluster).
@@ -13,14 +17,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kascade.api.base import SpecModel
 
-NOT_IMPLEMENTED_CALIBRATION = (
-    "spec.calibration is not implemented in this version of Kascade: remove it "
-    "(the tiers' declared accept thresholds are in force)"
+NOT_IMPLEMENTED_SHADOW_SAMPLES = (
+    "spec.calibration.shadowSampleRate: online calibration from shadow samples is not implemented in this "
+    "version of Kascade: remove it or set it to 0 (set thresholds from the goal with `kascade calibrate`)"
 )
+CALIBRATION_NEEDS_A_GOAL = "spec.calibration needs a goal: minAgreement, minAccuracy or maxEscalationRate"
 NOT_IMPLEMENTED_ESCALATION_LOG = (
     "spec.escalationLog.enabled: the escalation log is not implemented in this version of Kascade: "
     "remove escalationLog or set enabled: false"
@@ -36,8 +41,8 @@ def refuse_what_is_not_implemented(
     calibration: Calibration | None, escalation_log: EscalationLog | None, distillation: DistillationPolicy | None
 ) -> None:
     """Raise ValueError, with the message the CRD's rule gives too, for a part that is set but not implemented."""
-    if calibration is not None:
-        raise ValueError(NOT_IMPLEMENTED_CALIBRATION)
+    if calibration is not None and calibration.shadow_sample_rate:
+        raise ValueError(NOT_IMPLEMENTED_SHADOW_SAMPLES)
     if escalation_log is not None and escalation_log.enabled:
         raise ValueError(NOT_IMPLEMENTED_ESCALATION_LOG)
     if distillation is not None:
@@ -45,20 +50,38 @@ def refuse_what_is_not_implemented(
 
 
 class Calibration(SpecModel):
-    """A goal the thresholds are tuned to meet. Not implemented yet: a cascade that sets it is refused."""
+    """The quality goal the thresholds are set from, with a finite-sample guarantee (`kascade calibrate`)."""
 
     min_agreement: float | None = Field(
-        default=None, ge=0, le=1, description="Least share of answers that must agree with the last tier's."
+        default=None, ge=0, le=1,
+        description="Least share of the cascade's answers that agree with what the last tier alone would answer.",
+    )  # fmt: skip
+    min_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="Least share of correct answers (needs labelled calibration data)."
     )
     max_escalation_rate: float | None = Field(
-        default=None, ge=0, le=1, description="Largest share of requests that may escalate."
+        default=None, ge=0, le=1, description="Largest share of requests that may reach the last tier."
     )
+    confidence: float = Field(
+        default=0.95, gt=0, lt=1,
+        description="Probability with which the goal holds on new traffic like the calibration data.",
+    )  # fmt: skip
     shadow_sample_rate: float = Field(
-        default=0.02,
+        default=0.0,
         ge=0,
         le=1,
-        description="Share of accepted requests also sent to the last tier, to measure agreement.",
+        description=(
+            "Share of accepted requests also sent to the last tier, to measure agreement online. "
+            "Not implemented yet: only 0 is accepted."
+        ),
     )
+
+    @model_validator(mode="after")
+    def _has_a_goal(self) -> Calibration:
+        # Restated in CEL in the CRD (`kascade.api.crd.CALIBRATION_RULES`).
+        if self.min_agreement is None and self.min_accuracy is None and self.max_escalation_rate is None:
+            raise ValueError(CALIBRATION_NEEDS_A_GOAL)
+        return self
 
 
 class EscalationLog(SpecModel):

@@ -26,6 +26,25 @@ from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from h
     EscalationLog,
     refuse_what_is_not_implemented,
 )
+from kascade.api.accept import (  # noqa: F401 - the accept rule's types are imported from here too
+    CLASSIFY_FEATURES,
+    CLASSIFY_METHODS,
+    EARLY_MODE_SCORES_A_PREFIX,
+    FEATURES_FIT_TASK,
+    GENERATIVE_METHODS,
+    LEARNED_NEEDS_PARAMETERS,
+    LEARNED_ONLY_WITH_METHOD,
+    LEARNED_WEIGHTS_PER_FEATURE,
+    SPAN_NEEDS_TOKENS,
+    TOKEN_FEATURES,
+    Accept,
+    ConfidenceMethod,
+    LearnedScore,
+    ScoredSpan,
+    ScoreFeature,
+    check_fits_task,
+    needs_whole_answer,
+)
 from kascade.api.model_uri import ModelUri
 from kascade.api.status import Condition, Cost, ModelCascadeStatus, StatusSummary, TierStatus, Traffic  # noqa: F401
 
@@ -76,30 +95,6 @@ class EngineKind(StrEnum):
     vllm = "vllm"
     transformers = "transformers"
     external = "external"
-
-
-class ConfidenceMethod(StrEnum):
-    """How a tier's answer is scored; every score lies in [0, 1]."""
-
-    geometric_mean = "geometricMean"  # exp(mean token logprob)
-    min_token = "minToken"  # the least likely generated token
-    quantile = "quantile"  # a low quantile of token probabilities
-    margin = "margin"  # mean top-1 minus top-2 probability
-    entropy = "entropy"  # 1 - normalised entropy of the top-k distribution
-    max_prob = "maxProb"  # classify: probability of the chosen label
-    class_margin = "classMargin"  # classify: top-1 minus top-2 label probability
-
-
-GENERATIVE_METHODS = frozenset(
-    {
-        ConfidenceMethod.geometric_mean,
-        ConfidenceMethod.min_token,
-        ConfidenceMethod.quantile,
-        ConfidenceMethod.margin,
-        ConfidenceMethod.entropy,
-    }
-)
-CLASSIFY_METHODS = frozenset({ConfidenceMethod.max_prob, ConfidenceMethod.class_margin})
 
 
 class SecretKeyRef(SpecModel):
@@ -166,22 +161,6 @@ def currency_conflict(prices: Mapping[str, Price]) -> str | None:
     return (
         f"tier prices must share one currency to be added up; got {listing}. "
         "Convert every tier's price to the same currency."
-    )
-
-
-class Accept(SpecModel):
-    """When a tier's own answer is good enough to return."""
-
-    method: ConfidenceMethod = Field(
-        default=ConfidenceMethod.geometric_mean,
-        description=(
-            "How the answer is scored. Tasks chat and completion: geometricMean, minToken, quantile, "
-            "margin, entropy. Task classify: maxProb, classMargin."
-        ),
-    )
-    threshold: float = Field(ge=0, le=1, description="Accept at or above this confidence.")
-    quantile: float = Field(
-        default=0.1, gt=0, lt=1, description="For method quantile: which low quantile of token probabilities."
     )
 
 
@@ -340,6 +319,9 @@ class ModelCascadeSpec(SpecModel):
                     f"tier {tier.name!r}: method {tier.accept.method.value!r} does not fit task "
                     f"{self.task.value!r}; use one of {sorted(m.value for m in allowed)}"
                 )
+            check_fits_task(tier.name, tier.accept, classify=self.task is Task.classify)
+            if self.router.streaming.mode is StreamingMode.early and needs_whole_answer(tier.accept):
+                raise ValueError(f"tier {tier.name!r}: {EARLY_MODE_SCORES_A_PREFIX}")
         for tier in self.tiers:
             if tier.engine is EngineKind.external and not tier.model.uri.startswith(("http://", "https://")):
                 raise ValueError(f"tier {tier.name!r}: engine external needs an http(s) URL as model.uri")

@@ -241,7 +241,7 @@ class Cascade:
         if tier.is_last:
             return _Called(response=response)
         assert tier.config.accept is not None
-        return _Called(response=response, decision=judge(tier.config.accept, endpoint, response))
+        return _Called(response=response, decision=judge(tier.config.accept, endpoint, response, tier_body))
 
     async def _call_streamed(
         self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
@@ -254,10 +254,11 @@ class Cascade:
             return _Called(error=error)
         if tier.is_last:
             return _Called(stream=OpenStream(buffered=[first], rest=chunks))
-        return await self._score_prefix(tier, endpoint, chunks, first, attempts)
+        return await self._score_prefix(tier, endpoint, chunks, first, attempts, tier_body)
 
     async def _score_prefix(
-        self, tier: Tier, endpoint: Endpoint, chunks: Chunks, first: dict[str, Any], attempts: Attempts
+        self, tier: Tier, endpoint: Endpoint, chunks: Chunks, first: dict[str, Any], attempts: Attempts,
+        tier_body: dict[str, Any],
     ) -> _Called:
         """Read the stream until the first `early_tokens` tokens are in (or it ends), then score them."""
         assert tier.config.accept is not None
@@ -277,7 +278,7 @@ class Cascade:
             await aclose_quietly(chunks)
             attempts.mark_last_failed()
             return _Called(error=error)
-        decision = judge_tokens(tier.config.accept, evidence)
+        decision = judge_tokens(tier.config.accept, evidence, tier_body)
         return _Called(decision=decision, stream=OpenStream(buffered=buffered, rest=rest, evidence=evidence))
 
     def _tier_body(

@@ -17,9 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from kascade.api.modelcascade import CLASSIFY_METHODS, Accept, ConfidenceMethod
+from kascade.api.modelcascade import Accept, ConfidenceMethod, ScoredSpan
+from kascade.runtime.answer_spans import prompt_text, select_span
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.logprobs import TokenEvidence, class_probs, token_evidence
+from kascade.runtime.score_features import class_features, learned_score, token_features
 
 # Two logprobs closer than this are taken to be the same token: the evidence
 # holds values, not token ids, and engines report the sampled token's logprob
@@ -206,6 +208,7 @@ _REQUIRED_TOP_LOGPROBS: Mapping[ConfidenceMethod, int] = MappingProxyType(
         ConfidenceMethod.entropy: 5,
         ConfidenceMethod.max_prob: 0,
         ConfidenceMethod.class_margin: 0,
+        ConfidenceMethod.learned: 5,  # its margin and entropy features read the top-k
     }
 )
 
@@ -215,26 +218,52 @@ def required_top_logprobs(method: ConfidenceMethod) -> int:
     return _REQUIRED_TOP_LOGPROBS[method]
 
 
-def score_tokens(accept: Accept, tokens: Sequence[TokenEvidence]) -> float:
-    """Score token evidence with the accept rule's method (streaming early mode scores a prefix).
+def score_tokens(accept: Accept, tokens: Sequence[TokenEvidence], *, prompt: str = "", prompt_tokens: int = 0) -> float:
+    """Score token evidence with the accept rule's method, over the rule's span (early mode scores a prefix).
 
+    `prompt` (the request's text) is read by span notCopied; `prompt_tokens`
+    by the learned score's logPromptTokens. An empty span scores 0.0.
     Raises ValueError for a classify method: those score label probabilities.
     """
+    scored = select_span(tokens, accept.span, prompt) if accept.span is not ScoredSpan.all else tokens
+    if accept.method is ConfidenceMethod.learned:
+        assert accept.learned is not None
+        return learned_score(accept.learned, token_features(scored, prompt_tokens)) if scored else 0.0
     scorer = TOKEN_SCORERS.get(accept.method)
     if scorer is None:
         raise ValueError(
             f"confidence method {accept.method.value!r} scores classify label probabilities, not tokens; "
             f"use one of {sorted(method.value for method in TOKEN_SCORERS)}"
         )
-    return scorer(tokens, accept)
+    return scorer(scored, accept)
 
 
-def score(accept: Accept, endpoint: Endpoint, response: dict[str, Any]) -> float:
-    """Score a tier's whole response with the accept rule's method.
+def score_class_probs(accept: Accept, probs: Sequence[float], *, prompt_tokens: int = 0) -> float:
+    """Score label probabilities with the accept rule's classify method (or the learned score)."""
+    if accept.method is ConfidenceMethod.learned:
+        assert accept.learned is not None
+        return learned_score(accept.learned, class_features(probs, prompt_tokens)) if probs else 0.0
+    return CLASS_SCORERS[accept.method](probs)
 
-    Classify methods read the label probabilities, the others the token
-    logprobs of choice 0; a response without them scores 0.0.
+
+def _prompt_tokens(response: dict[str, Any]) -> int:
+    usage = response.get("usage") if isinstance(response, dict) else None
+    count = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+
+def score(accept: Accept, endpoint: Endpoint, response: dict[str, Any], request: dict[str, Any] | None = None) -> float:
+    """Score a tier's whole response to `request` with the accept rule's method.
+
+    Classify reads the label probabilities, the others the token logprobs of
+    choice 0; a response without them scores 0.0. The request is read only
+    by span notCopied (the prompt's text).
     """
-    if accept.method in CLASSIFY_METHODS:
-        return CLASS_SCORERS[accept.method](class_probs(response))
-    return score_tokens(accept, token_evidence(endpoint, response))
+    classify_rule = accept.method in CLASS_SCORERS or (
+        accept.method is ConfidenceMethod.learned and endpoint is Endpoint.classify
+    )
+    if classify_rule:
+        return score_class_probs(accept, class_probs(response), prompt_tokens=_prompt_tokens(response))
+    prompt = prompt_text(request) if accept.span is ScoredSpan.not_copied else ""
+    return score_tokens(accept, token_evidence(endpoint, response), prompt=prompt,
+                        prompt_tokens=_prompt_tokens(response))  # fmt: skip

