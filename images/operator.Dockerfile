@@ -19,6 +19,7 @@ COPY kascade/ kascade/
 COPY api/ api/
 COPY runtime/ runtime/
 COPY operator/ operator/
+COPY evaluation/ evaluation/
 RUN python -m venv /opt/kascade \
  && /opt/kascade/bin/pip install ".[operator]" \
  && /opt/kascade/bin/python -c "import importlib.util as u, sys; sys.exit('torch got into the operator image' if u.find_spec('torch') else 0)" \

@@ -29,6 +29,7 @@ COPY kascade/ kascade/
 COPY api/ api/
 COPY runtime/ runtime/
 COPY operator/ operator/
+COPY evaluation/ evaluation/
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # --- base-cpu, base-cuda: the interpreter each variant runs on --------------------

@@ -124,5 +124,101 @@ def crds(
     raise typer.Exit(sync_crds(out, check=check))
 
 
+_MANIFEST = typer.Option("--file", "-f", help="A ModelCascade manifest (YAML) of two tiers. Default: the embedded demo.")
+_DATA = typer.Option("--data", help="A JSONL file, or humaneval, bbc, spam, tweets (NAME:train / NAME:test for a part).")
+
+
+def _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir):  # type: ignore[no-untyped-def]
+    from kascade.evaluation.commands import EvalInputs
+
+    return EvalInputs(manifest=file, data=data, limit=limit, seed=seed, match=match, max_tokens=max_tokens,
+                      batch_size=batch_size, answers_dir=answers, cache_dir=cache_dir)  # fmt: skip
+
+
+def _run_evaluation(run) -> int:  # type: ignore[no-untyped-def]
+    """Run an evaluation command; what the user can fix ends as one message and exit code 2."""
+    from rich.console import Console
+
+    from kascade.evaluation.collect import EvaluationError
+    from kascade.evaluation.datasets import DatasetError
+    from kascade.evaluation.goals import GoalError
+    from kascade.evaluation.judging import TooManyTiers
+    from kascade.runtime.catalog import ModelNotAvailable
+    from kascade.runtime.engines.transformers.loading import ModelLoadError
+    from kascade.runtime.local_manifest import LocalModeError
+    from kascade.runtime.signals import interrupt_on_stop_signals
+
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: wide enough for the table, no wrapping of its rows
+        console = Console(width=180)
+    try:
+        with interrupt_on_stop_signals():
+            return run(console)
+    except (EvaluationError, DatasetError, GoalError, TooManyTiers, ModelLoadError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+    except (ModelNotAvailable, LocalModeError) as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+    except KeyboardInterrupt:
+        console.print("stopped; the answers so far are cached, run the same command again to go on")
+        return 130
+    return 2
+
+
+@app.command(name="eval")
+def evaluate(
+    data: Annotated[str, _DATA],
+    file: Annotated[Optional[Path], _MANIFEST] = None,
+    limit: Annotated[Optional[int], typer.Option(help="A fixed seeded sample of this many examples.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and of the random splits.")] = 0,
+    match: Annotated[Optional[str], typer.Option(help="Matcher: label, code, number, exact or text (default: the dataset's).")] = None,
+    span: Annotated[Optional[list[str]], typer.Option(help="Scored span(s) to compare (default: all four).")] = None,
+    goal: Annotated[Optional[list[str]], typer.Option(help="A goal for the bound's split study, e.g. minAgreement=0.95 (default: spec.calibration).")] = None,
+    confidence: Annotated[Optional[float], typer.Option(help="Confidence of the bound (default: spec.calibration's, else 0.95).")] = None,
+    splits: Annotated[int, typer.Option(help="Random calibration/held-out splits the held-out figures average over.")] = 100,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per answer (default: the dataset's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples generated together.")] = 8,
+    answers: Annotated[Optional[Path], typer.Option(help="Answer cache (default ./kascade-eval/answers).")] = None,
+    out: Annotated[Path, typer.Option(help="Where report.json and curves.png go.")] = Path("kascade-eval"),
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Packaged models and data (default ~/.cache/kascade).")] = None,
+) -> None:
+    """Every confidence method's cost–quality curve on a dataset, beside random routing and the oracle.
+
+    Every tier answers every example once (cached: re-runs and new methods cost
+    nothing, an interrupted run resumes); prints a table, writes report.json and curves.png.
+    """
+    from kascade.evaluation.eval_command import run_eval
+
+    inputs = _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir)
+    raise typer.Exit(_run_evaluation(lambda console: run_eval(
+        inputs, spans=span, goals=goal or [], confidence=confidence, splits=splits, out=out, console=console)))
+
+
+@app.command()
+def calibrate(
+    data: Annotated[str, _DATA],
+    file: Annotated[Optional[Path], _MANIFEST] = None,
+    goal: Annotated[Optional[list[str]], typer.Option(help="minAgreement=A, minAccuracy=A or maxEscalationRate=R (repeatable; default: spec.calibration).")] = None,
+    confidence: Annotated[Optional[float], typer.Option(help="Probability the goal holds (default: spec.calibration's, else 0.95).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Confidence method to calibrate (default: the manifest's); learned fits one.")] = None,
+    span: Annotated[Optional[str], typer.Option(help="Scored span (default: the manifest's).")] = None,
+    held_out: Annotated[float, typer.Option(help="Share of the data kept apart to measure the result.")] = 0.3,
+    write: Annotated[bool, typer.Option(help="Write the accept rule into the manifest (comments and layout kept).")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="A fixed seeded sample of this many examples.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+    match: Annotated[Optional[str], typer.Option(help="Matcher: label, code, number, exact or text.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per answer (default: the dataset's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples generated together.")] = 8,
+    answers: Annotated[Optional[Path], typer.Option(help="Answer cache (default ./kascade-eval/answers).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Packaged models and data (default ~/.cache/kascade).")] = None,
+) -> None:
+    """Set the first tier's threshold from a quality goal, with a finite-sample guarantee, and report it on held-out data."""
+    from kascade.evaluation.calibrate_command import run_calibrate
+
+    inputs = _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir)
+    raise typer.Exit(_run_evaluation(lambda console: run_calibrate(
+        inputs, goals=goal or [], confidence=confidence, method=method, span=span, held_out_share=held_out,
+        write=write, console=console)))
+
+
 def main() -> None:
     app()

@@ -1,0 +1,92 @@
+"""`kascade eval` and `kascade calibrate`: the shell around the pure parts (load, ask, judge, analyse, write)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kascade.api.modelcascade import ConfidenceMethod, ModelCascade, ScoredSpan, Task
+from kascade.evaluation.collect import GenerationSettings, collect_answers
+from kascade.evaluation.datasets import Dataset, load_dataset, subset
+from kascade.evaluation.judging import JudgedPair, check_two_tiers, judge_pair
+from kascade.evaluation.matchers import Matcher
+from kascade.evaluation.records import AnswerKind
+from kascade.runtime.local_manifest import load_manifest
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """What both commands share: the manifest, the data, and where answers are cached."""
+
+    manifest: Path | None
+    data: str
+    limit: int | None = None
+    seed: int = 0
+    match: str | None = None
+    max_tokens: int | None = None
+    batch_size: int = 8
+    answers_dir: Path | None = None
+    cache_dir: Path | None = None
+
+
+@contextlib.contextmanager
+def _progress(console: Console) -> Iterator[Progress]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        yield progress
+
+
+def prepare(inputs: EvalInputs, console: Console) -> tuple[ModelCascade, Dataset, JudgedPair]:
+    """Load the manifest and data, have both tiers answer every example (cached), judge the answers."""
+    cascade = load_manifest(inputs.manifest)
+    check_two_tiers(cascade)
+    kind = AnswerKind(inputs.match) if inputs.match else None
+    dataset = subset(load_dataset(inputs.data, cache_dir=inputs.cache_dir, kind=kind), inputs.limit, inputs.seed)
+    if kind is not None:
+        dataset = Dataset(dataset.name, dataset.examples, kind, dataset.max_tokens, dataset.stop)
+    _check_task(cascade, dataset)
+    settings = GenerationSettings(max_tokens=inputs.max_tokens or dataset.max_tokens, stop=dataset.stop)
+    answers_dir = inputs.answers_dir or Path("kascade-eval") / "answers"
+    tasks: dict[str, int] = {}
+    with _progress(console) as progress:
+        def report(tier: str, done: int, total: int) -> None:
+            if tier not in tasks:
+                tasks[tier] = progress.add_task(f"tier {tier}: answers", total=total)
+            progress.update(tasks[tier], completed=done)
+
+        answers = collect_answers(cascade, dataset.examples, settings=settings, answers_dir=answers_dir,
+                                  batch_size=inputs.batch_size, model_cache_dir=inputs.cache_dir,
+                                  progress=report)  # fmt: skip
+    with console.status("judging the answers"):
+        pair = judge_pair(cascade, dataset.examples, answers, Matcher(dataset.kind, cache_dir=inputs.cache_dir))
+    return cascade, dataset, pair
+
+
+def _check_task(cascade: ModelCascade, dataset: Dataset) -> None:
+    from kascade.evaluation.datasets import DatasetError
+
+    first = dataset.examples[0]
+    classify = cascade.spec.task is Task.classify
+    if classify and first.input is None:
+        raise DatasetError(f"{dataset.name} holds chat or completion requests; this cascade's task is classify")
+    if not classify and first.input is not None:
+        raise DatasetError(f"{dataset.name} holds classify inputs; this cascade's task is {cascade.spec.task.value}")
+    if cascade.spec.task is Task.chat and first.messages is None:
+        raise DatasetError(f"{dataset.name} holds completion prompts; this cascade's task is chat (give messages)")
+
+
+def spans_for(cascade: ModelCascade, chosen: Sequence[str] | None) -> list[ScoredSpan]:
+    if cascade.spec.task is Task.classify:
+        return [ScoredSpan.all]
+    return [ScoredSpan(s) for s in chosen] if chosen else list(ScoredSpan)
+
+
+def manifest_rule_label(cascade: ModelCascade) -> tuple[ConfidenceMethod, ScoredSpan]:
+    accept = cascade.spec.tiers[0].accept
+    assert accept is not None
+    return accept.method, accept.span

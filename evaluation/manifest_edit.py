@@ -1,0 +1,75 @@
+"""Writing a calibrated accept rule back into the user's manifest, keeping its comments and layout.
+
+ruamel.yaml's round-trip mode keeps comments, key order, quoting and the
+other documents of the file; only the first tier's `accept` block changes,
+and a comment above it says where the numbers came from. The file is
+replaced atomically: a failed write leaves the old one whole.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from kascade.api.modelcascade import Accept
+
+
+def write_accept(path: Path, tier_name: str, accept: Accept, note: str) -> None:
+    """Set tier `tier_name`'s accept rule in the ModelCascade document of `path` to `accept`."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+    text = path.read_text(encoding="utf-8")
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(**_indentation(text))
+    documents = list(yaml.load_all(text))
+    cascade = next(d for d in documents if isinstance(d, dict) and d.get("kind") == "ModelCascade")
+    tier = next(t for t in cascade["spec"]["tiers"] if t.get("name") == tier_name)
+    rule = accept.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+    rule["threshold"] = accept.threshold  # always written, even where it equals a default
+    if accept.method.value == "quantile":
+        rule["quantile"] = accept.quantile
+    block = tier.get("accept")
+    if not isinstance(block, CommentedMap):
+        block = CommentedMap()
+        tier["accept"] = block
+    for key in [k for k in block if k not in rule]:
+        del block[key]
+    for key, value in rule.items():
+        block[key] = value
+    tier.yaml_set_comment_before_after_key("accept", before=note, indent=_indent_of(tier))
+    out = io.StringIO()
+    yaml.dump_all(documents, out)
+    _replace(path, out.getvalue())
+
+
+def _indentation(text: str) -> dict[str, int]:
+    """The file's own indentation: mapping step, and how far list dashes sit under their key (kubectl's style
+    indents them, `- ` under `key:` two columns in; PyYAML's does not)."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for before, line in zip(lines, lines[1:]):
+        if line.lstrip().startswith("- ") and before.rstrip().endswith(":"):
+            offset = (len(line) - len(line.lstrip())) - (len(before) - len(before.lstrip()))
+            return {"mapping": 2, "sequence": offset + 2, "offset": offset}
+    return {"mapping": 2, "sequence": 2, "offset": 0}
+
+
+def _indent_of(tier: object) -> int:
+    # A tier's keys sit under "    - name:" in the usual layout: the list item's indentation plus 2.
+    column = getattr(getattr(tier, "lc", None), "col", None)
+    return column if isinstance(column, int) else 6
+
+
+def _replace(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,72 @@
+"""Matchers: numbers normalised, code judged by its tests in a separate process, labels and text."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from kascade.evaluation.code_tests import passes
+from kascade.evaluation.matchers import Matcher, normalised_number, program_of
+from kascade.evaluation.records import AnswerKind, CodeTests, Example, TierAnswer
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("The answer is 1/2.", Fraction(1, 2)), ("0.50", Fraction(1, 2)), ("so x = -3", Fraction(-3)),
+     ("1,234 apples", Fraction(1234)), ("first 3, then \\boxed{7} and 9", Fraction(7)),
+     ("Step 1: 4+4=8\nAnswer: 12", Fraction(12)), ("none here", None)],
+)  # fmt: skip
+def test_final_numbers_are_normalised(text: str, number: Fraction | None) -> None:
+    assert normalised_number(text) == number
+
+
+def _answer(text: str) -> TierAnswer:
+    return TierAnswer(text=text)
+
+
+def test_number_label_and_exact_matchers() -> None:
+    examples = [Example(id="1", prompt="q", answer="0.5"), Example(id="2", prompt="q", answer="3")]
+    numbers = Matcher(AnswerKind.number)
+    assert numbers.correct(examples, [_answer("it is 1/2"), _answer("4")]) == [True, False]
+    assert numbers.agree([_answer("2.0")], [_answer("2")]) == [True]
+    labels = Matcher(AnswerKind.label)
+    classified = [Example(id="1", input="x", label="Spam")]
+    assert labels.correct(classified, [TierAnswer(text="spam", label="spam")]) == [True]
+    assert Matcher(AnswerKind.exact).agree([_answer("a  b\n")], [_answer("a b")]) == [True]
+    assert numbers.correct([Example(id="3", prompt="q")], [_answer("1")]) == [None]
+
+
+PROBLEM = Example(
+    id="add",
+    messages=({"role": "user", "content": "add"},),
+    tests=CodeTests(
+        prompt='def add(a, b):\n    """Sum."""\n',
+        test="def check(candidate):\n    assert candidate(2, 3) == 5\n",
+        entry_point="add",
+    ),
+)
+
+
+def test_code_passes_only_when_its_tests_do() -> None:
+    assert passes(PROBLEM, "def add(a, b):\n    return a + b\n")
+    assert not passes(PROBLEM, "def add(a, b):\n    return a - b\n")
+    assert not passes(PROBLEM, "def add(a, b)\n")  # a syntax error
+    assert program_of("Sure:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.") == "def add(a, b):\n    return a + b\n"
+
+
+def test_code_runs_outside_this_process_with_limits(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "written"
+    escape = f"open({str(marker)!r}, 'w').write('x')\ndef add(a, b):\n    return a + b\n"
+    assert passes(PROBLEM, escape)  # it ran, in its own process: this one's state is untouched
+    assert marker.exists()
+    assert not passes(PROBLEM, "def add(a, b):\n    while True:\n        pass\n")  # the time limit ends it
+    assert not passes(PROBLEM, "x = bytearray(8 * 1024**3)\ndef add(a, b):\n    return a + b\n")  # the memory limit
+
+
+def test_code_agreement_compares_test_outcomes() -> None:
+    matcher = Matcher(AnswerKind.code)
+    right = _answer("```python\ndef add(a, b):\n    return a + b\n```")
+    wrong = _answer("```python\ndef add(a, b):\n    return 0\n```")
+    outcomes = matcher.correct([PROBLEM, PROBLEM], [right, wrong])
+    assert outcomes == [True, False]
+    assert matcher.agree([right, wrong], [right, right], left_correct=outcomes, right_correct=[True, True]) == [True, False]
