@@ -35,11 +35,21 @@ def _normalised_entropy(probs: Sequence[float]) -> float:
     return min(max(entropy / math.log(len(probs)), 0.0), 1.0)
 
 
-def _margin(token: TokenEvidence) -> float:
-    """Top-1 minus top-2 probability among the top list and the chosen token (see confidence.score_margin)."""
-    candidates = sorted({round(_logprob(v), 9) for v in (*token.top_logprobs, token.logprob)}, reverse=True)
-    first = math.exp(candidates[0])
-    return first - (math.exp(candidates[1]) if len(candidates) > 1 else 0.0)
+def _per_token(token: TokenEvidence) -> tuple[float, float, float]:
+    """(clean logprob, top-1 minus top-2 probability, normalised top-k entropy) of one position, in one pass.
+
+    The margin reads the top list with the chosen token (counted once, as `confidence.score_margin` does);
+    the entropy reads the top list alone (the chosen token when there is none). Top values come from
+    `logprobs.token_evidence`, which never passes NaN on.
+    """
+    chosen = _logprob(token.logprob)
+    tops = token.top_logprobs
+    if not tops:
+        return chosen, math.exp(chosen), 0.0
+    probs = [math.exp(v) if v < 0.0 else 1.0 for v in tops]
+    candidates = probs if any(abs(v - token.logprob) <= 1e-6 for v in tops) else [*probs, math.exp(chosen)]
+    ordered = sorted(candidates, reverse=True)
+    return chosen, ordered[0] - (ordered[1] if len(ordered) > 1 else 0.0), _normalised_entropy(probs)
 
 
 def token_features(tokens: Sequence[TokenEvidence], prompt_tokens: int) -> dict[ScoreFeature, float]:
@@ -52,12 +62,8 @@ def token_features(tokens: Sequence[TokenEvidence], prompt_tokens: int) -> dict[
              ScoreFeature.min_margin), 0.0)  # fmt: skip
         return zeros | {ScoreFeature.mean_logprob: _LOGPROB_FLOOR, ScoreFeature.mean_entropy: 1.0,
                         ScoreFeature.log_answer_tokens: 0.0, ScoreFeature.log_prompt_tokens: log_prompt}  # fmt: skip
-    logprobs = [_logprob(token.logprob) for token in tokens]
-    probs = sorted(math.exp(value) for value in logprobs)
-    margins = [_margin(token) for token in tokens]
-    entropies = [
-        _normalised_entropy([math.exp(_logprob(v)) for v in token.top_logprobs] or [1.0]) for token in tokens
-    ]
+    logprobs, margins, entropies = zip(*map(_per_token, tokens))
+    probs = sorted(map(math.exp, logprobs))
     count = len(tokens)
     return {
         ScoreFeature.prob_quantile_05: _quantile(probs, 0.05),
