@@ -139,8 +139,9 @@ def _point_estimate_run(pair: JudgedPair, scores: list[float], calibration: list
     threshold = chosen.threshold if chosen is not None else float("inf")
     point = curves.at_threshold(pair.with_scores(scores, held_out), threshold)
     ratio = _quality_ratio(pair, point, held_out)
-    return {"small_share": point.small_share, "quality_ratio": ratio, "saving": point.saving,
-            "met": ratio >= QUALITY_SHARE - 1e-12}  # fmt: skip
+    met = ratio >= QUALITY_SHARE - 1e-12
+    return {"small_share": point.small_share, "quality_ratio": ratio, "saving": point.saving, "met": met,
+            "quality_met": met}  # fmt: skip
 
 
 def _quality_of_last(pair: JudgedPair, indices: Sequence[int]) -> float:
@@ -156,8 +157,9 @@ def _bound_run(pair: JudgedPair, scores: list[float], selection_part: list[int],
     threshold = selection.threshold if selection.threshold is not None else float("inf")
     point = curves.at_threshold(pair.with_scores(scores, held_out), threshold)
     met = all(_goal_met(goal, point) for goal in goals)
-    return {"small_share": point.small_share, "quality_ratio": _quality_ratio(pair, point, held_out),
-            "saving": point.saving, "met": met}  # fmt: skip
+    ratio = _quality_ratio(pair, point, held_out)
+    return {"small_share": point.small_share, "quality_ratio": ratio, "saving": point.saving, "met": met,
+            "quality_met": ratio >= QUALITY_SHARE - 1e-12}  # fmt: skip
 
 
 def _goal_met(goal: Goal, point: curves.CurvePoint) -> bool:
@@ -177,4 +179,5 @@ def _summarise(runs: list[dict]) -> dict:
         "small_share_max": max(shares), "quality_ratio_median": statistics.median(r["quality_ratio"] for r in runs),
         "saving_median": statistics.median(r["saving"] for r in runs),
         "met_share": sum(r["met"] for r in runs) / len(runs),
+        "quality_met_share": sum(r["quality_met"] for r in runs) / len(runs),  # >= 99% of the last tier's quality
     }  # fmt: skip

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from kascade.api.modelcascade import ConfidenceMethod, ModelCascade, ScoredSpan, Task
 from kascade.evaluation import analysis, curves
+from kascade.evaluation.bounds import interval
 from kascade.evaluation.commands import EvalInputs, prepare, spans_for
 from kascade.evaluation.goals import resolve_goals
 from kascade.evaluation.judging import JudgedPair
@@ -75,11 +76,15 @@ def _summary(console: Console, pair: JudgedPair, label: str, threshold: float, p
     n = len(pair.examples)
     small = [c for c in pair.small_correct if c is not None]
     last = [c for c in pair.last_correct if c is not None]
+    def rate(events: int, trials: int) -> str:
+        low, high = interval(events, trials)
+        return f"{events / trials:.1%} [{low:.1%}, {high:.1%}]"
+
     if small and last:
-        console.print(f"accuracy alone: small tier {sum(small) / len(small):.1%}, last tier {sum(last) / len(last):.1%}; "
-                      f"they agree on {sum(pair.agrees) / n:.1%}")  # fmt: skip
+        console.print(f"accuracy alone: small tier {rate(sum(small), len(small))}, last tier {rate(sum(last), len(last))}; "
+                      f"they agree on {rate(sum(pair.agrees), n)} (95% Clopper–Pearson intervals)")  # fmt: skip
     else:
-        console.print(f"the tiers agree on {sum(pair.agrees) / n:.1%} of {n} examples")
+        console.print(f"the tiers agree on {rate(sum(pair.agrees), n)} of {n} examples (95% Clopper–Pearson interval)")
     quality = f"accuracy {point.accuracy:.1%}" if point.accuracy is not None else f"agreement {point.agreement:.1%}"
     console.print(f"the manifest's rule ({label} ≥ {threshold:g}): small tier answers {point.small_share:.1%}, "
                   f"{quality}, saving {point.saving:.1%} against the last tier alone")  # fmt: skip

@@ -30,9 +30,10 @@ def print_table(console: Console, pair: JudgedPair, reports: Sequence[MethodRepo
         f"matcher — {pair.matcher}; quality = {quality_name}. kept: share answered by the small tier at the best "
         f"threshold for ≥ {QUALITY_SHARE:.0%} of the last tier's quality, in sample; held-out kept / ≥99% held: "
         "that threshold chosen on one random half, measured on the other (median over splits, share of splits "
-        "where ≥99% held); bound kept / goal held: the same with the threshold from the goal's bound"))  # fmt: skip
+        "where ≥99% held); bound kept / bound quality / ≥99% held / goal held: the same with the threshold from the "
+        "goal's bound (quality as a share of the last tier's alone, median), and the share of splits where the goal held"))  # fmt: skip
     for column in ("method", "AUC", "AUROC", "Brier", "ECE", "kept", "held-out kept (min–max)", "≥99% held",
-                   "bound kept", "goal held"):  # fmt: skip
+                   "bound kept", "bound quality", "≥99% held ", "goal held"):  # fmt: skip
         table.add_column(column, justify="left" if column == "method" else "right", no_wrap=True)
     for report in reports:
         held = report.held_out.get("point_estimate") or {}
@@ -44,6 +45,8 @@ def print_table(console: Console, pair: JudgedPair, reports: Sequence[MethodRepo
             if held else "–",
             _pct(held.get("met_share")) if held else "–",
             _pct(bound.get("small_share_median")) if bound else "–",
+            _pct(bound.get("quality_ratio_median")) if bound else "–",
+            _pct(bound.get("quality_met_share")) if bound else "–",
             _pct(bound.get("met_share")) if bound else "–",
         )  # fmt: skip
     console.print(table)
@@ -69,10 +72,18 @@ def report_json(pair: JudgedPair, reports: Sequence[MethodReport], meta: dict[st
         "methods": [
             {"method": r.label, "rule": r.method.describe() if r.method is not None else None, "area": r.area, "auroc": r.auroc, "brier": r.brier, "ece": r.ece,
              "best_at_target": _point_json(r.best_at_target), "held_out": r.held_out,
-             "curve": [_point_json(p) for p in r.points]}
+             "curve": [_point_json(p) for p in _thinned(r.points)]}
             for r in reports
         ],
     }  # fmt: skip
+
+
+def _thinned(points: Sequence[CurvePoint], most: int = 201) -> list[CurvePoint]:
+    """At most `most` points of a curve, spread evenly along it, both ends kept (the cached answers hold the rest)."""
+    if len(points) <= most:
+        return list(points)
+    step = (len(points) - 1) / (most - 1)
+    return [points[round(i * step)] for i in range(most)]
 
 
 def _share(flags: Sequence[bool | None]) -> float | None:
