@@ -29,11 +29,16 @@ def write_accept(path: Path, tier_name: str, accept: Accept, note: str) -> None:
     documents = list(yaml.load_all(text))
     cascade = next(d for d in documents if isinstance(d, dict) and d.get("kind") == "ModelCascade")
     tier = next(t for t in cascade["spec"]["tiers"] if t.get("name") == tier_name)
-    rule = accept.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
-    rule["threshold"] = accept.threshold  # always written, even where it equals a default
-    if accept.method.value == "quantile":
-        rule["quantile"] = accept.quantile
     block = tier.get("accept")
+    rule = accept.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+    # Method and threshold are always spelled out, and a key the user wrote stays written, even at its default.
+    full = accept.model_dump(mode="json", by_alias=True, exclude_none=True)
+    rule = {"method": full["method"], **rule, "threshold": accept.threshold}
+    for key in ("span", "quantile"):
+        if isinstance(block, dict) and key in block and key in full and (key != "quantile" or full["method"] == "quantile"):
+            rule[key] = full[key]
+    if full["method"] == "quantile":
+        rule["quantile"] = full["quantile"]
     if not isinstance(block, CommentedMap):
         block = CommentedMap()
         tier["accept"] = block
