@@ -130,9 +130,11 @@ class Matcher:
             from transformers import AutoModel, AutoTokenizer
 
             from kascade.evaluation.encoders import MINILM, encoder_folder
+            from kascade.runtime.engines.transformers.loading import without_progress_bars
 
             folder = encoder_folder(MINILM, self._cache_dir)
-            self._encoder = (AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval())
+            with without_progress_bars():
+                self._encoder = (AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval())
         tokenizer, model = self._encoder
 
         def embed(texts: Sequence[str]) -> torch.Tensor:
