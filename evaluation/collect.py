@@ -79,6 +79,26 @@ def collect_answers(
     return results
 
 
+def answered_by_every_tier(
+    cascade: ModelCascade, examples: Sequence[Example], *, settings: GenerationSettings, answers_dir: Path,
+    model_cache_dir: Path | None = None,
+) -> list[Example]:
+    """The examples every tier already has a cached answer to (nothing is generated): a run still going can be read."""
+    kept = list(examples)
+    for tier in cascade.spec.tiers:
+        cache = _answer_file(cascade, tier, settings, answers_dir, _model_folder(tier, model_cache_dir))
+        kept = [example for example in kept if cache.get(example) is not None]
+    return kept
+
+
+def _answer_file(cascade: ModelCascade, tier: Tier, settings: GenerationSettings, answers_dir: Path,
+                 folder: Path | None) -> AnswerFile:  # fmt: skip
+    task_settings = {"task": cascade.spec.task.value} | (
+        {} if cascade.spec.task is Task.classify else settings.as_dict()
+    )
+    return AnswerFile(answers_dir, tier.served_name, model_identity(tier, folder), task_settings)
+
+
 def _collect_tier(
     cascade: ModelCascade,
     tier: Tier,
@@ -91,10 +111,7 @@ def _collect_tier(
     progress: Progress | None,
 ) -> list[TierAnswer]:
     folder = _model_folder(tier, model_cache_dir)
-    task_settings = {"task": cascade.spec.task.value} | (
-        {} if cascade.spec.task is Task.classify else settings.as_dict()
-    )
-    cache = AnswerFile(answers_dir, tier.served_name, model_identity(tier, folder), task_settings)
+    cache = _answer_file(cascade, tier, settings, answers_dir, folder)
     missing = [example for example in examples if cache.get(example) is None]
     done = len(examples) - len(missing)
     if progress is not None:

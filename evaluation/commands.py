@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kascade.api.modelcascade import ConfidenceMethod, ModelCascade, ScoredSpan, Task
-from kascade.evaluation.collect import GenerationSettings, collect_answers
-from kascade.evaluation.datasets import Dataset, load_dataset, subset
+from kascade.evaluation.collect import GenerationSettings, answered_by_every_tier, collect_answers
+from kascade.evaluation.datasets import Dataset, DatasetError, load_dataset, subset
 from kascade.evaluation.judging import JudgedPair, check_two_tiers, judge_pair
 from kascade.evaluation.matchers import Matcher
 from kascade.evaluation.records import AnswerKind
@@ -32,6 +32,7 @@ class EvalInputs:
     batch_size: int = 8
     answers_dir: Path | None = None
     cache_dir: Path | None = None
+    cached_only: bool = False  # only the examples every tier has answered already; nothing is generated
 
 
 @contextlib.contextmanager
@@ -52,6 +53,13 @@ def prepare(inputs: EvalInputs, console: Console) -> tuple[ModelCascade, Dataset
     _check_task(cascade, dataset)
     settings = GenerationSettings(max_tokens=inputs.max_tokens or dataset.max_tokens, stop=dataset.stop)
     answers_dir = inputs.answers_dir or Path("kascade-eval") / "answers"
+    if inputs.cached_only:
+        answered = answered_by_every_tier(cascade, dataset.examples, settings=settings, answers_dir=answers_dir,
+                                          model_cache_dir=inputs.cache_dir)  # fmt: skip
+        if not answered:
+            raise DatasetError(f"--cached-only: no example of {dataset.name} has answers from every tier in {answers_dir}")
+        console.print(f"--cached-only: {len(answered)} of {len(dataset.examples)} examples have every tier's answer")
+        dataset = Dataset(dataset.name, answered, dataset.kind, dataset.max_tokens, dataset.stop)
     tasks: dict[str, int] = {}
     with _progress(console) as progress:
         def report(tier: str, done: int, total: int) -> None:
@@ -68,8 +76,6 @@ def prepare(inputs: EvalInputs, console: Console) -> tuple[ModelCascade, Dataset
 
 
 def _check_task(cascade: ModelCascade, dataset: Dataset) -> None:
-    from kascade.evaluation.datasets import DatasetError
-
     first = dataset.examples[0]
     classify = cascade.spec.task is Task.classify
     if classify and first.input is None:

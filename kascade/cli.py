@@ -128,11 +128,11 @@ _MANIFEST = typer.Option("--file", "-f", help="A ModelCascade manifest (YAML) of
 _DATA = typer.Option("--data", help="A JSONL file, or humaneval, bbc, spam, tweets (NAME:train / NAME:test for a part).")
 
 
-def _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir):  # type: ignore[no-untyped-def]
+def _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir, cached_only=False):  # type: ignore[no-untyped-def]
     from kascade.evaluation.commands import EvalInputs
 
     return EvalInputs(manifest=file, data=data, limit=limit, seed=seed, match=match, max_tokens=max_tokens,
-                      batch_size=batch_size, answers_dir=answers, cache_dir=cache_dir)  # fmt: skip
+                      batch_size=batch_size, answers_dir=answers, cache_dir=cache_dir, cached_only=cached_only)  # fmt: skip
 
 
 def _run_evaluation(run) -> int:  # type: ignore[no-untyped-def]
@@ -180,6 +180,7 @@ def evaluate(
     answers: Annotated[Optional[Path], typer.Option(help="Answer cache (default ./kascade-eval/answers).")] = None,
     out: Annotated[Path, typer.Option(help="Where report.json and curves.png go.")] = Path("kascade-eval"),
     cache_dir: Annotated[Optional[Path], typer.Option(help="Packaged models and data (default ~/.cache/kascade).")] = None,
+    cached_only: Annotated[bool, typer.Option(help="Only the examples every tier has answered already (generate nothing).")] = False,
 ) -> None:
     """Every confidence method's cost–quality curve on a dataset, beside random routing and the oracle.
 
@@ -188,7 +189,7 @@ def evaluate(
     """
     from kascade.evaluation.eval_command import run_eval
 
-    inputs = _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir)
+    inputs = _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir, cached_only)
     raise typer.Exit(_run_evaluation(lambda console: run_eval(
         inputs, spans=span, goals=goal or [], confidence=confidence, splits=splits, out=out, console=console)))
 

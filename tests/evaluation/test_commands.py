@@ -183,3 +183,21 @@ def test_a_cascade_of_three_tiers_is_refused_with_a_reason(tmp_path: Path, class
     manifest.write_text(text.replace("    - name: large", middle + "    - name: large"))
     result = runner.invoke(app, ["eval", "-f", str(manifest), "--data", str(data)])
     assert result.exit_code == 2 and "has 3 tiers" in result.output
+
+
+def test_cached_only_reads_what_every_tier_has_answered_and_generates_nothing(
+    classify_case: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest, data = classify_case
+    answers = tmp_path / "answers"
+    first = tmp_path / "first.jsonl"
+    first.write_text("".join(data.read_text().splitlines(keepends=True)[:40]))
+    assert runner.invoke(app, ["eval", "-f", str(manifest), "--data", str(first), "--splits", "2", "--answers", str(answers),
+                               "--out", str(tmp_path / "out")]).exit_code == 0  # fmt: skip
+    import kascade.runtime.engines.transformers.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated")))
+    result = runner.invoke(app, ["eval", "-f", str(manifest), "--data", str(data), "--cached-only", "--splits", "2",
+                                 "--answers", str(answers), "--out", str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "--cached-only: 40 of 160 examples have every tier's answer" in result.output
