@@ -211,11 +211,12 @@ def calibrate(
     batch_size: Annotated[int, typer.Option(help="Examples generated together.")] = 8,
     answers: Annotated[Optional[Path], typer.Option(help="Answer cache (default ./kascade-eval/answers).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Packaged models and data (default ~/.cache/kascade).")] = None,
+    cached_only: Annotated[bool, typer.Option(help="Only the examples every tier has answered already (generate nothing).")] = False,
 ) -> None:
     """Set the first tier's threshold from a quality goal, with a finite-sample guarantee, and report it on held-out data."""
     from kascade.evaluation.calibrate_command import run_calibrate
 
-    inputs = _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir)
+    inputs = _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir, cached_only)
     raise typer.Exit(_run_evaluation(lambda console: run_calibrate(
         inputs, goals=goal or [], confidence=confidence, method=method, span=span, held_out_share=held_out,
         write=write, console=console)))
