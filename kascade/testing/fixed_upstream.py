@@ -35,6 +35,7 @@ class FixedBehaviour:
     token_prob: float = 0.9  # every generated token's probability
     runner_up_prob: float = 0.05  # the second candidate at every position
     delay_seconds: float = 0.0  # before answering (or before the first chunk)
+    token_delay_seconds: float = 0.0  # between streamed tokens: a stream that is still going when its client leaves
     fail_status: int | None = None  # answer every request with this status instead
     prompt_tokens: int = 7
     labels: list[str] = field(default_factory=lambda: ["negative", "positive"])
@@ -136,7 +137,7 @@ async def _events(behaviour: FixedBehaviour, body: dict[str, Any], *, chat: bool
         logprobs = _logprobs(behaviour, body, chat=chat)
         text_offset = 0
         for index, token in enumerate(behaviour.tokens):
-            await asyncio.sleep(0)
+            await asyncio.sleep(behaviour.token_delay_seconds)
             yield _event(_token_chunk(header, logprobs, index, token, text_offset, chat=chat))
             text_offset += len(token)
         if chat:

@@ -228,7 +228,8 @@ def test_early_streaming_streams_on_when_the_first_tokens_are_confident(start_up
 
 def test_a_client_that_leaves_mid_stream_cancels_the_tier(start_upstream, start_router, two_tier_config):
     small = start_upstream(token_prob=0.1)
-    large = start_upstream(tokens=[f"x{i}" for i in range(2000)])
+    # 2000 tokens 5 ms apart: still streaming when the client leaves, however loaded the machine.
+    large = start_upstream(tokens=[f"x{i}" for i in range(2000)], token_delay_seconds=0.005)
     router = start_router(two_tier_config(small.url, large.url))
 
     with httpx.stream("POST", f"{router.url}/v1/chat/completions",
