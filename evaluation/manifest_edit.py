@@ -49,7 +49,18 @@ def write_accept(path: Path, tier_name: str, accept: Accept, note: str) -> None:
     tier.yaml_set_comment_before_after_key("accept", before=note, indent=_indent_of(tier))
     out = io.StringIO()
     yaml.dump_all(documents, out)
-    _replace(path, out.getvalue())
+    _replace(path, _without_stale_notes(out.getvalue(), note))
+
+
+def _without_stale_notes(text: str, note: str) -> str:
+    """A second calibration leaves one note: a note line followed by another note line is the older one."""
+    marker = note.split(" on ")[0]
+    lines = text.splitlines(keepends=True)
+    kept = [
+        line for line, after in zip(lines, [*lines[1:], ""])
+        if not (line.lstrip().startswith("# " + marker) and after.lstrip().startswith("# " + marker))
+    ]  # fmt: skip
+    return "".join(kept)
 
 
 def _indentation(text: str) -> dict[str, int]:

@@ -48,3 +48,12 @@ def test_only_the_rule_changes(tmp_path: Path) -> None:
     accept = load_manifest(path).spec.tiers[0].accept
     assert accept is not None and accept.threshold == 0.8125 and accept.learned is not None
     assert accept.learned.weights == [2.5, 1.0] and "quantile:" not in text.split("name: large")[0].split("accept:")[1]
+
+
+def test_calibrating_again_replaces_the_note(tmp_path: Path) -> None:
+    path = tmp_path / "cascade.yaml"
+    path.write_text(MANIFEST)
+    write_accept(path, "small", Accept(method="quantile", threshold=0.6), "Set by kascade calibrate on a.jsonl.")
+    write_accept(path, "small", Accept(method="quantile", threshold=0.7), "Set by kascade calibrate on b.jsonl.")
+    text = path.read_text()
+    assert "on b.jsonl" in text and "on a.jsonl" not in text and text.count("Set by kascade calibrate") == 1
