@@ -61,6 +61,10 @@ class CounterFigures(StatusModel):
     answered_by: dict[str, Count] = Field(default_factory=dict, description="Requests answered, per tier.")
     actual: Amount = Field(default=0.0, description="Usage cost, wasted small-tier calls included.")
     baseline: Amount = Field(default=0.0, description="What the last tier alone would have cost.")
+    escalations_logged: Count = Field(default=0, description="Escalations queued for the escalation log.")
+    escalation_log_dropped: Count = Field(
+        default=0, description="Escalations the log dropped because its queue was full (the answer was not delayed)."
+    )
 
     def plus(self, other: CounterFigures) -> Self:
         """Figure by figure, the sum."""
@@ -126,6 +130,8 @@ class CounterSlot(StatusModel):
     answered_by: dict[str, Count] = Field(default_factory=dict)
     tiers: dict[str, TierCounters] = Field(default_factory=dict)
     cost: SlotCost = Field(default_factory=SlotCost)
+    escalations_logged: Count = Field(default=0, description="Escalations queued for the escalation log.")
+    escalation_log_dropped: Count = Field(default=0, description="Escalations the log dropped (queue full).")
     pod: str | None = Field(
         default=None, max_length=253, description="The router pod that wrote the slot (absent on /stats)."
     )
@@ -139,6 +145,8 @@ class CounterSlot(StatusModel):
             answered_by=self.answered_by,
             actual=self.cost.actual,
             baseline=self.cost.baseline,
+            escalations_logged=self.escalations_logged,
+            escalation_log_dropped=self.escalation_log_dropped,
         )
 
     def to_wire(self) -> dict[str, Any]:

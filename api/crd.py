@@ -18,9 +18,9 @@ import yaml
 
 from kascade.api.loop import (
     CALIBRATION_NEEDS_A_GOAL,
+    ESCALATION_LOG_NEEDS_A_PLACE,
     NOT_IMPLEMENTED_SHADOW_SAMPLES,
     NOT_IMPLEMENTED_DISTILLATION,
-    NOT_IMPLEMENTED_ESCALATION_LOG,
     NOT_IMPLEMENTED_GPU_HOUR_PRICE,
 )
 from kascade.api.modelcascade import (
@@ -150,8 +150,11 @@ SPEC_RULES += [
         "message": CALIBRATION_NEEDS_A_GOAL,
     },
     {
-        "rule": "!has(self.escalationLog) || !has(self.escalationLog.enabled) || !self.escalationLog.enabled",
-        "message": NOT_IMPLEMENTED_ESCALATION_LOG,
+        "rule": (
+            "!has(self.escalationLog) || !has(self.escalationLog.enabled) || !self.escalationLog.enabled || "
+            "(has(self.escalationLog.uri) && size(self.escalationLog.uri) > 0)"
+        ),
+        "message": ESCALATION_LOG_NEEDS_A_PLACE,
     },
     {"rule": "!has(self.distillation)", "message": NOT_IMPLEMENTED_DISTILLATION},
 ]

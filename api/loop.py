@@ -1,8 +1,10 @@
 """The loop's part of the API: calibration, the escalation log, distillation.
 
 Calibration's goal is implemented offline: `kascade calibrate` reads it and
-sets the thresholds in the manifest. Online calibration from shadow samples,
-the escalation log and distillation are declared, not implemented yet.
+sets the thresholds in the manifest. The escalation log is implemented (the
+router writes it: `kascade.runtime.escalation_log`). Online calibration from
+shadow samples and distillation in the cluster are declared, not implemented
+yet (`kascade distill` trains from the log by hand).
 
 The types are the contract the coming issues implement (evaluation and
 calibration, the escalation log and distillation, the loop in the cluster).
@@ -15,9 +17,10 @@ part removes its refusal.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kascade.api.base import SpecModel
 
@@ -26,9 +29,9 @@ NOT_IMPLEMENTED_SHADOW_SAMPLES = (
     "version of Kascade: remove it or set it to 0 (set thresholds from the goal with `kascade calibrate`)"
 )
 CALIBRATION_NEEDS_A_GOAL = "spec.calibration needs a goal: minAgreement, minAccuracy or maxEscalationRate"
-NOT_IMPLEMENTED_ESCALATION_LOG = (
-    "spec.escalationLog.enabled: the escalation log is not implemented in this version of Kascade: "
-    "remove escalationLog or set enabled: false"
+ESCALATION_LOG_NEEDS_A_PLACE = (
+    "spec.escalationLog.enabled needs spec.escalationLog.uri: where the records go "
+    "(pvc://claim/path or s3://bucket/prefix in a cluster; a folder, file:// or s3:// in local mode)"
 )
 NOT_IMPLEMENTED_DISTILLATION = "spec.distillation is not implemented in this version of Kascade: remove it"
 NOT_IMPLEMENTED_GPU_HOUR_PRICE = (
@@ -38,13 +41,11 @@ NOT_IMPLEMENTED_GPU_HOUR_PRICE = (
 
 
 def refuse_what_is_not_implemented(
-    calibration: Calibration | None, escalation_log: EscalationLog | None, distillation: DistillationPolicy | None
+    calibration: Calibration | None, distillation: DistillationPolicy | None
 ) -> None:
     """Raise ValueError, with the message the CRD's rule gives too, for a part that is set but not implemented."""
     if calibration is not None and calibration.shadow_sample_rate:
         raise ValueError(NOT_IMPLEMENTED_SHADOW_SAMPLES)
-    if escalation_log is not None and escalation_log.enabled:
-        raise ValueError(NOT_IMPLEMENTED_ESCALATION_LOG)
     if distillation is not None:
         raise ValueError(NOT_IMPLEMENTED_DISTILLATION)
 
@@ -85,17 +86,53 @@ class Calibration(SpecModel):
 
 
 class EscalationLog(SpecModel):
-    """Keeps escalated requests with the large model's answers. Not implemented yet: enabled: true is refused."""
+    """Keeps every escalated request with the answering tier's answer, token ids and top-k logprobs (teacher data).
+
+    Written by each router off the response path, in Parquet segments
+    (`kascade.runtime.escalation_log`); read by `kascade log` and `kascade distill`.
+    """
 
     enabled: bool = False
-    uri: str | None = Field(default=None, max_length=2048, description="pvc://claim/path or s3://bucket/prefix.")
-    retention_days: int = Field(default=30, ge=1)
+    uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        description=(
+            "Where the segments go: pvc://claim/path or s3://bucket/prefix in a cluster; "
+            "a folder, file:// or s3:// in local mode."
+        ),
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Secret whose keys become the routers' environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, …) for s3://.",
+    )
+    retention_days: int = Field(default=30, ge=1, description="Segments older than this are deleted by the writer.")
     redact: list[str] = Field(
         default_factory=list,
         max_length=32,
-        description="Regular expressions removed from prompts before they are kept.",
+        description=(
+            "Regular expressions (Python syntax) removed from prompts and answers before they are kept; "
+            "e-mail addresses, phone numbers and API-key-like strings are always removed."
+        ),
     )
     top_logprobs: int = Field(default=5, ge=0, le=20, description="Teacher logprobs kept per token.")
+
+    @field_validator("redact")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for index, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"redact[{index}] {pattern!r} is not a regular expression: {error}") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _has_a_place(self) -> EscalationLog:
+        # Restated in CEL in the CRD (`kascade.api.crd.SPEC_RULES`).
+        if self.enabled and not self.uri:
+            raise ValueError(ESCALATION_LOG_NEEDS_A_PLACE)
+        return self
 
 
 class DistillationLoss(StrEnum):

@@ -43,6 +43,8 @@ class Traffic(StatusModel):
     escalations: int = 0
     escalation_rate: float = 0.0
     errors: int = 0
+    escalations_logged: int = Field(default=0, description="Escalations queued for the escalation log.")
+    escalation_log_dropped: int = Field(default=0, description="Escalations the log dropped (its queue was full).")
 
 
 class Cost(StatusModel):

@@ -20,6 +20,7 @@ COPY api/ api/
 COPY runtime/ runtime/
 COPY operator/ operator/
 COPY evaluation/ evaluation/
+COPY distillation/ distillation/
 RUN python -m venv /opt/kascade \
  && /opt/kascade/bin/pip install ".[operator]" \
  && /opt/kascade/bin/python -c "import importlib.util as u, sys; sys.exit('torch got into the operator image' if u.find_spec('torch') else 0)" \

@@ -30,6 +30,7 @@ COPY api/ api/
 COPY runtime/ runtime/
 COPY operator/ operator/
 COPY evaluation/ evaluation/
+COPY distillation/ distillation/
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # --- base-cpu, base-cuda: the interpreter each variant runs on --------------------

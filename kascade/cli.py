@@ -222,5 +222,14 @@ def calibrate(
         write=write, console=console)))
 
 
+def _add_log_commands() -> None:
+    from kascade.log_command import log_app
+
+    app.add_typer(log_app, name="log")
+
+
+_add_log_commands()
+
+
 def main() -> None:
     app()

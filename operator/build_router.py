@@ -28,6 +28,7 @@ from kascade.operator.labels import (
     stable_hash,
     with_spec_hash,
 )
+from kascade.api.model_uri import ModelUri
 from kascade.operator.settings import OperatorSettings
 from kascade.runtime.config import RouterConfig, router_config_from_cascade
 from kascade.runtime.status_report import StatusReportConfig
@@ -41,6 +42,9 @@ SECRETS_DIR = "/var/run/kascade/secrets"
 CLIENT_KEYS_VOLUME = "client-api-keys"
 CLIENT_KEYS_FILE = f"{SECRETS_DIR}/clients/keys"
 PORT_NAME = "http"
+# The escalation log's claim (spec.escalationLog.uri pvc://claim/path), mounted read-write.
+ESCALATION_LOG_VOLUME = "escalation-log"
+ESCALATION_LOG_DIR = "/var/lib/kascade/escalation-log"
 
 # The pod's own name (downward API): the `pod` of its status slot (StatusReportConfig.pod_env).
 ENV_POD_NAME = "POD_NAME"
@@ -85,6 +89,7 @@ def build_router_config(cascade: ModelCascade, settings: OperatorSettings) -> Ro
             tier.name: tier_api_key_file(tier.name) for tier in spec.tiers if tier.api_key_secret is not None
         },
         api_keys_file=CLIENT_KEYS_FILE if spec.router.api_key_secret is not None else None,
+        escalation_log_uri=router_escalation_log_uri(cascade),
     )
     report = StatusReportConfig(
         namespace=cascade_namespace(cascade),
@@ -136,6 +141,34 @@ def _secret_volumes(cascade: ModelCascade) -> tuple[list[dict[str, Any]], list[d
     return volumes, mounts
 
 
+def router_escalation_log_uri(cascade: ModelCascade) -> str | None:
+    """Where the routers write the escalation log: a pvc:// claim's folder as mounted, s3:// as it is."""
+    log = cascade.spec.escalation_log
+    if log is None or not log.enabled or not log.uri:
+        return None
+    location = ModelUri.parse(log.uri)
+    if location.scheme == "pvc":
+        return f"{ESCALATION_LOG_DIR}/{location.pvc_path}".rstrip("/")
+    return log.uri
+
+
+_Manifests = list[dict[str, Any]]
+
+
+def _escalation_log_volumes(cascade: ModelCascade) -> tuple[_Manifests, _Manifests, _Manifests]:
+    """(volumes, volumeMounts, envFrom): the log's claim mounted read-write; S3 credentials from their Secret."""
+    log = cascade.spec.escalation_log
+    if log is None or not log.enabled or not log.uri:
+        return [], [], []
+    location = ModelUri.parse(log.uri)
+    volumes, mounts = [], []
+    if location.scheme == "pvc" and location.pvc_claim:
+        volumes.append({"name": ESCALATION_LOG_VOLUME, "persistentVolumeClaim": {"claimName": location.pvc_claim}})
+        mounts.append({"name": ESCALATION_LOG_VOLUME, "mountPath": ESCALATION_LOG_DIR})
+    env_from = [{"secretRef": {"name": log.credentials_secret}}] if log.credentials_secret else []
+    return volumes, mounts, env_from
+
+
 def _router_container(settings: OperatorSettings, secret_mounts: list[dict[str, Any]]) -> dict[str, Any]:
     """`kascade route` with its config and API keys mounted, its pod's name from the downward API, and probes."""
     probe = {"port": PORT_NAME}
@@ -182,7 +215,10 @@ def build_router_deployment(
     configmap = configmap if configmap is not None else build_router_configmap(cascade, settings)
     selector = selector_labels(name, COMPONENT_ROUTER)
     secret_volumes, secret_mounts = _secret_volumes(cascade)
-    container = _router_container(settings, secret_mounts)
+    log_volumes, log_mounts, log_env_from = _escalation_log_volumes(cascade)
+    container = _router_container(settings, [*secret_mounts, *log_mounts])
+    if log_env_from:
+        container["envFrom"] = log_env_from
     manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -210,6 +246,7 @@ def build_router_deployment(
                             },
                         },
                         *secret_volumes,
+                        *log_volumes,
                     ],
                 },
             },

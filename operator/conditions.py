@@ -28,6 +28,7 @@ from kascade.operator.build_tier import (
     deploys_pods,
 )
 from kascade.operator.builders import name_collisions
+from kascade.api.model_uri import ModelUri
 from kascade.operator.cluster_needs import secret_refs
 from kascade.operator.labels import router_child_name, tier_child_name
 from kascade.operator.plan import ChildKey
@@ -179,7 +180,21 @@ def _spec_problems(cascade: ModelCascade) -> list[Problem]:
     for tier in cascade.spec.tiers:
         if deploys_pods(tier):
             messages += _tier_problems(tier)
+    messages += _escalation_log_problems(cascade)
     return [Problem(ProblemReason.invalid_spec, message) for message in messages]
+
+
+def _escalation_log_problems(cascade: ModelCascade) -> list[str]:
+    """A router pod's own disk is gone with the pod: in a cluster the log goes to a claim or to S3."""
+    log = cascade.spec.escalation_log
+    if log is None or not log.enabled or not log.uri:
+        return []
+    location = ModelUri.parse(log.uri)
+    if location.scheme == "pvc" and not location.pvc_claim:
+        return [f"spec.escalationLog.uri {log.uri} names no claim; write pvc://CLAIM/path"]
+    if location.scheme not in ("pvc", "s3"):
+        return [f"spec.escalationLog.uri {log.uri}: in a cluster the log goes to pvc://claim/path or s3://bucket/prefix"]
+    return []
 
 
 def check_semantics(

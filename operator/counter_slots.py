@@ -33,6 +33,8 @@ REPORTED_AS: dict[str, tuple[str, str]] = {
     "answered_by": ("traffic", "answeredBy"),
     "actual": ("cost", "actual"),
     "baseline": ("cost", "baseline"),
+    "escalations_logged": ("traffic", "escalationsLogged"),
+    "escalation_log_dropped": ("traffic", "escalationLogDropped"),
 }
 
 Model = TypeVar("Model", bound=BaseModel)

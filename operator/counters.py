@@ -299,6 +299,8 @@ def traffic_of(folded: CounterFigures) -> Traffic:
         escalations=folded.escalations,
         escalation_rate=folded.escalations / folded.requests if folded.requests else 0.0,
         errors=folded.failed,
+        escalations_logged=folded.escalations_logged,
+        escalation_log_dropped=folded.escalation_log_dropped,
     )
 
 

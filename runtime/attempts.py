@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from kascade.api.escalation_record import DeclinedAnswer
 from kascade.runtime.ledger import RequestOutcome, TierCall
 
 
@@ -17,6 +18,7 @@ class Attempts:
 
     def __init__(self) -> None:
         self.calls: list[TierCall] = []
+        self.declined: list[DeclinedAnswer] = []  # kept only when the cascade keeps an escalation log
 
     def add(self, call: TierCall) -> None:
         self.calls.append(call)
@@ -33,6 +35,13 @@ class Attempts:
 
     def mark_last_failed(self) -> None:
         self.calls[-1] = replace(self.calls[-1], ok=False)
+
+    def answering_tokens(self, tier: str) -> tuple[int, int]:
+        """(input, output) tokens of the last successful call to `tier`: the answer's own usage."""
+        for call in reversed(self.calls):
+            if call.tier == tier and call.ok:
+                return call.input_tokens, call.output_tokens
+        return 0, 0
 
     def outcome(self, answered_by: str | None, *, escalated: bool) -> RequestOutcome:
         return RequestOutcome(answered_by=answered_by, calls=tuple(self.calls), escalated=escalated)

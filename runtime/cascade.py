@@ -25,13 +25,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kascade.api.modelcascade import StreamingMode
 from kascade.runtime.attempts import Attempts, usage_of
 from kascade.runtime.config import RouterConfig, TierConfig
 from kascade.runtime.confidence import required_top_logprobs
 from kascade.runtime.engines.base import Endpoint, Engine, TierError, TierErrorKind
+from kascade.runtime.escalation_keeping import EscalationKeeper
 from kascade.runtime.ledger import Ledger, TierCall
 from kascade.runtime.logprobs import TokenEvidence, chunk_token_evidence, with_logprobs_requested
 from kascade.runtime.metrics import RouterMetrics
@@ -47,6 +48,9 @@ from kascade.runtime.tier_stream import (
     streaming_overrides,
 )
 from kascade.runtime.tier_step import Step, Verdict, failure_of, next_step, retry_delay
+
+if TYPE_CHECKING:
+    from kascade.runtime.escalation_log import EscalationLog
 
 _Result = TypeVar("_Result")
 _Answer = TypeVar("_Answer", bound="Answer")
@@ -116,6 +120,7 @@ class Cascade:
         ledger: Ledger,
         metrics: RouterMetrics | None = None,
         *,
+        escalation_log: EscalationLog | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         missing = [tier.name for tier in config.tiers if tier.name not in engines]
@@ -128,6 +133,10 @@ class Cascade:
         ]
         self.ledger = ledger
         self.metrics = metrics
+        self.escalation_log = escalation_log
+        # Only a cascade with a tier to escalate to has escalations to keep.
+        self._log = escalation_log if len(self.tiers) > 1 else None
+        self._keeper = None if self._log is None else EscalationKeeper(self._log, config.cascade)
         self._clock = clock
 
     @property
@@ -160,7 +169,7 @@ class Cascade:
                 called = await call_tier(tier, endpoint, body, attempts)
                 step = next_step(is_last=tier.is_last, on_tier_error=self.config.on_tier_error,
                                  decision=called.decision, failed=called.error is not None)
-                self._note_step(tier, step, called, attempts)
+                self._note_step(tier, endpoint, step, called, attempts)
                 if step.verdict is Verdict.accept:
                     handed_over = True
                     return hand_over(tier, endpoint, body, called, attempts, index > 0)
@@ -175,15 +184,17 @@ class Cascade:
             if not handed_over:  # failed, or cancelled because the client went away
                 self._record(attempts, None, escalated=len(attempts.calls) > 1)
 
-    def _note_step(self, tier: Tier, step: Step, called: _Called, attempts: Attempts) -> None:
+    def _note_step(self, tier: Tier, endpoint: Endpoint, step: Step, called: _Called, attempts: Attempts) -> None:
         """Every decided step passes here: the score joins the tier's call, for the trail and the ledger.
 
-        This is the hook for what watches the cascade's decisions (an
-        escalation log, shadow sampling): it sees the tier, the step with its
-        reason, the score, and what the tier answered.
+        The hook for what watches the decisions: with an escalation log, a
+        declined answer waits on the attempts until a later tier answers.
         """
         if called.decision is not None:
             attempts.set_last_confidence(called.decision.confidence)
+            if self._keeper is not None and step.verdict is Verdict.escalate:
+                buffered = called.stream.buffered if called.stream is not None else None
+                self._keeper.note_declined(attempts, tier.config, endpoint, called.decision, called.response, buffered)
 
     # -- handing an answer over --------------------------------------------------------------
 
@@ -193,6 +204,8 @@ class Cascade:
     ) -> CompleteAnswer:
         assert called.response is not None
         self._record(attempts, tier.name, escalated=escalated)
+        if escalated:
+            self._keep_escalation(tier, endpoint, body, attempts, called.response)
         response = present(endpoint, body, tier.config.served_model, called.response)
         return CompleteAnswer(**_attribution(tier, called, attempts, escalated), response=response)
 
@@ -202,13 +215,17 @@ class Cascade:
     ) -> StreamingAnswer:
         """A tier's stream is relayed (accounted when it ends); a whole answer is accounted now and replayed."""
         if called.stream is not None:
-            def record(answered_by: str | None) -> None:
+            def record(answered_by: str | None, seen: list[dict[str, Any]]) -> None:
                 self._record(attempts, answered_by, escalated=escalated)
+                if escalated and answered_by is not None:
+                    self._keep_escalation(tier, endpoint, body, attempts, seen)
 
             chunks = relay(endpoint, body, tier.name, tier.config.served_model, called.stream, attempts, record)
         else:
             assert called.response is not None
             self._record(attempts, tier.name, escalated=escalated)
+            if escalated:
+                self._keep_escalation(tier, endpoint, body, attempts, called.response)
             presented = present(endpoint, body, tier.config.served_model, called.response)
             chunks = replay_as_chunks(endpoint, body, presented)
         return StreamingAnswer(**_attribution(tier, called, attempts, escalated), chunks=chunks)
@@ -288,9 +305,16 @@ class Cascade:
         served = tier.config.served_model
         tier_body = {**body, **overrides, "model": served} if overrides else {**body, "model": served}
         if tier.is_last:
-            return tier_body
+            return tier_body if self._keeper is None else self._keeper.teacher_body(tier.config, endpoint, tier_body)
         assert tier.config.accept is not None
         return with_logprobs_requested(endpoint, tier_body, required_top_logprobs(tier.config.accept.method))
+
+    def _keep_escalation(
+        self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts, answer: Any
+    ) -> None:
+        """`answer`: the answering tier's whole response, or every chunk of its stream."""
+        if self._keeper is not None:
+            self._keeper.keep(tier.config, endpoint, body, answer, attempts)
 
     async def _call(self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts) -> dict[str, Any]:
         """One tier call within the retry budget; every attempt is accounted."""

@@ -14,12 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from kascade.api.modelcascade import (
     DEFAULT_MAX_BODY_BYTES,
     Accept,
+    EngineKind,
     ModelCascade,
     OnTierError,
     Price,
     Streaming,
     Task,
 )
+from kascade.api.model_uri import ModelUri
 from kascade.runtime.status_report import StatusReportConfig
 
 
@@ -38,6 +40,12 @@ class TierConfig(ConfigModel):
     api_key_file: str | None = Field(default=None, description="File holding the tier's API key (a mounted Secret).")
     price: Price = Field(default_factory=Price)
     accept: Accept | None = None
+    model_uri: str | None = Field(default=None, description="The tier's model.uri (kept in escalation records).")
+    model_revision: str | None = Field(default=None, description="The model's revision, where one is pinned.")
+    returns_token_ids: bool = Field(
+        default=False,
+        description="The tier honours vLLM's return_tokens_as_token_ids (vllm and transformers engines do).",
+    )
 
     def read_api_key(self) -> str | None:
         import os
@@ -47,6 +55,18 @@ class TierConfig(ConfigModel):
         if self.api_key_env:
             return os.environ.get(self.api_key_env) or None
         return None
+
+
+class EscalationLogConfig(ConfigModel):
+    """Where and how one router keeps its escalations (rendered from `spec.escalationLog`)."""
+
+    uri: str = Field(description="A folder, file:// or s3:// (a PVC is mounted as a folder).")
+    retention_days: int = Field(default=30, ge=1)
+    redact: list[str] = Field(default_factory=list)
+    top_logprobs: int = Field(default=5, ge=0, le=20)
+    queue_size: int = Field(default=10_000, ge=1, description="Records waiting at most; beyond, dropped and counted.")
+    segment_records: int = Field(default=1000, ge=1, description="Records per segment at most.")
+    flush_seconds: float = Field(default=60.0, gt=0, description="A segment is written at least this often.")
 
 
 class RouterConfig(ConfigModel):
@@ -61,6 +81,9 @@ class RouterConfig(ConfigModel):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     api_keys_file: str | None = Field(default=None, description="Client API keys, one per line (a mounted Secret).")
     api_keys_env: str | None = Field(default=None, description="Environment variable with comma-separated client API keys.")
+    escalation_log: EscalationLogConfig | None = Field(
+        default=None, description="Keep escalated requests with the answering tier's tokens (teacher data)."
+    )
     status_report: StatusReportConfig | None = Field(
         default=None, description="Report this replica's counters into the ModelCascade's status (in a cluster)."
     )
@@ -98,11 +121,15 @@ def router_config_from_cascade(
     tier_api_key_files: dict[str, str] | None = None,
     api_keys_file: str | None = None,
     api_keys_env: str | None = None,
+    escalation_log_uri: str | None = None,
 ) -> RouterConfig:
     """Render the router's config from a ModelCascade and where each tier is reachable.
 
     `tier_urls` maps a tier name to its OpenAI base URL, or to None when local
     mode hands the router an in-process engine for that tier.
+    `escalation_log_uri` is where this router writes the escalation log when
+    the spec enables it (the operator's mount of a pvc:// URI); by default the
+    spec's own URI.
     """
     spec = cascade.spec
     tier_api_key_envs = tier_api_key_envs or {}
@@ -116,9 +143,19 @@ def router_config_from_cascade(
             api_key_file=tier_api_key_files.get(tier.name),
             price=tier.price,
             accept=tier.accept,
+            model_uri=tier.model.uri,
+            model_revision=ModelUri.parse(tier.model.uri).hf_revision,
+            returns_token_ids=tier.engine is not EngineKind.external,
         )
         for tier in spec.tiers
     ]
+    log = spec.escalation_log
+    escalation_log = (
+        EscalationLogConfig(uri=escalation_log_uri or log.uri, retention_days=log.retention_days,
+                            redact=list(log.redact), top_logprobs=log.top_logprobs)  # fmt: skip
+        if log is not None and log.enabled and (escalation_log_uri or log.uri)
+        else None
+    )
     return RouterConfig(
         cascade=cascade.metadata.name,
         task=spec.task,
@@ -130,4 +167,5 @@ def router_config_from_cascade(
         max_body_bytes=spec.router.max_body_bytes,
         api_keys_file=api_keys_file,
         api_keys_env=api_keys_env,
+        escalation_log=escalation_log,
     )

@@ -135,6 +135,8 @@ class Ledger:
         self._tiers = {tier: _TierTotals() for tier in tier_prices}
         self._actual = 0.0
         self._baseline = 0.0
+        self._logged = 0
+        self._log_dropped = 0
 
     @property
     def process_id(self) -> str:
@@ -198,6 +200,14 @@ class Ledger:
             self._updated_at = max(self._updated_at, self._clock())
         return cost
 
+    def note_escalation_logged(self, *, kept: bool) -> None:
+        """One escalation offered to the escalation log: queued, or dropped because its queue was full."""
+        with self._lock:
+            if kept:
+                self._logged += 1
+            else:
+                self._log_dropped += 1
+
     def counter_slot(self) -> CounterSlot:
         """The absolute totals: what `/stats` serves and what the router writes into its status slot."""
         with self._lock:
@@ -228,6 +238,8 @@ class Ledger:
                     saved=saved,
                     saved_percent=100.0 * saved / self._baseline if self._baseline > 0 else 0.0,
                 ),
+                escalations_logged=self._logged,
+                escalation_log_dropped=self._log_dropped,
             )
 
     def snapshot(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from kascade.api.modelcascade import EngineKind, ModelCascade, Task, Tier
 from kascade.runtime.model_files import resolve_model_uri
+from kascade.api.model_uri import ModelUri
 from kascade.runtime.config import RouterConfig, router_config_from_cascade
 from kascade.runtime.local_manifest import LocalModeError, secret_env_var
 from kascade.runtime.serving import free_port
@@ -161,7 +162,21 @@ def build_router_config(cascade: ModelCascade, tiers: LocalTiers) -> RouterConfi
         tiers.urls,
         tier_api_key_envs=tiers.api_key_envs,
         api_keys_env=secret_env_var(router_secret) if router_secret is not None else None,
+        escalation_log_uri=local_escalation_log_uri(cascade),
     )
+
+
+def local_escalation_log_uri(cascade: ModelCascade) -> str | None:
+    """Where local mode writes the escalation log: the spec's folder, file:// or s3:// (a pvc:// needs a cluster)."""
+    log = cascade.spec.escalation_log
+    if log is None or not log.enabled or not log.uri:
+        return None
+    if ModelUri.parse(log.uri).scheme == "pvc":
+        raise LocalModeError(
+            f"spec.escalationLog.uri {log.uri!r}: a PersistentVolumeClaim needs a cluster; "
+            "in local mode give a folder, file:// or s3:// URI"
+        )
+    return log.uri
 
 
 def client_base_url(host: str, port: int) -> str:

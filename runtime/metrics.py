@@ -43,6 +43,12 @@ class RouterMetrics:
             ["cascade", "from_tier"],
             registry=registry,
         )
+        self.escalation_log = Counter(
+            "kascade_escalation_log_records",
+            "Escalation-log records by outcome: queued, dropped (queue full), written, write_failed (retried).",
+            ["cascade", "outcome"],
+            registry=registry,
+        )
         self.tier_calls = Counter(
             "kascade_tier_calls",
             "Calls to each tier, by outcome.",
@@ -92,6 +98,9 @@ class RouterMetrics:
                 self.tokens.labels(self.cascade, tier, direction)
         for kind in ("actual", "baseline"):
             self.cost.labels(self.cascade, kind)
+
+    def observe_escalation_log(self, outcome: str, count: int = 1) -> None:
+        self.escalation_log.labels(self.cascade, outcome).inc(count)
 
     def observe(self, outcome: RequestOutcome, cost: RequestCost) -> None:
         """Count one finished request: its answer, every tier call, and its cost.

@@ -32,6 +32,7 @@ from kascade.runtime.config import RouterConfig
 from kascade.runtime.engines.base import Endpoint, Engine
 from kascade.runtime.engines.http import HttpEngine, new_pooled_session
 from kascade.runtime.errors import error_response
+from kascade.runtime.escalation_log import EscalationLog
 from kascade.runtime.http_request import (
     CLIENT_CLOSED_REQUEST,
     BodyError,
@@ -90,8 +91,8 @@ def create_router_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with new_pooled_session() as session:
-            app.state.router = _router_state(config, given, ledger, session)
-            async with _status_reporting(config, ledger):
+            app.state.router = state = _router_state(config, given, ledger, session)
+            async with _status_reporting(config, ledger), _escalation_logging(state.cascade.escalation_log):
                 yield
 
     return Starlette(
@@ -127,9 +128,14 @@ def _router_state(
             )
     registry = CollectorRegistry()
     metrics = RouterMetrics(registry, config.cascade, [tier.name for tier in config.tiers])
+    escalation_log = (
+        EscalationLog(config.escalation_log, process_id=ledger.process_id, ledger=ledger, metrics=metrics)
+        if config.escalation_log is not None
+        else None
+    )
     return RouterState(
         config=config,
-        cascade=Cascade(config, tier_engines, ledger, metrics),
+        cascade=Cascade(config, tier_engines, ledger, metrics, escalation_log=escalation_log),
         ledger=ledger,
         registry=registry,
         client_api_keys=config.read_client_api_keys(),
@@ -149,6 +155,19 @@ async def _status_reporting(config: RouterConfig, ledger: Ledger) -> AsyncIterat
         reporting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reporting
+
+
+@contextlib.asynccontextmanager
+async def _escalation_logging(escalation_log: EscalationLog | None) -> AsyncIterator[None]:
+    """Write the escalation log while the app runs; at the end (SIGTERM included) flush what is queued."""
+    if escalation_log is None:
+        yield
+        return
+    await escalation_log.start()
+    try:
+        yield
+    finally:
+        await escalation_log.close()
 
 
 def _state(request: Request) -> RouterState:
@@ -267,8 +286,11 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    snapshot = _state(request).ledger.snapshot()
-    snapshot["cascade"] = _state(request).config.cascade
+    state = _state(request)
+    snapshot = state.ledger.snapshot()
+    snapshot["cascade"] = state.config.cascade
+    if state.cascade.escalation_log is not None:
+        snapshot["escalationLog"] = state.cascade.escalation_log.stats()
     return JSONResponse(snapshot)
 
 

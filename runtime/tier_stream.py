@@ -42,12 +42,12 @@ async def relay(
     served_model: str,
     opened: OpenStream,
     attempts: Attempts,
-    record: Callable[[str | None], None],
+    record: Callable[[str | None, list[dict[str, Any]]], None],
 ) -> Chunks:
     """Pass a tier's stream to the caller: honest model name, only the logprobs asked for.
 
-    `record(answered_by)` writes the ledger entry when the stream ends, however
-    it ends; a client that goes away closes this generator, which closes the
+    `record(answered_by, chunks)` writes the ledger entry when the stream ends,
+    however it ends, with every chunk the tier sent (the escalation log reads them); a client that goes away closes this generator, which closes the
     upstream stream and so cancels the tier's generation.
     """
     wants_usage = caller_wants_usage(caller_body)
@@ -70,7 +70,7 @@ async def relay(
     finally:
         await aclose_quietly(opened.rest)
         _count_tokens(attempts, seen, opened.evidence, ok=completed)
-        record(tier if completed else None)
+        record(tier if completed else None, seen)
 
 
 async def discard(opened: OpenStream, attempts: Attempts) -> None:

@@ -44,11 +44,15 @@ class FixedBehaviour:
     cancelled_streams: int = 0  # streams whose client went away before the end
     last_body: dict[str, Any] | None = None
 
-    def scored_tokens(self, top: int) -> list[layout.TokenLogprobs]:
-        """Each token with its fixed logprob; the top list holds the token itself, then `<alt>`, cut to `top`."""
+    def scored_tokens(self, top: int, *, as_ids: bool = False) -> list[layout.TokenLogprobs]:
+        """Each token with its fixed logprob; the top list holds the token itself, then `<alt>`, cut to `top`.
+
+        `as_ids` (vLLM's return_tokens_as_token_ids): token i is named `token_id:<100 + i>`, `<alt>` `token_id:1`.
+        """
         chosen, runner_up = math.log(self.token_prob), math.log(self.runner_up_prob)
-        return [layout.TokenLogprobs(token, chosen, ((token, chosen), ("<alt>", runner_up))[:top])
-                for token in self.tokens]  # fmt: skip
+        names = [f"token_id:{100 + index}" for index in range(len(self.tokens))] if as_ids else self.tokens
+        alt = "token_id:1" if as_ids else "<alt>"
+        return [layout.TokenLogprobs(name, chosen, ((name, chosen), (alt, runner_up))[:top]) for name in names]
 
     def usage(self) -> dict[str, int]:
         return layout.usage(self.prompt_tokens, len(self.tokens))
@@ -56,12 +60,14 @@ class FixedBehaviour:
 
 def _logprobs(behaviour: FixedBehaviour, body: dict[str, Any], *, chat: bool) -> dict[str, Any] | None:
     """The logprobs block the request asked for (chat: `logprobs` + `top_logprobs`; completions: `logprobs` = k)."""
+    as_ids = bool(body.get("return_tokens_as_token_ids"))
     if chat:
         wanted = bool(body.get("logprobs"))
-        return layout.chat_logprobs(behaviour.scored_tokens(int(body.get("top_logprobs") or 0))) if wanted else None
+        top = int(body.get("top_logprobs") or 0)
+        return layout.chat_logprobs(behaviour.scored_tokens(top, as_ids=as_ids)) if wanted else None
     if body.get("logprobs") is None:
         return None
-    return layout.completion_logprobs(behaviour.scored_tokens(max(int(body["logprobs"]), 1)))
+    return layout.completion_logprobs(behaviour.scored_tokens(max(int(body["logprobs"]), 1), as_ids=as_ids))
 
 
 def _header(behaviour: FixedBehaviour, response_id: str) -> layout.ResponseHeader:

@@ -197,3 +197,30 @@ def test_a_tier_named_router_is_refused() -> None:
     clash = with_spec(cascade, tiers__1__name="router")
     with pytest.raises(ValueError, match="router"):
         build_children(clash, SETTINGS)
+
+
+def test_an_escalation_log_on_a_claim_is_mounted_and_the_router_writes_into_it() -> None:
+    cascade = with_spec(example("chat-vllm-gpu.yaml"), escalationLog={
+        "enabled": True, "uri": "pvc://kascade-logs/cascades/chat", "retentionDays": 7, "redact": ["ACME-\\d+"]})
+    config = read_config(build_router_configmap(cascade, SETTINGS))
+    assert config.escalation_log is not None
+    assert config.escalation_log.uri == "/var/lib/kascade/escalation-log/cascades/chat"
+    assert config.escalation_log.retention_days == 7 and config.escalation_log.redact == ["ACME-\\d+"]
+    assert config.tiers[-1].returns_token_ids and config.tiers[-1].model_uri == cascade.spec.tiers[-1].model.uri
+    pod = build_router_deployment(cascade, SETTINGS)["spec"]["template"]["spec"]
+    assert {"name": "escalation-log", "persistentVolumeClaim": {"claimName": "kascade-logs"}} in pod["volumes"]
+    assert {"name": "escalation-log", "mountPath": "/var/lib/kascade/escalation-log"} in pod["containers"][0]["volumeMounts"]
+    assert "envFrom" not in pod["containers"][0]
+
+
+def test_an_escalation_log_on_s3_takes_its_credentials_from_the_named_secret() -> None:
+    cascade = with_spec(example("chat-vllm-gpu.yaml"), escalationLog={
+        "enabled": True, "uri": "s3://logs/chat", "credentialsSecret": "s3-credentials"})
+    assert read_config(build_router_configmap(cascade, SETTINGS)).escalation_log.uri == "s3://logs/chat"
+    container = build_router_deployment(cascade, SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    assert all(mount["name"] != "escalation-log" for mount in container["volumeMounts"])
+
+
+def test_without_an_escalation_log_the_router_config_has_none() -> None:
+    assert read_config(build_router_configmap(example("chat-vllm-gpu.yaml"), SETTINGS)).escalation_log is None

@@ -203,3 +203,12 @@ def test_invalid_specs_the_schema_cannot_see() -> None:
     assert 'tier "router": engineArgs must not set --port' in text
     assert 'tier "d": model.uri scheme gs:// is not supported' in text
     assert 'tier "e": model.uri pvc:///path names no claim' in text
+
+
+def test_an_escalation_log_on_the_pods_own_disk_is_refused_in_a_cluster() -> None:
+    from kascade.operator.conditions import check_semantics
+
+    body = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "chat-vllm-gpu.yaml").read_text())
+    body["spec"]["escalationLog"] = {"enabled": True, "uri": "/tmp/logs"}
+    problems = check_semantics(ModelCascade.model_validate(body), secrets={}, gpu_products=None)
+    assert any("in a cluster the log goes to pvc://claim/path or s3://bucket/prefix" in p.message for p in problems)

@@ -48,7 +48,7 @@ def two_tier_config(small_url: str, large_url: str, **router: Any) -> RouterConf
         tiers=[
             TierConfig(name="small", served_model="small-model", url=small_url, accept=accept,
                        price=Price(input_per_million=1.0, output_per_million=2.0)),
-            TierConfig(name="large", served_model="large-model", url=large_url,
+            TierConfig(name="large", served_model="large-model", url=large_url, returns_token_ids=True,
                        price=Price(input_per_million=10.0, output_per_million=20.0)),
         ],
         **{"retry_backoff_seconds": 0.0, **router},

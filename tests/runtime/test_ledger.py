@@ -143,6 +143,8 @@ def test_snapshot_keys_are_exactly_as_specified() -> None:
         "answeredBy",
         "tiers",
         "cost",
+        "escalationsLogged",
+        "escalationLogDropped",
     }
     assert set(snapshot["tiers"]) == {"small", "large"}
     for tier in snapshot["tiers"].values():

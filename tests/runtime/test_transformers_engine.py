@@ -450,3 +450,17 @@ def test_closed_engine_is_unavailable(tiny_small_lm_dir: Path) -> None:
     with pytest.raises(TierError) as caught:
         run(engine.call(Endpoint.chat, {"messages": HELLO}))
     assert caught.value.kind is TierErrorKind.unavailable and caught.value.status == 503
+
+
+def test_tokens_are_named_by_id_when_asked_as_vllm_does(lm: TransformersEngine) -> None:
+    """return_tokens_as_token_ids: every token and top entry is `token_id:<id>`; the text is unchanged."""
+    plain = chat(lm, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3)
+    by_id = chat(lm, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3, return_tokens_as_token_ids=True)
+    assert by_id["choices"][0]["message"]["content"] == plain["choices"][0]["message"]["content"]
+    content = by_id["choices"][0]["logprobs"]["content"]
+    names = [entry["token"] for entry in content] + [t["token"] for entry in content for t in entry["top_logprobs"]]
+    assert names and all(name.startswith("token_id:") and name[9:].isdigit() for name in names)
+    decoded = "".join(lm._tokenizer.decode([int(entry["token"][9:])]) for entry in content)
+    assert decoded.startswith(plain["choices"][0]["message"]["content"][:3])
+    plain_logprobs = [entry["logprob"] for entry in plain["choices"][0]["logprobs"]["content"]]
+    assert [entry["logprob"] for entry in content] == pytest.approx(plain_logprobs)

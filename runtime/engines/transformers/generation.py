@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import random
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from kascade.runtime.engines.transformers.decoding import OutputText, TokenStep, TokenTexts
@@ -40,7 +40,14 @@ def seeded_generator(device: Any, seed: int | None) -> torch.Generator:
     return generator
 
 
-def position_logprobs(logits: torch.Tensor, token_id: int, top_k: int, token_texts: TokenTexts) -> TokenLogprobs:
+def token_id_name(token_id: int) -> str:
+    """How vLLM names a token when asked for `return_tokens_as_token_ids`."""
+    return f"token_id:{token_id}"
+
+
+def position_logprobs(
+    logits: torch.Tensor, token_id: int, top_k: int, token_texts: Callable[[int], str]
+) -> TokenLogprobs:
     """The chosen token's logprob and the `top_k` most likely tokens at one position; `logits` has shape [vocab].
 
     Raw logprobs of the model's own distribution, before penalties,
@@ -75,6 +82,7 @@ def generate_steps(
     output = OutputText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), params.stop, stop_token_ids)
     output_counts: dict[int, int] = {}
     cache_key = cache_keyword(model)
+    names: Callable[[int], str] = token_id_name if params.tokens_as_ids else token_texts
     cache = None
     input_ids = torch.tensor([prompt_ids], device=device)
     with torch.inference_mode():
@@ -87,8 +95,8 @@ def generate_steps(
             token_id = sample_next_token(logits, params, generator, output_counts)
             output_counts[token_id] = output_counts.get(token_id, 0) + 1
             text, finish = output.push(token_id, last=index == params.max_tokens - 1)
-            scored = None if params.logprobs is None else position_logprobs(logits, token_id, params.logprobs, token_texts)
-            yield TokenStep(token_id, token_texts(token_id), scored, text, finish, output.stop_reason)
+            scored = None if params.logprobs is None else position_logprobs(logits, token_id, params.logprobs, names)
+            yield TokenStep(token_id, names(token_id), scored, text, finish, output.stop_reason)
             if finish is not None:
                 return
             input_ids = torch.tensor([[token_id]], device=device)

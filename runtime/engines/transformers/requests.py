@@ -46,6 +46,8 @@ class _VllmSampling(WireModel):
     top_k: int | None = Field(default=None, ge=-1)  # -1 and 0: no top-k filtering
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    # Logprobs name tokens `token_id:<id>` instead of their text (what the escalation log keeps).
+    return_tokens_as_token_ids: bool | None = None
 
     @field_validator("stream_options", check_fields=False)
     @classmethod
@@ -127,6 +129,7 @@ def _sampling_params(
         presence_penalty=float(request.presence_penalty or 0.0),
         frequency_penalty=float(request.frequency_penalty or 0.0),
         logprobs=logprobs,
+        tokens_as_ids=bool(request.return_tokens_as_token_ids),
     )
 
 

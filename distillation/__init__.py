@@ -1,0 +1,1 @@
+"""Distillation: the losses, the data from an escalation log or a dataset, and `kascade distill` (the trainer)."""
