@@ -33,7 +33,10 @@ ESCALATION_LOG_NEEDS_A_PLACE = (
     "spec.escalationLog.enabled needs spec.escalationLog.uri: where the records go "
     "(pvc://claim/path or s3://bucket/prefix in a cluster; a folder, file:// or s3:// in local mode)"
 )
-NOT_IMPLEMENTED_DISTILLATION = "spec.distillation is not implemented in this version of Kascade: remove it"
+NOT_IMPLEMENTED_DISTILLATION = (
+    "spec.distillation is not implemented in this version of Kascade (scheduled distillation in the cluster): "
+    "remove it, and distil from the escalation log by hand with `kascade distill`"
+)
 NOT_IMPLEMENTED_GPU_HOUR_PRICE = (
     "price.perGpuHour is not implemented in this version of Kascade (reserved GPUs are not costed yet): "
     "remove it or set it to 0"

@@ -222,6 +222,51 @@ def calibrate(
         write=write, console=console)))
 
 
+@app.command()
+def distill(
+    student: Annotated[str, typer.Option(help="The student: a model URI (pkg://, hf://, a folder).")],
+    data: Annotated[str, typer.Option(help="An escalation log (folder, file://, s3://) or a dataset .jsonl file.")],
+    out: Annotated[Path, typer.Option(help="Output folder: the distilled model (servable as it is) and provenance.json.")],
+    teacher: Annotated[Optional[str], typer.Option(help="An in-process teacher: scores what the log has no ids for, and on-policy samples.")] = None,
+    loss: Annotated[str, typer.Option(help="forwardKL, reverseKL or generalizedJSD.")] = "forwardKL",
+    temperature: Annotated[float, typer.Option(help="Softens teacher and student alike.")] = 2.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the teacher's soft term (1 - alpha: hard labels).")] = 0.5,
+    beta: Annotated[float, typer.Option(help="Generalized JSD interpolation.")] = 0.5,
+    on_policy_fraction: Annotated[float, typer.Option(help="Share of steps on the student's own samples (needs --teacher).")] = 0.0,
+    lora: Annotated[bool, typer.Option(help="LoRA adapters, merged into the saved model (--no-lora: full fine-tuning).")] = True,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate (warm-up, then cosine).")] = 2e-4,
+    max_length: Annotated[int, typer.Option(help="Most tokens per example.")] = 512,
+    max_new_tokens: Annotated[int, typer.Option(help="Length of on-policy samples and held-out answers.")] = 64,
+    held_out: Annotated[float, typer.Option(help="Share kept for evaluation (stable hash of each record).")] = 0.1,
+    eval_every: Annotated[int, typer.Option(help="Steps between held-out evaluations (and checkpoints).")] = 50,
+    eval_generate: Annotated[int, typer.Option(help="Held-out answers generated to measure final-answer agreement.")] = 32,
+    match: Annotated[str, typer.Option(help="How answers agree: exact or number.")] = "exact",
+    limit: Annotated[Optional[int], typer.Option(help="At most this many examples (seeded sample).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data order, sampling and the sample.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out, if any.")] = True,
+) -> None:
+    """Distil a student from the escalation log (or a dataset): soft targets, temperature, LoRA; resumable."""
+    from pydantic import ValidationError
+
+    from kascade.distillation.command import run_distill_command
+
+    try:
+        settings = _distill_settings(locals())
+    except ValidationError as error:
+        raise typer.BadParameter("; ".join(e["msg"] for e in error.errors())) from None
+    raise typer.Exit(run_distill_command(settings, resume=resume))
+
+
+def _distill_settings(options: dict):  # noqa: ANN202 - a DistillSettings, imported lazily
+    from kascade.distillation.settings import DistillSettings
+
+    names = set(DistillSettings.model_fields) - {"divergence", "device"}
+    return DistillSettings(divergence=options["loss"], **{k: v for k, v in options.items() if k in names})
+
+
 def _add_log_commands() -> None:
     from kascade.log_command import log_app
 

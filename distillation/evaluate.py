@@ -1,0 +1,105 @@
+"""Held-out figures of a student, before and after: agreement with the teacher and accuracy where labels exist.
+
+LM: token top-1 agreement (with the teacher's answer fed in, how often the
+student's most likely next token is the teacher's), the held-out loss, and
+final-answer agreement on up to `eval_generate` answers the student generates
+greedily (matched with the teacher's answer: same text, or same final number).
+Classifier: agreement with the teacher's label and accuracy against the
+reference label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
+from kascade.distillation.examples import DistillExample
+from kascade.distillation.losses import IGNORE_INDEX, hard_label_loss
+from kascade.distillation.settings import AnswerMatch, DistillSettings
+from kascade.evaluation.matchers import normalised_number
+
+
+def answers_match(left: str, right: str, match: AnswerMatch) -> bool:
+    if match is AnswerMatch.number:
+        mine = normalised_number(left)
+        return mine is not None and mine == normalised_number(right)
+    return " ".join(left.split()) == " ".join(right.split())
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+@torch.no_grad()
+def lm_metrics(
+    student: Any, tokenizer: Any, examples: Sequence[DistillExample], encoded: Sequence[EncodedLm],
+    settings: DistillSettings, pad_id: int,
+) -> dict[str, float | int]:  # fmt: skip
+    was_training = student.training
+    student.eval()
+    agreeing = positions = 0
+    losses = []
+    for chunk in _chunks(list(encoded), settings.batch_size):
+        batch = collate_lm(chunk, pad_id).to(student.device)
+        logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        labels = batch.labels[:, 1:]
+        keep = labels != IGNORE_INDEX
+        agreeing += int(((logits.argmax(-1) == labels) & keep).sum())
+        positions += int(keep.sum())
+        losses.append(float(hard_label_loss(logits, labels)))
+    generated = generate_answers(student, tokenizer, [e.prompt for e in encoded[: settings.eval_generate]],
+                                 max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, pad_id=pad_id)  # fmt: skip
+    same = [answers_match(text, e.target, settings.match) for text, e in zip(generated, examples, strict=False)]
+    right = [answers_match(text, e.reference, settings.match) for text, e in zip(generated, examples, strict=False)
+             if e.reference is not None]  # fmt: skip
+    student.train(was_training)
+    return {
+        "examples": len(examples),
+        "token_agreement": agreeing / positions if positions else 0.0,
+        "loss": sum(losses) / len(losses) if losses else 0.0,
+        "answers_generated": len(same),
+        "answer_agreement": sum(same) / len(same) if same else 0.0,
+        **({"answer_accuracy": sum(right) / len(right)} if right else {}),
+    }
+
+
+def generate_answers(
+    student: Any, tokenizer: Any, prompts: Sequence[list[int]], *, max_new_tokens: int, batch_size: int, pad_id: int
+) -> list[str]:
+    """Greedy answers, left-padded batches; the text up to the end-of-sequence token."""
+    answers: list[str] = []
+    for chunk in _chunks(list(prompts), batch_size):
+        width = max(len(p) for p in chunk)
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=student.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=student.device)
+        out = student.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
+                               max_new_tokens=max_new_tokens, pad_token_id=pad_id)  # fmt: skip
+        answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out)
+    return answers
+
+
+@torch.no_grad()
+def classify_metrics(
+    student: Any, tokenizer: Any, examples: Sequence[DistillExample], label_ids: dict[str, int],
+    settings: DistillSettings,
+) -> dict[str, float | int]:  # fmt: skip
+    was_training = student.training
+    student.eval()
+    agree = right = labelled = 0
+    for chunk in _chunks(list(examples), settings.batch_size):
+        batch = collate_classify(tokenizer, chunk, label_ids, max_length=settings.max_length).to(student.device)
+        predicted = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.argmax(-1).tolist()
+        for example, index in zip(chunk, predicted, strict=True):
+            agree += index == label_ids[example.target]
+            if example.reference is not None:
+                labelled += 1
+                right += index == label_ids[example.reference]
+    student.train(was_training)
+    return {
+        "examples": len(examples),
+        "answer_agreement": agree / len(examples) if examples else 0.0,
+        **({"answer_accuracy": right / labelled} if labelled else {}),
+    }

@@ -1,0 +1,168 @@
+"""`kascade distill`: a student distilled from an escalation log or a dataset, saved as a model a tier can serve.
+
+The output folder holds the model (safetensors, LoRA merged in) and its
+tokenizer, `provenance.json` (data, settings, level, steps, figures before and
+after, time and memory), the resumable `checkpoint/`, and the in-process
+teacher's cached signal. Point a tier's `model.uri` at the folder to serve it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from kascade.distillation.batches import collate_classify, collate_lm
+from kascade.distillation.evaluate import classify_metrics, lm_metrics
+from kascade.distillation.examples import DistillDataError, load_examples, sample, split
+from kascade.distillation.objective import classify_loss, lm_loss, on_policy_loss, sample_answers
+from kascade.distillation.preparation import encode_lm_data, label_ids_of, pad_id, prepare_classify
+from kascade.distillation.settings import DistillSettings
+from kascade.distillation.trainer import Steps, TrainState, batch_indices, load_checkpoint, train, trainable
+from kascade.runtime.engines.transformers.loading import LoadedModel, load_model, without_progress_bars
+
+PROVENANCE = "provenance.json"
+
+
+def _load(uri: str, task: str, settings: DistillSettings) -> LoadedModel:
+    from kascade.runtime.model_files import resolve_model_uri
+
+    with without_progress_bars():
+        loaded = load_model(resolve_model_uri(uri), task=task, device=settings.device, dtype=torch.float32)  # type: ignore[arg-type]
+    return loaded
+
+
+def _with_lora(student: LoadedModel, settings: DistillSettings) -> Any:
+    if not settings.lora:
+        return student.model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task = TaskType.SEQ_CLS if student.task == "classify" else TaskType.CAUSAL_LM
+    config = LoraConfig(task_type=task, r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, lora_dropout=0.0,
+                        target_modules="all-linear")  # fmt: skip
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`; not our call, and not the user's.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(student.model, config)
+
+
+def _lm_steps(model: Any, student: LoadedModel, teacher: LoadedModel | None, data: Any, settings: DistillSettings) -> Steps:
+    pad = pad_id(student.tokenizer)
+
+    def train_loss(step: int, on_policy: bool) -> torch.Tensor:
+        chosen = [data.train_encoded[i] for i in batch_indices(len(data.train_encoded), settings.batch_size, step, settings.seed)]
+        if on_policy and teacher is not None:
+            sampled = sample_answers(model, student.tokenizer, [e.prompt for e in chosen],
+                                     max_new_tokens=settings.max_new_tokens, seed=settings.seed * 100_003 + step)  # fmt: skip
+            return on_policy_loss(model, teacher.model, sampled.to(student.device), settings)
+        return lm_loss(model, collate_lm(chosen, pad).to(student.device), settings)
+
+    def figures() -> dict[str, Any]:
+        return lm_metrics(model, student.tokenizer, data.held, data.held_encoded, settings, pad)
+
+    return Steps(train_loss, figures)
+
+
+def _classify_steps(model: Any, student: LoadedModel, train_set: list, held: list, settings: DistillSettings) -> Steps:
+    labels = label_ids_of(student)
+
+    def train_loss(step: int, on_policy: bool) -> torch.Tensor:
+        chosen = [train_set[i] for i in batch_indices(len(train_set), settings.batch_size, step, settings.seed)]
+        batch = collate_classify(student.tokenizer, chosen, labels, max_length=settings.max_length)
+        return classify_loss(model, batch.to(student.device), settings)
+
+    return Steps(train_loss, lambda: classify_metrics(model, student.tokenizer, held, labels, settings))
+
+
+def _prepare(settings: DistillSettings, say: Callable[[str], None]) -> tuple[LoadedModel, Any, Steps, dict[str, Any]]:
+    """Data, models and the step functions; what the report says about the data."""
+    examples, source = load_examples(settings.data)
+    examples = sample(examples, settings.limit, settings.seed)
+    if not examples:
+        raise DistillDataError(f"{settings.data}: no examples")
+    kinds = {e.kind for e in examples}
+    task = "classify" if kinds == {"classify"} else "generate"
+    if task == "generate" and "classify" in kinds:
+        raise DistillDataError("the data mixes classify records with generated answers; distil one task at a time")
+    say(f"{len(examples)} examples from {source}; loading the student {settings.student}")
+    student = _load(settings.student, task, settings)
+    teacher = _load(settings.teacher, task, settings) if settings.teacher else None
+    if task == "classify":
+        examples, level = prepare_classify(examples, student, teacher, settings)
+        train_set, held = split(examples, settings.held_out)
+        model = _with_lora(student, settings)
+        steps = _classify_steps(model, student, train_set, held, settings)
+        levels = {level: len(train_set)}
+    else:
+        train_set, held = split(examples, settings.held_out)
+        data = encode_lm_data(train_set, held, student, teacher, settings)
+        model = _with_lora(student, settings)
+        steps = _lm_steps(model, student, teacher, data, settings)
+        levels = dict(data.levels)
+    if not train_set:
+        raise DistillDataError(f"all {len(examples)} examples fell in the held-out share ({settings.held_out}); lower --held-out")
+    about = {"source": source, "examples": len(examples), "train": len(train_set), "held_out": len(held),
+             "task": task, "levels": levels}  # fmt: skip
+    return student, model, steps, about
+
+
+def run_distill(settings: DistillSettings, *, resume: bool = True, say: Callable[[str], None] = print,
+                progress: Callable[[int, float], None] = lambda step, loss: None) -> dict[str, Any]:  # fmt: skip
+    """Train, save the student and its provenance; returns the provenance."""
+    started = time.monotonic()
+    torch.manual_seed(settings.seed)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    student, model, steps, about = _prepare(settings, say)
+    say(f"training at: {', '.join(f'{level} {count}' for level, count in about['levels'].items())}")
+    optimizer = torch.optim.AdamW(list(trainable(model).values()), lr=settings.learning_rate, weight_decay=0.0)
+    state = load_checkpoint(model, optimizer, settings.out, settings.fingerprint()) if resume else None
+    if state is None:
+        state = TrainState(fingerprint=settings.fingerprint())
+        say("measuring the student on the held-out examples before training")
+        state.before = steps.held_out_figures()
+    else:
+        say(f"resuming at step {state.step} of {settings.steps}")
+    state = train(model, steps, settings, state, optimizer, progress=progress)
+    _save_model(model, student, settings)
+    provenance = _provenance(settings, about, state, time.monotonic() - started)
+    (settings.out / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+    return provenance
+
+
+def _save_model(model: Any, student: LoadedModel, settings: DistillSettings) -> None:
+    final = model.merge_and_unload() if settings.lora else model
+    final.eval()
+    final.save_pretrained(settings.out)
+    student.tokenizer.save_pretrained(settings.out)
+
+
+def _start_end(losses: list[float]) -> list[float]:
+    if not losses:
+        return []
+    width = max(len(losses) // 10, 1)
+    return [sum(losses[:width]) / width, sum(losses[-width:]) / width]
+
+
+def _provenance(settings: DistillSettings, about: dict[str, Any], state: TrainState, seconds: float) -> dict[str, Any]:
+    return {
+        "kascade": "distill",
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": settings.model_dump(mode="json"),
+        "data": about,
+        "steps": state.step,
+        "before": state.before,
+        "after": state.history[-1] if state.history else {},
+        "history": state.history,
+        # Training loss, mean of the first and of the last tenth of the steps (one step's loss is noisy).
+        "loss_start_end": _start_end(state.losses),
+        "seconds": round(seconds, 1),
+        "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }

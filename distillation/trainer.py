@@ -1,0 +1,139 @@
+"""The training loop, in the spirit of nanoGPT: one readable loop, periodic held-out evaluation, resumable checkpoints.
+
+Step s trains on a batch fixed by (seed, s): the examples are shuffled per
+epoch with a seeded generator, and whether the step is on-policy is drawn from
+(seed, s). So a run resumed from a checkpoint at step s continues exactly
+where it stopped, without saving a data iterator. A checkpoint
+(`checkpoint/` in the output folder) holds the trainable weights
+(safetensors), the optimizer's state, and `state.json` (step, settings
+fingerprint, the figures so far).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kascade.distillation.settings import DistillSettings
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    fingerprint: str = ""
+    before: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # held-out figures along the way
+    losses: list[float] = field(default_factory=list)  # training loss per step
+
+
+@dataclass
+class Steps:
+    """What the loop needs from the run: how to make a step's loss, and how to measure the student."""
+
+    train_loss: Callable[[int, bool], torch.Tensor]  # (step, on_policy) -> loss
+    held_out_figures: Callable[[], dict[str, Any]]
+
+
+def batch_indices(count: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The examples of step `step`: consecutive slices of a seeded per-epoch permutation."""
+    per_epoch = max(math.ceil(count / batch_size), 1)
+    epoch, slot = divmod(step, per_epoch)
+    order = list(range(count))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    chosen = order[slot * batch_size : (slot + 1) * batch_size]
+    return chosen or order[:batch_size]
+
+
+def is_on_policy(step: int, settings: DistillSettings) -> bool:
+    return settings.on_policy_fraction > 0 and random.Random(f"{settings.seed}:policy:{step}").random() < settings.on_policy_fraction
+
+
+def learning_rate(step: int, settings: DistillSettings) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < settings.warmup_steps:
+        return settings.learning_rate * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(settings.steps - settings.warmup_steps, 1)
+    return settings.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def trainable(model: Any) -> dict[str, torch.Tensor]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, state: TrainState, out: Path) -> None:
+    """Written to a temporary folder and renamed: an interrupted save leaves the previous checkpoint whole."""
+    from safetensors.torch import save_file
+
+    final, temporary = out / CHECKPOINT, out / f".{CHECKPOINT}.tmp"
+    temporary.mkdir(parents=True, exist_ok=True)
+    save_file({name: p.detach().contiguous().cpu() for name, p in trainable(model).items()}, temporary / "trainable.safetensors")
+    torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+    (temporary / "state.json").write_text(json.dumps(state.__dict__, indent=1))
+    if final.exists():
+        old = out / f".{CHECKPOINT}.old"
+        final.rename(old)
+        temporary.rename(final)
+        for path in old.iterdir():
+            path.unlink()
+        old.rmdir()
+    else:
+        temporary.rename(final)
+
+
+def load_checkpoint(model: Any, optimizer: torch.optim.Optimizer, out: Path, fingerprint: str) -> TrainState | None:
+    """The saved state, into `model` and `optimizer`; None when there is none. A different run's checkpoint is refused."""
+    from safetensors.torch import load_file
+
+    folder = out / CHECKPOINT
+    if not (folder / "state.json").exists():
+        return None
+    state = TrainState(**json.loads((folder / "state.json").read_text()))
+    if state.fingerprint != fingerprint:
+        raise ValueError(
+            f"{out} holds a checkpoint of a run with other settings; pass another --out, or --no-resume to start over"
+        )
+    weights = load_file(folder / "trainable.safetensors")
+    parameters = trainable(model)
+    if set(weights) != set(parameters):
+        raise ValueError(f"the checkpoint in {folder} does not fit this student (its trainable weights differ)")
+    with torch.no_grad():
+        for name, value in weights.items():
+            parameters[name].copy_(value)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    return state
+
+
+def train(
+    model: Any, steps: Steps, settings: DistillSettings, state: TrainState, optimizer: torch.optim.Optimizer,
+    *, progress: Callable[[int, float], None] = lambda step, loss: None,
+) -> TrainState:  # fmt: skip
+    """Run from `state.step` to `settings.steps`; evaluate every `eval_every`; checkpoint at each evaluation."""
+    model.train()
+    for step in range(state.step, settings.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, settings)
+        loss = steps.train_loss(step, is_on_policy(step, settings))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(trainable(model).values()), 1.0)
+        optimizer.step()
+        state.losses.append(float(loss.detach()))
+        state.step = step + 1
+        progress(state.step, state.losses[-1])
+        if state.step % settings.eval_every == 0 or state.step == settings.steps:
+            state.history.append({"step": state.step, **steps.held_out_figures()})
+            save_checkpoint(model, optimizer, state, settings.out)
+    return state
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

@@ -1,0 +1,145 @@
+"""`kascade distill` end to end on tiny models: a log written by a real router with in-process tiers, then a student."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from kascade.api.modelcascade import Accept, Price
+from kascade.cli import app
+from kascade.runtime.config import EscalationLogConfig, RouterConfig, TierConfig
+from kascade.runtime.engines.base import Endpoint
+from kascade.runtime.engines.transformers import TransformersEngine
+from kascade.runtime.router import create_router_app
+from kascade.runtime.serving import BackgroundServer
+
+PROMPTS = [f"{subject} {verb} {thing}?" for subject in ("What", "Why", "How", "Who")
+           for verb in ("is", "are", "was") for thing in ("the cat", "a model", "Paris")]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def escalation_log(tmp_path_factory: pytest.TempPathFactory, tiny_small_lm_dir: Path, tiny_large_lm_dir: Path) -> Path:
+    """36 escalations kept by a router whose small tier never passes (threshold 1), its large tier in process."""
+    folder = tmp_path_factory.mktemp("escalation-log")
+    engines = {"small": TransformersEngine.load(tiny_small_lm_dir, served_model_name="small", device="cpu"),
+               "large": TransformersEngine.load(tiny_large_lm_dir, served_model_name="large", device="cpu")}  # fmt: skip
+    config = RouterConfig(cascade="tiny", tiers=[
+        TierConfig(name="small", served_model="small", accept=Accept(method="geometricMean", threshold=1.0),
+                   model_uri=str(tiny_small_lm_dir), returns_token_ids=True),
+        TierConfig(name="large", served_model="large", price=Price(input_per_million=1.0),
+                   model_uri=str(tiny_large_lm_dir), returns_token_ids=True),
+    ], escalation_log=EscalationLogConfig(uri=str(folder), top_logprobs=8))  # fmt: skip
+    with BackgroundServer(create_router_app(config, engines=engines)) as router:
+        for prompt in PROMPTS:
+            body = {"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": 6, "temperature": 0}
+            assert httpx.post(f"{router.url}/v1/chat/completions", json=body, timeout=60).headers["x-kascade-escalated"] == "true"
+    for engine in engines.values():
+        import asyncio
+
+        asyncio.run(engine.aclose())
+    return folder
+
+
+def _distill(*args: str) -> Any:
+    return CliRunner().invoke(app, ["distill", *args], env={"COLUMNS": "200"})
+
+
+def test_a_student_distilled_from_the_log_learns_the_teachers_tokens_and_serves_as_it_is(
+    escalation_log: Path, tiny_small_lm_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "student"
+    result = _distill("--student", str(tiny_small_lm_dir), "--data", str(escalation_log), "--out", str(out),
+                      "--steps", "40", "--batch-size", "6", "--eval-every", "20", "--eval-generate", "3",
+                      "--held-out", "0.25", "--learning-rate", "1e-2", "--max-new-tokens", "6", "--no-lora")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["data"]["levels"] == {"token level (log)": provenance["data"]["train"]}
+    assert provenance["data"]["train"] + provenance["data"]["held_out"] == len(PROMPTS)
+    first, last = provenance["loss_start_end"]
+    assert last < 0.5 * first  # it learns the teacher's distribution on what it trains on
+    assert provenance["after"]["step"] == 40 and {"token_agreement", "answer_agreement"} <= set(provenance["before"])
+    assert "answer_agreement" in result.output and "before" in result.output
+    # The folder is a model a tier serves as it is.
+    engine = TransformersEngine.load(out, served_model_name="distilled", device="cpu")
+    import asyncio
+
+    answer = asyncio.run(engine.call(Endpoint.chat, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}))
+    assert answer["model"] == "distilled" and answer["usage"]["completion_tokens"] >= 1
+    asyncio.run(engine.aclose())
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_a_changed_run_is_refused(
+    escalation_log: Path, tiny_small_lm_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "student"
+    common = ["--student", str(tiny_small_lm_dir), "--data", str(escalation_log), "--out", str(out),
+              "--batch-size", "4", "--eval-every", "5", "--eval-generate", "0", "--no-lora"]  # fmt: skip
+    assert _distill(*common, "--steps", "5").exit_code == 0
+    resumed = _distill(*common, "--steps", "10")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming at step 5 of 10" in resumed.output
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["steps"] == 10 and [h["step"] for h in provenance["history"]] == [5, 10]
+    assert len(provenance["history"]) == 2
+    changed = _distill(*common, "--steps", "12", "--temperature", "4")
+    assert changed.exit_code == 2 and "other settings" in changed.output
+
+
+def test_sequence_level_when_the_ids_do_not_spell_the_answer_and_the_teacher_in_process_fills_in(
+    tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "answers.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "answer": "Paris."}) + "\n"
+                            for p in PROMPTS[:12]))  # fmt: skip
+    alone = _distill("--student", str(tiny_small_lm_dir), "--data", str(data), "--out", str(tmp_path / "a"),
+                     "--steps", "2", "--batch-size", "4", "--eval-generate", "0", "--held-out", "0.2")  # fmt: skip
+    assert alone.exit_code == 0, alone.output
+    assert "sequence level" in json.dumps(json.loads((tmp_path / "a" / "provenance.json").read_text())["data"])
+    taught = _distill("--student", str(tiny_small_lm_dir), "--teacher", str(tiny_large_lm_dir), "--data", str(data),
+                      "--out", str(tmp_path / "b"), "--steps", "3", "--batch-size", "4", "--eval-generate", "0",
+                      "--held-out", "0.2", "--on-policy-fraction", "0.5", "--max-new-tokens", "4")  # fmt: skip
+    assert taught.exit_code == 0, taught.output
+    levels = json.loads((tmp_path / "b" / "provenance.json").read_text())["data"]["levels"]
+    assert set(levels) == {"token level (teacher in process)"}
+    assert (tmp_path / "b" / "teacher-signal.jsonl").read_text().count("\n") == 12  # scored once, kept
+
+
+def test_bad_input_is_refused_with_the_reason(tiny_small_lm_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "no answer"}\n')
+    result = _distill("--student", str(tiny_small_lm_dir), "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "bad.jsonl:1: a line needs an `answer`" in result.output
+    no_teacher = _distill("--student", str(tiny_small_lm_dir), "--data", str(tmp_path / "bad.jsonl"),
+                          "--out", str(tmp_path / "o"), "--on-policy-fraction", "0.5")  # fmt: skip
+    assert no_teacher.exit_code != 0 and "need an in-process teacher" in no_teacher.output
+
+
+def test_a_classifier_student_learns_from_soft_targets_of_a_classifier_teacher(
+    tiny_classifier_dir: Path, tmp_path: Path
+) -> None:
+    from kascade.testing.tiny_models import build_tiny_classifier
+
+    teacher = build_tiny_classifier(tmp_path / "teacher", seed=7)
+    data = tmp_path / "reviews.jsonl"
+    reviews = [("This movie was great, I loved it.", "positive"), ("This movie was terrible, I hated it.", "negative")]
+    data.write_text("".join(json.dumps({"id": f"{i}-{n}", "input": text, "label": label}) + "\n"
+                            for i, (text, label) in enumerate(reviews) for n in range(10)))  # fmt: skip
+    out = tmp_path / "student"
+    result = _distill("--student", str(tiny_classifier_dir), "--teacher", str(teacher), "--data", str(data),
+                      "--out", str(out), "--steps", "30", "--batch-size", "4", "--held-out", "0.3",
+                      "--learning-rate", "1e-2", "--temperature", "1", "--alpha", "1", "--eval-every", "30")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["data"]["levels"] == {"soft targets (teacher in process)": provenance["data"]["train"]}
+    assert provenance["after"]["answer_agreement"] == 1.0  # with alpha 1 it imitates the teacher, right or wrong
+    assert "answer_accuracy" in provenance["after"]
+    engine = TransformersEngine.load(out, task="classify", served_model_name="clf", device="cpu")
+    import asyncio
+
+    answer = asyncio.run(engine.call(Endpoint.classify, {"input": "great"}))
+    assert answer["data"][0]["label"] in {"negative", "positive"}
+    asyncio.run(engine.aclose())
