@@ -305,20 +305,24 @@ def run_upstream(port: int) -> None:
                 log_level="warning", access_log=False)
 
 
-def write_router_config(path: Path, upstream: str) -> None:
-    """Two tiers on the one upstream; its tokens have p=0.9, so tier 0 (threshold 0.5) accepts."""
+def write_router_config(path: Path, upstream: str, *, threshold: float = 0.5, log_dir: Path | None = None) -> None:
+    """Two tiers on the one upstream; its tokens have p=0.9, so tier 0 accepts at threshold 0.5, escalates at 0.95.
+
+    `log_dir`: keep every escalation in an escalation log there (the large tier names its tokens by id).
+    """
     import yaml
     from kascade.api.modelcascade import Accept
-    from kascade.runtime.config import RouterConfig, TierConfig
+    from kascade.runtime.config import EscalationLogConfig, RouterConfig, TierConfig
 
     config = RouterConfig(
         cascade=CASCADE_NAME,
         tiers=[
             TierConfig(name="small", served_model="small-model", url=f"{upstream}/v1",
-                       accept=Accept(method="geometricMean", threshold=0.5)),
-            TierConfig(name="large", served_model="large-model", url=f"{upstream}/v1"),
+                       accept=Accept(method="geometricMean", threshold=threshold)),
+            TierConfig(name="large", served_model="large-model", url=f"{upstream}/v1", returns_token_ids=True),
         ],
         api_keys_env="KASCADE_BENCH_CLIENT_KEYS",
+        escalation_log=EscalationLogConfig(uri=str(log_dir), flush_seconds=5) if log_dir is not None else None,
     )
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True)))
     RouterConfig.from_yaml(path)  # what `kascade route` will read must load
@@ -352,7 +356,8 @@ def start_router(processes: Processes, name: str, python: str, config: Path) -> 
                   {"Authorization": f"Bearer {CLIENT_KEY}"}, pid=router.pid)
 
 
-def start_targets(processes: Processes, work: Path, litellm: str | None, baseline_python: str | None) -> list[Target]:
+def start_targets(processes: Processes, work: Path, litellm: str | None, baseline_python: str | None,
+                  escalation_log: bool = False) -> list[Target]:
     from kascade.runtime.serving import free_port
 
     upstream_port = free_port()
@@ -366,6 +371,11 @@ def start_targets(processes: Processes, work: Path, litellm: str | None, baselin
     targets.append(start_router(processes, "kascade", sys.executable, work / "router.yaml"))
     if baseline_python is not None:
         targets.append(start_router(processes, "kascade-baseline", baseline_python, work / "router.yaml"))
+    if escalation_log:  # every request escalates; the same router with its escalation log off and on
+        write_router_config(work / "escalating.yaml", upstream, threshold=0.95)
+        write_router_config(work / "escalating-log.yaml", upstream, threshold=0.95, log_dir=work / "escalation-log")
+        targets.append(start_router(processes, "kascade-escalating", sys.executable, work / "escalating.yaml"))
+        targets.append(start_router(processes, "kascade-escalating-log", sys.executable, work / "escalating-log.yaml"))
 
     if litellm is not None:
         litellm_port = free_port()
@@ -403,8 +413,9 @@ def check_answers(target: Target) -> str:
     seen = "text ok"
     if target.name.startswith("kascade"):
         tier, escalated = response.headers.get("x-kascade-tier"), response.headers.get("x-kascade-escalated")
-        if tier != "small" or escalated != "false":
-            problems.append(f"x-kascade-tier={tier!r} x-kascade-escalated={escalated!r}; tier 0 ('small') should answer")
+        expected = ("large", "true") if target.name.startswith("kascade-escalating") else ("small", "false")
+        if (tier, escalated) != expected:
+            problems.append(f"x-kascade-tier={tier!r} x-kascade-escalated={escalated!r}; tier {expected[0]!r} should answer")
         seen += f", x-kascade-tier={tier}"
     if target.name == "litellm":
         group, fallbacks = response.headers.get("x-litellm-model-group"), response.headers.get("x-litellm-attempted-fallbacks")
@@ -570,6 +581,12 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
         lines.append(f"goal >= 3x LiteLLM's throughput: {'met' if ratio >= 3.0 else 'NOT met'} "
                      f"(Kascade {kascade['best_rps'].median:.0f} req/s, "
                      f"LiteLLM {summary['litellm']['best_rps'].median:.0f} req/s: {ratio:.2f}×)")
+    if "kascade-escalating-log" in summary:
+        off = summary["kascade-escalating"]["added_p50_ms"].median
+        on = summary["kascade-escalating-log"]["added_p50_ms"].median
+        ratio = on / off if off > 0 else float("inf")
+        lines.append(f"goal escalation log costs <= 10% more added latency: {'met' if ratio <= 1.10 else 'NOT met'} "
+                     f"(every request escalating: added p50 {off:.2f} ms off, {on:.2f} ms on: {ratio:.2f}×)")
     if "kascade-baseline" in summary:
         baseline = summary["kascade-baseline"]
         lines.append(f"against kascade-baseline (same run): added p50 {added:.2f} vs "
@@ -680,6 +697,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="also measure `PYTHON -m kascade route` (another checkout's environment, e.g. the "
                              "last release) as target kascade-baseline, to compare two versions in one run")
     parser.add_argument("--skip-litellm", action="store_true", help="measure direct and kascade only")
+    parser.add_argument("--escalation-log", action="store_true",
+                        help="also measure a router whose every request escalates, with its escalation log off and on")
     parser.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto",
                         help="auto: wrk when it is on PATH, else the Python one")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs/)")
@@ -745,7 +764,7 @@ def main(argv: Sequence[str]) -> int:
         processes = Processes(work)
         try:
             say("starting the upstream, the Kascade router" + ("" if args.litellm is None else " and the LiteLLM proxy"))
-            targets = start_targets(processes, work, args.litellm, args.kascade_baseline)
+            targets = start_targets(processes, work, args.litellm, args.kascade_baseline, args.escalation_log)
             load = choose_load(args.load_generator, work)
             for target in targets:
                 target.checks.append(check_answers(target))

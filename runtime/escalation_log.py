@@ -21,7 +21,6 @@ half a segment. After each write, segments older than `retention_days` go.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -68,6 +67,7 @@ class EscalationLog:
         self._pending: list[EscalationRecord] = []
         self._segments = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.written = 0
         self.dropped = 0
 
@@ -92,11 +92,10 @@ class EscalationLog:
         return kept
 
     async def close(self) -> None:
-        """Stop the background task and write everything still queued (a clean stop loses nothing)."""
+        """Stop the background task (after the write it may be in) and write everything still queued."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
             self._task = None
         self._take_queued(limit=None)
         failures = 0
@@ -112,24 +111,38 @@ class EscalationLog:
                 await asyncio.sleep(_SHUTDOWN_RETRY_SECONDS)
 
     async def _run(self) -> None:
-        while True:
+        """Write segments until `close`; never cancelled mid-write (a cancelled write would be written twice)."""
+        while not self._stopping.is_set():
             await self._wait_for_a_segment()
-            if not await self._write_pending():
-                await asyncio.sleep(_RETRY_SECONDS)
+            if self._pending and not await self._write_pending():
+                await self._next(_RETRY_SECONDS, take=False)
+
+    async def _next(self, timeout: float | None, *, take: bool = True) -> EscalationSeen | None:
+        """The next queued escalation within `timeout` (None: no limit); None on timeout or when stopping."""
+        waits = {asyncio.ensure_future(self._stopping.wait())}
+        getter = asyncio.ensure_future(self._queue.get()) if take else None
+        if getter is not None:
+            waits.add(getter)
+        done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for future in pending:
+            future.cancel()  # a cancelled Queue.get takes nothing off the queue
+        return getter.result() if getter is not None and getter in done else None
 
     async def _wait_for_a_segment(self) -> None:
-        """Until `segment_records` are pending or `flush_seconds` passed since the first one came."""
+        """Until `segment_records` are pending, `flush_seconds` passed since the first one came, or stopping."""
         if not self._pending:
-            self._pending.append(self._build(await self._queue.get()))
+            seen = await self._next(None)
+            if seen is None:
+                return
+            self._pending.append(self._build(seen))
         deadline = asyncio.get_running_loop().time() + self.config.flush_seconds
         while len(self._pending) < self.config.segment_records:
             self._take_queued(limit=self.config.segment_records)
             remaining = deadline - asyncio.get_running_loop().time()
             if len(self._pending) >= self.config.segment_records or remaining <= 0:
                 return
-            try:
-                seen = await asyncio.wait_for(self._queue.get(), remaining)
-            except TimeoutError:
+            seen = await self._next(remaining)
+            if seen is None:
                 return
             self._pending.append(self._build(seen))
 

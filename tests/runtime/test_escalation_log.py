@@ -221,3 +221,26 @@ def test_kascade_log_stats_and_show_read_what_a_router_wrote(
     assert "and of Italy?" not in show.output
     empty = runner.invoke(app, ["log", "stats", str(tmp_path / "nothing")])
     assert empty.exit_code != 0 and "no escalation-log segments" in empty.output
+
+
+def test_a_stop_during_a_write_waits_for_it_and_writes_nothing_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    async def run() -> EscalationLog:
+        log = EscalationLog(_log_config(tmp_path, flush_seconds=0.01), process_id="p")
+        real_write = log.store.write
+
+        def slow(name: str, table: Any) -> None:
+            time.sleep(0.3)  # storage is slow: the stop comes while this segment is being written
+            real_write(name, table)
+
+        monkeypatch.setattr(log.store, "write", slow)
+        await log.start()
+        log.offer(_seen(0))
+        await asyncio.sleep(0.1)
+        log.offer(_seen(1))
+        await log.close()
+        return log
+
+    log = asyncio.run(run())
+    assert log.written == 2 and sorted(r.answer for r in _records(tmp_path)) == ["a0", "a1"]
