@@ -223,4 +223,4 @@ def test_an_escalation_log_on_s3_takes_its_credentials_from_the_named_secret() -
 
 
 def test_without_an_escalation_log_the_router_config_has_none() -> None:
-    assert read_config(build_router_configmap(example("chat-vllm-gpu.yaml"), SETTINGS)).escalation_log is None
+    assert read_config(build_router_configmap(example("classify.yaml"), SETTINGS)).escalation_log is None
