@@ -7,6 +7,7 @@ off: the loop calls these three hooks only when the cascade keeps a log.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kascade.runtime.engines.base import Endpoint
@@ -68,4 +69,5 @@ class EscalationKeeper:
         self.log.offer(EscalationSeen(
             cascade=self.cascade, endpoint=endpoint, body=body, declined=tuple(attempts.declined),
             answered_by=model_identity(tier), answer=answer, input_tokens=input_tokens, output_tokens=output_tokens,
+            at=datetime.now(UTC),
         ))  # fmt: skip

@@ -9,9 +9,10 @@ decompressed and parsed to read one column, and has no types.
 
 Flow: `offer` (on the request's task, never awaits) puts what the router saw
 on a bounded queue; when the queue is full the record is dropped and counted
-(ledger and metric), and the answer is not delayed. A background task builds
-the records (redaction included) and writes a segment when `segment_records`
-are waiting or `flush_seconds` have passed since the first of them. A failed
+(ledger and metric), and the answer is not delayed. A background task writes a
+segment when `segment_records` are waiting or `flush_seconds` have passed since
+the first of them; the records are built (redaction included) and written in a
+worker thread, off the event loop that serves requests. A failed
 write keeps its records and is retried; `close` (the router's lifespan end,
 i.e. SIGTERM) writes whatever is queued. Each segment is written under a
 temporary name and renamed (a folder) or put whole (S3), so a reader never sees
@@ -28,7 +29,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from kascade.api.escalation_record import EscalationRecord
 from kascade.runtime.config import EscalationLogConfig
 from kascade.runtime.escalation_records import EscalationSeen, build_record
 from kascade.runtime.log_segments import SegmentStore, records_table
@@ -64,7 +64,7 @@ class EscalationLog:
         self._metrics = metrics
         self._clock = clock
         self._queue: asyncio.Queue[EscalationSeen] = asyncio.Queue(maxsize=config.queue_size)
-        self._pending: list[EscalationRecord] = []
+        self._pending: list[EscalationSeen] = []  # built into records in the writer's thread, off the event loop
         self._segments = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -134,7 +134,7 @@ class EscalationLog:
             seen = await self._next(None)
             if seen is None:
                 return
-            self._pending.append(self._build(seen))
+            self._pending.append(seen)
         deadline = asyncio.get_running_loop().time() + self.config.flush_seconds
         while len(self._pending) < self.config.segment_records:
             self._take_queued(limit=self.config.segment_records)
@@ -144,14 +144,11 @@ class EscalationLog:
             seen = await self._next(remaining)
             if seen is None:
                 return
-            self._pending.append(self._build(seen))
+            self._pending.append(seen)
 
     def _take_queued(self, limit: int | None) -> None:
         while not self._queue.empty() and (limit is None or len(self._pending) < limit):
-            self._pending.append(self._build(self._queue.get_nowait()))
-
-    def _build(self, seen: EscalationSeen) -> EscalationRecord:
-        return build_record(seen, self.redactor)
+            self._pending.append(self._queue.get_nowait())
 
     async def _write_pending(self) -> bool:
         """Write up to one segment of the pending records; on failure keep them for the next try."""
@@ -171,8 +168,9 @@ class EscalationLog:
             self._metrics.observe_escalation_log("written", len(batch))
         return True
 
-    def _write_and_expire(self, name: str, batch: list[EscalationRecord]) -> None:
-        self.store.write(name, records_table(batch))
+    def _write_and_expire(self, name: str, batch: list[EscalationSeen]) -> None:
+        """In a worker thread: redact and build the records, write them as one segment, expire old segments."""
+        self.store.write(name, records_table([build_record(seen, self.redactor) for seen in batch]))
         self._remove_expired()
 
     def _remove_expired(self) -> None:

@@ -165,6 +165,7 @@ class EscalationSeen:
     answer: TierAnswer
     input_tokens: int
     output_tokens: int
+    at: datetime | None = None  # when the answer was complete (the record is built later, off the event loop)
 
 
 def build_record(seen: EscalationSeen, redactor: Redactor, *, now: datetime | None = None) -> EscalationRecord:
@@ -176,7 +177,7 @@ def build_record(seen: EscalationSeen, redactor: Redactor, *, now: datetime | No
     return EscalationRecord(
         id=uuid.uuid4().hex,
         cascade=seen.cascade,
-        recorded_at=now or datetime.now(UTC),
+        recorded_at=now or seen.at or datetime.now(UTC),
         endpoint=seen.endpoint.value,
         request=json.dumps(request, ensure_ascii=False, separators=(",", ":")),
         declined=declined,

@@ -1,4 +1,4 @@
-"""`kascade distill` end to end on tiny models: a log written by a real router with in-process tiers, then a student."""
+"""`kascade distill` end to end on tiny models: a log written by a real local-mode run, then a student."""
 
 from __future__ import annotations
 
@@ -6,17 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
-from kascade.api.modelcascade import Accept, Price
 from kascade.cli import app
-from kascade.runtime.config import EscalationLogConfig, RouterConfig, TierConfig
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.engines.transformers import TransformersEngine
-from kascade.runtime.router import create_router_app
-from kascade.runtime.serving import BackgroundServer
 
 PROMPTS = [f"{subject} {verb} {thing}?" for subject in ("What", "Why", "How", "Who")
            for verb in ("is", "are", "was") for thing in ("the cat", "a model", "Paris")]  # fmt: skip
@@ -24,24 +19,31 @@ PROMPTS = [f"{subject} {verb} {thing}?" for subject in ("What", "Why", "How", "W
 
 @pytest.fixture(scope="module")
 def escalation_log(tmp_path_factory: pytest.TempPathFactory, tiny_small_lm_dir: Path, tiny_large_lm_dir: Path) -> Path:
-    """36 escalations kept by a router whose small tier never passes (threshold 1), its large tier in process."""
-    folder = tmp_path_factory.mktemp("escalation-log")
-    engines = {"small": TransformersEngine.load(tiny_small_lm_dir, served_model_name="small", device="cpu"),
-               "large": TransformersEngine.load(tiny_large_lm_dir, served_model_name="large", device="cpu")}  # fmt: skip
-    config = RouterConfig(cascade="tiny", tiers=[
-        TierConfig(name="small", served_model="small", accept=Accept(method="geometricMean", threshold=1.0),
-                   model_uri=str(tiny_small_lm_dir), returns_token_ids=True),
-        TierConfig(name="large", served_model="large", price=Price(input_per_million=1.0),
-                   model_uri=str(tiny_large_lm_dir), returns_token_ids=True),
-    ], escalation_log=EscalationLogConfig(uri=str(folder), top_logprobs=8))  # fmt: skip
-    with BackgroundServer(create_router_app(config, engines=engines)) as router:
-        for prompt in PROMPTS:
-            body = {"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": 6, "temperature": 0}
-            assert httpx.post(f"{router.url}/v1/chat/completions", json=body, timeout=60).headers["x-kascade-escalated"] == "true"
-    for engine in engines.values():
-        import asyncio
+    """36 escalations kept by local mode (`kascade up`'s cascade, tiers in process) with the log on; threshold 1."""
+    import io
 
-        asyncio.run(engine.aclose())
+    from openai import OpenAI
+    from rich.console import Console
+
+    from kascade.api.modelcascade import ModelCascade
+    from kascade.runtime.local_tiers import serve_cascade
+    from kascade.runtime.serving import free_port
+
+    folder = tmp_path_factory.mktemp("escalation-log")
+    tiers = [{"name": name, "engine": "transformers", "model": {"uri": str(path)}, "price": {"inputPerMillion": 1.0}}
+             for name, path in (("small", tiny_small_lm_dir), ("large", tiny_large_lm_dir))]  # fmt: skip
+    tiers[0]["accept"] = {"method": "geometricMean", "threshold": 1.0}
+    cascade = ModelCascade.model_validate({
+        "apiVersion": "kascade.dev/v1alpha1", "kind": "ModelCascade", "metadata": {"name": "tiny"},
+        "spec": {"tiers": tiers, "escalationLog": {"enabled": True, "uri": str(folder), "topLogprobs": 8}},
+    })  # fmt: skip
+    console = Console(file=io.StringIO())
+    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=folder.parent, console=console) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="none")
+        for prompt in PROMPTS:
+            answer = client.chat.completions.with_raw_response.create(
+                model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=6, temperature=0)
+            assert answer.headers["x-kascade-escalated"] == "true"
     return folder
 
 
