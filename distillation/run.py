@@ -129,6 +129,15 @@ def run_distill(settings: DistillSettings, *, resume: bool = True, say: Callable
         state.before = steps.held_out_figures()
     else:
         say(f"resuming at step {state.step} of {settings.steps}")
+    measure = steps.held_out_figures
+
+    def measured_and_said() -> dict[str, Any]:
+        figures = measure()
+        say(f"step {state.step}: held out " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                        for k, v in figures.items()))  # fmt: skip
+        return figures
+
+    steps = Steps(steps.train_loss, measured_and_said)
     state = train(model, steps, settings, state, optimizer, progress=progress)
     _save_model(model, student, settings)
     provenance = _provenance(settings, about, state, time.monotonic() - started)

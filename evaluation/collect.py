@@ -41,7 +41,9 @@ def model_identity(tier: Tier, folder: Path | None) -> str:
     """What the cache keys a model by: its weights, not its tier's name.
 
     A packaged model is its catalog hash; a folder, the hash of its config and
-    the names and sizes of its weight files; an external API, its URL and name.
+    of its weight files' contents (a fine-tuned model has the same names and
+    sizes as its base: only the contents tell a distilled student from the
+    student it started from); an external API, its URL and name.
     """
     location = tier.model.location
     if location.pkg_name is not None:
@@ -53,7 +55,8 @@ def model_identity(tier: Tier, folder: Path | None) -> str:
         if path.name == "config.json":
             digest.update(path.read_bytes())
         elif path.suffix in {".safetensors", ".bin"}:
-            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+            with path.open("rb") as weights:
+                digest.update(f"{path.name}:".encode() + hashlib.file_digest(weights, "sha256").digest())
     return f"folder@sha256:{digest.hexdigest()[:16]}"
 
 
