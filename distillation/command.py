@@ -31,7 +31,7 @@ def run_distill_command(settings: DistillSettings, *, resume: bool, console: Con
         return 130
     console.print(figures_table(provenance))
     console.print(f"student written to {settings.out} (point a tier's model.uri at it); provenance in "
-                  f"{settings.out / PROVENANCE}; {provenance['seconds']} s, peak {provenance['peak_memory_mib']} MiB")  # fmt: skip
+                  f"{settings.out / PROVENANCE}; {provenance['train_seconds']} s training, peak {provenance['peak_memory_mib']} MiB")  # fmt: skip
     return 0
 
 

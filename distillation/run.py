@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import time
 import warnings
 from collections.abc import Callable
@@ -25,7 +24,15 @@ from kascade.distillation.examples import DistillDataError, load_examples, sampl
 from kascade.distillation.objective import classify_loss, lm_loss, on_policy_loss, sample_answers
 from kascade.distillation.preparation import encode_lm_data, label_ids_of, pad_id, prepare_classify
 from kascade.distillation.settings import DistillSettings
-from kascade.distillation.trainer import Steps, TrainState, batch_indices, load_checkpoint, train, trainable
+from kascade.distillation.trainer import (
+    Steps,
+    TrainState,
+    batch_indices,
+    load_checkpoint,
+    peak_memory_mib,
+    train,
+    trainable,
+)
 from kascade.runtime.engines.transformers.loading import LoadedModel, load_model, without_progress_bars
 
 PROVENANCE = "provenance.json"
@@ -171,7 +178,8 @@ def _provenance(settings: DistillSettings, about: dict[str, Any], state: TrainSt
         "history": state.history,
         # Training loss, mean of the first and of the last tenth of the steps (one step's loss is noisy).
         "loss_start_end": _start_end(state.losses),
-        "seconds": round(seconds, 1),
-        "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "seconds": round(seconds, 1),  # this run, loading and evaluation included
+        "train_seconds": round(state.train_seconds, 1),  # training steps, every run of a resumed training added up
+        "peak_memory_mib": round(max(state.peak_memory_mib, peak_memory_mib()), 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }

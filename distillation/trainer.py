@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import resource
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,8 @@ class TrainState:
     before: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)  # held-out figures along the way
     losses: list[float] = field(default_factory=list)  # training loss per step
+    train_seconds: float = 0.0  # time in the loop, every run of a resumed training added up
+    peak_memory_mib: float = 0.0  # the largest peak of any of those runs
 
 
 @dataclass
@@ -119,6 +123,7 @@ def train(
     """Run from `state.step` to `settings.steps`; evaluate every `eval_every`; checkpoint at each evaluation."""
     model.train()
     for step in range(state.step, settings.steps):
+        started = time.monotonic()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
         loss = steps.train_loss(step, is_on_policy(step, settings))
@@ -128,11 +133,18 @@ def train(
         optimizer.step()
         state.losses.append(float(loss.detach()))
         state.step = step + 1
+        state.train_seconds += time.monotonic() - started
+        state.peak_memory_mib = max(state.peak_memory_mib, peak_memory_mib())
         progress(state.step, state.losses[-1])
         if state.step % settings.eval_every == 0 or state.step == settings.steps:
             state.history.append({"step": state.step, **steps.held_out_figures()})
             save_checkpoint(model, optimizer, state, settings.out)
     return state
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def mean(values: Sequence[float]) -> float:
