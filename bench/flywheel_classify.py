@@ -102,7 +102,7 @@ def main() -> None:
             "--eval-every", "100", "--held-out", "0.1")  # fmt: skip
     after = json.loads(json.dumps(cascade))
     after["metadata"]["name"] = "tweets-encoders-distilled"
-    after["spec"]["tiers"][0]["model"]["uri"] = str(student)
+    after["spec"]["tiers"][0]["model"]["uri"] = str(student.relative_to(REPO))
     (out / "after.yaml").write_text(yaml.safe_dump(after, sort_keys=False))
     for name, manifest in (("before", MANIFEST), ("after", out / "after.yaml")):
         kascade("eval", "-f", str(manifest), "--data", str(out / "held-out.jsonl"), "--goal", GOAL,
