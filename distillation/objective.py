@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from kascade.distillation.batches import ClassifyBatch, LmBatch
+from kascade.distillation.batches import ClassifyBatch, EncodedLm, LmBatch
 from kascade.distillation.losses import (
     IGNORE_INDEX,
     dense_divergence,
@@ -52,10 +52,8 @@ def classify_loss(student: Any, batch: ClassifyBatch, settings: DistillSettings)
     return distillation_loss(soft, hard, alpha=settings.alpha, temperature=settings.temperature)
 
 
-def sample_answers(student: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_tokens: int, seed: int) -> LmBatch:
-    """The student's own answers (sampled at T = 1), left-padded prompts, as an LM batch without teacher signal."""
-    from kascade.distillation.batches import EncodedLm, collate_lm
-
+def sample_answers(student: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_tokens: int, seed: int) -> list[EncodedLm]:
+    """The student's own answers (sampled at T = 1) to left-padded prompts, without teacher signal."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -74,7 +72,7 @@ def sample_answers(student: Any, tokenizer: Any, prompts: list[list[int]], *, ma
         if tokenizer.eos_token_id in answer:
             answer = answer[: answer.index(tokenizer.eos_token_id) + 1]
         encoded.append(EncodedLm(prompt, [t for t in answer if t != pad] or [pad], None))
-    return collate_lm(encoded, pad)
+    return encoded
 
 
 def on_policy_loss(student: Any, teacher: Any, batch: LmBatch, settings: DistillSettings) -> torch.Tensor:
@@ -85,4 +83,14 @@ def on_policy_loss(student: Any, teacher: Any, batch: LmBatch, settings: Distill
     vocabulary = min(logits.shape[-1], teacher_logits.shape[-1])  # padded embedding rows differ between sizes
     soft = dense_divergence(logits[..., :vocabulary], teacher_logits[..., :vocabulary], batch.labels[:, 1:],
                             divergence=settings.divergence, beta=settings.beta, temperature=settings.temperature)  # fmt: skip
+    return distillation_loss(soft, None, alpha=settings.alpha, temperature=settings.temperature)
+
+
+def scored_sample_loss(student: Any, batch: LmBatch, settings: DistillSettings) -> torch.Tensor:
+    """On-policy through a teacher server: the sparse divergence to its top-k + tail on the sampled tokens only."""
+    logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    soft = sparse_divergence(
+        logits, batch.top_ids[:, 1:], batch.top_logprobs[:, 1:], batch.tail[:, 1:], batch.labels[:, 1:],
+        divergence=settings.divergence, beta=settings.beta, temperature=settings.temperature,
+    )  # fmt: skip
     return distillation_loss(soft, None, alpha=settings.alpha, temperature=settings.temperature)

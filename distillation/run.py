@@ -18,12 +18,19 @@ from typing import Any
 
 import torch
 
-from kascade.distillation.batches import collate_classify, collate_lm
+from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.evaluate import classify_metrics, lm_metrics
 from kascade.distillation.examples import DistillDataError, load_examples, sample, split
-from kascade.distillation.objective import classify_loss, lm_loss, on_policy_loss, sample_answers
+from kascade.distillation.objective import (
+    classify_loss,
+    lm_loss,
+    on_policy_loss,
+    sample_answers,
+    scored_sample_loss,
+)
 from kascade.distillation.preparation import encode_lm_data, label_ids_of, pad_id, prepare_classify
 from kascade.distillation.settings import DistillSettings
+from kascade.distillation.teacher_server import TeacherServer
 from kascade.distillation.trainer import (
     Steps,
     TrainState,
@@ -62,14 +69,23 @@ def _with_lora(student: LoadedModel, settings: DistillSettings) -> Any:
 
 def _lm_steps(model: Any, student: LoadedModel, teacher: LoadedModel | None, data: Any, settings: DistillSettings) -> Steps:
     pad = pad_id(student.tokenizer)
+    server = None
+    if settings.teacher_url is not None and teacher is None:
+        assert settings.teacher_model is not None
+        server = TeacherServer(settings.teacher_url, settings.teacher_model, top_k=settings.teacher_top_k,
+                               student_tokenizer=student.tokenizer)  # fmt: skip
 
     def train_loss(step: int, on_policy: bool) -> torch.Tensor:
         chosen = [data.train_encoded[i] for i in batch_indices(len(data.train_encoded), settings.batch_size, step, settings.seed)]
-        if on_policy and teacher is not None:
-            sampled = sample_answers(model, student.tokenizer, [e.prompt for e in chosen],
-                                     max_new_tokens=settings.max_new_tokens, seed=settings.seed * 100_003 + step)  # fmt: skip
-            return on_policy_loss(model, teacher.model, sampled.to(student.device), settings)
-        return lm_loss(model, collate_lm(chosen, pad).to(student.device), settings)
+        if not on_policy:
+            return lm_loss(model, collate_lm(chosen, pad).to(student.device), settings)
+        sampled = sample_answers(model, student.tokenizer, [e.prompt for e in chosen],
+                                 max_new_tokens=settings.max_new_tokens, seed=settings.seed * 100_003 + step)  # fmt: skip
+        if teacher is not None:
+            return on_policy_loss(model, teacher.model, collate_lm(sampled, pad).to(student.device), settings)
+        assert server is not None
+        scored = [EncodedLm(e.prompt, e.answer, signal) for e, signal in zip(sampled, server.signals(sampled), strict=True)]
+        return scored_sample_loss(model, collate_lm(scored, pad).to(student.device), settings)
 
     def figures() -> dict[str, Any]:
         return lm_metrics(model, student.tokenizer, data.held, data.held_encoded, settings, pad)

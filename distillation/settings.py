@@ -25,6 +25,10 @@ class DistillSettings(BaseModel):
         default=None,
         description="An in-process teacher (model URI): scores answers the log has no token ids for, and on-policy samples.",
     )
+    teacher_url: str | None = Field(
+        default=None, description="A teacher server's OpenAI base URL (vLLM, kascade serve): scores on-policy samples."
+    )
+    teacher_model: str | None = Field(default=None, description="The model name the teacher server serves.")
     data: str = Field(description="An escalation log (folder, file://, s3://) or a dataset .jsonl file.")
     out: Path = Field(description="The output folder: the distilled model, servable as it is, with provenance.json.")
     divergence: Divergence = Divergence.forward_kl
@@ -53,8 +57,12 @@ class DistillSettings(BaseModel):
 
     @model_validator(mode="after")
     def _on_policy_needs_a_teacher(self) -> DistillSettings:
-        if self.on_policy_fraction > 0 and self.teacher is None:
-            raise ValueError("on-policy steps need an in-process teacher to score the student's samples: pass --teacher")
+        if self.on_policy_fraction > 0 and self.teacher is None and self.teacher_url is None:
+            raise ValueError(
+                "on-policy steps need a teacher to score the student's samples: pass --teacher or --teacher-url"
+            )
+        if self.teacher_url is not None and not self.teacher_model:
+            raise ValueError("--teacher-url needs --teacher-model, the name the teacher server serves")
         return self
 
     def fingerprint(self) -> str:

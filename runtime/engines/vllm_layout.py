@@ -70,6 +70,17 @@ def completion_logprobs(tokens: Sequence[TokenLogprobs], initial_text_offset: in
     return result
 
 
+def prompt_logprobs(positions: Sequence[dict[int, tuple[float, int, str]] | None]) -> list[dict[str, Any] | None]:
+    """vLLM's `prompt_logprobs`: per prompt position None (the first) or {token id: {logprob, rank, decoded_token}}."""
+    return [
+        None if entries is None else {
+            str(token_id): {"logprob": _clamp(logprob), "rank": rank, "decoded_token": text}
+            for token_id, (logprob, rank, text) in entries.items()
+        }
+        for entries in positions
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ResponseHeader:
     """The fields every response and every chunk of one request repeat."""

@@ -117,7 +117,7 @@ def test_bad_input_is_refused_with_the_reason(tiny_small_lm_dir: Path, tmp_path:
     assert result.exit_code == 2 and "bad.jsonl:1: a line needs an `answer`" in result.output
     no_teacher = _distill("--student", str(tiny_small_lm_dir), "--data", str(tmp_path / "bad.jsonl"),
                           "--out", str(tmp_path / "o"), "--on-policy-fraction", "0.5")  # fmt: skip
-    assert no_teacher.exit_code != 0 and "need an in-process teacher" in no_teacher.output
+    assert no_teacher.exit_code != 0 and "need a teacher to score" in no_teacher.output
 
 
 def test_a_classifier_student_learns_from_soft_targets_of_a_classifier_teacher(
@@ -145,3 +145,27 @@ def test_a_classifier_student_learns_from_soft_targets_of_a_classifier_teacher(
     answer = asyncio.run(engine.call(Endpoint.classify, {"input": "great"}))
     assert answer["data"][0]["label"] in {"negative", "positive"}
     asyncio.run(engine.aclose())
+
+
+def test_on_policy_steps_through_a_teacher_server_use_its_prompt_logprobs(
+    tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path
+) -> None:
+    """The teacher served over HTTP (our model server speaks vLLM's prompt_logprobs); every step on-policy."""
+    from kascade.runtime.serving import BackgroundServer
+    from kascade.runtime.server import create_model_server_app
+
+    data = tmp_path / "answers.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "answer": "Paris."}) + "\n"
+                            for p in PROMPTS[:8]))  # fmt: skip
+    engine = TransformersEngine.load(tiny_large_lm_dir, served_model_name="teacher", device="cpu")
+    with BackgroundServer(create_model_server_app(engine, "teacher")) as server:
+        result = _distill("--student", str(tiny_small_lm_dir), "--teacher-url", f"{server.url}/v1",
+                          "--teacher-model", "teacher", "--data", str(data), "--out", str(tmp_path / "s"),
+                          "--steps", "3", "--batch-size", "4", "--eval-generate", "0", "--held-out", "0.2",
+                          "--on-policy-fraction", "1", "--max-new-tokens", "4", "--teacher-top-k", "5")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    provenance = json.loads((tmp_path / "s" / "provenance.json").read_text())
+    assert provenance["steps"] == 3 and all(loss > 0 for loss in provenance["loss_start_end"])
+    named_wrong = _distill("--student", str(tiny_small_lm_dir), "--teacher-url", "http://127.0.0.1:9/v1",
+                           "--data", str(data), "--out", str(tmp_path / "t"), "--on-policy-fraction", "1")  # fmt: skip
+    assert named_wrong.exit_code != 0 and "--teacher-url needs --teacher-model" in named_wrong.output

@@ -464,3 +464,22 @@ def test_tokens_are_named_by_id_when_asked_as_vllm_does(lm: TransformersEngine) 
     assert decoded.startswith(plain["choices"][0]["message"]["content"][:3])
     plain_logprobs = [entry["logprob"] for entry in plain["choices"][0]["logprobs"]["content"]]
     assert [entry["logprob"] for entry in content] == pytest.approx(plain_logprobs)
+
+
+def test_prompt_logprobs_score_each_prompt_token_as_vllm_does(lm: TransformersEngine) -> None:
+    """prompt_logprobs=k: None first, then per position the prompt token's logprob and rank, and the top k."""
+    ids = lm._tokenizer("The cat sat on the mat.")["input_ids"]
+    body = {"prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 3}
+    scored = run(lm.call(Endpoint.completion, body))["choices"][0]["prompt_logprobs"]
+    assert len(scored) == len(ids) and scored[0] is None
+    import torch
+
+    with torch.no_grad():
+        expected = torch.log_softmax(lm._model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+    for position, (token_id, entries) in enumerate(zip(ids[1:], scored[1:], strict=True)):
+        assert 3 <= len(entries) <= 4 and str(token_id) in entries
+        assert entries[str(token_id)]["logprob"] == pytest.approx(float(expected[position, token_id]), abs=1e-4)
+        ranks = sorted(entry["rank"] for entry in entries.values())
+        assert ranks[:3] == [1, 2, 3]
+    with pytest.raises(TierError, match="prompt_logprobs"):
+        run(lm.call(Endpoint.chat, {"messages": HELLO, "prompt_logprobs": 2}))

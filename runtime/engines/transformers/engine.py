@@ -22,7 +22,7 @@ from kascade.runtime.engines import vllm_layout as layout
 from kascade.runtime.engines.base import Endpoint, TierError, TierErrorKind
 from kascade.runtime.engines.transformers.classification import classify_encoded, encode_inputs
 from kascade.runtime.engines.transformers.decoding import TokenStep, TokenTexts
-from kascade.runtime.engines.transformers.generation import generate_steps
+from kascade.runtime.engines.transformers.generation import generate_steps, score_prompt
 from kascade.runtime.engines.transformers.loading import LoadedModel, Task, load_model
 from kascade.runtime.engines.transformers.prompts import encode_prompt, fit_max_tokens
 from kascade.runtime.engines.transformers.requests import (
@@ -124,12 +124,15 @@ class TransformersEngine:
         self._check_serves(endpoint)
         if endpoint is Endpoint.classify:
             return await self._classify(body)
-        prompt_ids, params, _ = await self._prepare(endpoint, body)
+        prompt_ids, params, request = await self._prepare(endpoint, body)
         header = _header(endpoint, self.served_model_name)
+        scored_prompt = None
+        if request.prompt_logprobs is not None:
+            scored_prompt = await asyncio.to_thread(self._score_prompt, prompt_ids, request.prompt_logprobs)
         async with aclosing(self._generate(prompt_ids, params)) as generation:
             steps = [step async for step in generation]
         build = layout.chat_completion if endpoint is Endpoint.chat else layout.text_completion
-        return build(
+        response = build(
             header,
             "".join(step.text for step in steps),
             logprobs=_logprobs(steps, endpoint),
@@ -137,12 +140,23 @@ class TransformersEngine:
             stop_reason=steps[-1].stop_reason,
             token_usage=layout.usage(len(prompt_ids), len(steps)),
         )
+        if scored_prompt is not None:
+            response["choices"][0]["prompt_logprobs"] = layout.prompt_logprobs(scored_prompt)
+        return response
+
+    def _score_prompt(self, prompt_ids: list[int], top_k: int) -> list[dict[int, tuple[float, int, str]] | None]:
+        """In a worker thread, with the model to itself: each prompt token's logprob and rank, and the top k."""
+        with self._lock:
+            if self._model is None:
+                raise _shutting_down()
+            return score_prompt(self._model, prompt_ids, top_k, self._device, self._token_texts)
 
     async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         self._check_serves(endpoint)
         if endpoint is Endpoint.classify:
             raise bad_request("The Classification API does not stream.", "stream")
-        prompt_ids, params, include_usage = await self._prepare(endpoint, body)
+        prompt_ids, params, request = await self._prepare(endpoint, body)
+        include_usage = request.include_usage
         header = _header(endpoint, self.served_model_name)
         chat = endpoint is Endpoint.chat
         if chat:
@@ -191,14 +205,14 @@ class TransformersEngine:
         if generative != (self.task == "generate"):
             raise bad_request(f"The model does not support {_API_NAMES[endpoint]}")
 
-    async def _prepare(self, endpoint: Endpoint, body: Any) -> tuple[list[int], SamplingParams, bool]:
-        """The prompt's token ids, the sampling parameters with `max_tokens` fitted, and whether usage is streamed."""
+    async def _prepare(self, endpoint: Endpoint, body: Any) -> tuple[list[int], SamplingParams, GenerationRequest]:
+        """The prompt's token ids, the sampling parameters with `max_tokens` fitted, and the request."""
         request: GenerationRequest = (
             parse_chat_request(body) if endpoint is Endpoint.chat else parse_completion_request(body)
         )
         prompt_ids = await asyncio.to_thread(encode_prompt, self._tokenizer, request.prompt)
         params = fit_max_tokens(request.params, len(prompt_ids), self.max_model_len, endpoint)
-        return prompt_ids, params, request.include_usage
+        return prompt_ids, params, request
 
     async def _generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenStep]:
         """Run the decode loop in a worker thread; yield its steps; stop it when closed early."""

@@ -63,6 +63,31 @@ def position_logprobs(
     return TokenLogprobs(token_texts(token_id), float(raw[token_id]), top)
 
 
+def score_prompt(
+    model: Any, prompt_ids: list[int], top_k: int, device: Any, token_texts: Callable[[int], str]
+) -> list[dict[int, tuple[float, int, str]] | None]:
+    """vLLM's prompt logprobs: None for the first token; then, per position, the token's (logprob, rank, text)
+    and the `top_k` most likely tokens', from the raw distribution given the tokens before it."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt_ids], device=device)).logits[0, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    scored: list[dict[int, tuple[float, int, str]] | None] = [None]
+    for position, token_id in enumerate(prompt_ids[1:]):
+        row = logprobs[position]
+        entries: dict[int, tuple[float, int, str]] = {}
+        if top_k:
+            values, ids = torch.topk(row, min(top_k, row.numel()))
+            for rank, (value, top_id) in enumerate(zip(values.tolist(), ids.tolist(), strict=True), 1):
+                entries[top_id] = (value, rank, token_texts(top_id))
+        if token_id not in entries:
+            rank = int((row > row[token_id]).sum()) + 1
+            entries = {token_id: (float(row[token_id]), rank, token_texts(token_id)), **entries}
+        scored.append(entries)
+    return scored
+
+
 def generate_steps(
     model: Any,
     tokenizer: Any,

@@ -18,6 +18,7 @@ from kascade.runtime.engines.transformers.sampling import SamplingParams
 from kascade.runtime.errors import openai_error
 from kascade.runtime.wire import (
     ChatCompletionRequest,
+    MAX_TOP_LOGPROBS,
     ClassificationRequest,
     CompletionRequest,
     InvalidRequest,
@@ -48,6 +49,8 @@ class _VllmSampling(WireModel):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     # Logprobs name tokens `token_id:<id>` instead of their text (what the escalation log keeps).
     return_tokens_as_token_ids: bool | None = None
+    # vLLM's logprobs of the prompt's own tokens, with the top k at each position (a teacher scoring a sample).
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @field_validator("stream_options", check_fields=False)
     @classmethod
@@ -104,6 +107,7 @@ class GenerationRequest:
     prompt: Prompt
     params: SamplingParams
     include_usage: bool = False
+    prompt_logprobs: int | None = None  # completions only, and not streamed
 
 
 def _validated(model: type[RequestModel], body: Any) -> RequestModel:
@@ -140,6 +144,8 @@ def _include_usage(request: EngineChatRequest | EngineCompletionRequest) -> bool
 def parse_chat_request(body: Any) -> GenerationRequest:
     """Validate a /v1/chat/completions body (vLLM's ChatCompletionRequest) into plain values."""
     request = _validated(EngineChatRequest, body)
+    if request.prompt_logprobs is not None:
+        raise bad_request("'prompt_logprobs' is supported on /v1/completions only by this server.", "prompt_logprobs")
     max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
     logprobs = (request.top_logprobs or 0) if request.logprobs else None
     return GenerationRequest(
@@ -164,10 +170,13 @@ def parse_completion_request(body: Any) -> GenerationRequest:
         raise bad_request("'suffix' is not supported by this server.", "suffix")
     if request.best_of not in (None, 1):
         raise bad_request("Only best_of=1 is supported by this server.", "best_of")
+    if request.prompt_logprobs is not None and request.stream:
+        raise bad_request("'prompt_logprobs' is not supported with stream by this server.", "prompt_logprobs")
     return GenerationRequest(
         prompt=prompt,
         params=_sampling_params(request, max_tokens=request.max_tokens, logprobs=request.logprobs),
         include_usage=_include_usage(request),
+        prompt_logprobs=request.prompt_logprobs,
     )
 
 
