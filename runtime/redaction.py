@@ -1,7 +1,8 @@
 """Redaction before anything is kept: the cascade's own patterns plus built-in ones. Pure.
 
-Built in, always on: e-mail addresses, phone numbers (international or with
-separators, at least 9 digits), and API-key-like strings (OpenAI, Anthropic,
+Built in, always on: e-mail addresses, phone numbers (by their shape: an
+international number with a leading + and separated groups, or 3-3-4 digits
+with separators; bare numbers are left alone), and API-key-like strings (OpenAI, Anthropic,
 AWS, GitHub, Slack and Google keys, bearer tokens, long hex or base64
 secrets). What matches becomes `[REDACTED]`.
 """
@@ -17,7 +18,11 @@ REDACTED = "[REDACTED]"
 
 BUILT_IN_PATTERNS: tuple[str, ...] = (
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",  # e-mail
-    r"(?<![\w+])\+?\d{1,3}[\s.-]?\(?\d{2,4}\)?(?:[\s.-]?\d{2,4}){2,4}(?!\w)",  # phone numbers
+    # Phone numbers, by their shape: a leading + and three or more separated groups (+44 20 7946 0958), or
+    # 3-3-4 digits with separators ((555) 123-4567). Bare digit runs and decimals are numbers, not phones:
+    # mathematics, prices and ids must pass untouched.
+    r"(?<![\w+])\+\d{1,3}(?:[\s.-]\(?\d{1,4}\)?){2,5}(?!\w)",
+    r"(?<![\w.])\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?![\w.])",
     r"\b(?:sk|pk|rk)-(?:[A-Za-z0-9_-]+-)?[A-Za-z0-9_-]{16,}",  # OpenAI / Anthropic / Stripe style keys
     r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",  # AWS access key ids
     r"\bgh[pousr]_[A-Za-z0-9]{30,}\b",  # GitHub tokens

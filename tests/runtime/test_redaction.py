@@ -12,7 +12,9 @@ BUILT_IN = Redactor.with_built_ins()
 @pytest.mark.parametrize("secret", [
     "ada.lovelace+work@example.co.uk",
     "+44 20 7946 0958",
-    "(555) 123-4567 ext",
+    "+1 415-555-2671",
+    "(555) 123-4567",
+    "555.123.4567",
     "sk-proj-abcdefghijklmnopqrstuvwx1234",
     "AKIAIOSFODNN7EXAMPLE",
     "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
@@ -30,6 +32,8 @@ def test_built_in_patterns_remove_contacts_and_keys(secret: str) -> None:
 @pytest.mark.parametrize("plain", [
     "What is 2556 + 2?", "Call the function add(3, 4) and return 7.", "The year 2024 was warm.",
     "def add(a, b):\n    return a + b", "Version 1.2.3 of the API", "See section 4.2 on page 17.",
+    "What is 0.3 + -24.5551?", "Add -757.21 and 287921.", "-268132", "1234567890", "0.1703 + 2.4555 = 2.6258",
+    "Calculate 2556 + 2.", "order 12345678 shipped", "pi is 3.14159265358979",
 ])  # fmt: skip
 def test_ordinary_text_and_numbers_are_left_alone(plain: str) -> None:
     assert BUILT_IN.redact(plain) == (plain, False)
