@@ -51,9 +51,16 @@ class DistillExample:
     reference: str | None = None  # a dataset's reference answer or label (accuracy), where known
 
 
+HELD_OUT_SALT = "kascade-distill-held-out:"
+
+
 def is_held_out(example_id: str, share: float) -> bool:
-    """Stable across runs and machines: the first 8 bytes of SHA-256 of the id, as a fraction, below `share`."""
-    digest = hashlib.sha256(example_id.encode()).digest()
+    """Stable across runs and machines: the first 8 bytes of SHA-256 of the salted id, as a fraction, below `share`.
+
+    Salted, so that it does not follow another split made by hashing the same ids (a dataset's own
+    train/test split by SHA-256 of the id would otherwise put a whole test part on one side).
+    """
+    digest = hashlib.sha256((HELD_OUT_SALT + example_id).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 

@@ -169,3 +169,12 @@ def test_on_policy_steps_through_a_teacher_server_use_its_prompt_logprobs(
     named_wrong = _distill("--student", str(tiny_small_lm_dir), "--teacher-url", "http://127.0.0.1:9/v1",
                            "--data", str(data), "--out", str(tmp_path / "t"), "--on-policy-fraction", "1")  # fmt: skip
     assert named_wrong.exit_code != 0 and "--teacher-url needs --teacher-model" in named_wrong.output
+
+
+def test_the_held_out_split_does_not_follow_a_datasets_own_split_by_the_same_ids() -> None:
+    from kascade.distillation.examples import is_held_out
+    from kascade.evaluation.datasets import stable_fraction
+
+    test_part = [str(i) for i in range(5000) if stable_fraction(str(i)) < 0.35]  # how `NAME:test` is chosen
+    share = sum(is_held_out(i, 0.5) for i in test_part) / len(test_part)
+    assert 0.45 < share < 0.55
