@@ -119,7 +119,7 @@ def summarize(out: Path, method_name: str = "maxProb", goal: str = GOAL) -> None
                       "bound_kept": method["held_out"]["bound"]["small_share_median"],
                       "bound_range": (method["held_out"]["bound"]["small_share_min"], method["held_out"]["bound"]["small_share_max"]),
                       "goal_met": method["held_out"]["bound"]["met_share"], "auroc": method["auroc"]}  # fmt: skip
-    print("| cascade | small tier alone: accuracy | agreement with mpnet | kept at the goal (bound), median (min–max) | "
+    print("| cascade | small tier alone: accuracy | agreement with the last tier | kept at the goal (bound), median (min–max) | "
           "escalated | goal held | AUROC |")
     print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
