@@ -16,7 +16,7 @@ import math
 import random
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,3 @@ def peak_memory_mib() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-
-def mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else 0.0

@@ -135,8 +135,10 @@ class Cascade:
         self.metrics = metrics
         self.escalation_log = escalation_log
         # Only a cascade with a tier to escalate to has escalations to keep.
-        self._log = escalation_log if len(self.tiers) > 1 else None
-        self._keeper = None if self._log is None else EscalationKeeper(self._log, config.cascade)
+        self._keeper = (
+            EscalationKeeper(escalation_log, config.cascade) if escalation_log is not None and len(self.tiers) > 1
+            else None
+        )
         self._clock = clock
 
     @property

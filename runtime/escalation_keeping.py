@@ -11,13 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kascade.runtime.engines.base import Endpoint
-from kascade.runtime.escalation_records import (
-    EscalationSeen,
-    answer_of_chunks,
-    answer_of_response,
-    declined_answer,
-    model_identity,
-)
+from kascade.runtime.escalation_records import EscalationSeen, answer_of, declined_answer, model_identity
 from kascade.runtime.logprobs import caller_logprobs_request, with_logprobs_requested
 
 if TYPE_CHECKING:
@@ -52,7 +46,7 @@ class EscalationKeeper:
         buffered: Sequence[Mapping[str, Any]] | None,
     ) -> None:
         """A tier's answer was declined: keep it (whole, or the prefix an early-mode stream was scored on)."""
-        seen = answer_of_response(endpoint, response) if response is not None else answer_of_chunks(endpoint, buffered or [])
+        seen = answer_of(endpoint, response if response is not None else buffered or [])
         attempts.declined.append(declined_answer(tier, decision, seen))
 
     def keep(
@@ -64,7 +58,7 @@ class EscalationKeeper:
         attempts: Attempts,
     ) -> None:
         """Offer an answered escalation (a whole response, or a stream's chunks) to the log; never blocks."""
-        answer = answer_of_response(endpoint, answered) if isinstance(answered, Mapping) else answer_of_chunks(endpoint, answered)
+        answer = answer_of(endpoint, answered)
         input_tokens, output_tokens = attempts.answering_tokens(tier.name)
         self.log.offer(EscalationSeen(
             cascade=self.cascade, endpoint=endpoint, body=body, declined=tuple(attempts.declined),

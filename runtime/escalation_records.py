@@ -126,6 +126,11 @@ def answer_of_chunks(endpoint: Endpoint, chunks: Sequence[Mapping[str, Any]]) ->
     return TierAnswer(text="".join(texts), finish_reason=finish_reason, positions=tuple(positions))
 
 
+def answer_of(endpoint: Endpoint, answered: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> TierAnswer:
+    """A tier's answer from its whole response, or from the chunks of its stream."""
+    return answer_of_response(endpoint, answered) if isinstance(answered, Mapping) else answer_of_chunks(endpoint, answered)
+
+
 def teacher_tokens(positions: Sequence[Position]) -> TeacherTokens | None:
     """The positions as ids with their top-k and tail; None when any name is not a `token_id:<id>`."""
     if not positions:
