@@ -63,7 +63,8 @@ class CounterFigures(StatusModel):
     baseline: Amount = Field(default=0.0, description="What the last tier alone would have cost.")
     escalations_logged: Count = Field(default=0, description="Escalations queued for the escalation log.")
     escalation_log_dropped: Count = Field(
-        default=0, description="Escalations the log dropped because its queue was full (the answer was not delayed)."
+        default=0,
+        description="Escalations the log dropped: its queue was full, its writer was lost, or storage was down at a stop.",
     )
 
     def plus(self, other: CounterFigures) -> Self:
@@ -131,7 +132,7 @@ class CounterSlot(StatusModel):
     tiers: dict[str, TierCounters] = Field(default_factory=dict)
     cost: SlotCost = Field(default_factory=SlotCost)
     escalations_logged: Count = Field(default=0, description="Escalations queued for the escalation log.")
-    escalation_log_dropped: Count = Field(default=0, description="Escalations the log dropped (queue full).")
+    escalation_log_dropped: Count = Field(default=0, description="Escalations the log dropped (queue full, writer lost).")
     pod: str | None = Field(
         default=None, max_length=253, description="The router pod that wrote the slot (absent on /stats)."
     )

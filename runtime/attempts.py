@@ -7,10 +7,12 @@ one of them was paid for (or at least waited for).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kascade.api.escalation_record import DeclinedAnswer
 from kascade.runtime.ledger import RequestOutcome, TierCall
+
+if TYPE_CHECKING:
+    from kascade.runtime.escalation_records import DeclinedSeen
 
 
 class Attempts:
@@ -18,7 +20,7 @@ class Attempts:
 
     def __init__(self) -> None:
         self.calls: list[TierCall] = []
-        self.declined: list[DeclinedAnswer] = []  # kept only when the cascade keeps an escalation log
+        self.declined: list[DeclinedSeen] = []  # kept only when the cascade keeps an escalation log
 
     def add(self, call: TierCall) -> None:
         self.calls.append(call)

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kascade.runtime.engines.base import Endpoint
-from kascade.runtime.escalation_records import EscalationSeen, answer_of, declined_answer, model_identity
+from kascade.api.escalation_record import ModelIdentity
+from kascade.runtime.escalation_records import EscalationSeen, answer_of, declined_seen, model_identity
 from kascade.runtime.logprobs import caller_logprobs_request, with_logprobs_requested
 
 if TYPE_CHECKING:
@@ -25,6 +26,13 @@ class EscalationKeeper:
     def __init__(self, log: EscalationLog, cascade: str) -> None:
         self.log = log
         self.cascade = cascade
+        self._identities: dict[str, ModelIdentity] = {}  # one per tier: the records share it
+
+    def _identity(self, tier: TierConfig) -> ModelIdentity:
+        identity = self._identities.get(tier.name)
+        if identity is None:
+            identity = self._identities[tier.name] = model_identity(tier)
+        return identity
 
     def teacher_body(self, tier: TierConfig, endpoint: Endpoint, tier_body: dict[str, Any]) -> dict[str, Any]:
         """The last tier's body: its top-k logprobs, by token id where the tier can and the caller never sees them."""
@@ -47,7 +55,7 @@ class EscalationKeeper:
     ) -> None:
         """A tier's answer was declined: keep it (whole, or the prefix an early-mode stream was scored on)."""
         seen = answer_of(endpoint, response if response is not None else buffered or [])
-        attempts.declined.append(declined_answer(tier, decision, seen))
+        attempts.declined.append(declined_seen(self._identity(tier), decision, seen))
 
     def keep(
         self,
@@ -62,6 +70,6 @@ class EscalationKeeper:
         input_tokens, output_tokens = attempts.answering_tokens(tier.name)
         self.log.offer(EscalationSeen(
             cascade=self.cascade, endpoint=endpoint, body=body, declined=tuple(attempts.declined),
-            answered_by=model_identity(tier), answer=answer, input_tokens=input_tokens, output_tokens=output_tokens,
+            answered_by=self._identity(tier), answer=answer, input_tokens=input_tokens, output_tokens=output_tokens,
             at=datetime.now(UTC),
         ))  # fmt: skip

@@ -153,9 +153,20 @@ def model_identity(tier: TierConfig) -> ModelIdentity:
                          revision=tier.model_revision)  # fmt: skip
 
 
-def declined_answer(tier: TierConfig, decision: Decision, answer: TierAnswer) -> DeclinedAnswer:
-    return DeclinedAnswer(model=model_identity(tier), text=answer.text, score=decision.confidence,
-                          method=decision.method.value, threshold=decision.threshold)  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class DeclinedSeen:
+    """A declined answer as the router saw it; the record's `DeclinedAnswer` is built from it, redacted, by the writer."""
+
+    model: ModelIdentity
+    text: str
+    score: float
+    method: str
+    threshold: float
+
+
+def declined_seen(model: ModelIdentity, decision: Decision, answer: TierAnswer) -> DeclinedSeen:
+    return DeclinedSeen(model=model, text=answer.text, score=decision.confidence, method=decision.method.value,
+                        threshold=decision.threshold)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -165,7 +176,7 @@ class EscalationSeen:
     cascade: str
     endpoint: Endpoint
     body: Mapping[str, Any]
-    declined: Sequence[DeclinedAnswer]
+    declined: Sequence[DeclinedSeen]
     answered_by: ModelIdentity
     answer: TierAnswer
     input_tokens: int
@@ -178,7 +189,10 @@ def build_record(seen: EscalationSeen, redactor: Redactor, *, now: datetime | No
     request, request_changed = redactor.redact_json(dict(seen.body))
     answer, answer_changed = redactor.redact(seen.answer.text)
     declined_texts, declined_changed = redactor.redact_all(d.text for d in seen.declined)
-    declined = [d.model_copy(update={"text": text}) for d, text in zip(seen.declined, declined_texts, strict=True)]
+    declined = [
+        DeclinedAnswer(model=d.model, text=text, score=d.score, method=d.method, threshold=d.threshold)
+        for d, text in zip(seen.declined, declined_texts, strict=True)
+    ]
     return EscalationRecord(
         id=uuid.uuid4().hex,
         cascade=seen.cascade,

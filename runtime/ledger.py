@@ -208,6 +208,11 @@ class Ledger:
             else:
                 self._log_dropped += 1
 
+    def note_escalation_log_lost(self, count: int) -> None:
+        """Queued escalations the log could not keep after all (its writer died, or storage stayed down at a stop)."""
+        with self._lock:
+            self._log_dropped += count
+
     def counter_slot(self) -> CounterSlot:
         """The absolute totals: what `/stats` serves and what the router writes into its status slot."""
         with self._lock:

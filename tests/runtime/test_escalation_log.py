@@ -16,6 +16,7 @@ from kascade.api.modelcascade import Accept, Price, StreamingMode
 from kascade.runtime.config import EscalationLogConfig
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.escalation_log import EscalationLog
+from kascade.runtime.escalation_writer import SegmentWriter, encode_frame, serve
 from kascade.runtime.escalation_records import EscalationSeen, TierAnswer
 from kascade.runtime.ledger import Ledger
 from kascade.runtime.log_segments import SegmentStore, arrow_schema
@@ -121,24 +122,32 @@ def test_segments_rotate_and_a_clean_stop_writes_what_is_queued(tmp_path: Path) 
         await log.start()
         for index in range(10):
             assert log.offer(_seen(index))
-        await asyncio.sleep(0.2)  # two full segments go out without waiting for flush_seconds
+        await _until(lambda: log.written == 8)  # two full segments go out without waiting for flush_seconds
         assert len(SegmentStore(str(tmp_path)).segments()) == 2
         await log.close()  # the last 2 are flushed
         return log
 
     log = asyncio.run(run())
-    assert log.written == 10 and log.dropped == 0
+    assert log.written == 10 and log.dropped == 0 and log.in_flight == 0
     assert [record.answer for record in _records(tmp_path)] == [f"a{index}" for index in range(10)]
     assert len(SegmentStore(str(tmp_path)).segments()) == 3
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temporary left
+
+
+async def _until(condition: Any, seconds: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the writer process did not get there"
+        await asyncio.sleep(0.02)
 
 
 def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
     ledger = Ledger({"small": Price(), "large": Price()})
 
     async def run() -> list[bool]:
-        log = EscalationLog(_log_config(tmp_path, queue_size=3), process_id="p", ledger=ledger)
-        # Not started: nothing drains the queue, as under a burst the writer cannot keep up with.
+        log = EscalationLog(_log_config(tmp_path, queue_size=3, flush_seconds=30), process_id="p", ledger=ledger)
+        await log.start()
+        # A burst the writer cannot keep up with: nothing is reported written between these offers.
         kept = [log.offer(_seen(index)) for index in range(5)]
         await log.close()
         return kept
@@ -149,24 +158,75 @@ def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
     assert len(_records(tmp_path)) == 3
 
 
-def test_a_failed_write_keeps_the_records_for_the_next_try(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writer_that_dies_is_counted_and_replaced_and_a_ctrl_c_does_not_reach_it(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    ledger = Ledger({"small": Price(), "large": Price()})
+
     async def run() -> EscalationLog:
-        log = EscalationLog(_log_config(tmp_path), process_id="p")
-        real_write, calls = log.store.write, []
-
-        def flaky(name: str, table: Any) -> None:
-            calls.append(name)
-            if len(calls) == 1:
-                raise OSError("disk full")
-            real_write(name, table)
-
-        monkeypatch.setattr(log.store, "write", flaky)
-        log.offer(_seen())
+        log = EscalationLog(_log_config(tmp_path, flush_seconds=30), process_id="p", ledger=ledger)
+        await log.start()
+        assert log.offer(_seen(0)) and log.offer(_seen(1))
+        first = log.writer_pid
+        await asyncio.sleep(0.5)
+        assert first is not None
+        os.kill(first, signal.SIGINT)  # a Ctrl-C in the terminal: the writer ignores it
+        await asyncio.sleep(0.3)
+        assert log.writer_pid == first
+        os.kill(first, signal.SIGKILL)  # the writer is lost with 2 records unwritten
+        await _until(lambda: log.writer_pid not in (None, first))
+        assert log.offer(_seen(2))
         await log.close()
         return log
 
     log = asyncio.run(run())
-    assert log.written == 1 and [r.answer for r in _records(tmp_path)] == ["a0"]
+    assert log.dropped == 2 and log.written == 1 and [r.answer for r in _records(tmp_path)] == ["a2"]
+    slot = ledger.counter_slot()
+    assert slot.escalations_logged == 3 and slot.escalation_log_dropped == 2
+
+
+def _serve_frames(writer: SegmentWriter, frames: list[EscalationSeen]) -> list[dict[str, int]]:
+    """Run the writer process's loop in this process: the frames, then the end of its input."""
+    import io
+    import os
+
+    read, write = os.pipe()
+    os.write(write, encode_frame(frames[:1]) + encode_frame(frames[1:]))
+    os.close(write)
+    out = io.StringIO()
+    try:
+        serve(writer, read, out, sleep=lambda seconds: None)
+    finally:
+        os.close(read)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+class _FlakyStore(SegmentStore):
+    def __init__(self, uri: str, failures: int) -> None:
+        super().__init__(uri)
+        self.failures = failures
+
+    def write(self, name: str, table: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk full")
+        super().write(name, table)
+
+
+def test_a_failed_write_keeps_the_records_for_the_next_try(tmp_path: Path) -> None:
+    config = _log_config(tmp_path)
+    writer = SegmentWriter(config, writer_id="p", store=_FlakyStore(config.uri, failures=1))
+    assert _serve_frames(writer, [_seen()]) == [{"write_failed": 1}, {"written": 1}]
+    assert [r.answer for r in _records(tmp_path)] == ["a0"]
+
+
+def test_storage_down_at_a_stop_is_tried_three_times_then_reported_dropped(tmp_path: Path) -> None:
+    config = _log_config(tmp_path)
+    writer = SegmentWriter(config, writer_id="p", store=_FlakyStore(config.uri, failures=99))
+    reports = _serve_frames(writer, [_seen(0), _seen(1)])
+    assert reports == [{"write_failed": 2}] * 3 + [{"dropped": 2}]
+    assert _records(tmp_path) == []
 
 
 def test_segments_past_the_retention_are_removed_by_the_writer(tmp_path: Path) -> None:
@@ -176,15 +236,12 @@ def test_segments_past_the_retention_are_removed_by_the_writer(tmp_path: Path) -
         (tmp_path / f"escalations-{stamp}-{name}-000000.parquet").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("not a segment: left alone")
 
-    async def run() -> None:
-        log = EscalationLog(_log_config(tmp_path, retention_days=30), process_id="p", clock=now.timestamp)
-        await log.start()
-        await log.close()
-
-    asyncio.run(run())
+    writer = SegmentWriter(_log_config(tmp_path, retention_days=30), writer_id="p", clock=now.timestamp)
+    writer.add(_seen())
+    writer.write_segment()
     names = sorted(path.name for path in tmp_path.iterdir())
     assert [name for name in names if "old" in name] == [] and any("recent" in name for name in names)
-    assert "notes.txt" in names
+    assert "notes.txt" in names and len([name for name in names if name.endswith("-p-000000.parquet")]) == 1
 
 
 def test_a_schema_newer_than_this_reader_is_refused_with_its_version() -> None:
@@ -221,26 +278,3 @@ def test_kascade_log_stats_and_show_read_what_a_router_wrote(
     assert "and of Italy?" not in show.output
     empty = runner.invoke(app, ["log", "stats", str(tmp_path / "nothing")])
     assert empty.exit_code != 0 and "no escalation-log segments" in empty.output
-
-
-def test_a_stop_during_a_write_waits_for_it_and_writes_nothing_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import time
-
-    async def run() -> EscalationLog:
-        log = EscalationLog(_log_config(tmp_path, flush_seconds=0.01), process_id="p")
-        real_write = log.store.write
-
-        def slow(name: str, table: Any) -> None:
-            time.sleep(0.3)  # storage is slow: the stop comes while this segment is being written
-            real_write(name, table)
-
-        monkeypatch.setattr(log.store, "write", slow)
-        await log.start()
-        log.offer(_seen(0))
-        await asyncio.sleep(0.1)
-        log.offer(_seen(1))
-        await log.close()
-        return log
-
-    log = asyncio.run(run())
-    assert log.written == 2 and sorted(r.answer for r in _records(tmp_path)) == ["a0", "a1"]
