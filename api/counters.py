@@ -62,6 +62,14 @@ class CounterFigures(StatusModel):
     actual: Amount = Field(default=0.0, description="Usage cost, wasted small-tier calls included.")
     baseline: Amount = Field(default=0.0, description="What the last tier alone would have cost.")
     escalations_logged: Count = Field(default=0, description="Escalations queued for the escalation log.")
+    shadow_calls: Count = Field(default=0, description="Shadow calls to the last tier (online calibration).")
+    shadow_cost: Amount = Field(default=0.0, description="What they cost (included in actual).")
+    calibration_samples: dict[str, Count] = Field(
+        default_factory=dict, description="Agreement samples per tier and score bin (`<tier>@<bin edge>`)."
+    )
+    calibration_agreed: dict[str, Count] = Field(
+        default_factory=dict, description="Of those, the ones that agreed with the last tier."
+    )
     escalation_log_dropped: Count = Field(
         default=0,
         description="Escalations the log dropped: its queue was full, its writer was lost, or storage was down at a stop.",
@@ -133,6 +141,14 @@ class CounterSlot(StatusModel):
     cost: SlotCost = Field(default_factory=SlotCost)
     escalations_logged: Count = Field(default=0, description="Escalations queued for the escalation log.")
     escalation_log_dropped: Count = Field(default=0, description="Escalations the log dropped (queue full, writer lost).")
+    shadow_calls: Count = Field(default=0, description="Shadow calls to the last tier (online calibration).")
+    shadow_cost: Amount = Field(default=0.0, description="What they cost (included in cost.actual).")
+    calibration_samples: dict[str, Count] = Field(
+        default_factory=dict, description="Agreement samples per tier and score bin (`<tier>@<bin edge>`)."
+    )
+    calibration_agreed: dict[str, Count] = Field(
+        default_factory=dict, description="Of those, the ones that agreed with the last tier."
+    )
     pod: str | None = Field(
         default=None, max_length=253, description="The router pod that wrote the slot (absent on /stats)."
     )
@@ -148,6 +164,10 @@ class CounterSlot(StatusModel):
             baseline=self.cost.baseline,
             escalations_logged=self.escalations_logged,
             escalation_log_dropped=self.escalation_log_dropped,
+            shadow_calls=self.shadow_calls,
+            shadow_cost=self.shadow_cost,
+            calibration_samples=self.calibration_samples,
+            calibration_agreed=self.calibration_agreed,
         )
 
     def to_wire(self) -> dict[str, Any]:

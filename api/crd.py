@@ -19,7 +19,8 @@ import yaml
 from kascade.api.loop import (
     CALIBRATION_NEEDS_A_GOAL,
     ESCALATION_LOG_NEEDS_A_PLACE,
-    NOT_IMPLEMENTED_SHADOW_SAMPLES,
+    ONLINE_CALIBRATION_HAS_NO_REFERENCES,
+    THRESHOLD_BOUNDS_IN_ORDER,
     NOT_IMPLEMENTED_DISTILLATION,
     NOT_IMPLEMENTED_GPU_HOUR_PRICE,
 )
@@ -138,9 +139,16 @@ SPEC_RULES += [
     {
         "rule": (
             "!has(self.calibration) || !has(self.calibration.shadowSampleRate) || "
-            "double(self.calibration.shadowSampleRate) == 0.0"
+            "double(self.calibration.shadowSampleRate) == 0.0 || !has(self.calibration.minAccuracy)"
         ),
-        "message": NOT_IMPLEMENTED_SHADOW_SAMPLES,
+        "message": ONLINE_CALIBRATION_HAS_NO_REFERENCES,
+    },
+    {
+        "rule": (
+            "!has(self.calibration) || !has(self.calibration.minThreshold) || !has(self.calibration.maxThreshold) || "
+            "double(self.calibration.minThreshold) <= double(self.calibration.maxThreshold)"
+        ),
+        "message": THRESHOLD_BOUNDS_IN_ORDER,
     },
     {
         "rule": (

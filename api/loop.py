@@ -1,10 +1,13 @@
 """The loop's part of the API: calibration, the escalation log, distillation.
 
-Calibration's goal is implemented offline: `kascade calibrate` reads it and
-sets the thresholds in the manifest. The escalation log is implemented (the
-router writes it: `kascade.runtime.escalation_log`). Online calibration from
-shadow samples and distillation in the cluster are declared, not implemented
-yet (`kascade distill` trains from the log by hand).
+Calibration's goal is implemented offline (`kascade calibrate` reads it and
+sets the thresholds in the manifest) and online: with `shadowSampleRate` > 0
+the routers measure agreement on live traffic and the operator (or local mode,
+in process) moves the thresholds towards the goal
+(`kascade.evaluation.online_calibration`). The escalation log is implemented
+(the router writes it: `kascade.runtime.escalation_log`). Distillation in the
+cluster is declared, not implemented yet (`kascade distill` trains from the log
+by hand).
 
 The types are the contract the coming issues implement (evaluation and
 calibration, the escalation log and distillation, the loop in the cluster).
@@ -24,10 +27,11 @@ from pydantic import Field, field_validator, model_validator
 
 from kascade.api.base import SpecModel
 
-NOT_IMPLEMENTED_SHADOW_SAMPLES = (
-    "spec.calibration.shadowSampleRate: online calibration from shadow samples is not implemented in this "
-    "version of Kascade: remove it or set it to 0 (set thresholds from the goal with `kascade calibrate`)"
+ONLINE_CALIBRATION_HAS_NO_REFERENCES = (
+    "spec.calibration.minAccuracy cannot be calibrated online (live traffic has no reference answers): "
+    "set shadowSampleRate to 0 and calibrate it offline with `kascade calibrate`, or use minAgreement"
 )
+THRESHOLD_BOUNDS_IN_ORDER = "spec.calibration.minThreshold must not exceed spec.calibration.maxThreshold"
 CALIBRATION_NEEDS_A_GOAL = "spec.calibration needs a goal: minAgreement, minAccuracy or maxEscalationRate"
 ESCALATION_LOG_NEEDS_A_PLACE = (
     "spec.escalationLog.enabled needs spec.escalationLog.uri: where the records go "
@@ -43,18 +47,30 @@ NOT_IMPLEMENTED_GPU_HOUR_PRICE = (
 )
 
 
-def refuse_what_is_not_implemented(
-    calibration: Calibration | None, distillation: DistillationPolicy | None
-) -> None:
+def refuse_what_is_not_implemented(distillation: DistillationPolicy | None) -> None:
     """Raise ValueError, with the message the CRD's rule gives too, for a part that is set but not implemented."""
-    if calibration is not None and calibration.shadow_sample_rate:
-        raise ValueError(NOT_IMPLEMENTED_SHADOW_SAMPLES)
     if distillation is not None:
         raise ValueError(NOT_IMPLEMENTED_DISTILLATION)
 
 
+class AgreementMatcher(StrEnum):
+    """How online calibration decides that a tier's answer agrees with the last tier's (`evaluation.matchers`)."""
+
+    label = "label"  # the same class label
+    number = "number"  # the same final number
+    exact = "exact"  # the same text, whitespace collapsed
+
+
 class Calibration(SpecModel):
-    """The quality goal the thresholds are set from, with a finite-sample guarantee (`kascade calibrate`)."""
+    """The quality goal the thresholds are set from, with a finite-sample guarantee.
+
+    Offline, `kascade calibrate` sets the thresholds in the manifest. Online
+    (`shadowSampleRate` > 0), routers send that share of accepted requests to
+    the last tier as well, and the operator moves each tier's threshold, from
+    the one in the spec and within [minThreshold, maxThreshold], to the boldest
+    one the samples certify. With no calibration block, or a rate of 0, the
+    thresholds in the spec are pinned.
+    """
 
     min_agreement: float | None = Field(
         default=None, ge=0, le=1,
@@ -75,9 +91,26 @@ class Calibration(SpecModel):
         ge=0,
         le=1,
         description=(
-            "Share of accepted requests also sent to the last tier, to measure agreement online. "
-            "Not implemented yet: only 0 is accepted."
+            "Share of requests whose agreement with the last tier is measured online: accepted ones are also "
+            "sent to the last tier (off the response path), escalated ones already have its answer. 0: offline only."
         ),
+    )
+    matcher: AgreementMatcher | None = Field(
+        default=None, description="How agreement is judged online; default: label for classify, exact otherwise."
+    )
+    min_samples: int = Field(
+        default=200, ge=10, le=1_000_000, description="Samples a tier needs before its threshold moves."
+    )
+    min_threshold: float = Field(default=0.0, ge=0, le=1, description="Online calibration never goes below this.")
+    max_threshold: float = Field(
+        default=1.0, ge=0, le=1, description="Online calibration never goes above this (the safest it may be)."
+    )
+    hysteresis: float = Field(
+        default=0.05, ge=0, le=0.5,
+        description="A threshold moves down (bolder) only by more than this; it moves up (safer) at once.",
+    )  # fmt: skip
+    shadow_concurrency: int = Field(
+        default=4, ge=1, le=256, description="Shadow calls in flight per router at most; beyond, a sample is skipped."
     )
 
     @model_validator(mode="after")
@@ -85,7 +118,15 @@ class Calibration(SpecModel):
         # Restated in CEL in the CRD (`kascade.api.crd.CALIBRATION_RULES`).
         if self.min_agreement is None and self.min_accuracy is None and self.max_escalation_rate is None:
             raise ValueError(CALIBRATION_NEEDS_A_GOAL)
+        if self.shadow_sample_rate and self.min_accuracy is not None:
+            raise ValueError(ONLINE_CALIBRATION_HAS_NO_REFERENCES)
+        if self.min_threshold > self.max_threshold:
+            raise ValueError(THRESHOLD_BOUNDS_IN_ORDER)
         return self
+
+    @property
+    def online(self) -> bool:
+        return self.shadow_sample_rate > 0
 
 
 class EscalationLog(SpecModel):

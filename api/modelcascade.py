@@ -329,7 +329,7 @@ class ModelCascadeSpec(SpecModel):
 
     @model_validator(mode="after")
     def _refuse_what_is_not_implemented(self) -> ModelCascadeSpec:
-        refuse_what_is_not_implemented(self.calibration, self.distillation)
+        refuse_what_is_not_implemented(self.distillation)
         return self
 
 

@@ -44,7 +44,8 @@ class Traffic(StatusModel):
     escalation_rate: float = 0.0
     errors: int = 0
     escalations_logged: int = Field(default=0, description="Escalations queued for the escalation log.")
-    escalation_log_dropped: int = Field(default=0, description="Escalations the log dropped (its queue was full).")
+    escalation_log_dropped: int = Field(default=0, description="Escalations the log dropped (queue full, writer lost).")
+    shadow_calls: int = Field(default=0, description="Accepted requests also sent to the last tier (online calibration).")
 
 
 class Cost(StatusModel):
@@ -53,9 +54,46 @@ class Cost(StatusModel):
     baseline: float = Field(default=0.0, description="What the last tier alone would have cost.")
     saved: float = Field(default=0.0, description="baseline - actual.")
     saved_percent: float = Field(default=0.0, description="100 * saved / baseline.")
+    shadow_cost: float = Field(default=0.0, description="What shadow calls cost (online calibration), in actual.")
     gpu_hours: float = 0.0
     reservation_cost: float = 0.0
     since: str | None = None
+
+
+class BinCounts(StatusModel):
+    """Cumulative samples and agreements of one tier, per score bin edge (`evaluation.online_calibration`)."""
+
+    samples: dict[str, int] = Field(default_factory=dict)
+    agreed: dict[str, int] = Field(default_factory=dict)
+
+
+class TierCalibration(StatusModel):
+    """Where online calibration holds one tier's threshold, and what it measured there."""
+
+    name: str
+    threshold: float = Field(description="The threshold in force: routers pick it up without a restart.")
+    declared: float = Field(description="The spec's threshold: the starting point (a new one restarts from it).")
+    samples: int = Field(default=0, description="Samples in the sliding window the threshold was chosen on.")
+    agreement: float | None = Field(
+        default=None, description="The cascade's agreement with the last tier at the threshold in force (window)."
+    )
+    agreement_low: float | None = Field(default=None, description="Its interval at the goal's confidence.")
+    agreement_high: float | None = None
+    escalation_rate: float | None = Field(default=None, description="Share of the window this tier escalated.")
+    met: bool = False
+    reason: str = Field(default="", description="CollectingSamples, GoalMet or GoalNotMet.")
+    message: str = ""
+    last_moved: str | None = Field(default=None, description="When the threshold last moved (RFC 3339).")
+    window_older: BinCounts = Field(default_factory=BinCounts, description="Cumulative counts at the window's start.")
+    window_newer: BinCounts = Field(default_factory=BinCounts, description="Cumulative counts at the next start.")
+
+
+class CalibrationStatus(StatusModel):
+    """Online calibration (spec.calibration.shadowSampleRate > 0): the goal, and each scored tier."""
+
+    goal: str = ""
+    confidence: float = 0.95
+    tiers: list[TierCalibration] = Field(default_factory=list)
 
 
 class StatusSummary(StatusModel):
@@ -79,6 +117,9 @@ class ModelCascadeStatus(StatusModel):
     traffic: Traffic = Field(default_factory=Traffic)
     cost: Cost = Field(default_factory=Cost)
     summary: StatusSummary = Field(default_factory=StatusSummary)
+    calibration: CalibrationStatus | None = Field(
+        default=None, description="Online calibration: thresholds in force and what they were chosen on."
+    )
     replica_counters: dict[str, CounterSlot] = Field(
         default_factory=dict,
         description="One slot per router process (keyed by processId): its absolute /stats snapshot and pod.",

@@ -305,14 +305,17 @@ def run_upstream(port: int) -> None:
                 log_level="warning", access_log=False)
 
 
-def write_router_config(path: Path, upstream: str, *, threshold: float = 0.5, log_dir: Path | None = None) -> None:
+def write_router_config(path: Path, upstream: str, *, threshold: float = 0.5, log_dir: Path | None = None,
+                        shadow_rate: float | None = None) -> None:
     """Two tiers on the one upstream; its tokens have p=0.9, so tier 0 accepts at threshold 0.5, escalates at 0.95.
 
     `log_dir`: keep every escalation in an escalation log there (the large tier names its tokens by id).
+    `shadow_rate`: online calibration's shadow sampling at that rate (accepted answers also asked of the large tier).
     """
     import yaml
     from kascade.api.modelcascade import Accept
-    from kascade.runtime.config import EscalationLogConfig, RouterConfig, TierConfig
+    from kascade.api.loop import AgreementMatcher
+    from kascade.runtime.config import EscalationLogConfig, RouterConfig, ShadowSamplingConfig, TierConfig
 
     config = RouterConfig(
         cascade=CASCADE_NAME,
@@ -323,6 +326,8 @@ def write_router_config(path: Path, upstream: str, *, threshold: float = 0.5, lo
         ],
         api_keys_env="KASCADE_BENCH_CLIENT_KEYS",
         escalation_log=EscalationLogConfig(uri=str(log_dir), flush_seconds=5) if log_dir is not None else None,
+        shadow_sampling=(ShadowSamplingConfig(rate=shadow_rate, matcher=AgreementMatcher.exact)
+                         if shadow_rate is not None else None),
     )
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True)))
     RouterConfig.from_yaml(path)  # what `kascade route` will read must load
@@ -357,7 +362,7 @@ def start_router(processes: Processes, name: str, python: str, config: Path) -> 
 
 
 def start_targets(processes: Processes, work: Path, litellm: str | None, baseline_python: str | None,
-                  escalation_log: bool = False) -> list[Target]:
+                  escalation_log: bool = False, shadow_rate: float | None = None) -> list[Target]:
     from kascade.runtime.serving import free_port
 
     upstream_port = free_port()
@@ -376,6 +381,9 @@ def start_targets(processes: Processes, work: Path, litellm: str | None, baselin
         write_router_config(work / "escalating-log.yaml", upstream, threshold=0.95, log_dir=work / "escalation-log")
         targets.append(start_router(processes, "kascade-escalating", sys.executable, work / "escalating.yaml"))
         targets.append(start_router(processes, "kascade-escalating-log", sys.executable, work / "escalating-log.yaml"))
+    if shadow_rate is not None:  # the same router as "kascade", measuring agreement on a share of its requests
+        write_router_config(work / "shadow.yaml", upstream, shadow_rate=shadow_rate)
+        targets.append(start_router(processes, "kascade-shadow", sys.executable, work / "shadow.yaml"))
 
     if litellm is not None:
         litellm_port = free_port()
@@ -587,6 +595,11 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
         ratio = on / off if off > 0 else float("inf")
         lines.append(f"goal escalation log costs <= 10% more added latency: {'met' if ratio <= 1.10 else 'NOT met'} "
                      f"(every request escalating: added p50 {off:.2f} ms off, {on:.2f} ms on: {ratio:.2f}×)")
+    if "kascade-shadow" in summary:
+        shadow = summary["kascade-shadow"]["added_p50_ms"].median
+        ratio = shadow / added if added > 0 else float("inf")
+        lines.append(f"goal shadow sampling costs <= 10% more added latency: {'met' if ratio <= 1.10 else 'NOT met'} "
+                     f"(added p50 {added:.2f} ms without, {shadow:.2f} ms with: {ratio:.2f}×)")
     if "kascade-baseline" in summary:
         baseline = summary["kascade-baseline"]
         lines.append(f"against kascade-baseline (same run): added p50 {added:.2f} vs "
@@ -699,6 +712,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-litellm", action="store_true", help="measure direct and kascade only")
     parser.add_argument("--escalation-log", action="store_true",
                         help="also measure a router whose every request escalates, with its escalation log off and on")
+    parser.add_argument("--shadow-sampling", type=float, metavar="RATE",
+                        help="also measure the router with online calibration's shadow sampling at RATE (e.g. 0.05)")
     parser.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto",
                         help="auto: wrk when it is on PATH, else the Python one")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs/)")
@@ -764,7 +779,8 @@ def main(argv: Sequence[str]) -> int:
         processes = Processes(work)
         try:
             say("starting the upstream, the Kascade router" + ("" if args.litellm is None else " and the LiteLLM proxy"))
-            targets = start_targets(processes, work, args.litellm, args.kascade_baseline, args.escalation_log)
+            targets = start_targets(processes, work, args.litellm, args.kascade_baseline, args.escalation_log,
+                                    args.shadow_sampling)
             load = choose_load(args.load_generator, work)
             for target in targets:
                 target.checks.append(check_answers(target))

@@ -61,6 +61,18 @@ def program_of(answer: str) -> str:
     return answer[found[0] : found[1]] if found else answer
 
 
+def answers_agree(kind: AnswerKind, answer: str, reference: str) -> bool:
+    """Label, number and exact matching of two texts: pure, cheap, what online calibration uses in the router."""
+    if kind is AnswerKind.label:
+        return answer.strip().lower() == reference.strip().lower()
+    if kind is AnswerKind.number:
+        mine, theirs = normalised_number(answer), normalised_number(reference)
+        return mine is not None and mine == theirs
+    if kind is AnswerKind.exact:
+        return _same_text(answer, reference)
+    raise ValueError(f"{kind.value} answers are not compared by text alone")
+
+
 class Matcher:
     """Correctness and agreement for one kind of answer; code and text need resources, made once here."""
 
@@ -105,12 +117,9 @@ class Matcher:
         return [self._same(a.label or a.text, b.label or b.text) for a, b in zip(left, right, strict=True)]
 
     def _same(self, answer: str, reference: str) -> bool:
-        if self.kind is AnswerKind.label:
-            return answer.strip().lower() == reference.strip().lower()
-        if self.kind is AnswerKind.number:
-            mine, theirs = normalised_number(answer), normalised_number(reference)
-            return mine is not None and mine == theirs
-        return _same_text(answer, reference)
+        if self.kind in (AnswerKind.code, AnswerKind.text):
+            return _same_text(answer, reference)  # the first guess; tests or embeddings decide after
+        return answers_agree(self.kind, answer, reference)
 
     def _similar_pairs(self, answers: Sequence[TierAnswer], references: Sequence[str | None],
                        fallback: list[bool | None]) -> list[bool | None]:  # fmt: skip

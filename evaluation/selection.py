@@ -59,6 +59,7 @@ class Outcome:
     agrees: bool  # the small tier's answer matches the last tier's
     small_correct: bool | None = None  # against the reference, where there is one
     last_correct: bool | None = None
+    count: int = 1  # requests this outcome stands for (online calibration counts per score bin)
 
 
 def _grid() -> tuple[float, ...]:
@@ -112,23 +113,24 @@ class _Counts:
     def __init__(self, outcomes: Sequence[Outcome]) -> None:
         ordered = sorted(outcomes, key=lambda o: o.score)
         self.scores = [o.score for o in ordered]
-        self.n = len(ordered)
-        self._disagree_from = self._suffix([not o.agrees for o in ordered])
-        self._small_wrong_from = self._suffix([o.small_correct is False for o in ordered])
-        self._last_wrong_before = self._prefix([o.last_correct is False for o in ordered])
+        self.n = sum(o.count for o in ordered)
+        self._disagree_from = self._suffix([o.count * (not o.agrees) for o in ordered])
+        self._small_wrong_from = self._suffix([o.count * (o.small_correct is False) for o in ordered])
+        self._last_wrong_before = self._prefix([o.count * (o.last_correct is False) for o in ordered])
+        self._requests_before = self._prefix([o.count for o in ordered])
 
     @staticmethod
-    def _suffix(flags: list[bool]) -> list[int]:
-        sums = [0] * (len(flags) + 1)
-        for i in range(len(flags) - 1, -1, -1):
-            sums[i] = sums[i + 1] + flags[i]
+    def _suffix(counts: list[int]) -> list[int]:
+        sums = [0] * (len(counts) + 1)
+        for i in range(len(counts) - 1, -1, -1):
+            sums[i] = sums[i + 1] + counts[i]
         return sums
 
     @staticmethod
-    def _prefix(flags: list[bool]) -> list[int]:
-        sums = [0] * (len(flags) + 1)
-        for i, flag in enumerate(flags):
-            sums[i + 1] = sums[i] + flag
+    def _prefix(counts: list[int]) -> list[int]:
+        sums = [0] * (len(counts) + 1)
+        for i, count in enumerate(counts):
+            sums[i + 1] = sums[i] + count
         return sums
 
     def events(self, kind: GoalKind, threshold: float) -> int:
@@ -137,13 +139,13 @@ class _Counts:
             return self._disagree_from[first_accepted]
         if kind is GoalKind.min_accuracy:
             return self._small_wrong_from[first_accepted] + self._last_wrong_before[first_accepted]
-        return first_accepted  # escalated: score < threshold
+        return self._requests_before[first_accepted]  # escalated: score < threshold
 
 
-def _test_goal(goal: Goal, counts: _Counts, delta: float) -> GoalResult:
+def _test_goal(goal: Goal, counts: _Counts, delta: float, grid: Sequence[float]) -> GoalResult:
     allowed = _allowed_events(counts.n, goal.allowed_rate, delta)
     # Safest first: quality goals start where the small tier answers nothing, the escalation goal where it answers all.
-    sequence = THRESHOLD_GRID if goal.kind is GoalKind.max_escalation_rate else THRESHOLD_GRID[::-1]
+    sequence = tuple(grid) if goal.kind is GoalKind.max_escalation_rate else tuple(grid)[::-1]
     safest = float("inf") if goal.kind is not GoalKind.max_escalation_rate else 0.0
     events = counts.events(goal.kind, safest)
     if events > allowed:
@@ -158,9 +160,14 @@ def _test_goal(goal: Goal, counts: _Counts, delta: float) -> GoalResult:
     return GoalResult(goal, delta, chosen, chosen_events, bound, allowed)
 
 
-def select_threshold(goals: Sequence[Goal], outcomes: Sequence[Outcome], *, confidence: float = 0.95) -> Selection:
+def select_threshold(
+    goals: Sequence[Goal], outcomes: Sequence[Outcome], *, confidence: float = 0.95,
+    grid: Sequence[float] = THRESHOLD_GRID,
+) -> Selection:  # fmt: skip
     """The threshold that meets every goal with probability >= `confidence`: the boldest one the quality goals
-    certify (most requests kept on the small tier), provided the escalation goal certifies it too."""
+    certify (most requests kept on the small tier), provided the escalation goal certifies it too.
+
+    `grid`: the thresholds that may be chosen, ascending, fixed before the data is seen."""
     if not goals:
         raise ValueError("at least one goal is needed")
     if any(g.kind is GoalKind.min_accuracy for g in goals) and any(
@@ -169,7 +176,7 @@ def select_threshold(goals: Sequence[Goal], outcomes: Sequence[Outcome], *, conf
         raise ValueError("minAccuracy needs a reference answer for every calibration example")
     delta = (1.0 - confidence) / len(goals)
     counts = _Counts(outcomes)
-    results = tuple(_test_goal(goal, counts, delta) for goal in goals)
+    results = tuple(_test_goal(goal, counts, delta, grid) for goal in goals)
     failed = [r for r in results if r.threshold is None]
     if failed:
         return Selection(None, results, confidence, counts.n, _infeasible(failed, counts.n))

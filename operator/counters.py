@@ -78,6 +78,7 @@ class FoldResult:
     traffic: Traffic
     cost: Cost
     summary: StatusSummary
+    folded: CounterFigures  # every figure folded (online calibration reads its agreement counts)
     retired_counters: RetiredCounters
     retired_processes: dict[str, RetiredProcess]
     retired: tuple[str, ...]  # the slots retired now (deleted by the patch)
@@ -90,7 +91,7 @@ class FoldResult:
         patch: dict[str, Any] = {
             "traffic": self.traffic.model_dump(mode="json", by_alias=True),
             "cost": self.cost.model_dump(
-                mode="json", by_alias=True, include={"currency", "actual", "baseline", "saved", "saved_percent", "since"}
+                mode="json", by_alias=True, include={"currency", "actual", "baseline", "saved", "saved_percent", "shadow_cost", "since"}
             ),
             "summary": self.summary.model_dump(mode="json", by_alias=True),
             RETIRED_COUNTERS: self.retired_counters.model_dump(mode="json", by_alias=True, exclude_none=True),
@@ -159,6 +160,7 @@ def fold_replica_counters(
     return FoldResult(
         traffic=traffic,
         cost=cost,
+        folded=folded,
         summary=summarize_status(shown, tier_count=tier_count),
         retired_counters=credits.retired.model_copy(
             update={"currency": money.retired_currency, "since": money.retired_since, "processes": credits.count}
@@ -301,6 +303,7 @@ def traffic_of(folded: CounterFigures) -> Traffic:
         errors=folded.failed,
         escalations_logged=folded.escalations_logged,
         escalation_log_dropped=folded.escalation_log_dropped,
+        shadow_calls=folded.shadow_calls,
     )
 
 
@@ -315,6 +318,7 @@ def cost_of(folded: CounterFigures, money: Money, previous: Mapping[str, Any]) -
             "baseline": folded.baseline,
             "saved": saved,
             "savedPercent": 100.0 * saved / folded.baseline if folded.baseline > 0 else 0.0,
+            "shadowCost": folded.shadow_cost,
             "since": money.since,
         }
     )

@@ -13,7 +13,8 @@ from typing import Any
 
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.build_router import endpoint_url
-from kascade.operator.conditions import compute_health, invalid_spec_conditions
+from kascade.operator.calibration_status import CALIBRATED, calibrate, with_thresholds
+from kascade.operator.conditions import compute_health, invalid_spec_conditions, merge_conditions
 from kascade.operator.counters import FoldResult, apply_merge_patch, fold_replica_counters
 from kascade.operator.plan import ChildKey
 from kascade.operator.problems import Problem
@@ -40,10 +41,21 @@ def compose_status(
         cascade, observed, previous=status.get("conditions") or [], problems=problems, now=now, generation=generation
     )
     fold = fold_replica_counters(status, live_pods, now, tiers=health.tiers, tier_count=len(cascade.spec.tiers))
+    calibration = calibrate(cascade, status.get("calibration"), fold.folded, now=now, generation=generation)
+    conditions = [c for c in health.conditions if c.type != CALIBRATED]
+    if calibration.condition is not None:
+        calibrated, *_ = merge_conditions(health.conditions, [calibration.condition], now=now)
+        conditions.append(calibrated)
+    tiers = with_thresholds(health.tiers, calibration.thresholds())
     patch = {
         "observedGeneration": generation,
         "endpoint": endpoint_url(cascade, settings),
-        **health.status_fields(),
+        "tiers": [tier.model_dump(mode="json", by_alias=True, exclude_none=True) for tier in tiers],
+        "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conditions],
+        "calibration": (
+            calibration.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if calibration.status is not None else None
+        ),
         **fold.status_patch(),
     }
     return patch, fold

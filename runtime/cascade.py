@@ -31,8 +31,8 @@ from kascade.api.modelcascade import StreamingMode
 from kascade.runtime.attempts import Attempts, usage_of
 from kascade.runtime.config import RouterConfig, TierConfig
 from kascade.runtime.confidence import required_top_logprobs
-from kascade.runtime.engines.base import Endpoint, Engine, TierError, TierErrorKind
-from kascade.runtime.escalation_keeping import EscalationKeeper
+from kascade.runtime.engines.base import Endpoint, Engine, TierError
+from kascade.runtime.answer_watch import watch_for
 from kascade.runtime.ledger import Ledger, TierCall
 from kascade.runtime.logprobs import TokenEvidence, chunk_token_evidence, with_logprobs_requested
 from kascade.runtime.metrics import RouterMetrics
@@ -47,7 +47,7 @@ from kascade.runtime.tier_stream import (
     relay,
     streaming_overrides,
 )
-from kascade.runtime.tier_step import Step, Verdict, failure_of, next_step, retry_delay
+from kascade.runtime.tier_step import Step, Verdict, as_tier_error, failure_of, next_step, retry_delay
 
 if TYPE_CHECKING:
     from kascade.runtime.escalation_log import EscalationLog
@@ -134,12 +134,9 @@ class Cascade:
         self.ledger = ledger
         self.metrics = metrics
         self.escalation_log = escalation_log
-        # Only a cascade with a tier to escalate to has escalations to keep.
-        self._keeper = (
-            EscalationKeeper(escalation_log, config.cascade) if escalation_log is not None and len(self.tiers) > 1
-            else None
-        )
         self._clock = clock
+        self._watch = watch_for(config, ledger, escalation_log, self._ask_last_tier)
+        self.shadow_sampler = self._watch.sampler if self._watch is not None else None
 
     @property
     def last_tier(self) -> Tier:
@@ -189,14 +186,14 @@ class Cascade:
     def _note_step(self, tier: Tier, endpoint: Endpoint, step: Step, called: _Called, attempts: Attempts) -> None:
         """Every decided step passes here: the score joins the tier's call, for the trail and the ledger.
 
-        The hook for what watches the decisions: with an escalation log, a
-        declined answer waits on the attempts until a later tier answers.
+        The hook for what watches the decisions (escalation log, shadow
+        samples): a declined answer waits on the attempts until a later tier answers.
         """
         if called.decision is not None:
             attempts.set_last_confidence(called.decision.confidence)
-            if self._keeper is not None and step.verdict is Verdict.escalate:
+            if self._watch is not None and step.verdict is Verdict.escalate:
                 buffered = called.stream.buffered if called.stream is not None else None
-                self._keeper.note_declined(attempts, tier.config, endpoint, called.decision, called.response, buffered)
+                self._watch.declined(attempts, tier.config, endpoint, called.decision, called.response, buffered)
 
     # -- handing an answer over --------------------------------------------------------------
 
@@ -206,8 +203,7 @@ class Cascade:
     ) -> CompleteAnswer:
         assert called.response is not None
         self._record(attempts, tier.name, escalated=escalated)
-        if escalated:
-            self._keep_escalation(tier, endpoint, body, attempts, called.response)
+        self._watch_answer(tier, endpoint, body, attempts, called.response, called.decision)
         response = present(endpoint, body, tier.config.served_model, called.response)
         return CompleteAnswer(**_attribution(tier, called, attempts, escalated), response=response)
 
@@ -219,15 +215,14 @@ class Cascade:
         if called.stream is not None:
             def record(answered_by: str | None, seen: list[dict[str, Any]]) -> None:
                 self._record(attempts, answered_by, escalated=escalated)
-                if escalated and answered_by is not None:
-                    self._keep_escalation(tier, endpoint, body, attempts, seen)
+                if answered_by is not None:
+                    self._watch_answer(tier, endpoint, body, attempts, seen, called.decision)
 
             chunks = relay(endpoint, body, tier.name, tier.config.served_model, called.stream, attempts, record)
         else:
             assert called.response is not None
             self._record(attempts, tier.name, escalated=escalated)
-            if escalated:
-                self._keep_escalation(tier, endpoint, body, attempts, called.response)
+            self._watch_answer(tier, endpoint, body, attempts, called.response, called.decision)
             presented = present(endpoint, body, tier.config.served_model, called.response)
             chunks = replay_as_chunks(endpoint, body, presented)
         return StreamingAnswer(**_attribution(tier, called, attempts, escalated), chunks=chunks)
@@ -307,16 +302,24 @@ class Cascade:
         served = tier.config.served_model
         tier_body = {**body, **overrides, "model": served} if overrides else {**body, "model": served}
         if tier.is_last:
-            return tier_body if self._keeper is None else self._keeper.teacher_body(tier.config, endpoint, tier_body)
+            return tier_body if self._watch is None else self._watch.last_tier_body(endpoint, tier_body)
         assert tier.config.accept is not None
         return with_logprobs_requested(endpoint, tier_body, required_top_logprobs(tier.config.accept.method))
 
-    def _keep_escalation(
-        self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts, answer: Any
-    ) -> None:
+    def _watch_answer(
+        self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts, answer: Any,
+        decision: Decision | None,
+    ) -> None:  # fmt: skip
         """`answer`: the answering tier's whole response, or every chunk of its stream."""
-        if self._keeper is not None:
-            self._keeper.keep(tier.config, endpoint, body, answer, attempts)
+        if self._watch is not None:
+            self._watch.answered(tier.config, endpoint, body, answer, attempts, decision)
+
+    async def _ask_last_tier(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        """A shadow call: the last tier's whole answer to the caller's `body`, within the timeout, no retries."""
+        tier = self.last_tier
+        whole = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
+        async with asyncio.timeout(self.config.timeout_seconds):
+            return await tier.engine.call(endpoint, self._tier_body(tier, endpoint, whole))
 
     async def _call(self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts) -> dict[str, Any]:
         """One tier call within the retry budget; every attempt is accounted."""
@@ -365,7 +368,7 @@ class Cascade:
             try:
                 return await once(), self._clock() - started
             except (TierError, TimeoutError) as caught:
-                error = _as_tier_error(caught, self.config.timeout_seconds)
+                error = as_tier_error(caught, self.config.timeout_seconds)
                 attempts.add(TierCall(tier.name, 0, 0, self._clock() - started, ok=False))
                 delay = retry_delay(error, attempt, retries=self.config.retries,
                                     backoff_seconds=self.config.retry_backoff_seconds)
@@ -390,8 +393,3 @@ def _attribution(tier: Tier, called: _Called, attempts: Attempts, escalated: boo
 def _confidence(called: _Called) -> float | None:
     return None if called.decision is None else called.decision.confidence
 
-
-def _as_tier_error(caught: BaseException, timeout: float) -> TierError:
-    if isinstance(caught, TierError):
-        return caught
-    return TierError(TierErrorKind.timeout, f"no answer within {timeout:g} s")

@@ -21,6 +21,7 @@ from kascade.api.modelcascade import (
     Streaming,
     Task,
 )
+from kascade.api.loop import AgreementMatcher, Calibration
 from kascade.api.model_uri import ModelUri
 from kascade.runtime.status_report import StatusReportConfig
 
@@ -69,6 +70,17 @@ class EscalationLogConfig(ConfigModel):
     flush_seconds: float = Field(default=60.0, gt=0, description="A segment is written at least this often.")
 
 
+class ShadowSamplingConfig(ConfigModel):
+    """Online calibration's measurements in the router (rendered from `spec.calibration`, rate > 0)."""
+
+    rate: float = Field(gt=0, le=1, description="Share of requests whose agreement with the last tier is measured.")
+    matcher: AgreementMatcher = Field(description="How a tier's answer is judged against the last tier's.")
+    concurrency: int = Field(default=4, ge=1, description="Shadow calls in flight at most; beyond, a sample is skipped.")
+    calibrate_in_process: Calibration | None = Field(
+        default=None, description="Local mode: the goal, applied by this router itself (in a cluster, the operator)."
+    )
+
+
 class RouterConfig(ConfigModel):
     cascade: str = Field(description="The model name clients ask for: the ModelCascade's name.")
     task: Task = Task.chat
@@ -83,6 +95,9 @@ class RouterConfig(ConfigModel):
     api_keys_env: str | None = Field(default=None, description="Environment variable with comma-separated client API keys.")
     escalation_log: EscalationLogConfig | None = Field(
         default=None, description="Keep escalated requests with the answering tier's tokens (teacher data)."
+    )
+    shadow_sampling: ShadowSamplingConfig | None = Field(
+        default=None, description="Measure agreement with the last tier on a share of requests (online calibration)."
     )
     status_report: StatusReportConfig | None = Field(
         default=None, description="Report this replica's counters into the ModelCascade's status (in a cluster)."
@@ -122,6 +137,7 @@ def router_config_from_cascade(
     api_keys_file: str | None = None,
     api_keys_env: str | None = None,
     escalation_log_uri: str | None = None,
+    calibrate_in_process: bool = False,
 ) -> RouterConfig:
     """Render the router's config from a ModelCascade and where each tier is reachable.
 
@@ -129,7 +145,8 @@ def router_config_from_cascade(
     mode hands the router an in-process engine for that tier.
     `escalation_log_uri` is where this router writes the escalation log when
     the spec enables it (the operator's mount of a pvc:// URI); by default the
-    spec's own URI.
+    spec's own URI. `calibrate_in_process`: local mode, where the router moves
+    its own thresholds (in a cluster the operator does, for every replica).
     """
     spec = cascade.spec
     tier_api_key_envs = tier_api_key_envs or {}
@@ -168,4 +185,20 @@ def router_config_from_cascade(
         api_keys_file=api_keys_file,
         api_keys_env=api_keys_env,
         escalation_log=escalation_log,
+        shadow_sampling=shadow_sampling_of(cascade, calibrate_in_process=calibrate_in_process),
+    )
+
+
+def shadow_sampling_of(cascade: ModelCascade, *, calibrate_in_process: bool) -> ShadowSamplingConfig | None:
+    """What the router measures for online calibration; None when it is off (or there is nothing to escalate to)."""
+    spec = cascade.spec
+    calibration = spec.calibration
+    if calibration is None or not calibration.online or len(spec.tiers) < 2:
+        return None
+    default = AgreementMatcher.label if spec.task is Task.classify else AgreementMatcher.exact
+    return ShadowSamplingConfig(
+        rate=calibration.shadow_sample_rate,
+        matcher=calibration.matcher or default,
+        concurrency=calibration.shadow_concurrency,
+        calibrate_in_process=calibration if calibrate_in_process else None,
     )

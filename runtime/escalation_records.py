@@ -20,6 +20,7 @@ from kascade.api.escalation_record import (
     DeclinedAnswer,
     EscalationRecord,
     ModelIdentity,
+    RecordKind,
     TeacherTokens,
     tail_mass,
 )
@@ -182,6 +183,8 @@ class EscalationSeen:
     input_tokens: int
     output_tokens: int
     at: datetime | None = None  # when the answer was complete (the record is built later, off the event loop)
+    kind: RecordKind = RecordKind.escalation
+    agreed: bool | None = None  # a shadow sample: whether every asked tier agreed with the last tier
 
 
 def build_record(seen: EscalationSeen, redactor: Redactor, *, now: datetime | None = None) -> EscalationRecord:
@@ -208,4 +211,6 @@ def build_record(seen: EscalationSeen, redactor: Redactor, *, now: datetime | No
         input_tokens=seen.input_tokens,
         output_tokens=seen.output_tokens,
         redacted=request_changed or answer_changed or declined_changed,
+        kind=seen.kind,
+        agreed=seen.agreed,
     )

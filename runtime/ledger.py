@@ -137,6 +137,10 @@ class Ledger:
         self._baseline = 0.0
         self._logged = 0
         self._log_dropped = 0
+        self._shadow_calls = 0
+        self._shadow_cost = 0.0
+        self._calibration_samples: dict[str, int] = {}
+        self._calibration_agreed: dict[str, int] = {}
 
     @property
     def process_id(self) -> str:
@@ -186,19 +190,43 @@ class Ledger:
             if outcome.escalated:
                 self._escalations += 1
             for call in outcome.calls:
-                totals = self._tiers[call.tier]
-                totals.calls += 1
-                totals.errors += 0 if call.ok else 1
-                totals.input_tokens += call.input_tokens
-                totals.output_tokens += call.output_tokens
-                totals.cost += usage_cost(self._prices[call.tier], call.input_tokens, call.output_tokens)
-                # A wall-clock step can make a measured latency negative; it must
-                # not make the sum go down.
-                totals.latency_seconds_sum += max(call.latency_seconds, 0.0)
+                self._add_call(call)
             self._actual += cost.actual
             self._baseline += cost.baseline
             self._updated_at = max(self._updated_at, self._clock())
         return cost
+
+    def _add_call(self, call: TierCall) -> float:
+        """Under the lock: one call into its tier's totals; its cost."""
+        totals = self._tiers[call.tier]
+        totals.calls += 1
+        totals.errors += 0 if call.ok else 1
+        totals.input_tokens += call.input_tokens
+        totals.output_tokens += call.output_tokens
+        cost = usage_cost(self._prices[call.tier], call.input_tokens, call.output_tokens)
+        totals.cost += cost
+        # A wall-clock step can make a measured latency negative; it must not make the sum go down.
+        totals.latency_seconds_sum += max(call.latency_seconds, 0.0)
+        return cost
+
+    def record_shadow(self, call: TierCall) -> float:
+        """A shadow call to the last tier (online calibration): paid for, in its tier and in actual; its cost."""
+        if call.tier != self._last_tier or call.input_tokens < 0 or call.output_tokens < 0:
+            raise ValueError(f"a shadow call goes to the last tier ({self._last_tier!r}) with counts >= 0: {call}")
+        with self._lock:
+            cost = self._add_call(call)
+            self._shadow_calls += 1
+            self._shadow_cost += cost
+            self._actual += cost
+            self._updated_at = max(self._updated_at, self._clock())
+        return cost
+
+    def note_agreement(self, bin_key: str, *, agreed: bool) -> None:
+        """One (score, agreed?) pair of a tier, counted in its score bin (`online_calibration.bin_key`)."""
+        with self._lock:
+            self._calibration_samples[bin_key] = self._calibration_samples.get(bin_key, 0) + 1
+            if agreed:
+                self._calibration_agreed[bin_key] = self._calibration_agreed.get(bin_key, 0) + 1
 
     def note_escalation_logged(self, *, kept: bool) -> None:
         """One escalation offered to the escalation log: queued, or dropped because its queue was full."""
@@ -245,6 +273,10 @@ class Ledger:
                 ),
                 escalations_logged=self._logged,
                 escalation_log_dropped=self._log_dropped,
+                shadow_calls=self._shadow_calls,
+                shadow_cost=self._shadow_cost,
+                calibration_samples=dict(self._calibration_samples),
+                calibration_agreed=dict(self._calibration_agreed),
             )
 
     def snapshot(self) -> dict[str, Any]:

@@ -163,6 +163,7 @@ def build_router_config(cascade: ModelCascade, tiers: LocalTiers) -> RouterConfi
         tier_api_key_envs=tiers.api_key_envs,
         api_keys_env=secret_env_var(router_secret) if router_secret is not None else None,
         escalation_log_uri=local_escalation_log_uri(cascade),
+        calibrate_in_process=True,  # one router and no operator: it moves its own thresholds
     )
 
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kascade.api.modelcascade import Task
+from kascade.runtime.calibration_loop import InProcessCalibrator, apply_thresholds, thresholds_from_status
 from kascade.runtime.cascade import Answer, Cascade, CascadeFailed
 from kascade.runtime.config import RouterConfig
 from kascade.runtime.engines.base import Endpoint, Engine
@@ -65,6 +66,7 @@ class RouterState:
     ledger: Ledger
     registry: CollectorRegistry
     client_api_keys: frozenset[str]
+    calibrator: InProcessCalibrator | None = None  # local mode with online calibration
     started: float = field(default_factory=time.time)
     ready_checked_at: float = 0.0
     ready_report: dict[str, bool] = field(default_factory=dict)
@@ -92,7 +94,11 @@ def create_router_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with new_pooled_session() as session:
             app.state.router = state = _router_state(config, given, ledger, session)
-            async with _status_reporting(config, ledger), _escalation_logging(state.cascade.escalation_log):
+            async with (
+                _status_reporting(config, ledger, state.cascade),
+                _escalation_logging(state.cascade.escalation_log),
+                _online_calibration(state),
+            ):
                 yield
 
     return Starlette(
@@ -133,28 +139,55 @@ def _router_state(
         if config.escalation_log is not None
         else None
     )
+    cascade = Cascade(config, tier_engines, ledger, metrics, escalation_log=escalation_log)
+    in_process = config.shadow_sampling.calibrate_in_process if config.shadow_sampling is not None else None
     return RouterState(
         config=config,
-        cascade=Cascade(config, tier_engines, ledger, metrics, escalation_log=escalation_log),
+        cascade=cascade,
         ledger=ledger,
         registry=registry,
         client_api_keys=config.read_client_api_keys(),
+        calibrator=InProcessCalibrator(in_process, cascade, ledger.counter_slot) if in_process is not None else None,
     )
 
 
 @contextlib.asynccontextmanager
-async def _status_reporting(config: RouterConfig, ledger: Ledger) -> AsyncIterator[None]:
-    """Report the ledger to the ModelCascade's status while the app runs, when the config asks for it."""
+async def _status_reporting(config: RouterConfig, ledger: Ledger, cascade: Cascade) -> AsyncIterator[None]:
+    """Report the ledger to the ModelCascade's status while the app runs, when the config asks for it;
+    take the thresholds the operator calibrated from each answer."""
     if config.status_report is None:
         yield
         return
-    reporting = asyncio.create_task(StatusReporter(config.status_report, ledger.counter_slot).run())
+    reporter = StatusReporter(config.status_report, ledger.counter_slot,
+                              on_status=lambda status: apply_thresholds(cascade, thresholds_from_status(status)))  # fmt: skip
+    async with _running(reporter.run()):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _online_calibration(state: RouterState) -> AsyncIterator[None]:
+    """Shadow samples while the app runs (cancelled at the end); in local mode, the calibration step in process."""
+    sampler = state.cascade.shadow_sampler
+    try:
+        if state.calibrator is not None:
+            async with _running(state.calibrator.run()):
+                yield
+        else:
+            yield
+    finally:
+        if sampler is not None:
+            await sampler.close()
+
+
+@contextlib.asynccontextmanager
+async def _running(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    task = asyncio.create_task(work)
     try:
         yield
     finally:
-        reporting.cancel()
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await reporting
+            await task
 
 
 @contextlib.asynccontextmanager
@@ -291,6 +324,11 @@ async def stats(request: Request) -> Response:
     snapshot["cascade"] = state.config.cascade
     if state.cascade.escalation_log is not None:
         snapshot["escalationLog"] = state.cascade.escalation_log.stats()
+    sampler = state.cascade.shadow_sampler
+    if sampler is not None:
+        snapshot["shadowSampling"] = {"rate": sampler.config.rate, "skipped": sampler.skipped, "failed": sampler.failed}
+    if state.calibrator is not None and state.calibrator.status is not None:
+        snapshot["calibration"] = state.calibrator.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     return JSONResponse(snapshot)
 
 

@@ -78,9 +78,14 @@ def replica_slot_patch(snapshot: CounterSlot | Mapping[str, Any], pod: str) -> d
 class StatusReporter:
     """Reports every `interval_seconds` and once more on shutdown; failures are logged, never fatal."""
 
-    def __init__(self, config: StatusReportConfig, snapshot: Callable[[], CounterSlot | Mapping[str, Any]]) -> None:
+    def __init__(
+        self, config: StatusReportConfig, snapshot: Callable[[], CounterSlot | Mapping[str, Any]],
+        *, on_status: Callable[[Mapping[str, Any]], Any] | None = None,
+    ) -> None:  # fmt: skip
+        """`on_status`: given the cascade's status as the API server answered each write (thresholds in force)."""
         self.config = config
         self._snapshot = snapshot
+        self._on_status = on_status
         self._pod = os.environ.get(config.pod_env) or os.uname().nodename
         self.reports = 0  # successful writes, for /readyz-style introspection and tests
 
@@ -112,6 +117,12 @@ class StatusReporter:
             )
             return False
         self.reports += 1
+        if self._on_status is not None:
+            try:
+                status = response.json().get("status") or {}
+            except (ValueError, AttributeError):
+                status = {}
+            self._on_status(status)
         return True
 
     async def run(self) -> None:

@@ -107,3 +107,10 @@ def retry_delay(error: TierError, attempt: int, *, retries: int, backoff_seconds
     if not error.retryable or attempt >= retries:
         return None
     return backoff_seconds * 2**attempt
+
+
+def as_tier_error(caught: BaseException, timeout: float) -> TierError:
+    """A tier call's failure as a TierError: a timeout becomes one of kind timeout."""
+    if isinstance(caught, TierError):
+        return caught
+    return TierError(TierErrorKind.timeout, f"no answer within {timeout:g} s")

@@ -147,9 +147,12 @@ CASES = [
          _set(lambda m: _tier(0)(m)["tolerations"][0], "tolerationSeconds", 300), "cel",
          "spec.tiers[0].tolerations[0]: tolerationSeconds is allowed only with effect NoExecute",
          "tolerationSeconds is allowed only with effect NoExecute"),
-    # Declared for the coming loop, not implemented yet: refused, never accepted and ignored.
-    Case("shadow-samples-not-implemented", _set(_spec, "calibration", {"minAgreement": 0.95, "shadowSampleRate": 0.05}),
-         "cel", "spec: spec.calibration.shadowSampleRate: online calibration", "online calibration from shadow samples"),
+    # The loop: what cannot work is refused, never accepted and ignored.
+    Case("online-calibration-of-accuracy", _set(_spec, "calibration", {"minAccuracy": 0.9, "shadowSampleRate": 0.05}),
+         "cel", "spec: spec.calibration.minAccuracy cannot be calibrated online", "cannot be calibrated online"),
+    Case("threshold-bounds-reversed",
+         _set(_spec, "calibration", {"minAgreement": 0.9, "minThreshold": 0.8, "maxThreshold": 0.5}),
+         "cel", "spec: spec.calibration.minThreshold must not exceed", "minThreshold must not exceed"),
     Case("calibration-without-goal", _set(_spec, "calibration", {"confidence": 0.9}), "cel",
          "spec: spec.calibration needs a goal", "spec.calibration needs a goal"),
     # The learned score and the scored span.

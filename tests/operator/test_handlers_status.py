@@ -112,7 +112,8 @@ def test_the_status_of_a_ready_cascade():
     assert patch["observedGeneration"] == 3
     assert patch["endpoint"] == "http://chat-router.llm.svc:8000/v1"
     assert {c["type"]: c["status"] for c in patch["conditions"]} == {
-        "Ready": "True", "TiersReady": "True", "RouterReady": "True", "Degraded": "False"}  # fmt: skip
+        "Ready": "True", "TiersReady": "True", "RouterReady": "True", "Degraded": "False",
+        "Calibrated": "False"}  # fmt: skip  # online calibration is collecting samples
     assert [(t["name"], t["readyReplicas"]) for t in patch["tiers"]] == [("small", 2), ("large", 1)]
     assert patch["summary"]["tiers"] == "2/2"
     assert fold.retired == ()
@@ -230,3 +231,49 @@ def test_the_reconcile_interval_comes_from_the_environment():
 def test_modelcascade_parsing_matches_the_api_types():
     body = example()
     assert parse_cascade(body).spec == ModelCascade.model_validate(body).spec
+
+
+# --- online calibration ----------------------------------------------------------------------
+
+
+def _agreement_slot(process: str, pod: str, samples: dict[str, int], agreed: dict[str, int]) -> dict:
+    return {**slot(process, pod, sum(samples.values())), "calibrationSamples": samples, "calibrationAgreed": agreed}
+
+
+def test_folded_agreement_counts_move_the_threshold_and_turn_calibrated_true():
+    cascade = parse_cascade(example())  # minAgreement 0.95 online, small declared at 0.8 (geometricMean)
+    observed = served(build_children(cascade, SETTINGS), ready=5)
+    patch, _ = compose_status(cascade, SETTINGS, {}, observed, problems=[], live_pods=[], now=T0, generation=1)
+    calibrated = next(c for c in patch["conditions"] if c["type"] == "Calibrated")
+    assert (calibrated["status"], calibrated["reason"]) == ("False", "CollectingSamples")
+    declared = patch["tiers"][0]["threshold"]
+    # Two routers measured 1,000 pairs between them: the small tier always agrees from 0.5 up, never below
+    # (so the threshold, declared at 0.35, goes up to 0.5 at once: safer moves do not wait).
+    high = {"small@0.5": 300, "small@0.9": 300}
+    low = {"small@0.2": 200, "small@0.45": 200}
+    slots = {"p1": _agreement_slot("p1", "chat-router-a", high, high),
+             "p2": _agreement_slot("p2", "chat-router-b", low, {})}  # fmt: skip
+    status = apply_merge_patch({"replicaCounters": slots}, patch)
+    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[],
+                              live_pods=["chat-router-a", "chat-router-b"], now=T1, generation=1)  # fmt: skip
+    calibrated = next(c for c in patch["conditions"] if c["type"] == "Calibrated")
+    assert calibrated["status"] == "True" and calibrated["reason"] == "GoalMet"
+    (tier,) = patch["calibration"]["tiers"]
+    assert tier["threshold"] == 0.5 and tier["declared"] == declared and tier["samples"] == 1000
+    assert tier["lastMoved"] == T1 and patch["tiers"][0]["threshold"] == 0.5  # what the routers read
+    assert tier["agreement"] == 1.0 and tier["escalationRate"] == 0.4
+    written = apply_merge_patch(status, patch)
+    again, _ = compose_status(cascade, SETTINGS, written, observed, problems=[],
+                              live_pods=["chat-router-a", "chat-router-b"], now=T2, generation=1)  # fmt: skip
+    assert not changes_status(written, again)  # nothing new measured: nothing to write
+
+
+def test_pinned_thresholds_have_no_calibration_status():
+    body = example()
+    body["spec"]["calibration"]["shadowSampleRate"] = 0
+    cascade = parse_cascade(body)
+    observed = served(build_children(cascade, SETTINGS), ready=5)
+    status = {"calibration": {"goal": "minAgreement=0.95", "tiers": []},
+              "conditions": [{"type": "Calibrated", "status": "True", "reason": "GoalMet"}]}  # fmt: skip
+    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=[], now=T0, generation=2)
+    assert patch["calibration"] is None and "Calibrated" not in {c["type"] for c in patch["conditions"]}

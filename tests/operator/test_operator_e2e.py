@@ -17,7 +17,9 @@ One cluster for the whole module, driven in order, as a user would:
 5. a reconcile with nothing to do writes nothing, and neither does an operator restart;
 6. a missing Secret and a GPU type no node offers set Degraded with a clear
    message and leave the children untouched;
-7. deleting the cascade removes the children; every API call the operator made
+7. online calibration: shadow samples move the threshold, `Calibrated` turns
+   True and a running router takes the new threshold without a restart;
+8. deleting the cascade removes the children; every API call the operator made
    is covered by the RBAC rules documented in docs/operator.md.
 
 Timers are short (KASCADE_RECONCILE_INTERVAL_SECONDS=0.5; routers report every 0.3 s).
@@ -261,7 +263,8 @@ def test_the_status_turns_ready_with_observed_generation(cluster: Cluster):
     assert status["observedGeneration"] == generation
     assert {c["type"]: (c["status"], c["observedGeneration"]) for c in status["conditions"]} == {
         "Ready": ("True", generation), "TiersReady": ("True", generation),
-        "RouterReady": ("True", generation), "Degraded": ("False", generation)}  # fmt: skip
+        "RouterReady": ("True", generation), "Degraded": ("False", generation),
+        "Calibrated": ("False", generation)}  # fmt: skip  # the example calibrates online: collecting samples
     assert status["endpoint"] == "http://chat-router.llm.svc:8000/v1"
     assert [(t["name"], t["readyReplicas"], t["replicas"]) for t in status["tiers"]] == [("small", 2, 2), ("large", 1, 1)]
     assert status["summary"]["tiers"] == "2/2"
@@ -633,6 +636,50 @@ def test_a_gpu_type_no_node_offers_degrades_and_leaves_the_children_untouched(cl
     cluster.kubectl("apply", "-f", str(EXAMPLE))
     wait_for(lambda: cluster.condition("Degraded").get("status") == "False", what="recovery", context=cluster.log_tail)
     assert fingerprint(cluster) == before  # the same spec again: the same children, nothing rewritten
+
+
+# --- 6b. online calibration -------------------------------------------------------------------------------
+
+
+def test_shadow_samples_move_the_threshold_and_the_routers_take_it_without_a_restart(cluster: Cluster, traffic: Traffic):
+    """Every request measured (rate 1); the small tier always agrees: the operator moves its threshold down to the
+    bound, Calibrated turns True, and the running router answers a 0.2-confident request from the small tier."""
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["spec"]["calibration"].update(minAgreement=0.9, shadowSampleRate=1.0, minSamples=20, minThreshold=0.1)
+    cluster.kubectl("apply", "-f", "-", input=manifests(document))
+    def sample_rate() -> float | None:
+        configmap = cluster.server.get("configmaps", "chat-router", NS)
+        sampling = RouterConfig.model_validate(yaml.safe_load(configmap["data"]["router.yaml"])).shadow_sampling
+        return sampling.rate if sampling is not None else None
+
+    wait_for(lambda: sample_rate() == 1.0, what="the router config with every request sampled")
+    for pod in list(traffic.routers):
+        traffic.stop_router(pod)
+    router = traffic.start_router("chat-router-8c1e-a")
+    for index in range(40):  # 30 confident, 10 not: every one measured against the large tier
+        with traffic.one_at_a_time:
+            traffic.small.token_prob = 0.9 if index % 4 else 0.2
+            router.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hello"}])
+    calibrated = wait_for(lambda: (c := cluster.condition("Calibrated")).get("status") == "True" and c,
+                          what="Calibrated", context=lambda: str(cluster.status().get("calibration")) + cluster.log_tail())  # fmt: skip
+    assert calibrated["reason"] == "GoalMet" and "minAgreement=0.9" in calibrated["message"]
+    (tier,) = cluster.status()["calibration"]["tiers"]
+    assert tier["threshold"] == 0.1 and tier["declared"] == 0.35 and tier["samples"] >= 20  # minSamples
+    assert cluster.status()["tiers"][0]["threshold"] == 0.1
+    assert cluster.status()["traffic"]["shadowCalls"] > 0 and cluster.status()["cost"]["shadowCost"] > 0
+
+    def answered_by_small() -> bool:
+        with traffic.one_at_a_time:
+            traffic.small.token_prob = 0.2
+            raw = router.client.with_raw_response.chat.completions.create(
+                model=NAME, messages=[{"role": "user", "content": "hello"}])
+        return raw.headers.get("x-kascade-tier") == "small"
+
+    wait_for(answered_by_small, what="the router to take the calibrated threshold")
+    traffic.stop_router(router.pod)
+    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    wait_for(lambda: cluster.status().get("calibration", {}).get("tiers", [{}])[0].get("declared") == 0.35
+             and cluster.condition("Calibrated").get("status") == "False", what="the example's calibration again")  # fmt: skip
 
 
 # --- 7. deletion, and what the operator may call -------------------------------------------------------------

@@ -145,6 +145,10 @@ def test_snapshot_keys_are_exactly_as_specified() -> None:
         "cost",
         "escalationsLogged",
         "escalationLogDropped",
+        "shadowCalls",
+        "shadowCost",
+        "calibrationSamples",
+        "calibrationAgreed",
     }
     assert set(snapshot["tiers"]) == {"small", "large"}
     for tier in snapshot["tiers"].values():

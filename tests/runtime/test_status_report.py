@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 from starlette.applications import Starlette
@@ -78,3 +79,26 @@ def test_an_unreachable_api_server_never_breaks_the_router(start_upstream, two_t
     with BackgroundServer(create_router_app(config)) as router:
         assert httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).status_code == 200
         assert httpx.get(f"{router.url}/healthz").status_code == 200
+
+
+def test_a_router_takes_the_calibrated_threshold_from_the_answer_to_its_status_write(
+    start_upstream, two_tier_config, tmp_path
+):
+    async def patch_status(request: Request) -> JSONResponse:  # the operator calibrated "small" down to 0.8
+        return JSONResponse({"kind": "ModelCascade", "status": {"calibration": {"tiers": [
+            {"name": "small", "threshold": 0.8, "declared": 0.95}]}}})
+
+    api_server = Starlette(routes=[Route("/apis/kascade.dev/v1alpha1/namespaces/{ns}/modelcascades/{name}/status",
+                                         patch_status, methods=["PATCH"])])
+    small = start_upstream(token_prob=0.9)
+    large = start_upstream()
+    with BackgroundServer(api_server) as api:
+        report = StatusReportConfig(namespace="team-a", name="demo", api_server=api.url,
+                                    token_file=str(tmp_path / "none"), ca_file=None, interval_seconds=30)
+        config = two_tier_config(small.url, large.url, accept={"method": "geometricMean", "threshold": 0.95})
+        with BackgroundServer(create_router_app(config.model_copy(update={"status_report": report}))) as router:
+            deadline = time.monotonic() + 10  # the report at start, and its answer, come soon after the start
+            while (tier := httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).headers["x-kascade-tier"]) != "small":
+                assert time.monotonic() < deadline, "the calibrated threshold never came into force"
+                time.sleep(0.05)
+            assert tier == "small"  # 0.9 >= 0.8: in force without a restart
