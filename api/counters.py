@@ -70,6 +70,9 @@ class CounterFigures(StatusModel):
     calibration_agreed: dict[str, Count] = Field(
         default_factory=dict, description="Of those, the ones that agreed with the last tier."
     )
+    baseline_tokens: dict[str, Count] = Field(
+        default_factory=dict, description="Token counts that correct the savings baseline (`ledger.estimated_baseline`)."
+    )
     escalation_log_dropped: Count = Field(
         default=0,
         description="Escalations the log dropped: its queue was full, its writer was lost, or storage was down at a stop.",
@@ -149,6 +152,9 @@ class CounterSlot(StatusModel):
     calibration_agreed: dict[str, Count] = Field(
         default_factory=dict, description="Of those, the ones that agreed with the last tier."
     )
+    baseline_tokens: dict[str, Count] = Field(
+        default_factory=dict, description="Token counts that correct the savings baseline (`ledger.estimated_baseline`)."
+    )
     pod: str | None = Field(
         default=None, max_length=253, description="The router pod that wrote the slot (absent on /stats)."
     )
@@ -168,6 +174,7 @@ class CounterSlot(StatusModel):
             shadow_cost=self.shadow_cost,
             calibration_samples=self.calibration_samples,
             calibration_agreed=self.calibration_agreed,
+            baseline_tokens=self.baseline_tokens,
         )
 
     def to_wire(self) -> dict[str, Any]:

@@ -55,6 +55,15 @@ class Cost(StatusModel):
     saved: float = Field(default=0.0, description="baseline - actual.")
     saved_percent: float = Field(default=0.0, description="100 * saved / baseline.")
     shadow_cost: float = Field(default=0.0, description="What shadow calls cost (online calibration), in actual.")
+    estimated_baseline: float | None = Field(
+        default=None,
+        description="baseline with the last tier's token counts measured by shadow samples (an estimate: it moves "
+        "both ways as samples come; absent before 30 samples).",
+    )
+    estimated_saved: float | None = Field(default=None, description="estimatedBaseline - actual.")
+    last_tier_output_ratio: float | None = Field(
+        default=None, description="The last tier's output tokens per output token of the accepted answers (shadow samples)."
+    )
     gpu_hours: float = 0.0
     reservation_cost: float = 0.0
     since: str | None = None

@@ -19,6 +19,7 @@ from kascade.operator.counters import FoldResult, apply_merge_patch, fold_replic
 from kascade.operator.plan import ChildKey
 from kascade.operator.problems import Problem
 from kascade.operator.settings import OperatorSettings
+from kascade.runtime.ledger import estimated_baseline
 
 
 def now_rfc3339() -> str:
@@ -58,7 +59,18 @@ def compose_status(
         ),
         **fold.status_patch(),
     }
+    patch["cost"].update(_baseline_estimate(cascade, fold))
     return patch, fold
+
+
+def _baseline_estimate(cascade: ModelCascade, fold: FoldResult) -> dict[str, Any]:
+    """The savings baseline corrected with the last tier's measured token counts (shadow samples), when there are enough."""
+    folded = fold.folded
+    estimate = estimated_baseline(folded.baseline, folded.baseline_tokens, folded.shadow_calls, cascade.spec.tiers[-1].price)
+    if estimate is None:
+        return {"estimatedBaseline": None, "estimatedSaved": None, "lastTierOutputRatio": None}
+    return {"estimatedBaseline": estimate.baseline, "estimatedSaved": estimate.baseline - folded.actual,
+            "lastTierOutputRatio": estimate.output_ratio}  # fmt: skip
 
 
 def invalid_status(status: Mapping[str, Any], *, message: str, now: str, generation: int | None) -> dict[str, Any]:

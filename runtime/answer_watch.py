@@ -74,7 +74,7 @@ class AnswerWatch:
                 self.sampler.note_pairs(attempts.declined, answer.text)
         elif self.sampler is not None and self.sampler.drawn():
             accepted = declined_seen(self.identity(tier), decision, answer_of(endpoint, answered))
-            self.sampler.accepted(endpoint, body, [*attempts.declined, accepted])
+            self.sampler.accepted(endpoint, body, [*attempts.declined, accepted], attempts.answering_tokens(tier.name))
 
     def shadow_answered(
         self, endpoint: Endpoint, body: dict[str, Any], response: Mapping[str, Any], asked: Sequence[DeclinedSeen],

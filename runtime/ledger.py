@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,6 +93,43 @@ class _TierTotals:
     latency_seconds_sum: float = 0.0
 
 
+BASELINE_TOKEN_KEYS = (
+    "acceptedInput", "acceptedOutput",  # tokens of the answers accepted before the last tier
+    "shadowAnsweredInput", "shadowAnsweredOutput",  # of those answers, on the requests shadow-sampled
+    "shadowLastInput", "shadowLastOutput",  # the last tier's own tokens on the same requests
+)  # fmt: skip
+MIN_SHADOW_SAMPLES_FOR_AN_ESTIMATE = 30
+
+
+@dataclass(frozen=True)
+class BaselineEstimate:
+    baseline: float  # the savings baseline with the last tier's measured token counts
+    input_ratio: float  # the last tier's tokens per token of the accepted answers (ratio of sums)
+    output_ratio: float
+
+
+def estimated_baseline(baseline: float, tokens: Mapping[str, int], shadow_calls: int, last: Price) -> BaselineEstimate | None:
+    """The baseline corrected by what shadow samples measure of the last tier's token counts; None with too few.
+
+    The ledger's baseline prices an accepted answer's own tokens at the last
+    tier's price, as if the last tier would have answered at the same length.
+    Shadow samples measure how long its answers really are on the same
+    requests: r = Σ last tier's tokens / Σ the accepted answers' tokens (a
+    ratio estimator, per input and output), and the accepted part of the
+    baseline is scaled by r: baseline + (r_in - 1)·p_in·A_in + (r_out - 1)·p_out·A_out,
+    with A the accepted answers' tokens and p the last tier's per-token prices.
+    """
+    if shadow_calls < MIN_SHADOW_SAMPLES_FOR_AN_ESTIMATE:
+        return None
+    ratios = []
+    for side in ("Input", "Output"):
+        answered, measured = tokens.get(f"shadowAnswered{side}", 0), tokens.get(f"shadowLast{side}", 0)
+        ratios.append(measured / answered if answered > 0 else 1.0)
+    extra = (ratios[0] - 1) * usage_cost(last, tokens.get("acceptedInput", 0), 0) + (ratios[1] - 1) * usage_cost(
+        last, 0, tokens.get("acceptedOutput", 0))  # fmt: skip
+    return BaselineEstimate(baseline=max(baseline + extra, 0.0), input_ratio=ratios[0], output_ratio=ratios[1])
+
+
 def _iso_utc(timestamp: float) -> str:
     """ISO-8601 in UTC with a `Z`, the way Kubernetes writes times."""
     moment = datetime.fromtimestamp(timestamp, tz=UTC)
@@ -141,6 +178,7 @@ class Ledger:
         self._shadow_cost = 0.0
         self._calibration_samples: dict[str, int] = {}
         self._calibration_agreed: dict[str, int] = {}
+        self._baseline_tokens = dict.fromkeys(BASELINE_TOKEN_KEYS, 0)
 
     @property
     def process_id(self) -> str:
@@ -191,6 +229,10 @@ class Ledger:
                 self._escalations += 1
             for call in outcome.calls:
                 self._add_call(call)
+            answering = outcome.answering_call()
+            if answering is not None and outcome.answered_by != self._last_tier:  # a baseline that was estimated
+                self._baseline_tokens["acceptedInput"] += answering.input_tokens
+                self._baseline_tokens["acceptedOutput"] += answering.output_tokens
             self._actual += cost.actual
             self._baseline += cost.baseline
             self._updated_at = max(self._updated_at, self._clock())
@@ -209,12 +251,20 @@ class Ledger:
         totals.latency_seconds_sum += max(call.latency_seconds, 0.0)
         return cost
 
-    def record_shadow(self, call: TierCall) -> float:
-        """A shadow call to the last tier (online calibration): paid for, in its tier and in actual; its cost."""
-        if call.tier != self._last_tier or call.input_tokens < 0 or call.output_tokens < 0:
+    def record_shadow(self, call: TierCall, answered: tuple[int, int]) -> float:
+        """A shadow call to the last tier (online calibration): paid for, in its tier and in actual; its cost.
+
+        `answered`: the (input, output) tokens of the answer the caller got, so
+        that the last tier's own counts on the same requests correct the
+        savings baseline (`estimated_baseline`).
+        """
+        if call.tier != self._last_tier or min(call.input_tokens, call.output_tokens, *answered) < 0:
             raise ValueError(f"a shadow call goes to the last tier ({self._last_tier!r}) with counts >= 0: {call}")
         with self._lock:
             cost = self._add_call(call)
+            for key, count in zip(("shadowAnsweredInput", "shadowAnsweredOutput", "shadowLastInput", "shadowLastOutput"),
+                                  (*answered, call.input_tokens, call.output_tokens), strict=True):  # fmt: skip
+                self._baseline_tokens[key] += count
             self._shadow_calls += 1
             self._shadow_cost += cost
             self._actual += cost
@@ -277,6 +327,7 @@ class Ledger:
                 shadow_cost=self._shadow_cost,
                 calibration_samples=dict(self._calibration_samples),
                 calibration_agreed=dict(self._calibration_agreed),
+                baseline_tokens=dict(self._baseline_tokens),
             )
 
     def snapshot(self) -> dict[str, Any]:

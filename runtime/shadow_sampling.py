@@ -77,17 +77,21 @@ class ShadowSampler:
             self._ledger.note_agreement(bin_key(answer.model.tier, answer.score), agreed=agreed[answer.model.tier])
         return agreed
 
-    def accepted(self, endpoint: Endpoint, body: Mapping[str, Any], asked: Sequence[DeclinedSeen]) -> None:
+    def accepted(
+        self, endpoint: Endpoint, body: Mapping[str, Any], asked: Sequence[DeclinedSeen], answered: tuple[int, int]
+    ) -> None:
         """A drawn request a tier before the last answered (`asked`: each tier's answer, the accepted one last):
-        ask the last tier too, in the background."""
+        ask the last tier too, in the background. `answered`: the caller's answer's (input, output) tokens."""
         if len(self._in_flight) >= self.config.concurrency:
             self.skipped += 1
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(endpoint, dict(body), asked))
+        task = asyncio.get_running_loop().create_task(self._shadow(endpoint, dict(body), asked, answered))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _shadow(self, endpoint: Endpoint, body: dict[str, Any], asked: Sequence[DeclinedSeen]) -> None:
+    async def _shadow(
+        self, endpoint: Endpoint, body: dict[str, Any], asked: Sequence[DeclinedSeen], answered: tuple[int, int]
+    ) -> None:
         started = self._clock()
         try:
             response = await self._ask_last_tier(endpoint, body)
@@ -96,7 +100,8 @@ class ShadowSampler:
             log.debug("a shadow call to the last tier failed: %s", error)
             return
         input_tokens, output_tokens = usage_of(response)
-        self._ledger.record_shadow(TierCall(self._last_tier, input_tokens, output_tokens, self._clock() - started, ok=True))
+        call = TierCall(self._last_tier, input_tokens, output_tokens, self._clock() - started, ok=True)
+        self._ledger.record_shadow(call, answered)
         last = answer_of(endpoint, response)
         agreed = self.note_pairs(asked, last.text)
         if self._on_shadow is not None:

@@ -277,3 +277,18 @@ def test_pinned_thresholds_have_no_calibration_status():
               "conditions": [{"type": "Calibrated", "status": "True", "reason": "GoalMet"}]}  # fmt: skip
     patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=[], now=T0, generation=2)
     assert patch["calibration"] is None and "Calibrated" not in {c["type"] for c in patch["conditions"]}
+
+
+def test_shadow_samples_correct_the_savings_baseline_with_the_large_tiers_own_token_counts():
+    cascade = parse_cascade(example())  # the large tier: $0.88 per million tokens in and out
+    observed = served(build_children(cascade, SETTINGS), ready=5)
+    tokens = {"acceptedInput": 1_000_000, "acceptedOutput": 1_000_000, "shadowAnsweredInput": 10_000,
+              "shadowAnsweredOutput": 10_000, "shadowLastInput": 10_000, "shadowLastOutput": 15_000}  # fmt: skip
+    status = {"replicaCounters": {"p1": {**slot("p1", "chat-router-a", 100), "shadowCalls": 30, "baselineTokens": tokens}}}
+    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=["chat-router-a"],
+                              now=T0, generation=1)  # fmt: skip
+    cost = patch["cost"]
+    assert cost["lastTierOutputRatio"] == 1.5
+    assert cost["estimatedBaseline"] == pytest.approx(3.0 + 0.5 * 0.88)  # half again of a million output tokens
+    assert cost["estimatedSaved"] == pytest.approx(cost["estimatedBaseline"] - cost["actual"])
+    assert cost["baseline"] == 3.0  # the counter itself is untouched: it only ever grows

@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 
 from kascade.api.modelcascade import Price
-from kascade.runtime.ledger import Ledger, RequestCost, RequestOutcome, TierCall, usage_cost
+from kascade.runtime.ledger import Ledger, RequestCost, RequestOutcome, TierCall, estimated_baseline, usage_cost
 
 # small: $0.10 / $0.20 per million in/out; large: $1 / $2.
 SMALL = Price(input_per_million=0.1, output_per_million=0.2)
@@ -149,6 +149,7 @@ def test_snapshot_keys_are_exactly_as_specified() -> None:
         "shadowCost",
         "calibrationSamples",
         "calibrationAgreed",
+        "baselineTokens",
     }
     assert set(snapshot["tiers"]) == {"small", "large"}
     for tier in snapshot["tiers"].values():
@@ -240,3 +241,35 @@ def test_snapshot_is_monotonic_over_many_records() -> None:
         previous = current
     assert previous["requests"] == 500
     assert previous["failed"] + sum(previous["answeredBy"].values()) == 500
+
+
+def test_shadow_calls_are_paid_for_and_measure_the_last_tiers_token_counts() -> None:
+    ledger = make_ledger()
+    for _ in range(40):
+        ledger.record(accepted_by_small())  # 1000 in, 500 out, priced at the large tier for the baseline
+    before = ledger.counter_slot()
+    for _ in range(30):  # on the same requests the large tier answers twice as long
+        ledger.record_shadow(TierCall("large", 1000, 1000, 0.5, ok=True), (1000, 500))
+    slot = ledger.counter_slot()
+    shadow = 30 * usage_cost(LARGE, 1000, 1000)
+    assert slot.shadow_calls == 30 and slot.shadow_cost == pytest.approx(shadow)
+    assert slot.cost.actual == pytest.approx(before.cost.actual + shadow) and slot.cost.baseline == before.cost.baseline
+    assert slot.answered_by == before.answered_by and slot.tiers["large"].calls == 30
+    assert slot.baseline_tokens == {"acceptedInput": 40_000, "acceptedOutput": 20_000, "shadowAnsweredInput": 30_000,
+                                    "shadowAnsweredOutput": 15_000, "shadowLastInput": 30_000, "shadowLastOutput": 30_000}
+    estimate = estimated_baseline(slot.cost.baseline, slot.baseline_tokens, slot.shadow_calls, LARGE)
+    assert estimate is not None and estimate.output_ratio == 2.0 and estimate.input_ratio == 1.0
+    # The accepted answers' output, priced at the large tier, counts twice: 40 x (1000 in + 2 x 500 out).
+    assert estimate.baseline == pytest.approx(40 * usage_cost(LARGE, 1000, 1000))
+    assert estimated_baseline(slot.cost.baseline, slot.baseline_tokens, 29, LARGE) is None  # too few samples
+    with pytest.raises(ValueError, match="last tier"):
+        ledger.record_shadow(TierCall("small", 1, 1, 0.1, ok=True), (1, 1))
+
+
+def test_agreement_pairs_are_counted_per_score_bin() -> None:
+    ledger = make_ledger()
+    ledger.note_agreement("small@0.9", agreed=True)
+    ledger.note_agreement("small@0.9", agreed=False)
+    ledger.note_agreement("small@0.2", agreed=False)
+    slot = ledger.counter_slot()
+    assert slot.calibration_samples == {"small@0.9": 2, "small@0.2": 1} and slot.calibration_agreed == {"small@0.9": 1}

@@ -49,6 +49,7 @@ def test_accepted_answers_are_asked_of_the_last_tier_too_and_counted_by_score_bi
     assert stats["answeredBy"] == {"small": 3, "large": 0}  # shadow calls answer nobody
     assert stats["shadowCost"] > 0 and stats["cost"]["actual"] >= stats["shadowCost"]
     assert stats["tiers"]["large"]["calls"] == 3
+    assert stats["baselineTokens"]["shadowAnsweredOutput"] == 3 and stats["baselineTokens"]["shadowLastOutput"] == 3
 
 
 def test_an_escalated_request_is_a_pair_already_and_a_disagreement_is_counted(
