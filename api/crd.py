@@ -209,9 +209,22 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Money saved against sending every request to the last tier.",
     },
     {
+        "name": "Reserved",
+        "type": "string",
+        "jsonPath": ".status.summary.reserved",
+        "description": "What the tiers' ready GPUs cost at price.perGpuHour, and their GPU-hours.",
+    },
+    {
         "name": "Age",
         "type": "date",
         "jsonPath": ".metadata.creationTimestamp",
+    },
+    {
+        "name": "Net",
+        "type": "string",
+        "jsonPath": ".status.summary.netSaved",
+        "description": "Saved, less what the tiers before the last reserved (GPU-hours at their price).",
+        "priority": 1,
     },
     {
         "name": "Endpoint",

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kascade.api.counters import CounterFigures, RetiredCounters, RetiredProcess
-from kascade.api.status import Cost, ModelCascadeStatus, StatusSummary, TierStatus, Traffic
+from kascade.api.status import RESERVATION_FIELDS, Cost, ModelCascadeStatus, StatusSummary, TierStatus, Traffic
 from kascade.api.summary import summarize_status
 from kascade.operator.counter_slots import (
     NEVER,
@@ -305,16 +305,14 @@ def traffic_of(folded: CounterFigures) -> Traffic:
 
 
 def cost_of(folded: CounterFigures, money: Money, previous: Mapping[str, Any]) -> Cost:
-    """The folded cost; GPU-hours and the reservation cost are not the fold's, and stay as they are."""
-    saved = folded.baseline - folded.actual
+    """The folded cost; GPU-hours and the reservation's figures are not the fold's, and stay as they are."""
+    kept = {Cost.model_fields[name].alias for name in RESERVATION_FIELDS}
     return Cost.model_validate(
         {
-            **{key: value for key, value in previous.items() if key in ("gpuHours", "reservationCost")},
+            **{key: value for key, value in previous.items() if key in kept},
             "currency": money.currency,
             "actual": folded.actual,
             "baseline": folded.baseline,
-            "saved": saved,
-            "savedPercent": 100.0 * saved / folded.baseline if folded.baseline > 0 else 0.0,
             "since": money.since,
         }
-    )
+    ).settled()

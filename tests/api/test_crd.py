@@ -104,10 +104,10 @@ def _schema_at(json_path: str) -> dict[str, Any]:
 
 def test_printer_columns_point_at_fields_the_schema_keeps() -> None:
     columns = {c["name"]: c for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
-    assert list(columns)[:5] == ["Ready", "Tiers", "Escalation", "Saved", "Age"]
+    assert list(columns)[:6] == ["Ready", "Tiers", "Escalation", "Saved", "Reserved", "Age"]
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
-    for name in ["Tiers", "Escalation", "Saved"]:
+    for name in ["Tiers", "Escalation", "Saved", "Reserved", "Net"]:
         assert columns[name]["jsonPath"].startswith(".status.summary.")
         assert _schema_at(columns[name]["jsonPath"])["type"] == columns[name]["type"] == "string"
     conditions = _schema_at(".status.conditions")
