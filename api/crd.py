@@ -21,7 +21,6 @@ from kascade.api.loop import (
     ESCALATION_LOG_NEEDS_A_PLACE,
     NOT_IMPLEMENTED_SHADOW_SAMPLES,
     NOT_IMPLEMENTED_DISTILLATION,
-    NOT_IMPLEMENTED_GPU_HOUR_PRICE,
 )
 from kascade.api.modelcascade import (
     CLASSIFY_FEATURES,
@@ -169,11 +168,6 @@ TOLERATION_RULES: list[dict[str, str]] = [
 
 # CEL rules on each item of `spec.tiers`.
 TIER_RULES: list[dict[str, str]] = [
-    {
-        # double(): a price written as 0 arrives as an int in some evaluators, as a double in the server.
-        "rule": "!has(self.price) || !has(self.price.perGpuHour) || double(self.price.perGpuHour) == 0.0",
-        "message": NOT_IMPLEMENTED_GPU_HOUR_PRICE,
-    },
     {
         "rule": (
             f"!has(self.engine) || self.engine != '{EngineKind.external.value}' || "
