@@ -22,7 +22,6 @@ from kascade.api.loop import (
     ONLINE_CALIBRATION_HAS_NO_REFERENCES,
     THRESHOLD_BOUNDS_IN_ORDER,
     NOT_IMPLEMENTED_DISTILLATION,
-    NOT_IMPLEMENTED_GPU_HOUR_PRICE,
 )
 from kascade.api.modelcascade import (
     CLASSIFY_FEATURES,
@@ -178,11 +177,6 @@ TOLERATION_RULES: list[dict[str, str]] = [
 # CEL rules on each item of `spec.tiers`.
 TIER_RULES: list[dict[str, str]] = [
     {
-        # double(): a price written as 0 arrives as an int in some evaluators, as a double in the server.
-        "rule": "!has(self.price) || !has(self.price.perGpuHour) || double(self.price.perGpuHour) == 0.0",
-        "message": NOT_IMPLEMENTED_GPU_HOUR_PRICE,
-    },
-    {
         "rule": (
             f"!has(self.engine) || self.engine != '{EngineKind.external.value}' || "
             "self.model.uri.startsWith('http://') || self.model.uri.startsWith('https://')"
@@ -217,9 +211,22 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Money saved against sending every request to the last tier.",
     },
     {
+        "name": "Reserved",
+        "type": "string",
+        "jsonPath": ".status.summary.reserved",
+        "description": "What the tiers' ready GPUs cost at price.perGpuHour, and their GPU-hours.",
+    },
+    {
         "name": "Age",
         "type": "date",
         "jsonPath": ".metadata.creationTimestamp",
+    },
+    {
+        "name": "Net",
+        "type": "string",
+        "jsonPath": ".status.summary.netSaved",
+        "description": "Saved, less what the tiers before the last reserved (GPU-hours at their price).",
+        "priority": 1,
     },
     {
         "name": "Endpoint",

@@ -41,10 +41,6 @@ NOT_IMPLEMENTED_DISTILLATION = (
     "spec.distillation is not implemented in this version of Kascade (scheduled distillation in the cluster): "
     "remove it, and distil from the escalation log by hand with `kascade distill`"
 )
-NOT_IMPLEMENTED_GPU_HOUR_PRICE = (
-    "price.perGpuHour is not implemented in this version of Kascade (reserved GPUs are not costed yet): "
-    "remove it or set it to 0"
-)
 
 
 def refuse_what_is_not_implemented(distillation: DistillationPolicy | None) -> None:

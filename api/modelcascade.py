@@ -15,11 +15,10 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from kascade.api.base import SpecModel, StatusModel  # noqa: F401 - StatusModel: imported from here too
 from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from here too
-    NOT_IMPLEMENTED_GPU_HOUR_PRICE,
     Calibration,
     DistillationLoss,
     DistillationPolicy,
@@ -133,7 +132,7 @@ class ModelSource(SpecModel):
 
 
 class Price(SpecModel):
-    """What a tier costs. Usage-based prices drive savings; GPU-hours are reported apart."""
+    """What a tier costs: per token (usage, drives `saved`) and per GPU-hour (the reservation, `reservationCost`)."""
 
     currency: str = Field(
         default="USD", min_length=3, max_length=3, pattern=r"^[A-Z]{3}$",
@@ -142,15 +141,14 @@ class Price(SpecModel):
     input_per_million: float = Field(default=0.0, ge=0, description="Price per million input tokens.")
     output_per_million: float = Field(default=0.0, ge=0, description="Price per million output tokens.")
     per_gpu_hour: float = Field(
-        default=0.0, ge=0, description="Reservation price per GPU-hour. Not implemented yet: only 0 is accepted."
+        default=0.0,
+        ge=0,
+        description=(
+            "Price of one GPU for one hour: the operator charges it for every GPU of the tier's ready replicas "
+            "(status.cost.reservationCost). For a tier on your own GPUs this is the real bill. Local mode "
+            "reserves nothing and reports usage cost only."
+        ),
     )
-
-    @field_validator("per_gpu_hour")
-    @classmethod
-    def _refuse_gpu_hour_price(cls, value: float) -> float:
-        if value != 0:
-            raise ValueError(NOT_IMPLEMENTED_GPU_HOUR_PRICE)
-        return value
 
 
 def currency_conflict(prices: Mapping[str, Price]) -> str | None:

@@ -35,6 +35,16 @@ class TierStatus(StatusModel):
         description="Set for tiers without pods (engine external); unset: ready when a replica is ready.",
     )
     threshold: float | None = Field(default=None, description="The threshold in force (calibrated or declared).")
+    ready_gpus: int = Field(
+        default=0, description="GPUs of the ready replicas at the operator's last look: readyReplicas x resources.gpus."
+    )
+    per_gpu_hour: float = Field(
+        default=0.0, description="The tier's price.perGpuHour at the last look: what the GPU-hours since cost."
+    )
+    gpu_hours: float = Field(
+        default=0.0, description="GPU-hours the tier's ready replicas held, since cost.gpuHoursSince (never goes down)."
+    )
+    reservation_cost: float = Field(default=0.0, description="Those GPU-hours, each at the price in force then.")
 
 
 class Traffic(StatusModel):
@@ -49,6 +59,14 @@ class Traffic(StatusModel):
 
 
 class Cost(StatusModel):
+    """Usage cost (per token, counted by the routers) beside reservation cost (per GPU-hour, integrated by the operator).
+
+    Usage: `actual` against `baseline` (the last tier alone, per token) gives
+    `saved`. Reservation: `reservationCost` is the bill of every tier's ready
+    GPUs; `reservationBaseline` is the last tier's share of it. Both: `netSaved`
+    is what the cascade saves once its smaller tiers' GPUs are paid for.
+    """
+
     currency: str = "USD"
     actual: float = Field(default=0.0, description="Usage-based cost, wasted small-tier calls of escalations included.")
     baseline: float = Field(default=0.0, description="What the last tier alone would have cost.")
@@ -64,9 +82,48 @@ class Cost(StatusModel):
     last_tier_output_ratio: float | None = Field(
         default=None, description="The last tier's output tokens per output token of the accepted answers (shadow samples)."
     )
-    gpu_hours: float = 0.0
-    reservation_cost: float = 0.0
+    gpu_hours: float = Field(default=0.0, description="GPU-hours of every tier's ready replicas, since gpuHoursSince.")
+    reservation_cost: float = Field(
+        default=0.0, description="The reserved bill: each tier's GPU-hours at its price.perGpuHour."
+    )
+    reservation_baseline: float = Field(
+        default=0.0,
+        description=(
+            "The last tier's share of reservationCost: what reserving the last tier alone, at the size it runs, "
+            "cost. How much smaller the cascade lets it be is not observed."
+        ),
+    )
+    net_saved: float = Field(
+        default=0.0,
+        description=(
+            "(baseline + reservationBaseline) - (actual + reservationCost): saved, less what the tiers before "
+            "the last reserved. Positive: the smaller tiers pay for their GPUs."
+        ),
+    )
+    net_saved_percent: float = Field(default=0.0, description="100 * netSaved / (baseline + reservationBaseline).")
+    gpu_hours_since: str | None = Field(default=None, description="When the operator first counted GPU-hours.")
+    gpu_hours_until: str | None = Field(
+        default=None, description="The operator's last look at the ready replicas: GPU-hours count up to it."
+    )
     since: str | None = None
+
+    def settled(self) -> Cost:
+        """A copy with saved, savedPercent, netSaved and netSavedPercent computed from the amounts."""
+        saved = self.baseline - self.actual
+        whole_baseline = self.baseline + self.reservation_baseline
+        net = whole_baseline - (self.actual + self.reservation_cost)
+        return self.model_copy(
+            update={
+                "saved": saved,
+                "saved_percent": 100.0 * saved / self.baseline if self.baseline > 0 else 0.0,
+                "net_saved": net,
+                "net_saved_percent": 100.0 * net / whole_baseline if whole_baseline > 0 else 0.0,
+            }
+        )
+
+
+RESERVATION_FIELDS = ("gpu_hours", "reservation_cost", "reservation_baseline", "gpu_hours_since", "gpu_hours_until")
+"""The fields of `Cost` the operator integrates from the tiers' ready GPUs (`kascade.operator.reservation`)."""
 
 
 class BinCounts(StatusModel):
@@ -111,6 +168,10 @@ class StatusSummary(StatusModel):
     tiers: str = Field(default="", description="Ready tiers out of all tiers, e.g. 2/2.")
     escalation: str = Field(default="", description="Share of requests that escalated, e.g. 12.5%.")
     saved: str = Field(default="", description="Money saved against the last tier alone, e.g. USD 1.23 (45.0%).")
+    reserved: str = Field(default="", description="The reserved bill and its GPU-hours, e.g. USD 96.00 (120.0 GPU-h).")
+    net_saved: str = Field(
+        default="", description="Saved once the smaller tiers' GPUs are paid, e.g. USD -3.20 (-1.5%)."
+    )
 
 
 class ModelCascadeStatus(StatusModel):

@@ -14,7 +14,7 @@ NOT_YET = "-"  # shown before there is anything to count
 
 
 def summarize_status(status: ModelCascadeStatus, *, tier_count: int | None = None) -> StatusSummary:
-    """Summarize a cascade's status for the Tiers, Escalation and Saved columns.
+    """Summarize a cascade's status for the Tiers, Escalation, Saved, Reserved and Net columns.
 
     `tier_count` is the number of tiers in the spec; without it, the tiers the
     status reports are counted (before the operator has seen any, there are none).
@@ -24,6 +24,8 @@ def summarize_status(status: ModelCascadeStatus, *, tier_count: int | None = Non
         tiers=format_tiers(status.tiers, total),
         escalation=format_escalation(status.traffic),
         saved=format_saved(status.cost),
+        reserved=format_reserved(status.cost),
+        net_saved=format_net_saved(status.cost),
     )
 
 
@@ -61,6 +63,36 @@ def format_saved(cost: Cost) -> str:
     if cost.baseline <= 0:
         return f"{cost.currency} {amount}"
     return f"{cost.currency} {amount} ({cost.saved / cost.baseline * 100:.1f}%)"
+
+
+def format_reserved(cost: Cost) -> str:
+    """The reserved bill and the GPU-hours behind it: "USD 96.00 (120.0 GPU-h)"; "-" before any GPU-hour."""
+    if cost.gpu_hours <= 0 and cost.reservation_cost <= 0:
+        return NOT_YET
+    return f"{cost.currency} {format_money(cost.reservation_cost)} ({format_gpu_hours(cost.gpu_hours)} GPU-h)"
+
+
+def format_net_saved(cost: Cost) -> str:
+    """Saved once the smaller tiers' GPUs are paid for, and its share of the whole baseline: "USD -3.20 (-1.5%)".
+
+    The share is computed from `netSaved` and the whole baseline (the last
+    tier's usage baseline plus its reservation), like `format_saved`'s.
+    """
+    whole_baseline = cost.baseline + cost.reservation_baseline
+    net = cost.net_saved
+    if whole_baseline <= 0 and net == 0:
+        return NOT_YET
+    amount = format_money(net)
+    if whole_baseline <= 0:
+        return f"{cost.currency} {amount}"
+    return f"{cost.currency} {amount} ({net / whole_baseline * 100:.1f}%)"
+
+
+def format_gpu_hours(hours: float) -> str:
+    """One decimal, or two significant digits under a tenth: "1,234.5", "0.0042"."""
+    if hours >= 0.1 or hours <= 0 or not math.isfinite(hours):
+        return f"{hours:,.1f}"
+    return f"{hours:.{1 - math.floor(math.log10(hours))}f}"
 
 
 def format_money(amount: float) -> str:

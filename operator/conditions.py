@@ -229,15 +229,19 @@ def tier_statuses(cascade: ModelCascade, observed: Mapping[ChildKey, Mapping[str
     """One `TierStatus` per tier, in spec order: ready/desired replicas of its Deployment; external tiers ready.
 
     `threshold` is the declared accept threshold (calibration may later report another).
+    `readyGpus` (ready replicas x `resources.gpus`) and `perGpuHour` are what
+    the GPU-hours are integrated from (`reservation.integrate_gpu_hours`).
     """
     result = []
     for tier in cascade.spec.tiers:
         threshold = tier.accept.threshold if tier.accept is not None else None
+        price = tier.price.per_gpu_hour
         if not deploys_pods(tier):
-            result.append(TierStatus(name=tier.name, ready=True, threshold=threshold))
+            result.append(TierStatus(name=tier.name, ready=True, threshold=threshold, per_gpu_hour=price))
             continue
         ready = _ready_replicas(observed, tier_child_name(cascade.metadata.name, tier.name))
-        result.append(TierStatus(name=tier.name, ready_replicas=ready, replicas=tier.replicas, threshold=threshold))
+        result.append(TierStatus(name=tier.name, ready_replicas=ready, replicas=tier.replicas, threshold=threshold,
+                                 ready_gpus=ready * tier.resources.gpus, per_gpu_hour=price))  # fmt: skip
     return result
 
 

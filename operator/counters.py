@@ -55,6 +55,7 @@ from kascade.operator.counter_slots import (
     parse_time,
     read_stored_counters,
 )
+from kascade.operator.reservation import hold_gpu_hours, read_reservation
 
 __all__ = [
     "DEFAULT_KEEP_RETIRED",
@@ -128,6 +129,7 @@ def fold_replica_counters(
     *,
     tiers: Sequence[TierStatus] | None = None,
     tier_count: int | None = None,
+    currency: str | None = None,
     keep_retired: int = DEFAULT_KEEP_RETIRED,
 ) -> FoldResult:
     """Fold the router slots of `previous_status` into traffic, cost and summary.
@@ -137,6 +139,8 @@ def fold_replica_counters(
     phase; a terminating pod may still write its last report). `now`: RFC 3339,
     stamped on newly retired processes. `tiers`, `tier_count`: for the
     summary's Tiers column (default: the tiers in `previous_status`).
+    `currency`: the spec's, for the amounts before any router reported one
+    (the GPU-hours' reservation cost is in it too).
     `keep_retired`: how many retired processes' credits to remember.
 
     Idempotent: folding the status that results from applying
@@ -149,7 +153,7 @@ def fold_replica_counters(
     credits = credit_slots(stored, retiring, now)
     still_there = {slot.key for slot in stored.slots} - retiring
     pruned = prune_credits(credits.processes, keep=still_there, limit=keep_retired)
-    money = currency_and_since(stored, retiring, warnings)
+    money = currency_and_since(stored, retiring, warnings, declared=currency)
     folded, guarded = hold_up(credits.retired.plus(credits.live), stored.reported)
     traffic = traffic_of(folded)
     cost = cost_of(folded, money, stored.cost)
@@ -246,15 +250,21 @@ class Money:
     retired_since: str | None
 
 
-def currency_and_since(stored: StoredCounters, retiring: set[str], warnings: list[str]) -> Money:
-    """The newest slot's currency (then the retired sum's, then the status's); the earliest start."""
+def currency_and_since(
+    stored: StoredCounters, retiring: set[str], warnings: list[str], *, declared: str | None = None
+) -> Money:
+    """The newest slot's currency (then the retired sum's, the `declared` one, the status's); the earliest start."""
     slots, retired = stored.slots, stored.retired
     currencies = {slot.currency for slot in slots if slot.currency}
     if len(currencies | ({retired.currency} if retired.currency else set())) > 1:
         warnings.append(f"router slots report different currencies {sorted(currencies)}; amounts are added as they are")
     latest = max((slot for slot in slots if slot.currency), key=StoredSlot.recency, default=None)
     currency = (
-        (latest.currency if latest else None) or retired.currency or stored.cost.get("currency") or Cost().currency
+        (latest.currency if latest else None)
+        or retired.currency
+        or declared
+        or stored.cost.get("currency")
+        or Cost().currency
     )
     retired_since = earliest([retired.since, *(slot.started_at for slot in slots if slot.key in retiring)])
     retired_currency = retired.currency
@@ -308,17 +318,7 @@ def traffic_of(folded: CounterFigures) -> Traffic:
 
 
 def cost_of(folded: CounterFigures, money: Money, previous: Mapping[str, Any]) -> Cost:
-    """The folded cost; GPU-hours and the reservation cost are not the fold's, and stay as they are."""
-    saved = folded.baseline - folded.actual
-    return Cost.model_validate(
-        {
-            **{key: value for key, value in previous.items() if key in ("gpuHours", "reservationCost")},
-            "currency": money.currency,
-            "actual": folded.actual,
-            "baseline": folded.baseline,
-            "saved": saved,
-            "savedPercent": 100.0 * saved / folded.baseline if folded.baseline > 0 else 0.0,
-            "shadowCost": folded.shadow_cost,
-            "since": money.since,
-        }
-    )
+    """The folded cost; the GPU-hours and the reservation's figures are not the fold's, and stay as they are."""
+    usage = Cost(currency=money.currency, actual=folded.actual, baseline=folded.baseline, shadow_cost=folded.shadow_cost,
+                 since=money.since)
+    return hold_gpu_hours(read_reservation({"cost": previous}), tiers=()).costed(usage)

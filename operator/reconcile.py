@@ -59,6 +59,7 @@ class Operator:
     api: KubeApi
     settings: OperatorSettings
     gpu_products: GpuProducts = field(default_factory=GpuProducts)
+    clock: Callable[[], str] = now_rfc3339  # RFC 3339 "now" of the status (conditions, GPU-hours)
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ async def _write_health(
         if current.get(REPLICA_COUNTERS) and live_pods is None:
             live_pods = await live_router_pods(operator.api, cascade)
         patch, fold = compose_status(cascade, operator.settings, current, observed, problems=problems,
-                                     live_pods=live_pods or [], now=now_rfc3339(), generation=target.generation)  # fmt: skip
+                                     live_pods=live_pods or [], now=operator.clock(), generation=target.generation)  # fmt: skip
         folds.append(fold)
         return patch
 

@@ -1,4 +1,4 @@
-"""Operator-wide settings: images, ports, GPU scheduling defaults, probe budgets, the drift interval.
+"""Operator-wide settings: images, ports, GPU scheduling defaults, probe budgets, the drift and GPU-hour intervals.
 
 One `OperatorSettings` value is made at startup (`OperatorSettings.from_env()`,
 in the handler's `@kopf.on.startup()`) and passed explicitly to every builder;
@@ -104,6 +104,16 @@ class OperatorSettings(BaseModel):
     reconcile_interval_seconds: float = Field(
         default=15.0,
         description="How often each cascade is reconciled without a change: drift, readiness, router counters.",
+    )
+
+    gpu_hours_interval_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "How often the GPU-hours of a cascade are written when nothing else in its status changes "
+            "(a tier holds GPUs, no traffic): one status write per interval. Any other status write brings "
+            "them up to date too."
+        ),
     )
 
     @field_validator("reconcile_interval_seconds", mode="before")

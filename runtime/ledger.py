@@ -6,8 +6,8 @@ served on the router's `/stats` and folded by the operator into the resource's
 status, one slot per router process (`kascade.api.counters.CounterSlot`), so totals must be absolute (a restarted
 process starts a new slot under a new process id) rather than deltas.
 
-Prices are usage-based, per million tokens (`Price`); GPU-hour reservations
-are reported elsewhere.
+Prices are usage-based, per million tokens (`Price`); the operator integrates
+the GPU-hours of reserved GPUs (`kascade.operator.reservation`).
 """
 
 from __future__ import annotations

@@ -97,6 +97,8 @@ CASES = [
          "spec.router.timeoutSeconds: 0 is less than or equal to the minimum of 0", "greater than 0"),
     Case("negative-price", _set(lambda m: _tier(0)(m)["price"], "inputPerMillion", -0.01), "schema",
          "spec.tiers.0.price.inputPerMillion: -0.01 is less than the minimum of 0", "greater than or equal to 0"),
+    Case("negative-gpu-hour-price", _set(lambda m: _tier(0)(m)["price"], "perGpuHour", -1), "schema",
+         "spec.tiers.0.price.perGpuHour: -1 is less than the minimum of 0", "greater than or equal to 0"),
     Case("lower-case-currency", _set(lambda m: _tier(0)(m)["price"], "currency", "usd"), "schema",
          "spec.tiers.0.price.currency: 'usd' does not match", "should match pattern"),
     Case("empty-tier-list", _set(_spec, "tiers", []), "schema",
@@ -179,8 +181,6 @@ CASES = [
          "spec.escalationLog.enabled needs spec.escalationLog.uri"),
     Case("distillation-not-implemented", _set(_spec, "distillation", {"minSamples": 10}), "cel",
          "spec: spec.distillation is not implemented", "spec.distillation is not implemented"),
-    Case("gpu-hour-price-not-implemented", _set(lambda m: _tier(0)(m)["price"], "perGpuHour", 0.8), "cel",
-         "spec.tiers[0]: price.perGpuHour is not implemented", "price.perGpuHour is not implemented"),
 ]  # fmt: skip
 
 
@@ -196,10 +196,11 @@ def test_the_good_manifest_passes_everything() -> None:
 
 
 def test_what_is_off_or_zero_is_accepted() -> None:
-    """An escalation log that is off, a zero GPU-hour price and a NoExecute toleration with seconds work."""
+    """An escalation log that is off, GPU-hour prices and a NoExecute toleration with seconds work."""
     manifest = copy.deepcopy(GOOD)
     manifest["spec"]["escalationLog"] = {"enabled": False, "retentionDays": 7}
     manifest["spec"]["tiers"][0]["price"]["perGpuHour"] = 0
+    manifest["spec"]["tiers"][1]["price"] = {"perGpuHour": 2.5}
     manifest["spec"]["tiers"][0]["tolerations"].append(
         {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}
     )

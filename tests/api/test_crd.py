@@ -104,10 +104,10 @@ def _schema_at(json_path: str) -> dict[str, Any]:
 
 def test_printer_columns_point_at_fields_the_schema_keeps() -> None:
     columns = {c["name"]: c for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
-    assert list(columns)[:5] == ["Ready", "Tiers", "Escalation", "Saved", "Age"]
+    assert list(columns)[:6] == ["Ready", "Tiers", "Escalation", "Saved", "Reserved", "Age"]
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
-    for name in ["Tiers", "Escalation", "Saved"]:
+    for name in ["Tiers", "Escalation", "Saved", "Reserved", "Net"]:
         assert columns[name]["jsonPath"].startswith(".status.summary.")
         assert _schema_at(columns[name]["jsonPath"])["type"] == columns[name]["type"] == "string"
     conditions = _schema_at(".status.conditions")
@@ -241,8 +241,8 @@ def test_cel_rules_are_attached_where_they_belong() -> None:
     assert places == [".spec", ".spec.tiers[]", ".spec.tiers[].accept", ".spec.tiers[].tolerations[]"]
     # 7 cross-field on spec, 3 on calibration (a goal, no minAccuracy online, bounds in order),
     # 1 escalation log with a place, 1 external URL per tier, 2 on accept, 1 toleration,
-    # 2 refusals of what is not implemented yet (distillation, GPU hours).
-    assert len(cel_rules()) == 17
+    # 1 refusal of what is not implemented yet (distillation).
+    assert len(cel_rules()) == 16
 
 
 # --- the converter refuses what it cannot express -----------------------------

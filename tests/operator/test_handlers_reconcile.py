@@ -44,10 +44,15 @@ def create_cascade(server: StandinApiServer, name: str, **spec: Any) -> dict[str
     return server.create(body)
 
 
-def reconcile_once(credentials: Credentials, body: dict[str, Any]) -> None:
+def reconcile_once(credentials: Credentials, body: dict[str, Any], now: str | None = None) -> None:
+    """One reconcile by a fresh operator (nothing kept from the last one but what the cluster holds)."""
+
     async def run() -> None:
         async with KubeApi(credentials) as api:
-            await reconcile(Operator(api=api, settings=OperatorSettings(), gpu_products=GpuProducts()), body, LOGGER)
+            operator = Operator(api=api, settings=OperatorSettings(), gpu_products=GpuProducts())
+            if now is not None:
+                operator.clock = lambda: now
+            await reconcile(operator, body, LOGGER)
 
     asyncio.run(run())
 
@@ -129,3 +134,34 @@ def test_a_stale_body_never_overwrites_a_newer_status(server: StandinApiServer, 
     status = server.get("modelcascades", "stale", "default")["status"]
     assert status["replicaCounters"]["p1"]["requests"] == 7
     assert status["traffic"]["requests"] == 7 and status["traffic"]["escalations"] == 1
+
+
+def test_gpu_hours_grow_with_the_ready_gpus_and_carry_over_from_operator_to_operator(server: StandinApiServer,
+                                                                                     credentials: Credentials):  # fmt: skip
+    """2 L4s at 0.80 and 4 H100s at 3.00 an hour, once ready; each reconcile here is a fresh operator."""
+    reconcile_once(credentials, create_cascade(server, "billed"), now="2026-01-01T00:00:00Z")  # the clock starts
+    server.wait_for(lambda: all((server.get("deployments", f"billed-{c}", "default").get("status") or {}).get("readyReplicas")
+                                for c in ("small", "large", "router")))  # fmt: skip
+    reconcile_once(credentials, server.get("modelcascades", "billed", "default"), now="2026-01-01T00:01:00Z")
+    status = server.get("modelcascades", "billed", "default")["status"]
+    assert [t["readyGpus"] for t in status["tiers"]] == [2, 4]
+    assert status["cost"]["gpuHours"] == 0  # nothing was ready during the first minute
+
+    mark = server.mark()
+    reconcile_once(credentials, server.get("modelcascades", "billed", "default"), now="2026-01-01T00:03:00Z")
+    assert server.writes(since=mark) == []  # not due yet (every 5 minutes)
+    reconcile_once(credentials, server.get("modelcascades", "billed", "default"), now="2026-01-01T01:01:00Z")
+    cost = server.get("modelcascades", "billed", "default")["status"]["cost"]
+    assert cost["gpuHours"] == pytest.approx(6.0)
+    assert cost["reservationCost"] == pytest.approx(2 * 0.8 + 4 * 3.0)
+    assert [(w.verb, w.subresource) for w in server.writes(since=mark)] == [("patch", "status")]
+
+    # Three hours without an operator: the pods kept their GPUs, and the next operator bills them.
+    reconcile_once(credentials, server.get("modelcascades", "billed", "default"), now="2026-01-01T04:01:00Z")
+    status = server.get("modelcascades", "billed", "default")["status"]
+    assert status["cost"]["gpuHours"] == pytest.approx(24.0)
+    assert status["cost"]["reservationCost"] == pytest.approx(4 * 13.6)
+    assert [t["gpuHours"] for t in status["tiers"]] == pytest.approx([8.0, 16.0])
+    assert (status["cost"]["gpuHoursSince"], status["cost"]["gpuHoursUntil"]) == (
+        "2026-01-01T00:00:00Z", "2026-01-01T04:01:00Z")  # fmt: skip
+    assert status["summary"]["reserved"] == "USD 54.40 (24.0 GPU-h)"

@@ -147,6 +147,64 @@ def test_a_gone_router_pod_retires_its_slot_with_a_null_and_keeps_its_totals():
     assert written["traffic"]["requests"] == 12 and written["retiredCounters"]["processes"] == 1
 
 
+def at(seconds: int) -> str:
+    minutes, second = divmod(seconds, 60)
+    return f"2026-01-01T{minutes // 60:02d}:{minutes % 60:02d}:{second:02d}Z"
+
+
+def test_gpu_hours_alone_are_written_once_they_are_due_not_at_every_look():
+    """The example holds 2 L4s (0.80 an hour) and 4 H100s (3.00 an hour) once ready."""
+    cascade = parse_cascade(example())
+    observed = served(build_children(cascade, SETTINGS), ready=5)
+    status = apply_merge_patch({}, compose_status(cascade, SETTINGS, {}, observed, problems=[], live_pods=[],
+                                                  now=at(0), generation=1)[0])  # fmt: skip
+    assert [(t["readyGpus"], t["perGpuHour"]) for t in status["tiers"]] == [(2, 0.8), (4, 3.0)]
+    assert status["cost"]["gpuHours"] == 0 and status["cost"]["gpuHoursUntil"] == at(0)
+    assert status["summary"]["reserved"] == "-"
+
+    too_soon = SETTINGS.gpu_hours_interval_seconds - 1
+    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=[], now=at(int(too_soon)),
+                              generation=1)  # fmt: skip
+    assert not changes_status(status, patch)
+
+    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=[], now=at(1800),
+                              generation=1)  # fmt: skip
+    written = apply_merge_patch(status, patch)
+    assert written["cost"]["gpuHours"] == pytest.approx(6 * 0.5)
+    assert written["cost"]["reservationCost"] == pytest.approx(2 * 0.5 * 0.8 + 4 * 0.5 * 3.0)  # 6.80
+    assert written["cost"]["reservationBaseline"] == pytest.approx(6.0)
+    assert [t["gpuHours"] for t in written["tiers"]] == pytest.approx([1.0, 2.0])
+    assert written["summary"]["reserved"] == "USD 6.80 (3.0 GPU-h)"
+    assert written["summary"]["netSaved"] == "USD -0.80 (-13.3%)"  # no traffic yet: the small tier's GPUs, unpaid for
+
+
+def test_any_status_write_brings_the_gpu_hours_up_to_date():
+    cascade = parse_cascade(example())
+    observed = served(build_children(cascade, SETTINGS), ready=5)
+    status = apply_merge_patch({}, compose_status(cascade, SETTINGS, {}, observed, problems=[], live_pods=[],
+                                                  now=at(0), generation=1)[0])  # fmt: skip
+    status["replicaCounters"] = {"p1": slot("p1", "chat-router-a", 8)}  # a router reports: the status changes anyway
+    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=["chat-router-a"],
+                              now=at(60), generation=1)  # fmt: skip
+    assert patch["cost"]["gpuHours"] == pytest.approx(6 / 60)
+    scaled = served(build_children(cascade, SETTINGS), ready=1)  # the small tier down to 1 replica
+    written = apply_merge_patch(status, patch)
+    patch, _ = compose_status(cascade, SETTINGS, written, scaled, problems=[], live_pods=["chat-router-a"],
+                              now=at(120), generation=1)  # fmt: skip
+    assert patch["cost"]["gpuHours"] == pytest.approx(2 * 6 / 60)  # the minute before it was seen at 6 GPUs
+    assert [t["readyGpus"] for t in patch["tiers"]] == [1, 4]
+
+
+def test_the_cost_is_in_the_spec_currency_before_any_router_reports():
+    manifest = example()
+    for tier in manifest["spec"]["tiers"]:
+        tier["price"]["currency"] = "EUR"
+    cascade = parse_cascade(manifest)
+    observed = served(build_children(cascade, SETTINGS), ready=5)
+    patch, _ = compose_status(cascade, SETTINGS, {}, observed, problems=[], live_pods=[], now=T0, generation=1)
+    assert patch["cost"]["currency"] == "EUR"
+
+
 def test_problems_degrade_the_cascade_with_their_reason():
     cascade = parse_cascade(example())
     observed = served(build_children(cascade, SETTINGS), ready=5)
@@ -212,6 +270,13 @@ def test_server_defaults_on_other_kinds_are_not_edits():
 
 
 # --- settings ----------------------------------------------------------------------------------------------
+
+
+def test_the_gpu_hours_interval_comes_from_the_environment():
+    assert OperatorSettings.from_env({}).gpu_hours_interval_seconds == 300.0
+    assert OperatorSettings.from_env({"KASCADE_GPU_HOURS_INTERVAL_SECONDS": "60"}).gpu_hours_interval_seconds == 60.0
+    with pytest.raises(SettingsError, match="KASCADE_GPU_HOURS_INTERVAL_SECONDS"):
+        OperatorSettings.from_env({"KASCADE_GPU_HOURS_INTERVAL_SECONDS": "0"})
 
 
 def reconcile_interval(environ: dict[str, str]) -> float:

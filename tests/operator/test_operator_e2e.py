@@ -15,6 +15,7 @@ One cluster for the whole module, driven in order, as a user would:
 4. a router restarts (new process id) and a router pod goes away mid-traffic:
    the totals never go down and end equal to what the clients got answered;
 5. a reconcile with nothing to do writes nothing, and neither does an operator restart;
+   GPU-hours grow with the ready GPUs, and an operator restart carries them over;
 6. a missing Secret and a GPU type no node offers set Degraded with a clear
    message and leave the children untouched;
 7. online calibration: shadow samples move the threshold, `Calibrated` turns
@@ -38,6 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,7 +92,8 @@ class Cluster:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}\n{self.log_tail()}")
         return done.stdout
 
-    def start_operator(self) -> None:
+    def start_operator(self, **settings: str) -> None:
+        """`kascade operator` as a subprocess; `settings`: more KASCADE_* variables."""
         self.liveness_port = free_port()
         self.operator_log = self.tmp / f"operator-{time.monotonic_ns()}.log"
         env = {
@@ -99,6 +102,7 @@ class Cluster:
             "KASCADE_RECONCILE_INTERVAL_SECONDS": str(INTERVAL_S),
             "KASCADE_ROUTER_STATUS_REPORT_INTERVAL_SECONDS": "0.3",
             "PYTHONUNBUFFERED": "1",
+            **settings,
         }
         with self.operator_log.open("wb") as log:
             self.operator = subprocess.Popen(
@@ -542,6 +546,47 @@ def test_an_operator_restart_writes_nothing(cluster: Cluster):
     resumed = [r for r in cluster.server.requests[mark:] if r.user_agent.startswith("kascade-operator/")]
     assert resumed, "the operator did not reconcile after the restart"
     assert cluster.operator_writes(since=mark) == []
+
+
+def seconds_between(earlier: str, later: str) -> float:
+    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
+
+
+def gpu_look(cluster: Cluster, after: str, *, seconds: float = 1) -> dict[str, Any]:
+    """The status once the operator has brought the GPU-hours at least `seconds` past `after`."""
+    return wait_for(lambda: (status := cluster.status())["cost"]["gpuHoursUntil"] > after
+                    and seconds_between(after, status["cost"]["gpuHoursUntil"]) >= seconds and status,
+                    what=f"GPU-hours counted past {after}", context=cluster.log_tail)  # fmt: skip
+
+
+def test_reserved_gpu_hours_grow_with_the_ready_gpus_and_survive_an_operator_restart(cluster: Cluster):
+    """2 L4s at 0.80 and 4 H100s at 3.00 an hour: GPU-hours, written every second, grow at 6 GPUs across a restart."""
+    cluster.stop_operator()
+    cluster.start_operator(KASCADE_GPU_HOURS_INTERVAL_SECONDS="1")
+    try:
+        first = gpu_look(cluster, cluster.status()["cost"]["gpuHoursUntil"])
+        second = gpu_look(cluster, first["cost"]["gpuHoursUntil"], seconds=2)
+        assert [(t["name"], t["readyGpus"]) for t in second["tiers"]] == [("small", 2), ("large", 4)]
+        hours = seconds_between(first["cost"]["gpuHoursUntil"], second["cost"]["gpuHoursUntil"]) / 3600
+        grown = {key: second["cost"][key] - first["cost"][key] for key in ("gpuHours", "reservationCost")}
+        assert grown == {"gpuHours": pytest.approx(6 * hours), "reservationCost": pytest.approx(13.6 * hours)}
+        assert second["cost"]["gpuHours"] == pytest.approx(sum(t["gpuHours"] for t in second["tiers"]))
+
+        cluster.stop_operator()  # down for two seconds; the pods keep their GPUs
+        left = cluster.status()
+        time.sleep(2)
+        cluster.start_operator(KASCADE_GPU_HOURS_INTERVAL_SECONDS="1")
+        after = gpu_look(cluster, left["cost"]["gpuHoursUntil"], seconds=2)
+        hours = seconds_between(left["cost"]["gpuHoursUntil"], after["cost"]["gpuHoursUntil"]) / 3600
+        assert after["cost"]["gpuHours"] - left["cost"]["gpuHours"] == pytest.approx(6 * hours)
+        assert after["cost"]["gpuHoursSince"] == left["cost"]["gpuHoursSince"]
+        shown = cluster.status()["summary"]["reserved"]
+        row = kubectl_table(cluster)
+        assert row["RESERVED"] in (shown, cluster.status()["summary"]["reserved"])  # written every second
+        assert re.fullmatch(r"USD [0-9.,]+ \([0-9.,]+ GPU-h\)", row["RESERVED"]), row["RESERVED"]
+    finally:
+        cluster.stop_operator()
+        cluster.start_operator()
 
 
 def child_writes(cluster: Cluster, since: int) -> list[tuple[str | None, str | None, str | None]]:

@@ -74,16 +74,18 @@ def test_a_custom_resource_table_has_the_printer_columns(api: httpx.Client):
     api.post(MC, json={"apiVersion": "kascade.dev/v1alpha1", "kind": "ModelCascade", "metadata": {"name": "table"},
                        "spec": {"tiers": [{"name": "only", "model": {"uri": "hf://org/model"}}]}})
     status = {"conditions": [{"type": "Calibrated", "status": "False"}, {"type": "Ready", "status": "True"}],
-              "summary": {"tiers": "1/1", "escalation": "12.5%", "saved": "USD 1.23 (45.0%)"}, "endpoint": "http://table:8000/v1"}
+              "summary": {"tiers": "1/1", "escalation": "12.5%", "saved": "USD 1.23 (45.0%)",
+                          "reserved": "USD 96.00 (120.0 GPU-h)", "netSaved": "USD 1.00 (2.0%)"},
+              "endpoint": "http://table:8000/v1"}
     api.patch(f"{MC}/table/status", json={"status": status}, headers=MERGE)
     table = api.get(MC, headers=TABLE).json()
     assert table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
     columns = [column["name"] for column in table["columnDefinitions"]]
-    assert columns == ["Name", "Ready", "Tiers", "Escalation", "Saved", "Age", "Endpoint"]
-    assert table["columnDefinitions"][-1]["priority"] == 1
+    assert columns == ["Name", "Ready", "Tiers", "Escalation", "Saved", "Reserved", "Age", "Net", "Endpoint"]
+    assert [column["priority"] for column in table["columnDefinitions"][-2:]] == [1, 1]
     row = next(row for row in table["rows"] if row["cells"][0] == "table")
-    assert row["cells"][1:5] == ["True", "1/1", "12.5%", "USD 1.23 (45.0%)"]
-    assert row["cells"][5].endswith("s") and row["cells"][6] == "http://table:8000/v1"
+    assert row["cells"][1:6] == ["True", "1/1", "12.5%", "USD 1.23 (45.0%)", "USD 96.00 (120.0 GPU-h)"]
+    assert row["cells"][6].endswith("s") and row["cells"][7:] == ["USD 1.00 (2.0%)", "http://table:8000/v1"]
     assert row["object"]["kind"] == "PartialObjectMetadata" and row["object"]["metadata"]["name"] == "table"
 
 

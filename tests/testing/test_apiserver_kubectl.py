@@ -103,10 +103,10 @@ def test_get_shows_the_printer_columns(kubectl: Kubectl):
     """`kubectl get modelcascades` prints the CRD's additionalPrinterColumns from the server's Table."""
     kubectl("apply", "-f", "-", input=CASCADE.format(name="k-columns"))
     output = kubectl("get", "modelcascades").stdout
-    assert columns(output) == ["NAME", "READY", "TIERS", "ESCALATION", "SAVED", "AGE"]
+    assert columns(output) == ["NAME", "READY", "TIERS", "ESCALATION", "SAVED", "RESERVED", "AGE"]
     assert any(line.startswith("k-columns ") for line in output.splitlines())
     wide = kubectl("get", "modelcascades", "-o", "wide").stdout
-    assert columns(wide)[-1] == "ENDPOINT"
+    assert columns(wide)[-2:] == ["NET", "ENDPOINT"]
 
 
 def test_get_by_short_name_and_category(kubectl: Kubectl):
