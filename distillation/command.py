@@ -30,6 +30,11 @@ def run_distill_command(settings: DistillSettings, *, resume: bool, console: Con
         console.print("stopped; run the same command again to resume from the last checkpoint")
         return 130
     console.print(figures_table(provenance))
+    gate = provenance["gate"]
+    if gate["passed"]:
+        console.print(f"promotion gate: [green]passed[/green] (agreement {gate['gain']:+.4f}, no slice worse)")
+    else:
+        console.print("promotion gate: [red]failed[/red]: " + "; ".join(gate["reasons"]))
     console.print(f"student written to {settings.out} (point a tier's model.uri at it); provenance in "
                   f"{settings.out / PROVENANCE}; {provenance['train_seconds']} s training, peak {provenance['peak_memory_mib']} MiB")  # fmt: skip
     return 0

@@ -29,6 +29,23 @@ def answers_match(left: str, right: str, match: AnswerMatch) -> bool:
     return " ".join(left.split()) == " ".join(right.split())
 
 
+def answer_length_slice(answer_tokens: int) -> str:
+    """The slice of a language model's held-out example: how long the teacher's answer is."""
+    if answer_tokens <= 16:
+        return "answer<=16 tokens"
+    return "answer 17-64 tokens" if answer_tokens <= 64 else "answer>64 tokens"
+
+
+def slice_counts(keys: Sequence[str], agreed: Sequence[bool]) -> dict[str, list[int]]:
+    """Per slice: [agreeing, examples]."""
+    counts: dict[str, list[int]] = {}
+    for key, same in zip(keys, agreed, strict=True):
+        entry = counts.setdefault(key, [0, 0])
+        entry[0] += int(same)
+        entry[1] += 1
+    return counts
+
+
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
@@ -63,6 +80,7 @@ def lm_metrics(
         "answers_generated": len(same),
         "answer_agreement": sum(same) / len(same) if same else 0.0,
         **({"answer_accuracy": sum(right) / len(right)} if right else {}),
+        "slices": slice_counts([answer_length_slice(len(e.answer)) for e in encoded[: len(same)]], same),
     }
 
 
@@ -89,11 +107,13 @@ def classify_metrics(
     was_training = student.training
     student.eval()
     agree = right = labelled = 0
+    agreed: list[bool] = []
     for chunk in _chunks(list(examples), settings.batch_size):
         batch = collate_classify(tokenizer, chunk, label_ids, max_length=settings.max_length).to(student.device)
         predicted = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.argmax(-1).tolist()
         for example, index in zip(chunk, predicted, strict=True):
             agree += index == label_ids[example.target]
+            agreed.append(index == label_ids[example.target])
             if example.reference is not None:
                 labelled += 1
                 right += index == label_ids[example.reference]
@@ -102,4 +122,5 @@ def classify_metrics(
         "examples": len(examples),
         "answer_agreement": agree / len(examples) if examples else 0.0,
         **({"answer_accuracy": right / labelled} if labelled else {}),
+        "slices": slice_counts([f"label={e.target}" for e in examples], agreed),
     }

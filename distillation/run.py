@@ -20,6 +20,7 @@ import torch
 
 from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.evaluate import classify_metrics, lm_metrics
+from kascade.distillation.gate import GateSettings, promotion_gate
 from kascade.distillation.examples import DistillDataError, load_examples, sample, split
 from kascade.distillation.objective import (
     classify_loss,
@@ -183,6 +184,7 @@ def _start_end(losses: list[float]) -> list[float]:
 
 
 def _provenance(settings: DistillSettings, about: dict[str, Any], state: TrainState, seconds: float) -> dict[str, Any]:
+    after = state.history[-1] if state.history else {}
     return {
         "kascade": "distill",
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -190,7 +192,9 @@ def _provenance(settings: DistillSettings, about: dict[str, Any], state: TrainSt
         "data": about,
         "steps": state.step,
         "before": state.before,
-        "after": state.history[-1] if state.history else {},
+        "after": after,
+        "gate": promotion_gate(state.before, after, GateSettings(settings.min_agreement_gain, settings.slice_tolerance,
+                                                                 settings.min_slice_examples)),  # fmt: skip
         "history": state.history,
         # Training loss, mean of the first and of the last tenth of the steps (one step's loss is noisy).
         "loss_start_end": _start_end(state.losses),

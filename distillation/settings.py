@@ -53,6 +53,9 @@ class DistillSettings(BaseModel):
     teacher_top_k: int = Field(default=20, ge=1, le=256, description="Entries an in-process teacher keeps per token.")
     limit: int | None = Field(default=None, ge=1, description="Use at most this many examples (seeded sample).")
     seed: int = 0
+    min_agreement_gain: float = Field(default=0.01, ge=0, le=1, description="Promotion gate: least overall gain.")
+    slice_tolerance: float = Field(default=0.02, ge=0, le=1, description="Promotion gate: most any slice may lose.")
+    min_slice_examples: int = Field(default=20, ge=1, description="Promotion gate: smaller slices are shown, not judged.")
     device: str = "auto"
 
     @model_validator(mode="after")
@@ -67,5 +70,6 @@ class DistillSettings(BaseModel):
 
     def fingerprint(self) -> str:
         """What a checkpoint must share with a run to be resumed by it (everything but the step count)."""
-        settings = self.model_dump(mode="json", exclude={"steps", "out", "eval_every", "eval_generate", "device"})
+        settings = self.model_dump(mode="json", exclude={"steps", "out", "eval_every", "eval_generate", "device",
+                                                         "min_agreement_gain", "slice_tolerance", "min_slice_examples"})
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -249,6 +249,9 @@ def distill(
     match: Annotated[str, typer.Option(help="How answers agree: exact or number.")] = "exact",
     limit: Annotated[Optional[int], typer.Option(help="At most this many examples (seeded sample).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data order, sampling and the sample.")] = 0,
+    min_agreement_gain: Annotated[float, typer.Option(help="Promotion gate: least gain in held-out agreement.")] = 0.01,
+    slice_tolerance: Annotated[float, typer.Option(help="Promotion gate: most any held-out slice may lose.")] = 0.02,
+    min_slice_examples: Annotated[int, typer.Option(help="Promotion gate: smaller slices are shown, not judged.")] = 20,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out, if any.")] = True,
 ) -> None:
     """Distil a student from the escalation log (or a dataset): soft targets, temperature, LoRA; resumable."""

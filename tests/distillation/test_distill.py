@@ -139,6 +139,9 @@ def test_a_classifier_student_learns_from_soft_targets_of_a_classifier_teacher(
     assert provenance["data"]["levels"] == {"soft targets (teacher in process)": provenance["data"]["train"]}
     assert provenance["after"]["answer_agreement"] == 1.0  # with alpha 1 it imitates the teacher, right or wrong
     assert "answer_accuracy" in provenance["after"]
+    gate = provenance["gate"]  # held out per teacher label; the slices here are below 20 examples: shown, not judged
+    assert set(gate["slices"]) <= {"label=positive", "label=negative"} and gate["slices"]
+    assert gate["passed"] == (gate["gain"] >= 0.01) and ("promotion gate:" in result.output)
     engine = TransformersEngine.load(out, task="classify", served_model_name="clf", device="cpu")
     import asyncio
 
