@@ -48,7 +48,23 @@ Count = Annotated[int, Field(ge=0), BeforeValidator(_json_number)]
 Amount = Annotated[float, Field(ge=0, allow_inf_nan=False), BeforeValidator(_json_number)]
 
 
-class CounterFigures(StatusModel):
+class LoopCounts(StatusModel):
+    """What online calibration counts, in a router's slot and in the fold alike."""
+
+    shadow_calls: Count = Field(default=0, description="Shadow calls to the last tier (online calibration).")
+    shadow_cost: Amount = Field(default=0.0, description="What they cost (included in cost.actual).")
+    calibration_samples: dict[str, Count] = Field(
+        default_factory=dict, description="Agreement samples per tier and score bin (`<tier>@<bin edge>`)."
+    )
+    calibration_agreed: dict[str, Count] = Field(
+        default_factory=dict, description="Of those, the ones that agreed with the last tier."
+    )
+    baseline_tokens: dict[str, Count] = Field(
+        default_factory=dict, description="Token counts that correct the savings baseline (`ledger.estimated_baseline`)."
+    )
+
+
+class CounterFigures(LoopCounts):
     """The cumulative figures of one router process, or of many added up.
 
     Every field is a `Count`, an `Amount`, or counts per name (`answered_by`):
@@ -62,17 +78,6 @@ class CounterFigures(StatusModel):
     actual: Amount = Field(default=0.0, description="Usage cost, wasted small-tier calls included.")
     baseline: Amount = Field(default=0.0, description="What the last tier alone would have cost.")
     escalations_logged: Count = Field(default=0, description="Escalations queued for the escalation log.")
-    shadow_calls: Count = Field(default=0, description="Shadow calls to the last tier (online calibration).")
-    shadow_cost: Amount = Field(default=0.0, description="What they cost (included in actual).")
-    calibration_samples: dict[str, Count] = Field(
-        default_factory=dict, description="Agreement samples per tier and score bin (`<tier>@<bin edge>`)."
-    )
-    calibration_agreed: dict[str, Count] = Field(
-        default_factory=dict, description="Of those, the ones that agreed with the last tier."
-    )
-    baseline_tokens: dict[str, Count] = Field(
-        default_factory=dict, description="Token counts that correct the savings baseline (`ledger.estimated_baseline`)."
-    )
     escalation_log_dropped: Count = Field(
         default=0,
         description="Escalations the log dropped: its queue was full, its writer was lost, or storage was down at a stop.",
@@ -125,7 +130,7 @@ class SlotCost(StatusModel):
     saved_percent: float = Field(default=0.0, allow_inf_nan=False, description="100 * saved / baseline.")
 
 
-class CounterSlot(StatusModel):
+class CounterSlot(LoopCounts):
     """One router process's absolute ledger totals: its `/stats` answer, and its slot in `status.replicaCounters`.
 
     Totals only ever grow within a process, so writing the same slot again
@@ -144,17 +149,6 @@ class CounterSlot(StatusModel):
     cost: SlotCost = Field(default_factory=SlotCost)
     escalations_logged: Count = Field(default=0, description="Escalations queued for the escalation log.")
     escalation_log_dropped: Count = Field(default=0, description="Escalations the log dropped (queue full, writer lost).")
-    shadow_calls: Count = Field(default=0, description="Shadow calls to the last tier (online calibration).")
-    shadow_cost: Amount = Field(default=0.0, description="What they cost (included in cost.actual).")
-    calibration_samples: dict[str, Count] = Field(
-        default_factory=dict, description="Agreement samples per tier and score bin (`<tier>@<bin edge>`)."
-    )
-    calibration_agreed: dict[str, Count] = Field(
-        default_factory=dict, description="Of those, the ones that agreed with the last tier."
-    )
-    baseline_tokens: dict[str, Count] = Field(
-        default_factory=dict, description="Token counts that correct the savings baseline (`ledger.estimated_baseline`)."
-    )
     pod: str | None = Field(
         default=None, max_length=253, description="The router pod that wrote the slot (absent on /stats)."
     )
@@ -170,11 +164,7 @@ class CounterSlot(StatusModel):
             baseline=self.cost.baseline,
             escalations_logged=self.escalations_logged,
             escalation_log_dropped=self.escalation_log_dropped,
-            shadow_calls=self.shadow_calls,
-            shadow_cost=self.shadow_cost,
-            calibration_samples=self.calibration_samples,
-            calibration_agreed=self.calibration_agreed,
-            baseline_tokens=self.baseline_tokens,
+            **{name: getattr(self, name) for name in LoopCounts.model_fields},
         )
 
     def to_wire(self) -> dict[str, Any]:
