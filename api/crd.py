@@ -20,6 +20,7 @@ from kascade.api.loop import (
     CALIBRATION_NEEDS_A_GOAL,
     ESCALATION_LOG_NEEDS_A_PLACE,
     ONLINE_CALIBRATION_HAS_NO_REFERENCES,
+    ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
     THRESHOLD_BOUNDS_IN_ORDER,
     NOT_IMPLEMENTED_DISTILLATION,
 )
@@ -148,6 +149,14 @@ SPEC_RULES += [
             "double(self.calibration.minThreshold) <= double(self.calibration.maxThreshold)"
         ),
         "message": THRESHOLD_BOUNDS_IN_ORDER,
+    },
+    {
+        "rule": (
+            "!has(self.calibration) || !has(self.calibration.shadowSampleRate) || "
+            "double(self.calibration.shadowSampleRate) == 0.0 || !has(self.router) || !has(self.router.streaming) || "
+            "!has(self.router.streaming.mode) || self.router.streaming.mode != 'early'"
+        ),
+        "message": ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
     },
     {
         "rule": (

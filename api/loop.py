@@ -31,6 +31,10 @@ ONLINE_CALIBRATION_HAS_NO_REFERENCES = (
     "spec.calibration.minAccuracy cannot be calibrated online (live traffic has no reference answers): "
     "set shadowSampleRate to 0 and calibrate it offline with `kascade calibrate`, or use minAgreement"
 )
+ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS = (
+    "spec.calibration.shadowSampleRate needs whole answers to judge agreement: with router.streaming.mode early "
+    "a declined answer is only the prefix that was scored; use mode buffer, or set shadowSampleRate to 0"
+)
 THRESHOLD_BOUNDS_IN_ORDER = "spec.calibration.minThreshold must not exceed spec.calibration.maxThreshold"
 CALIBRATION_NEEDS_A_GOAL = "spec.calibration needs a goal: minAgreement, minAccuracy or maxEscalationRate"
 ESCALATION_LOG_NEEDS_A_PLACE = (

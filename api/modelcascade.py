@@ -23,6 +23,7 @@ from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from h
     DistillationLoss,
     DistillationPolicy,
     EscalationLog,
+    ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
     refuse_what_is_not_implemented,
 )
 from kascade.api.accept import (  # noqa: F401 - the accept rule's types are imported from here too
@@ -328,6 +329,9 @@ class ModelCascadeSpec(SpecModel):
     @model_validator(mode="after")
     def _refuse_what_is_not_implemented(self) -> ModelCascadeSpec:
         refuse_what_is_not_implemented(self.distillation)
+        # Restated in CEL in the CRD (`kascade.api.crd.SPEC_RULES`).
+        if self.calibration is not None and self.calibration.online and self.router.streaming.mode is StreamingMode.early:
+            raise ValueError(ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS)
         return self
 
 

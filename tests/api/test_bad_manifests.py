@@ -73,6 +73,11 @@ def _classify_with_default_method(m: dict[str, Any]) -> None:
     del m["spec"]["tiers"][0]["accept"]["method"]  # defaults to geometricMean, a generative method
 
 
+def _online_in_early_mode(m: dict[str, Any]) -> None:
+    m["spec"]["calibration"] = {"minAgreement": 0.9, "shadowSampleRate": 0.05}
+    m["spec"].setdefault("router", {})["streaming"] = {"mode": "early", "earlyTokens": 16}
+
+
 CASES = [
     Case("wrong-type-replicas", _set(_tier(0), "replicas", "two"), "schema",
          "spec.tiers.0.replicas: 'two' is not of type 'integer'", "valid integer"),
@@ -152,6 +157,8 @@ CASES = [
     # The loop: what cannot work is refused, never accepted and ignored.
     Case("online-calibration-of-accuracy", _set(_spec, "calibration", {"minAccuracy": 0.9, "shadowSampleRate": 0.05}),
          "cel", "spec: spec.calibration.minAccuracy cannot be calibrated online", "cannot be calibrated online"),
+    Case("online-calibration-in-early-mode", _online_in_early_mode, "cel",
+         "spec: spec.calibration.shadowSampleRate needs whole answers", "needs whole answers to judge agreement"),
     Case("threshold-bounds-reversed",
          _set(_spec, "calibration", {"minAgreement": 0.9, "minThreshold": 0.8, "maxThreshold": 0.5}),
          "cel", "spec: spec.calibration.minThreshold must not exceed", "minThreshold must not exceed"),

@@ -239,10 +239,10 @@ def test_unknown_fields_are_pruned_except_in_free_form_objects() -> None:
 def test_cel_rules_are_attached_where_they_belong() -> None:
     places = sorted({path for path, _ in cel_rules()})
     assert places == [".spec", ".spec.tiers[]", ".spec.tiers[].accept", ".spec.tiers[].tolerations[]"]
-    # 7 cross-field on spec, 3 on calibration (a goal, no minAccuracy online, bounds in order),
-    # 1 escalation log with a place, 1 external URL per tier, 2 on accept, 1 toleration,
+    # 7 cross-field on spec, 4 on calibration (a goal, no minAccuracy online, bounds in order, whole answers
+    # online), 1 escalation log with a place, 1 external URL per tier, 2 on accept, 1 toleration,
     # 1 refusal of what is not implemented yet (distillation).
-    assert len(cel_rules()) == 16
+    assert len(cel_rules()) == 17
 
 
 # --- the converter refuses what it cannot express -----------------------------
