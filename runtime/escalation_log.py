@@ -127,7 +127,11 @@ class EscalationLog:
         """Count what the writer reports until it ends; a writer that ended on its own is replaced."""
         assert process.stdout is not None
         async for line in process.stdout:
-            ((outcome, count),) = json.loads(line).items()
+            try:
+                ((outcome, count),) = json.loads(line).items()
+            except (ValueError, AttributeError):  # not a report (something else wrote to stdout): not counted
+                logger.warning("escalation log: the writer said %r", line[:200])
+                continue
             self._note(outcome, int(count))
         code = await process.wait()
         if self.in_flight:
