@@ -112,3 +112,23 @@ def test_local_mode_calibrates_in_process_and_the_new_threshold_is_in_force_with
         assert response.headers["x-kascade-tier"] == "small"  # the same process, a bolder threshold
         stats = httpx.get(f"{router.url}/stats").json()
         assert stats["calibration"]["tiers"][0]["threshold"] == tier.threshold
+
+
+def test_in_a_three_tier_cascade_every_tier_asked_gives_its_pair(start_upstream: Any, start_router: Any) -> None:
+    from kascade.api.modelcascade import Accept, Price
+    from kascade.runtime.config import RouterConfig, TierConfig
+
+    small = start_upstream(model="small-model", tokens=["Lyon"], token_prob=0.3)  # declined at 0.5
+    medium = start_upstream(model="medium-model", tokens=["Paris"], token_prob=0.9)  # accepted
+    large = start_upstream(model="large-model", tokens=["Paris"])
+    accept = Accept(method="geometricMean", threshold=0.5)
+    config = RouterConfig(cascade="demo", shadow_sampling=_sampling(), retry_backoff_seconds=0.0, tiers=[
+        TierConfig(name="small", served_model="small-model", url=small.url, accept=accept, price=Price()),
+        TierConfig(name="medium", served_model="medium-model", url=medium.url, accept=accept, price=Price()),
+        TierConfig(name="large", served_model="large-model", url=large.url, price=Price()),
+    ])  # fmt: skip
+    router = start_router(config)
+    assert httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).headers["x-kascade-tier"] == "medium"
+    stats = _stats_when(router.url, lambda s: s["shadowCalls"] == 1)
+    assert stats["calibrationSamples"] == {"small@0.3": 1, "medium@0.9": 1}
+    assert stats["calibrationAgreed"] == {"medium@0.9": 1}  # Lyon is not Paris; the medium tier's Paris is
