@@ -224,3 +224,13 @@ def test_an_escalation_log_on_s3_takes_its_credentials_from_the_named_secret() -
 
 def test_without_an_escalation_log_the_router_config_has_none() -> None:
     assert read_config(build_router_configmap(example("classify.yaml"), SETTINGS)).escalation_log is None
+
+
+def test_online_calibration_is_rendered_for_the_routers_and_left_to_the_operator() -> None:
+    config = read_config(build_router_configmap(example("chat-vllm-gpu.yaml"), SETTINGS))
+    assert config.shadow_sampling is not None and config.shadow_sampling.rate == 0.05
+    assert config.shadow_sampling.matcher.value == "exact" and config.shadow_sampling.calibrate_in_process is None
+    pinned = with_spec(example("chat-vllm-gpu.yaml"), calibration__shadowSampleRate=0)
+    assert read_config(build_router_configmap(pinned, SETTINGS)).shadow_sampling is None
+    classify = read_config(build_router_configmap(example("classify.yaml"), SETTINGS))
+    assert classify.shadow_sampling is not None and classify.shadow_sampling.matcher.value == "label"

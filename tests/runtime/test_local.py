@@ -23,6 +23,7 @@ import yaml
 from kascade.api.modelcascade import ModelCascade, SecretKeyRef
 from kascade.runtime.local import run_local
 from kascade.runtime.local_manifest import LocalModeError, load_manifest, secret_env_var
+from kascade.api.loop import Calibration
 from kascade.runtime.local_tiers import LocalTiers, build_router_config, serve_cascade
 from kascade.runtime.serving import free_port
 from openai import APIConnectionError, OpenAI
@@ -118,6 +119,10 @@ def test_an_external_tier_gets_its_key_from_the_secret_stand_in(
     assert build_router_config(cascade, LocalTiers(urls={"small": None, "hosted": upstream.url},
                                                    api_key_envs={"hosted": "OPENAI_KEY_API_KEY"})
                                ).tiers[1].read_api_key() == "sk-local-test"  # fmt: skip
+    online = cascade.model_copy(update={"spec": cascade.spec.model_copy(update={
+        "calibration": Calibration(min_agreement=0.9, shadow_sample_rate=0.1)})})  # fmt: skip
+    sampling = build_router_config(online, LocalTiers(urls={"small": None, "hosted": upstream.url})).shadow_sampling
+    assert sampling is not None and sampling.calibrate_in_process is not None  # local mode calibrates in process
     with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=quiet()) as url:
         raw = ask(OpenAI(base_url=f"{url}/v1", api_key="local", max_retries=0), "tiny-cascade", "Capital of France?")
         assert raw.headers["x-kascade-tier"] == "hosted"
