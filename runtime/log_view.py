@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kascade.api.escalation_record import EscalationRecord
+from kascade.api.escalation_record import EscalationRecord, RecordKind
 
 
 @dataclass
@@ -31,8 +31,12 @@ class LogStats:
         self.by_kind[record.kind.value] += 1
         self.by_endpoint[record.endpoint] += 1
         self.answered_by[record.answered_by.tier] += 1
-        for declined in record.declined:
-            self.reasons[escalation_reason(declined.model.tier, declined.method, declined.score, declined.threshold)] += 1
+        if record.kind is RecordKind.shadow:  # an accepted answer also asked of the last tier: no escalation reason
+            self.reasons[f"shadow sample, {'agreed' if record.agreed else 'disagreed'} with the last tier"] += 1
+        else:
+            for declined in record.declined:
+                self.reasons[escalation_reason(declined.model.tier, declined.method, declined.score,
+                                               declined.threshold)] += 1  # fmt: skip
         self.with_token_ids += record.tokens is not None
         self.teacher_tokens += len(record.tokens.token_ids) if record.tokens is not None else 0
         self.redacted += record.redacted

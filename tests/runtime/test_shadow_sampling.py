@@ -91,6 +91,10 @@ def test_with_an_escalation_log_a_shadow_sample_is_kept_labelled(
     assert record.kind == "shadow" and record.agreed is False
     assert record.answer == "Paris" and [d.text for d in record.declined] == ["Lyon"]
     assert record.tokens is not None  # teacher data too: the last tier's token ids
+    from kascade.runtime.log_view import log_stats
+
+    stats = log_stats([record])
+    assert stats.by_kind == {"shadow": 1} and dict(stats.reasons) == {"shadow sample, disagreed with the last tier": 1}
 
 
 def test_local_mode_calibrates_in_process_and_the_new_threshold_is_in_force_without_a_restart(
