@@ -19,14 +19,13 @@ from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.examples import DistillExample
 from kascade.distillation.losses import IGNORE_INDEX, hard_label_loss
 from kascade.distillation.settings import AnswerMatch, DistillSettings
-from kascade.evaluation.matchers import normalised_number
+from kascade.evaluation.matchers import answers_agree
+from kascade.evaluation.records import AnswerKind
 
 
 def answers_match(left: str, right: str, match: AnswerMatch) -> bool:
-    if match is AnswerMatch.number:
-        mine = normalised_number(left)
-        return mine is not None and mine == normalised_number(right)
-    return " ".join(left.split()) == " ".join(right.split())
+    """The evaluation's matchers (`number`, `exact`), one definition for both."""
+    return answers_agree(AnswerKind(match.value), left, right)
 
 
 def answer_length_slice(answer_tokens: int) -> str:

@@ -33,8 +33,9 @@ workload moves it:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from kascade.api.loop import Calibration
@@ -52,8 +53,7 @@ BIN_EDGES: tuple[float, ...] = tuple(
 
 def bin_edge(score: float) -> float:
     """The edge of the bin a score falls in: the largest edge at or below it (0 for anything below 0)."""
-    below = [edge for edge in BIN_EDGES if edge <= score]
-    return below[-1] if below else BIN_EDGES[0]
+    return BIN_EDGES[max(bisect.bisect_right(BIN_EDGES, score) - 1, 0)]
 
 
 def bin_key(tier: str, score: float) -> str:
@@ -121,20 +121,27 @@ class TierDecision:
     met: bool
     reason: str  # CollectingSamples, GoalMet, GoalNotMet
     message: str
-    agreement: float | None = None  # the cascade's agreement with the last tier at the threshold in force
-    agreement_interval: tuple[float, float] | None = None
-    escalation_rate: float | None = None
+    measured: Measured | None = None  # at the threshold in force; None with no samples
 
 
-def _measured(bins: Bins, threshold: float, confidence: float) -> dict[str, object]:
-    """Agreement (1 - accepted-and-disagreed share) and escalation rate at `threshold`, with an interval."""
+@dataclass(frozen=True)
+class Measured:
+    """The cascade's agreement with the last tier (1 - accepted-and-disagreed share), its interval, the escalation rate."""
+
+    agreement: float
+    agreement_low: float
+    agreement_high: float
+    escalation_rate: float
+
+
+def _measured(bins: Bins, threshold: float, confidence: float) -> Measured | None:
     n = bins.total
     if n == 0:
-        return {}
+        return None
     accepted_disagreed = sum(s - bins.agreed.get(e, 0) for e, s in bins.samples.items() if e >= threshold)
     escalated = sum(s for e, s in bins.samples.items() if e < threshold)
     low, high = interval(n - accepted_disagreed, n, confidence)
-    return {"agreement": (n - accepted_disagreed) / n, "agreement_interval": (low, high), "escalation_rate": escalated / n}
+    return Measured((n - accepted_disagreed) / n, low, high, escalated / n)
 
 
 def next_threshold(goals: list[Goal], calibration: Calibration, bins: Bins, *, current: float) -> TierDecision:
@@ -142,7 +149,7 @@ def next_threshold(goals: list[Goal], calibration: Calibration, bins: Bins, *, c
     n = bins.total
     if n < calibration.min_samples:
         return TierDecision(current, False, n, False, "CollectingSamples",
-                            f"{n} of {calibration.min_samples} samples", **_measured(bins, current, calibration.confidence))  # type: ignore[arg-type]  # fmt: skip
+                            f"{n} of {calibration.min_samples} samples", _measured(bins, current, calibration.confidence))  # fmt: skip
     grid = [e for e in BIN_EDGES if calibration.min_threshold <= e <= calibration.max_threshold]
     if calibration.max_threshold not in grid:
         grid.append(calibration.max_threshold)
@@ -151,7 +158,7 @@ def next_threshold(goals: list[Goal], calibration: Calibration, bins: Bins, *, c
         safest = calibration.max_threshold
         return TierDecision(safest, safest != current, n, False, "GoalNotMet",
                             f"{selection.reason}; the threshold is held at maxThreshold {safest:g}",
-                            **_measured(bins, safest, calibration.confidence))  # type: ignore[arg-type]  # fmt: skip
+                            _measured(bins, safest, calibration.confidence))  # fmt: skip
     certified = max(selection.threshold, calibration.min_threshold)
     if certified > current or certified < current - calibration.hysteresis:
         threshold = certified
@@ -160,7 +167,7 @@ def next_threshold(goals: list[Goal], calibration: Calibration, bins: Bins, *, c
     met_at = ", ".join(f"{g}" for g in goals)
     return TierDecision(threshold, threshold != current, n, True, "GoalMet",
                         f"{met_at} certified at {calibration.confidence:g} confidence for thresholds >= {certified:g} "
-                        f"({n} samples)", **_measured(bins, threshold, calibration.confidence))  # type: ignore[arg-type]  # fmt: skip
+                        f"({n} samples)", _measured(bins, threshold, calibration.confidence))  # fmt: skip
 
 
 def online_goals(calibration: Calibration) -> list[Goal]:
@@ -201,11 +208,10 @@ def calibrate_tiers(
             last = TierCalibration(name=name, threshold=spec_threshold, declared=spec_threshold)
         window = Window(_bins_of(last.window_older), _bins_of(last.window_newer)).slid(cumulative, window_samples)
         decision = next_threshold(goals, calibration, window.recent(cumulative), current=last.threshold)
-        low, high = decision.agreement_interval or (None, None)
+        measured = asdict(decision.measured) if decision.measured is not None else {}
         tiers.append(TierCalibration(
             name=name, threshold=decision.threshold, declared=spec_threshold, samples=decision.samples,
-            agreement=decision.agreement, agreement_low=low, agreement_high=high,
-            escalation_rate=decision.escalation_rate, met=decision.met, reason=decision.reason,
+            **measured, met=decision.met, reason=decision.reason,
             message=decision.message, last_moved=now if decision.moved else last.last_moved,
             window_older=_counts_of(window.older), window_newer=_counts_of(window.newer),
         ))  # fmt: skip

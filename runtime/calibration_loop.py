@@ -66,16 +66,13 @@ class InProcessCalibrator:
         self._cascade = cascade
         self._snapshot = snapshot
         self._interval = interval_seconds
+        # The spec's thresholds, read before any is moved: the starting point, not what is in force later.
+        self._declared = {tier.name: tier.config.accept.threshold for tier in cascade.tiers if tier.config.accept}
         self.status: CalibrationStatus | None = None
 
     def step(self) -> CalibrationStatus:
-        declared = {
-            tier.name: tier.config.accept.threshold for tier in self._cascade.tiers if tier.config.accept is not None
-        }
-        if self.status is not None:  # what the spec declared stays the starting point, not what is in force
-            declared = {tier.name: tier.declared for tier in self.status.tiers}
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        self.status = calibrate_tiers(self.calibration, declared, self._snapshot(), self.status, now=now,
+        self.status = calibrate_tiers(self.calibration, self._declared, self._snapshot(), self.status, now=now,
                                       window_samples=window_samples_of(self.calibration))  # fmt: skip
         apply_thresholds(self._cascade, {tier.name: tier.threshold for tier in self.status.tiers})
         return self.status

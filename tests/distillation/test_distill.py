@@ -92,12 +92,18 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_a_changed_run_is_ref
     assert changed.exit_code == 2 and "other settings" in changed.output
 
 
+def _answers_file(tmp_path: Path, count: int) -> Path:
+    """A dataset file: the first `count` prompts, each answered "Paris."."""
+    data = tmp_path / "answers.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "answer": "Paris."}) + "\n"
+                            for p in PROMPTS[:count]))  # fmt: skip
+    return data
+
+
 def test_sequence_level_when_the_ids_do_not_spell_the_answer_and_the_teacher_in_process_fills_in(
     tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path
 ) -> None:
-    data = tmp_path / "answers.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "answer": "Paris."}) + "\n"
-                            for p in PROMPTS[:12]))  # fmt: skip
+    data = _answers_file(tmp_path, 12)
     alone = _distill("--student", str(tiny_small_lm_dir), "--data", str(data), "--out", str(tmp_path / "a"),
                      "--steps", "2", "--batch-size", "4", "--eval-generate", "0", "--held-out", "0.2")  # fmt: skip
     assert alone.exit_code == 0, alone.output
@@ -157,9 +163,7 @@ def test_on_policy_steps_through_a_teacher_server_use_its_prompt_logprobs(
     from kascade.runtime.serving import BackgroundServer
     from kascade.runtime.server import create_model_server_app
 
-    data = tmp_path / "answers.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "answer": "Paris."}) + "\n"
-                            for p in PROMPTS[:8]))  # fmt: skip
+    data = _answers_file(tmp_path, 8)
     engine = TransformersEngine.load(tiny_large_lm_dir, served_model_name="teacher", device="cpu")
     with BackgroundServer(create_model_server_app(engine, "teacher")) as server:
         result = _distill("--student", str(tiny_small_lm_dir), "--teacher-url", f"{server.url}/v1",
