@@ -4,18 +4,16 @@ Calibration's goal is implemented offline (`kascade calibrate` reads it and
 sets the thresholds in the manifest) and online: with `shadowSampleRate` > 0
 the routers measure agreement on live traffic and the operator (or local mode,
 in process) moves the thresholds towards the goal
-(`kascade.evaluation.online_calibration`). The escalation log is implemented
-(the router writes it: `kascade.runtime.escalation_log`). Distillation in the
-cluster is declared, not implemented yet (`kascade distill` trains from the log
-by hand).
+(`kascade.evaluation.online_calibration`). The escalation log is written by the
+routers (`kascade.runtime.escalation_log`). Distillation runs in the cluster:
+the operator creates `Distillation` runs from `spec.distillation`
+(`kascade.operator.distillation_schedule`) and promotes a student that passes
+the gate (`kascade.operator.promotion`). Local mode refuses `spec.distillation`
+(distil by hand there with `kascade distill`).
 
-The types are the contract the coming issues implement (evaluation and
-calibration, the escalation log and distillation, the loop in the cluster).
-Until a part is implemented, a cascade that sets it is refused, by the model
-(`refuse_what_is_not_implemented`) and by the CRD's CEL rules
-(`kascade.api.crd.SPEC_RULES`), with the messages below: a field that is
-accepted and then ignored would be a silent no-op. The issue that implements a
-part removes its refusal.
+What cannot work is refused by the model and by the CRD's CEL rules
+(`kascade.api.crd.SPEC_RULES`) alike, with the messages below: a field that is
+accepted and then ignored would be a silent no-op.
 """
 
 from __future__ import annotations
@@ -25,7 +23,10 @@ from enum import StrEnum
 
 from pydantic import Field, field_validator, model_validator
 
+from croniter import croniter
+
 from kascade.api.base import SpecModel
+from kascade.api.resources import Resources, Toleration
 
 ONLINE_CALIBRATION_HAS_NO_REFERENCES = (
     "spec.calibration.minAccuracy cannot be calibrated online (live traffic has no reference answers): "
@@ -41,16 +42,10 @@ ESCALATION_LOG_NEEDS_A_PLACE = (
     "spec.escalationLog.enabled needs spec.escalationLog.uri: where the records go "
     "(pvc://claim/path or s3://bucket/prefix in a cluster; a folder, file:// or s3:// in local mode)"
 )
-NOT_IMPLEMENTED_DISTILLATION = (
-    "spec.distillation is not implemented in this version of Kascade (scheduled distillation in the cluster): "
-    "remove it, and distil from the escalation log by hand with `kascade distill`"
+DISTILLATION_NEEDS_THE_LOG = (
+    "spec.distillation needs spec.escalationLog.enabled with a uri: runs learn from the escalations it keeps"
 )
-
-
-def refuse_what_is_not_implemented(distillation: DistillationPolicy | None) -> None:
-    """Raise ValueError, with the message the CRD's rule gives too, for a part that is set but not implemented."""
-    if distillation is not None:
-        raise ValueError(NOT_IMPLEMENTED_DISTILLATION)
+DISTILLATION_TIER_NOT_LAST = "spec.distillation.tier must name a tier of the cascade that is not the last"
 
 
 class AgreementMatcher(StrEnum):
@@ -186,16 +181,50 @@ class DistillationLoss(StrEnum):
 
 
 class DistillationPolicy(SpecModel):
-    """When a better student is distilled from the escalation log. Not implemented yet: refused when set."""
+    """When a better student is distilled from the escalation log, and when it replaces the serving one.
 
-    schedule: str | None = Field(default=None, description="Cron schedule of distillation runs.")
-    min_samples: int = Field(default=1000, ge=1)
+    The operator creates a `Distillation` (a Job running `kascade distill`) for
+    the student tier when the schedule is due (none: at once) and at least
+    `minSamples` escalations were logged since the last run; one run at a time.
+    A run that passes the gate is promoted: the tier's `model.uri` is pointed at
+    the new student, and the model it replaces is kept as the rollback target.
+    """
+
+    schedule: str | None = Field(
+        default=None, max_length=128,
+        description="Cron schedule (5 fields, UTC) of the looks for new records; none: look at every reconcile.",
+    )  # fmt: skip
+    min_samples: int = Field(default=1000, ge=1, description="New logged escalations a run needs since the last one.")
+    tier: str | None = Field(
+        default=None, max_length=40, description="The student tier (not the last); default: the first tier."
+    )
+    output_uri: str = Field(
+        max_length=2048, pattern=r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?$",
+        description="Where students are written, one folder per run: pvc://claim/path (the tier mounts it to serve them).",
+    )  # fmt: skip
     loss: DistillationLoss = DistillationLoss.forward_kl
-    temperature: float = Field(default=2.0, gt=0)
+    temperature: float = Field(default=2.0, gt=0, le=100)
     alpha: float = Field(default=0.5, ge=0, le=1)
     beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
-    on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
-    output_uri: str | None = Field(default=None, max_length=2048, description="Where distilled students are written.")
+    on_policy_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="Share of steps on the student's own samples, scored by the last tier."
+    )
+    steps: int = Field(default=200, ge=1, le=1_000_000)
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    lora: bool = True
     min_agreement_gain: float = Field(
         default=0.01, ge=0, le=1, description="Promotion gate: least gain in agreement on held-out escalations."
     )
+    slice_tolerance: float = Field(default=0.02, ge=0, le=1, description="Promotion gate: most any held-out slice may lose.")
+    min_slice_examples: int = Field(default=20, ge=1, le=1_000_000, description="Promotion gate: smaller slices are not judged.")
+    history_limit: int = Field(default=3, ge=1, le=100, description="Finished runs kept; older ones are deleted.")
+    resources: Resources = Field(default_factory=lambda: Resources(gpus=1), description="What a run's pod needs.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+
+    @field_validator("schedule")
+    @classmethod
+    def _is_cron(cls, schedule: str | None) -> str | None:
+        if schedule is not None and not croniter.is_valid(schedule):
+            raise ValueError(f"schedule {schedule!r} is not a cron expression (5 fields, e.g. '0 3 * * *')")
+        return schedule

@@ -23,8 +23,18 @@ from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from h
     DistillationLoss,
     DistillationPolicy,
     EscalationLog,
+    DISTILLATION_NEEDS_THE_LOG,
+    DISTILLATION_TIER_NOT_LAST,
     ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
-    refuse_what_is_not_implemented,
+)
+from kascade.api.resources import (  # noqa: F401 - imported from here too
+    DNS_LABEL_PATTERN,
+    LABEL_VALUE_PATTERN,
+    QUANTITY_PATTERN,
+    TOLERATION_SECONDS_NEED_NO_EXECUTE,
+    Quantity,
+    Resources,
+    Toleration,
 )
 from kascade.api.accept import (  # noqa: F401 - the accept rule's types are imported from here too
     CLASSIFY_FEATURES,
@@ -54,36 +64,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelCascade"
 PLURAL = "modelcascades"
 DEFAULT_MAX_BODY_BYTES = 1_048_576  # the router's limit on a request body, unless the spec says otherwise
-
-# Kubernetes' own pattern for resource quantities ("4", "500m", "32Gi", "1e3").
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-
-
-def _quantity_to_str(value: Any) -> Any:
-    """YAML reads `cpu: 4` as an integer; Kubernetes accepts it, and so do we."""
-    if isinstance(value, bool):
-        return value  # left for the string check to refuse
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        raise ValueError(f"write a fractional quantity as a string, e.g. '500m' or '{value}'")
-    return value
-
-
-# A Kubernetes resource quantity: an integer or a string in YAML, always a string in Python.
-# In the CRD it is `x-kubernetes-int-or-string`, as in Kubernetes' own schemas.
-Quantity = Annotated[
-    str,
-    BeforeValidator(_quantity_to_str),
-    Field(pattern=QUANTITY_PATTERN, max_length=64),
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "maxLength": 64}),
-]
-
 
 class Task(StrEnum):
     chat = "chat"
@@ -161,45 +141,6 @@ def currency_conflict(prices: Mapping[str, Price]) -> str | None:
         f"tier prices must share one currency to be added up; got {listing}. "
         "Convert every tier's price to the same currency."
     )
-
-
-class Resources(SpecModel):
-    """What one replica of a tier needs."""
-
-    gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per replica.")
-    gpu_type: str | None = Field(
-        default=None,
-        max_length=63,
-        pattern=LABEL_VALUE_PATTERN,
-        description=(
-            "GPU product as the nvidia.com/gpu.product node label spells it (dashes, no spaces), "
-            "e.g. NVIDIA-L4, NVIDIA-A100-SXM4-80GB, NVIDIA-H100-80GB-HBM3."
-        ),
-    )
-    cpu: Quantity | None = Field(default=None, description="CPU request, e.g. 4 or '500m'.")
-    memory: Quantity | None = Field(default=None, description="Memory request, e.g. '32Gi'.")
-
-
-TOLERATION_SECONDS_NEED_NO_EXECUTE = "tolerationSeconds is allowed only with effect NoExecute"
-
-
-class Toleration(SpecModel):
-    """A Kubernetes Toleration, added to the tier's pods (GPU taints are tolerated already)."""
-
-    key: str | None = Field(default=None, max_length=316)
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = Field(default=None, max_length=63)
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(
-        default=None, description="How long a NoExecute taint is tolerated; Kubernetes allows it with NoExecute only."
-    )
-
-    @model_validator(mode="after")
-    def _seconds_only_with_no_execute(self) -> Toleration:
-        # Restated in CEL in the CRD (`kascade.api.crd.TOLERATION_RULES`).
-        if self.toleration_seconds is not None and self.effect != "NoExecute":
-            raise ValueError(TOLERATION_SECONDS_NEED_NO_EXECUTE)
-        return self
 
 
 class Tier(SpecModel):
@@ -327,9 +268,14 @@ class ModelCascadeSpec(SpecModel):
         return self
 
     @model_validator(mode="after")
-    def _refuse_what_is_not_implemented(self) -> ModelCascadeSpec:
-        refuse_what_is_not_implemented(self.distillation)
+    def _loop_parts_fit(self) -> ModelCascadeSpec:
         # Restated in CEL in the CRD (`kascade.api.crd.SPEC_RULES`).
+        if self.distillation is not None:
+            log = self.escalation_log
+            if log is None or not log.enabled or not log.uri:
+                raise ValueError(DISTILLATION_NEEDS_THE_LOG)
+            if self.distillation.tier is not None and self.distillation.tier not in [t.name for t in self.tiers[:-1]]:
+                raise ValueError(DISTILLATION_TIER_NOT_LAST)
         if self.calibration is not None and self.calibration.online and self.router.streaming.mode is StreamingMode.early:
             raise ValueError(ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS)
         return self

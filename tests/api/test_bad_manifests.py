@@ -186,8 +186,19 @@ CASES = [
     Case("escalation-log-with-nowhere-to-go", _set(_spec, "escalationLog", {"enabled": True}), "cel",
          "spec: spec.escalationLog.enabled needs spec.escalationLog.uri",
          "spec.escalationLog.enabled needs spec.escalationLog.uri"),
-    Case("distillation-not-implemented", _set(_spec, "distillation", {"minSamples": 10}), "cel",
-         "spec: spec.distillation is not implemented", "spec.distillation is not implemented"),
+    Case("distillation-without-a-log", _set(_spec, "distillation", {"outputUri": "pvc://students/chat"}), "cel",
+         "spec: spec.distillation needs spec.escalationLog.enabled", "spec.distillation needs spec.escalationLog"),
+    Case("distillation-of-the-last-tier", lambda m: m["spec"].update(
+         escalationLog={"enabled": True, "uri": "pvc://log/chat"},
+         distillation={"outputUri": "pvc://students/chat", "tier": m["spec"]["tiers"][-1]["name"]}), "cel",
+         "spec: spec.distillation.tier must name a tier", "spec.distillation.tier must name a tier"),
+    Case("distillation-to-s3", lambda m: m["spec"].update(
+         escalationLog={"enabled": True, "uri": "pvc://log/chat"},
+         distillation={"outputUri": "s3://bucket/students"}), "schema",
+         "spec.distillation.outputUri: 's3://bucket/students' does not match", "should match pattern"),
+    Case("distillation-without-an-output", lambda m: m["spec"].update(
+         escalationLog={"enabled": True, "uri": "pvc://log/chat"}, distillation={"minSamples": 10}), "schema",
+         "spec.distillation: 'outputUri' is a required property", "outputUri"),
 ]  # fmt: skip
 
 

@@ -1,0 +1,191 @@
+"""The `Distillation` resource: one run of `kascade distill`, like a Job to a CronJob.
+
+A ModelCascade with `spec.distillation` gets one on its schedule (the operator
+creates it, owned by the cascade); a user may create one by hand. The operator
+runs it as a Kubernetes Job (`kascade.operator.build_distillation`); the run
+reports its progress and its result (figures before and after, the promotion
+gate's verdict, the model it wrote) into the status itself
+(`kascade.distillation.report`). When the gate passes and the run names a
+cascade, the operator points the student tier at the new model and records the
+model it replaced as the rollback target (`kascade.operator.promotion`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kascade.api.base import SpecModel, StatusModel
+from kascade.api.loop import DistillationLoss, DistillationPolicy
+from kascade.api.modelcascade import GROUP, VERSION
+from kascade.api.resources import DNS_LABEL_PATTERN, Resources, Toleration
+from kascade.api.status import Condition
+
+DISTILLATION_KIND = "Distillation"
+DISTILLATION_PLURAL = "distillations"
+
+TIER_NEEDS_A_CASCADE = "spec.tier names a tier of spec.cascade: set both, or neither"
+ON_POLICY_NEEDS_A_TEACHER = (
+    "spec.training.onPolicyFraction > 0 needs spec.teacherUrl and spec.teacherModel: a teacher server scores the samples"
+)
+
+
+class Training(SpecModel):
+    """How the student learns: the loss, its temperature and weights, and the optimizer's length."""
+
+    loss: DistillationLoss = DistillationLoss.forward_kl
+    temperature: float = Field(default=2.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the teacher's soft term; 1 - alpha: hard labels.")
+    beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
+    steps: int = Field(default=200, ge=1, le=1_000_000)
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    lora: bool = Field(default=True, description="LoRA adapters merged into the saved model; false: full fine-tuning.")
+    on_policy_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="Share of steps on the student's own samples, scored by the teacher server."
+    )
+
+    @classmethod
+    def of(cls, policy: DistillationPolicy) -> Training:
+        return cls(loss=policy.loss, temperature=policy.temperature, alpha=policy.alpha, beta=policy.beta,
+                   steps=policy.steps, batch_size=policy.batch_size, learning_rate=policy.learning_rate,
+                   lora=policy.lora, on_policy_fraction=policy.on_policy_fraction)  # fmt: skip
+
+
+class Gate(SpecModel):
+    """The promotion gate, on held-out escalations: the new student against the one it started from."""
+
+    min_agreement_gain: float = Field(default=0.01, ge=0, le=1, description="Least gain in held-out agreement.")
+    slice_tolerance: float = Field(default=0.02, ge=0, le=1, description="Most any held-out slice may lose.")
+    min_slice_examples: int = Field(default=20, ge=1, le=1_000_000, description="Smaller slices are shown, not judged.")
+
+
+class DistillationSpec(SpecModel):
+    """One run: which student, taught from what, written where, judged how."""
+
+    cascade: str | None = Field(
+        default=None, max_length=253,
+        description="The ModelCascade (same namespace) whose tier is promoted when the gate passes; none: only run.",
+    )  # fmt: skip
+    tier: str | None = Field(
+        default=None, max_length=40, pattern=DNS_LABEL_PATTERN, description="The cascade's student tier (with cascade)."
+    )
+    student: str = Field(
+        min_length=1, max_length=2048,
+        description="The model the run starts from (the tier's serving one): pvc://claim/path, hf://org/name, s3://…",
+    )  # fmt: skip
+    data: str = Field(
+        min_length=1, max_length=2048,
+        description="The escalation log (pvc://claim/path or s3://bucket/prefix) or a dataset .jsonl on a claim.",
+    )  # fmt: skip
+    teacher_url: str | None = Field(
+        default=None, max_length=2048,
+        description="A teacher server's OpenAI base URL (the cascade's last tier) that scores on-policy samples.",
+    )  # fmt: skip
+    teacher_model: str | None = Field(default=None, max_length=253, description="The model name it serves.")
+    credentials_secret: str | None = Field(
+        default=None, max_length=253, description="Secret whose keys become the run's environment (AWS_* for s3:// data)."
+    )
+    output: str = Field(
+        min_length=1, max_length=2048, pattern=r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.*$",
+        description="Where the new student is written, as a tier can serve it: pvc://claim/path.",
+    )  # fmt: skip
+    training: Training = Field(default_factory=Training)
+    gate: Gate = Field(default_factory=Gate)
+    resources: Resources = Field(default_factory=lambda: Resources(gpus=1), description="What the run's pod needs.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    log_records: int = Field(
+        default=0, ge=0, description="Escalations the cascade had logged when the run was created (the next counts from it)."
+    )
+
+    @model_validator(mode="after")
+    def _fits(self) -> DistillationSpec:
+        # Restated in CEL in the CRD (`kascade.api.distillation_crd.DISTILLATION_SPEC_RULES`).
+        if (self.cascade is None) != (self.tier is None):
+            raise ValueError(TIER_NEEDS_A_CASCADE)
+        if self.training.on_policy_fraction > 0 and not (self.teacher_url and self.teacher_model):
+            raise ValueError(ON_POLICY_NEEDS_A_TEACHER)
+        return self
+
+
+class DistillationPhase(StrEnum):
+    pending = "Pending"  # created; its Job is made, its pod not started
+    running = "Running"  # `kascade distill` reported its start
+    succeeded = "Succeeded"  # a student was written and judged (the gate may still have failed)
+    failed = "Failed"  # no student: the run erred, or its Job failed
+
+    @property
+    def finished(self) -> bool:
+        return self in (DistillationPhase.succeeded, DistillationPhase.failed)
+
+
+class Progress(StatusModel):
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+
+
+class Figures(StatusModel):
+    """Held-out figures of a student (before: the one the run started from; after: the new one)."""
+
+    answer_agreement: float | None = None
+    answer_accuracy: float | None = None
+    token_agreement: float | None = None
+    loss: float | None = None
+
+
+class GateVerdict(StatusModel):
+    passed: bool = False
+    gain: float | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Promotion(StatusModel):
+    """What the operator did with the run's student."""
+
+    promoted: bool
+    reason: str = Field(description="Promoted, GateFailed, RunFailed, StudentChanged, NoCascade, CascadeGone.")
+    message: str = ""
+    previous_model: str | None = Field(default=None, description="The model the tier served before: the rollback target.")
+    at: str | None = None
+
+
+class DistillationStatus(StatusModel):
+    phase: DistillationPhase = DistillationPhase.pending
+    job: str | None = None
+    message: str = ""
+    progress: Progress = Field(default_factory=Progress)
+    progress_text: str = Field(default="", description="For kubectl: step/steps.")
+    started_at: str | None = None
+    finished_at: str | None = None
+    examples: int | None = Field(default=None, description="Examples trained on.")
+    held_out: int | None = Field(default=None, description="Held-out examples the figures and the gate are measured on.")
+    before: Figures | None = None
+    after: Figures | None = None
+    gate: GateVerdict | None = None
+    gain_text: str = Field(default="", description="For kubectl: the agreement gain.")
+    model: str | None = Field(default=None, description="The new student, as a tier's model.uri.")
+    promotion: Promotion | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class DistillationMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str | None = None
+
+
+class Distillation(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    api_version: Literal["kascade.dev/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", alias="apiVersion")
+    kind: Literal["Distillation"] = DISTILLATION_KIND
+    metadata: DistillationMeta
+    spec: DistillationSpec
+    status: DistillationStatus | None = None
