@@ -26,7 +26,6 @@ from kascade.api.status import Condition
 DISTILLATION_KIND = "Distillation"
 DISTILLATION_PLURAL = "distillations"
 
-TIER_NEEDS_A_CASCADE = "spec.tier names a tier of spec.cascade: set both, or neither"
 ON_POLICY_NEEDS_A_TEACHER = (
     "spec.training.onPolicyFraction > 0 needs spec.teacherUrl and spec.teacherModel: a teacher server scores the samples"
 )
@@ -65,13 +64,11 @@ class Gate(SpecModel):
 class DistillationSpec(SpecModel):
     """One run: which student, taught from what, written where, judged how."""
 
-    cascade: str | None = Field(
-        default=None, max_length=253,
-        description="The ModelCascade (same namespace) whose tier is promoted when the gate passes; none: only run.",
+    cascade: str = Field(
+        min_length=1, max_length=253,
+        description="The ModelCascade (same namespace) that runs it, and whose tier is promoted when the gate passes.",
     )  # fmt: skip
-    tier: str | None = Field(
-        default=None, max_length=40, pattern=DNS_LABEL_PATTERN, description="The cascade's student tier (with cascade)."
-    )
+    tier: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL_PATTERN, description="The cascade's student tier.")
     student: str = Field(
         min_length=1, max_length=2048,
         description="The model the run starts from (the tier's serving one): pvc://claim/path, hf://org/name, s3://…",
@@ -89,13 +86,16 @@ class DistillationSpec(SpecModel):
         default=None, max_length=253, description="Secret whose keys become the run's environment (AWS_* for s3:// data)."
     )
     output: str = Field(
-        min_length=1, max_length=2048, pattern=r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.*$",
-        description="Where the new student is written, as a tier can serve it: pvc://claim/path.",
+        min_length=1, max_length=2048, pattern=r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+$",
+        description="The run's own folder for the new student, as a tier's model.uri serves it: pvc://claim/path.",
     )  # fmt: skip
     training: Training = Field(default_factory=Training)
     gate: Gate = Field(default_factory=Gate)
     resources: Resources = Field(default_factory=lambda: Resources(gpus=1), description="What the run's pod needs.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Node labels a run's pod must run on (with resources.gpuType)."
+    )
     log_records: int = Field(
         default=0, ge=0, description="Escalations the cascade had logged when the run was created (the next counts from it)."
     )
@@ -103,8 +103,6 @@ class DistillationSpec(SpecModel):
     @model_validator(mode="after")
     def _fits(self) -> DistillationSpec:
         # Restated in CEL in the CRD (`kascade.api.distillation_crd.DISTILLATION_SPEC_RULES`).
-        if (self.cascade is None) != (self.tier is None):
-            raise ValueError(TIER_NEEDS_A_CASCADE)
         if self.training.on_policy_fraction > 0 and not (self.teacher_url and self.teacher_model):
             raise ValueError(ON_POLICY_NEEDS_A_TEACHER)
         return self
@@ -146,7 +144,7 @@ class Promotion(StatusModel):
     """What the operator did with the run's student."""
 
     promoted: bool
-    reason: str = Field(description="Promoted, GateFailed, RunFailed, StudentChanged, NoCascade, CascadeGone.")
+    reason: str = Field(description="Promoted, GateFailed, RunFailed or StudentChanged.")
     message: str = ""
     previous_model: str | None = Field(default=None, description="The model the tier served before: the rollback target.")
     at: str | None = None

@@ -15,7 +15,6 @@ from kascade.api.distillation import (
     DISTILLATION_KIND,
     DISTILLATION_PLURAL,
     ON_POLICY_NEEDS_A_TEACHER,
-    TIER_NEEDS_A_CASCADE,
     DistillationSpec,
     DistillationStatus,
 )
@@ -27,7 +26,6 @@ DISTILLATION_SHORT_NAMES = ["dist"]
 
 
 DISTILLATION_SPEC_RULES: list[dict[str, str]] = [
-    {"rule": "has(self.cascade) == has(self.tier)", "message": TIER_NEEDS_A_CASCADE},
     {
         "rule": (
             "!has(self.training) || !has(self.training.onPolicyFraction) || self.training.onPolicyFraction == 0.0 || "
@@ -45,7 +43,7 @@ DISTILLATION_PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Gain", "type": "string", "jsonPath": ".status.gainText",
      "description": "Held-out agreement gain of the new student over the one it started from."},
     {"name": "Promoted", "type": "string", "jsonPath": ".status.promotion.reason",
-     "description": "Promoted, or why not (GateFailed, RunFailed, StudentChanged, …)."},
+     "description": "Promoted, or why not (GateFailed, RunFailed, StudentChanged)."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]  # fmt: skip
 

@@ -221,6 +221,9 @@ class DistillationPolicy(SpecModel):
     history_limit: int = Field(default=3, ge=1, le=100, description="Finished runs kept; older ones are deleted.")
     resources: Resources = Field(default_factory=lambda: Resources(gpus=1), description="What a run's pod needs.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Node labels a run's pod must run on (with resources.gpuType)."
+    )
 
     @field_validator("schedule")
     @classmethod

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kascade.api.base import SpecModel, StatusModel  # noqa: F401 - StatusModel: imported from here too
 from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from here too

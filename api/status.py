@@ -139,6 +139,7 @@ class TierCalibration(StatusModel):
     name: str
     threshold: float = Field(description="The threshold in force: routers pick it up without a restart.")
     declared: float = Field(description="The spec's threshold: the starting point (a new one restarts from it).")
+    model: str | None = Field(default=None, description="The tier's model.uri; a new one (a promotion) restarts from declared.")
     samples: int = Field(default=0, description="Samples in the sliding window the threshold was chosen on.")
     agreement: float | None = Field(
         default=None, description="The cascade's agreement with the last tier at the threshold in force (window)."
@@ -160,6 +161,22 @@ class CalibrationStatus(StatusModel):
     goal: str = ""
     confidence: float = 0.95
     tiers: list[TierCalibration] = Field(default_factory=list)
+
+
+class DistillationSummary(StatusModel):
+    """spec.distillation at work: the student tier, what it serves, the last run, what the next one waits for."""
+
+    tier: str = Field(description="The student tier.")
+    serving: str = Field(description="The model the tier serves now (its model.uri).")
+    rollback_target: str | None = Field(
+        default=None, description="The model the last promotion replaced: set the tier's model.uri to it to roll back."
+    )
+    last_promoted: str | None = Field(default=None, description="The last run whose student was promoted.")
+    last_run: str | None = None
+    last_run_phase: str | None = None
+    last_decision: str | None = Field(default=None, description="Promoted, or why the last finished run was not.")
+    runs: int = Field(default=0, description="Runs kept (historyLimit finished ones, and the one running).")
+    waiting: str = Field(default="", description="Why no run starts now.")
 
 
 class StatusSummary(StatusModel):
@@ -189,6 +206,9 @@ class ModelCascadeStatus(StatusModel):
     summary: StatusSummary = Field(default_factory=StatusSummary)
     calibration: CalibrationStatus | None = Field(
         default=None, description="Online calibration: thresholds in force and what they were chosen on."
+    )
+    distillation: DistillationSummary | None = Field(
+        default=None, description="Scheduled distillation and promotion (spec.distillation)."
     )
     replica_counters: dict[str, CounterSlot] = Field(
         default_factory=dict,

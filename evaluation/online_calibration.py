@@ -191,12 +191,14 @@ def _counts_of(bins: Bins) -> BinCounts:
 
 def calibrate_tiers(
     calibration: Calibration, declared: Mapping[str, float], figures: CounterFigures | CounterSlot,
-    previous: CalibrationStatus | None, *, now: str, window_samples: int,
+    previous: CalibrationStatus | None, *, now: str, window_samples: int, models: Mapping[str, str] | None = None,
 ) -> CalibrationStatus:  # fmt: skip
     """One step of online calibration for every scored tier: pure, what the operator and local mode both run.
 
     `declared`: each scored tier's threshold in the spec (the starting point;
     a changed one restarts from itself). `figures`: the cumulative counts.
+    `models`: each scored tier's model; a new one (a promoted student) restarts
+    from the spec's threshold and forgets the samples taken of the old one.
     """
     goals = online_goals(calibration)
     before = {tier.name: tier for tier in (previous.tiers if previous is not None else [])}
@@ -204,13 +206,18 @@ def calibrate_tiers(
     for name, spec_threshold in declared.items():
         cumulative = Bins.of(figures.calibration_samples, figures.calibration_agreed, name)
         last = before.get(name)
+        model = (models or {}).get(name)
         if last is None or last.declared != spec_threshold:
             last = TierCalibration(name=name, threshold=spec_threshold, declared=spec_threshold)
+        elif model is not None and last.model is not None and last.model != model:
+            forgotten = _counts_of(cumulative)
+            last = TierCalibration(name=name, threshold=spec_threshold, declared=spec_threshold,
+                                   window_older=forgotten, window_newer=forgotten)  # fmt: skip
         window = Window(_bins_of(last.window_older), _bins_of(last.window_newer)).slid(cumulative, window_samples)
         decision = next_threshold(goals, calibration, window.recent(cumulative), current=last.threshold)
         measured = asdict(decision.measured) if decision.measured is not None else {}
         tiers.append(TierCalibration(
-            name=name, threshold=decision.threshold, declared=spec_threshold, samples=decision.samples,
+            name=name, threshold=decision.threshold, declared=spec_threshold, model=model, samples=decision.samples,
             **measured, met=decision.met, reason=decision.reason,
             message=decision.message, last_moved=now if decision.moved else last.last_moved,
             window_older=_counts_of(window.older), window_newer=_counts_of(window.newer),

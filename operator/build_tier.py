@@ -11,10 +11,10 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kascade.api.model_uri import ModelUri
-from kascade.api.modelcascade import EngineKind, ModelCascade, Tier
+from kascade.api.modelcascade import EngineKind, ModelCascade, Resources, Tier, Toleration
 from kascade.operator import engine_transformers, engine_vllm
 from kascade.operator.labels import (
     COMPONENT_TIER,
@@ -113,7 +113,18 @@ def tier_service_url(cascade: ModelCascade, tier: Tier, settings: OperatorSettin
     return f"http://{name}.{cascade_namespace(cascade)}.svc:{settings.engine_port}/v1"
 
 
-def tier_node_selector(tier: Tier, settings: OperatorSettings) -> dict[str, str]:
+class Placement(Protocol):
+    """Where a pod may run and what it needs: a tier's, or a distillation run's."""
+
+    @property
+    def resources(self) -> Resources: ...
+    @property
+    def tolerations(self) -> list[Toleration]: ...
+    @property
+    def node_selector(self) -> dict[str, str]: ...
+
+
+def tier_node_selector(tier: Placement, settings: OperatorSettings) -> dict[str, str]:
     """Operator default, then `nvidia.com/gpu.product` for a GPU tier with a gpuType, then the tier's own (wins)."""
     selector = dict(settings.tier_node_selector)
     if tier.resources.gpus > 0 and tier.resources.gpu_type:
@@ -122,7 +133,7 @@ def tier_node_selector(tier: Tier, settings: OperatorSettings) -> dict[str, str]
     return selector
 
 
-def tier_tolerations(tier: Tier, settings: OperatorSettings) -> list[dict[str, Any]]:
+def tier_tolerations(tier: Placement, settings: OperatorSettings) -> list[dict[str, Any]]:
     """GPU tiers tolerate the GPU taints (operator defaults); every tier adds its own tolerations."""
     tolerations = [dict(toleration) for toleration in settings.gpu_tolerations] if tier.resources.gpus > 0 else []
     for toleration in tier.tolerations:
@@ -132,7 +143,7 @@ def tier_tolerations(tier: Tier, settings: OperatorSettings) -> list[dict[str, A
     return tolerations
 
 
-def tier_resources(tier: Tier) -> dict[str, dict[str, str]]:
+def tier_resources(tier: Placement) -> dict[str, dict[str, str]]:
     """requests: cpu and memory as declared; GPUs as both request and limit (extended resources need both equal)."""
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from kascade.api.modelcascade import ModelCascade
+from kascade.operator.build_distillation import build_distiller_children
 from kascade.operator.build_router import (
     build_router_config,
     build_router_configmap,
@@ -114,6 +115,7 @@ def build_children(cascade: ModelCascade, settings: OperatorSettings) -> list[di
         build_router_service_account(cascade, settings),
         build_router_role(cascade, settings),
         build_router_role_binding(cascade, settings),
+        *build_distiller_children(cascade),
         configmap,
     ]
     for tier in cascade.spec.tiers:

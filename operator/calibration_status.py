@@ -43,8 +43,9 @@ def calibrate(
         return CalibrationOutcome(None, None)
     declared = {tier.name: tier.accept.threshold for tier in spec.tiers if tier.accept is not None}
     before = CalibrationStatus.model_validate(previous) if previous else None
+    models = {tier.name: tier.model.uri for tier in spec.tiers}
     status = calibrate_tiers(calibration, declared, folded, before, now=now,
-                             window_samples=window_samples_of(calibration))  # fmt: skip
+                             window_samples=window_samples_of(calibration), models=models)  # fmt: skip
     return CalibrationOutcome(status, calibrated_condition(status, generation))
 
 

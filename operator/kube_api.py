@@ -16,6 +16,8 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
+from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL
+from kascade.api.modelcascade import API_VERSION
 from kascade.operator.builders import CHILD_KINDS
 from kascade.operator.kube_credentials import Credentials
 
@@ -25,7 +27,11 @@ USER_AGENT = f"kascade-operator/{__version__}"
 _REQUEST_TIMEOUT_S = 30.0
 _LIST_PAGE_SIZE = 500
 
-PLURALS: dict[tuple[str, str], str] = {(kind.api_version, kind.kind): kind.plural for kind in CHILD_KINDS}
+PLURALS: dict[tuple[str, str], str] = {
+    **{(kind.api_version, kind.kind): kind.plural for kind in CHILD_KINDS},
+    ("batch/v1", "Job"): "jobs",  # a distillation run's
+    (API_VERSION, DISTILLATION_KIND): DISTILLATION_PLURAL,  # the runs a cascade's schedule creates
+}
 
 
 class ApiError(Exception):
@@ -210,6 +216,13 @@ class KubeApi:
                 return False
             raise
         return True
+
+    async def patch_json(
+        self, api_version: str, plural: str, name: str, *, namespace: str | None, operations: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """RFC 6902 JSON patch of the object (a failed `test` operation: 422, nothing changed)."""
+        path = resource_path(api_version, plural, namespace=namespace, name=name)
+        return await self.request("PATCH", path, body=operations, content_type="application/json-patch+json")
 
     async def patch_status(
         self,

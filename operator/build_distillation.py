@@ -1,0 +1,190 @@
+"""Distillation runs as manifests: the run a cascade's schedule creates, its Job, and the identity it reports with. Pure.
+
+- `build_distillation`: a `Distillation` for the cascade's student tier, from
+  `spec.distillation` and the escalation log, starting from the model the tier
+  serves now; its output is a folder of its own under `outputUri`.
+- `build_distillation_job`: the Job that runs `kascade distill` for it on a GPU
+  node (the runtime's CUDA image), with the claims of the log, the student and
+  the output mounted, S3 credentials from a Secret, and `--report-to` so the
+  run writes its progress and result into the Distillation's status.
+- the ServiceAccount, Role and RoleBinding `{cascade}-distill`: the runs may
+  get and patch the status of Distillations in the namespace, nothing else.
+  They are children of the cascade while `spec.distillation` is set.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from kascade.api.distillation import (
+    DISTILLATION_KIND,
+    DISTILLATION_PLURAL,
+    Distillation,
+    DistillationSpec,
+    Gate,
+    Training,
+)
+from kascade.api.model_uri import ModelUri
+from kascade.api.modelcascade import API_VERSION, GROUP, ModelCascade
+from kascade.operator.build_tier import (
+    cascade_namespace,
+    tier_node_selector,
+    tier_resources,
+    tier_service_url,
+    tier_tolerations,
+)
+from kascade.operator.labels import child_name, common_labels, label_value, with_spec_hash
+from kascade.operator.settings import OperatorSettings
+
+COMPONENT_DISTILLATION = "distillation"
+DISTILLATION_LABEL = "kascade.dev/distillation"
+CLAIMS_ROOT = "/mnt/kascade"  # each claim a run uses is mounted once, at CLAIMS_ROOT/<claim>
+JOB_BACKOFF_LIMIT = 2  # a pod lost mid-run is retried; `kascade distill` resumes from its checkpoint
+
+
+def distiller_name(cascade: str) -> str:
+    """The ServiceAccount, Role and RoleBinding of a cascade's runs: `{cascade}-distill`."""
+    return child_name(cascade, "distill")
+
+
+def student_tier(cascade: ModelCascade) -> str:
+    policy = cascade.spec.distillation
+    return policy.tier if policy is not None and policy.tier else cascade.spec.tiers[0].name
+
+
+def build_distillation(
+    cascade: ModelCascade, settings: OperatorSettings, *, name: str, log_records: int
+) -> dict[str, Any]:
+    """The Distillation a cascade's schedule creates (owner references are added by the caller)."""
+    policy, log = cascade.spec.distillation, cascade.spec.escalation_log
+    assert policy is not None and log is not None and log.uri, "the API refuses distillation without the log"
+    tier_name = student_tier(cascade)
+    tier = next(t for t in cascade.spec.tiers if t.name == tier_name)
+    teacher = cascade.spec.tiers[-1]
+    on_policy = policy.on_policy_fraction > 0
+    spec = DistillationSpec(
+        cascade=cascade.metadata.name, tier=tier_name, student=tier.model.uri, data=log.uri,
+        credentials_secret=log.credentials_secret, output=f"{policy.output_uri.rstrip('/')}/{name}",
+        teacher_url=tier_service_url(cascade, teacher, settings) if on_policy else None,
+        teacher_model=teacher.served_name if on_policy else None,
+        training=Training.of(policy),
+        gate=Gate(min_agreement_gain=policy.min_agreement_gain, slice_tolerance=policy.slice_tolerance,
+                  min_slice_examples=policy.min_slice_examples),
+        resources=policy.resources, tolerations=policy.tolerations, node_selector=policy.node_selector,
+        log_records=log_records,
+    )  # fmt: skip
+    return {
+        "apiVersion": API_VERSION,
+        "kind": DISTILLATION_KIND,
+        "metadata": {"name": name, "namespace": cascade_namespace(cascade),
+                     "labels": common_labels(cascade.metadata.name, COMPONENT_DISTILLATION)},  # fmt: skip
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+class _Claims:
+    """The claims a run's pod mounts, each once; read-only unless the run writes to it."""
+
+    def __init__(self, writable: str) -> None:
+        self.writable = writable
+        self.names: list[str] = []
+
+    def path(self, uri: str) -> str:
+        """Where `uri` is inside the pod: a pvc:// folder as mounted; anything else as it is."""
+        location = ModelUri.parse(uri)
+        if location.scheme != "pvc" or not location.pvc_claim:
+            return uri
+        if location.pvc_claim not in self.names:
+            self.names.append(location.pvc_claim)
+        return posixpath.join(CLAIMS_ROOT, location.pvc_claim, location.pvc_path or "").rstrip("/")
+
+    def volumes(self) -> list[dict[str, Any]]:
+        return [{"name": f"claim-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": claim != self.writable}}
+                for i, claim in enumerate(self.names)]  # fmt: skip
+
+    def mounts(self) -> list[dict[str, Any]]:
+        return [{"name": f"claim-{i}", "mountPath": posixpath.join(CLAIMS_ROOT, claim), "readOnly": claim != self.writable}
+                for i, claim in enumerate(self.names)]  # fmt: skip
+
+
+def distill_args(run: Distillation, claims: _Claims) -> list[str]:
+    """`kascade distill`'s command line for a run, paths as the pod sees them."""
+    spec, training, gate = run.spec, run.spec.training, run.spec.gate
+    namespace = run.metadata.namespace or "default"
+    args = [
+        "kascade", "distill",
+        "--student", claims.path(spec.student), "--data", claims.path(spec.data), "--out", claims.path(spec.output),
+        "--loss", training.loss.value, "--temperature", f"{training.temperature:g}",
+        "--alpha", f"{training.alpha:g}", "--beta", f"{training.beta:g}",
+        "--on-policy-fraction", f"{training.on_policy_fraction:g}", "--steps", str(training.steps),
+        "--batch-size", str(training.batch_size), "--learning-rate", f"{training.learning_rate:g}",
+        "--lora" if training.lora else "--no-lora",
+        "--min-agreement-gain", f"{gate.min_agreement_gain:g}", "--slice-tolerance", f"{gate.slice_tolerance:g}",
+        "--min-slice-examples", str(gate.min_slice_examples),
+        "--report-to", f"{namespace}/{run.metadata.name}", "--model-uri", spec.output,
+    ]  # fmt: skip
+    if spec.teacher_url and spec.teacher_model:
+        args += ["--teacher-url", spec.teacher_url, "--teacher-model", spec.teacher_model]
+    return args
+
+
+def build_distillation_job(run: Distillation, settings: OperatorSettings) -> dict[str, Any]:
+    """The Job of a run (owner reference to the run added by the caller): one pod, retried from its checkpoint."""
+    spec, name = run.spec, run.metadata.name
+    claims = _Claims(writable=ModelUri.parse(spec.output).pvc_claim or "")
+    args = distill_args(run, claims)
+    labels = {**common_labels(spec.cascade, COMPONENT_DISTILLATION), DISTILLATION_LABEL: label_value(name)}
+    container: dict[str, Any] = {
+        "name": "distill",
+        "image": settings.runtime_gpu_image if spec.resources.gpus > 0 else settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": args[1:],
+        "env": [{"name": "HF_HOME", "value": "/tmp/huggingface"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "resources": tier_resources(spec),
+        "volumeMounts": claims.mounts(),
+    }
+    if spec.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.credentials_secret}}]
+    pod: dict[str, Any] = {
+        "serviceAccountName": distiller_name(spec.cascade),
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": claims.volumes(),
+    }
+    if selector := tier_node_selector(spec, settings):
+        pod["nodeSelector"] = selector
+    if tolerations := tier_tolerations(spec, settings):
+        pod["tolerations"] = tolerations
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": run.metadata.namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": JOB_BACKOFF_LIMIT,
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+
+
+def _metadata(cascade: ModelCascade) -> dict[str, Any]:
+    return {"name": distiller_name(cascade.metadata.name), "namespace": cascade_namespace(cascade),
+            "labels": common_labels(cascade.metadata.name, COMPONENT_DISTILLATION)}  # fmt: skip
+
+
+def build_distiller_children(cascade: ModelCascade) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding `{cascade}-distill`; none without `spec.distillation`."""
+    if cascade.spec.distillation is None:
+        return []
+    name = distiller_name(cascade.metadata.name)
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _metadata(cascade),
+        "rules": [{"apiGroups": [GROUP], "resources": [f"{DISTILLATION_PLURAL}/status"], "verbs": ["get", "patch"]}],
+    }  # fmt: skip
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _metadata(cascade),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": cascade_namespace(cascade)}],
+    }  # fmt: skip
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(cascade)}
+    return [with_spec_hash(account), with_spec_hash(role), with_spec_hash(binding)]

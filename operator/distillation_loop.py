@@ -1,0 +1,181 @@
+"""A cascade's distillation runs, each reconcile: their Jobs, their promotions, the next run, the status. Idempotent.
+
+1. every unfinished run naming the cascade gets its Job (owned by the run); a
+   Job that failed, or completed without the run reporting a result, finishes
+   the run as Failed with the Job's reason;
+2. every finished run not yet decided is decided (`promotion.decide_promotion`):
+   a promotion patches the tier's `model.uri` (a JSON patch guarded by a test
+   of the model the run started from), then the decision is written into the
+   run's status, and an Event on the cascade says what happened;
+3. the schedule (`distillation_schedule.plan_runs`): old runs beyond the
+   history limit are deleted, a new run is created when one is due;
+4. `status.distillation` says what the tier serves, the rollback target, the
+   last run and what the next one waits for.
+Nothing is written when nothing changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL, Distillation, DistillationPhase
+from kascade.api.modelcascade import API_VERSION, ModelCascade
+from kascade.api.status import DistillationSummary
+from kascade.operator.cascade_writes import Target, post, write_status
+from kascade.operator.build_distillation import build_distillation, build_distillation_job, student_tier
+from kascade.operator.distillation_schedule import created_at, parse_time, phase_of, plan_runs
+from kascade.operator.kube_api import ApiError
+from kascade.operator.notices import Notice
+from kascade.operator.promotion import PROMOTED, decide_promotion, spec_patch
+from pydantic import ValidationError
+
+log = logging.getLogger("kascade.operator")
+
+NO_POLICY = "cascade {cascade} has no spec.distillation: set it (outputUri, schedule) for its runs to be run"
+
+
+async def reconcile_distillations(operator: Any, cascade: ModelCascade, target: Target) -> None:
+    """Steps 1–4 for one cascade (`operator`: `reconcile.Operator`, `target`: `reconcile.Target`)."""
+    if cascade.spec.distillation is None and not target.status.get("distillation"):
+        return  # no run is made or followed for a cascade without spec.distillation (nor any list call)
+    api, namespace = operator.api, target.namespace
+    listed = await api.list(API_VERSION, DISTILLATION_PLURAL, namespace=namespace, kind=DISTILLATION_KIND)
+    runs: list[tuple[Distillation, dict[str, Any]]] = []
+    for raw in listed:
+        if (raw.get("spec") or {}).get("cascade") != target.name:
+            continue
+        try:
+            runs.append((Distillation.model_validate(raw), raw))
+        except ValidationError as error:
+            log.warning("%s/%s: unreadable Distillation: %s", namespace, raw["metadata"]["name"], error)
+    now = operator.clock()
+    runs = [(await _follow(operator, cascade, run, raw, now), raw) for run, raw in runs]
+    for run, _ in runs:
+        await _decide(operator, cascade, target, run, now)
+    waiting = await _schedule(operator, cascade, target, [run for run, _ in runs], now)
+    await _write_summary(operator, cascade, target, waiting)
+
+
+async def _patch_run(operator: Any, run: Distillation, patch: Mapping[str, Any]) -> Distillation:
+    written = await operator.api.patch_status(API_VERSION, DISTILLATION_PLURAL, run.metadata.name,
+                                              namespace=run.metadata.namespace, status_patch=dict(patch))  # fmt: skip
+    return Distillation.model_validate(written)
+
+
+def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    found = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("type") == type_]
+    return found[0] if found and found[0].get("status") == "True" else None
+
+
+async def _follow(operator: Any, cascade: ModelCascade, run: Distillation, raw: dict[str, Any], now: str) -> Distillation:
+    """Step 1 for one run: its Job made, or its Job's end read into it."""
+    if phase_of(run).finished:
+        return run
+    name, namespace = run.metadata.name, run.metadata.namespace
+    if cascade.spec.distillation is None:
+        message = NO_POLICY.format(cascade=cascade.metadata.name)
+        return await _patch_run(operator, run, {"phase": DistillationPhase.failed.value, "message": message,
+                                                "finishedAt": now})  # fmt: skip  (spec.distillation was removed)
+    job = await operator.api.get("batch/v1", "jobs", name, namespace=namespace)
+    if job is None:
+        manifest = build_distillation_job(run, operator.settings)
+        kopf.append_owner_reference(manifest, owner=raw)
+        try:
+            await operator.api.create(manifest)
+        except ApiError as error:
+            if not error.conflict:
+                raise
+        if run.status is None or run.status.job != name:
+            return await _patch_run(operator, run, {"phase": phase_of(run).value, "job": name,
+                                                    "message": f"Job {name} created"})  # fmt: skip
+        return run
+    failed, complete = _condition(job, "Failed"), _condition(job, "Complete")
+    if failed is not None:
+        message = f"the Job failed ({failed.get('reason', '')}): {failed.get('message', '')}".rstrip(": ")
+    elif complete is not None:
+        message = "the Job completed but the run reported no result (see the pod's log)"
+    else:
+        return run
+    return await _patch_run(operator, run, {"phase": DistillationPhase.failed.value, "message": message,
+                                            "finishedAt": now})  # fmt: skip
+
+
+async def _decide(operator: Any, cascade: ModelCascade, target: Target, run: Distillation, now: str) -> None:
+    """Step 2 for one run: promote it, or say why not; once."""
+    promotion = decide_promotion(run, cascade, now=now)
+    if promotion is None:
+        return
+    if promotion.promoted and (operations := spec_patch(run, cascade)) is not None:
+        try:
+            await operator.api.patch_json(API_VERSION, "modelcascades", target.name, namespace=target.namespace,
+                                          operations=operations)  # fmt: skip
+        except ApiError as error:
+            if error.status != 422:
+                raise
+            raise kopf.TemporaryError(f"tier {run.spec.tier} changed while promoting {run.metadata.name}; again", delay=1)
+    await _patch_run(operator, run, {"promotion": promotion.model_dump(mode="json", by_alias=True, exclude_none=True)})
+    if promotion.reason == PROMOTED:
+        post(target.body, Notice("Normal", "Promoted", f"{run.metadata.name}: {promotion.message}"))
+    else:
+        post(target.body, Notice("Warning", "NotPromoted", f"{run.metadata.name} ({promotion.reason}): {promotion.message}"))
+
+
+async def _schedule(operator: Any, cascade: ModelCascade, target: Target, runs: list[Distillation], now: str) -> str:
+    """Step 3: old runs deleted, a new one created when due; why none starts (or which did)."""
+    policy = cascade.spec.distillation
+    if policy is None:
+        return ""
+    logged = int(((target.status.get("traffic") or {}).get("escalationsLogged")) or 0)
+    created = parse_time((target.body.get("metadata") or {}).get("creationTimestamp"))
+    moment = parse_time(now) or datetime.now(UTC)
+    plan = plan_runs(policy, runs, cascade=cascade.metadata.name, cascade_created=created, logged=logged, now=moment)
+    for name in plan.delete:
+        await operator.api.delete(API_VERSION, DISTILLATION_PLURAL, name, namespace=target.namespace)
+    if plan.start is None:
+        return plan.waiting
+    manifest = build_distillation(cascade, operator.settings, name=plan.start, log_records=logged)
+    kopf.append_owner_reference(manifest, owner=target.body)
+    try:
+        await operator.api.create(manifest)
+    except ApiError as error:
+        if not error.conflict:
+            raise
+    return f"run {plan.start} started"
+
+
+async def _write_summary(operator: Any, cascade: ModelCascade, target: Target, waiting: str) -> None:
+    """Step 4, from the runs as they are now (one list after the writes above)."""
+    summary = None
+    if cascade.spec.distillation is not None:
+        listed = await operator.api.list(API_VERSION, DISTILLATION_PLURAL, namespace=target.namespace,
+                                         kind=DISTILLATION_KIND)  # fmt: skip
+        runs = sorted((Distillation.model_validate(raw) for raw in listed
+                       if (raw.get("spec") or {}).get("cascade") == target.name), key=created_at)  # fmt: skip
+        summary = summarize_runs(cascade, runs, waiting)
+
+    async def compose(current: Mapping[str, Any]) -> dict[str, Any]:
+        del current
+        return {"distillation": summary.model_dump(mode="json", by_alias=True, exclude_none=True) if summary else None}
+
+    await write_status(operator.api, target, compose)
+
+
+def summarize_runs(cascade: ModelCascade, runs: list[Distillation], waiting: str) -> DistillationSummary:
+    """`status.distillation` from the runs (oldest first). Pure."""
+    tier = student_tier(cascade)
+    serving = next(t.model.uri for t in cascade.spec.tiers if t.name == tier)
+    promoted = [run for run in runs if run.status and run.status.promotion and run.status.promotion.promoted]
+    decided = [run for run in runs if run.status and run.status.promotion]
+    last = runs[-1] if runs else None
+    return DistillationSummary(
+        tier=tier, serving=serving, waiting=waiting, runs=len(runs),
+        rollback_target=promoted[-1].status.promotion.previous_model if promoted else None,  # type: ignore[union-attr]
+        last_promoted=promoted[-1].metadata.name if promoted else None,
+        last_run=last.metadata.name if last else None,
+        last_run_phase=phase_of(last).value if last else None,
+        last_decision=decided[-1].status.promotion.reason if decided else None,  # type: ignore[union-attr]
+    )  # fmt: skip

@@ -1,0 +1,74 @@
+"""When a cascade's next distillation run starts, which old runs go, and what the status says meanwhile. Pure.
+
+A run starts when all of these hold:
+- no run of the cascade is unfinished (one at a time);
+- the schedule is due: a cron tick (UTC) has passed since the newest run was
+  created (or, before the first run, since the cascade was); no schedule: due;
+- at least `minSamples` escalations were logged since the newest run was created
+  (`status.traffic.escalationsLogged` against the run's `spec.logRecords`).
+Finished runs beyond `historyLimit`, oldest first, are deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from croniter import croniter
+
+from kascade.api.distillation import Distillation, DistillationPhase
+from kascade.api.loop import DistillationPolicy
+from kascade.operator.labels import child_name
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    start: str | None  # the name of the run to create now, or None
+    waiting: str  # why no run starts now ("" when one does)
+    delete: list[str] = field(default_factory=list)  # finished runs beyond the history limit
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def created_at(run: Distillation) -> datetime:
+    stamp = parse_time((run.metadata.model_extra or {}).get("creationTimestamp"))
+    return stamp or datetime.min.replace(tzinfo=UTC)
+
+
+def phase_of(run: Distillation) -> DistillationPhase:
+    return run.status.phase if run.status is not None else DistillationPhase.pending
+
+
+def run_name(cascade: str, now: datetime) -> str:
+    """`{cascade}-d{YYYYMMDDHHMMSS}`, short enough for a Job's pods (<= 52 characters leaves room for theirs)."""
+    return child_name(cascade[:30], f"d{now:%Y%m%d%H%M%S}")
+
+
+def plan_runs(
+    policy: DistillationPolicy, runs: Sequence[Distillation], *, cascade: str, cascade_created: datetime | None,
+    logged: int, now: datetime,
+) -> RunPlan:  # fmt: skip
+    """What to do about a cascade's runs now (`runs`: those naming it, in any order)."""
+    ordered = sorted(runs, key=created_at)
+    finished = [run for run in ordered if phase_of(run).finished]
+    delete = [run.metadata.name for run in finished[: max(0, len(finished) - policy.history_limit)]]
+    active = [run for run in ordered if not phase_of(run).finished]
+    if active:
+        return RunPlan(None, f"run {active[-1].metadata.name} is {phase_of(active[-1]).value}", delete)
+    newest = ordered[-1] if ordered else None
+    since = created_at(newest) if newest is not None else (cascade_created or now)
+    if policy.schedule:
+        tick = croniter(policy.schedule, now).get_prev(datetime)
+        if tick <= since:
+            following = croniter(policy.schedule, max(since, now)).get_next(datetime)
+            return RunPlan(None, f"next look at {following:%Y-%m-%dT%H:%M:%SZ} ({policy.schedule})", delete)
+    new_records = logged - (newest.spec.log_records if newest is not None else 0)
+    if new_records < policy.min_samples:
+        return RunPlan(None, f"{max(new_records, 0)} of {policy.min_samples} new escalation records since the last run",
+                       delete)  # fmt: skip
+    return RunPlan(run_name(cascade, now), "", delete)
