@@ -6,7 +6,8 @@ A run starts when all of these hold:
   created (or, before the first run, since the cascade was); no schedule: due;
 - at least `minSamples` escalations were logged since the newest run was created
   (`status.traffic.escalationsLogged` against the run's `spec.logRecords`).
-Finished runs beyond `historyLimit`, oldest first, are deleted.
+Finished runs beyond `historyLimit`, oldest first, are deleted; the last
+promoted one is kept beyond it (its status names the rollback target).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def plan_runs(
 ) -> RunPlan:  # fmt: skip
     """What to do about a cascade's runs now (`runs`: those naming it, in any order)."""
     ordered = sorted(runs, key=created_at)
-    finished = [run for run in ordered if phase_of(run).finished]
+    promoted = [run for run in ordered if run.status and run.status.promotion and run.status.promotion.promoted]
+    kept = {promoted[-1].metadata.name} if promoted else set()  # it names the rollback target
+    finished = [run for run in ordered if phase_of(run).finished and run.metadata.name not in kept]
     delete = [run.metadata.name for run in finished[: max(0, len(finished) - policy.history_limit)]]
     active = [run for run in ordered if not phase_of(run).finished]
     if active:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from kascade.api.distillation import DISTILLATION_PLURAL
 from kascade.api.modelcascade import GROUP, PLURAL
 from kascade.operator.builders import CHILD_KINDS, ChildKind
 
@@ -94,9 +95,26 @@ OPERATOR_RULES: tuple[RbacRule, ...] = (
         "list": "Kopf lists the ModelCascades when it starts, then watches from there.",
         "watch": "Kopf watches ModelCascades; each event runs the reconcile handler.",
         "patch": "Kopf adds and removes its finalizer and writes its kascade.dev/ progress and "
-                 "last-handled-configuration annotations.",
+                 "last-handled-configuration annotations; a promotion points the student tier's model.uri at the "
+                 "new student (a JSON patch guarded by a test of the model the run started from).",
     }, "Kopf lists and watches the cascades, and patches them with its finalizer (the drift reconcile needs it) "
-       "and its `kascade.dev/` annotations; the status write re-reads one after a 409 Conflict"),
+       "and its `kascade.dev/` annotations; a promotion patches the student tier's `model.uri`; the status "
+       "write re-reads one after a 409 Conflict"),
+    RbacRule(GROUP, (DISTILLATION_PLURAL,), {
+        "list": "The runs of a cascade with spec.distillation, every reconcile (operator/distillation_loop.py).",
+        "create": "A run when the schedule is due and enough escalations were logged (owned by the cascade).",
+        "delete": "Finished runs beyond spec.distillation.historyLimit (their Jobs go with them).",
+    }, "a cascade's distillation runs: follow them, start one when due, delete those beyond the history limit"),
+    RbacRule(GROUP, (f"{DISTILLATION_PLURAL}/status",), {
+        "get": "The operator creates each cascade's `-distill` Role granting get and patch on runs' status, and "
+               "RBAC lets a subject grant in a Role only what it holds itself.",
+        "patch": "A run's Job, its end when the pod could not report it (Job failed), and the promotion decision.",
+    }, "a run's Job, its failure when the pod could not say, the promotion decision; `get` is never called, but "
+       "the runs' Role grants it"),
+    RbacRule("batch", ("jobs",), {
+        "get": "Each unfinished run's Job: made yet? failed? completed without a result?",
+        "create": "The Job of a run (owned by the run: deleting the run removes it).",
+    }, "the Job that runs `kascade distill` for a run, and how it ended"),
     RbacRule(GROUP, (f"{PLURAL}/status",), {
         "get": "The operator creates each router's Role granting get and patch on its cascade's status, and "
                "RBAC lets a subject grant in a Role only what it holds itself (no escalate verb).",

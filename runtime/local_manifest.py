@@ -22,6 +22,13 @@ from pydantic import ValidationError
 DEMO_MANIFEST = "demo.yaml"
 
 
+LOCAL_DISTILLATION = (
+    "spec.distillation runs in a cluster (the operator schedules Distillation Jobs and promotes students); "
+    "local mode does not: remove it here, and distil from the log by hand with `kascade distill`, then point "
+    "the tier's model.uri at the student"
+)
+
+
 class LocalModeError(Exception):
     """Local mode cannot run this manifest; `message` tells the user what to change."""
 
@@ -101,4 +108,6 @@ def check_runnable(cascade: ModelCascade) -> None:
             )
     if cascade.spec.router.api_key_secret is not None:
         _read_secret(cascade.spec.router.api_key_secret, "the router's client API key")
+    if cascade.spec.distillation is not None:
+        raise LocalModeError(LOCAL_DISTILLATION)
 

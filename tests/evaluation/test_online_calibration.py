@@ -109,6 +109,22 @@ def test_bounds_and_a_changed_spec_threshold() -> None:
     assert restarted.tiers[0].threshold == 0.97 and restarted.tiers[0].declared == 0.97  # a new spec value: from it
 
 
+def test_a_promoted_student_restarts_from_the_spec_threshold_and_forgets_the_old_models_samples() -> None:
+    traffic = Traffic(lambda score: 1.0)
+    figures = traffic.measure(1500)
+
+    def calibrate(previous: CalibrationStatus | None, model: str) -> CalibrationStatus:
+        return calibrate_tiers(GOAL, {"small": 0.95}, figures, previous, now="t", window_samples=2000,
+                               models={"small": model})  # fmt: skip
+
+    settled = calibrate(calibrate(None, "pvc://models/v1"), "pvc://models/v1")
+    assert settled.tiers[0].threshold < 0.95 and settled.tiers[0].samples == 1500 and settled.tiers[0].model == "pvc://models/v1"
+    promoted = calibrate(settled, "pvc://students/run-1")
+    tier = promoted.tiers[0]
+    assert tier.threshold == 0.95 and tier.samples == 0 and tier.reason == "CollectingSamples"
+    assert tier.model == "pvc://students/run-1"
+
+
 def test_scores_fall_in_the_bin_of_the_largest_edge_at_or_below_them() -> None:
     assert bin_edge(0.0) == 0.0 and bin_edge(0.949) == 0.9 + 0.04 and bin_edge(0.95) == 0.95
     assert bin_edge(1.0) == 0.9999 and bin_edge(-0.5) == 0.0

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +58,8 @@ from kascade.runtime.config import RouterConfig
 from kascade.testing.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
 from kascade.runtime.serving import BackgroundServer, free_port
 
-from kascade.testing import StandinApiServer, kubectl_path
+from kascade.testing import StandinApiServer
+from kascade.testing.operator_cluster import OPERATOR_AGENTS, Cluster, manifests, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -67,120 +68,18 @@ EXAMPLE = REPO / "examples" / "chat-vllm-gpu.yaml"
 NS, NAME = "llm", "chat"
 CLIENT_KEY = "e2e-client-key"
 INTERVAL_S = 0.5
-OPERATOR_AGENTS = ("kopf/", "kascade-operator/")
+
 CHILD_RESOURCES = ("serviceaccounts", "roles", "rolebindings", "configmaps", "services", "deployments")
 
 
 # --- the cluster ----------------------------------------------------------------------------
 
 
-@dataclass
-class Cluster:
-    server: StandinApiServer
-    tmp: Path
-    operator: subprocess.Popen[bytes] | None = None
-    operator_log: Path | None = None
-    liveness_port: int = 0
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        done = subprocess.run(
-            [str(kubectl_path()), "--kubeconfig", str(self.server.kubeconfig_path),
-             "--cache-dir", str(self.tmp / "kube-cache"), *args],
-            input=input, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        if check and done.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}\n{self.log_tail()}")
-        return done.stdout
-
-    def start_operator(self, **settings: str) -> None:
-        """`kascade operator` as a subprocess; `settings`: more KASCADE_* variables."""
-        self.liveness_port = free_port()
-        self.operator_log = self.tmp / f"operator-{time.monotonic_ns()}.log"
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.server.kubeconfig_path),
-            "KASCADE_RECONCILE_INTERVAL_SECONDS": str(INTERVAL_S),
-            "KASCADE_ROUTER_STATUS_REPORT_INTERVAL_SECONDS": "0.3",
-            "PYTHONUNBUFFERED": "1",
-            **settings,
-        }
-        with self.operator_log.open("wb") as log:
-            self.operator = subprocess.Popen(
-                [sys.executable, "-m", "kascade", "operator", "--namespace", NS, "--standalone",
-                 "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz", "--verbose"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-            )  # fmt: skip
-        wait_for(lambda: self._live(), timeout=30, what="the operator's liveness endpoint")
-
-    def _live(self) -> bool:
-        assert self.operator is not None
-        if self.operator.poll() is not None:
-            raise AssertionError(f"the operator exited with {self.operator.returncode}:\n{self.log_tail()}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop_operator(self) -> None:
-        if self.operator is not None and self.operator.poll() is None:
-            self.operator.send_signal(signal.SIGTERM)
-            try:
-                self.operator.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
-                self.operator.wait(timeout=5)
-        self.operator = None
-
-    def log_tail(self, lines: int = 60) -> str:
-        if self.operator_log is None or not self.operator_log.exists():
-            return ""
-        return "operator log:\n" + "\n".join(self.operator_log.read_text(errors="replace").splitlines()[-lines:])
-
-    # --- reading the stand-in ---
-
-    def cascade(self) -> dict[str, Any]:
-        found = self.server.get("modelcascades", NAME, NS)
-        assert found is not None, "the ModelCascade is gone"
-        return found
-
-    def status(self) -> dict[str, Any]:
-        return self.cascade().get("status") or {}
-
-    def condition(self, type_: str) -> dict[str, Any]:
-        return next((c for c in self.status().get("conditions") or [] if c["type"] == type_), {})
-
-    def children(self) -> dict[tuple[str, str], dict[str, Any]]:
-        found = {}
-        for resource in CHILD_RESOURCES:
-            for obj in self.server.objects(resource, NS, label_selector=f"kascade.dev/cascade={NAME}"):
-                found[(resource, obj["metadata"]["name"])] = obj
-        return found
-
-    def operator_writes(self, since: int) -> list[Any]:
-        return [r for r in self.server.writes(since=since) if r.user_agent.startswith(OPERATOR_AGENTS)]
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float = 20.0, what: str = "a condition",
-             context: Callable[[], str] = lambda: "") -> Any:  # fmt: skip
-    deadline = time.monotonic() + timeout
-    value = condition()
-    while not value:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value: {value!r})\n{context()}")
-        time.sleep(0.05)
-        value = condition()
-    return value
-
-
-def manifests(*documents: dict[str, Any]) -> str:
-    return yaml.safe_dump_all(documents, sort_keys=False)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("e2e-operator")
     with StandinApiServer(controller_delay=0.2) as server:
-        running = Cluster(server=server, tmp=tmp)
+        running = Cluster(server=server, tmp=tmp, namespace=NS, name=NAME, child_resources=CHILD_RESOURCES)
         running.kubectl("apply", "-f", str(REPO / "crds"))
         wait_for(lambda: server.get("customresourcedefinitions", "modelcascades.kascade.dev"), what="the CRD")
         wait_for(lambda: any(c["type"] == "Established" and c["status"] == "True" for c in

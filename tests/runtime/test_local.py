@@ -299,6 +299,15 @@ def test_cluster_only_model_uris_are_refused_before_loading(write_manifest, caps
     assert "lives in the cluster" in capsys.readouterr().out
 
 
+def test_scheduled_distillation_is_refused_in_local_mode(write_manifest, capsys) -> None:
+    document = manifest([transformers_tier("small", Path("/x"), threshold=0.5), transformers_tier("large", Path("/y"))])
+    document["spec"]["escalationLog"] = {"enabled": True, "uri": "/tmp/escalations"}
+    document["spec"]["distillation"] = {"outputUri": "pvc://students/chat"}
+    code = run_local(manifest=write_manifest(document), port=free_port(), host="127.0.0.1", demo=False, cache_dir=None)
+    assert code == 2
+    assert "spec.distillation runs in a cluster" in capsys.readouterr().out
+
+
 def test_a_busy_port_is_reported(tiny_small_lm_dir: Path, write_manifest, capsys) -> None:
     import socket
 

@@ -5,11 +5,26 @@ edit: change the table and run `python scripts/render_permissions.py`.
 */ -}}
 {{- define "kascade.operatorRules" -}}
 # Kopf lists and watches the cascades, and patches them with its finalizer
-# (the drift reconcile needs it) and its kascade.dev/ annotations; the status
-# write re-reads one after a 409 Conflict.
+# (the drift reconcile needs it) and its kascade.dev/ annotations; a promotion
+# patches the student tier's model.uri; the status write re-reads one after a
+# 409 Conflict.
 - apiGroups: ["kascade.dev"]
   resources: ["modelcascades"]
   verbs: ["get", "list", "watch", "patch"]
+# a cascade's distillation runs: follow them, start one when due, delete those
+# beyond the history limit.
+- apiGroups: ["kascade.dev"]
+  resources: ["distillations"]
+  verbs: ["list", "create", "delete"]
+# a run's Job, its failure when the pod could not say, the promotion decision;
+# get is never called, but the runs' Role grants it.
+- apiGroups: ["kascade.dev"]
+  resources: ["distillations/status"]
+  verbs: ["get", "patch"]
+# the Job that runs kascade distill for a run, and how it ended.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create"]
 # the status merge patch; get is never called, but the operator creates each
 # router's Role granting get and patch on it, and RBAC lets one grant only
 # what one holds.

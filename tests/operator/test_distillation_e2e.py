@@ -1,0 +1,282 @@
+"""End to end: distillation in the cluster, driven as a user would, with the real operator, kubectl and `kascade distill`.
+
+The stand-in API server has no kubelet: where a Job's pod would run, the test
+runs the pod's own command line (`kascade distill …` from the Job the operator
+made) as a real process, with the claims it mounts mapped to folders here and
+its status reports aimed at the stand-in; then it sets the Job's status as the
+Job controller would. In order:
+
+1. a classify cascade with the escalation log and `spec.distillation` waits
+   for records (`status.distillation.waiting`);
+2. a router slot reports 40 logged escalations: a Distillation and its Job
+   appear; the run trains on the log, passes the gate and is promoted: the
+   tier's `model.uri`, and so its Deployment, point at the new student, and
+   the model it replaced is the rollback target;
+3. the next run has nothing left to learn: the gate fails, the Deployment is
+   untouched and the run says why;
+4. a rollback is one field: the tier's `model.uri` set back to the target;
+5. a run whose Job fails is Failed with the Job's reason, never promoted;
+6. every call the operator made is in its RBAC rules; every call the run
+   made is in the Role the operator gave it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("kopf")
+pytest.importorskip("kmock")
+pytest.importorskip("torch")
+
+from kascade.api.counters import CounterSlot
+from kascade.api.escalation_record import EscalationRecord, ModelIdentity
+from kascade.operator.build_distillation import CLAIMS_ROOT, build_distiller_children
+from kascade.operator.labels import COMPONENT_ROUTER, selector_labels
+from kascade.operator.permissions import OPERATOR_RULES, rule_allows
+from kascade.runtime.log_segments import SegmentStore, records_table
+from kascade.runtime.status_report import replica_slot_patch
+from kascade.testing import StandinApiServer
+from kascade.testing.operator_cluster import OPERATOR_AGENTS, Cluster, manifests, wait_for
+from kascade.testing.tiny_models import build_tiny_classifier
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+NS, NAME = "llm", "reviews"
+SERVING = "pvc://models/small-v1"
+REVIEWS = [("This movie was great, I loved it.", "positive", [0.05, 0.95]),
+           ("This movie was terrible, I hated it.", "negative", [0.95, 0.05])]  # fmt: skip
+
+
+def cascade(**distillation: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kascade.dev/v1alpha1", "kind": "ModelCascade", "metadata": {"name": NAME, "namespace": NS},
+        "spec": {
+            "task": "classify",
+            "tiers": [
+                {"name": "small", "engine": "transformers", "model": {"uri": SERVING},
+                 "accept": {"method": "maxProb", "threshold": 0.9}},
+                {"name": "large", "engine": "transformers", "model": {"uri": "pvc://models/large"}},
+            ],
+            "escalationLog": {"enabled": True, "uri": f"pvc://escalations/{NAME}"},
+            "distillation": {"outputUri": f"pvc://students/{NAME}", "minSamples": 30, "steps": 30, "batchSize": 8,
+                             "learningRate": 0.01, "temperature": 1, "historyLimit": 1, "resources": {"gpus": 0},
+                             **distillation},
+        },
+    }  # fmt: skip
+
+
+def write_log(folder: Path) -> None:
+    """40 classify escalations, as the routers' writer keeps them: the large tier's label and probabilities."""
+    large = ModelIdentity(tier="large", served_model="large", uri="pvc://models/large")
+    small = ModelIdentity(tier="small", served_model="small", uri=SERVING)
+    records = [
+        EscalationRecord(id=f"r{i}-{n}", cascade=NAME, recorded_at=datetime.now(UTC), endpoint="classify",
+                         request=json.dumps({"input": text}), answered_by=large, answer=label, class_probs=probs,
+                         declined=[{"model": small, "text": "?", "score": 0.5, "method": "maxProb", "threshold": 0.9}])
+        for i, (text, label, probs) in enumerate(REVIEWS) for n in range(20)
+    ]  # fmt: skip
+    folder.mkdir(parents=True)
+    SegmentStore(str(folder)).write("escalations-20261130T000000Z-e2e-000001.parquet", records_table(records))
+
+
+@pytest.fixture(scope="module")
+def claims(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The claims the runs mount, as folders: models (the serving student, the teacher), the log, the students."""
+    root = tmp_path_factory.mktemp("claims")
+    build_tiny_classifier(root / "models" / "small-v1", seed=3)
+    build_tiny_classifier(root / "models" / "large", seed=7)
+    write_log(root / "escalations" / NAME)
+    (root / "students").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("e2e-distillation")
+    with StandinApiServer(controller_delay=0.2) as server:
+        running = Cluster(server=server, tmp=tmp, namespace=NS, name=NAME)
+        running.kubectl("apply", "-f", str(Path(__file__).resolve().parents[2] / "crds"))
+        for crd in ("modelcascades.kascade.dev", "distillations.kascade.dev"):
+            wait_for(lambda crd=crd: any(c["type"] == "Established" for c in
+                     ((server.get("crd", crd) or {}).get("status") or {}).get("conditions", [])), what=crd)  # fmt: skip
+        running.kubectl("apply", "-f", "-", input=manifests({"apiVersion": "v1", "kind": "Namespace",
+                                                              "metadata": {"name": NS}}))  # fmt: skip
+        running.start_operator()
+        try:
+            yield running
+        finally:
+            running.stop_operator()
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def log_escalations(cluster: Cluster, count: int) -> None:
+    """A router replica's slot with `count` logged escalations, written as the router writes it."""
+    if cluster.server.get("pods", "reviews-router-a", NS) is None:
+        cluster.server.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "reviews-router-a", "namespace": NS, "labels": selector_labels(NAME, COMPONENT_ROUTER)},
+            "spec": {"containers": [{"name": "router", "image": "kascade-runtime"}]}})  # fmt: skip
+    slot = CounterSlot(process_id="router-a-1", escalations_logged=count)
+    patch = replica_slot_patch(slot, "reviews-router-a")
+    cluster.kubectl("patch", "modelcascade", NAME, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(patch))
+
+
+def distillations(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in cluster.server.objects("distillations", NS)}
+
+
+def new_run(cluster: Cluster, known: set[str]) -> dict[str, Any]:
+    name = wait_for(lambda: next(iter(set(distillations(cluster)) - known), None), what="a new Distillation",
+                    context=cluster.log_tail)  # fmt: skip
+    wait_for(lambda: cluster.server.get("jobs", name, NS), what=f"the Job of {name}", context=cluster.log_tail)
+    return distillations(cluster)[name]
+
+
+def run_pod(cluster: Cluster, claims: Path, run: str) -> subprocess.CompletedProcess[str]:
+    """What the Job's pod would do: its container's command, claims mapped here, reports to the stand-in."""
+    job = cluster.server.get("jobs", run, NS)
+    assert job is not None
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    args = [arg.replace(CLAIMS_ROOT, str(claims)) for arg in container["args"]]
+    token = cluster.tmp / "distill-token"
+    token.write_text("e2e-distill-token\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "kascade", *args, "--api-server", cluster.server.url,
+                           "--token-file", str(token)], capture_output=True, text=True, env=env, timeout=240)  # fmt: skip
+
+
+def finish_job(cluster: Cluster, run: str, condition: str, reason: str = "") -> None:
+    """The Job controller's part: the Job's end in its status."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    counts = {"succeeded": 1} if condition == "Complete" else {"failed": 3}
+    status = {**counts, "startTime": now, "conditions": [
+        {"type": condition, "status": "True", "reason": reason, "message": f"e2e: {reason or condition}",
+         "lastProbeTime": now, "lastTransitionTime": now}]}  # fmt: skip
+    cluster.kubectl("patch", "job", run, "-n", NS, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": status}))  # fmt: skip
+
+
+def promotion(cluster: Cluster, run: str) -> dict[str, Any]:
+    return wait_for(lambda: ((distillations(cluster).get(run) or {}).get("status") or {}).get("promotion"),
+                    timeout=30, what=f"the decision about {run}", context=cluster.log_tail)  # fmt: skip
+
+
+def small_tier_uri(cluster: Cluster) -> str:
+    return cluster.cascade()["spec"]["tiers"][0]["model"]["uri"]
+
+
+def small_deployment(cluster: Cluster) -> dict[str, Any]:
+    found = cluster.server.get("deployments", "reviews-small", NS)
+    assert found is not None
+    return found
+
+
+def served_claim(deployment: dict[str, Any]) -> str:
+    volumes = deployment["spec"]["template"]["spec"].get("volumes") or []
+    return next(v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v)
+
+
+# --- the story ----------------------------------------------------------------------------
+
+
+def test_a_cascade_waits_for_enough_new_escalations(cluster: Cluster, claims: Path):
+    cluster.kubectl("apply", "-f", "-", input=manifests(cascade()))
+    waiting = wait_for(lambda: (cluster.status().get("distillation") or {}).get("waiting"), context=cluster.log_tail,
+                       what="status.distillation.waiting")  # fmt: skip
+    assert waiting == "0 of 30 new escalation records since the last run"
+    assert cluster.server.get("serviceaccounts", "reviews-distill", NS) is not None
+    assert distillations(cluster) == {}
+
+
+def test_a_run_that_passes_the_gate_is_promoted_and_the_tier_rolls_out(cluster: Cluster, claims: Path):
+    log_escalations(cluster, 40)
+    run = new_run(cluster, set())
+    name = run["metadata"]["name"]
+    assert run["spec"]["student"] == SERVING and run["spec"]["output"] == f"pvc://students/{NAME}/{name}"
+    assert run["metadata"]["ownerReferences"][0]["name"] == NAME
+    done = run_pod(cluster, claims, name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = distillations(cluster)[name]["status"]
+    assert status["phase"] == "Succeeded" and status["gate"]["passed"] and status["after"]["answerAgreement"] == 1.0
+    finish_job(cluster, name, "Complete")
+    decided = promotion(cluster, name)
+    assert decided["promoted"] and decided["reason"] == "Promoted" and decided["previousModel"] == SERVING
+    assert small_tier_uri(cluster) == f"pvc://students/{NAME}/{name}"
+    wait_for(lambda: served_claim(small_deployment(cluster)) == "students", what="the tier serving the new student",
+             context=cluster.log_tail)  # fmt: skip
+    summary = wait_for(lambda: (cluster.status().get("distillation") or {}).get("lastPromoted") == name
+                       and cluster.status()["distillation"], what="status.distillation")  # fmt: skip
+    assert summary["rollbackTarget"] == SERVING and summary["serving"] == f"pvc://students/{NAME}/{name}"
+    table = cluster.kubectl("get", "distillations", "-n", NS)
+    assert name in table and "Succeeded" in table and "Promoted" in table and "+1.0000" in table
+
+
+def test_a_run_that_fails_the_gate_leaves_the_deployment_untouched(cluster: Cluster, claims: Path):
+    serving = small_tier_uri(cluster)
+    before = small_deployment(cluster)["metadata"]["resourceVersion"]
+    log_escalations(cluster, 80)
+    run = new_run(cluster, set(distillations(cluster)))
+    name = run["metadata"]["name"]
+    assert run["spec"]["student"] == serving, "the next run starts from the promoted student"
+    done = run_pod(cluster, claims, name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    finish_job(cluster, name, "Complete")
+    decided = promotion(cluster, name)
+    assert not decided["promoted"] and decided["reason"] == "GateFailed" and "needs at least" in decided["message"]
+    assert small_tier_uri(cluster) == serving
+    assert small_deployment(cluster)["metadata"]["resourceVersion"] == before
+    events = cluster.kubectl("get", "events", "-n", NS, "-o", "json")
+    assert "NotPromoted" in events
+
+
+def test_a_rollback_is_one_field(cluster: Cluster, claims: Path):
+    target = cluster.status()["distillation"]["rollbackTarget"]
+    patch = [{"op": "replace", "path": "/spec/tiers/0/model/uri", "value": target}]
+    cluster.kubectl("patch", "modelcascade", NAME, "-n", NS, "--type=json", "-p", json.dumps(patch))
+    wait_for(lambda: served_claim(small_deployment(cluster)) == "models", what="the tier back on the old model",
+             context=cluster.log_tail)  # fmt: skip
+    wait_for(lambda: cluster.status()["distillation"]["serving"] == SERVING, what="status.distillation.serving")
+
+
+def test_a_run_whose_job_fails_is_failed_and_never_promoted(cluster: Cluster, claims: Path):
+    log_escalations(cluster, 120)
+    name = new_run(cluster, set(distillations(cluster)))["metadata"]["name"]
+    finish_job(cluster, name, "Failed", "BackoffLimitExceeded")
+    decided = promotion(cluster, name)
+    assert decided["reason"] == "RunFailed" and "BackoffLimitExceeded" in decided["message"]
+    assert distillations(cluster)[name]["status"]["phase"] == "Failed"
+    assert small_tier_uri(cluster) == SERVING
+    kept = wait_for(lambda: len(distillations(cluster)) == 2 and set(distillations(cluster)),
+                    what="runs beyond the history limit deleted")  # fmt: skip
+    assert name in kept and cluster.status()["distillation"]["lastPromoted"] in kept, "the rollback target's run stays"
+
+
+def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Path):
+    requests = [r for r in cluster.server.requests if r.resource is not None]
+    operator = [r for r in requests if r.user_agent.startswith(OPERATOR_AGENTS)]
+    for request in operator:
+        resource = request.resource if request.subresource is None else f"{request.resource}/{request.subresource}"
+        assert rule_allows(OPERATOR_RULES, verb=request.verb, group=request.group or "", resource=resource), request
+    role = next(c for c in build_distiller_children(_parsed()) if c["kind"] == "Role")
+    runs = [r for r in requests if r.resource == "distillations" and not r.user_agent.startswith(OPERATOR_AGENTS)
+            and not r.user_agent.startswith("kubectl")]  # fmt: skip
+    assert runs, "the runs reported into their Distillations"
+    for request in runs:
+        rule = role["rules"][0]
+        assert f"{request.resource}/{request.subresource}" in rule["resources"] and request.verb in rule["verbs"]
+
+
+def _parsed() -> Any:
+    from kascade.api.modelcascade import ModelCascade
+
+    return ModelCascade.model_validate(cascade())
