@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from kascade.api.base import SpecModel, StatusModel
 from kascade.api.loop import DistillationLoss, DistillationPolicy
 from kascade.api.modelcascade import GROUP, VERSION
+from kascade.api.modelcascade import SecretKeyRef
 from kascade.api.resources import DNS_LABEL_PATTERN, Resources, Toleration
 from kascade.api.status import Condition
 
@@ -73,6 +74,7 @@ class DistillationSpec(SpecModel):
         min_length=1, max_length=2048,
         description="The model the run starts from (the tier's serving one): pvc://claim/path, hf://org/name, s3://…",
     )  # fmt: skip
+    hub_token_secret: SecretKeyRef | None = Field(default=None, description="HF_TOKEN for an hf:// student (the tier's).")
     data: str = Field(
         min_length=1, max_length=2048,
         description="The escalation log (pvc://claim/path or s3://bucket/prefix) or a dataset .jsonl on a claim.",

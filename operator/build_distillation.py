@@ -65,6 +65,7 @@ def build_distillation(
     on_policy = policy.on_policy_fraction > 0
     spec = DistillationSpec(
         cascade=cascade.metadata.name, tier=tier_name, student=tier.model.uri, data=log.uri,
+        hub_token_secret=tier.model.hub_token_secret,
         credentials_secret=log.credentials_secret, output=f"{policy.output_uri.rstrip('/')}/{name}",
         teacher_url=tier_service_url(cascade, teacher, settings) if on_policy else None,
         teacher_model=teacher.served_name if on_policy else None,
@@ -144,6 +145,9 @@ def build_distillation_job(run: Distillation, settings: OperatorSettings) -> dic
         "resources": tier_resources(spec),
         "volumeMounts": claims.mounts(),
     }
+    if spec.hub_token_secret is not None:
+        secret = {"name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}
+        container["env"].append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": secret}})
     if spec.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.credentials_secret}}]
     pod: dict[str, Any] = {

@@ -53,11 +53,10 @@ async def reconcile_distillations(operator: Any, cascade: ModelCascade, target: 
         except ValidationError as error:
             log.warning("%s/%s: unreadable Distillation: %s", namespace, raw["metadata"]["name"], error)
     now = operator.clock()
-    runs = [(await _follow(operator, cascade, run, raw, now), raw) for run, raw in runs]
-    for run, _ in runs:
-        await _decide(operator, cascade, target, run, now)
-    waiting = await _schedule(operator, cascade, target, [run for run, _ in runs], now)
-    await _write_summary(operator, cascade, target, waiting)
+    followed = [await _follow(operator, cascade, run, raw, now) for run, raw in runs]
+    decided = [await _decide(operator, cascade, target, run, now) for run in followed]
+    waiting, kept = await _schedule(operator, cascade, target, decided, now)
+    await _write_summary(operator, cascade, target, kept, waiting)
 
 
 async def _patch_run(operator: Any, run: Distillation, patch: Mapping[str, Any]) -> Distillation:
@@ -104,11 +103,11 @@ async def _follow(operator: Any, cascade: ModelCascade, run: Distillation, raw: 
                                             "finishedAt": now})  # fmt: skip
 
 
-async def _decide(operator: Any, cascade: ModelCascade, target: Target, run: Distillation, now: str) -> None:
-    """Step 2 for one run: promote it, or say why not; once."""
+async def _decide(operator: Any, cascade: ModelCascade, target: Target, run: Distillation, now: str) -> Distillation:
+    """Step 2 for one run: promote it, or say why not; once. The run as it is now."""
     promotion = decide_promotion(run, cascade, now=now)
     if promotion is None:
-        return
+        return run
     if promotion.promoted and (operations := spec_patch(run, cascade)) is not None:
         try:
             await operator.api.patch_json(API_VERSION, "modelcascades", target.name, namespace=target.namespace,
@@ -117,45 +116,49 @@ async def _decide(operator: Any, cascade: ModelCascade, target: Target, run: Dis
             if error.status != 422:
                 raise
             raise kopf.TemporaryError(f"tier {run.spec.tier} changed while promoting {run.metadata.name}; again", delay=1)
-    await _patch_run(operator, run, {"promotion": promotion.model_dump(mode="json", by_alias=True, exclude_none=True)})
+    written = await _patch_run(operator, run, {"promotion": promotion.model_dump(mode="json", by_alias=True,
+                                                                                exclude_none=True)})  # fmt: skip
     if promotion.reason == PROMOTED:
         post(target.body, Notice("Normal", "Promoted", f"{run.metadata.name}: {promotion.message}"))
     else:
         post(target.body, Notice("Warning", "NotPromoted", f"{run.metadata.name} ({promotion.reason}): {promotion.message}"))
+    return written
 
 
-async def _schedule(operator: Any, cascade: ModelCascade, target: Target, runs: list[Distillation], now: str) -> str:
-    """Step 3: old runs deleted, a new one created when due; why none starts (or which did)."""
+async def _schedule(
+    operator: Any, cascade: ModelCascade, target: Target, runs: list[Distillation], now: str
+) -> tuple[str, list[Distillation]]:
+    """Step 3: old runs deleted, a new one created when due; why none starts (or which did), and the runs kept."""
     policy = cascade.spec.distillation
     if policy is None:
-        return ""
+        return "", runs
     logged = int(((target.status.get("traffic") or {}).get("escalationsLogged")) or 0)
     created = parse_time((target.body.get("metadata") or {}).get("creationTimestamp"))
     moment = parse_time(now) or datetime.now(UTC)
     plan = plan_runs(policy, runs, cascade=cascade.metadata.name, cascade_created=created, logged=logged, now=moment)
     for name in plan.delete:
         await operator.api.delete(API_VERSION, DISTILLATION_PLURAL, name, namespace=target.namespace)
+    kept = [run for run in runs if run.metadata.name not in plan.delete]
     if plan.start is None:
-        return plan.waiting
+        return plan.waiting, kept
     manifest = build_distillation(cascade, operator.settings, name=plan.start, log_records=logged)
     kopf.append_owner_reference(manifest, owner=target.body)
     try:
-        await operator.api.create(manifest)
+        created = await operator.api.create(manifest)
     except ApiError as error:
         if not error.conflict:
             raise
-    return f"run {plan.start} started"
+        return f"run {plan.start} started", kept
+    return f"run {plan.start} started", [*kept, Distillation.model_validate(created)]
 
 
-async def _write_summary(operator: Any, cascade: ModelCascade, target: Target, waiting: str) -> None:
-    """Step 4, from the runs as they are now (one list after the writes above)."""
+async def _write_summary(
+    operator: Any, cascade: ModelCascade, target: Target, runs: list[Distillation], waiting: str
+) -> None:
+    """Step 4, from the runs as the steps above left them."""
     summary = None
     if cascade.spec.distillation is not None:
-        listed = await operator.api.list(API_VERSION, DISTILLATION_PLURAL, namespace=target.namespace,
-                                         kind=DISTILLATION_KIND)  # fmt: skip
-        runs = sorted((Distillation.model_validate(raw) for raw in listed
-                       if (raw.get("spec") or {}).get("cascade") == target.name), key=created_at)  # fmt: skip
-        summary = summarize_runs(cascade, runs, waiting)
+        summary = summarize_runs(cascade, sorted(runs, key=created_at), waiting)
 
     async def compose(current: Mapping[str, Any]) -> dict[str, Any]:
         del current
