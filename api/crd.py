@@ -24,6 +24,7 @@ from kascade.api.loop import (
     THRESHOLD_BOUNDS_IN_ORDER,
     DISTILLATION_NEEDS_THE_LOG,
     DISTILLATION_TIER_NOT_LAST,
+    ON_POLICY_NEEDS_A_SCORING_TEACHER,
 )
 from kascade.api.modelcascade import (
     CLASSIFY_FEATURES,
@@ -186,6 +187,14 @@ SPEC_RULES += [
             "self.tiers.exists(t, t.name == self.distillation.tier && t.name != self.tiers[size(self.tiers) - 1].name)"
         ),
         "message": DISTILLATION_TIER_NOT_LAST,
+    },
+    {
+        "rule": (
+            "!has(self.distillation) || !has(self.distillation.onPolicyFraction) || "
+            f"self.distillation.onPolicyFraction == 0.0 || ({_TASK} != 'classify' && "
+            f"(has({_LAST_TIER}.engine) ? {_LAST_TIER}.engine : 'vllm') != 'external')"
+        ),
+        "message": ON_POLICY_NEEDS_A_SCORING_TEACHER,
     },
 ]
 

@@ -45,6 +45,11 @@ ESCALATION_LOG_NEEDS_A_PLACE = (
 DISTILLATION_NEEDS_THE_LOG = (
     "spec.distillation needs spec.escalationLog.enabled with a uri: runs learn from the escalations it keeps"
 )
+ON_POLICY_NEEDS_A_SCORING_TEACHER = (
+    "spec.distillation.onPolicyFraction > 0 needs a generative task and a last tier Kascade deploys (vllm or "
+    "transformers): its server scores the student's samples by prompt_logprobs, which hosted APIs and classifiers "
+    "do not give"
+)
 DISTILLATION_TIER_NOT_LAST = "spec.distillation.tier must name a tier of the cascade that is not the last"
 
 

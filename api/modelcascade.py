@@ -25,6 +25,7 @@ from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from h
     EscalationLog,
     DISTILLATION_NEEDS_THE_LOG,
     DISTILLATION_TIER_NOT_LAST,
+    ON_POLICY_NEEDS_A_SCORING_TEACHER,
     ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
 )
 from kascade.api.resources import (  # noqa: F401 - imported from here too
@@ -276,6 +277,10 @@ class ModelCascadeSpec(SpecModel):
                 raise ValueError(DISTILLATION_NEEDS_THE_LOG)
             if self.distillation.tier is not None and self.distillation.tier not in [t.name for t in self.tiers[:-1]]:
                 raise ValueError(DISTILLATION_TIER_NOT_LAST)
+            if self.distillation.on_policy_fraction > 0 and (
+                self.task is Task.classify or self.tiers[-1].engine is EngineKind.external
+            ):
+                raise ValueError(ON_POLICY_NEEDS_A_SCORING_TEACHER)
         if self.calibration is not None and self.calibration.online and self.router.streaming.mode is StreamingMode.early:
             raise ValueError(ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS)
         return self

@@ -192,6 +192,11 @@ CASES = [
          escalationLog={"enabled": True, "uri": "pvc://log/chat"},
          distillation={"outputUri": "pvc://students/chat", "tier": m["spec"]["tiers"][-1]["name"]}), "cel",
          "spec: spec.distillation.tier must name a tier", "spec.distillation.tier must name a tier"),
+    Case("on-policy-distillation-from-a-hosted-api", lambda m: (m["spec"].update(
+         escalationLog={"enabled": True, "uri": "pvc://log/chat"},
+         distillation={"outputUri": "pvc://students/chat", "onPolicyFraction": 0.5}),
+         m["spec"]["tiers"][-1].update(engine="external", model={"uri": "https://api.example.com/v1"})), "cel",
+         "spec: spec.distillation.onPolicyFraction > 0 needs", "onPolicyFraction > 0 needs a generative task"),
     Case("distillation-to-s3", lambda m: m["spec"].update(
          escalationLog={"enabled": True, "uri": "pvc://log/chat"},
          distillation={"outputUri": "s3://bucket/students"}), "schema",

@@ -242,8 +242,9 @@ def test_cel_rules_are_attached_where_they_belong() -> None:
                       ".spec.tiers[].tolerations[]"]
     # 7 cross-field on spec, 4 on calibration (a goal, no minAccuracy online, bounds in order, whole answers
     # online), 1 escalation log with a place, 1 external URL per tier, 2 on accept, 1 toleration,
-    # 2 on distillation (needs the log, a student tier that is not the last), 1 toleration of its runs.
-    assert len(cel_rules()) == 19
+    # 3 on distillation (needs the log, a student tier that is not the last, on-policy needs a scoring teacher),
+    # 1 toleration of its runs.
+    assert len(cel_rules()) == 20
 
 
 # --- the converter refuses what it cannot express -----------------------------
