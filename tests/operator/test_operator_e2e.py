@@ -119,6 +119,7 @@ def test_kubectl_apply_creates_the_children_with_gpu_requests(cluster: Cluster):
     expected = {("deployments", f"{NAME}-{c}") for c in ("small", "large", "router")}
     expected |= {("services", f"{NAME}-{c}") for c in ("small", "large", "router")}
     expected |= {(r, f"{NAME}-router") for r in ("serviceaccounts", "roles", "rolebindings", "configmaps")}
+    expected |= {(r, f"{NAME}-distill") for r in ("serviceaccounts", "roles", "rolebindings")}  # the runs' identity
     wait_for(lambda: expected <= set(cluster.children()), what="the children", context=cluster.log_tail)
     children = cluster.children()
     assert set(children) == expected
