@@ -32,7 +32,8 @@ _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # a DNS subdomai
 def parse_report_target(value: str) -> tuple[str, str]:
     """`NAMESPACE/NAME` of a Distillation, as (namespace, name); ValueError says what is wrong."""
     namespace, slash, name = value.partition("/")
-    if not slash or not re.match(DNS_LABEL_PATTERN, namespace) or not _OBJECT_NAME.match(name) or len(name) > 253:
+    namespace_fits = re.match(DNS_LABEL_PATTERN, namespace) and len(namespace) <= 63
+    if not slash or not namespace_fits or not _OBJECT_NAME.match(name) or len(name) > 253:
         raise ValueError(
             f"{value!r} is not NAMESPACE/NAME of a Distillation (lowercase letters, digits and '-', e.g. llm/chat-1)"
         )

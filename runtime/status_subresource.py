@@ -11,6 +11,7 @@ CA file means the system's CAs.
 from __future__ import annotations
 
 import os
+import ssl
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -56,9 +57,11 @@ class StatusTarget(BaseModel):
             f"/{self.plural}/{self.name}/status"
         )
 
-    def tls_verify(self) -> str | bool:
-        """httpx's `verify`: the cluster's CA when mounted, else the system's."""
-        return self.ca_file if self.ca_file and Path(self.ca_file).exists() else True
+    def tls_verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify`: the cluster's CA when mounted, else the system's (httpx 0.28 deprecates a path here)."""
+        if self.ca_file and Path(self.ca_file).exists():
+            return ssl.create_default_context(cafile=self.ca_file)
+        return True
 
     def merge_patch_headers(self, user_agent: str) -> dict[str, str]:
         """Headers of a merge patch; the token is re-read every time: projected tokens rotate."""
