@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from kascade.cli import app
 from kascade.distillation.report import USER_AGENT, DistillationReportConfig, DistillationReporter, ReportError
-from kascade.distillation.status import Throttle
+from kascade.distillation.status import Throttle, parse_report_target
 from kascade.runtime.serving import BackgroundServer
 
 pytest.importorskip("kmock")
@@ -157,6 +157,13 @@ def test_a_malformed_report_target_is_refused_by_the_cli(tiny_small_lm_dir: Path
     result = CliRunner().invoke(app, ["distill", "--student", str(tiny_small_lm_dir), "--data", "x.jsonl",
                                       "--out", str(tmp_path / "o"), "--report-to", "just-a-name"], env={"COLUMNS": "200"})  # fmt: skip
     assert result.exit_code == 2 and "'just-a-name' is not NAMESPACE/NAME of a Distillation" in result.output
+
+
+@pytest.mark.parametrize("value", ["just-a-name", "llm/", "/run-1", "LLM/run-1", "llm/run/1", "llm/Run-1", f"{'n' * 64}/run"])
+def test_a_report_target_is_namespace_slash_name(value: str) -> None:
+    assert parse_report_target("llm/chat-distill.2") == ("llm", "chat-distill.2")
+    with pytest.raises(ValueError, match="is not NAMESPACE/NAME of a Distillation"):
+        parse_report_target(value)
 
 
 def test_progress_writes_are_throttled_to_one_per_interval() -> None:
