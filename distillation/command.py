@@ -1,34 +1,84 @@
-"""The shell of `kascade distill`: progress bar, clear errors, the before/after table."""
+"""The shell of `kascade distill`: progress bar, clear errors, the before/after table, the report to its Distillation."""
 
 from __future__ import annotations
+
+import contextlib
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from kascade.distillation.examples import DistillDataError
+from kascade.distillation.report import DistillationReportConfig, DistillationReporter, ReportError
 from kascade.distillation.run import PROVENANCE, run_distill
 from kascade.distillation.settings import DistillSettings
 from kascade.runtime.engines.transformers.loading import ModelLoadError
+from kascade.runtime.signals import interrupt_on_stop_signals
 
 
-def run_distill_command(settings: DistillSettings, *, resume: bool, console: Console | None = None) -> int:
+def run_distill_command(
+    settings: DistillSettings, *, resume: bool, console: Console | None = None,
+    report: DistillationReportConfig | None = None, model_uri: str | None = None,
+) -> int:  # fmt: skip
+    """Train and say the result; with `report`, write the run's progress and result into its Distillation.
+
+    `model_uri`: the output as a tier's model.uri (reported as status.model); default: the output folder.
+    """
     console = console or Console()
+    with contextlib.ExitStack() as stack:
+        reporter = stack.enter_context(DistillationReporter(report)) if report else None
+        try:
+            with interrupt_on_stop_signals():
+                if reporter:
+                    reporter.start(settings.steps)
+                provenance = _train(settings, resume, console, reporter)
+        except KeyboardInterrupt:  # not the run's failure: nothing final is reported, the Job may retry and resume
+            console.print("stopped; run the same command again to resume from the last checkpoint")
+            return 130
+        except ReportError as error:
+            console.print(f"[red]error:[/red] {error}; not training a student whose result could not be reported")
+            return 2
+        except (DistillDataError, ModelLoadError, ValueError) as error:
+            console.print(f"[red]error:[/red] {error}")
+            _report_failure(reporter, str(error), console)
+            return 2
+        except Exception as error:
+            _report_failure(reporter, f"{type(error).__name__}: {error}", console)
+            raise
+        _say_result(provenance, settings, console)
+        if reporter:
+            try:
+                reporter.succeed(provenance, model=model_uri or str(settings.out.resolve()))
+            except ReportError as error:
+                console.print(f"[red]error:[/red] {error}; the student is in {settings.out}, its result is not reported")
+                return 2
+    return 0
+
+
+def _train(settings: DistillSettings, resume: bool, console: Console, reporter: DistillationReporter | None) -> dict:
     columns = (TextColumn("distilling"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
                TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("steps", total=settings.steps, loss=0.0)
+
+        def stepped(step: int, loss: float) -> None:
+            progress.update(task, completed=step, loss=loss)
+            if reporter:
+                reporter.progress(step, loss)
+
+        return run_distill(settings, resume=resume, say=console.print, progress=stepped)
+
+
+def _report_failure(reporter: DistillationReporter | None, message: str, console: Console) -> None:
+    if reporter is None:
+        return
     try:
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("steps", total=settings.steps, loss=0.0)
-            provenance = run_distill(
-                settings, resume=resume, say=console.print,
-                progress=lambda step, loss: progress.update(task, completed=step, loss=loss),
-            )  # fmt: skip
-    except (DistillDataError, ModelLoadError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        return 2
-    except KeyboardInterrupt:
-        console.print("stopped; run the same command again to resume from the last checkpoint")
-        return 130
+        reporter.fail(message)
+    except ReportError as error:
+        console.print(f"[red]error:[/red] {error}; the failure above is not reported")
+
+
+def _say_result(provenance: dict, settings: DistillSettings, console: Console) -> None:
     console.print(figures_table(provenance))
     gate = provenance["gate"]
     if gate["passed"]:
@@ -37,7 +87,6 @@ def run_distill_command(settings: DistillSettings, *, resume: bool, console: Con
         console.print("promotion gate: [red]failed[/red]: " + "; ".join(gate["reasons"]))
     console.print(f"student written to {settings.out} (point a tier's model.uri at it); provenance in "
                   f"{settings.out / PROVENANCE}; {provenance['train_seconds']} s training, peak {provenance['peak_memory_mib']} MiB")  # fmt: skip
-    return 0
 
 
 def figures_table(provenance: dict) -> Table:

@@ -253,6 +253,11 @@ def distill(
     slice_tolerance: Annotated[float, typer.Option(help="Promotion gate: most any held-out slice may lose.")] = 0.02,
     min_slice_examples: Annotated[int, typer.Option(help="Promotion gate: smaller slices are shown, not judged.")] = 20,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out, if any.")] = True,
+    report_to: Annotated[Optional[str], typer.Option(metavar="NAMESPACE/NAME", help="A Distillation whose status this run writes: its progress and result (off by default).")] = None,
+    model_uri: Annotated[Optional[str], typer.Option(metavar="URI", help="The output as a tier's model.uri says it (e.g. pvc://claim/path); reported as status.model. Default: the --out folder.")] = None,
+    api_server: Annotated[Optional[str], typer.Option(metavar="URL", help="The API server --report-to writes to. Default: in-cluster (KUBERNETES_SERVICE_HOST/PORT).")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(help="Bearer token for --report-to (none when the file is missing). Default: the pod's service-account token.")] = None,
+    report_interval: Annotated[Optional[float], typer.Option(min=0, envvar="KASCADE_DISTILL_REPORT_INTERVAL_SECONDS", help="Least seconds between two progress writes of --report-to. Default: 10.")] = None,
 ) -> None:
     """Distil a student from the escalation log (or a dataset): soft targets, temperature, LoRA; resumable."""
     from pydantic import ValidationError
@@ -263,7 +268,8 @@ def distill(
         settings = _distill_settings(locals())
     except ValidationError as error:
         raise typer.BadParameter("; ".join(e["msg"] for e in error.errors())) from None
-    raise typer.Exit(run_distill_command(settings, resume=resume))
+    report = _report_config(report_to, api_server, token_file, report_interval) if report_to else None
+    raise typer.Exit(run_distill_command(settings, resume=resume, report=report, model_uri=model_uri))
 
 
 def _distill_settings(options: dict):  # noqa: ANN202 - a DistillSettings, imported lazily
@@ -271,6 +277,19 @@ def _distill_settings(options: dict):  # noqa: ANN202 - a DistillSettings, impor
 
     names = set(DistillSettings.model_fields) - {"divergence", "device"}
     return DistillSettings(divergence=options["loss"], **{k: v for k, v in options.items() if k in names})
+
+
+def _report_config(target: str, api_server: str | None, token_file: Path | None, interval: float | None):  # noqa: ANN202
+    """A DistillationReportConfig (imported lazily); the reporter's own defaults for what is not given."""
+    from kascade.distillation.report import DistillationReportConfig
+    from kascade.distillation.status import parse_report_target
+
+    try:
+        namespace, name = parse_report_target(target)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--report-to") from None
+    given = {"api_server": api_server, "token_file": str(token_file) if token_file else None, "interval_seconds": interval}
+    return DistillationReportConfig(namespace=namespace, name=name, **{k: v for k, v in given.items() if v is not None})
 
 
 def _add_log_commands() -> None:

@@ -7,8 +7,8 @@ patch cannot double count. A restarted process has a new processId and so a
 new slot; the operator folds the slots into `status.traffic` and
 `status.cost`, retiring the slots of processes that are gone.
 
-Plain httpx with the pod's service-account token: the runtime never imports
-kubernetes or kopf.
+Plain httpx with the pod's service-account token (`status_subresource.py`):
+the runtime never imports kubernetes or kopf.
 """
 
 from __future__ import annotations
@@ -17,50 +17,26 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kascade.api.counters import CounterSlot
 from kascade.api.status import REPLICA_COUNTERS
-from kascade.api.modelcascade import GROUP, PLURAL, VERSION
+from kascade.api.modelcascade import PLURAL
+from kascade.runtime.status_subresource import StatusTarget
 
 log = logging.getLogger("kascade.router.status")
 
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
-
-class StatusReportConfig(BaseModel):
+class StatusReportConfig(StatusTarget):
     """Where a router replica reports; the operator renders it, with in-cluster defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    plural: ClassVar[str] = PLURAL
 
-    namespace: str
-    name: str = Field(description="The ModelCascade's name.")
-    api_server: str | None = Field(
-        default=None, description="API server URL; default: the in-cluster KUBERNETES_SERVICE_HOST/PORT."
-    )
-    token_file: str = str(SERVICE_ACCOUNT / "token")
-    ca_file: str | None = str(SERVICE_ACCOUNT / "ca.crt")
     pod_env: str = Field(default="POD_NAME", description="Environment variable holding this pod's name.")
     interval_seconds: float = Field(default=15.0, gt=0)
-
-    def resolved_api_server(self) -> str:
-        if self.api_server:
-            return self.api_server.rstrip("/")
-        host = os.environ.get("KUBERNETES_SERVICE_HOST")
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        if not host:
-            raise RuntimeError("no api_server set and KUBERNETES_SERVICE_HOST is empty: not running in a cluster?")
-        return f"https://{host}:{port}"
-
-    def status_url(self) -> str:
-        return (
-            f"{self.resolved_api_server()}/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}"
-            f"/{PLURAL}/{self.name}/status"
-        )
 
 
 def replica_slot_patch(snapshot: CounterSlot | Mapping[str, Any], pod: str) -> dict[str, Any]:
@@ -90,22 +66,14 @@ class StatusReporter:
         self.reports = 0  # successful writes, for /readyz-style introspection and tests
 
     def _client(self) -> httpx.AsyncClient:
-        verify: str | bool = self.config.ca_file if self.config.ca_file and Path(self.config.ca_file).exists() else True
-        return httpx.AsyncClient(verify=verify, timeout=10.0)
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/merge-patch+json", "User-Agent": "kascade-router"}
-        token_path = Path(self.config.token_file)
-        if token_path.exists():  # re-read every time: projected tokens rotate
-            headers["Authorization"] = f"Bearer {token_path.read_text().strip()}"
-        return headers
+        return httpx.AsyncClient(verify=self.config.tls_verify(), timeout=10.0)
 
     async def report_once(self, client: httpx.AsyncClient) -> bool:
         try:
             response = await client.patch(
                 self.config.status_url(),
                 json=replica_slot_patch(self._snapshot(), self._pod),
-                headers=self._headers(),
+                headers=self.config.merge_patch_headers("kascade-router"),
             )
         except (httpx.HTTPError, RuntimeError, OSError) as error:
             log.warning("could not report counters to %s/%s: %s", self.config.namespace, self.config.name, error)

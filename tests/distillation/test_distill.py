@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,10 @@ from kascade.cli import app
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.engines.transformers import TransformersEngine
 
-PROMPTS = [f"{subject} {verb} {thing}?" for subject in ("What", "Why", "How", "Who")
-           for verb in ("is", "are", "was") for thing in ("the cat", "a model", "Paris")]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
-def escalation_log(tmp_path_factory: pytest.TempPathFactory, tiny_small_lm_dir: Path, tiny_large_lm_dir: Path) -> Path:
+def escalation_log(
+    tmp_path_factory: pytest.TempPathFactory, tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, prompts: list[str]
+) -> Path:
     """36 escalations kept by local mode (`kascade up`'s cascade, tiers in process) with the log on; threshold 1."""
     import io
 
@@ -40,7 +39,7 @@ def escalation_log(tmp_path_factory: pytest.TempPathFactory, tiny_small_lm_dir: 
     console = Console(file=io.StringIO())
     with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=folder.parent, console=console) as url:
         client = OpenAI(base_url=f"{url}/v1", api_key="none")
-        for prompt in PROMPTS:
+        for prompt in prompts:
             answer = client.chat.completions.with_raw_response.create(
                 model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=6, temperature=0)
             assert answer.headers["x-kascade-escalated"] == "true"
@@ -52,7 +51,7 @@ def _distill(*args: str) -> Any:
 
 
 def test_a_student_distilled_from_the_log_learns_the_teachers_tokens_and_serves_as_it_is(
-    escalation_log: Path, tiny_small_lm_dir: Path, tmp_path: Path
+    escalation_log: Path, tiny_small_lm_dir: Path, tmp_path: Path, prompts: list[str]
 ) -> None:
     out = tmp_path / "student"
     result = _distill("--student", str(tiny_small_lm_dir), "--data", str(escalation_log), "--out", str(out),
@@ -61,7 +60,7 @@ def test_a_student_distilled_from_the_log_learns_the_teachers_tokens_and_serves_
     assert result.exit_code == 0, result.output
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["data"]["levels"] == {"token level (log)": provenance["data"]["train"]}
-    assert provenance["data"]["train"] + provenance["data"]["held_out"] == len(PROMPTS)
+    assert provenance["data"]["train"] + provenance["data"]["held_out"] == len(prompts)
     first, last = provenance["loss_start_end"]
     assert last < 0.5 * first  # it learns the teacher's distribution on what it trains on
     assert provenance["after"]["step"] == 40 and {"token_agreement", "answer_agreement"} <= set(provenance["before"])
@@ -92,18 +91,10 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_a_changed_run_is_ref
     assert changed.exit_code == 2 and "other settings" in changed.output
 
 
-def _answers_file(tmp_path: Path, count: int) -> Path:
-    """A dataset file: the first `count` prompts, each answered "Paris."."""
-    data = tmp_path / "answers.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "answer": "Paris."}) + "\n"
-                            for p in PROMPTS[:count]))  # fmt: skip
-    return data
-
-
 def test_sequence_level_when_the_ids_do_not_spell_the_answer_and_the_teacher_in_process_fills_in(
-    tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path
+    tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path, answers_file: Callable[[int], Path]
 ) -> None:
-    data = _answers_file(tmp_path, 12)
+    data = answers_file(12)
     alone = _distill("--student", str(tiny_small_lm_dir), "--data", str(data), "--out", str(tmp_path / "a"),
                      "--steps", "2", "--batch-size", "4", "--eval-generate", "0", "--held-out", "0.2")  # fmt: skip
     assert alone.exit_code == 0, alone.output
@@ -157,13 +148,13 @@ def test_a_classifier_student_learns_from_soft_targets_of_a_classifier_teacher(
 
 
 def test_on_policy_steps_through_a_teacher_server_use_its_prompt_logprobs(
-    tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path
+    tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path, answers_file: Callable[[int], Path]
 ) -> None:
     """The teacher served over HTTP (our model server speaks vLLM's prompt_logprobs); every step on-policy."""
     from kascade.runtime.serving import BackgroundServer
     from kascade.runtime.server import create_model_server_app
 
-    data = _answers_file(tmp_path, 8)
+    data = answers_file(8)
     engine = TransformersEngine.load(tiny_large_lm_dir, served_model_name="teacher", device="cpu")
     with BackgroundServer(create_model_server_app(engine, "teacher")) as server:
         result = _distill("--student", str(tiny_small_lm_dir), "--teacher-url", f"{server.url}/v1",

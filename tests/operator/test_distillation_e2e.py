@@ -261,12 +261,23 @@ def test_a_run_whose_job_fails_is_failed_and_never_promoted(cluster: Cluster, cl
     assert name in kept and cluster.status()["distillation"]["lastPromoted"] in kept, "the rollback target's run stays"
 
 
-def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Path):
+def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Path, monkeypatch: pytest.MonkeyPatch):
     requests = [r for r in cluster.server.requests if r.resource is not None]
     operator = [r for r in requests if r.user_agent.startswith(OPERATOR_AGENTS)]
     for request in operator:
         resource = request.resource if request.subresource is None else f"{request.resource}/{request.subresource}"
         assert rule_allows(OPERATOR_RULES, verb=request.verb, group=request.group or "", resource=resource), request
+    called = {(r.verb, r.resource, r.subresource) for r in operator}
+    assert {("create", "distillations", None), ("delete", "distillations", None), ("create", "jobs", None),
+            ("patch", "distillations", "status"), ("patch", "modelcascades", None)} <= called  # fmt: skip
+    # The Helm chart's Roles grant them too (namespaced mode, as installed).
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "charts"))
+    from chart_testkit import by_kind, render_values
+    from rbac_coverage import check_rbac
+
+    objects = render_values({"watch": {"namespaces": [NS]}, "rbac": {"clusterReads": True}})
+    report = check_rbac(operator, by_kind(objects, "Role") + by_kind(objects, "ClusterRole"))
+    assert report.not_allowed == [], report.explain()
     role = next(c for c in build_distiller_children(_parsed()) if c["kind"] == "Role")
     runs = [r for r in requests if r.resource == "distillations" and not r.user_agent.startswith(OPERATOR_AGENTS)
             and not r.user_agent.startswith("kubectl")]  # fmt: skip

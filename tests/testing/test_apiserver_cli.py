@@ -29,7 +29,7 @@ def test_the_cli_serves_until_terminated(tmp_path: Path):
         url = match.group(1)
         assert yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"] == url
         resources = httpx.get(f"{url}/apis/kascade.dev/v1alpha1", timeout=10).json()["resources"]
-        assert resources[0]["name"] == "modelcascades"
+        assert {"modelcascades", "distillations"} <= {resource["name"] for resource in resources}
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
