@@ -191,7 +191,7 @@ SPEC_RULES += [
     {
         "rule": (
             "!has(self.distillation) || !has(self.distillation.onPolicyFraction) || "
-            f"self.distillation.onPolicyFraction == 0.0 || ({_TASK} != 'classify' && "
+            f"double(self.distillation.onPolicyFraction) == 0.0 || ({_TASK} != 'classify' && "
             f"(has({_LAST_TIER}.engine) ? {_LAST_TIER}.engine : 'vllm') != 'external')"
         ),
         "message": ON_POLICY_NEEDS_A_SCORING_TEACHER,

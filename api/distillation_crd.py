@@ -28,7 +28,7 @@ DISTILLATION_SHORT_NAMES = ["dist"]
 DISTILLATION_SPEC_RULES: list[dict[str, str]] = [
     {
         "rule": (
-            "!has(self.training) || !has(self.training.onPolicyFraction) || self.training.onPolicyFraction == 0.0 || "
+            "!has(self.training) || !has(self.training.onPolicyFraction) || double(self.training.onPolicyFraction) == 0.0 || "
             "(has(self.teacherUrl) && has(self.teacherModel))"
         ),
         "message": ON_POLICY_NEEDS_A_TEACHER,

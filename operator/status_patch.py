@@ -10,7 +10,6 @@ GPU-hours alone move it every `OperatorSettings.gpu_hours_interval_seconds`
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +32,7 @@ from kascade.operator.reservation import (
 )
 from kascade.operator.settings import OperatorSettings
 from kascade.runtime.ledger import estimated_baseline
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from kascade.runtime.status_subresource import now_rfc3339  # noqa: F401 - the operator imports it from here too
 
 
 def compose_status(

@@ -231,6 +231,17 @@ def test_what_is_off_or_zero_is_accepted() -> None:
     ModelCascade.model_validate(manifest)
 
 
+def test_distillation_with_its_log_and_defaults_is_accepted() -> None:
+    """A distilling cascade with its log, and onPolicyFraction 0 or left to its default, passes every rule."""
+    manifest = copy.deepcopy(GOOD)
+    manifest["spec"]["escalationLog"] = {"enabled": True, "uri": "pvc://log/chat"}
+    manifest["spec"]["distillation"] = {"outputUri": "pvc://students/chat", "schedule": "0 3 * * *", "onPolicyFraction": 0}
+    assert refusals(manifest) == []
+    ModelCascade.model_validate(manifest)
+    del manifest["spec"]["distillation"]["onPolicyFraction"]
+    assert refusals(manifest) == []
+
+
 def test_there_are_enough_kinds_of_bad_manifest() -> None:
     assert len(CASES) >= 12
     assert len({case.id for case in CASES}) == len(CASES)
