@@ -54,7 +54,7 @@ async def reconcile_distillations(operator: Any, cascade: ModelCascade, target: 
             log.warning("%s/%s: unreadable Distillation: %s", namespace, raw["metadata"]["name"], error)
     now = operator.clock()
     followed = [await _follow(operator, cascade, run, raw, now) for run, raw in runs]
-    decided = [await _decide(operator, cascade, target, run, now) for run in followed]
+    decided = [await _decide(operator, cascade, target, run, now) if settled else run for run, settled in followed]
     waiting, kept = await _schedule(operator, cascade, target, decided, now)
     await _write_summary(operator, cascade, target, kept, waiting)
 
@@ -70,37 +70,53 @@ def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     return found[0] if found and found[0].get("status") == "True" else None
 
 
-async def _follow(operator: Any, cascade: ModelCascade, run: Distillation, raw: dict[str, Any], now: str) -> Distillation:
-    """Step 1 for one run: its Job made, or its Job's end read into it."""
-    if phase_of(run).finished:
-        return run
+async def _follow(
+    operator: Any, cascade: ModelCascade, run: Distillation, raw: dict[str, Any], now: str
+) -> tuple[Distillation, bool]:
+    """Step 1 for one run: its Job made, or its Job's end read into it. (The run now; whether it may be decided.)
+
+    A run the pod reported Failed may not be decided while its Job still runs:
+    the Job retries a pod that failed unexpectedly, and the retry may succeed.
+    """
+    phase = phase_of(run)
+    if phase is DistillationPhase.succeeded or (run.status is not None and run.status.promotion is not None):
+        return run, True
     name, namespace = run.metadata.name, run.metadata.namespace
-    if cascade.spec.distillation is None:
+    if cascade.spec.distillation is None and not phase.finished:
         message = NO_POLICY.format(cascade=cascade.metadata.name)
         return await _patch_run(operator, run, {"phase": DistillationPhase.failed.value, "message": message,
-                                                "finishedAt": now})  # fmt: skip  (spec.distillation was removed)
+                                                "finishedAt": now}), True  # fmt: skip  (spec.distillation was removed)
     job = await operator.api.get("batch/v1", "jobs", name, namespace=namespace)
     if job is None:
-        manifest = build_distillation_job(run, operator.settings)
-        kopf.append_owner_reference(manifest, owner=raw)
-        try:
-            await operator.api.create(manifest)
-        except ApiError as error:
-            if not error.conflict:
-                raise
-        if run.status is None or run.status.job != name:
-            return await _patch_run(operator, run, {"phase": phase_of(run).value, "job": name,
-                                                    "message": f"Job {name} created"})  # fmt: skip
-        return run
+        if phase.finished:
+            return run, True  # its Job was deleted after the run failed
+        return await _create_job(operator, run, raw), False
     failed, complete = _condition(job, "Failed"), _condition(job, "Complete")
+    if phase.finished:
+        return run, failed is not None or complete is not None
     if failed is not None:
         message = f"the Job failed ({failed.get('reason', '')}): {failed.get('message', '')}".rstrip(": ")
     elif complete is not None:
         message = "the Job completed but the run reported no result (see the pod's log)"
     else:
-        return run
+        return run, False
     return await _patch_run(operator, run, {"phase": DistillationPhase.failed.value, "message": message,
-                                            "finishedAt": now})  # fmt: skip
+                                            "finishedAt": now}), True  # fmt: skip
+
+
+async def _create_job(operator: Any, run: Distillation, raw: dict[str, Any]) -> Distillation:
+    name = run.metadata.name
+    manifest = build_distillation_job(run, operator.settings)
+    kopf.append_owner_reference(manifest, owner=raw)
+    try:
+        await operator.api.create(manifest)
+    except ApiError as error:
+        if not error.conflict:
+            raise
+    if run.status is None or run.status.job != name:
+        return await _patch_run(operator, run, {"phase": phase_of(run).value, "job": name,
+                                                "message": f"Job {name} created"})  # fmt: skip
+    return run
 
 
 async def _decide(operator: Any, cascade: ModelCascade, target: Target, run: Distillation, now: str) -> Distillation:

@@ -49,7 +49,7 @@ def server() -> Iterator[StandinApiServer]:
 def create_distillation(server: StandinApiServer, name: str) -> None:
     server.create({
         "apiVersion": "kascade.dev/v1alpha1", "kind": "Distillation", "metadata": {"name": name, "namespace": NS},
-        "spec": {"student": "pvc://models/student", "data": "pvc://logs/escalations", "output": f"pvc://models/runs/{name}"},
+        "spec": {"cascade": "chat", "tier": "small", "student": "pvc://models/student", "data": "pvc://logs/escalations", "output": f"pvc://models/runs/{name}"},
     })  # fmt: skip
 
 

@@ -15,7 +15,8 @@ Job controller would. In order:
 3. the next run has nothing left to learn: the gate fails, the Deployment is
    untouched and the run says why;
 4. a rollback is one field: the tier's `model.uri` set back to the target;
-5. a run whose Job fails is Failed with the Job's reason, never promoted;
+5. a run whose Job fails is Failed with the Job's reason, never promoted; a run
+   the pod reported Failed is decided only once its Job stops retrying;
 6. every call the operator made is in its RBAC rules; every call the run
    made is in the Role the operator gave it.
 """
@@ -26,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -256,6 +258,18 @@ def test_a_run_whose_job_fails_is_failed_and_never_promoted(cluster: Cluster, cl
     assert decided["reason"] == "RunFailed" and "BackoffLimitExceeded" in decided["message"]
     assert distillations(cluster)[name]["status"]["phase"] == "Failed"
     assert small_tier_uri(cluster) == SERVING
+
+
+def test_a_run_that_failed_is_decided_only_once_its_job_stops_retrying(cluster: Cluster, claims: Path):
+    log_escalations(cluster, 160)
+    name = new_run(cluster, set(distillations(cluster)))["metadata"]["name"]
+    failed = {"status": {"phase": "Failed", "message": "RuntimeError: CUDA out of memory"}}  # what the pod reports
+    cluster.kubectl("patch", "distillation", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(failed))
+    time.sleep(6 * cluster.interval_s)  # the Job may still retry the pod, and the retry may succeed
+    assert "promotion" not in distillations(cluster)[name]["status"]
+    finish_job(cluster, name, "Failed", "BackoffLimitExceeded")
+    decided = promotion(cluster, name)
+    assert decided["reason"] == "RunFailed" and "CUDA out of memory" in decided["message"]
     kept = wait_for(lambda: len(distillations(cluster)) == 2 and set(distillations(cluster)),
                     what="runs beyond the history limit deleted")  # fmt: skip
     assert name in kept and cluster.status()["distillation"]["lastPromoted"] in kept, "the rollback target's run stays"

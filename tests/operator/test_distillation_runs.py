@@ -134,6 +134,8 @@ def test_the_job_runs_kascade_distill_on_a_gpu_with_the_claims_mounted_and_repor
     assert container["envFrom"] == [{"secretRef": {"name": "s3-keys"}}]
     assert pod["serviceAccountName"] == distiller_name("chat") and pod["restartPolicy"] == "Never"
     assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", []))
+    # A refusal (bad data, a status it cannot write) fails the Job at once; anything else is retried, resumed.
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
     kubernetes_validate.validate(job, "1.30", strict=True)
 
 
