@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 log = logging.getLogger("kascade.operator")
 
+NO_CRD = "the Distillation CRD is not installed: kubectl apply -f crds/ (Helm installs crds/ on the first install only)"
 NO_POLICY = "cascade {cascade} has no spec.distillation: set it (outputUri, schedule) for its runs to be run"
 
 
@@ -43,7 +44,13 @@ async def reconcile_distillations(operator: Any, cascade: ModelCascade, target: 
     if cascade.spec.distillation is None and not target.status.get("distillation"):
         return  # no run is made or followed for a cascade without spec.distillation (nor any list call)
     api, namespace = operator.api, target.namespace
-    listed = await api.list(API_VERSION, DISTILLATION_PLURAL, namespace=namespace, kind=DISTILLATION_KIND)
+    try:
+        listed = await api.list(API_VERSION, DISTILLATION_PLURAL, namespace=namespace, kind=DISTILLATION_KIND)
+    except ApiError as error:
+        if not error.not_found:
+            raise
+        await _write_summary(operator, cascade, target, [], NO_CRD)
+        return
     runs: list[tuple[Distillation, dict[str, Any]]] = []
     for raw in listed:
         if (raw.get("spec") or {}).get("cascade") != target.name:

@@ -166,3 +166,15 @@ def test_gpu_hours_grow_with_the_ready_gpus_and_carry_over_from_operator_to_oper
     assert (status["cost"]["gpuHoursSince"], status["cost"]["gpuHoursUntil"]) == (
         "2026-01-01T00:00:00Z", "2026-01-01T04:01:00Z")  # fmt: skip
     assert status["summary"]["reserved"] == "USD 54.40 (24.0 GPU-h)"
+
+
+def test_a_distilling_cascade_without_the_distillation_crd_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch):
+    with StandinApiServer(crd_paths=[REPO / "crds" / "kascade.dev_modelcascades.yaml"], controller_delay=0.01) as alone:
+        for name, key in (("hf-token", "token"), ("chat-client-keys", "keys")):
+            alone.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {key: "x"}})
+        monkeypatch.setenv("KUBECONFIG", str(alone.kubeconfig_path))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        reconcile_once(Credentials.from_environment(), create_cascade(alone, "no-crd"))
+        status = alone.get("modelcascades", "no-crd", "default")["status"]
+        assert len(children(alone, "no-crd")) == 13, "the cascade itself is served"
+    assert status["distillation"]["waiting"].startswith("the Distillation CRD is not installed: kubectl apply -f crds/")
