@@ -170,6 +170,8 @@ def test_gpu_hours_grow_with_the_ready_gpus_and_carry_over_from_operator_to_oper
 
 def test_a_distilling_cascade_without_the_distillation_crd_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch):
     with StandinApiServer(crd_paths=[REPO / "crds" / "kascade.dev_modelcascades.yaml"], controller_delay=0.01) as alone:
+        alone.add_node("gpu-l4", labels={"nvidia.com/gpu.product": "NVIDIA-L4"})
+        alone.add_node("gpu-h100", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"})
         for name, key in (("hf-token", "token"), ("chat-client-keys", "keys")):
             alone.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {key: "x"}})
         monkeypatch.setenv("KUBECONFIG", str(alone.kubeconfig_path))
