@@ -283,16 +283,20 @@ def build_openapi_schema() -> dict[str, Any]:
         TOLERATION_RULES
     )
     status = to_structural(ModelCascadeStatus.model_json_schema(by_alias=True))
+    description = ("A model cascade: a small model answers first; when it is not confident, "
+                   "the request escalates to a larger one. The last tier always answers.")  # fmt: skip
+    return resource_schema(kind=KIND, description=description, spec=spec, status=status)
+
+
+def resource_schema(*, kind: str, description: str, spec: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """The `openAPIV3Schema` of a resource: apiVersion, kind, metadata, its spec (required) and status."""
     return {
         "type": "object",
-        "description": (
-            "A model cascade: a small model answers first; when it is not confident, "
-            "the request escalates to a larger one. The last tier always answers."
-        ),
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": f"{GROUP}/{VERSION}"},
-            "kind": {"type": "string", "description": KIND},
+            "kind": {"type": "string", "description": kind},
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
@@ -300,38 +304,38 @@ def build_openapi_schema() -> dict[str, Any]:
     }
 
 
-def build_crd() -> dict[str, Any]:
-    """The ModelCascade CustomResourceDefinition (apiextensions.k8s.io/v1) as a plain dict."""
+def custom_resource_definition(
+    *, kind: str, plural: str, singular: str, short_names: list[str], printer_columns: list[dict[str, Any]],
+    schema: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """A namespaced CustomResourceDefinition (apiextensions.k8s.io/v1) of Kascade's group: one version, a status."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "kascade"},
-        },
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "kascade"}},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": SHORT_NAMES,
-                "categories": CATEGORIES,
-            },
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
+                      "shortNames": short_names, "categories": CATEGORIES},  # fmt: skip
             "versions": [
                 {
                     "name": VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": build_openapi_schema()},
+                    "additionalPrinterColumns": printer_columns,
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },
     }
+
+
+def build_crd() -> dict[str, Any]:
+    """The ModelCascade CustomResourceDefinition as a plain dict."""
+    return custom_resource_definition(kind=KIND, plural=PLURAL, singular=SINGULAR, short_names=SHORT_NAMES,
+                                      printer_columns=PRINTER_COLUMNS, schema=build_openapi_schema())  # fmt: skip
 
 
 class _PlainDumper(yaml.SafeDumper):

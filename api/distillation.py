@@ -19,10 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kascade.api.base import SpecModel, StatusModel
 from kascade.api.loop import DistillationLoss, DistillationPolicy
-from kascade.api.modelcascade import GROUP, VERSION
+from kascade.api.modelcascade import GROUP, VERSION, ObjectMeta
 from kascade.api.modelcascade import SecretKeyRef
 from kascade.api.resources import DNS_LABEL_PATTERN, Resources, Toleration
-from kascade.api.status import Condition
 
 DISTILLATION_KIND = "Distillation"
 DISTILLATION_PLURAL = "distillations"
@@ -168,17 +167,6 @@ class DistillationStatus(StatusModel):
     gain_text: str = Field(default="", description="For kubectl: the agreement gain.")
     model: str | None = Field(default=None, description="The new student, as a tier's model.uri.")
     promotion: Promotion | None = None
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-
-
-class DistillationMeta(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str = Field(min_length=1, max_length=253)
-    namespace: str | None = None
 
 
 class Distillation(BaseModel):
@@ -186,6 +174,6 @@ class Distillation(BaseModel):
 
     api_version: Literal["kascade.dev/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", alias="apiVersion")
     kind: Literal["Distillation"] = DISTILLATION_KIND
-    metadata: DistillationMeta
+    metadata: ObjectMeta
     spec: DistillationSpec
     status: DistillationStatus | None = None

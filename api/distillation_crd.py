@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kascade.api.crd import CATEGORIES, TOLERATION_RULES
+from kascade.api.crd import TOLERATION_RULES, custom_resource_definition, resource_schema
 from kascade.api.distillation import (
     DISTILLATION_KIND,
     DISTILLATION_PLURAL,
@@ -18,7 +18,7 @@ from kascade.api.distillation import (
     DistillationSpec,
     DistillationStatus,
 )
-from kascade.api.modelcascade import GROUP, VERSION
+from kascade.api.modelcascade import GROUP
 from kascade.api.openapi import to_structural
 
 DISTILLATION_CRD_FILE = f"{GROUP}_{DISTILLATION_PLURAL}.yaml"
@@ -53,45 +53,13 @@ def build_distillation_schema() -> dict[str, Any]:
     spec["x-kubernetes-validations"] = DISTILLATION_SPEC_RULES
     spec["properties"]["tolerations"]["items"]["x-kubernetes-validations"] = TOLERATION_RULES
     status = to_structural(DistillationStatus.model_json_schema(by_alias=True))
-    return {
-        "type": "object",
-        "description": "One distillation run: a student taught from a cascade's escalations, judged by a promotion gate.",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string", "description": f"{GROUP}/{VERSION}"},
-            "kind": {"type": "string", "description": DISTILLATION_KIND},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
-    }
+    description = "One distillation run: a student taught from a cascade's escalations, judged by a promotion gate."
+    return resource_schema(kind=DISTILLATION_KIND, description=description, spec=spec, status=status)
 
 
 def build_distillation_crd() -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{DISTILLATION_PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "kascade"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": DISTILLATION_KIND,
-                "listKind": f"{DISTILLATION_KIND}List",
-                "plural": DISTILLATION_PLURAL,
-                "singular": DISTILLATION_KIND.lower(),
-                "shortNames": DISTILLATION_SHORT_NAMES,
-                "categories": CATEGORIES,
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": DISTILLATION_PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": build_distillation_schema()},
-                }
-            ],
-        },
-    }
+    return custom_resource_definition(
+        kind=DISTILLATION_KIND, plural=DISTILLATION_PLURAL, singular=DISTILLATION_KIND.lower(),
+        short_names=DISTILLATION_SHORT_NAMES, printer_columns=DISTILLATION_PRINTER_COLUMNS,
+        schema=build_distillation_schema(),
+    )
