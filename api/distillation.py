@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kascade.api.base import SpecModel, StatusModel
-from kascade.api.loop import DistillationLoss, DistillationPolicy
+from kascade.api.loop import Gate, Training
 from kascade.api.modelcascade import GROUP, VERSION, ObjectMeta
 from kascade.api.modelcascade import SecretKeyRef
 from kascade.api.resources import DNS_LABEL_PATTERN, Resources, Toleration
@@ -26,39 +26,10 @@ from kascade.api.resources import DNS_LABEL_PATTERN, Resources, Toleration
 DISTILLATION_KIND = "Distillation"
 DISTILLATION_PLURAL = "distillations"
 
+OUTPUT_IS_NOT_THE_STUDENT = "spec.output must differ from spec.student: a run never writes over the model it starts from"
 ON_POLICY_NEEDS_A_TEACHER = (
     "spec.training.onPolicyFraction > 0 needs spec.teacherUrl and spec.teacherModel: a teacher server scores the samples"
 )
-
-
-class Training(SpecModel):
-    """How the student learns: the loss, its temperature and weights, and the optimizer's length."""
-
-    loss: DistillationLoss = DistillationLoss.forward_kl
-    temperature: float = Field(default=2.0, gt=0, le=100)
-    alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the teacher's soft term; 1 - alpha: hard labels.")
-    beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
-    steps: int = Field(default=200, ge=1, le=1_000_000)
-    batch_size: int = Field(default=8, ge=1, le=4096)
-    learning_rate: float = Field(default=2e-4, gt=0, le=1)
-    lora: bool = Field(default=True, description="LoRA adapters merged into the saved model; false: full fine-tuning.")
-    on_policy_fraction: float = Field(
-        default=0.0, ge=0, le=1, description="Share of steps on the student's own samples, scored by the teacher server."
-    )
-
-    @classmethod
-    def of(cls, policy: DistillationPolicy) -> Training:
-        return cls(loss=policy.loss, temperature=policy.temperature, alpha=policy.alpha, beta=policy.beta,
-                   steps=policy.steps, batch_size=policy.batch_size, learning_rate=policy.learning_rate,
-                   lora=policy.lora, on_policy_fraction=policy.on_policy_fraction)  # fmt: skip
-
-
-class Gate(SpecModel):
-    """The promotion gate, on held-out escalations: the new student against the one it started from."""
-
-    min_agreement_gain: float = Field(default=0.01, ge=0, le=1, description="Least gain in held-out agreement.")
-    slice_tolerance: float = Field(default=0.02, ge=0, le=1, description="Most any held-out slice may lose.")
-    min_slice_examples: int = Field(default=20, ge=1, le=1_000_000, description="Smaller slices are shown, not judged.")
 
 
 class DistillationSpec(SpecModel):
@@ -106,6 +77,8 @@ class DistillationSpec(SpecModel):
         # Restated in CEL in the CRD (`kascade.api.distillation_crd.DISTILLATION_SPEC_RULES`).
         if self.training.on_policy_fraction > 0 and not (self.teacher_url and self.teacher_model):
             raise ValueError(ON_POLICY_NEEDS_A_TEACHER)
+        if self.output == self.student:
+            raise ValueError(OUTPUT_IS_NOT_THE_STUDENT)
         return self
 
 
@@ -141,11 +114,21 @@ class GateVerdict(StatusModel):
     reasons: list[str] = Field(default_factory=list)
 
 
+class PromotionReason(StrEnum):
+    """Why a run's student was promoted or not: the one list of the codes."""
+
+    promoted = "Promoted"
+    gate_failed = "GateFailed"  # the gate's verdict (its reasons in the message)
+    run_failed = "RunFailed"  # no student: the run or its Job failed
+    student_changed = "StudentChanged"  # the tier serves another model than the one the run was judged against
+    spec_refused = "SpecRefused"  # the API server refused the cascade with the new model (its message)
+
+
 class Promotion(StatusModel):
     """What the operator did with the run's student."""
 
     promoted: bool
-    reason: str = Field(description="Promoted, GateFailed, RunFailed or StudentChanged.")
+    reason: str = Field(description="One of " + ", ".join(r.value for r in PromotionReason) + ".")
     message: str = ""
     previous_model: str | None = Field(default=None, description="The model the tier served before: the rollback target.")
     at: str | None = None

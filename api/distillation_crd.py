@@ -1,6 +1,6 @@
 """The CustomResourceDefinition of Distillation, generated from `kascade.api.distillation` like the ModelCascade's.
 
-`kascade crds` writes it beside the ModelCascade's (`kascade.api.crd.render_crds`).
+`kascade crds` writes it beside the ModelCascade's (`kascade.api.crd_files.render_crds`).
 The cross-field rules are restated in CEL so that the API server refuses a bad
 run itself; `kubectl get distillations` shows the cascade, phase, progress, the
 gate's gain and whether the student was promoted.
@@ -15,6 +15,8 @@ from kascade.api.distillation import (
     DISTILLATION_KIND,
     DISTILLATION_PLURAL,
     ON_POLICY_NEEDS_A_TEACHER,
+    OUTPUT_IS_NOT_THE_STUDENT,
+    PromotionReason,
     DistillationSpec,
     DistillationStatus,
 )
@@ -33,6 +35,7 @@ DISTILLATION_SPEC_RULES: list[dict[str, str]] = [
         ),
         "message": ON_POLICY_NEEDS_A_TEACHER,
     },
+    {"rule": "self.output != self.student", "message": OUTPUT_IS_NOT_THE_STUDENT},
     {"rule": "self == oldSelf", "message": "a Distillation's spec cannot change once created: create a new run"},
 ]
 
@@ -43,7 +46,7 @@ DISTILLATION_PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Gain", "type": "string", "jsonPath": ".status.gainText",
      "description": "Held-out agreement gain of the new student over the one it started from."},
     {"name": "Promoted", "type": "string", "jsonPath": ".status.promotion.reason",
-     "description": "Promoted, or why not (GateFailed, RunFailed, StudentChanged)."},
+     "description": "Promoted, or why not: " + ", ".join(r.value for r in PromotionReason if r.value != "Promoted") + "."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]  # fmt: skip
 

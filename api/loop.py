@@ -42,13 +42,19 @@ ESCALATION_LOG_NEEDS_A_PLACE = (
     "spec.escalationLog.enabled needs spec.escalationLog.uri: where the records go "
     "(pvc://claim/path or s3://bucket/prefix in a cluster; a folder, file:// or s3:// in local mode)"
 )
+# Five fields (minute hour day-of-month month day-of-week, as a CronJob's), or one of the @ shorthands.
+CRON_PATTERN = r"^(@(yearly|annually|monthly|weekly|daily|hourly)|[^\s]+( [^\s]+){4})$"
 DISTILLATION_NEEDS_THE_LOG = (
     "spec.distillation needs spec.escalationLog.enabled with a uri: runs learn from the escalations it keeps"
 )
 ON_POLICY_NEEDS_A_SCORING_TEACHER = (
-    "spec.distillation.onPolicyFraction > 0 needs a generative task and a last tier Kascade deploys (vllm or "
+    "spec.distillation.training.onPolicyFraction > 0 needs a generative task and a last tier Kascade deploys (vllm or "
     "transformers): its server scores the student's samples by prompt_logprobs, which hosted APIs and classifiers "
     "do not give"
+)
+STUDENT_MUST_BE_TRAINABLE = (
+    "spec.distillation's student tier must be one Kascade deploys (not engine external) with weights a run can "
+    "load (hf://, pvc://, pkg:// or a path; not s3://)"
 )
 DISTILLATION_TIER_NOT_LAST = "spec.distillation.tier must name a tier of the cascade that is not the last"
 
@@ -185,6 +191,30 @@ class DistillationLoss(StrEnum):
     jsd = "generalizedJSD"
 
 
+class Training(SpecModel):
+    """How the student learns: the loss, its temperature and weights, and the optimizer's length."""
+
+    loss: DistillationLoss = DistillationLoss.forward_kl
+    temperature: float = Field(default=2.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the teacher's soft term; 1 - alpha: hard labels.")
+    beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
+    steps: int = Field(default=200, ge=1, le=1_000_000)
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    lora: bool = Field(default=True, description="LoRA adapters merged into the saved model; false: full fine-tuning.")
+    on_policy_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="Share of steps on the student's own samples, scored by the teacher server."
+    )
+
+
+class Gate(SpecModel):
+    """The promotion gate, on held-out escalations: the new student against the one it started from."""
+
+    min_agreement_gain: float = Field(default=0.01, ge=0, le=1, description="Least gain in held-out agreement.")
+    slice_tolerance: float = Field(default=0.02, ge=0, le=1, description="Most any held-out slice may lose.")
+    min_slice_examples: int = Field(default=20, ge=1, le=1_000_000, description="Smaller slices are shown, not judged.")
+
+
 class DistillationPolicy(SpecModel):
     """When a better student is distilled from the escalation log, and when it replaces the serving one.
 
@@ -196,7 +226,7 @@ class DistillationPolicy(SpecModel):
     """
 
     schedule: str | None = Field(
-        default=None, max_length=128,
+        default=None, max_length=128, pattern=CRON_PATTERN,
         description="Cron schedule (5 fields, UTC) of the looks for new records; none: look at every reconcile.",
     )  # fmt: skip
     min_samples: int = Field(default=1000, ge=1, description="New logged escalations a run needs since the last one.")
@@ -207,22 +237,8 @@ class DistillationPolicy(SpecModel):
         max_length=2048, pattern=r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?$",
         description="Where students are written, one folder per run: pvc://claim/path (the tier mounts it to serve them).",
     )  # fmt: skip
-    loss: DistillationLoss = DistillationLoss.forward_kl
-    temperature: float = Field(default=2.0, gt=0, le=100)
-    alpha: float = Field(default=0.5, ge=0, le=1)
-    beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
-    on_policy_fraction: float = Field(
-        default=0.0, ge=0, le=1, description="Share of steps on the student's own samples, scored by the last tier."
-    )
-    steps: int = Field(default=200, ge=1, le=1_000_000)
-    batch_size: int = Field(default=8, ge=1, le=4096)
-    learning_rate: float = Field(default=2e-4, gt=0, le=1)
-    lora: bool = True
-    min_agreement_gain: float = Field(
-        default=0.01, ge=0, le=1, description="Promotion gate: least gain in agreement on held-out escalations."
-    )
-    slice_tolerance: float = Field(default=0.02, ge=0, le=1, description="Promotion gate: most any held-out slice may lose.")
-    min_slice_examples: int = Field(default=20, ge=1, le=1_000_000, description="Promotion gate: smaller slices are not judged.")
+    training: Training = Field(default_factory=Training, description="How each run trains the student.")
+    gate: Gate = Field(default_factory=Gate, description="What a run's student must show to be promoted.")
     history_limit: int = Field(default=3, ge=1, le=100, description="Finished runs kept; older ones are deleted.")
     resources: Resources = Field(default_factory=lambda: Resources(gpus=1), description="What a run's pod needs.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)

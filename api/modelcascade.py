@@ -27,6 +27,7 @@ from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from h
     DISTILLATION_TIER_NOT_LAST,
     ON_POLICY_NEEDS_A_SCORING_TEACHER,
     ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
+    STUDENT_MUST_BE_TRAINABLE,
 )
 from kascade.api.resources import (  # noqa: F401 - imported from here too
     DNS_LABEL_PATTERN,
@@ -277,7 +278,10 @@ class ModelCascadeSpec(SpecModel):
                 raise ValueError(DISTILLATION_NEEDS_THE_LOG)
             if self.distillation.tier is not None and self.distillation.tier not in [t.name for t in self.tiers[:-1]]:
                 raise ValueError(DISTILLATION_TIER_NOT_LAST)
-            if self.distillation.on_policy_fraction > 0 and (
+            student = next((t for t in self.tiers if t.name == (self.distillation.tier or self.tiers[0].name)), None)
+            if student is not None and (student.engine is EngineKind.external or student.model.uri.startswith("s3://")):
+                raise ValueError(STUDENT_MUST_BE_TRAINABLE)
+            if self.distillation.training.on_policy_fraction > 0 and (
                 self.task is Task.classify or self.tiers[-1].engine is EngineKind.external
             ):
                 raise ValueError(ON_POLICY_NEEDS_A_SCORING_TEACHER)

@@ -37,11 +37,11 @@ def run_distill_command(
             return 130
         except ReportError as error:
             console.print(f"[red]error:[/red] {error}; not training a student whose result could not be reported")
-            return 2
+            return report_exit_code(error)
         except (DistillDataError, ModelLoadError, ValueError) as error:
             console.print(f"[red]error:[/red] {error}")
             _report_failure(reporter, str(error), console)
-            return 2
+            return REFUSED_EXIT_CODE
         except Exception as error:
             _report_failure(reporter, f"{type(error).__name__}: {error}", console)
             raise
@@ -51,8 +51,17 @@ def run_distill_command(
                 reporter.succeed(provenance, model=model_uri or str(settings.out.resolve()))
             except ReportError as error:
                 console.print(f"[red]error:[/red] {error}; the student is in {settings.out}, its result is not reported")
-                return 2
+                return report_exit_code(error)
     return 0
+
+
+REFUSED_EXIT_CODE = 2  # bad data or model, or a status the API server refuses: the same command fails again
+TRANSIENT_EXIT_CODE = 3  # the API server could not be reached or was busy: run again (it resumes from the checkpoint)
+
+
+def report_exit_code(error: ReportError) -> int:
+    """A Job fails at once on REFUSED_EXIT_CODE (its podFailurePolicy) and retries the pod on anything else."""
+    return TRANSIENT_EXIT_CODE if error.transient else REFUSED_EXIT_CODE
 
 
 def _train(settings: DistillSettings, resume: bool, console: Console, reporter: DistillationReporter | None) -> dict:

@@ -9,7 +9,9 @@ is the shell that sends it, with plain httpx and the pod's service account
 The start and the result must land: each is tried `attempts` times (transport
 errors, 5xx, 409 and 429 are retried; the rest are final), and a write that
 still fails raises `ReportError`, so `kascade distill` exits non-zero rather
-than lose the result (the Job retries, resuming from the checkpoint).
+than lose the result: 3 when the API server may take it later (unreachable,
+busy: the Job retries the pod, which resumes from the checkpoint), 2 when it
+refused it (the Job's podFailurePolicy fails the Job at once).
 Progress is best effort: one try at most every `interval_seconds`; a failure
 is logged and training goes on.
 """
@@ -46,7 +48,11 @@ class DistillationReportConfig(StatusTarget):
 
 
 class ReportError(Exception):
-    """A write the run's result depends on could not be made."""
+    """A write the run's result depends on could not be made; `transient`: the API server may take it later."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class DistillationReporter:
@@ -104,7 +110,7 @@ class DistillationReporter:
                 return
             if not retried:
                 break
-        raise ReportError(f"could not write the status of {self.target}: {problem}")
+        raise ReportError(f"could not write the status of {self.target}: {problem}", transient=retried)
 
     def _try(self, patch: dict[str, Any]) -> tuple[str | None, bool]:
         """(what went wrong or None, whether another try may do better)."""

@@ -119,7 +119,7 @@ def crds(
     check: Annotated[bool, typer.Option(help="Do not write; fail when the folder is stale.")] = False,
 ) -> None:
     """Generate the CustomResourceDefinitions from the API types."""
-    from kascade.api.crd import sync_crds
+    from kascade.api.crd_files import sync_crds
 
     raise typer.Exit(sync_crds(out, check=check))
 

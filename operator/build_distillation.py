@@ -22,8 +22,6 @@ from kascade.api.distillation import (
     DISTILLATION_PLURAL,
     Distillation,
     DistillationSpec,
-    Gate,
-    Training,
 )
 from kascade.api.model_uri import ModelUri
 from kascade.api.modelcascade import API_VERSION, GROUP, ModelCascade
@@ -63,16 +61,14 @@ def build_distillation(
     tier_name = student_tier(cascade)
     tier = next(t for t in cascade.spec.tiers if t.name == tier_name)
     teacher = cascade.spec.tiers[-1]
-    on_policy = policy.on_policy_fraction > 0
+    on_policy = policy.training.on_policy_fraction > 0
     spec = DistillationSpec(
         cascade=cascade.metadata.name, tier=tier_name, student=tier.model.uri, data=log.uri,
         hub_token_secret=tier.model.hub_token_secret,
         credentials_secret=log.credentials_secret, output=f"{policy.output_uri.rstrip('/')}/{name}",
         teacher_url=tier_service_url(cascade, teacher, settings) if on_policy else None,
         teacher_model=teacher.served_name if on_policy else None,
-        training=Training.of(policy),
-        gate=Gate(min_agreement_gain=policy.min_agreement_gain, slice_tolerance=policy.slice_tolerance,
-                  min_slice_examples=policy.min_slice_examples),
+        training=policy.training, gate=policy.gate,
         resources=policy.resources, tolerations=policy.tolerations, node_selector=policy.node_selector,
         log_records=log_records,
     )  # fmt: skip
@@ -141,6 +137,7 @@ def build_distillation_job(run: Distillation, settings: OperatorSettings) -> dic
         "name": "distill",
         "image": settings.runtime_gpu_image if spec.resources.gpus > 0 else settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
+        "command": args[:1],
         "args": args[1:],
         "env": [{"name": "HF_HOME", "value": "/tmp/huggingface"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
         "resources": tier_resources(spec),

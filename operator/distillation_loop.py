@@ -19,28 +19,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL, Distillation, DistillationPhase
-from kascade.api.modelcascade import API_VERSION, ModelCascade
+from kascade.api.modelcascade import API_VERSION, PLURAL, ModelCascade
 from kascade.api.status import DistillationSummary
 from kascade.operator.cascade_writes import Target, post, write_status
 from kascade.operator.build_distillation import build_distillation, build_distillation_job, student_tier
 from kascade.operator.distillation_schedule import created_at, parse_time, phase_of, plan_runs
 from kascade.operator.kube_api import ApiError
 from kascade.operator.notices import Notice
-from kascade.operator.promotion import PROMOTED, decide_promotion, spec_patch
+from kascade.operator.cascade_resource import parse_cascade
+from kascade.operator.promotion import decide_promotion, refused, serving_model, spec_patch
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from kascade.operator.reconcile import Operator
 
 log = logging.getLogger("kascade.operator")
 
 NO_CRD = "the Distillation CRD is not installed: kubectl apply -f crds/ (Helm installs crds/ on the first install only)"
+MAX_RUN_NAME = 63  # the Job's name is a label value of its pods (batch.kubernetes.io/job-name)
+RUN_NAME_TOO_LONG = "the run's name {name!r} is longer than 63 characters, which its Job's pods cannot carry as a label"
 NO_POLICY = "cascade {cascade} has no spec.distillation: set it (outputUri, schedule) for its runs to be run"
 
 
-async def reconcile_distillations(operator: Any, cascade: ModelCascade, target: Target) -> None:
-    """Steps 1–4 for one cascade (`operator`: `reconcile.Operator`, `target`: `reconcile.Target`)."""
+async def reconcile_distillations(operator: Operator, cascade: ModelCascade, target: Target) -> None:
+    """Steps 1–4 for one cascade."""
     if cascade.spec.distillation is None and not target.status.get("distillation"):
         return  # no run is made or followed for a cascade without spec.distillation (nor any list call)
     api, namespace = operator.api, target.namespace
@@ -61,14 +67,31 @@ async def reconcile_distillations(operator: Any, cascade: ModelCascade, target: 
             log.warning("%s/%s: unreadable Distillation: %s", namespace, raw["metadata"]["name"], error)
     now = operator.clock()
     followed = [await _follow(operator, cascade, run, raw, now) for run, raw in runs]
-    decided = [await _decide(operator, cascade, target, run, now) if settled else run for run, settled in followed]
+    decided: list[Distillation] = []
+    for run, settled in followed:
+        decided.append(await _decide(operator, cascade, target, run, now) if settled else run)
+        if _promoted_now(run, decided[-1]):
+            return  # the spec changed: the reconcile it starts schedules from the new student
     waiting, kept = await _schedule(operator, cascade, target, decided, now)
     await _write_summary(operator, cascade, target, kept, waiting)
 
 
-async def _patch_run(operator: Any, run: Distillation, patch: Mapping[str, Any]) -> Distillation:
-    written = await operator.api.patch_status(API_VERSION, DISTILLATION_PLURAL, run.metadata.name,
-                                              namespace=run.metadata.namespace, status_patch=dict(patch))  # fmt: skip
+def _promoted_now(before: Distillation, after: Distillation) -> bool:
+    promotion = after.status.promotion if after.status is not None else None
+    return promotion is not None and promotion.promoted and (before.status is None or before.status.promotion is None)
+
+
+async def _patch_run(operator: Operator, run: Distillation, patch: Mapping[str, Any], *, guarded: bool = False) -> Distillation:
+    """The run's status merge patch; `guarded`: only over the status this reconcile read (else the run as read)."""
+    version = (run.metadata.model_extra or {}).get("resourceVersion") if guarded else None
+    try:
+        written = await operator.api.patch_status(API_VERSION, DISTILLATION_PLURAL, run.metadata.name,
+                                                  namespace=run.metadata.namespace, status_patch=dict(patch),
+                                                  resource_version=version)  # fmt: skip
+    except ApiError as error:
+        if not (guarded and error.conflict):
+            raise
+        return run  # the pod wrote meanwhile: the next reconcile reads what it wrote
     return Distillation.model_validate(written)
 
 
@@ -77,8 +100,12 @@ def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     return found[0] if found and found[0].get("status") == "True" else None
 
 
+def _failed(message: str, now: str) -> dict[str, Any]:
+    return {"phase": DistillationPhase.failed.value, "message": message, "finishedAt": now}
+
+
 async def _follow(
-    operator: Any, cascade: ModelCascade, run: Distillation, raw: dict[str, Any], now: str
+    operator: Operator, cascade: ModelCascade, run: Distillation, raw: dict[str, Any], now: str
 ) -> tuple[Distillation, bool]:
     """Step 1 for one run: its Job made, or its Job's end read into it. (The run now; whether it may be decided.)
 
@@ -89,15 +116,14 @@ async def _follow(
     if phase is DistillationPhase.succeeded or (run.status is not None and run.status.promotion is not None):
         return run, True
     name, namespace = run.metadata.name, run.metadata.namespace
-    if cascade.spec.distillation is None and not phase.finished:
-        message = NO_POLICY.format(cascade=cascade.metadata.name)
-        return await _patch_run(operator, run, {"phase": DistillationPhase.failed.value, "message": message,
-                                                "finishedAt": now}), True  # fmt: skip  (spec.distillation was removed)
+    if cascade.spec.distillation is None and not phase.finished:  # spec.distillation was removed: stop the run
+        await operator.api.delete("batch/v1", "jobs", name, namespace=namespace)
+        return await _patch_run(operator, run, _failed(NO_POLICY.format(cascade=cascade.metadata.name), now)), True
     job = await operator.api.get("batch/v1", "jobs", name, namespace=namespace)
     if job is None:
         if phase.finished:
             return run, True  # its Job was deleted after the run failed
-        return await _create_job(operator, run, raw), False
+        return await _create_job(operator, run, raw, now)
     failed, complete = _condition(job, "Failed"), _condition(job, "Complete")
     if phase.finished:
         return run, failed is not None or complete is not None
@@ -107,41 +133,48 @@ async def _follow(
         message = "the Job completed but the run reported no result (see the pod's log)"
     else:
         return run, False
-    return await _patch_run(operator, run, {"phase": DistillationPhase.failed.value, "message": message,
-                                            "finishedAt": now}), True  # fmt: skip
+    marked = await _patch_run(operator, run, _failed(message, now), guarded=True)
+    return marked, phase_of(marked).finished
 
 
-async def _create_job(operator: Any, run: Distillation, raw: dict[str, Any]) -> Distillation:
+async def _create_job(operator: Operator, run: Distillation, raw: dict[str, Any], now: str) -> tuple[Distillation, bool]:
+    """The run's Job; a Job the API server refuses fails the run with its reason."""
     name = run.metadata.name
+    if len(name) > MAX_RUN_NAME:
+        return await _patch_run(operator, run, _failed(RUN_NAME_TOO_LONG.format(name=name), now)), True
     manifest = build_distillation_job(run, operator.settings)
     kopf.append_owner_reference(manifest, owner=raw)
     try:
         await operator.api.create(manifest)
     except ApiError as error:
-        if not error.conflict:
+        if error.status >= 500 or error.status == 0:
             raise
+        if not error.conflict:
+            return await _patch_run(operator, run, _failed(f"its Job was refused: {error.message}", now)), True
     if run.status is None or run.status.job != name:
-        return await _patch_run(operator, run, {"phase": phase_of(run).value, "job": name,
-                                                "message": f"Job {name} created"})  # fmt: skip
-    return run
+        return await _patch_run(operator, run, {"job": name, "message": f"Job {name} created"}), False
+    return run, False
 
 
-async def _decide(operator: Any, cascade: ModelCascade, target: Target, run: Distillation, now: str) -> Distillation:
+async def _decide(operator: Operator, cascade: ModelCascade, target: Target, run: Distillation, now: str) -> Distillation:
     """Step 2 for one run: promote it, or say why not; once. The run as it is now."""
     promotion = decide_promotion(run, cascade, now=now)
     if promotion is None:
         return run
     if promotion.promoted and (operations := spec_patch(run, cascade)) is not None:
         try:
-            await operator.api.patch_json(API_VERSION, "modelcascades", target.name, namespace=target.namespace,
+            await operator.api.patch_json(API_VERSION, PLURAL, target.name, namespace=target.namespace,
                                           operations=operations)  # fmt: skip
         except ApiError as error:
             if error.status != 422:
                 raise
-            raise kopf.TemporaryError(f"tier {run.spec.tier} changed while promoting {run.metadata.name}; again", delay=1)
+            fresh = await operator.api.get(API_VERSION, PLURAL, target.name, namespace=target.namespace)
+            if fresh is None or serving_model(parse_cascade(fresh), run.spec.tier) != run.spec.student:
+                raise kopf.TemporaryError(f"tier {run.spec.tier} changed while promoting {run.metadata.name}", delay=1)
+            promotion = refused(run, error.message, now)  # the new spec itself was refused (validation)
     written = await _patch_run(operator, run, {"promotion": promotion.model_dump(mode="json", by_alias=True,
                                                                                 exclude_none=True)})  # fmt: skip
-    if promotion.reason == PROMOTED:
+    if promotion.promoted:
         post(target.body, Notice("Normal", "Promoted", f"{run.metadata.name}: {promotion.message}"))
     else:
         post(target.body, Notice("Warning", "NotPromoted", f"{run.metadata.name} ({promotion.reason}): {promotion.message}"))
@@ -149,7 +182,7 @@ async def _decide(operator: Any, cascade: ModelCascade, target: Target, run: Dis
 
 
 async def _schedule(
-    operator: Any, cascade: ModelCascade, target: Target, runs: list[Distillation], now: str
+    operator: Operator, cascade: ModelCascade, target: Target, runs: list[Distillation], now: str
 ) -> tuple[str, list[Distillation]]:
     """Step 3: old runs deleted, a new one created when due; why none starts (or which did), and the runs kept."""
     policy = cascade.spec.distillation
@@ -176,7 +209,7 @@ async def _schedule(
 
 
 async def _write_summary(
-    operator: Any, cascade: ModelCascade, target: Target, runs: list[Distillation], waiting: str
+    operator: Operator, cascade: ModelCascade, target: Target, runs: list[Distillation], waiting: str
 ) -> None:
     """Step 4, from the runs as the steps above left them."""
     summary = None

@@ -1,12 +1,13 @@
 """When a cascade's next distillation run starts, which old runs go, and what the status says meanwhile. Pure.
 
 A run starts when all of these hold:
-- no run of the cascade is unfinished (one at a time);
+- every run of the cascade is finished and decided (one at a time; a run the
+  pod reported Failed may still be retried by its Job until it is decided);
 - the schedule is due: a cron tick (UTC) has passed since the newest run was
   created (or, before the first run, since the cascade was); no schedule: due;
 - at least `minSamples` escalations were logged since the newest run was created
   (`status.traffic.escalationsLogged` against the run's `spec.logRecords`).
-Finished runs beyond `historyLimit`, oldest first, are deleted; the last
+Decided runs beyond `historyLimit`, oldest first, are deleted; the last
 promoted one is kept beyond it (its status names the rollback target).
 """
 
@@ -45,6 +46,11 @@ def phase_of(run: Distillation) -> DistillationPhase:
     return run.status.phase if run.status is not None else DistillationPhase.pending
 
 
+def decided(run: Distillation) -> bool:
+    """Finished and judged: a run the pod reported Failed is neither while its Job may still retry it."""
+    return run.status is not None and run.status.promotion is not None
+
+
 def run_name(cascade: str, now: datetime) -> str:
     """`{cascade}-d{YYYYMMDDHHMMSS}`, short enough for a Job's pods (<= 52 characters leaves room for theirs)."""
     return child_name(cascade[:30], f"d{now:%Y%m%d%H%M%S}")
@@ -58,9 +64,9 @@ def plan_runs(
     ordered = sorted(runs, key=created_at)
     promoted = [run for run in ordered if run.status and run.status.promotion and run.status.promotion.promoted]
     kept = {promoted[-1].metadata.name} if promoted else set()  # it names the rollback target
-    finished = [run for run in ordered if phase_of(run).finished and run.metadata.name not in kept]
+    active = [run for run in ordered if not decided(run)]
+    finished = [run for run in ordered if decided(run) and run.metadata.name not in kept]
     delete = [run.metadata.name for run in finished[: max(0, len(finished) - policy.history_limit)]]
-    active = [run for run in ordered if not phase_of(run).finished]
     if active:
         return RunPlan(None, f"run {active[-1].metadata.name} is {phase_of(active[-1]).value}", delete)
     newest = ordered[-1] if ordered else None

@@ -111,10 +111,17 @@ OPERATOR_RULES: tuple[RbacRule, ...] = (
         "patch": "A run's Job, its end when the pod could not report it (Job failed), and the promotion decision.",
     }, "a run's Job, its failure when the pod could not say, the promotion decision; `get` is never called, but "
        "the runs' Role grants it"),
+    RbacRule(GROUP, (f"{DISTILLATION_PLURAL}/finalizers",), {
+        "update": "A run's Job carries an owner reference to the run with blockOwnerDeletion "
+                  "(kopf.append_owner_reference); the OwnerReferencesPermissionEnforcement admission plugin allows "
+                  "setting it only to subjects that may update the owner's finalizers.",
+    }, "never called: where the OwnerReferencesPermissionEnforcement admission plugin runs, setting "
+       "`blockOwnerDeletion` on a run's Job needs it", never_called=True),
     RbacRule("batch", ("jobs",), {
         "get": "Each unfinished run's Job: made yet? failed? completed without a result?",
         "create": "The Job of a run (owned by the run: deleting the run removes it).",
-    }, "the Job that runs `kascade distill` for a run, and how it ended"),
+        "delete": "The Job of an unfinished run when spec.distillation is removed: the run stops.",
+    }, "the Job that runs `kascade distill` for a run, how it ended, and stopping it when distillation is turned off"),
     RbacRule(GROUP, (f"{PLURAL}/status",), {
         "get": "The operator creates each router's Role granting get and patch on its cascade's status, and "
                "RBAC lets a subject grant in a Role only what it holds itself (no escalate verb).",

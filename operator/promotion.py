@@ -16,17 +16,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from kascade.api.distillation import Distillation, DistillationPhase, Promotion
+from kascade.api.distillation import Distillation, DistillationPhase, Promotion, PromotionReason
 from kascade.api.modelcascade import ModelCascade
-
-PROMOTED = "Promoted"
-GATE_FAILED = "GateFailed"
-RUN_FAILED = "RunFailed"
-STUDENT_CHANGED = "StudentChanged"
-
 
 def tier_index(cascade: ModelCascade, tier: str) -> int | None:
     return next((i for i, t in enumerate(cascade.spec.tiers) if t.name == tier), None)
+
+
+def serving_model(cascade: ModelCascade, tier: str) -> str | None:
+    """What a student tier serves now; None when it is gone or became the last tier."""
+    index = tier_index(cascade, tier)
+    return cascade.spec.tiers[index].model.uri if index is not None and index < len(cascade.spec.tiers) - 1 else None
 
 
 def decide_promotion(run: Distillation, cascade: ModelCascade, *, now: str) -> Promotion | None:
@@ -35,25 +35,35 @@ def decide_promotion(run: Distillation, cascade: ModelCascade, *, now: str) -> P
     if status is None or not status.phase.finished or status.promotion is not None:
         return None
     if status.phase is DistillationPhase.failed:
-        return Promotion(promoted=False, reason=RUN_FAILED, message=status.message or "the run failed", at=now)
-    index = tier_index(cascade, run.spec.tier)
-    serving = cascade.spec.tiers[index].model.uri if index is not None and index < len(cascade.spec.tiers) - 1 else None
-    if serving is not None and serving == status.model:
-        # Promoted already (the spec was patched, then the operator stopped before saying so).
-        return Promotion(promoted=True, reason=PROMOTED, previous_model=run.spec.student,
-                         message=f"tier {run.spec.tier} serves {status.model}", at=now)  # fmt: skip
+        return Promotion(promoted=False, reason=PromotionReason.run_failed, message=status.message or "the run failed",
+                         at=now)  # fmt: skip
     gate = status.gate
     if gate is None or not gate.passed:
         reasons = "; ".join(gate.reasons) if gate is not None and gate.reasons else "no gate verdict was reported"
-        return Promotion(promoted=False, reason=GATE_FAILED, message=f"the gate failed: {reasons}", at=now)
+        return Promotion(promoted=False, reason=PromotionReason.gate_failed, message=f"the gate failed: {reasons}",
+                         at=now)  # fmt: skip
+    serving = serving_model(cascade, run.spec.tier)
+    if status.model and serving == status.model:
+        # Promoted already (the spec was patched, then the operator stopped before saying so).
+        return _promoted(run, status.model, gate.gain, now)
     if serving != run.spec.student or not status.model:
         now_serving = f"serves {serving}" if serving is not None else "is no longer a student tier of the cascade"
-        return Promotion(promoted=False, reason=STUDENT_CHANGED, at=now,
+        return Promotion(promoted=False, reason=PromotionReason.student_changed, at=now,
                          message=f"tier {run.spec.tier} {now_serving}, not {run.spec.student} that the run started from "
                                  "and was judged against")  # fmt: skip
-    return Promotion(promoted=True, reason=PROMOTED, previous_model=run.spec.student, at=now,
-                     message=f"tier {run.spec.tier}: {run.spec.student} -> {status.model} (gain {gate.gain:+.4f})"
-                     if gate.gain is not None else f"tier {run.spec.tier}: {run.spec.student} -> {status.model}")  # fmt: skip
+    return _promoted(run, status.model, gate.gain, now)
+
+
+def _promoted(run: Distillation, model: str, gain: float | None, now: str) -> Promotion:
+    shown = f" (gain {gain:+.4f})" if gain is not None else ""
+    return Promotion(promoted=True, reason=PromotionReason.promoted, previous_model=run.spec.student, at=now,
+                     message=f"tier {run.spec.tier}: {run.spec.student} -> {model}{shown}")  # fmt: skip
+
+
+def refused(run: Distillation, message: str, now: str) -> Promotion:
+    """The API server refused the cascade with the new model (validation, not a changed tier)."""
+    return Promotion(promoted=False, reason=PromotionReason.spec_refused, at=now,
+                     message=f"the cascade with tier {run.spec.tier} on the new model was refused: {message}")  # fmt: skip
 
 
 def spec_patch(run: Distillation, cascade: ModelCascade) -> list[dict[str, Any]] | None:

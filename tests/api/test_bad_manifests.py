@@ -194,9 +194,17 @@ CASES = [
          "spec: spec.distillation.tier must name a tier", "spec.distillation.tier must name a tier"),
     Case("on-policy-distillation-from-a-hosted-api", lambda m: (m["spec"].update(
          escalationLog={"enabled": True, "uri": "pvc://log/chat"},
-         distillation={"outputUri": "pvc://students/chat", "onPolicyFraction": 0.5}),
+         distillation={"outputUri": "pvc://students/chat", "training": {"onPolicyFraction": 0.5}}),
          m["spec"]["tiers"][-1].update(engine="external", model={"uri": "https://api.example.com/v1"})), "cel",
-         "spec: spec.distillation.onPolicyFraction > 0 needs", "onPolicyFraction > 0 needs a generative task"),
+         "spec: spec.distillation.training.onPolicyFraction > 0 needs", "onPolicyFraction > 0 needs a generative task"),
+    Case("distillation-of-a-hosted-student", lambda m: (m["spec"].update(
+         escalationLog={"enabled": True, "uri": "pvc://log/chat"}, distillation={"outputUri": "pvc://students/chat"}),
+         m["spec"]["tiers"][0].update(engine="external", model={"uri": "https://api.example.com/v1"})), "cel",
+         "spec: spec.distillation's student tier must be one Kascade deploys", "student tier must be one Kascade"),
+    Case("distillation-schedule-not-cron", lambda m: m["spec"].update(
+         escalationLog={"enabled": True, "uri": "pvc://log/chat"},
+         distillation={"outputUri": "pvc://students/chat", "schedule": "every night"}), "schema",
+         "spec.distillation.schedule: 'every night' does not match", "should match pattern"),
     Case("distillation-to-s3", lambda m: m["spec"].update(
          escalationLog={"enabled": True, "uri": "pvc://log/chat"},
          distillation={"outputUri": "s3://bucket/students"}), "schema",
@@ -235,10 +243,11 @@ def test_distillation_with_its_log_and_defaults_is_accepted() -> None:
     """A distilling cascade with its log, and onPolicyFraction 0 or left to its default, passes every rule."""
     manifest = copy.deepcopy(GOOD)
     manifest["spec"]["escalationLog"] = {"enabled": True, "uri": "pvc://log/chat"}
-    manifest["spec"]["distillation"] = {"outputUri": "pvc://students/chat", "schedule": "0 3 * * *", "onPolicyFraction": 0}
+    manifest["spec"]["distillation"] = {"outputUri": "pvc://students/chat", "schedule": "0 3 * * *",
+                                        "training": {"onPolicyFraction": 0}}  # fmt: skip
     assert refusals(manifest) == []
     ModelCascade.model_validate(manifest)
-    del manifest["spec"]["distillation"]["onPolicyFraction"]
+    del manifest["spec"]["distillation"]["training"]
     assert refusals(manifest) == []
 
 

@@ -11,7 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from crd_testkit import CRDS, cel_rules, crd, openapi_schema, to_jsonschema
-from kascade.api.crd import CRD_FILE, GENERATED_HEADER, build_crd, render_crds, sync_crds
+from kascade.api.crd import build_crd
+from kascade.api.crd_files import CRD_FILE, GENERATED_HEADER, render_crds, sync_crds
 from kascade.api.modelcascade import ModelCascadeSpec, ModelCascadeStatus
 from kascade.api.openapi import SchemaConversionError, to_structural
 
@@ -242,9 +243,9 @@ def test_cel_rules_are_attached_where_they_belong() -> None:
                       ".spec.tiers[].tolerations[]"]
     # 7 cross-field on spec, 4 on calibration (a goal, no minAccuracy online, bounds in order, whole answers
     # online), 1 escalation log with a place, 1 external URL per tier, 2 on accept, 1 toleration,
-    # 3 on distillation (needs the log, a student tier that is not the last, on-policy needs a scoring teacher),
-    # 1 toleration of its runs.
-    assert len(cel_rules()) == 20
+    # 4 on distillation (needs the log, a student tier that is not the last, on-policy needs a scoring teacher,
+    # a student a run can train), 1 toleration of its runs.
+    assert len(cel_rules()) == 21
 
 
 # --- the converter refuses what it cannot express -----------------------------

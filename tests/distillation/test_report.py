@@ -153,6 +153,18 @@ def test_a_run_whose_distillation_is_missing_stops_before_training(
     assert not (tmp_path / "out" / "provenance.json").exists()
 
 
+def test_an_api_server_that_cannot_be_reached_is_a_transient_failure_the_job_retries(
+    server: StandinApiServer, tiny_small_lm_dir: Path, answers_file: Callable[[int], Path], tmp_path: Path
+) -> None:
+    """Exit 3, not 2: the Job's podFailurePolicy fails the Job at once only on 2 (a refusal)."""
+    from kascade.runtime.serving import free_port
+
+    args = run_args(server, "run-unreachable", tiny_small_lm_dir, answers_file(12), tmp_path / "out")
+    args[args.index("--api-server") + 1] = f"http://127.0.0.1:{free_port()}"
+    done = distill(*args)
+    assert done.returncode == 3 and "could not write the status of Distillation llm/run-unreachable" in done.stdout
+
+
 def test_a_malformed_report_target_is_refused_by_the_cli(tiny_small_lm_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["distill", "--student", str(tiny_small_lm_dir), "--data", "x.jsonl",
                                       "--out", str(tmp_path / "o"), "--report-to", "just-a-name"], env={"COLUMNS": "200"})  # fmt: skip

@@ -69,9 +69,9 @@ def cascade(**distillation: Any) -> dict[str, Any]:
                 {"name": "large", "engine": "transformers", "model": {"uri": "pvc://models/large"}},
             ],
             "escalationLog": {"enabled": True, "uri": f"pvc://escalations/{NAME}"},
-            "distillation": {"outputUri": f"pvc://students/{NAME}", "minSamples": 30, "steps": 30, "batchSize": 8,
-                             "learningRate": 0.01, "temperature": 1, "historyLimit": 1, "resources": {"gpus": 0},
-                             **distillation},
+            "distillation": {"outputUri": f"pvc://students/{NAME}", "minSamples": 30, "historyLimit": 1,
+                             "training": {"steps": 30, "batchSize": 8, "learningRate": 0.01, "temperature": 1},
+                             "resources": {"gpus": 0}, **distillation},
         },
     }  # fmt: skip
 
@@ -210,6 +210,7 @@ def test_a_run_that_passes_the_gate_is_promoted_and_the_tier_rolls_out(cluster: 
     assert done.returncode == 0, done.stdout + done.stderr
     status = distillations(cluster)[name]["status"]
     assert status["phase"] == "Succeeded" and status["gate"]["passed"] and status["after"]["answerAgreement"] == 1.0
+    log_escalations(cluster, 80)  # enough for the next run already: it must start from the promoted student
     finish_job(cluster, name, "Complete")
     decided = promotion(cluster, name)
     assert decided["promoted"] and decided["reason"] == "Promoted" and decided["previousModel"] == SERVING
@@ -226,10 +227,11 @@ def test_a_run_that_passes_the_gate_is_promoted_and_the_tier_rolls_out(cluster: 
 def test_a_run_that_fails_the_gate_leaves_the_deployment_untouched(cluster: Cluster, claims: Path):
     serving = small_tier_uri(cluster)
     before = small_deployment(cluster)["metadata"]["resourceVersion"]
-    log_escalations(cluster, 80)
-    run = new_run(cluster, set(distillations(cluster)))
+    first = cluster.status()["distillation"]["lastPromoted"]
+    run = new_run(cluster, {first})  # 80 were logged before the promotion: it is due already
     name = run["metadata"]["name"]
     assert run["spec"]["student"] == serving, "the next run starts from the promoted student"
+    assert len(distillations(cluster)) == 2, "one run after the promotion, not one from the old student too"
     done = run_pod(cluster, claims, name)
     assert done.returncode == 0, done.stdout + done.stderr
     finish_job(cluster, name, "Complete")
@@ -265,14 +267,17 @@ def test_a_run_that_failed_is_decided_only_once_its_job_stops_retrying(cluster: 
     name = new_run(cluster, set(distillations(cluster)))["metadata"]["name"]
     failed = {"status": {"phase": "Failed", "message": "RuntimeError: CUDA out of memory"}}  # what the pod reports
     cluster.kubectl("patch", "distillation", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(failed))
-    time.sleep(6 * cluster.interval_s)  # the Job may still retry the pod, and the retry may succeed
-    assert "promotion" not in distillations(cluster)[name]["status"]
+    log_escalations(cluster, 200)  # due again: yet no run starts, and none is deleted, while this one may be retried
+    runs_before = set(distillations(cluster))
+    time.sleep(6 * cluster.interval_s)
+    assert "promotion" not in distillations(cluster)[name]["status"] and set(distillations(cluster)) == runs_before
     finish_job(cluster, name, "Failed", "BackoffLimitExceeded")
     decided = promotion(cluster, name)
     assert decided["reason"] == "RunFailed" and "CUDA out of memory" in decided["message"]
-    kept = wait_for(lambda: len(distillations(cluster)) == 2 and set(distillations(cluster)),
+    newer = new_run(cluster, runs_before)["metadata"]["name"]  # decided now: the next run may start
+    kept = wait_for(lambda: len(distillations(cluster)) == 3 and set(distillations(cluster)),
                     what="runs beyond the history limit deleted")  # fmt: skip
-    assert name in kept and cluster.status()["distillation"]["lastPromoted"] in kept, "the rollback target's run stays"
+    assert {name, newer, cluster.status()["distillation"]["lastPromoted"]} == kept, "the rollback target's run stays"
 
 
 def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Path, monkeypatch: pytest.MonkeyPatch):

@@ -19,7 +19,11 @@ from kascade.operator.build_distillation import (
 from kascade.operator.builders import build_children
 from kascade.operator.distillation_loop import summarize_runs
 from kascade.operator.distillation_schedule import plan_runs, run_name
-from kascade.operator.promotion import GATE_FAILED, PROMOTED, RUN_FAILED, STUDENT_CHANGED, decide_promotion, spec_patch
+from kascade.api.distillation import PromotionReason
+from kascade.operator.promotion import decide_promotion, spec_patch
+
+PROMOTED, GATE_FAILED = PromotionReason.promoted, PromotionReason.gate_failed
+RUN_FAILED, STUDENT_CHANGED = PromotionReason.run_failed, PromotionReason.student_changed
 from kascade.operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()
@@ -66,7 +70,8 @@ def test_a_run_starts_once_enough_escalations_were_logged():
 
 
 def test_records_count_from_the_last_run():
-    last = run("chat-d1", created=NOW - timedelta(hours=1), phase="Succeeded", log_records=500)
+    last = run("chat-d1", created=NOW - timedelta(hours=1), phase="Succeeded", log_records=500,
+               promotion={"promoted": False, "reason": "GateFailed"})  # fmt: skip
     assert plan([last], logged=599).start is None
     assert plan([last], logged=600).start is not None
 
@@ -76,6 +81,10 @@ def test_one_run_at_a_time():
     decided = plan([running], logged=10_000)
     assert decided.start is None and decided.waiting == "run chat-d1 is Running"
     assert plan([run("chat-d1", created=NOW, phase=None)], logged=10_000).start is None, "a new run is Pending"
+    # The pod reported Failed, its Job may still retry it: not decided, so neither replaced nor deleted.
+    retrying = run("chat-d1", created=NOW - timedelta(hours=1), phase="Failed", log_records=100)
+    waiting = plan([retrying], logged=10_000, historyLimit=1)
+    assert waiting.start is None and waiting.delete == [] and waiting.waiting == "run chat-d1 is Failed"
 
 
 def test_a_schedule_starts_a_run_once_per_tick():
@@ -83,14 +92,16 @@ def test_a_schedule_starts_a_run_once_per_tick():
     assert plan([], logged=1000, schedule="0 3 * * *", now=datetime(2026, 11, 30, 2, 59, tzinfo=UTC)).start is None
     first = plan([], logged=1000, schedule="0 3 * * *", now=datetime(2026, 11, 30, 3, 0, 5, tzinfo=UTC))
     assert first.start is not None
-    done = run(first.start, created=datetime(2026, 11, 30, 3, 0, 5, tzinfo=UTC), phase="Succeeded", log_records=0)
+    done = run(first.start, created=datetime(2026, 11, 30, 3, 0, 5, tzinfo=UTC), phase="Succeeded", log_records=0,
+               promotion={"promoted": True, "reason": "Promoted"})  # fmt: skip
     later = plan([done], logged=5000, schedule="0 3 * * *", now=datetime(2026, 11, 30, 20, tzinfo=UTC))
     assert later.start is None and later.waiting == "next look at 2026-12-01T03:00:00Z (0 3 * * *)"
     assert plan([done], logged=5000, schedule="0 3 * * *", now=datetime(2026, 12, 1, 3, 1, tzinfo=UTC)).start
 
 
 def test_finished_runs_beyond_the_history_limit_go_oldest_first():
-    runs = [run(f"chat-d{i}", created=NOW - timedelta(hours=10 - i), phase="Failed") for i in range(5)]
+    failed = {"promoted": False, "reason": "RunFailed"}
+    runs = [run(f"chat-d{i}", created=NOW - timedelta(hours=10 - i), phase="Failed", promotion=failed) for i in range(5)]
     runs.append(run("chat-d9", created=NOW, phase="Running"))
     assert plan(runs, logged=0, historyLimit=2).delete == ["chat-d0", "chat-d1", "chat-d2"]
     runs[0] = run("chat-d0", created=NOW - timedelta(hours=10), phase="Succeeded",
@@ -99,21 +110,26 @@ def test_finished_runs_beyond_the_history_limit_go_oldest_first():
 
 
 def test_a_schedule_that_is_not_cron_is_refused():
-    with pytest.raises(ValueError, match="is not a cron expression"):
+    with pytest.raises(ValueError, match="should match pattern"):
         cascade(schedule="every night")
+    with pytest.raises(ValueError, match="should match pattern"):
+        cascade(schedule="0 0 3 * * *")  # six fields (seconds): not a CronJob's
+    with pytest.raises(ValueError, match="is not a cron expression"):
+        cascade(schedule="99 3 * * *")
+    assert cascade(schedule="@daily").spec.distillation is not None
 
 
 # --- the run and its Job --------------------------------------------------------------------
 
 
 def test_the_run_starts_from_the_serving_student_and_writes_a_folder_of_its_own():
-    made = build_distillation(cascade(temperature=4.0), SETTINGS, name="chat-d1", log_records=1234)
+    made = build_distillation(cascade(training={"temperature": 4.0}), SETTINGS, name="chat-d1", log_records=1234)
     spec = made["spec"]
     assert (spec["cascade"], spec["tier"], spec["student"]) == ("chat", "small", SMALL)
     assert spec["data"] == "pvc://escalations/chat" and spec["output"] == "pvc://students/chat/chat-d1"
     assert spec["training"]["temperature"] == 4.0 and spec["logRecords"] == 1234
     assert "teacherUrl" not in spec, "off-policy runs need no teacher server"
-    on_policy = build_distillation(cascade(onPolicyFraction=0.5), SETTINGS, name="chat-d2", log_records=0)["spec"]
+    on_policy = build_distillation(cascade(training={"onPolicyFraction": 0.5}), SETTINGS, name="chat-d2", log_records=0)["spec"]
     assert on_policy["teacherUrl"] == "http://chat-large.llm.svc:8000/v1" and on_policy["teacherModel"] == "large"
 
 
@@ -183,6 +199,28 @@ def test_a_student_changed_meanwhile_is_not_replaced():
     moved.spec.tiers[0].model.uri = "pvc://models/small-by-hand"
     decision = decide_promotion(finished({"passed": True, "gain": 0.05}), moved, now="t")
     assert decision is not None and decision.reason == STUDENT_CHANGED and "small-by-hand" in decision.message
+
+
+def test_a_failed_gate_never_promotes_even_when_the_tier_already_serves_its_model():
+    served = cascade()
+    served.spec.tiers[0].model.uri = "pvc://students/chat/chat-d1"
+    decision = decide_promotion(finished({"passed": False, "gain": 0.0, "reasons": ["no gain"]}), served, now="t")
+    assert decision is not None and not decision.promoted and decision.reason == GATE_FAILED
+
+
+def test_a_promotion_the_operator_made_before_stopping_is_recognised():
+    served = cascade()
+    served.spec.tiers[0].model.uri = "pvc://students/chat/chat-d1"  # patched, then the operator stopped
+    decision = decide_promotion(finished({"passed": True, "gain": 0.05}), served, now="t")
+    assert decision is not None and decision.promoted and decision.previous_model == SMALL
+    assert spec_patch(finished({"passed": True}), served) is None, "nothing left to patch"
+
+
+def test_a_run_never_writes_over_the_model_it_starts_from():
+    manifest = build_distillation(cascade(), SETTINGS, name="chat-d1", log_records=0)
+    manifest["spec"]["output"] = manifest["spec"]["student"] = "pvc://students/chat/v1"
+    with pytest.raises(ValueError, match="spec.output must differ from spec.student"):
+        Distillation.model_validate(manifest)
 
 
 def test_a_decision_is_made_once():

@@ -21,10 +21,16 @@ edit: change the table and run `python scripts/render_permissions.py`.
 - apiGroups: ["kascade.dev"]
   resources: ["distillations/status"]
   verbs: ["get", "patch"]
-# the Job that runs kascade distill for a run, and how it ended.
+# never called: where the OwnerReferencesPermissionEnforcement admission
+# plugin runs, setting blockOwnerDeletion on a run's Job needs it.
+- apiGroups: ["kascade.dev"]
+  resources: ["distillations/finalizers"]
+  verbs: ["update"]
+# the Job that runs kascade distill for a run, how it ended, and stopping it
+# when distillation is turned off.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "delete"]
 # the status merge patch; get is never called, but the operator creates each
 # router's Role granting get and patch on it, and RBAC lets one grant only
 # what one holds.
