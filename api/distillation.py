@@ -1,7 +1,8 @@
 """The `Distillation` resource: one run of `kascade distill`, like a Job to a CronJob.
 
 A ModelCascade with `spec.distillation` gets one on its schedule (the operator
-creates it, owned by the cascade); a user may create one by hand. The operator
+creates it, owned by the cascade); a user may create one by hand, for a
+cascade with `spec.distillation` (runs naming any other cascade are not run). The operator
 runs it as a Kubernetes Job (`kascade.operator.build_distillation`); the run
 reports its progress and its result (figures before and after, the promotion
 gate's verdict, the model it wrote) into the status itself

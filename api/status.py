@@ -175,7 +175,9 @@ class DistillationSummary(StatusModel):
     last_run: str | None = None
     last_run_phase: str | None = None
     last_decision: str | None = Field(default=None, description="Promoted, or why the last finished run was not.")
-    runs: int = Field(default=0, description="Runs kept (historyLimit finished ones, and the one running).")
+    runs: int = Field(
+        default=0, description="Runs kept: historyLimit decided ones, the last promoted one, and the one running."
+    )
     waiting: str = Field(default="", description="Why no run starts now.")
 
 
