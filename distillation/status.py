@@ -3,7 +3,7 @@
 Each write is a JSON merge patch of the status subresource, built from the
 status types of `kascade.api.distillation`, so the wire shape is the CRD's.
 Only the fields a moment sets are sent: a merge patch leaves the rest (the
-operator's `job`, `promotion` and `conditions`) as they are.
+operator's `job` and `promotion`) as they are.
 
 - start: phase Running, startedAt, progress 0/N; a previous attempt's result is cleared;
 - progress: progress {step, steps, loss} and progressText, at most every interval (`Throttle`);
