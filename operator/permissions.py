@@ -89,6 +89,17 @@ def child_rules(kinds: Iterable[ChildKind] = CHILD_KINDS) -> tuple[RbacRule, ...
     )
 
 
+def finalizers_rule(plural: str, dependents: str) -> RbacRule:
+    """`update` on `plural/finalizers`: never called, but needed to set blockOwnerDeletion on `dependents`."""
+    return RbacRule(GROUP, (f"{plural}/finalizers",), {
+        "update": f"{dependents[0].upper()}{dependents[1:]} carry owner references with blockOwnerDeletion "
+                  "(kopf.append_owner_reference); the OwnerReferencesPermissionEnforcement admission plugin "
+                  "(OpenShift, hardened clusters) allows setting it only to subjects that may update the owner's "
+                  "finalizers.",
+    }, "never called: where the OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift, hardened "
+       f"clusters), setting `blockOwnerDeletion` on {dependents} needs it", never_called=True)  # fmt: skip
+
+
 OPERATOR_RULES: tuple[RbacRule, ...] = (
     RbacRule(GROUP, (PLURAL,), {
         "get": "write_status re-reads the cascade after a 409 Conflict on its status write.",
@@ -111,12 +122,7 @@ OPERATOR_RULES: tuple[RbacRule, ...] = (
         "patch": "A run's Job, its end when the pod could not report it (Job failed), and the promotion decision.",
     }, "a run's Job, its failure when the pod could not say, the promotion decision; `get` is never called, but "
        "the runs' Role grants it"),
-    RbacRule(GROUP, (f"{DISTILLATION_PLURAL}/finalizers",), {
-        "update": "A run's Job carries an owner reference to the run with blockOwnerDeletion "
-                  "(kopf.append_owner_reference); the OwnerReferencesPermissionEnforcement admission plugin allows "
-                  "setting it only to subjects that may update the owner's finalizers.",
-    }, "never called: where the OwnerReferencesPermissionEnforcement admission plugin runs, setting "
-       "`blockOwnerDeletion` on a run's Job needs it", never_called=True),
+    finalizers_rule(DISTILLATION_PLURAL, "a run's Job"),
     RbacRule("batch", ("jobs",), {
         "get": "Each unfinished run's Job: made yet? failed? completed without a result?",
         "create": "The Job of a run (owned by the run: deleting the run removes it).",
@@ -128,12 +134,7 @@ OPERATOR_RULES: tuple[RbacRule, ...] = (
         "patch": "Conditions, tier readiness, endpoint, traffic and cost (the folded router counters), one merge patch.",
     }, "the status merge patch; `get` is never called, but the operator creates each router's Role granting "
        "`get` and `patch` on it, and RBAC lets one grant only what one holds"),
-    RbacRule(GROUP, (f"{PLURAL}/finalizers",), {
-        "update": "The children carry owner references with blockOwnerDeletion (kopf.append_owner_reference); "
-                  "the OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters) "
-                  "allows setting it only to subjects that may update the owner's finalizers.",
-    }, "never called: where the OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift, hardened "
-       "clusters), setting `blockOwnerDeletion` on the children needs it", never_called=True),
+    finalizers_rule(PLURAL, "the children"),
     RbacRule("", ("events",), {
         "create": "Warnings (Degraded, a failed apply) and notable actions (Applied, Ready, Recovered) on the cascade.",
     }, "`kopf.event`/`kopf.warn` (Degraded, a failed apply; Applied, Ready, Recovered) and Kopf's error events"),

@@ -22,7 +22,8 @@ edit: change the table and run `python scripts/render_permissions.py`.
   resources: ["distillations/status"]
   verbs: ["get", "patch"]
 # never called: where the OwnerReferencesPermissionEnforcement admission
-# plugin runs, setting blockOwnerDeletion on a run's Job needs it.
+# plugin runs (OpenShift, hardened clusters), setting blockOwnerDeletion on a
+# run's Job needs it.
 - apiGroups: ["kascade.dev"]
   resources: ["distillations/finalizers"]
   verbs: ["update"]
