@@ -2,7 +2,8 @@
 
 A ModelCascade with `spec.distillation` gets one on its schedule (the operator
 creates it, owned by the cascade); a user may create one by hand, for a
-cascade with `spec.distillation` (runs naming any other cascade are not run). The operator
+cascade with `spec.distillation` (a run naming any other cascade is not run: it
+is marked Failed with the reason). The operator
 runs it as a Kubernetes Job (`kascade.operator.build_distillation`); the run
 reports its progress and its result (figures before and after, the promotion
 gate's verdict, the model it wrote) into the status itself

@@ -31,6 +31,7 @@ from kascade.operator.distillation_schedule import created_at, parse_time, phase
 from kascade.operator.kube_api import ApiError
 from kascade.operator.notices import Notice
 from kascade.operator.cascade_resource import parse_cascade
+from kascade.operator.cascade_resource import plain as plain_body
 from kascade.operator.promotion import decide_promotion, refused, serving_model, spec_patch
 from pydantic import ValidationError
 
@@ -74,6 +75,25 @@ async def reconcile_distillations(operator: Operator, cascade: ModelCascade, tar
             return  # the spec changed: the reconcile it starts schedules from the new student
     waiting, kept = await _schedule(operator, cascade, target, decided, now)
     await _write_summary(operator, cascade, target, kept, waiting)
+
+
+async def refuse_orphan_run(operator: Operator, body: Mapping[str, Any]) -> None:
+    """A run naming a cascade that does not exist, or does not distil, is Failed with the reason (once, unstarted)."""
+    try:
+        run = Distillation.model_validate(plain_body(body))
+    except ValidationError:
+        return  # the API server checked it against the CRD; a newer shape is not this operator's to judge
+    if run.status is not None:
+        return  # its cascade's reconcile has taken it (or someone said something already)
+    namespace = run.metadata.namespace or "default"
+    found = await operator.api.get(API_VERSION, PLURAL, run.spec.cascade, namespace=namespace)
+    if found is None:
+        message = f"cascade {run.spec.cascade} does not exist in namespace {namespace}"
+    elif not (found.get("spec") or {}).get("distillation"):
+        message = NO_POLICY.format(cascade=run.spec.cascade)
+    else:
+        return
+    await _patch_run(operator, run, _failed(message, operator.clock()))
 
 
 def _promoted_now(before: Distillation, after: Distillation) -> bool:

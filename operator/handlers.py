@@ -6,6 +6,10 @@ resume; a drift loop runs the same reconcile every
 default 15) to correct drift, refresh tier readiness and fold the router
 replicas' counters into the status. A per-cascade lock keeps the two apart.
 
+Distillation runs are followed by their cascade's reconcile; a run created by
+hand for a cascade that is missing or does not distil is told so when it
+appears (`check_run`).
+
 Run with `kascade operator` (see `kascade.operator.main`), or
 `kopf run -m kascade.operator.handlers`.
 """
@@ -17,7 +21,9 @@ import logging
 from typing import Any
 
 import kopf
+from kascade.api.distillation import DISTILLATION_PLURAL
 from kascade.api.modelcascade import GROUP, PLURAL, VERSION
+from kascade.operator.distillation_loop import refuse_orphan_run
 from kascade.operator.kube_api import KubeApi
 from kascade.operator.kube_credentials import Credentials
 from kascade.operator.reconcile import Operator, reconcile
@@ -101,3 +107,13 @@ async def refresh_cascade(
             except kopf.TemporaryError as error:
                 logger.info("%s; again in %g s", error, error.delay or interval)
                 delay = error.delay or interval
+
+
+@kopf.on.resume(GROUP, VERSION, DISTILLATION_PLURAL)
+@kopf.on.create(GROUP, VERSION, DISTILLATION_PLURAL)
+async def check_run(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A run nobody would run (its cascade is missing, or does not distil) says so in its status, once.
+
+    The runs themselves are followed by their cascade's reconcile (`distillation_loop`).
+    """
+    await refuse_orphan_run(_operator(memo), body)

@@ -112,10 +112,14 @@ OPERATOR_RULES: tuple[RbacRule, ...] = (
        "and its `kascade.dev/` annotations; a promotion patches the student tier's `model.uri`; the status "
        "write re-reads one after a 409 Conflict"),
     RbacRule(GROUP, (DISTILLATION_PLURAL,), {
-        "list": "The runs of a cascade with spec.distillation, every reconcile (operator/distillation_loop.py).",
+        "list": "The runs of a cascade with spec.distillation, every reconcile (operator/distillation_loop.py); "
+                "Kopf lists them when it starts.",
+        "watch": "Kopf watches runs: one made by hand for a cascade that is missing or does not distil is told so.",
+        "patch": "Kopf writes its kascade.dev/ progress and last-handled-configuration annotations on a run.",
         "create": "A run when the schedule is due and enough escalations were logged (owned by the cascade).",
         "delete": "Finished runs beyond spec.distillation.historyLimit (their Jobs go with them).",
-    }, "a cascade's distillation runs: follow them, start one when due, delete those beyond the history limit"),
+    }, "a cascade's distillation runs: follow them, start one when due, delete those beyond the history limit; "
+       "Kopf watches them (and annotates them) to tell a run made by hand for no distilling cascade why it waits"),
     RbacRule(GROUP, (f"{DISTILLATION_PLURAL}/status",), {
         "get": "The operator creates each cascade's `-distill` Role granting get and patch on runs' status, and "
                "RBAC lets a subject grant in a Role only what it holds itself.",

@@ -280,6 +280,18 @@ def test_a_run_that_failed_is_decided_only_once_its_job_stops_retrying(cluster: 
     assert {name, newer, cluster.status()["distillation"]["lastPromoted"]} == kept, "the rollback target's run stays"
 
 
+def test_a_run_made_by_hand_for_no_distilling_cascade_says_why_it_never_runs(cluster: Cluster, claims: Path):
+    run = {"apiVersion": "kascade.dev/v1alpha1", "kind": "Distillation", "metadata": {"name": "by-hand", "namespace": NS},
+           "spec": {"cascade": "nowhere", "tier": "small", "student": SERVING, "data": f"pvc://escalations/{NAME}",
+                    "output": "pvc://students/by-hand"}}  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=manifests(run))
+    status = wait_for(lambda: (distillations(cluster)["by-hand"].get("status") or {}).get("phase"),
+                      what="the run's status", context=cluster.log_tail)  # fmt: skip
+    assert status == "Failed"
+    assert distillations(cluster)["by-hand"]["status"]["message"] == "cascade nowhere does not exist in namespace llm"
+    assert cluster.server.get("jobs", "by-hand", NS) is None
+
+
 def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Path, monkeypatch: pytest.MonkeyPatch):
     requests = [r for r in cluster.server.requests if r.resource is not None]
     operator = [r for r in requests if r.user_agent.startswith(OPERATOR_AGENTS)]

@@ -12,10 +12,11 @@ edit: change the table and run `python scripts/render_permissions.py`.
   resources: ["modelcascades"]
   verbs: ["get", "list", "watch", "patch"]
 # a cascade's distillation runs: follow them, start one when due, delete those
-# beyond the history limit.
+# beyond the history limit; Kopf watches them (and annotates them) to tell a
+# run made by hand for no distilling cascade why it waits.
 - apiGroups: ["kascade.dev"]
   resources: ["distillations"]
-  verbs: ["list", "create", "delete"]
+  verbs: ["list", "watch", "patch", "create", "delete"]
 # a run's Job, its failure when the pod could not say, the promotion decision;
 # get is never called, but the runs' Role grants it.
 - apiGroups: ["kascade.dev"]
