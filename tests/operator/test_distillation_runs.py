@@ -155,6 +155,16 @@ def test_the_job_runs_kascade_distill_on_a_gpu_with_the_claims_mounted_and_repor
     kubernetes_validate.validate(job, "1.30", strict=True)
 
 
+def test_the_policys_tolerations_reach_the_runs_pod_whole():
+    toleration = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+                  "tolerationSeconds": 60}  # fmt: skip
+    made = build_distillation(cascade(tolerations=[toleration]), SETTINGS, name="chat-d1", log_records=0)
+    assert made["spec"]["tolerations"] == [toleration]
+    job = build_distillation_job(Distillation.model_validate(made), SETTINGS)
+    assert toleration in job["spec"]["template"]["spec"]["tolerations"]
+    kubernetes_validate.validate(job, "1.30", strict=True)
+
+
 def test_the_runs_identity_may_only_write_distillation_status():
     account, role, binding = build_distiller_children(cascade())
     assert role["rules"] == [{"apiGroups": ["kascade.dev"], "resources": ["distillations/status"],
