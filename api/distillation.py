@@ -7,9 +7,9 @@ is marked Failed with the reason). The operator
 runs it as a Kubernetes Job (`kascade.operator.build_distillation`); the run
 reports its progress and its result (figures before and after, the promotion
 gate's verdict, the model it wrote) into the status itself
-(`kascade.distillation.report`). When the gate passes and the run names a
-cascade, the operator points the student tier at the new model and records the
-model it replaced as the rollback target (`kascade.operator.promotion`).
+(`kascade.distillation.report`). When the gate passes, the operator points the
+cascade's student tier at the new model and records the model it replaced as
+the rollback target (`kascade.operator.promotion`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kascade.api.base import SpecModel, StatusModel
-from kascade.api.loop import Gate, Training
-from kascade.api.modelcascade import GROUP, VERSION, ObjectMeta
-from kascade.api.modelcascade import SecretKeyRef
-from kascade.api.resources import DNS_LABEL_PATTERN, Resources, Toleration
+from kascade.api.base import StatusModel
+from kascade.api.loop import Gate, RunPlacement, Training
+from kascade.api.modelcascade import GROUP, VERSION, ObjectMeta, SecretKeyRef
+from kascade.api.resources import DNS_LABEL_PATTERN
 
 DISTILLATION_KIND = "Distillation"
 DISTILLATION_PLURAL = "distillations"
+
+# How `kascade distill` ends, as a run's Job reads it (its podFailurePolicy).
+REFUSED_EXIT_CODE = 2  # bad data or model, or a status the API server refuses: the same command fails again
+TRANSIENT_EXIT_CODE = 3  # the API server could not be reached or was busy: run again (it resumes from the checkpoint)
 
 OUTPUT_IS_NOT_THE_STUDENT = "spec.output must differ from spec.student: a run never writes over the model it starts from"
 ON_POLICY_NEEDS_A_TEACHER = (
@@ -34,7 +37,7 @@ ON_POLICY_NEEDS_A_TEACHER = (
 )
 
 
-class DistillationSpec(SpecModel):
+class DistillationSpec(RunPlacement):
     """One run: which student, taught from what, written where, judged how."""
 
     cascade: str = Field(
@@ -44,7 +47,7 @@ class DistillationSpec(SpecModel):
     tier: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL_PATTERN, description="The cascade's student tier.")
     student: str = Field(
         min_length=1, max_length=2048,
-        description="The model the run starts from (the tier's serving one): pvc://claim/path, hf://org/name, s3://…",
+        description="The model the run starts from (the tier's serving one): pvc://claim/path, hf://org/name, pkg://…",
     )  # fmt: skip
     hub_token_secret: SecretKeyRef | None = Field(default=None, description="HF_TOKEN for an hf:// student (the tier's).")
     data: str = Field(
@@ -65,11 +68,6 @@ class DistillationSpec(SpecModel):
     )  # fmt: skip
     training: Training = Field(default_factory=Training)
     gate: Gate = Field(default_factory=Gate)
-    resources: Resources = Field(default_factory=lambda: Resources(gpus=1), description="What the run's pod needs.")
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, max_length=32, description="Node labels a run's pod must run on (with resources.gpuType)."
-    )
     log_records: int = Field(
         default=0, ge=0, description="Escalations the cascade had logged when the run was created (the next counts from it)."
     )

@@ -215,7 +215,17 @@ class Gate(SpecModel):
     min_slice_examples: int = Field(default=20, ge=1, le=1_000_000, description="Smaller slices are shown, not judged.")
 
 
-class DistillationPolicy(SpecModel):
+class RunPlacement(SpecModel):
+    """Where a distillation run's pod runs and what it needs (GPU taints are tolerated for GPU runs)."""
+
+    resources: Resources = Field(default_factory=lambda: Resources(gpus=1), description="What a run's pod needs.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Node labels a run's pod must run on (with resources.gpuType)."
+    )
+
+
+class DistillationPolicy(RunPlacement):
     """When a better student is distilled from the escalation log, and when it replaces the serving one.
 
     The operator creates a `Distillation` (a Job running `kascade distill`) for
@@ -240,11 +250,6 @@ class DistillationPolicy(SpecModel):
     training: Training = Field(default_factory=Training, description="How each run trains the student.")
     gate: Gate = Field(default_factory=Gate, description="What a run's student must show to be promoted.")
     history_limit: int = Field(default=3, ge=1, le=100, description="Finished runs kept; older ones are deleted.")
-    resources: Resources = Field(default_factory=lambda: Resources(gpus=1), description="What a run's pod needs.")
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, max_length=32, description="Node labels a run's pod must run on (with resources.gpuType)."
-    )
 
     @field_validator("schedule")
     @classmethod

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kascade.api.distillation import REFUSED_EXIT_CODE, TRANSIENT_EXIT_CODE
 from kascade.distillation.examples import DistillDataError
 from kascade.distillation.report import DistillationReportConfig, DistillationReporter, ReportError
 from kascade.distillation.run import PROVENANCE, run_distill
@@ -53,10 +54,6 @@ def run_distill_command(
                 console.print(f"[red]error:[/red] {error}; the student is in {settings.out}, its result is not reported")
                 return report_exit_code(error)
     return 0
-
-
-REFUSED_EXIT_CODE = 2  # bad data or model, or a status the API server refuses: the same command fails again
-TRANSIENT_EXIT_CODE = 3  # the API server could not be reached or was busy: run again (it resumes from the checkpoint)
 
 
 def report_exit_code(error: ReportError) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 from kascade.api.distillation import (
     DISTILLATION_KIND,
     DISTILLATION_PLURAL,
+    REFUSED_EXIT_CODE,
     Distillation,
     DistillationSpec,
 )
@@ -39,7 +40,6 @@ COMPONENT_DISTILLATION = "distillation"
 DISTILLATION_LABEL = "kascade.dev/distillation"
 CLAIMS_ROOT = "/mnt/kascade"  # each claim a run uses is mounted once, at CLAIMS_ROOT/<claim>
 JOB_BACKOFF_LIMIT = 2  # a pod lost mid-run is retried; `kascade distill` resumes from its checkpoint
-DISTILL_REFUSED_EXIT_CODE = 2  # bad data or model, or a status it cannot write: a retry would fail the same way
 
 
 def distiller_name(cascade: str) -> str:
@@ -165,7 +165,7 @@ def build_distillation_job(run: Distillation, settings: OperatorSettings) -> dic
         "spec": {
             "backoffLimit": JOB_BACKOFF_LIMIT,
             "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
-                "containerName": "distill", "operator": "In", "values": [DISTILL_REFUSED_EXIT_CODE]}}]},
+                "containerName": "distill", "operator": "In", "values": [REFUSED_EXIT_CODE]}}]},
             "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }

@@ -10,7 +10,8 @@
 3. the schedule (`distillation_schedule.plan_runs`): old runs beyond the
    history limit are deleted, a new run is created when one is due;
 4. `status.distillation` says what the tier serves, the rollback target, the
-   last run and what the next one waits for.
+   last run and what the next one waits for: returned as a part of the status
+   patch the reconcile writes anyway, so it costs no write of its own.
 Nothing is written when nothing changed.
 """
 
@@ -25,9 +26,10 @@ import kopf
 from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL, Distillation, DistillationPhase
 from kascade.api.modelcascade import API_VERSION, PLURAL, ModelCascade
 from kascade.api.status import DistillationSummary
-from kascade.operator.cascade_writes import Target, post, write_status
+from kascade.operator.cascade_writes import Target, post
 from kascade.operator.build_distillation import build_distillation, build_distillation_job, student_tier
-from kascade.operator.distillation_schedule import created_at, parse_time, phase_of, plan_runs
+from kascade.operator.counter_slots import parse_time
+from kascade.operator.distillation_schedule import created_at, decided, phase_of, plan_runs, promoted
 from kascade.operator.kube_api import ApiError
 from kascade.operator.notices import Notice
 from kascade.operator.cascade_resource import parse_cascade
@@ -46,18 +48,17 @@ RUN_NAME_TOO_LONG = "the run's name {name!r} is longer than 63 characters, which
 NO_POLICY = "cascade {cascade} has no spec.distillation: set it (outputUri, schedule) for its runs to be run"
 
 
-async def reconcile_distillations(operator: Operator, cascade: ModelCascade, target: Target) -> None:
-    """Steps 1–4 for one cascade."""
+async def reconcile_distillations(operator: Operator, cascade: ModelCascade, target: Target) -> dict[str, Any]:
+    """Steps 1–3 for one cascade; step 4 as a part of the status patch the reconcile writes (`{}`: leave it)."""
     if cascade.spec.distillation is None and not target.status.get("distillation"):
-        return  # no run is made or followed for a cascade without spec.distillation (nor any list call)
+        return {}  # no run is made or followed for a cascade without spec.distillation (nor any list call)
     api, namespace = operator.api, target.namespace
     try:
         listed = await api.list(API_VERSION, DISTILLATION_PLURAL, namespace=namespace, kind=DISTILLATION_KIND)
     except ApiError as error:
         if not error.not_found:
             raise
-        await _write_summary(operator, cascade, target, [], NO_CRD)
-        return
+        return summary_patch(cascade, [], NO_CRD)
     runs: list[tuple[Distillation, dict[str, Any]]] = []
     for raw in listed:
         if (raw.get("spec") or {}).get("cascade") != target.name:
@@ -72,9 +73,9 @@ async def reconcile_distillations(operator: Operator, cascade: ModelCascade, tar
     for run, settled in followed:
         decided.append(await _decide(operator, cascade, target, run, now) if settled else run)
         if _promoted_now(run, decided[-1]):
-            return  # the spec changed: the reconcile it starts schedules from the new student
+            return {}  # the spec changed: the reconcile it starts schedules from the new student and says so
     waiting, kept = await _schedule(operator, cascade, target, decided, now)
-    await _write_summary(operator, cascade, target, kept, waiting)
+    return summary_patch(cascade, kept, waiting)
 
 
 async def refuse_orphan_run(operator: Operator, body: Mapping[str, Any]) -> None:
@@ -97,8 +98,7 @@ async def refuse_orphan_run(operator: Operator, body: Mapping[str, Any]) -> None
 
 
 def _promoted_now(before: Distillation, after: Distillation) -> bool:
-    promotion = after.status.promotion if after.status is not None else None
-    return promotion is not None and promotion.promoted and (before.status is None or before.status.promotion is None)
+    return promoted(after) and not decided(before)
 
 
 async def _patch_run(operator: Operator, run: Distillation, patch: Mapping[str, Any], *, guarded: bool = False) -> Distillation:
@@ -209,9 +209,10 @@ async def _schedule(
     if policy is None:
         return "", runs
     logged = int(((target.status.get("traffic") or {}).get("escalationsLogged")) or 0)
-    created = parse_time((target.body.get("metadata") or {}).get("creationTimestamp"))
+    cascade_created = parse_time((target.body.get("metadata") or {}).get("creationTimestamp"))
     moment = parse_time(now) or datetime.now(UTC)
-    plan = plan_runs(policy, runs, cascade=cascade.metadata.name, cascade_created=created, logged=logged, now=moment)
+    plan = plan_runs(policy, runs, cascade=cascade.metadata.name, cascade_created=cascade_created, logged=logged,
+                     now=moment)  # fmt: skip
     for name in plan.delete:
         await operator.api.delete(API_VERSION, DISTILLATION_PLURAL, name, namespace=target.namespace)
     kept = [run for run in runs if run.metadata.name not in plan.delete]
@@ -228,33 +229,26 @@ async def _schedule(
     return f"run {plan.start} started", [*kept, Distillation.model_validate(created)]
 
 
-async def _write_summary(
-    operator: Operator, cascade: ModelCascade, target: Target, runs: list[Distillation], waiting: str
-) -> None:
-    """Step 4, from the runs as the steps above left them."""
-    summary = None
-    if cascade.spec.distillation is not None:
-        summary = summarize_runs(cascade, sorted(runs, key=created_at), waiting)
-
-    async def compose(current: Mapping[str, Any]) -> dict[str, Any]:
-        del current
-        return {"distillation": summary.model_dump(mode="json", by_alias=True, exclude_none=True) if summary else None}
-
-    await write_status(operator.api, target, compose)
+def summary_patch(cascade: ModelCascade, runs: list[Distillation], waiting: str) -> dict[str, Any]:
+    """Step 4: `status.distillation` from the runs as steps 1–3 left them; null once spec.distillation is gone."""
+    if cascade.spec.distillation is None:
+        return {"distillation": None}
+    summary = summarize_runs(cascade, sorted(runs, key=created_at), waiting)
+    return {"distillation": summary.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 
 def summarize_runs(cascade: ModelCascade, runs: list[Distillation], waiting: str) -> DistillationSummary:
     """`status.distillation` from the runs (oldest first). Pure."""
     tier = student_tier(cascade)
     serving = next(t.model.uri for t in cascade.spec.tiers if t.name == tier)
-    promoted = [run for run in runs if run.status and run.status.promotion and run.status.promotion.promoted]
-    decided = [run for run in runs if run.status and run.status.promotion]
+    promotions = [run.status.promotion for run in runs if decided(run)]  # type: ignore[union-attr]
+    last_promoted = [run for run in runs if promoted(run)][-1:]
     last = runs[-1] if runs else None
     return DistillationSummary(
         tier=tier, serving=serving, waiting=waiting, runs=len(runs),
-        rollback_target=promoted[-1].status.promotion.previous_model if promoted else None,  # type: ignore[union-attr]
-        last_promoted=promoted[-1].metadata.name if promoted else None,
+        rollback_target=last_promoted[0].status.promotion.previous_model if last_promoted else None,  # type: ignore[union-attr]
+        last_promoted=last_promoted[0].metadata.name if last_promoted else None,
         last_run=last.metadata.name if last else None,
         last_run_phase=phase_of(last).value if last else None,
-        last_decision=decided[-1].status.promotion.reason if decided else None,  # type: ignore[union-attr]
+        last_decision=promotions[-1].reason if promotions else None,  # type: ignore[union-attr]
     )  # fmt: skip

@@ -21,6 +21,7 @@ from croniter import croniter
 
 from kascade.api.distillation import Distillation, DistillationPhase
 from kascade.api.loop import DistillationPolicy
+from kascade.operator.counter_slots import parse_time
 from kascade.operator.labels import child_name
 
 
@@ -29,12 +30,6 @@ class RunPlan:
     start: str | None  # the name of the run to create now, or None
     waiting: str  # why no run starts now ("" when one does)
     delete: list[str] = field(default_factory=list)  # finished runs beyond the history limit
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def created_at(run: Distillation) -> datetime:
@@ -51,6 +46,10 @@ def decided(run: Distillation) -> bool:
     return run.status is not None and run.status.promotion is not None
 
 
+def promoted(run: Distillation) -> bool:
+    return run.status is not None and run.status.promotion is not None and run.status.promotion.promoted
+
+
 def run_name(cascade: str, now: datetime) -> str:
     """`{cascade}-d{YYYYMMDDHHMMSS}`, short enough for a Job's pods (<= 52 characters leaves room for theirs)."""
     return child_name(cascade[:30], f"d{now:%Y%m%d%H%M%S}")
@@ -62,8 +61,8 @@ def plan_runs(
 ) -> RunPlan:  # fmt: skip
     """What to do about a cascade's runs now (`runs`: those naming it, in any order)."""
     ordered = sorted(runs, key=created_at)
-    promoted = [run for run in ordered if run.status and run.status.promotion and run.status.promotion.promoted]
-    kept = {promoted[-1].metadata.name} if promoted else set()  # it names the rollback target
+    last_promoted = [run.metadata.name for run in ordered if promoted(run)][-1:]
+    kept = set(last_promoted)  # it names the rollback target
     active = [run for run in ordered if not decided(run)]
     finished = [run for run in ordered if decided(run) and run.metadata.name not in kept]
     delete = [run.metadata.name for run in finished[: max(0, len(finished) - policy.history_limit)]]

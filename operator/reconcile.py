@@ -72,8 +72,8 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
     observed = observation.children
     if not problems:
         observed, problems = await _apply(operator, cascade, target, observed, logger)
-    await _write_health(operator, cascade, target, observed, problems, logger)
-    await reconcile_distillations(operator, cascade, target)
+    distillation = await reconcile_distillations(operator, cascade, target)
+    await _write_health(operator, cascade, target, observed, problems, logger, extra=distillation)
     if problems and problems[0].reason == ProblemReason.apply_failed:
         raise kopf.TemporaryError(problems[0].message, delay=10)
 
@@ -113,9 +113,10 @@ async def _apply(
 
 async def _write_health(
     operator: Operator, cascade: ModelCascade, target: Target, observed: Mapping[ChildKey, Mapping[str, Any]],
-    problems: list[Problem], logger: kopf.Logger,
+    problems: list[Problem], logger: kopf.Logger, *, extra: Mapping[str, Any],
 ) -> None:  # fmt: skip
-    """Write the status (readiness, conditions, folded counters) when it changed, and log what the fold did."""
+    """Write the status (readiness, conditions, folded counters; `extra`: status.distillation) when it changed,
+    and log what the fold did: one write."""
     live_pods: list[str] | None = None
     folds: list[FoldResult] = []
 
@@ -126,7 +127,7 @@ async def _write_health(
         patch, fold = compose_status(cascade, operator.settings, current, observed, problems=problems,
                                      live_pods=live_pods or [], now=operator.clock(), generation=target.generation)  # fmt: skip
         folds.append(fold)
-        return patch
+        return {**patch, **extra}
 
     written = await write_status(operator.api, target, compose)
     fold = folds[-1]
