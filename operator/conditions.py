@@ -1,10 +1,11 @@
 """Readiness and conditions of a ModelCascade, from its spec and its observed children. Pure.
 
 - `check_semantics(cascade, secrets=..., gpu_products=...)`: what the CRD
-  schema cannot see (a missing Secret, a GPU type no node offers, a model URI
-  an engine cannot load) as a list of `Problem`s. The handler gathers the
-  Secret names and the nodes' `nvidia.com/gpu.product` values; this function
-  only compares.
+  schema cannot see (a missing Secret, a model URI an engine cannot load) as a
+  list of `Problem`s, and the tiers that wait for a GPU type no node offers
+  yet (not blocking: their pods go Pending). The handler gathers the Secret
+  names and the nodes' `nvidia.com/gpu.product` values; this function only
+  compares.
 - `compute_health(cascade, observed, previous=..., problems=..., now=...)`:
   per-tier `TierStatus` and the conditions `Ready`, `TiersReady`,
   `RouterReady`, `Degraded`. A condition whose status does not change keeps
@@ -113,8 +114,10 @@ def _secret_problems(
     return problems
 
 
-def _node_problems(cascade: ModelCascade, gpu_products: Collection[str]) -> list[Problem]:
-    problems = []
+def _gpu_node_waits(cascade: ModelCascade, gpu_products: Collection[str]) -> list[Problem]:
+    """A wait per tier whose gpuType no node offers yet: its pods go Pending, which is how a pool that
+    scales from zero (cluster-autoscaler, Karpenter, node auto-provisioning) learns to add a node."""
+    waits = []
     for tier in cascade.spec.tiers:
         wanted = tier.resources.gpu_type
         if not deploys_pods(tier) or tier.resources.gpus == 0 or not wanted or wanted in gpu_products:
@@ -125,16 +128,19 @@ def _node_problems(cascade: ModelCascade, gpu_products: Collection[str]) -> list
         hint = (
             f"nodes offer: {offered}"
             if offered
-            else f"no node carries the {GPU_PRODUCT_LABEL} label (is NVIDIA GPU feature discovery installed?)"
+            else f"no node carries the {GPU_PRODUCT_LABEL} label (is NVIDIA GPU feature discovery installed? "
+            "Without it, leave gpuType out and set the tier's nodeSelector to the GPU label your nodes carry)"
         )
-        problems.append(
+        waits.append(
             Problem(
-                ProblemReason.no_matching_nodes,
-                f'tier "{tier.name}" asks for resources.gpuType {wanted} but no node has '
-                f"{GPU_PRODUCT_LABEL}={wanted}; {hint}. Fix gpuType or add such nodes.",
+                ProblemReason.waiting_for_gpu_nodes,
+                f"its pods wait for a node with {GPU_PRODUCT_LABEL}={wanted} (resources.gpuType) and no node "
+                f"offers it yet; {hint}. A node pool that scales from zero adds one for the Pending pods; "
+                "if none will come, fix gpuType or add such nodes.",
+                tier=tier.name,
             )
         )
-    return problems
+    return waits
 
 
 def _model_uri_problems(tier: Tier) -> list[str]:
@@ -203,16 +209,18 @@ def check_semantics(
     secrets: Collection[str] | Mapping[str, Collection[str]],
     gpu_products: Collection[str] | None,
 ) -> list[Problem]:
-    """Problems the CRD schema cannot catch, InvalidSpec first, then MissingSecret, then NoMatchingNodes.
+    """Problems the CRD schema cannot catch, InvalidSpec first, then MissingSecret, then WaitingForGpuNodes.
 
     `secrets`: the names of the Secrets in the cascade's namespace, or a
     mapping of name to its keys (then missing keys are reported too).
     `gpu_products`: the values of the `nvidia.com/gpu.product` label over the
     cluster's nodes; None when the handler could not list nodes (the check is skipped).
+    The GPU waits are not blocking (`Problem.blocking`): the children are
+    applied all the same, and a tier that does not serve says what it waits for.
     """
     problems = _spec_problems(cascade) + _secret_problems(cascade, secrets)
     if gpu_products is not None:
-        problems += _node_problems(cascade, gpu_products)
+        problems += _gpu_node_waits(cascade, gpu_products)
     return problems
 
 
@@ -290,16 +298,21 @@ def compute_health(
     `observed`: the cascade's children keyed by (kind, name) (`plan.index_children`);
     only the Deployments' `status.readyReplicas` is read. `previous`: the
     conditions now in the status. `problems`: `check_semantics(...)` plus
-    anything else the handler found. `now`: an RFC 3339 time (e.g.
+    anything else the handler found; the waits among them (`Problem.blocking`
+    False) explain a tier that does not serve and degrade nothing. `now`: an RFC 3339 time (e.g.
     `2025-01-01T00:00:00Z`) used for conditions that change. `generation`:
     `metadata.generation`, written as each condition's `observedGeneration`.
 
     - TiersReady: every tier can serve (a ready replica; external tiers always).
+      A tier that does not and has a wait says what it waits for (reason: the wait's,
+      e.g. WaitingForGpuNodes).
     - RouterReady: the router has a ready replica.
     - Ready: both of the above.
-    - Degraded: a problem was found (reason: the first problem's), or a
+    - Degraded: a blocking problem was found (reason: the first one's), or a
       component serves with fewer ready replicas than desired (ReplicasUnavailable).
     """
+    faults = [p for p in problems if p.blocking]
+    waits = {p.tier: p for p in problems if not p.blocking and p.tier is not None}
     tiers = tier_statuses(cascade, observed)
     short = [
         _replicas_phrase(f'tier "{t.name}"', t.ready_replicas, t.replicas)
@@ -310,23 +323,32 @@ def compute_health(
     router_ready = _ready_replicas(observed, router_child_name(cascade.metadata.name))
     if 0 < router_ready < router_desired:
         short.append(_replicas_phrase("the router", router_ready, router_desired))
-    tiers_condition = _tiers_condition(tiers, generation)
+    tiers_condition = _tiers_condition(tiers, waits, generation)
     router_condition = _router_condition(router_ready, router_desired, generation)
     conditions = [
-        _ready_condition(tiers_condition, router_condition, problems, generation),
+        _ready_condition(tiers_condition, router_condition, faults, generation),
         tiers_condition,
         router_condition,
-        _degraded_condition(problems, short, generation),
+        _degraded_condition(faults, short, generation),
     ]
     return Health(tiers=tiers, conditions=merge_conditions(previous, conditions, now=now))
 
 
-def _tiers_condition(tiers: Sequence[TierStatus], generation: int | None) -> Condition:
-    not_serving = [
-        _replicas_phrase(f'tier "{t.name}"', t.ready_replicas, t.replicas) for t in tiers if not tier_is_ready(t)
-    ]
+def _tiers_condition(tiers: Sequence[TierStatus], waits: Mapping[str, Problem], generation: int | None) -> Condition:
+    """TiersReady; a tier that does not serve carries its wait's message, and the first wait gives the reason."""
+    not_serving, reasons = [], []
+    for tier in tiers:
+        if tier_is_ready(tier):
+            continue
+        phrase = _replicas_phrase(f'tier "{tier.name}"', tier.ready_replicas, tier.replicas)
+        wait = waits.get(tier.name)
+        if wait is not None:
+            phrase = f"{phrase}: {wait.message}"
+            reasons.append(wait.reason)
+        not_serving.append(phrase)
     if not_serving:
-        return _condition(TIERS_READY, False, "TiersNotReady", "; ".join(not_serving), generation)
+        reason = reasons[0] if reasons else "TiersNotReady"
+        return _condition(TIERS_READY, False, reason, "; ".join(not_serving), generation)
     return _condition(TIERS_READY, True, "AllTiersReady", f"all {len(tiers)} tiers serve", generation)
 
 

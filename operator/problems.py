@@ -1,7 +1,11 @@
-"""What is wrong with a cascade that the user must fix: one reason enum, one `Problem` type. Pure.
+"""What is wrong with a cascade, or what it waits for: one reason enum, one `Problem` type. Pure.
 
-A problem makes the cascade `Degraded` (its reason is the condition's reason)
-and stops the apply; the message says what to do.
+A blocking problem (a fault the user must fix) makes the cascade `Degraded`
+(its reason is the condition's reason) and stops the apply; the message says
+what to do. A wait (`Problem.blocking` False: no node offers a tier's GPU type
+yet) is not a fault: the children are applied, and the tier's pods stay
+Pending, which is what a node pool that scales from zero needs to add a node;
+the wait only says, in `TiersReady` and `Ready`, why the tier does not serve.
 """
 
 from __future__ import annotations
@@ -17,17 +21,30 @@ class ProblemReason(StrEnum):
 
     invalid_spec = "InvalidSpec"  # the spec does not parse, or makes no sense (conditions.check_semantics)
     missing_secret = "MissingSecret"  # a referenced Secret or key does not exist
-    no_matching_nodes = "NoMatchingNodes"  # a gpuType no node offers
     name_conflict = "NameConflict"  # a child's name is held by an object the cascade does not own
     apply_failed = "ApplyFailed"  # the API server refused a write (retried)
+    waiting_for_gpu_nodes = "WaitingForGpuNodes"  # a wait, not a fault: no node offers the tier's gpuType yet
+
+
+# Reasons that explain why a tier waits; they neither stop the apply nor degrade the cascade.
+WAITS = frozenset({ProblemReason.waiting_for_gpu_nodes})
 
 
 @dataclass(frozen=True)
 class Problem:
-    """Something wrong that the user must fix; it makes the cascade `Degraded`."""
+    """Something wrong that the user must fix (it makes the cascade `Degraded`), or a tier's wait.
+
+    `tier`: the tier a wait is about (its `TiersReady` phrase carries the message).
+    """
 
     reason: ProblemReason
     message: str
+    tier: str | None = None
+
+    @property
+    def blocking(self) -> bool:
+        """Whether it stops the apply and degrades the cascade: every reason but a wait."""
+        return self.reason not in WAITS
 
 
 def conflict_problems(plan: Plan, namespace: str) -> list[Problem]:

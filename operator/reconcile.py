@@ -6,9 +6,13 @@
    references, the GPU products nodes offer;
 3. build the desired children (`builders.build_children`), add owner
    references, and plan (`plan.plan_children`: spec hashes decide);
-4. when the spec is semantically wrong (a missing Secret, a GPU type no node
-   offers, a name taken by someone else) apply NOTHING and say so in the
-   Degraded condition; otherwise create, replace and delete (`apply.apply_plan`);
+4. when the spec is semantically wrong (a missing Secret, a name taken by
+   someone else) apply NOTHING and say so in the Degraded condition; otherwise
+   create, replace and delete (`apply.apply_plan`). A GPU type no node offers
+   yet is a wait, not a fault: the children are applied, their pods go Pending
+   (what a node pool that scales from zero needs to add a node), and
+   TiersReady says what the tier waits for; the node's arrival makes the
+   cascade Ready with no edit;
 5. write the status (`status_patch.compose_status`) as one merge patch on the
    status subresource, only when it differs from what is there, with the
    observed resourceVersion as a precondition so that stale data never lowers
@@ -70,12 +74,15 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
     observation = await observe(operator.api, cascade, operator.gpu_products)
     problems = check_semantics(cascade, secrets=observation.secrets, gpu_products=observation.gpu_products)
     observed = observation.children
-    if not problems:
+    if not any(problem.blocking for problem in problems):
+        waits = problems
         observed, problems = await _apply(operator, cascade, target, observed, logger)
+        problems += waits
     distillation = await reconcile_distillations(operator, cascade, target)
     await _write_health(operator, cascade, target, observed, problems, logger, extra=distillation)
-    if problems and problems[0].reason == ProblemReason.apply_failed:
-        raise kopf.TemporaryError(problems[0].message, delay=10)
+    failed = next((p for p in problems if p.reason == ProblemReason.apply_failed), None)
+    if failed is not None:
+        raise kopf.TemporaryError(failed.message, delay=10)
 
 
 async def _report_invalid(api: KubeApi, target: Target, message: str) -> NoReturn:
@@ -134,7 +141,7 @@ async def _write_health(
     for line in (*fold.guarded, *fold.warnings):
         log.warning("%s/%s: %s", target.namespace, target.name, line)
     if written is not None:
-        if problems:
-            logger.info("degraded: %s", "; ".join(p.message for p in problems))
+        if faults := [p for p in problems if p.blocking]:
+            logger.info("degraded: %s", "; ".join(p.message for p in faults))
         if fold.retired:
             logger.info("retired the counter slots of gone router processes: %s", ", ".join(fold.retired))

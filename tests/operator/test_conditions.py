@@ -163,14 +163,46 @@ def test_missing_secret_keys_when_keys_are_known() -> None:
     assert problems[0].message == 'Secret "openai" used by tier "frontier" (apiKeySecret) has no key "api-key" (it has: token)'
 
 
-def test_gpu_type_no_node_offers() -> None:
+def test_a_gpu_type_no_node_offers_is_a_wait_not_a_fault() -> None:
+    """No node with the tier's GPU type yet (a pool that scales from zero, no GPU feature discovery): the tier
+    waits, nothing blocks the apply. (This was NoMatchingNodes, a fault that applied nothing: a deadlock.)"""
     cascade = example("chat-vllm-gpu.yaml")
     problems = check_semantics(cascade, secrets=ALL_SECRETS, gpu_products={"NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"})
-    assert [p.reason for p in problems] == ["NoMatchingNodes"]
-    assert 'tier "large" asks for resources.gpuType NVIDIA-H100-80GB-HBM3' in problems[0].message
+    assert [(p.reason, p.tier, p.blocking) for p in problems] == [("WaitingForGpuNodes", "large", False)]
+    assert "wait for a node with nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3 (resources.gpuType)" in problems[0].message
     assert "nodes offer: NVIDIA-A100-SXM4-80GB, NVIDIA-L4" in problems[0].message
     none = check_semantics(cascade, secrets=ALL_SECRETS, gpu_products=set())
     assert len(none) == 2 and "GPU feature discovery" in none[0].message
+    assert "set the tier's nodeSelector to the GPU label your nodes carry" in none[0].message
+
+
+def test_a_tier_waiting_for_gpu_nodes_says_so_and_the_cascade_is_not_degraded() -> None:
+    cascade = example("chat-vllm-gpu.yaml")
+    waits = check_semantics(cascade, secrets=ALL_SECRETS, gpu_products={"NVIDIA-L4"})
+    conditions = by_type(compute_health(cascade, deployments(chat_small=2, chat_router=2), problems=waits, now=T0).conditions)
+    assert conditions[TIERS_READY].status == "False"
+    assert conditions[TIERS_READY].reason == "WaitingForGpuNodes"
+    assert conditions[TIERS_READY].message.startswith(
+        'tier "large" has 0/1 ready replicas: its pods wait for a node with nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3'
+    )
+    assert "nodes offer: NVIDIA-L4" in conditions[TIERS_READY].message
+    assert (conditions[READY].status, conditions[READY].reason) == ("False", "WaitingForGpuNodes")
+    assert (conditions[DEGRADED].status, conditions[DEGRADED].reason) == ("False", "AsExpected")
+
+    # The node came and the pods are ready; the node list (cached) may not show it yet: the wait says nothing.
+    ready = compute_health(cascade, deployments(chat_small=2, chat_large=1, chat_router=2), problems=waits, now=T1)
+    assert ready.ready and by_type(ready.conditions)[TIERS_READY].reason == "AllTiersReady"
+
+
+def test_a_fault_still_degrades_while_a_tier_waits_for_gpu_nodes() -> None:
+    cascade = example("chat-vllm-gpu.yaml")
+    problems = check_semantics(cascade, secrets={"chat-client-keys"}, gpu_products=set())
+    assert [p.reason for p in problems] == ["MissingSecret", "WaitingForGpuNodes", "WaitingForGpuNodes"]
+    conditions = by_type(compute_health(cascade, {}, problems=problems, now=T0).conditions)
+    assert (conditions[DEGRADED].status, conditions[DEGRADED].reason) == ("True", "MissingSecret")
+    assert "WaitingForGpuNodes" not in conditions[DEGRADED].message and "wait for a node" not in conditions[DEGRADED].message
+    assert conditions[READY].reason == "MissingSecret"
+    assert conditions[TIERS_READY].reason == "WaitingForGpuNodes"
 
 
 def _tiers_body(*tiers: dict[str, Any]) -> ModelCascade:

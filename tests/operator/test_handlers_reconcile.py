@@ -88,6 +88,38 @@ def test_the_first_reconcile_creates_and_the_next_ones_write_nothing(server: Sta
     assert len(reads) == 2 * (6 + 2 + 1 + 1)
 
 
+def test_a_gpu_type_no_node_offers_yet_is_applied_and_ready_once_such_a_node_joins(server: StandinApiServer,
+                                                                                     credentials: Credentials):  # fmt: skip
+    """Scale from zero: no node has the tier's GPU type, yet the children are applied (the pods' Pending is what
+    makes an autoscaler add a node), TiersReady names the wait, and the node's arrival brings Ready, no edit."""
+    body = yaml.safe_load((REPO / "examples" / "chat-vllm-gpu.yaml").read_text())
+    body["spec"]["tiers"][1]["resources"]["gpuType"] = "NVIDIA-B200"
+    body["metadata"] = {"name": "scaling", "namespace": "default"}
+    server.hold_unready("default", "scaling-large")  # no node to run on: its pods stay Pending
+    created = server.create(body)
+    reconcile_once(credentials, created)
+    assert len(children(server, "scaling")) == 13
+    large = server.get("deployments", "scaling-large", "default")
+    assert large["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-B200"}
+    server.wait_for(lambda: (server.get("deployments", "scaling-router", "default").get("status") or {}).get("readyReplicas"))
+    reconcile_once(credentials, server.get("modelcascades", "scaling", "default"))
+    found = conditions(server, "scaling")
+    assert found["TiersReady"] == ("False", "WaitingForGpuNodes")
+    assert found["Ready"] == ("False", "WaitingForGpuNodes")
+    assert found["Degraded"] == ("False", "AsExpected")
+    tiers_ready = next(c for c in server.get("modelcascades", "scaling", "default")["status"]["conditions"]
+                       if c["type"] == "TiersReady")  # fmt: skip
+    assert tiers_ready["message"].startswith('tier "large" has 0/1 ready replicas: its pods wait for a node with '
+                                             "nvidia.com/gpu.product=NVIDIA-B200")  # fmt: skip
+
+    server.add_node("gpu-b200", labels={"nvidia.com/gpu.product": "NVIDIA-B200"})
+    server.release("default", "scaling-large")
+    server.wait_for(lambda: (server.get("deployments", "scaling-large", "default").get("status") or {}).get("readyReplicas"))
+    reconcile_once(credentials, server.get("modelcascades", "scaling", "default"))
+    assert conditions(server, "scaling")["Ready"] == ("True", "Ready")
+    assert server.get("modelcascades", "scaling", "default")["metadata"]["generation"] == created["metadata"]["generation"]
+
+
 def test_a_name_taken_by_someone_else_is_a_conflict_and_nothing_is_applied(server: StandinApiServer,
                                                                             credentials: Credentials):  # fmt: skip
     foreign = server.create({"apiVersion": "v1", "kind": "ConfigMap",
