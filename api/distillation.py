@@ -7,9 +7,11 @@ is marked Failed with the reason). The operator
 runs it as a Kubernetes Job (`kascade.operator.build_distillation`); the run
 reports its progress and its result (figures before and after, the promotion
 gate's verdict, the model it wrote) into the status itself
-(`kascade.distillation.report`). When the gate passes, the operator points the
-cascade's student tier at the new model and records the model it replaced as
-the rollback target (`kascade.operator.promotion`).
+(`kascade.distillation.report`). When the gate passes, the operator records
+the promotion in the run's status (`Promotion`: the model, and the tier's
+`model.uri` it is served in place of) and the tier serves the new model while
+its `model.uri` stays that; the cascade's spec is never written
+(`kascade.operator.promotion`).
 """
 
 from __future__ import annotations
@@ -121,17 +123,41 @@ class PromotionReason(StrEnum):
     gate_failed = "GateFailed"  # the gate's verdict (its reasons in the message)
     run_failed = "RunFailed"  # no student: the run or its Job failed
     student_changed = "StudentChanged"  # the tier serves another model than the one the run was judged against
-    spec_refused = "SpecRefused"  # the API server refused the cascade with the new model (its message)
+    spec_refused = "SpecRefused"  # the cascade with the new model would be invalid (its message)
+    manual = "Manual"  # the gate passed; spec.distillation.promotion is Manual: a candidate to serve by hand
 
 
 class Promotion(StatusModel):
-    """What the operator did with the run's student."""
+    """What the operator did with the run's student: the record a promoted model is served from.
+
+    The operator owns this status, not the cascade's spec, so a GitOps re-apply
+    of the manifest leaves it alone; the cascade's `status.distillation` is
+    rebuilt from it at every reconcile.
+    """
 
     promoted: bool
     reason: str = Field(description="One of " + ", ".join(r.value for r in PromotionReason) + ".")
     message: str = ""
-    previous_model: str | None = Field(default=None, description="The model the tier served before: the rollback target.")
+    previous_model: str | None = Field(
+        default=None, description="The model the tier served before (the one the run started from): one step back."
+    )
+    replaces: str | None = Field(
+        default=None,
+        description="The tier's model.uri in the cascade's spec when promoted: the new model is served in its place "
+        "while model.uri stays this.",
+    )
     at: str | None = None
+    withdrawn_at: str | None = Field(
+        default=None, description="When the promotion stopped applying (for good: it never applies again)."
+    )
+    withdrawal: str = Field(
+        default="", description="Why: model.uri edited (a pin), spec.distillation.promotion Manual, or removed."
+    )
+
+    @property
+    def in_force(self) -> bool:
+        """Promoted and not withdrawn: what the tier serves, while its model.uri is `replaces`."""
+        return self.promoted and self.withdrawn_at is None and self.replaces is not None
 
 
 class DistillationStatus(StatusModel):

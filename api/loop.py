@@ -225,14 +225,23 @@ class RunPlacement(SpecModel):
     )
 
 
+class PromotionMode(StrEnum):
+    """Whether a student that passes the gate is served without a person in the loop."""
+
+    automatic = "Automatic"  # the tier serves it in place of its model.uri (recorded in the run, never in spec)
+    manual = "Manual"  # the tier serves its model.uri; a passed run is a candidate you serve by setting model.uri
+
+
 class DistillationPolicy(RunPlacement):
     """When a better student is distilled from the escalation log, and when it replaces the serving one.
 
     The operator creates a `Distillation` (a Job running `kascade distill`) for
     the student tier when the schedule is due (none: at once) and at least
     `minSamples` escalations were logged since the last run; one run at a time.
-    A run that passes the gate is promoted: the tier's `model.uri` is pointed at
-    the new student, and the model it replaces is kept as the rollback target.
+    A run that passes the gate is promoted: its run records the promotion and
+    the tier serves the new student in place of its `model.uri` for as long as
+    `model.uri` stays what it was promoted over. The operator never writes the
+    spec, so a re-apply of the manifest (Helm, Argo CD, kubectl) keeps it.
     """
 
     schedule: str | None = Field(
@@ -250,6 +259,14 @@ class DistillationPolicy(RunPlacement):
     training: Training = Field(default_factory=Training, description="How each run trains the student.")
     gate: Gate = Field(default_factory=Gate, description="What a run's student must show to be promoted.")
     history_limit: int = Field(default=3, ge=1, le=100, description="Finished runs kept; older ones are deleted.")
+    promotion: PromotionMode = Field(
+        default=PromotionMode.automatic,
+        description=(
+            "Automatic: a run that passes the gate is served in place of the tier's model.uri. Manual: the tier "
+            "serves its model.uri (setting Manual takes back the promotion in effect: the rollback); runs are "
+            "still judged, and you serve a passed one by setting model.uri to its model."
+        ),
+    )
 
     @field_validator("schedule")
     @classmethod

@@ -163,13 +163,35 @@ class CalibrationStatus(StatusModel):
     tiers: list[TierCalibration] = Field(default_factory=list)
 
 
+class PromotedModel(StatusModel):
+    """The promotion in effect: the model a student tier serves in place of its model.uri."""
+
+    run: str = Field(description="The Distillation whose status records the promotion (kept while it is in effect).")
+    model: str = Field(description="The model served.")
+    replaces: str = Field(
+        description="The tier's model.uri it is served in place of: set model.uri to anything else to pin that one."
+    )
+    at: str | None = None
+
+
 class DistillationSummary(StatusModel):
-    """spec.distillation at work: the student tier, what it serves, the last run, what the next one waits for."""
+    """spec.distillation at work: the student tier, what it serves and why, the last run, what the next one waits for.
+
+    Rebuilt from the cascade's Distillation runs at every reconcile: a status
+    lost (a restore from a backup without status) comes back from them.
+    """
 
     tier: str = Field(description="The student tier.")
-    serving: str = Field(description="The model the tier serves now (its model.uri).")
+    serving: str = Field(description="The model the tier serves now: the promotion in effect's, else its model.uri.")
+    spec_model: str | None = Field(default=None, description="The tier's model.uri in the spec.")
+    promoted: PromotedModel | None = Field(default=None, description="The promotion in effect, if any.")
+    message: str = Field(
+        default="", description="Why the tier serves what it serves: a promotion in effect, or why none applies."
+    )
     rollback_target: str | None = Field(
-        default=None, description="The model the last promotion replaced: set the tier's model.uri to it to roll back."
+        default=None,
+        description="The model the promotion in effect replaced (served before it): spec.distillation.promotion "
+        "Manual serves model.uri again; model.uri set to this serves this.",
     )
     last_promoted: str | None = Field(default=None, description="The last run whose student was promoted.")
     last_run: str | None = None

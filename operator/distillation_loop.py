@@ -1,16 +1,23 @@
 """A cascade's distillation runs, each reconcile: their Jobs, their promotions, the next run, the status. Idempotent.
 
+Run before the children are built: what the student tier serves comes from the
+runs' promotion records (`promotion.serving`), never from a write to the spec.
+
 1. every unfinished run naming the cascade gets its Job (owned by the run); a
    Job that failed, or completed without the run reporting a result, finishes
    the run as Failed with the Job's reason;
-2. every finished run not yet decided is decided (`promotion.decide_promotion`):
-   a promotion patches the tier's `model.uri` (a JSON patch guarded by a test
-   of the model the run started from), then the decision is written into the
-   run's status, and an Event on the cascade says what happened;
-3. the schedule (`distillation_schedule.plan_runs`): old runs beyond the
-   history limit are deleted, a new run is created when one is due;
-4. `status.distillation` says what the tier serves, the rollback target, the
-   last run and what the next one waits for: returned as a part of the status
+2. a promotion in force that no longer applies (the user edited the tier's
+   `model.uri`, set `promotion: Manual` or removed spec.distillation) is
+   withdrawn in its run's status, for good (`promotion.withdrawals`);
+3. every finished run not yet decided is decided (`promotion.decide_promotion`)
+   against what the tier serves; the decision is written into the run's status
+   (the one write a promotion is), and an Event on the cascade says what happened;
+4. the schedule (`distillation_schedule.plan_runs`): old runs beyond the
+   history limit are deleted, a new run is created when one is due, starting
+   from the model the tier serves (a promotion over a promotion chains);
+5. the cascade as served (`promotion.served_cascade`) goes to the builders, and
+   `status.distillation` says what the tier serves and why, the rollback
+   target, the last run and what the next one waits for: a part of the status
    patch the reconcile writes anyway, so it costs no write of its own.
 Nothing is written when nothing changed.
 """
@@ -25,16 +32,15 @@ from typing import TYPE_CHECKING, Any
 import kopf
 from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL, Distillation, DistillationPhase
 from kascade.api.modelcascade import API_VERSION, PLURAL, ModelCascade
-from kascade.api.status import DistillationSummary
+from kascade.api.status import DistillationSummary, PromotedModel
 from kascade.operator.cascade_writes import Target, post
 from kascade.operator.build_distillation import build_distillation, build_distillation_job, student_tier
 from kascade.operator.counter_slots import parse_time
 from kascade.operator.distillation_schedule import created_at, decided, phase_of, plan_runs, promoted
 from kascade.operator.kube_api import ApiError
 from kascade.operator.notices import Notice
-from kascade.operator.cascade_resource import parse_cascade
 from kascade.operator.cascade_resource import plain as plain_body
-from kascade.operator.promotion import decide_promotion, refused, serving_model, spec_patch
+from kascade.operator.promotion import decide_promotion, served_cascade, serving, withdrawal_patch, withdrawals
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
@@ -48,17 +54,19 @@ RUN_NAME_TOO_LONG = "the run's name {name!r} is longer than 63 characters, which
 NO_POLICY = "cascade {cascade} has no spec.distillation: set it (outputUri, schedule) for its runs to be run"
 
 
-async def reconcile_distillations(operator: Operator, cascade: ModelCascade, target: Target) -> dict[str, Any]:
-    """Steps 1–3 for one cascade; step 4 as a part of the status patch the reconcile writes (`{}`: leave it)."""
+async def reconcile_distillations(
+    operator: Operator, cascade: ModelCascade, target: Target
+) -> tuple[ModelCascade, dict[str, Any]]:
+    """Steps 1–5 for one cascade: (the cascade as served, for the builders; status.distillation, `{}`: leave it)."""
     if cascade.spec.distillation is None and not target.status.get("distillation"):
-        return {}  # no run is made or followed for a cascade without spec.distillation (nor any list call)
+        return cascade, {}  # no run is made or followed for a cascade without spec.distillation (nor any list call)
     api, namespace = operator.api, target.namespace
     try:
         listed = await api.list(API_VERSION, DISTILLATION_PLURAL, namespace=namespace, kind=DISTILLATION_KIND)
     except ApiError as error:
         if not error.not_found:
             raise
-        return summary_patch(cascade, [], NO_CRD)
+        return cascade, summary_patch(cascade, [], NO_CRD)
     runs: list[tuple[Distillation, dict[str, Any]]] = []
     for raw in listed:
         if (raw.get("spec") or {}).get("cascade") != target.name:
@@ -69,13 +77,13 @@ async def reconcile_distillations(operator: Operator, cascade: ModelCascade, tar
             log.warning("%s/%s: unreadable Distillation: %s", namespace, raw["metadata"]["name"], error)
     now = operator.clock()
     followed = [await _follow(operator, cascade, run, raw, now) for run, raw in runs]
-    decided: list[Distillation] = []
-    for run, settled in followed:
-        decided.append(await _decide(operator, cascade, target, run, now) if settled else run)
-        if _promoted_now(run, decided[-1]):
-            return {}  # the spec changed: the reconcile it starts schedules from the new student and says so
-    waiting, kept = await _schedule(operator, cascade, target, decided, now)
-    return summary_patch(cascade, kept, waiting)
+    current = await _withdraw(operator, cascade, target, [run for run, _ in followed], now)
+    for index, (_, settled) in enumerate(followed):
+        if settled:
+            current[index] = await _decide(operator, cascade, target, current, current[index], now)
+    served = served_cascade(cascade, serving(cascade, current))  # a promotion just made is served at once
+    waiting, kept = await _schedule(operator, served, target, current, now)
+    return served, summary_patch(cascade, kept, waiting)
 
 
 async def refuse_orphan_run(operator: Operator, body: Mapping[str, Any]) -> None:
@@ -95,10 +103,6 @@ async def refuse_orphan_run(operator: Operator, body: Mapping[str, Any]) -> None
     else:
         return
     await _patch_run(operator, run, _failed(message, operator.clock()))
-
-
-def _promoted_now(before: Distillation, after: Distillation) -> bool:
-    return promoted(after) and not decided(before)
 
 
 async def _patch_run(operator: Operator, run: Distillation, patch: Mapping[str, Any], *, guarded: bool = False) -> Distillation:
@@ -176,22 +180,27 @@ async def _create_job(operator: Operator, run: Distillation, raw: dict[str, Any]
     return run, False
 
 
-async def _decide(operator: Operator, cascade: ModelCascade, target: Target, run: Distillation, now: str) -> Distillation:
-    """Step 2 for one run: promote it, or say why not; once. The run as it is now."""
-    promotion = decide_promotion(run, cascade, now=now)
+async def _withdraw(
+    operator: Operator, cascade: ModelCascade, target: Target, runs: list[Distillation], now: str
+) -> list[Distillation]:
+    """Step 2: each promotion that no longer applies is withdrawn in its run's status. The runs as they are now."""
+    ending = {run.metadata.name: why for run, why in withdrawals(cascade, runs)}
+    current = []
+    for run in runs:
+        if (why := ending.get(run.metadata.name)) is not None:
+            run = await _patch_run(operator, run, withdrawal_patch(run, why, now))
+            post(target.body, Notice("Normal", "PromotionWithdrawn", f"{run.metadata.name}: {why}"))
+        current.append(run)
+    return current
+
+
+async def _decide(
+    operator: Operator, cascade: ModelCascade, target: Target, runs: list[Distillation], run: Distillation, now: str
+) -> Distillation:
+    """Step 3 for one run: promote it, or say why not; once, in its status. The run as it is now."""
+    promotion = decide_promotion(run, cascade, serving(cascade, runs), now=now)
     if promotion is None:
         return run
-    if promotion.promoted and (operations := spec_patch(run, cascade)) is not None:
-        try:
-            await operator.api.patch_json(API_VERSION, PLURAL, target.name, namespace=target.namespace,
-                                          operations=operations)  # fmt: skip
-        except ApiError as error:
-            if error.status != 422:
-                raise
-            fresh = await operator.api.get(API_VERSION, PLURAL, target.name, namespace=target.namespace)
-            if fresh is None or serving_model(parse_cascade(fresh), run.spec.tier) != run.spec.student:
-                raise kopf.TemporaryError(f"tier {run.spec.tier} changed while promoting {run.metadata.name}", delay=1)
-            promotion = refused(run, error.message, now)  # the new spec itself was refused (validation)
     written = await _patch_run(operator, run, {"promotion": promotion.model_dump(mode="json", by_alias=True,
                                                                                 exclude_none=True)})  # fmt: skip
     if promotion.promoted:
@@ -238,15 +247,20 @@ def summary_patch(cascade: ModelCascade, runs: list[Distillation], waiting: str)
 
 
 def summarize_runs(cascade: ModelCascade, runs: list[Distillation], waiting: str) -> DistillationSummary:
-    """`status.distillation` from the runs (oldest first). Pure."""
-    tier = student_tier(cascade)
-    serving = next(t.model.uri for t in cascade.spec.tiers if t.name == tier)
+    """`status.distillation` from the spec and the runs (oldest first), nothing else: a lost status is rebuilt. Pure."""
+    served = serving(cascade, runs)
+    record = served.promotion.status.promotion if served.promotion and served.promotion.status else None
+    in_effect = None
+    if served.promotion is not None and record is not None:
+        in_effect = PromotedModel(run=served.promotion.metadata.name, model=served.model or "",
+                                  replaces=record.replaces or "", at=record.at)  # fmt: skip
     promotions = [run.status.promotion for run in runs if decided(run)]  # type: ignore[union-attr]
     last_promoted = [run for run in runs if promoted(run)][-1:]
     last = runs[-1] if runs else None
     return DistillationSummary(
-        tier=tier, serving=serving, waiting=waiting, runs=len(runs),
-        rollback_target=last_promoted[0].status.promotion.previous_model if last_promoted else None,  # type: ignore[union-attr]
+        tier=served.tier or student_tier(cascade), serving=served.model or "", spec_model=served.spec_model,
+        promoted=in_effect, message=served.message, runs=len(runs), waiting=waiting,
+        rollback_target=record.previous_model if record is not None else None,
         last_promoted=last_promoted[0].metadata.name if last_promoted else None,
         last_run=last.metadata.name if last else None,
         last_run_phase=phase_of(last).value if last else None,

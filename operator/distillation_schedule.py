@@ -8,7 +8,9 @@ A run starts when all of these hold:
 - at least `minSamples` escalations were logged since the newest run was created
   (`status.traffic.escalationsLogged` against the run's `spec.logRecords`).
 Decided runs beyond `historyLimit`, oldest first, are deleted; the last
-promoted one is kept beyond it (its status names the rollback target).
+promoted one is kept beyond it: its status is the record of the promotion the
+tier serves (`kascade.operator.promotion`), and deleting it would let an older
+one apply again.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def plan_runs(
     """What to do about a cascade's runs now (`runs`: those naming it, in any order)."""
     ordered = sorted(runs, key=created_at)
     last_promoted = [run.metadata.name for run in ordered if promoted(run)][-1:]
-    kept = set(last_promoted)  # it names the rollback target
+    kept = set(last_promoted)  # the record of what the tier serves
     active = [run for run in ordered if not decided(run)]
     finished = [run for run in ordered if decided(run) and run.metadata.name not in kept]
     delete = [run.metadata.name for run in finished[: max(0, len(finished) - policy.history_limit)]]

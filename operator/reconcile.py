@@ -71,6 +71,9 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
         cascade = parse_cascade(body)
     except ValidationError as error:
         await _report_invalid(operator.api, target, validation_message(error))
+    # From here on, the cascade as served: a promoted student tier's model comes from its run's status, the spec is
+    # never written (a GitOps re-apply of the manifest neither conflicts with nor undoes a promotion).
+    cascade, distillation = await reconcile_distillations(operator, cascade, target)
     observation = await observe(operator.api, cascade, operator.gpu_products)
     problems = check_semantics(cascade, secrets=observation.secrets, gpu_products=observation.gpu_products)
     observed = observation.children
@@ -78,7 +81,6 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
         waits = problems
         observed, problems = await _apply(operator, cascade, target, observed, logger)
         problems += waits
-    distillation = await reconcile_distillations(operator, cascade, target)
     await _write_health(operator, cascade, target, observed, problems, logger, extra=distillation)
     failed = next((p for p in problems if p.reason == ProblemReason.apply_failed), None)
     if failed is not None:

@@ -20,7 +20,7 @@ from kascade.operator.builders import build_children
 from kascade.operator.distillation_loop import summarize_runs
 from kascade.operator.distillation_schedule import plan_runs, run_name
 from kascade.api.distillation import PromotionReason
-from kascade.operator.promotion import decide_promotion, spec_patch
+from kascade.operator.promotion import Serving, decide_promotion, served_cascade, serving, withdrawals
 
 PROMOTED, GATE_FAILED = PromotionReason.promoted, PromotionReason.gate_failed
 RUN_FAILED, STUDENT_CHANGED = PromotionReason.run_failed, PromotionReason.student_changed
@@ -178,52 +178,142 @@ def test_the_runs_identity_may_only_write_distillation_status():
 
 # --- promotion ------------------------------------------------------------------------------
 
+STUDENT = "pvc://students/chat/chat-d1"
 
-def finished(gate: dict[str, Any] | None, *, phase: str = "Succeeded", **status: Any) -> Distillation:
+
+def finished(gate: dict[str, Any] | None, *, phase: str = "Succeeded", name: str = "chat-d1", **status: Any) -> Distillation:
     extra = {"gate": gate} if gate is not None else {}
-    return run("chat-d1", created=NOW, phase=phase, model="pvc://students/chat/chat-d1", **extra, **status)
+    return run(name, created=NOW, phase=phase, model=f"pvc://students/chat/{name}", **extra, **status)
 
 
-def test_a_passed_gate_promotes_and_keeps_the_serving_model_as_rollback_target():
+def decide(run_: Distillation, cascade_: ModelCascade, runs: list[Distillation] | None = None) -> Any:
+    return decide_promotion(run_, cascade_, serving(cascade_, runs or []), now="t")
+
+
+def promoted_run(name: str, *, student: str, replaces: str = SMALL, hours: int = 0, **promotion: Any) -> Distillation:
+    made = finished({"passed": True, "gain": 0.05}, name=name,
+                    promotion={"promoted": True, "reason": PROMOTED, "previousModel": student, "replaces": replaces,
+                               "at": "t", **promotion})  # fmt: skip
+    made.spec.student = student
+    made.metadata.model_extra["creationTimestamp"] = (NOW + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")  # type: ignore[index]
+    return made
+
+
+def served_uri(cascade_: ModelCascade, runs: list[Distillation]) -> str:
+    return served_cascade(cascade_, serving(cascade_, runs)).spec.tiers[0].model.uri
+
+
+def with_tier_uri(uri: str, **policy: Any) -> ModelCascade:
+    edited = cascade(**policy)
+    edited.spec.tiers[0].model.uri = uri
+    return edited
+
+
+def test_a_passed_gate_promotes_over_the_spec_model_and_keeps_the_serving_model_as_rollback_target():
     passed = finished({"passed": True, "gain": 0.05})
-    decision = decide_promotion(passed, cascade(), now="t")
+    decision = decide(passed, cascade())
     assert decision is not None and decision.promoted and decision.reason == PROMOTED
-    assert decision.previous_model == SMALL
-    assert spec_patch(passed, cascade()) == [
-        {"op": "test", "path": "/spec/tiers/0/model/uri", "value": SMALL},
-        {"op": "replace", "path": "/spec/tiers/0/model/uri", "value": "pvc://students/chat/chat-d1"},
-    ]
+    assert decision.previous_model == SMALL and decision.replaces == SMALL
+
+
+def test_a_promotion_is_served_without_the_spec_changing():
+    spec = cascade()
+    record = promoted_run("chat-d1", student=SMALL)
+    served = served_cascade(spec, serving(spec, [record]))
+    assert served.spec.tiers[0].model.uri == STUDENT, "the builders build the promoted model"
+    assert spec.spec.tiers[0].model.uri == SMALL, "the spec is the user's, untouched"
+    deployment = next(c for c in build_children(served, SETTINGS) if c["kind"] == "Deployment"
+                      and c["metadata"]["name"] == "chat-small")  # fmt: skip
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in deployment["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v}  # fmt: skip
+    assert "students" in claims
+    assert served.spec.tiers[1] == spec.spec.tiers[1]
+
+
+def test_a_promotion_over_a_promotion_chains_and_the_next_run_starts_from_the_served_model():
+    first = promoted_run("chat-d1", student=SMALL)
+    served = served_cascade(cascade(), serving(cascade(), [first]))
+    assert build_distillation(served, SETTINGS, name="chat-d2", log_records=0)["spec"]["student"] == STUDENT
+    second = finished({"passed": True, "gain": 0.02}, name="chat-d2")
+    second.spec.student = STUDENT
+    decision = decide(second, cascade(), [first])
+    assert decision is not None and decision.promoted
+    assert decision.previous_model == STUDENT and decision.replaces == SMALL, "one step back; over the spec's model"
+    second = promoted_run("chat-d2", student=STUDENT, hours=1)
+    assert served_uri(cascade(), [first, second]) == "pvc://students/chat/chat-d2"
+    assert served_uri(cascade(), [second]) == "pvc://students/chat/chat-d2", "the older record may be pruned"
+
+
+def test_editing_model_uri_pins_it_and_withdraws_the_promotion_for_good():
+    record = promoted_run("chat-d1", student=SMALL)
+    pinned = with_tier_uri("pvc://models/small-by-hand")
+    assert served_uri(pinned, [record]) == "pvc://models/small-by-hand"
+    assert serving(pinned, [record]).message == (
+        "tier small's model.uri changed from pvc://models/small-v1 to pvc://models/small-by-hand: "
+        "it serves pvc://models/small-by-hand (a pin)")  # fmt: skip
+    [(run_, why)] = withdrawals(pinned, [record])
+    assert run_.metadata.name == "chat-d1" and "(a pin)" in why
+    withdrawn = promoted_run("chat-d1", student=SMALL, withdrawnAt="t2", withdrawal=why)
+    assert served_uri(cascade(), [withdrawn]) == SMALL, "setting model.uri back does not bring it back"
+    assert "was withdrawn at t2" in serving(cascade(), [withdrawn]).message
+    assert withdrawals(cascade(), [withdrawn]) == []
+
+
+def test_manual_promotion_is_the_rollback_to_model_uri():
+    record = promoted_run("chat-d1", student=SMALL)
+    manual = cascade(promotion="Manual")
+    assert served_uri(manual, [record]) == SMALL
+    [(_, why)] = withdrawals(manual, [record])
+    assert why == f"spec.distillation.promotion is Manual: tier small serves its model.uri {SMALL}"
+    candidate = decide(finished({"passed": True, "gain": 0.05}), manual)
+    assert candidate is not None and not candidate.promoted and candidate.reason == PromotionReason.manual
+    assert f"set tier small's model.uri to {STUDENT}" in candidate.message
+
+
+def test_removing_spec_distillation_serves_model_uri():
+    without = cascade().model_copy(update={"spec": cascade().spec.model_copy(update={"distillation": None})})
+    record = promoted_run("chat-d1", student=SMALL)
+    assert served_uri(without, [record]) == SMALL
+    assert [why for _, why in withdrawals(without, [record])] == ["spec.distillation was removed: tier small serves its model.uri"]
 
 
 def test_a_failed_gate_or_run_never_promotes_and_says_why():
-    gate = decide_promotion(finished({"passed": False, "gain": 0.0, "reasons": ["agreement +0.0000 < +0.01"]}),
-                            cascade(), now="t")  # fmt: skip
+    gate = decide(finished({"passed": False, "gain": 0.0, "reasons": ["agreement +0.0000 < +0.01"]}), cascade())
     assert gate is not None and not gate.promoted and gate.reason == GATE_FAILED and "+0.0000 < +0.01" in gate.message
-    failed = decide_promotion(finished(None, phase="Failed", message="out of memory"), cascade(), now="t")
+    failed = decide(finished(None, phase="Failed", message="out of memory"), cascade())
     assert failed is not None and failed.reason == RUN_FAILED and failed.message == "out of memory"
-    assert decide_promotion(run("chat-d1", created=NOW, phase="Running"), cascade(), now="t") is None
+    assert decide(run("chat-d1", created=NOW, phase="Running"), cascade()) is None
 
 
 def test_a_student_changed_meanwhile_is_not_replaced():
-    moved = cascade()
-    moved.spec.tiers[0].model.uri = "pvc://models/small-by-hand"
-    decision = decide_promotion(finished({"passed": True, "gain": 0.05}), moved, now="t")
+    decision = decide(finished({"passed": True, "gain": 0.05}), with_tier_uri("pvc://models/small-by-hand"))
     assert decision is not None and decision.reason == STUDENT_CHANGED and "small-by-hand" in decision.message
+    # A run judged against the spec's model while a promotion was served is not promoted over the promotion.
+    other = promoted_run("chat-d0", student=SMALL, hours=-1)
+    decision = decide(finished({"passed": True, "gain": 0.05}), cascade(), [other])
+    assert decision is not None and decision.reason == STUDENT_CHANGED and "chat-d0" in decision.message
 
 
 def test_a_failed_gate_never_promotes_even_when_the_tier_already_serves_its_model():
-    served = cascade()
-    served.spec.tiers[0].model.uri = "pvc://students/chat/chat-d1"
-    decision = decide_promotion(finished({"passed": False, "gain": 0.0, "reasons": ["no gain"]}), served, now="t")
+    decision = decide(finished({"passed": False, "gain": 0.0, "reasons": ["no gain"]}), with_tier_uri(STUDENT))
     assert decision is not None and not decision.promoted and decision.reason == GATE_FAILED
 
 
-def test_a_promotion_the_operator_made_before_stopping_is_recognised():
-    served = cascade()
-    served.spec.tiers[0].model.uri = "pvc://students/chat/chat-d1"  # patched, then the operator stopped
-    decision = decide_promotion(finished({"passed": True, "gain": 0.05}), served, now="t")
-    assert decision is not None and decision.promoted and decision.previous_model == SMALL
-    assert spec_patch(finished({"passed": True}), served) is None, "nothing left to patch"
+def test_a_run_whose_model_the_user_serves_already_is_not_promoted_over_it():
+    # Was: "a promotion the operator made before stopping is recognised" (the spec was patched first, the run
+    # decided second). A decision is now one write, so the tier serving the run's model means a user pinned it.
+    decision = decide(finished({"passed": True, "gain": 0.05}), with_tier_uri(STUDENT))
+    assert decision is not None and not decision.promoted and decision.reason == STUDENT_CHANGED
+
+
+def test_a_promotion_the_cascade_would_refuse_is_not_served():
+    decision = decide_promotion(finished({"passed": True, "gain": 0.05}), cascade(),
+                                Serving("small", SMALL, SMALL, None, ""), now="t")  # fmt: skip
+    assert decision is not None and decision.promoted
+    refused = finished({"passed": True, "gain": 0.05})
+    refused.status.model = "s3://bucket/student"  # type: ignore[union-attr]  # not something the tier can serve
+    decision = decide(refused, cascade())
+    assert decision is not None and decision.reason == PromotionReason.spec_refused and "s3://" in decision.message
 
 
 def test_a_run_never_writes_over_the_model_it_starts_from():
@@ -235,11 +325,15 @@ def test_a_run_never_writes_over_the_model_it_starts_from():
 
 def test_a_decision_is_made_once():
     decided = finished({"passed": True, "gain": 0.05}, promotion={"promoted": True, "reason": PROMOTED})
-    assert decide_promotion(decided, cascade(), now="t") is None
+    assert decide(decided, cascade()) is None
 
 
-def test_the_status_names_the_rollback_target_and_what_the_next_run_waits_for():
-    promoted = finished({"passed": True}, promotion={"promoted": True, "reason": PROMOTED, "previousModel": SMALL})
+def test_the_status_names_what_is_served_the_rollback_target_and_what_the_next_run_waits_for():
+    promoted = promoted_run("chat-d1", student=SMALL)
     summary = summarize_runs(cascade(), [promoted], "3 of 100 new escalation records since the last run")
-    assert summary.rollback_target == SMALL and summary.last_promoted == "chat-d1" and summary.serving == SMALL
+    assert summary.rollback_target == SMALL and summary.last_promoted == "chat-d1"
+    assert summary.serving == STUDENT and summary.spec_model == SMALL
+    assert summary.promoted is not None and (summary.promoted.run, summary.promoted.replaces) == ("chat-d1", SMALL)
     assert summary.waiting.startswith("3 of 100")
+    pinned = summarize_runs(with_tier_uri("pvc://models/small-by-hand"), [promoted], "")
+    assert pinned.serving == "pvc://models/small-by-hand" and pinned.promoted is None and "(a pin)" in pinned.message
