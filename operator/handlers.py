@@ -1,10 +1,17 @@
 """Kopf handlers of the ModelCascade operator: thin wiring of the reconcile to Kopf.
 
 One idempotent reconcile (`reconcile.reconcile`) serves create, update and
-resume; a drift loop runs the same reconcile every
+resume; a drift loop per cascade runs the same reconcile every
 `OperatorSettings.reconcile_interval_seconds` (`KASCADE_RECONCILE_INTERVAL_SECONDS`,
 default 15) to correct drift, refresh tier readiness and fold the router
 replicas' counters into the status. A per-cascade lock keeps the two apart.
+
+No handler needs a finalizer, so Kopf adds none: children go with their
+cascade by owner references (the garbage collector), and the drift loop is a
+task of the operator's own, not a `@kopf.daemon` (Kopf blocks the deletion of
+every object a daemon runs for with a finalizer, and a deletion without the
+operator running, such as an uninstall, would then hang). The loop starts on
+a cascade's first watch event and stops on its DELETED event.
 
 Distillation runs are followed by their cascade's reconcile; a run created by
 hand for a cascade that is missing or does not distil is told so when it
@@ -29,8 +36,13 @@ from kascade.operator.kube_credentials import Credentials
 from kascade.operator.reconcile import Operator, reconcile
 from kascade.operator.settings import OperatorSettings, SettingsError
 
-FINALIZER = "kascade.dev/operator"  # kopf's; the drift loop needs it (kopf stops daemons before deletion)
+# No handler adds it any more; named so that Kopf removes it from cascades an older operator marked.
+FINALIZER = "kascade.dev/operator"
 ANNOTATION_PREFIX = "kascade.dev"  # kopf's progress and last-handled-configuration annotations
+
+_BODY = "kascade_body"  # per-object memo: the cascade as its last watch event showed it
+_REFRESH = "kascade_refresh"  # per-object memo: its drift loop
+_REFRESHERS = "kascade_refreshers"  # operator memo (shared by the per-object copies): every drift loop, for cleanup
 
 
 def _operator(memo: kopf.Memo) -> Operator:
@@ -48,6 +60,8 @@ def _lock(memo: kopf.Memo) -> asyncio.Lock:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Operator-wide tuning, the operator's settings from KASCADE_* variables (read here, once), its API client."""
+    # Kopf adds a finalizer only for handlers that need one (daemons, timers, deletion handlers): none here.
+    # Naming the one older operators added makes Kopf remove it from the cascades that still carry it.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -61,6 +75,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
         raise kopf.PermanentError(str(error)) from None
     credentials = await asyncio.to_thread(Credentials.from_environment)
     memo["kascade"] = Operator(api=await KubeApi(credentials).open(), settings=operator_settings)
+    memo[_REFRESHERS] = set()
     logger.info(
         "kascade operator: API %s, reconcile every %g s", credentials.host, operator_settings.reconcile_interval_seconds
     )
@@ -68,6 +83,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    loops = list(memo.get(_REFRESHERS) or ())
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
     operator = memo.get("kascade")
     if operator is not None:
         await operator.api.close()
@@ -82,21 +101,40 @@ async def reconcile_cascade(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logge
         await reconcile(_operator(memo), body, logger)
 
 
-# Why a daemon and not `@kopf.timer`: a timer's interval is fixed when its decorator runs, at
-# import, before `configure` has read the operator's settings. This daemon is Kopf's timer loop
-# written out (wait the interval, reconcile; a TemporaryError's delay replaces the wait), and it
-# waits the interval of the one `OperatorSettings` made at startup, so the environment is read
-# in one place, once. Kopf stops it (the `stopped` flag) before a deletion and at exit.
-@kopf.daemon(GROUP, VERSION, PLURAL)
-async def refresh_cascade(
-    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
-) -> None:
-    """Drift, readiness and counters: the same reconcile, every `reconcile_interval_seconds`."""
+# Why not `@kopf.daemon` or `@kopf.timer`: Kopf puts a finalizer on every object one runs for, so that
+# deleting a cascade waits for the operator, and an uninstall (operator first, then the CRDs) hangs.
+# A timer's interval is also fixed at import, before `configure` read the settings. The loop is
+# started here, in the cascade's own handling context (so its Notices reach Kopf's event poster),
+# and waits the interval of the one `OperatorSettings` made at startup.
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def follow_cascade(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Each cascade's drift loop: started on its first watch event, given each newer body, stopped when it is gone."""
+    memo[_BODY] = body
+    task: asyncio.Task[None] | None = memo.get(_REFRESH)
+    if type == "DELETED":
+        if task is not None:
+            task.cancel()
+        return
+    if task is None:
+        loops: set[asyncio.Task[None]] = memo[_REFRESHERS]
+        memo[_REFRESH] = task = asyncio.create_task(refresh_cascade(memo, logger), name=f"kascade drift {body.meta.uid}")
+        loops.add(task)
+        task.add_done_callback(loops.discard)
+
+
+async def refresh_cascade(memo: kopf.Memo, logger: kopf.Logger) -> None:
+    """Drift, readiness and counters: the same reconcile, every `reconcile_interval_seconds`, on the latest body.
+
+    A TemporaryError's delay replaces the next wait (as Kopf's timers do); any other failure is logged and
+    retried after the interval, so the loop lives as long as its cascade.
+    """
     operator = _operator(memo)
     interval = operator.settings.reconcile_interval_seconds
     delay = interval
-    while not await stopped.wait(delay):
+    while True:
+        await asyncio.sleep(delay)
         delay = interval
+        body = memo[_BODY]
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             continue
         async with _lock(memo):
@@ -107,6 +145,8 @@ async def refresh_cascade(
             except kopf.TemporaryError as error:
                 logger.info("%s; again in %g s", error, error.delay or interval)
                 delay = error.delay or interval
+            except Exception:  # the loop must outlive a failed reconcile (an unreachable API server)
+                logger.exception("the drift reconcile failed; again in %g s", interval)
 
 
 @kopf.on.resume(GROUP, VERSION, DISTILLATION_PLURAL)

@@ -74,9 +74,42 @@ def test_kopf_runs_the_handlers_to_ready_and_reports_a_conflict(server: StandinA
         "fine-large", "fine-router", "fine-small"]  # fmt: skip
     assert server.get("services", "blocked-router", "default")["metadata"].get("labels") is None
     cascade = server.get("modelcascades", "fine", "default")
-    assert cascade["metadata"]["finalizers"] == ["kascade.dev/operator"]
+    assert not cascade["metadata"].get("finalizers")  # nothing to do on deletion: no finalizer to wait for
     assert "kascade.dev/last-handled-configuration" in cascade["metadata"]["annotations"]
     assert "kopf" not in cascade["status"]  # kopf keeps its progress in annotations, not in the schema'd status
+
+
+def test_the_drift_loop_needs_no_finalizer_and_an_uninstall_does_not_hang(server: StandinApiServer,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    """The drift loop brings a cascade to Ready with no edit; no cascade carries a finalizer (an older operator's
+    is removed), so deleting cascades after the operator is gone (uninstall: operator, then CRDs) completes."""
+    monkeypatch.setenv("KASCADE_RECONCILE_INTERVAL_SECONDS", "0.2")
+    server.add_node("gpu-l4", labels={"nvidia.com/gpu.product": "NVIDIA-L4"})
+    server.add_node("gpu-h100", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"})
+    for name, key in (("hf-token", "token"), ("chat-client-keys", "keys")):
+        server.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {key: "x"}})
+    body = yaml.safe_load((REPO / "examples" / "chat-vllm-gpu.yaml").read_text())
+    # A cascade an older operator marked with its finalizer, before this one starts.
+    server.create({**body, "metadata": {"name": "marked", "namespace": "default", "finalizers": ["kascade.dev/operator"]}})
+
+    def condition(name: str, type_: str) -> dict:
+        status = (server.get("modelcascades", name, "default") or {}).get("status") or {}
+        return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+    args = ["run", "--standalone", "--namespace", "default", "-m", HANDLERS_MODULE]
+    with KopfRunner(args, timeout=30) as runner:
+        server.create({**body, "metadata": {"name": "fresh", "namespace": "default"}})
+        for name in ("fresh", "marked"):
+            wait_for(lambda: condition(name, "Ready").get("status") == "True")  # the drift loop saw them ready
+        wait_for(lambda: not server.get("modelcascades", "marked", "default")["metadata"].get("finalizers"))
+
+    assert runner.exception is None
+    assert runner.exit_code == 0
+    for name in ("fresh", "marked"):
+        assert not server.get("modelcascades", name, "default")["metadata"].get("finalizers")
+        server.delete("modelcascades", name, namespace="default")
+        wait_for(lambda: server.get("modelcascades", name, "default") is None)
+    wait_for(lambda: server.objects("deployments", "default") == [])  # the garbage collector took the children
 
 
 # --- the CLI -------------------------------------------------------------------------------
