@@ -50,7 +50,8 @@ from kascade.api.openapi import to_structural
 from kascade.api.status import ModelCascadeStatus
 
 SINGULAR = "modelcascade"
-SHORT_NAMES = ["mc"]
+# Not "mc": OpenShift names MachineConfig so, and kubectl would resolve it to whichever it finds first.
+SHORT_NAMES = ["mcas"]
 CATEGORIES = ["kascade"]
 
 

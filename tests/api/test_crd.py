@@ -88,7 +88,7 @@ def test_names_scope_and_status_subresource() -> None:
         "listKind": "ModelCascadeList",
         "plural": "modelcascades",
         "singular": "modelcascade",
-        "shortNames": ["mc"],
+        "shortNames": ["mcas"],
         "categories": ["kascade"],
     }
     [version] = spec["versions"]

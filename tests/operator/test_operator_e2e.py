@@ -16,8 +16,9 @@ One cluster for the whole module, driven in order, as a user would:
    the totals never go down and end equal to what the clients got answered;
 5. a reconcile with nothing to do writes nothing, and neither does an operator restart;
    GPU-hours grow with the ready GPUs, and an operator restart carries them over;
-6. a missing Secret and a GPU type no node offers set Degraded with a clear
-   message and leave the children untouched;
+6. a missing Secret sets Degraded with a clear message and leaves the children
+   untouched; a GPU type no node offers yet is applied, TiersReady says the tier
+   waits for such a node, and the node's arrival brings Ready with no edit;
 7. online calibration: shadow samples move the threshold, `Calibrated` turns
    True and a running router takes the new threshold without a restart;
 8. deleting the cascade removes the children; every API call the operator made
@@ -558,29 +559,38 @@ def test_a_missing_secret_degrades_and_leaves_the_children_untouched(cluster: Cl
     assert fingerprint(cluster) == before
 
 
-def test_a_gpu_type_no_node_offers_degrades_and_leaves_the_children_untouched(cluster: Cluster, tmp_path: Path):
-    before = fingerprint(cluster)
+def test_a_gpu_type_no_node_offers_yet_is_applied_and_waits_for_such_a_node(cluster: Cluster):
+    """Scale from zero: the change is applied although no node has the GPU type (the Pending pods are what makes a
+    pool add a node); TiersReady names the wait, Degraded stays False, and the node's arrival brings Ready, no edit.
+    (It used to be Degraded NoMatchingNodes with nothing applied: on such clusters the cascade never started.)"""
     document = yaml.safe_load(EXAMPLE.read_text())
     changed = copy.deepcopy(document)
     changed["spec"]["tiers"][1]["resources"]["gpuType"] = "NVIDIA-A100-SXM4-80GB"
+    cluster.server.hold_unready(NS, "chat-large")  # the stand-in schedules nothing: no node, no ready pod
     cluster.kubectl("apply", "-f", "-", input=manifests(changed))
     generation = cluster.cascade()["metadata"]["generation"]
-    degraded = wait_for(lambda: (c := cluster.condition("Degraded")).get("status") == "True"
-                        and c.get("observedGeneration") == generation and c,
-                        what="Degraded for the new generation", context=cluster.log_tail)  # fmt: skip
-    assert degraded["reason"] == "NoMatchingNodes"
-    assert 'tier "large" asks for resources.gpuType NVIDIA-A100-SXM4-80GB but no node has ' \
-           "nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB" in degraded["message"]  # fmt: skip
-    assert "NVIDIA-H100-80GB-HBM3, NVIDIA-L4" in degraded["message"]
-    assert cluster.status()["observedGeneration"] == generation
-    time.sleep(3 * INTERVAL_S)
-    assert fingerprint(cluster) == before
+    waiting = wait_for(lambda: (c := cluster.condition("TiersReady")).get("reason") == "WaitingForGpuNodes"
+                       and c.get("observedGeneration") == generation and c,
+                       what="TiersReady WaitingForGpuNodes for the new generation", context=cluster.log_tail)  # fmt: skip
+    assert waiting["message"].startswith('tier "large" has 0/1 ready replicas: its pods wait for a node with '
+                                         "nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB")  # fmt: skip
+    assert "nodes offer: NVIDIA-H100-80GB-HBM3, NVIDIA-L4" in waiting["message"]
+    assert cluster.condition("Ready")["reason"] == "WaitingForGpuNodes"
+    assert cluster.condition("Degraded")["status"] == "False"
     large = cluster.server.get("deployments", "chat-large", NS)
-    assert large["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert large["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+
+    cluster.server.add_node("gpu-a100-1", labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+                            capacity={"nvidia.com/gpu": "8"})  # fmt: skip
+    cluster.server.release(NS, "chat-large")
+    wait_for(lambda: cluster.condition("Ready").get("status") == "True", what="Ready with the new node",
+             context=cluster.log_tail)  # fmt: skip
+    assert cluster.cascade()["metadata"]["generation"] == generation  # nobody edited the cascade
 
     cluster.kubectl("apply", "-f", str(EXAMPLE))
-    wait_for(lambda: cluster.condition("Degraded").get("status") == "False", what="recovery", context=cluster.log_tail)
-    assert fingerprint(cluster) == before  # the same spec again: the same children, nothing rewritten
+    wait_for(lambda: cluster.server.get("deployments", "chat-large", NS)["spec"]["template"]["spec"]["nodeSelector"]
+             == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, what="the example's GPU type again")  # fmt: skip
+    wait_for(lambda: cluster.condition("Ready").get("status") == "True", what="Ready again", context=cluster.log_tail)
 
 
 # --- 6b. online calibration -------------------------------------------------------------------------------
