@@ -10,15 +10,20 @@ Job controller would. In order:
    for records (`status.distillation.waiting`);
 2. a router slot reports 40 logged escalations: a Distillation and its Job
    appear; the run trains on the log, passes the gate and is promoted: the
-   tier's `model.uri`, and so its Deployment, point at the new student, and
-   the model it replaced is the rollback target;
-3. the next run has nothing left to learn: the gate fails, the Deployment is
-   untouched and the run says why;
-4. a rollback is one field: the tier's `model.uri` set back to the target;
-5. a run whose Job fails is Failed with the Job's reason, never promoted; a run
+   tier's Deployment serves the new student while the spec keeps the user's
+   `model.uri` (the operator never writes it), and the model it replaced is
+   the rollback target;
+3. the user's unchanged manifest re-applied (client-side and server-side)
+   neither undoes the promotion nor restarts the tier;
+4. the next run starts from the promoted student and has nothing left to
+   learn: the gate fails, the Deployment is untouched and the run says why;
+5. a rollback is one field of the manifest: `spec.distillation.promotion:
+   Manual` serves `model.uri` again, and setting Automatic back does not
+   bring the withdrawn promotion back;
+6. a run whose Job fails is Failed with the Job's reason, never promoted; a run
    the pod reported Failed is decided only once its Job stops retrying;
-6. every call the operator made is in its RBAC rules; every call the run
-   made is in the Role the operator gave it.
+7. every call the operator made is in its RBAC rules, none wrote the cascade's
+   spec; every call the run made is in the Role the operator gave it.
 """
 
 from __future__ import annotations
@@ -214,18 +219,33 @@ def test_a_run_that_passes_the_gate_is_promoted_and_the_tier_rolls_out(cluster: 
     finish_job(cluster, name, "Complete")
     decided = promotion(cluster, name)
     assert decided["promoted"] and decided["reason"] == "Promoted" and decided["previousModel"] == SERVING
-    assert small_tier_uri(cluster) == f"pvc://students/{NAME}/{name}"
+    assert decided["replaces"] == SERVING
     wait_for(lambda: served_claim(small_deployment(cluster)) == "students", what="the tier serving the new student",
              context=cluster.log_tail)  # fmt: skip
+    assert small_tier_uri(cluster) == SERVING, "the spec is the user's: the promotion lives in the run's status"
     summary = wait_for(lambda: (cluster.status().get("distillation") or {}).get("lastPromoted") == name
                        and cluster.status()["distillation"], what="status.distillation")  # fmt: skip
     assert summary["rollbackTarget"] == SERVING and summary["serving"] == f"pvc://students/{NAME}/{name}"
+    assert summary["specModel"] == SERVING and summary["promoted"]["run"] == name
+    assert summary["promoted"]["replaces"] == SERVING
     table = cluster.kubectl("get", "distillations", "-n", NS)
     assert name in table and "Succeeded" in table and "Promoted" in table and "+1.0000" in table
 
 
+def test_a_reapply_of_the_users_manifest_keeps_the_promotion(cluster: Cluster, claims: Path):
+    promoted = cluster.status()["distillation"]["serving"]
+    generation = small_deployment(cluster)["metadata"].get("generation")
+    cluster.kubectl("apply", "-f", "-", input=manifests(cascade()))  # client-side, as the user applied it first
+    cluster.kubectl("apply", "--server-side", "--field-manager=gitops", "-f", "-", input=manifests(cascade()))
+    time.sleep(4 * cluster.interval_s)  # reconciles, drift loop included
+    assert small_tier_uri(cluster) == SERVING
+    assert served_claim(small_deployment(cluster)) == "students"
+    assert small_deployment(cluster)["metadata"].get("generation") == generation, "the tier did not roll"
+    assert cluster.status()["distillation"]["serving"] == promoted
+
+
 def test_a_run_that_fails_the_gate_leaves_the_deployment_untouched(cluster: Cluster, claims: Path):
-    serving = small_tier_uri(cluster)
+    serving = cluster.status()["distillation"]["serving"]
     before = small_deployment(cluster)["metadata"]["resourceVersion"]
     first = cluster.status()["distillation"]["lastPromoted"]
     run = new_run(cluster, {first})  # 80 were logged before the promotion: it is due already
@@ -237,19 +257,26 @@ def test_a_run_that_fails_the_gate_leaves_the_deployment_untouched(cluster: Clus
     finish_job(cluster, name, "Complete")
     decided = promotion(cluster, name)
     assert not decided["promoted"] and decided["reason"] == "GateFailed" and "needs at least" in decided["message"]
-    assert small_tier_uri(cluster) == serving
+    assert small_tier_uri(cluster) == SERVING and cluster.status()["distillation"]["serving"] == serving
     assert small_deployment(cluster)["metadata"]["resourceVersion"] == before
     events = cluster.kubectl("get", "events", "-n", NS, "-o", "json")
     assert "NotPromoted" in events
 
 
 def test_a_rollback_is_one_field(cluster: Cluster, claims: Path):
-    target = cluster.status()["distillation"]["rollbackTarget"]
-    patch = [{"op": "replace", "path": "/spec/tiers/0/model/uri", "value": target}]
-    cluster.kubectl("patch", "modelcascade", NAME, "-n", NS, "--type=json", "-p", json.dumps(patch))
+    # Was: the tier's model.uri patched back to the rollback target. The spec still holds it, so the edit is the
+    # one field a manifest in git can carry: promotion Manual serves model.uri.
+    first = cluster.status()["distillation"]["lastPromoted"]
+    cluster.kubectl("apply", "-f", "-", input=manifests(cascade(promotion="Manual")))
     wait_for(lambda: served_claim(small_deployment(cluster)) == "models", what="the tier back on the old model",
              context=cluster.log_tail)  # fmt: skip
     wait_for(lambda: cluster.status()["distillation"]["serving"] == SERVING, what="status.distillation.serving")
+    withdrawn = distillations(cluster)[first]["status"]["promotion"]
+    assert withdrawn["withdrawnAt"] and withdrawn["withdrawal"].startswith("spec.distillation.promotion is Manual")
+    assert "was withdrawn" in cluster.status()["distillation"]["message"]
+    cluster.kubectl("apply", "-f", "-", input=manifests(cascade()))  # Automatic again: promotes the next passed run
+    time.sleep(4 * cluster.interval_s)
+    assert served_claim(small_deployment(cluster)) == "models", "a withdrawn promotion never comes back"
 
 
 def test_a_run_whose_job_fails_is_failed_and_never_promoted(cluster: Cluster, claims: Path):
@@ -309,6 +336,9 @@ def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Pat
     objects = render_values({"watch": {"namespaces": [NS]}, "rbac": {"clusterReads": True}})
     report = check_rbac(operator, by_kind(objects, "Role") + by_kind(objects, "ClusterRole"))
     assert report.not_allowed == [], report.explain()
+    spec_writes = [r for r in operator if r.resource == "modelcascades" and r.subresource is None and r.is_write
+                   and _touches_spec(r.body)]  # fmt: skip
+    assert spec_writes == [], "the operator never writes a cascade's spec"
     role = next(c for c in build_distiller_children(_parsed()) if c["kind"] == "Role")
     runs = [r for r in requests if r.resource == "distillations" and not r.user_agent.startswith(OPERATOR_AGENTS)
             and not r.user_agent.startswith("kubectl")]  # fmt: skip
@@ -316,6 +346,12 @@ def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Pat
     for request in runs:
         rule = role["rules"][0]
         assert f"{request.resource}/{request.subresource}" in rule["resources"] and request.verb in rule["verbs"]
+
+
+def _touches_spec(body: Any) -> bool:
+    if isinstance(body, list):  # a JSON patch
+        return any(str(op.get("path", "")).startswith("/spec") for op in body)
+    return isinstance(body, dict) and "spec" in body
 
 
 def _parsed() -> Any:
