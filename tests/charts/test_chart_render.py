@@ -26,6 +26,7 @@ from chart_testkit import (
     operator_env,
     render,
     render_values,
+    template,
 )
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.settings import (
@@ -44,7 +45,10 @@ DEFAULT_RECONCILE_INTERVAL_S = OperatorSettings().reconcile_interval_seconds
 def reconcile_interval(env: dict[str, str]) -> float:
     return OperatorSettings.from_env(env).reconcile_interval_seconds
 
-KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")  # Chart.yaml's kubeVersion floor, and the newest schemas
+# Chart.yaml's kubeVersion floor, and the newest schemas.
+KUBE_VERSION_FLOOR = re.fullmatch(r">=(\d+\.\d+\.\d+)-0", yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"])
+assert KUBE_VERSION_FLOOR, "Chart.yaml's kubeVersion is not of the form >=X.Y.Z-0"
+KUBERNETES_VERSIONS = (KUBE_VERSION_FLOOR.group(1), "1.37.0")
 NOT_BUILT_IN = {"monitoring.coreos.com/v1": "ServiceMonitor"}  # checked in test_chart_metrics.py
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -215,6 +219,36 @@ def test_an_existing_service_account_is_used_and_not_created():
 
 def test_the_default_operator_image_is_the_charts_app_version():
     assert operator_container(render("defaults"))["image"] == f"ghcr.io/kascade-dev/kascade-operator:{__version__}"
+
+
+def test_a_cluster_older_than_the_objects_need_is_refused_by_helm():
+    """podFailurePolicy (1.26, GA 1.31) and GA CEL rules (1.29): helm says so before anything is applied."""
+    assert KUBERNETES_VERSIONS[0] == "1.29.0"
+    done = template({}, "--kube-version", "1.28.0", check=False)
+    assert done.returncode != 0 and "kubeVersion" in done.stderr and ">=1.29.0-0" in done.stderr
+    template({}, "--kube-version", "1.29.0")
+
+
+def test_an_image_registry_moves_the_kascade_images_and_keeps_their_names():
+    """Images you built and pushed: one value points the operator, the routers, tiers and Jobs at them."""
+    objects = render_values({"imageRegistry": "registry.example.com:5000/ml/"})
+    assert operator_container(objects)["image"] == f"registry.example.com:5000/ml/kascade-operator:{__version__}"
+    settings = OperatorSettings.from_env(operator_env(objects))
+    assert settings.runtime_image == f"registry.example.com:5000/ml/kascade-runtime:{__version__}"
+    assert settings.runtime_gpu_image == f"registry.example.com:5000/ml/kascade-runtime:{__version__}-cuda"
+    assert settings.vllm_image == "vllm/vllm-openai:v0.33.0"  # upstream's image: moved only by its own repository
+
+
+def test_a_parent_charts_global_image_registry_is_used_unless_the_charts_own_is_set():
+    from_global = render_values({"global": {"imageRegistry": "mirror.example.com", "other": "kept"}})
+    assert operator_container(from_global)["image"] == f"mirror.example.com/kascade-operator:{__version__}"
+    both = render_values({"global": {"imageRegistry": "mirror.example.com"}, "imageRegistry": "own.example.com/k"})
+    assert operator_container(both)["image"] == f"own.example.com/k/kascade-operator:{__version__}"
+
+
+def test_the_default_vllm_image_is_the_tested_one():
+    objects = render("defaults")
+    assert OperatorSettings.from_env(operator_env(objects)).vllm_image == "vllm/vllm-openai:v0.33.0"
 
 
 # --- NOTES.txt ------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ def test_every_key_of_values_yaml_has_a_comment_above_it():
         ({"operator": {"healthPort": 80}}, "at '/operator/healthPort'"),
         ({"cascades": {"gpuTolerations": [{"key": "gpu", "operator": "Exist"}]}}, "at '/cascades/gpuTolerations/0/operator'"),
         ({"cascades": {"vllmImage": {"tag": ""}}}, "at '/cascades/vllmImage/tag'"),
+        ({"imageRegistry": "https://registry.example.com"}, "at '/imageRegistry'"),
         ({"cascades": {"router": {"statusReportIntervalSeconds": 0}}}, "at '/cascades/router/statusReportIntervalSeconds'"),
         ({"cascades": {"tierNodeSelector": {"pool": 3}}}, "at '/cascades/tierNodeSelector/pool'"),
         ({"dashboard": {"labels": {"grafana_dashboard": 1}}}, "at '/dashboard/labels/grafana_dashboard'"),

@@ -108,22 +108,33 @@ The operator's ServiceAccount.
 {{- end }}
 
 {{/*
-Images. An empty tag means the chart's appVersion.
+Images. An empty tag means the chart's appVersion. With imageRegistry (or
+global.imageRegistry) set, a Kascade image keeps its name under that registry:
+(dict "context" $ "repository" "ghcr.io/kascade-dev/kascade-operator") with
+imageRegistry=registry.example.com/ml gives registry.example.com/ml/kascade-operator.
 */}}
+{{- define "kascade.repository" -}}
+{{- $registry := .context.Values.imageRegistry | default (.context.Values.global | default dict).imageRegistry | default "" | trimSuffix "/" }}
+{{- if $registry }}
+{{- printf "%s/%s" $registry (.repository | splitList "/" | last) }}
+{{- else }}
+{{- .repository }}
+{{- end }}
+{{- end }}
+
 {{- define "kascade.operatorImage" -}}
-{{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) }}
+{{- $repository := include "kascade.repository" (dict "context" . "repository" .Values.operator.image.repository) }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.operator.image.tag) }}
 {{- end }}
 
 {{- define "kascade.runtimeImage" -}}
-{{- with .Values.cascades.runtimeImage }}
-{{- printf "%s:%s" .repository (default $.Chart.AppVersion .tag) }}
-{{- end }}
+{{- $repository := include "kascade.repository" (dict "context" . "repository" .Values.cascades.runtimeImage.repository) }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.cascades.runtimeImage.tag) }}
 {{- end }}
 
 {{- define "kascade.runtimeGpuImage" -}}
-{{- with .Values.cascades.runtimeImage }}
-{{- printf "%s:%s" .repository (default (printf "%s-cuda" $.Chart.AppVersion) .gpuTag) }}
-{{- end }}
+{{- $repository := include "kascade.repository" (dict "context" . "repository" .Values.cascades.runtimeImage.repository) }}
+{{- printf "%s:%s" $repository (default (printf "%s-cuda" .Chart.AppVersion) .Values.cascades.runtimeImage.gpuTag) }}
 {{- end }}
 
 {{- define "kascade.vllmImage" -}}
