@@ -98,12 +98,13 @@ def serving(cascade: ModelCascade, runs: Sequence[Distillation]) -> Serving:
     tier = student_tier(cascade)
     current = spec_model(cascade, tier)
     last = last_promoted(runs, tier)
-    record = last.status.promotion if last is not None and last.status is not None else None
-    if last is None or record is None:
+    status = last.status if last is not None else None
+    record = status.promotion if status is not None else None
+    if last is None or status is None or record is None:
         return Serving(tier, current, current, None, f"tier {tier} serves its model.uri: no run was promoted")
     why = _why_not_served(cascade, last)
     if record.in_force and why is None:
-        model = last.status.model  # type: ignore[union-attr]
+        model = status.model
         message = f"tier {tier} serves {model}, promoted by {last.metadata.name} in place of its model.uri {current}"
         return Serving(tier, current, model, last, message)
     if record.withdrawn_at is not None:

@@ -191,11 +191,11 @@ def decide(run_: Distillation, cascade_: ModelCascade, runs: list[Distillation] 
 
 
 def promoted_run(name: str, *, student: str, replaces: str = SMALL, hours: int = 0, **promotion: Any) -> Distillation:
-    made = finished({"passed": True, "gain": 0.05}, name=name,
-                    promotion={"promoted": True, "reason": PROMOTED, "previousModel": student, "replaces": replaces,
-                               "at": "t", **promotion})  # fmt: skip
+    made = run(name, created=NOW + timedelta(hours=hours), phase="Succeeded", model=f"pvc://students/chat/{name}",
+               gate={"passed": True, "gain": 0.05},
+               promotion={"promoted": True, "reason": PROMOTED, "previousModel": student, "replaces": replaces,
+                          "at": "t", **promotion})  # fmt: skip
     made.spec.student = student
-    made.metadata.model_extra["creationTimestamp"] = (NOW + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")  # type: ignore[index]
     return made
 
 
@@ -311,7 +311,8 @@ def test_a_promotion_the_cascade_would_refuse_is_not_served():
                                 Serving("small", SMALL, SMALL, None, ""), now="t")  # fmt: skip
     assert decision is not None and decision.promoted
     refused = finished({"passed": True, "gain": 0.05})
-    refused.status.model = "s3://bucket/student"  # type: ignore[union-attr]  # not something the tier can serve
+    assert refused.status is not None
+    refused.status.model = "s3://bucket/student"  # not a model a run's student tier may serve
     decision = decide(refused, cascade())
     assert decision is not None and decision.reason == PromotionReason.spec_refused and "s3://" in decision.message
 
