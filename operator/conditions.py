@@ -203,22 +203,71 @@ def _escalation_log_problems(cascade: ModelCascade) -> list[str]:
     return []
 
 
+# Access modes that let pods on different nodes mount a claim at once (ReadOnlyMany would refuse the writer).
+_SHARED_MODES = frozenset({"ReadWriteMany"})
+
+
+def shared_claims(cascade: ModelCascade) -> dict[str, list[str]]:
+    """The claims that pods which may land on different nodes use together: claim -> who uses it (for messages).
+
+    The escalation log's claim: written by every router replica, read by the distillation runs' Jobs. The
+    students' claim: written by a run's Job, read by the student tier's replicas.
+    """
+    users: dict[str, list[str]] = {}
+    log = cascade.spec.escalation_log
+    distils = cascade.spec.distillation is not None
+    if log is not None and log.enabled and log.uri and (claim := ModelUri.parse(log.uri).pvc_claim):
+        routers = cascade.spec.router.replicas
+        if routers > 1 or distils:
+            users.setdefault(claim, []).append(
+                f"the escalation log, written by {routers} router replica{'s' if routers != 1 else ''}"
+                + (" and read by the distillation runs" if distils else "")
+            )
+    if cascade.spec.distillation is not None and (claim := ModelUri.parse(cascade.spec.distillation.output_uri).pvc_claim):
+        users.setdefault(claim, []).append("the students, written by the distillation runs and served by the tier")
+    return users
+
+
+def _claim_warnings(cascade: ModelCascade, claim_modes: Mapping[str, Collection[str]]) -> list[Problem]:
+    warnings = []
+    for claim, users in shared_claims(cascade).items():
+        modes = claim_modes.get(claim)
+        if modes is None or _SHARED_MODES & set(modes):
+            continue  # not found or not readable: nothing to compare
+        warnings.append(
+            Problem(
+                ProblemReason.claim_not_shared,
+                f'PersistentVolumeClaim "{claim}" ({"; ".join(users)}) is {", ".join(sorted(modes)) or "of no access mode"}: '
+                "pods on different nodes cannot mount it at once (Multi-Attach error, the pod waits in "
+                "ContainerCreating); use a ReadWriteMany claim (NFS, CephFS, EFS, Filestore, Azure Files). "
+                "On a single-node cluster it works as it is.",
+            )
+        )
+    return warnings
+
+
 def check_semantics(
     cascade: ModelCascade,
     *,
     secrets: Collection[str] | Mapping[str, Collection[str]],
     gpu_products: Collection[str] | None,
+    claim_modes: Mapping[str, Collection[str]] | None = None,
 ) -> list[Problem]:
-    """Problems the CRD schema cannot catch, InvalidSpec first, then MissingSecret, then WaitingForGpuNodes.
+    """Problems the schema cannot catch: InvalidSpec, MissingSecret, ClaimNotShared, then WaitingForGpuNodes.
 
     `secrets`: the names of the Secrets in the cascade's namespace, or a
     mapping of name to its keys (then missing keys are reported too).
     `gpu_products`: the values of the `nvidia.com/gpu.product` label over the
     cluster's nodes; None when the handler could not list nodes (the check is skipped).
-    The GPU waits are not blocking (`Problem.blocking`): the children are
-    applied all the same, and a tier that does not serve says what it waits for.
+    `claim_modes`: the access modes of the claims `shared_claims` names, by
+    claim (a claim missing or unreadable is left out), then ClaimNotShared warns.
+    The GPU waits and the claim warnings are not blocking (`Problem.blocking`):
+    the children are applied all the same, and a tier that does not serve says
+    what it waits for.
     """
     problems = _spec_problems(cascade) + _secret_problems(cascade, secrets)
+    if claim_modes:
+        problems += _claim_warnings(cascade, claim_modes)
     if gpu_products is not None:
         problems += _gpu_node_waits(cascade, gpu_products)
     return problems
@@ -308,11 +357,11 @@ def compute_health(
       e.g. WaitingForGpuNodes).
     - RouterReady: the router has a ready replica.
     - Ready: both of the above.
-    - Degraded: a blocking problem was found (reason: the first one's), or a
+    - Degraded: a problem that is not a wait was found (reason: the first one's), or a
       component serves with fewer ready replicas than desired (ReplicasUnavailable).
     """
-    faults = [p for p in problems if p.blocking]
-    waits = {p.tier: p for p in problems if not p.blocking and p.tier is not None}
+    faults = [p for p in problems if p.degrades]
+    waits = {p.tier: p for p in problems if not p.degrades and p.tier is not None}
     tiers = tier_statuses(cascade, observed)
     short = [
         _replicas_phrase(f'tier "{t.name}"', t.ready_replicas, t.replicas)

@@ -1,8 +1,10 @@
-"""What the cluster holds for a cascade: its children, the Secrets it names, the GPU types nodes offer.
+"""What the cluster holds for a cascade: its children, the Secrets it names, the GPU types nodes offer,
+the access modes of the claims its pods share.
 
 Reads only, through `KubeApi`, concurrently; what to read comes from the pure
-`cluster_needs`. A forbidden optional read (nodes, a Secret) degrades to
-"unknown" with a warning in the log instead of failing the reconcile.
+`cluster_needs` and `conditions.shared_claims`. A forbidden optional read
+(nodes, a Secret, a claim) degrades to "unknown" with a warning in the log
+instead of failing the reconcile.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kascade.api.modelcascade import ModelCascade
 from kascade.operator.build_tier import GPU_PRODUCT_LABEL, cascade_namespace
 from kascade.operator.builders import CHILD_KINDS
 from kascade.operator.cluster_needs import referenced_secrets, wants_gpu_products
+from kascade.operator.conditions import shared_claims
 from kascade.operator.kube_api import ApiError, KubeApi, plural_of
 from kascade.operator.labels import COMPONENT_ROUTER, owned_selector, selector_labels, selector_string
 from kascade.operator.plan import ChildKey, child_key, index_children
@@ -66,6 +69,7 @@ class Observation:
     children: dict[ChildKey, dict[str, Any]]
     secrets: dict[str, Collection[str]]
     gpu_products: frozenset[str] | None
+    claim_modes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # claim -> access modes (found, readable)
 
 
 async def _secret_keys(api: KubeApi, namespace: str, name: str, wanted: set[str]) -> Collection[str] | None:
@@ -81,26 +85,45 @@ async def _secret_keys(api: KubeApi, namespace: str, name: str, wanted: set[str]
     return set(secret.get("data") or {}) | set(secret.get("stringData") or {})
 
 
+async def _claim_modes(api: KubeApi, namespace: str, name: str) -> tuple[str, ...] | None:
+    """The claim's access modes (as bound, else as asked for); None when it is missing or unreadable."""
+    try:
+        claim = await api.get("v1", "persistentvolumeclaims", name, namespace=namespace)
+    except ApiError as error:
+        if error.forbidden:
+            log.warning("cannot read PersistentVolumeClaim %s/%s (%s): its access mode is not checked",
+                        namespace, name, error.message)  # fmt: skip
+            return None
+        raise
+    if claim is None:
+        return None
+    modes = (claim.get("status") or {}).get("accessModes") or (claim.get("spec") or {}).get("accessModes") or []
+    return tuple(modes)
+
+
 async def observe(api: KubeApi, cascade: ModelCascade, gpu_products: GpuProducts) -> Observation:
     """What the cluster holds for `cascade`, read concurrently."""
     namespace = cascade_namespace(cascade)
     selector = selector_string(owned_selector(cascade.metadata.name))
     wanted = referenced_secrets(cascade)
+    claims = list(shared_claims(cascade))
 
     async def nothing() -> None:
         return None
 
-    listed, secrets, products = await asyncio.gather(
+    listed, secrets, products, modes = await asyncio.gather(
         asyncio.gather(*(
             api.list(kind.api_version, kind.plural, namespace=namespace, label_selector=selector, kind=kind.kind)
             for kind in CHILD_KINDS
         )),
         asyncio.gather(*(_secret_keys(api, namespace, name, keys) for name, keys in wanted.items())),
         gpu_products.get(api) if wants_gpu_products(cascade) else nothing(),
+        asyncio.gather(*(_claim_modes(api, namespace, claim) for claim in claims)),
     )  # fmt: skip
     children = index_children(obj for objects in listed for obj in objects)
     found = {name: keys for name, keys in zip(wanted, secrets, strict=True) if keys is not None}
-    return Observation(children=children, secrets=found, gpu_products=products)
+    claim_modes = {claim: found_modes for claim, found_modes in zip(claims, modes, strict=True) if found_modes is not None}
+    return Observation(children=children, secrets=found, gpu_products=products, claim_modes=claim_modes)
 
 
 async def find_taken_names(

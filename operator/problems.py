@@ -6,6 +6,8 @@ what to do. A wait (`Problem.blocking` False: no node offers a tier's GPU type
 yet) is not a fault: the children are applied, and the tier's pods stay
 Pending, which is what a node pool that scales from zero needs to add a node;
 the wait only says, in `TiersReady` and `Ready`, why the tier does not serve.
+A warning (a ReadWriteOnce claim that pods on several nodes share) degrades
+the cascade and stops nothing: on a single-node cluster it works as it is.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ class ProblemReason(StrEnum):
     name_conflict = "NameConflict"  # a child's name is held by an object the cascade does not own
     apply_failed = "ApplyFailed"  # the API server refused a write (retried)
     waiting_for_gpu_nodes = "WaitingForGpuNodes"  # a wait, not a fault: no node offers the tier's gpuType yet
+    claim_not_shared = "ClaimNotShared"  # a warning: pods that may run on several nodes share a ReadWriteOnce claim
 
 
 # Reasons that explain why a tier waits; they neither stop the apply nor degrade the cascade.
 WAITS = frozenset({ProblemReason.waiting_for_gpu_nodes})
+# Reasons that degrade the cascade but do not stop the apply: it works on some clusters (one node).
+WARNINGS = frozenset({ProblemReason.claim_not_shared})
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,12 @@ class Problem:
 
     @property
     def blocking(self) -> bool:
-        """Whether it stops the apply and degrades the cascade: every reason but a wait."""
+        """Whether it stops the apply: every reason but a wait or a warning."""
+        return self.reason not in WAITS and self.reason not in WARNINGS
+
+    @property
+    def degrades(self) -> bool:
+        """Whether it makes the cascade Degraded: every reason but a wait."""
         return self.reason not in WAITS
 
 

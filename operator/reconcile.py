@@ -3,7 +3,8 @@
 1. parse the resource (a validation error: conditions Ready=False and
    Degraded=True with reason InvalidSpec, then `kopf.PermanentError`);
 2. observe (`observe.observe`): the cascade's children, the Secrets it
-   references, the GPU products nodes offer;
+   references, the GPU products nodes offer, the access modes of the claims
+   its pods share;
 3. build the desired children (`builders.build_children`), add owner
    references, and plan (`plan.plan_children`: spec hashes decide);
 4. when the spec is semantically wrong (a missing Secret, a name taken by
@@ -12,7 +13,8 @@
    yet is a wait, not a fault: the children are applied, their pods go Pending
    (what a node pool that scales from zero needs to add a node), and
    TiersReady says what the tier waits for; the node's arrival makes the
-   cascade Ready with no edit;
+   cascade Ready with no edit. A ReadWriteOnce claim shared by pods that may
+   run on several nodes is a warning (Degraded, ClaimNotShared), not a stop;
 5. write the status (`status_patch.compose_status`) as one merge patch on the
    status subresource, only when it differs from what is there, with the
    observed resourceVersion as a precondition so that stale data never lowers
@@ -75,7 +77,8 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
     # never written (a GitOps re-apply of the manifest neither conflicts with nor undoes a promotion).
     cascade, distillation = await reconcile_distillations(operator, cascade, target)
     observation = await observe(operator.api, cascade, operator.gpu_products)
-    problems = check_semantics(cascade, secrets=observation.secrets, gpu_products=observation.gpu_products)
+    problems = check_semantics(cascade, secrets=observation.secrets, gpu_products=observation.gpu_products,
+                               claim_modes=observation.claim_modes)  # fmt: skip
     observed = observation.children
     if not any(problem.blocking for problem in problems):
         waits = problems
@@ -143,7 +146,7 @@ async def _write_health(
     for line in (*fold.guarded, *fold.warnings):
         log.warning("%s/%s: %s", target.namespace, target.name, line)
     if written is not None:
-        if faults := [p for p in problems if p.blocking]:
+        if faults := [p for p in problems if p.degrades]:
             logger.info("degraded: %s", "; ".join(p.message for p in faults))
         if fold.retired:
             logger.info("retired the counter slots of gone router processes: %s", ", ".join(fold.retired))

@@ -205,6 +205,35 @@ def test_a_fault_still_degrades_while_a_tier_waits_for_gpu_nodes() -> None:
     assert conditions[TIERS_READY].reason == "WaitingForGpuNodes"
 
 
+def test_a_read_write_once_claim_that_pods_on_several_nodes_share_is_a_warning() -> None:
+    """The example's log claim (routers write, runs read) and students' claim (a run writes, the tier reads)."""
+    cascade = example("chat-vllm-gpu.yaml")
+    problems = check_semantics(cascade, secrets=ALL_SECRETS, gpu_products=ALL_GPUS,
+                               claim_modes={"kascade-logs": ("ReadWriteOnce",), "kascade-students": ("ReadWriteMany",)})  # fmt: skip
+    assert [(p.reason, p.blocking, p.degrades) for p in problems] == [("ClaimNotShared", False, True)]
+    assert problems[0].message.startswith('PersistentVolumeClaim "kascade-logs" (the escalation log, written by 2 router '
+                                          "replicas and read by the distillation runs) is ReadWriteOnce: pods on "
+                                          "different nodes cannot mount it at once")  # fmt: skip
+    assert "use a ReadWriteMany claim" in problems[0].message and "single-node cluster" in problems[0].message
+    health = compute_health(cascade, deployments(chat_small=2, chat_large=1, chat_router=2), problems=problems, now=T0)
+    conditions = by_type(health.conditions)
+    assert health.ready  # it may well work (one node): a warning, not a stop
+    assert (conditions[DEGRADED].status, conditions[DEGRADED].reason) == ("True", "ClaimNotShared")
+    shared = {"kascade-logs": ("ReadWriteMany",), "kascade-students": ("ReadWriteMany",)}
+    assert check_semantics(cascade, secrets=ALL_SECRETS, gpu_products=ALL_GPUS, claim_modes=shared) == []
+
+
+def test_claims_used_by_one_pod_only_are_not_checked() -> None:
+    from kascade.operator.conditions import shared_claims
+
+    body = yaml.safe_load((EXAMPLES / "chat-vllm-gpu.yaml").read_text())
+    body["spec"].pop("distillation")
+    body["spec"]["router"]["replicas"] = 1
+    assert shared_claims(ModelCascade.model_validate(body)) == {}  # one router writes it, nobody else reads it
+    body["spec"]["router"]["replicas"] = 3
+    assert list(shared_claims(ModelCascade.model_validate(body))) == ["kascade-logs"]
+
+
 def _tiers_body(*tiers: dict[str, Any]) -> ModelCascade:
     specs = [dict(t) for t in tiers]
     for spec in specs[:-1]:

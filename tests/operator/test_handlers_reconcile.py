@@ -84,8 +84,8 @@ def test_the_first_reconcile_creates_and_the_next_ones_write_nothing(server: Sta
     reads = [r for r in server.requests[mark:] if r.user_agent.startswith("kascade-operator/")]
     assert {r.verb for r in reads} == {"list", "get"}
     # Per reconcile: 6 child lists, 2 Secret gets, 1 node list (a running operator lists nodes at most every 10 s),
-    # 1 list of the distillation runs (the example distils).
-    assert len(reads) == 2 * (6 + 2 + 1 + 1)
+    # 1 list of the distillation runs (the example distils), 2 claim gets (the log's and the students' access modes).
+    assert len(reads) == 2 * (6 + 2 + 1 + 1 + 2)
 
 
 def test_a_gpu_type_no_node_offers_yet_is_applied_and_ready_once_such_a_node_joins(server: StandinApiServer,
@@ -118,6 +118,28 @@ def test_a_gpu_type_no_node_offers_yet_is_applied_and_ready_once_such_a_node_joi
     reconcile_once(credentials, server.get("modelcascades", "scaling", "default"))
     assert conditions(server, "scaling")["Ready"] == ("True", "Ready")
     assert server.get("modelcascades", "scaling", "default")["metadata"]["generation"] == created["metadata"]["generation"]
+
+
+def test_a_read_write_once_claim_shared_across_nodes_warns_and_applies(server: StandinApiServer,
+                                                                     credentials: Credentials):  # fmt: skip
+    body = yaml.safe_load((REPO / "examples" / "chat-vllm-gpu.yaml").read_text())
+    namespace = "claims"
+    server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    for name, key in (("hf-token", "token"), ("chat-client-keys", "keys")):
+        server.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+                       "stringData": {key: "x"}})  # fmt: skip
+    for claim, mode in (("kascade-logs", "ReadWriteOnce"), ("kascade-students", "ReadWriteMany")):
+        server.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": namespace},
+                       "spec": {"accessModes": [mode], "resources": {"requests": {"storage": "10Gi"}}}})  # fmt: skip
+    created = server.create({**body, "metadata": {"name": "shared", "namespace": namespace}})
+    reconcile_once(credentials, created)
+    assert server.get("deployments", "shared-router", namespace) is not None  # a warning stops nothing
+    status = server.get("modelcascades", "shared", namespace)["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ClaimNotShared")
+    assert degraded["message"].startswith('PersistentVolumeClaim "kascade-logs" (the escalation log, written by 2 router '
+                                          "replicas and read by the distillation runs) is ReadWriteOnce")  # fmt: skip
+    assert "kascade-students" not in degraded["message"]
 
 
 def test_a_name_taken_by_someone_else_is_a_conflict_and_nothing_is_applied(server: StandinApiServer,
