@@ -33,6 +33,7 @@ from chart_testkit import (
     notes,
     operator_container,
     render,
+    render_values,
     template,
 )
 
@@ -111,13 +112,16 @@ def test_the_documented_kubectl_install_is_the_tested_one():
     ]
 
 
-def test_the_documented_helm_install_renders_the_chart_defaults():
-    """`helm install` as docs/install.md writes it, run client-side (no cluster): the same objects as the defaults."""
+def test_the_documented_helm_install_renders_the_chart_defaults_with_your_registry():
+    """`helm install` as docs/install.md writes it, run client-side (no cluster): the defaults, with the images
+    under the registry you pushed them to ($REGISTRY, as a shell would expand it)."""
     (install, rollout) = documented_commands("Helm")
     assert install[:3] == ["helm", "install", RELEASE] and rollout[0] == "kubectl"
-    done = helm(*install[1:], "--dry-run=client", cwd=REPO)
+    registry = "registry.example.com/ml"
+    assert "imageRegistry=$REGISTRY" in install
+    done = helm(*(arg.replace("$REGISTRY", registry) for arg in install[1:]), "--dry-run=client", cwd=REPO)
     manifest = done.stdout.split("MANIFEST:", 1)[1].split("NOTES:", 1)[0]
-    assert [doc for doc in yaml.safe_load_all(manifest) if doc] == render("defaults")
+    assert [doc for doc in yaml.safe_load_all(manifest) if doc] == render_values({"imageRegistry": registry})
 
 
 def test_kubectl_apply_installs_kascade(cluster: StandinApiServer):
