@@ -258,6 +258,7 @@ def distill(
     api_server: Annotated[Optional[str], typer.Option(metavar="URL", help="The API server --report-to writes to. Default: in-cluster (KUBERNETES_SERVICE_HOST/PORT).")] = None,
     token_file: Annotated[Optional[Path], typer.Option(help="Bearer token for --report-to (none when the file is missing). Default: the pod's service-account token.")] = None,
     report_interval: Annotated[Optional[float], typer.Option(min=0, envvar="KASCADE_DISTILL_REPORT_INTERVAL_SECONDS", help="Least seconds between two progress writes of --report-to. Default: 10.")] = None,
+    ca_file: Annotated[Optional[Path], typer.Option(help="CA bundle of the API server --report-to writes to. Default: the pod's service-account CA.")] = None,
 ) -> None:
     """Distil a student from the escalation log (or a dataset): soft targets, temperature, LoRA; resumable."""
     from pydantic import ValidationError
@@ -268,7 +269,7 @@ def distill(
         settings = _distill_settings(locals())
     except ValidationError as error:
         raise typer.BadParameter("; ".join(e["msg"] for e in error.errors())) from None
-    report = _report_config(report_to, api_server, token_file, report_interval) if report_to else None
+    report = _report_config(report_to, api_server, token_file, ca_file, report_interval) if report_to else None
     raise typer.Exit(run_distill_command(settings, resume=resume, report=report, model_uri=model_uri))
 
 
@@ -279,7 +280,8 @@ def _distill_settings(options: dict):  # noqa: ANN202 - a DistillSettings, impor
     return DistillSettings(divergence=options["loss"], **{k: v for k, v in options.items() if k in names})
 
 
-def _report_config(target: str, api_server: str | None, token_file: Path | None, interval: float | None):  # noqa: ANN202
+def _report_config(target: str, api_server: str | None, token_file: Path | None, ca_file: Path | None,
+                   interval: float | None):  # noqa: ANN202  # fmt: skip
     """A DistillationReportConfig (imported lazily); the reporter's own defaults for what is not given."""
     from kascade.distillation.report import DistillationReportConfig
     from kascade.distillation.status import parse_report_target
@@ -288,7 +290,8 @@ def _report_config(target: str, api_server: str | None, token_file: Path | None,
         namespace, name = parse_report_target(target)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--report-to") from None
-    given = {"api_server": api_server, "token_file": str(token_file) if token_file else None, "interval_seconds": interval}
+    given = {"api_server": api_server, "token_file": str(token_file) if token_file else None,
+             "ca_file": str(ca_file) if ca_file else None, "interval_seconds": interval}  # fmt: skip
     return DistillationReportConfig(namespace=namespace, name=name, **{k: v for k, v in given.items() if v is not None})
 
 

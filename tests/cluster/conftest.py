@@ -4,32 +4,43 @@
 starts etcd, the API server, the controller manager, the scheduler and kwok on loopback ports.
 Without Go and without a cached build the suite is skipped with the reason, unless
 KASCADE_REQUIRE_CONTROL_PLANE=1 (set by .ci/run), which turns that into a failure.
+
+`installed`: the chart installed (helm, into a namespace enforcing Pod Security "restricted") on
+nodes that offer the GPU types the examples ask for, and the operator running as a process with
+the chart's ServiceAccount token. The modules run in the order of `MODULE_ORDER`: the install
+paths on an empty cluster first, the documented uninstall with cascades still there last.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cluster_testkit import CHART, GPU_TAINT, SYSTEM, Installed, restricted_namespace, run_helm, start_operator, yaml_docs
 from kascade.testing.control_plane import ControlPlane, ControlPlaneUnavailable, build_control_plane
-from kascade.testing.kubetools import helm_path
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "kascade"
-CRDS = REPO / "crds"
-DEPLOY = REPO / "deploy" / "kascade.yaml"
+HERE = Path(__file__).parent
+MODULE_ORDER = ("test_install.py", "test_cascades.py", "test_distillation.py", "test_refused_manifests.py",
+                "test_uninstall.py")  # fmt: skip
+# GPU types the examples ask for, and how many GPUs a node of each offers.
+GPU_NODES = {"NVIDIA-L4": 8, "NVIDIA-H100-80GB-HBM3": 8, "NVIDIA-L40S": 4, "NVIDIA-T4": 4}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.path)).parents:
-            item.add_marker(pytest.mark.cluster)
-            item.add_marker(pytest.mark.slow)
+    ours = [item for item in items if HERE in Path(str(item.path)).parents]
+    for item in ours:
+        item.add_marker(pytest.mark.cluster)
+        item.add_marker(pytest.mark.slow)
+    if not ours:
+        return
+    rank = {name: index for index, name in enumerate(MODULE_ORDER)}
+    first = items.index(ours[0])
+    others = [item for item in items if item not in ours]
+    ordered = sorted(ours, key=lambda item: rank.get(Path(str(item.path)).name, len(rank)))  # stable within a module
+    items[:] = others[:first] + ordered + others[first:]
 
 
 @pytest.fixture(scope="session")
@@ -41,16 +52,21 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             raise
         pytest.skip(f"no real control plane here: {error}")
     with ControlPlane(tmp_path_factory.mktemp("control-plane"), bin_dir=bin_dir) as plane:
+        plane.add_node("system-1")
         yield plane
 
 
-def run_helm(plane: ControlPlane, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """The real helm against the control plane (admin's kubeconfig)."""
-    cache = plane.folder / "helm"
-    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "HELM_CACHE_HOME": str(cache / "cache"),
-           "HELM_CONFIG_HOME": str(cache / "config"), "HELM_DATA_HOME": str(cache / "data")}  # fmt: skip
-    done = subprocess.run([str(helm_path()), *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)  # fmt: skip
-    if check and done.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done
+@pytest.fixture(scope="session")
+def installed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    tmp = tmp_path_factory.mktemp("installed")
+    plane = control_plane
+    for index, (product, count) in enumerate(GPU_NODES.items()):
+        plane.add_node(f"gpu-{index}", labels={"nvidia.com/gpu.product": product},
+                       capacity={"nvidia.com/gpu": str(count)}, taints=[GPU_TAINT])  # fmt: skip
+    plane.kubectl("apply", "-f", "-", input=yaml_docs(restricted_namespace(SYSTEM)))
+    run_helm(plane, "install", "kascade", str(CHART), "--namespace", SYSTEM, "--wait", "--timeout", "120s")
+    operator = start_operator(plane, tmp)
+    try:
+        yield Installed(plane, tmp, operator)
+    finally:
+        operator.stop()

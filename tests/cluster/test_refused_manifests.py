@@ -20,14 +20,15 @@ from kascade.testing.control_plane import ControlPlane
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from test_bad_manifests import CASES, GOOD, Case  # noqa: E402  (tests/api is not a package)
 
-from conftest import CRDS  # noqa: E402
+from cluster_testkit import CRDS  # noqa: E402
 
 NAMESPACE = "refusals"
 
 
 @pytest.fixture(scope="module")
 def crds_installed(control_plane: ControlPlane) -> Iterator[ControlPlane]:
-    control_plane.kubectl("apply", "--server-side", "-f", str(CRDS))
+    # The chart installed them (test_cascades); alone, this module installs them itself.
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
     control_plane.kubectl("create", "namespace", NAMESPACE)
     yield control_plane
