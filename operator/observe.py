@@ -19,7 +19,7 @@ from kascade.api.modelcascade import ModelCascade
 from kascade.operator.build_tier import GPU_PRODUCT_LABEL, cascade_namespace
 from kascade.operator.builders import CHILD_KINDS
 from kascade.operator.cluster_needs import referenced_secrets, wants_gpu_products
-from kascade.operator.conditions import shared_claims
+from kascade.operator.problems import shared_claims
 from kascade.operator.kube_api import ApiError, KubeApi, plural_of
 from kascade.operator.labels import COMPONENT_ROUTER, owned_selector, selector_labels, selector_string
 from kascade.operator.plan import ChildKey, child_key, index_children

@@ -36,7 +36,7 @@ from kascade.api.modelcascade import ModelCascade
 from kascade.operator.apply import apply_plan
 from kascade.operator.builders import build_children
 from kascade.operator.cascade_resource import parse_cascade, validation_message
-from kascade.operator.conditions import check_semantics
+from kascade.operator.problems import check_semantics
 from kascade.operator.cascade_writes import Target, post, write_status
 from kascade.operator.counters import REPLICA_COUNTERS, FoldResult
 from kascade.operator.distillation_loop import reconcile_distillations

@@ -15,11 +15,11 @@ from kascade.operator.conditions import (
     TIERS_READY,
     Problem,
     ProblemReason,
-    check_semantics,
     compute_health,
     invalid_spec_conditions,
     merge_conditions,
 )
+from kascade.operator.problems import check_semantics
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 T0 = "2025-01-01T00:00:00Z"
@@ -224,7 +224,7 @@ def test_a_read_write_once_claim_that_pods_on_several_nodes_share_is_a_warning()
 
 
 def test_claims_used_by_one_pod_only_are_not_checked() -> None:
-    from kascade.operator.conditions import shared_claims
+    from kascade.operator.problems import shared_claims
 
     body = yaml.safe_load((EXAMPLES / "chat-vllm-gpu.yaml").read_text())
     body["spec"].pop("distillation")
@@ -267,7 +267,7 @@ def test_invalid_specs_the_schema_cannot_see() -> None:
 
 
 def test_an_escalation_log_on_the_pods_own_disk_is_refused_in_a_cluster() -> None:
-    from kascade.operator.conditions import check_semantics
+    from kascade.operator.problems import check_semantics
 
     body = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "chat-vllm-gpu.yaml").read_text())
     body["spec"]["escalationLog"] = {"enabled": True, "uri": "/tmp/logs"}
