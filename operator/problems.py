@@ -32,7 +32,7 @@ from kascade.operator.plan import Plan
 class ProblemReason(StrEnum):
     """The reasons a cascade is Degraded because of a problem (the condition's `reason`)."""
 
-    invalid_spec = "InvalidSpec"  # the spec does not parse, or makes no sense (conditions.check_semantics)
+    invalid_spec = "InvalidSpec"  # the spec does not parse, or makes no sense (check_semantics)
     missing_secret = "MissingSecret"  # a referenced Secret or key does not exist
     name_conflict = "NameConflict"  # a child's name is held by an object the cascade does not own
     apply_failed = "ApplyFailed"  # the API server refused a write (retried)
