@@ -104,7 +104,7 @@ def build_children(cascade: ModelCascade, settings: OperatorSettings) -> list[di
     ServiceAccount, Role, RoleBinding, ConfigMap (router config), then per tier
     that deploys pods its Service and Deployment (none for engine external),
     then the router's Service and Deployment. Raises ValueError when two
-    children would share a name (see `name_collisions`; `conditions.check_semantics`
+    children would share a name (see `name_collisions`; `problems.check_semantics`
     reports it as InvalidSpec first).
     """
     collisions = name_collisions(cascade)

@@ -1,7 +1,7 @@
 """What a cascade needs from the cluster besides its children: the Secrets it names, GPU types. Pure.
 
 The handler reads exactly these (Secrets by name, nodes only when a tier asks
-for a GPU type); `conditions.check_semantics` reports what is missing.
+for a GPU type); `problems.check_semantics` reports what is missing.
 """
 
 from __future__ import annotations

@@ -105,12 +105,11 @@ OPERATOR_RULES: tuple[RbacRule, ...] = (
         "get": "write_status re-reads the cascade after a 409 Conflict on its status write.",
         "list": "Kopf lists the ModelCascades when it starts, then watches from there.",
         "watch": "Kopf watches ModelCascades; each event runs the reconcile handler.",
-        "patch": "Kopf adds and removes its finalizer and writes its kascade.dev/ progress and "
-                 "last-handled-configuration annotations; a promotion points the student tier's model.uri at the "
-                 "new student (a JSON patch guarded by a test of the model the run started from).",
-    }, "Kopf lists and watches the cascades, and patches them with its finalizer (the drift reconcile needs it) "
-       "and its `kascade.dev/` annotations; a promotion patches the student tier's `model.uri`; the status "
-       "write re-reads one after a 409 Conflict"),
+        "patch": "Kopf writes its kascade.dev/ progress and last-handled-configuration annotations, and removes "
+                 "the finalizer older operators added (it adds none). Never the spec: a promotion lives in its "
+                 "run's status.",
+    }, "Kopf lists and watches the cascades, and patches their `kascade.dev/` annotations (and removes the "
+       "finalizer older operators added; it adds none); the status write re-reads one after a 409 Conflict"),
     RbacRule(GROUP, (DISTILLATION_PLURAL,), {
         "list": "The runs of a cascade with spec.distillation, every reconcile (operator/distillation_loop.py); "
                 "Kopf lists them when it starts.",
@@ -123,8 +122,10 @@ OPERATOR_RULES: tuple[RbacRule, ...] = (
     RbacRule(GROUP, (f"{DISTILLATION_PLURAL}/status",), {
         "get": "The operator creates each cascade's `-distill` Role granting get and patch on runs' status, and "
                "RBAC lets a subject grant in a Role only what it holds itself.",
-        "patch": "A run's Job, its end when the pod could not report it (Job failed), and the promotion decision.",
-    }, "a run's Job, its failure when the pod could not say, the promotion decision; `get` is never called, but "
+        "patch": "A run's Job, its end when the pod could not report it (Job failed), the promotion decision, and "
+                 "its withdrawal (a pin, Manual, spec.distillation removed).",
+    }, "a run's Job, its failure when the pod could not say, the promotion decision, its withdrawal; `get` is "
+       "never called, but "
        "the runs' Role grants it"),
     finalizers_rule(DISTILLATION_PLURAL, "a run's Job"),
     RbacRule("batch", ("jobs",), {
@@ -152,8 +153,13 @@ OPERATOR_RULES: tuple[RbacRule, ...] = (
         "list": "The router pods that exist now (the router's selector labels), so that the counter slot of a "
                 "pod that is gone is retired into status.retiredCounters (operator/counters.py).",
     }, "which router pods exist, to retire the counter slots of gone ones"),
+    RbacRule("", ("persistentvolumeclaims",), {
+        "get": "The claims that pods on several nodes share (the escalation log's, the students'), by name: a "
+               "ReadWriteOnce one is reported (ClaimNotShared). Forbidden: the check is skipped, with a warning in "
+               "the log.",
+    }, "the access modes of the claims a cascade's pods share (the escalation log's, the students'); optional"),
     RbacRule("", ("nodes",), {
-        "list": "The nvidia.com/gpu.product labels of the nodes, to report a tier whose gpuType no node offers. "
+        "list": "The nvidia.com/gpu.product labels of the nodes, to say which GPU type a Pending tier waits for. "
                 "Forbidden: the check is skipped (gpu_products=None), with a warning in the log.",
     }, "which `nvidia.com/gpu.product` values nodes offer; optional: without it the GPU-type check is skipped",
        scope=Scope.cluster),

@@ -41,7 +41,7 @@ def test_orphan_propagation_keeps_dependents(server: StandinApiServer, api: http
     owner = api.post(MC, json=cascade("gc-orphaner")).json()
     api.post(CM, json=owned_configmap("gc-orphan", owner))
     api.request("DELETE", f"{MC}/gc-orphaner", json={"propagationPolicy": "Orphan"})
-    server.wait_for(lambda: server.get("mc", "gc-orphaner") is None)
+    server.wait_for(lambda: server.get("mcas", "gc-orphaner") is None)
     orphan = server.get("configmaps", "gc-orphan")
     assert orphan is not None and "ownerReferences" not in orphan["metadata"]
 
@@ -53,7 +53,7 @@ def test_foreground_propagation_deletes_dependents_first(server: StandinApiServe
     response = api.request("DELETE", f"{MC}/gc-foreground", json={"propagationPolicy": "Foreground"})
     assert response.json()["metadata"]["deletionTimestamp"]
     assert "foregroundDeletion" in response.json()["metadata"]["finalizers"]
-    server.wait_for(lambda: server.get("mc", "gc-foreground") is None and server.get("configmaps", "gc-fg-child") is None)
+    server.wait_for(lambda: server.get("mcas", "gc-foreground") is None and server.get("configmaps", "gc-fg-child") is None)
 
 
 def test_a_dependent_of_a_missing_owner_is_collected(server: StandinApiServer, api: httpx.Client):
@@ -71,7 +71,7 @@ def test_an_owner_with_the_same_name_but_another_uid_does_not_count(server: Stan
     impostor["metadata"]["uid"] = "11111111-1111-1111-1111-111111111111"  # e.g. the uid of a deleted, re-created owner
     api.post(CM, json=owned_configmap("gc-stale-child", impostor))
     server.wait_for(lambda: server.get("configmaps", "gc-stale-child") is None)
-    assert server.get("mc", "gc-same-name") is not None
+    assert server.get("mcas", "gc-same-name") is not None
 
 
 def test_finalizers_hold_deletion_until_removed(server: StandinApiServer, api: httpx.Client):

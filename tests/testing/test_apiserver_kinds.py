@@ -28,7 +28,7 @@ def test_group_discovery_lists_the_crd_and_its_subresource(api: httpx.Client):
     assert {"apps", "coordination.k8s.io", "apiextensions.k8s.io", "kascade.dev"} <= set(groups)
     assert groups["kascade.dev"]["preferredVersion"]["groupVersion"] == "kascade.dev/v1alpha1"
     resources = {r["name"]: r for r in api.get("/apis/kascade.dev/v1alpha1").json()["resources"]}
-    assert resources["modelcascades"]["shortNames"] == ["mc"] and resources["modelcascades"]["namespaced"] is True
+    assert resources["modelcascades"]["shortNames"] == ["mcas"] and resources["modelcascades"]["namespaced"] is True
     assert resources["modelcascades"]["kind"] == "ModelCascade" and "watch" in resources["modelcascades"]["verbs"]
     assert resources["modelcascades/status"]["verbs"] == ["get", "patch", "update"]
     assert api.get("/apis/kascade.dev").json()["kind"] == "APIGroup"

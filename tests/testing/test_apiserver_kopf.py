@@ -70,7 +70,7 @@ def test_a_kopf_operator_reconciles_against_the_stand_in(server: StandinApiServe
     registry = throwaway_operator(server.kubeconfig_path)
     with KopfRunner(["run", "--standalone", "--namespace", "default"], registry=registry, timeout=60) as runner:
         server.create(cascade("kopf-demo"))
-        stored = server.wait_for(lambda: (obj := server.get("mc", "kopf-demo")) and obj.get("status", {}).get("endpoint") and obj,
+        stored = server.wait_for(lambda: (obj := server.get("mcas", "kopf-demo")) and obj.get("status", {}).get("endpoint") and obj,
                                  timeout=20)
         events = server.wait_for(lambda: [e for e in server.objects("events", "default") if e["reason"] == "Reconciled"])
     assert runner.exception is None, runner.exception
@@ -85,5 +85,5 @@ def test_a_kopf_operator_reconciles_against_the_stand_in(server: StandinApiServe
     assert any(r.verb == "watch" and r.resource == "modelcascades" and r.query.get("resourceVersion") for r in requests)
     assert any(r.verb == "patch" and r.subresource == "status" and r.user_agent.startswith("kopf") for r in requests)
 
-    server.delete("mc", "kopf-demo")  # the adopted child goes with its owner
+    server.delete("mcas", "kopf-demo")  # the adopted child goes with its owner
     server.wait_for(lambda: server.get("configmaps", "kopf-demo-router") is None)

@@ -93,7 +93,7 @@ def test_apply_creates_a_custom_resource(kubectl: Kubectl, server: StandinApiSer
     """kubectl apply against a real server creates the object (client-side apply: GET 404, then POST with fieldValidation=Strict)."""
     done = kubectl("apply", "-f", "-", input=CASCADE.format(name="k-apply"))
     assert "modelcascade.kascade.dev/k-apply created" in done.stdout
-    stored = server.get("mc", "k-apply")
+    stored = server.get("mcas", "k-apply")
     assert stored is not None and "kubectl.kubernetes.io/last-applied-configuration" in stored["metadata"]["annotations"]
     create = next(r for r in server.requests if r.verb == "create" and r.name is None and r.resource == "modelcascades")
     assert create.query.get("fieldValidation") == "Strict" and create.user_agent.startswith("kubectl")
@@ -112,24 +112,24 @@ def test_get_shows_the_printer_columns(kubectl: Kubectl):
 def test_get_by_short_name_and_category(kubectl: Kubectl):
     """kubectl resolves the short name `mc` and the category `kascade` through discovery."""
     kubectl("apply", "-f", "-", input=CASCADE.format(name="k-short"))
-    assert "k-short" in kubectl("get", "mc").stdout
+    assert "k-short" in kubectl("get", "mcas").stdout
     assert "k-short" in kubectl("get", "kascade").stdout
 
 
 def test_get_shows_status_in_columns(kubectl: Kubectl, server: StandinApiServer):
     """The printer columns read the status an operator writes (`.status.summary.tiers`, the Ready condition)."""
     kubectl("apply", "-f", "-", input=CASCADE.format(name="k-status"))
-    server.patch("mc", "k-status", {"status": {"conditions": [{"type": "Ready", "status": "True"}],
+    server.patch("mcas", "k-status", {"status": {"conditions": [{"type": "Ready", "status": "True"}],
                                                "summary": {"tiers": "2/2", "escalation": "10.0%", "saved": "USD 3.00 (60.0%)"}}},
                  subresource="status")
-    line = next(line for line in kubectl("get", "mc", "k-status").stdout.splitlines() if line.startswith("k-status"))
+    line = next(line for line in kubectl("get", "mcas", "k-status").stdout.splitlines() if line.startswith("k-status"))
     assert line.split()[1:6] == ["True", "2/2", "10.0%", "USD", "3.00"]
 
 
 def test_get_yaml_shows_server_set_fields(kubectl: Kubectl):
     """`kubectl get -o yaml` shows what the server set: uid, resourceVersion, generation, creationTimestamp, defaults."""
     kubectl("apply", "-f", "-", input=CASCADE.format(name="k-yaml"))
-    obj = yaml.safe_load(kubectl("get", "mc", "k-yaml", "-o", "yaml").stdout)
+    obj = yaml.safe_load(kubectl("get", "mcas", "k-yaml", "-o", "yaml").stdout)
     assert obj["metadata"]["uid"] and obj["metadata"]["resourceVersion"] and obj["metadata"]["generation"] == 1
     assert obj["spec"]["task"] == "chat"  # a schema default
 
@@ -182,9 +182,9 @@ def test_scale_and_rollout_status(kubectl: Kubectl, server: StandinApiServer):
 def test_delete_removes_the_object(kubectl: Kubectl, server: StandinApiServer):
     """`kubectl delete` deletes and waits until the object is gone; a later get is NotFound."""
     kubectl("apply", "-f", "-", input=CASCADE.format(name="k-delete"))
-    assert 'modelcascade.kascade.dev "k-delete" deleted' in kubectl("delete", "mc", "k-delete").stdout
-    assert server.get("mc", "k-delete") is None
-    done = kubectl("get", "mc", "k-delete", check=False)
+    assert 'modelcascade.kascade.dev "k-delete" deleted' in kubectl("delete", "mcas", "k-delete").stdout
+    assert server.get("mcas", "k-delete") is None
+    done = kubectl("get", "mcas", "k-delete", check=False)
     assert done.returncode != 0 and "NotFound" in done.stderr
 
 
