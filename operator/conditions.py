@@ -94,6 +94,22 @@ def tier_statuses(cascade: ModelCascade, observed: Mapping[ChildKey, Mapping[str
     return result
 
 
+def refused_pods(cascade: ModelCascade, observed: Mapping[ChildKey, Mapping[str, Any]]) -> list[Problem]:
+    """A Deployment whose ReplicaSet cannot create pods (its `ReplicaFailure` condition, reason FailedCreate):
+    the namespace's Pod Security level, a ResourceQuota or an admission webhook said no. Without this the
+    cascade would show only missing replicas."""
+    names = [(f'tier "{t.name}"', tier_child_name(cascade.metadata.name, t.name)) for t in cascade.spec.tiers
+             if deploys_pods(t)] + [("the router", router_child_name(cascade.metadata.name))]  # fmt: skip
+    problems = []
+    for what, name in names:
+        conditions = ((observed.get(("Deployment", name)) or {}).get("status") or {}).get("conditions") or []
+        failure = next((c for c in conditions if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)
+        if failure is not None:
+            message = f"{what} cannot create its pods ({failure.get('reason', 'FailedCreate')}): {failure.get('message', '')}"
+            problems.append(Problem(ProblemReason.pods_refused, message.rstrip(": ")))
+    return problems
+
+
 def _replicas_phrase(what: str, ready: int, desired: int) -> str:
     return f"{what} has {ready}/{desired} ready replicas"
 
@@ -137,7 +153,7 @@ def compute_health(
     """Tier statuses and the Ready, TiersReady, RouterReady and Degraded conditions.
 
     `observed`: the cascade's children keyed by (kind, name) (`plan.index_children`);
-    only the Deployments' `status.readyReplicas` is read. `previous`: the
+    only the Deployments' `status.readyReplicas` and `ReplicaFailure` condition are read. `previous`: the
     conditions now in the status. `problems`: `check_semantics(...)` plus
     anything else the handler found; the waits among them (`Problem.blocking`
     False) explain a tier that does not serve and degrade nothing. `now`: an RFC 3339 time (e.g.
@@ -149,10 +165,11 @@ def compute_health(
       e.g. WaitingForGpuNodes).
     - RouterReady: the router has a ready replica.
     - Ready: both of the above.
-    - Degraded: a problem that is not a wait was found (reason: the first one's), or a
-      component serves with fewer ready replicas than desired (ReplicasUnavailable).
+    - Degraded: a problem that is not a wait was found (reason: the first one's), a Deployment
+      cannot create its pods (PodsRefused, with the cluster's message), or a component serves
+      with fewer ready replicas than desired (ReplicasUnavailable).
     """
-    faults = [p for p in problems if p.degrades]
+    faults = [p for p in problems if p.degrades] + refused_pods(cascade, observed)
     waits = {p.tier: p for p in problems if not p.degrades and p.tier is not None}
     tiers = tier_statuses(cascade, observed)
     short = [

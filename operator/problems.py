@@ -6,8 +6,10 @@ what to do. A wait (`Problem.blocking` False: no node offers a tier's GPU type
 yet) is not a fault: the children are applied, and the tier's pods stay
 Pending, which is what a node pool that scales from zero needs to add a node;
 the wait only says, in `TiersReady` and `Ready`, why the tier does not serve.
-A warning (a ReadWriteOnce claim that pods on several nodes share) degrades
-the cascade and stops nothing: on a single-node cluster it works as it is.
+A warning (a ReadWriteOnce claim that pods on several nodes share; pods the
+cluster refuses to create) degrades the cascade and stops nothing: the claim
+works on a single-node cluster, and refused pods are the cluster's answer to
+what was applied (the Deployment's `ReplicaFailure` condition says why).
 
 `check_semantics(cascade, secrets=..., gpu_products=..., claim_modes=...)`
 finds what the CRD schema cannot see; the handler gathers the Secret names,
@@ -38,12 +40,13 @@ class ProblemReason(StrEnum):
     apply_failed = "ApplyFailed"  # the API server refused a write (retried)
     waiting_for_gpu_nodes = "WaitingForGpuNodes"  # a wait, not a fault: no node offers the tier's gpuType yet
     claim_not_shared = "ClaimNotShared"  # a warning: pods that may run on several nodes share a ReadWriteOnce claim
+    pods_refused = "PodsRefused"  # a child Deployment cannot create its pods (Pod Security, a quota, a webhook)
 
 
 # Reasons that explain why a tier waits; they neither stop the apply nor degrade the cascade.
 WAITS = frozenset({ProblemReason.waiting_for_gpu_nodes})
 # Reasons that degrade the cascade but do not stop the apply: it works on some clusters (one node).
-WARNINGS = frozenset({ProblemReason.claim_not_shared})
+WARNINGS = frozenset({ProblemReason.claim_not_shared, ProblemReason.pods_refused})
 
 
 @dataclass(frozen=True)

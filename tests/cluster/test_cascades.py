@@ -150,6 +150,22 @@ def test_a_gpu_type_no_node_offers_yet_waits_then_comes_up_when_a_node_arrives(i
     installed.wait_ready("chat", namespace)
 
 
+def test_pods_the_cluster_refuses_show_in_the_cascade_with_the_clusters_reason(installed: Installed) -> None:
+    """A ResourceQuota that admits no pods: the ReplicaSets' FailedCreate reaches Degraded, message and all."""
+    plane, namespace = installed.plane, "no-pods-allowed"
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods", "namespace": namespace},
+             "spec": {"hard": {"pods": "0"}}}  # fmt: skip
+    plane.kubectl("apply", "-f", "-", input=yaml_docs(restricted_namespace(namespace), quota))
+    plane.kubectl("apply", "-f", "-", input=yaml_docs(two_tier_cascade("chat", namespace, gpu_type="NVIDIA-L4")))
+    degraded = wait_for(lambda: (c := installed.condition("chat", namespace, "Degraded")).get("reason") == "PodsRefused"
+                        and c, what="Degraded PodsRefused", context=installed.context(namespace))  # fmt: skip
+    assert degraded["status"] == "True" and "exceeded quota" in degraded["message"], degraded
+    plane.kubectl("delete", "resourcequota", "no-pods", "-n", namespace)
+    installed.wait_ready("chat", namespace, timeout=120)  # the ReplicaSets retry; nothing to edit
+    assert installed.condition("chat", namespace, "Degraded")["status"] == "False"
+    plane.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
 # --- 5. a full GPU pool ---------------------------------------------------------------------------------------
 
 

@@ -80,6 +80,24 @@ def test_a_tier_without_ready_replicas_says_so() -> None:
     assert conditions[DEGRADED].message == "the router has 1/2 ready replicas"
 
 
+def test_pods_the_cluster_refuses_to_create_degrade_the_cascade_with_its_message() -> None:
+    """The Deployment controller's ReplicaFailure (FailedCreate) reaches the cascade: the user sees why."""
+    cascade = example("external-last-tier.yaml")
+    observed = deployments(support_bot_small=2, support_bot_router=2)
+    refusal = ('pods "support-bot-medium-5d8f-x" is forbidden: violates PodSecurity "restricted:latest": '
+               "runAsNonRoot != true")  # fmt: skip
+    observed[("Deployment", "support-bot-medium")] = {"kind": "Deployment", "status": {"conditions": [
+        {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refusal}]}}  # fmt: skip
+    conditions = by_type(compute_health(cascade, observed, now=T0).conditions)
+    assert conditions[DEGRADED].status == "True" and conditions[DEGRADED].reason == "PodsRefused"
+    assert conditions[DEGRADED].message == f'tier "medium" cannot create its pods (FailedCreate): {refusal}'
+    assert conditions[READY].status == "False" and refusal in conditions[READY].message
+    cleared = by_type(compute_health(cascade, deployments(support_bot_small=2, support_bot_medium=1,
+                                                          support_bot_router=2), now=T1).conditions)  # fmt: skip
+    assert cleared[DEGRADED].status == "False"
+
+
 def test_router_not_ready_and_nothing_observed_yet() -> None:
     cascade = example("chat-vllm-gpu.yaml")
     conditions = by_type(compute_health(cascade, {}, now=T0).conditions)
