@@ -31,8 +31,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ def serve_targets() -> list[tuple[str, ModelCascade, str]]:
     """(example, cascade, tier) for every vllm tier of every example, and the first example's first tier once
     per model URI scheme the vllm builder renders its own way (hf with a revision, pvc, s3)."""
     targets = [(example, cascade, tier.name) for example, cascade in vllm_cascades()
-               for tier in cascade.spec.tiers if tier.engine is EngineKind.vllm]  # fmt: skip
+               for tier in cascade.spec.tiers if tier.engine is EngineKind.vllm]
     return targets + [(example, cascade, cascade.spec.tiers[0].name) for example, cascade in _model_uri_variants()]
 
 
@@ -190,10 +190,10 @@ def router_calls() -> list[Call]:
                     response = httpx.post(router.url + path, json={"model": cascade.metadata.name, **body}, timeout=30)
                     if response.status_code != 200:
                         raise RuntimeError(f"{example}, {case} tiers, {label}: the router answered "
-                                           f"{response.status_code}: {response.text[:300]}")  # fmt: skip
+                                           f"{response.status_code}: {response.text[:300]}")
                 _settled(lambda: sum(map(len, seen.values())))
             calls += [Call(example, case, name, engines[name], path, body)
-                      for name in engines for path, body in seen[name]]  # fmt: skip
+                      for name in engines for path, body in seen[name]]
     return calls
 
 
@@ -216,7 +216,7 @@ def _teacher_app(seen: list[tuple[str, dict[str, Any]]], answers: list[dict[str,
         positions = [None] + [{token: (-0.25, 1, f"t{token}")} for token in body["prompt"][1:]]
         answer = layout.text_completion(layout.ResponseHeader("cmpl-teacher", 0, body["model"]), "t1",
                                         logprobs=None, finish_reason="length", stop_reason=None,
-                                        token_usage=layout.usage(len(body["prompt"]), 1))  # fmt: skip
+                                        token_usage=layout.usage(len(body["prompt"]), 1))
         answer["choices"][0]["prompt_logprobs"] = layout.prompt_logprobs(positions)
         answers.append(answer)
         return JSONResponse(answer)
@@ -238,7 +238,7 @@ def teacher_calls(top_k: int) -> tuple[list[Call], list[dict[str, Any]]]:
         seen: list[tuple[str, dict[str, Any]]] = []
         with BackgroundServer(_teacher_app(seen, answers)) as server:
             client = TeacherServer(server.url + "/v1", teacher.served_name, top_k=top_k,
-                                   student_tokenizer=_TeacherTokenizer())  # fmt: skip
+                                   student_tokenizer=_TeacherTokenizer())
             client.signals([EncodedLm(prompt=[11, 12, 13], answer=[21, 22], signal=None)])
             client.close()
         calls += [Call(example, "on-policy teacher", teacher.name, teacher.engine, path, body) for path, body in seen]
@@ -318,22 +318,22 @@ def _problem(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())[:600]
 
 
-@contextmanager
-def _platform_for_parsing(report: Report) -> Iterator[None]:
-    """vLLM's parser needs a device platform to build its defaults; with no GPU it fails to infer one. vLLM's
-    own CLI falls back to its CPU platform for commands that need none (`vllm bench`): so does this check."""
+def _platform_for_parsing(report: Report) -> None:
+    """vLLM's parser needs a device platform to build its defaults, and with no GPU it fails to infer one.
+    vLLM's own CLI falls back to its CPU platform for commands that need no GPU (`vllm bench`): so does this
+    check, and says so. The flags are the same on every platform; a few defaults are not (none checked here)."""
     from vllm import platforms
 
-    if platforms.current_platform.is_unspecified():
+    if not platforms.current_platform.is_unspecified():
+        return
+    try:
+        _serve_parser("module")
+    except RuntimeError as error:
         from vllm.platforms.cpu import CpuPlatform
 
-        try:
-            _serve_parser("module")
-        except RuntimeError as error:
-            report.note(f"vLLM's `vllm serve` parser cannot be built without a GPU ({_problem(error)}); "
-                        "the args are parsed with vLLM's CPU platform instead, as `vllm bench` does")  # fmt: skip
+        report.note(f"vLLM's `vllm serve` parser cannot be built without a GPU ({_problem(error)}); "
+                    "the args are parsed with vLLM's CPU platform instead, as `vllm bench` does")
         platforms.current_platform = CpuPlatform()
-    yield
 
 
 def _serve_parser(kind: str) -> Any:
@@ -388,23 +388,23 @@ def check_serve_args(report: Report) -> dict[tuple[str, str], int]:
             importlib.import_module(ENGINE_COMMAND[-1])
     deprecated = [str(warning.message) for warning in caught if issubclass(warning.category, DeprecationWarning)]
     report.check(f"engine command `{' '.join(ENGINE_COMMAND)}` is a current vLLM entrypoint",
-                 f"vLLM says: {' '.join(deprecated[0].split())}" if deprecated else None)  # fmt: skip
-    with _platform_for_parsing(report):
-        for example, cascade, tier_name in serve_targets():
-            tier = next(tier for tier in cascade.spec.tiers if tier.name == tier_name)
-            deployment = next(child for child in build_children(cascade, OperatorSettings())
-                              if child["metadata"]["name"] == f"{cascade.metadata.name}-{tier.name}")  # fmt: skip
-            container = deployment["spec"]["template"]["spec"]["containers"][0]
-            name = f"serve args {example} tier {tier.name}: {' '.join(container['args'])}"
-            try:
-                parsed = _parse_serve_args(container["command"], container["args"])
-            except Exception as error:  # noqa: BLE001 - whatever vLLM raises is the finding
-                report.check(name, _problem(error))
-                continue
-            meant = {"served_model_name": [tier.served_name], "port": OperatorSettings().engine_port}
-            wrong = {key: getattr(parsed, key) for key, value in meant.items() if getattr(parsed, key) != value}
-            report.check(name, f"vLLM read {wrong}, the operator meant {meant}" if wrong else None)
-            max_logprobs.setdefault((example, tier.name), parsed.max_logprobs)
+                 f"vLLM says: {' '.join(deprecated[0].split())}" if deprecated else None)
+    _platform_for_parsing(report)
+    for example, cascade, tier_name in serve_targets():
+        tier = next(tier for tier in cascade.spec.tiers if tier.name == tier_name)
+        deployment = next(child for child in build_children(cascade, OperatorSettings()) if child["kind"] == "Deployment"
+                          and child["metadata"]["name"] == f"{cascade.metadata.name}-{tier.name}")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        name = f"serve args {example} tier {tier.name}: {' '.join(container['args'])}"
+        try:
+            parsed = _parse_serve_args(container["command"], container["args"])
+        except Exception as error:  # whatever vLLM raises is the finding
+            report.check(name, _problem(error))
+            continue
+        meant = {"served_model_name": [tier.served_name], "port": OperatorSettings().engine_port}
+        wrong = {key: getattr(parsed, key) for key, value in meant.items() if getattr(parsed, key) != value}
+        report.check(name, f"vLLM read {wrong}, the operator meant {meant}" if wrong else None)
+        max_logprobs.setdefault((example, tier.name), parsed.max_logprobs)
     return max_logprobs
 
 
@@ -426,10 +426,10 @@ def check_request(call: Call, max_logprobs: int) -> str | None:
     from vllm.entrypoints.pooling.classify.protocol import ClassificationCompletionRequest
 
     models = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
-              "/classify": ClassificationCompletionRequest}  # fmt: skip
+              "/classify": ClassificationCompletionRequest}
     try:
         request = models[call.path].model_validate(call.body)
-    except Exception as error:  # noqa: BLE001 - a refused body is the finding
+    except Exception as error:  # a refused body is the finding
         return f"vLLM refuses it: {_problem(error)}"
     ignored = ignored_fields(request)
     if ignored:
@@ -439,7 +439,7 @@ def check_request(call: Call, max_logprobs: int) -> str | None:
     try:
         request.to_sampling_params(max_tokens=16, default_sampling_params={})._validate_logprobs(
             _ModelLimits(max_logprobs))
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return f"vLLM refuses it with --max-logprobs {max_logprobs}: {_problem(error)}"
     return None
 
@@ -466,7 +466,7 @@ def check_responses(report: Report, answers: dict[str, dict[str, Any]]) -> None:
     from vllm.entrypoints.pooling.classify.protocol import ClassificationResponse
 
     types = {"chat.completion": ChatCompletionResponse, "chat.completion.chunk": ChatCompletionStreamResponse,
-             "list": ClassificationResponse}  # fmt: skip
+             "list": ClassificationResponse}
     for name, answer in answers.items():
         kind = types.get(answer.get("object"))
         if kind is None:
@@ -474,7 +474,7 @@ def check_responses(report: Report, answers: dict[str, dict[str, Any]]) -> None:
         try:
             ignored = ignored_fields(kind.model_validate(answer))
             problem = f"vLLM has no field {', '.join(ignored)}" if ignored else None
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             problem = f"not vLLM's layout: {_problem(error)}"
         report.check(f"response {name} as vLLM's {kind.__name__}", problem)
 
@@ -483,7 +483,7 @@ def main() -> int:
     report = Report()
     try:
         import vllm
-    except Exception as error:  # noqa: BLE001 - say exactly what fails; nothing below can run without it
+    except Exception as error:  # say exactly what fails; nothing below can run without it
         report.check("import vllm", _problem(error))
         print(f"{report.passed} passed, {report.failed} failed")
         return 1
@@ -494,7 +494,7 @@ def main() -> int:
     max_logprobs: dict[tuple[str, str], int] = {}
     try:
         max_logprobs = check_serve_args(report)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         report.check("serve args (vLLM's parser)", _problem(error))
     calls, teacher_answers = teacher_calls(DistillSettings.model_fields["teacher_top_k"].default)
     try:

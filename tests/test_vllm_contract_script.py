@@ -51,7 +51,7 @@ def test_scored_tiers_are_asked_for_logprobs_on_both_endpoints(contract, calls) 
         for tier in scored:
             bodies = [call for call in calls if (call.example, call.tier) == (example, tier)]
             assert any(c.path == "/v1/chat/completions" and c.body["logprobs"] is True and "top_logprobs" in c.body
-                       for c in bodies)  # fmt: skip
+                       for c in bodies)
             assert any(c.path == "/v1/completions" and isinstance(c.body["logprobs"], int) for c in bodies)
 
 
@@ -60,9 +60,9 @@ def test_the_last_tier_is_asked_for_teacher_tokens_and_shadow_calls(contract, ca
     last = [call for call in calls if (call.example, call.tier) == (example, cascade.spec.tiers[-1].name)]
     top_k = cascade.spec.escalation_log.top_logprobs
     assert any(c.body.get("return_tokens_as_token_ids") is True and c.body["top_logprobs"] == top_k
-               for c in last if c.path == "/v1/chat/completions")  # fmt: skip
+               for c in last if c.path == "/v1/chat/completions")
     assert any(c.body.get("return_tokens_as_token_ids") is True and c.body["logprobs"] == top_k
-               for c in last if c.path == "/v1/completions")  # fmt: skip
+               for c in last if c.path == "/v1/completions")
     # A confident small tier answered, and online calibration still asked the last tier (rate 1 here).
     assert any(not c.body.get("stream") for c in last if c.case == "confident")
 
@@ -84,5 +84,5 @@ def test_the_fixed_upstream_answers_cover_every_layout_checked(contract) -> None
     answers = contract.upstream_answers()
     assert answers["chat with token ids"]["choices"][0]["logprobs"]["content"][0]["token"].startswith("token_id:")
     assert any(name.startswith("chat stream chunk") and answer["choices"] == [] and "usage" in answer
-               for name, answer in answers.items())  # fmt: skip
+               for name, answer in answers.items())
     assert answers["classify"]["data"][0]["label"] == "positive"
