@@ -174,6 +174,37 @@ def _save_model(model: Any, student: LoadedModel, settings: DistillSettings) -> 
     final.eval()
     final.save_pretrained(settings.out)
     student.tokenizer.save_pretrained(settings.out)
+    config_file = settings.out / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps(with_legacy_rope(config), indent=2, sort_keys=True) + "\n")
+
+
+def with_legacy_rope(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.json that transformers 4 reads as the same model transformers 5 does.
+
+    Transformers 5 writes the rotary embedding only as `rope_parameters`
+    ({"rope_type", "rope_theta", and the scaling's own keys}); transformers 4,
+    which older vLLM images bundle (v0.11.0 among them), reads `rope_theta` and `rope_scaling`
+    and, finding neither, falls back to rope_theta 10000: a different model that
+    loads without an error. So the legacy keys are written too, with the same
+    values: `rope_theta`, and `rope_scaling` (the parameters less rope_theta)
+    unless the rope type is the default one, which transformers 4 spells as no
+    `rope_scaling`. Per-layer-type parameters (`{"full_attention": {...}, ...}`)
+    have no transformers 4 spelling in common; they are left as they are.
+    """
+    parameters = config.get("rope_parameters")
+    if not isinstance(parameters, dict) or "rope_theta" not in parameters:
+        return config
+    legacy = dict(config)
+    legacy["rope_theta"] = parameters["rope_theta"]
+    if "partial_rotary_factor" in parameters:
+        legacy.setdefault("partial_rotary_factor", parameters["partial_rotary_factor"])
+    scaling = {key: value for key, value in parameters.items() if key not in ("rope_theta", "partial_rotary_factor")}
+    if scaling.get("rope_type", "default") != "default":
+        legacy["rope_scaling"] = scaling
+    else:
+        legacy.pop("rope_scaling", None)
+    return legacy
 
 
 def _start_end(losses: list[float]) -> list[float]:

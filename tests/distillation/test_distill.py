@@ -108,6 +108,41 @@ def test_sequence_level_when_the_ids_do_not_spell_the_answer_and_the_teacher_in_
     assert (tmp_path / "b" / "teacher-signal.jsonl").read_text().count("\n") == 12  # scored once, kept
 
 
+def test_a_students_config_reads_the_same_rope_in_transformers_4_and_5(
+    tiny_small_lm_dir: Path, tmp_path: Path, answers_file: Callable[[int], Path]
+) -> None:
+    """Transformers 5 saves only `rope_parameters`; transformers 4 (older vLLM images) would read rope_theta 10000."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    student = tmp_path / "scaled"
+    shutil.copytree(tiny_small_lm_dir, student)
+    config_file = student / "config.json"
+    rope = {"rope_type": "linear", "factor": 2.0, "rope_theta": 50000.0}
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "rope_parameters": rope}))
+    out = tmp_path / "out"
+    result = _distill("--student", str(student), "--data", str(answers_file(8)), "--out", str(out),
+                      "--steps", "2", "--batch-size", "4", "--eval-generate", "0", "--held-out", "0.25")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())
+    # transformers 5's spelling, as the student had it; transformers 4's, with the same values.
+    assert saved["rope_parameters"] == rope
+    assert saved["rope_theta"] == rope["rope_theta"]
+    assert saved["rope_scaling"] == {"rope_type": "linear", "factor": 2.0}
+    assert AutoConfig.from_pretrained(out).rope_parameters == rope
+
+
+def test_a_default_rope_config_gets_rope_theta_and_no_rope_scaling() -> None:
+    """Transformers 4 spells the default rope type as no rope_scaling at all."""
+    from kascade.distillation.run import with_legacy_rope
+
+    config = {"model_type": "llama", "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+    assert with_legacy_rope(config) == {**config, "rope_theta": 1e6}
+    per_layer_type = {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6}}}
+    assert with_legacy_rope(per_layer_type) == per_layer_type  # no transformers 4 spelling: left as it is
+
+
 def test_bad_input_is_refused_with_the_reason(tiny_small_lm_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"prompt": "no answer"}\n')
     result = _distill("--student", str(tiny_small_lm_dir), "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o"))
