@@ -6,7 +6,8 @@
 - `build_distillation_job`: the Job that runs `kascade distill` for it on a GPU
   node (the runtime's CUDA image), with the claims of the log, the student and
   the output mounted, S3 credentials from a Secret, and `--report-to` so the
-  run writes its progress and result into the Distillation's status.
+  run writes its progress and result into the Distillation's status; Pod
+  Security "restricted".
 - the ServiceAccount, Role and RoleBinding `{cascade}-distill`: the runs may
   get and patch the status of Distillations in the namespace, nothing else.
   They are children of the cascade while `spec.distillation` is set.
@@ -34,6 +35,7 @@ from kascade.operator.build_tier import (
     tier_tolerations,
 )
 from kascade.operator.labels import child_name, common_labels, label_value, with_spec_hash
+from kascade.operator.pod_security import restricted
 from kascade.operator.settings import OperatorSettings
 
 COMPONENT_DISTILLATION = "distillation"
@@ -164,9 +166,13 @@ def build_distillation_job(run: Distillation, settings: OperatorSettings) -> dic
         "metadata": {"name": name, "namespace": run.metadata.namespace, "labels": labels},
         "spec": {
             "backoffLimit": JOB_BACKOFF_LIMIT,
-            "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
-                "containerName": "distill", "operator": "In", "values": [REFUSED_EXIT_CODE]}}]},
-            "template": {"metadata": {"labels": labels}, "spec": pod},
+            "podFailurePolicy": {"rules": [
+                # A refusal fails the same way again: no retry.
+                {"action": "FailJob", "onExitCodes": {
+                    "containerName": "distill", "operator": "In", "values": [REFUSED_EXIT_CODE]}},
+            ]},
+            # Restricted; the fsGroup lets the run's UID write the students' claim.
+            "template": {"metadata": {"labels": labels}, "spec": restricted(pod, settings)},
         },
     }
 

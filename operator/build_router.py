@@ -29,6 +29,7 @@ from kascade.operator.labels import (
     with_spec_hash,
 )
 from kascade.api.model_uri import ModelUri
+from kascade.operator.pod_security import restricted
 from kascade.operator.settings import OperatorSettings
 from kascade.runtime.config import RouterConfig, router_config_from_cascade
 from kascade.runtime.status_report import StatusReportConfig
@@ -197,7 +198,6 @@ def _router_container(settings: OperatorSettings, secret_mounts: list[dict[str, 
             "timeoutSeconds": settings.probe_timeout_seconds,
             "failureThreshold": settings.liveness_probe_failure_threshold,
         },
-        "securityContext": {"allowPrivilegeEscalation": False},
     }
 
 
@@ -219,6 +219,21 @@ def build_router_deployment(
     container = _router_container(settings, [*secret_mounts, *log_mounts])
     if log_env_from:
         container["envFrom"] = log_env_from
+    pod = {
+        "serviceAccountName": router_child_name(name),
+        # The token is how the router writes its status slot.
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "config",
+                "configMap": {"name": configmap["metadata"]["name"], "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]},
+            },
+            *secret_volumes,
+            *log_volumes,
+        ],
+    }
     manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -231,24 +246,8 @@ def build_router_deployment(
                     "labels": {**selector, PART_OF_LABEL: PART_OF, MANAGED_BY_LABEL: MANAGED_BY},
                     "annotations": {CONFIG_HASH_ANNOTATION: config_hash(configmap)},
                 },
-                "spec": {
-                    "serviceAccountName": router_child_name(name),
-                    # The token is how the router writes its status slot.
-                    "automountServiceAccountToken": True,
-                    "enableServiceLinks": False,
-                    "containers": [container],
-                    "volumes": [
-                        {
-                            "name": "config",
-                            "configMap": {
-                                "name": configmap["metadata"]["name"],
-                                "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}],
-                            },
-                        },
-                        *secret_volumes,
-                        *log_volumes,
-                    ],
-                },
+                # Restricted, with the fsGroup that lets the router's UID write the log's claim.
+                "spec": restricted(pod, settings),
             },
         },
     }

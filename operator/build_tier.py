@@ -1,7 +1,7 @@
 """A tier's Deployment and Service: pure functions from the ModelCascade to plain manifests.
 
 The pod is the same for every engine (GPUs, node selection, tolerations, model
-volumes, probes on the engine's `/health`); the engine modules
+volumes, probes on the engine's `/health`, Pod Security "restricted"); the engine modules
 (`engine_vllm`, `engine_transformers`) supply the container's image, command
 line and their own volumes. Engine `external` deploys nothing.
 """
@@ -27,6 +27,7 @@ from kascade.operator.labels import (
     tier_child_name,
     with_spec_hash,
 )
+from kascade.operator.pod_security import restricted
 from kascade.operator.settings import OperatorSettings
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -237,10 +238,11 @@ def build_tier_pod_spec(cascade: ModelCascade, tier: Tier, settings: OperatorSet
     model = resolve_model(tier.model.uri, settings)
     container, engine_volumes = build_container(tier, task=cascade.spec.task, model=model, settings=settings)
     volumes, mounts, env = _model_volumes(tier, model, settings)
+    all_env = [*container.get("env", []), *env]
     container = {
         **container,
         "ports": [{"name": PORT_NAME, "containerPort": settings.engine_port, "protocol": "TCP"}],
-        **({"env": env} if env else {}),
+        **({"env": all_env} if all_env else {}),
         **_probes(settings),
     }
     all_mounts = [*container.get("volumeMounts", []), *mounts]
@@ -265,7 +267,7 @@ def build_tier_pod_spec(cascade: ModelCascade, tier: Tier, settings: OperatorSet
         pod["tolerations"] = tolerations
     if tier.affinity:
         pod["affinity"] = tier.affinity
-    return pod
+    return restricted(pod, settings)
 
 
 def build_tier_deployment(cascade: ModelCascade, tier: Tier, settings: OperatorSettings) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Engine `vllm`: the official vLLM OpenAI-compatible server image.
 
-Only what is vLLM-specific lives here: the image, the command line and the
-shared-memory volume. The pod around it (GPUs, probes, model volumes) is built
-by `build_tier`, the same for every engine.
+Only what is vLLM-specific lives here: the image, the command line, the
+shared-memory volume and a writable home. The pod around it (GPUs, probes,
+model volumes, the restricted security contexts) is built by `build_tier`, the
+same for every engine.
 """
 
 from __future__ import annotations
@@ -21,6 +22,29 @@ if TYPE_CHECKING:
 # from this module to `vllm serve` over the releases.
 COMMAND = ("python3", "-m", "vllm.entrypoints.openai.api_server")
 SHM_VOLUME = "dshm"
+# The image runs as root and keeps its caches under /root; the pod runs as a
+# non-root user (Pod Security "restricted"), for whom neither /root nor / is
+# writable. vLLM, Triton, torch's inductor, FlashInfer and the HF hub all
+# resolve their caches and config from HOME or XDG_*, so one emptyDir holds
+# them (llm-d #1430: unwritable /.config and /.triton kill the engine's start).
+HOME_VOLUME = "home"
+HOME_DIR = "/home/kascade"
+
+
+def home_env() -> list[dict[str, str]]:
+    """HOME and the cache and config roots that vLLM and its compilers write, all under the home volume."""
+    cache, config = f"{HOME_DIR}/.cache", f"{HOME_DIR}/.config"
+    return [
+        {"name": "HOME", "value": HOME_DIR},
+        # getpass.getuser() reads USER before the passwd file, which has no entry
+        # for the pod's UID; older torch releases raise KeyError without it (kserve #5666).
+        {"name": "USER", "value": "kascade"},
+        {"name": "XDG_CACHE_HOME", "value": cache},
+        {"name": "XDG_CONFIG_HOME", "value": config},
+        {"name": "VLLM_CACHE_ROOT", "value": f"{cache}/vllm"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{HOME_DIR}/.triton/cache"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{cache}/torchinductor"},
+    ]
 
 
 def has_flag(args: Sequence[str], *flags: str) -> bool:
@@ -35,8 +59,8 @@ def model_args(model: ModelRef, tier: Tier) -> list[str]:
     HF_HOME); pvc:// -> the mounted folder; s3:// -> the URI as it is, streamed
     with the Run:ai model streamer (`--load-format runai_streamer`, unless the
     tier's engineArgs choose a load format; credentials come from the usual
-    AWS_* environment, which this simplified builder does not wire: pass them
-    with your own image or a mutating webhook). Anything else is passed as it is.
+    AWS_* environment, which the API has no field for yet: pass them with your
+    own image or a mutating webhook). Anything else is passed as it is.
     """
     if model.scheme == "hf":
         args = ["--model", model.repo_id or model.uri]
@@ -79,6 +103,9 @@ def build_engine_container(
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(COMMAND),
         "args": args,
-        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
+        "env": home_env(),
+        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, {"name": HOME_VOLUME, "mountPath": HOME_DIR}],
     }
-    return container, [{"name": SHM_VOLUME, "emptyDir": shm}]
+    # No size limit on the home: torch.compile and Triton caches grow with the
+    # model, and an emptyDir past its limit evicts the pod.
+    return container, [{"name": SHM_VOLUME, "emptyDir": shm}, {"name": HOME_VOLUME, "emptyDir": {}}]

@@ -4,7 +4,7 @@ One `OperatorSettings` value is made at startup (`OperatorSettings.from_env()`,
 in the handler's `@kopf.on.startup()`) and passed explicitly to every builder;
 nothing here is a module global. Every field can be overridden by an
 environment variable named `KASCADE_<FIELD_NAME_IN_UPPER_SNAKE_CASE>`, e.g.
-`KASCADE_VLLM_IMAGE=vllm/vllm-openai:v0.11.1`. Lists and mappings are written
+`KASCADE_VLLM_IMAGE=registry.example.com/vllm/vllm-openai:v0.33.0`. Lists and mappings are written
 as JSON (`KASCADE_GPU_TOLERATIONS='[{"key": "gpu", "operator": "Exists"}]'`).
 """
 
@@ -22,8 +22,12 @@ from kascade import __version__
 ENV_PREFIX = "KASCADE_"
 
 # vLLM's official OpenAI-compatible server, pinned: a floating tag would change
-# the engine under running cascades whenever a node pulls again.
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+# the engine under running cascades whenever a node pulls again. The chart's
+# default names the same tag; scripts/vllm-contract.sh checks the router's
+# requests and the rendered `vllm serve` arguments against this release.
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.33.0"
+# The runtime image's user (images/runtime.Dockerfile), given to every pod.
+DEFAULT_RUN_AS_USER = 65532
 DEFAULT_RUNTIME_IMAGE = f"ghcr.io/kascade-dev/kascade-runtime:{__version__}"
 
 MAX_RECONCILE_INTERVAL_S = 3600
@@ -54,6 +58,14 @@ class OperatorSettings(BaseModel):
         description="Engine transformers on GPUs: the runtime image's CUDA build (the CPU build cannot use a GPU).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    run_as_user: int | None = Field(
+        default=DEFAULT_RUN_AS_USER,
+        ge=1,
+        description=(
+            "UID, GID and fsGroup of every pod (tiers, router, distillation runs; the vLLM image would run as "
+            "root). Empty (None): leave them to the platform, as OpenShift's restricted SCC assigns them."
+        ),
+    )
 
     # Ports (container ports and Service ports alike)
     router_port: int = Field(default=8000, ge=1, le=65535)

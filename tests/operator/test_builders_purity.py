@@ -12,6 +12,7 @@ PURE_MODULES = [
     "kascade.operator.engine_transformers",
     "kascade.operator.build_tier",
     "kascade.operator.build_router",
+    "kascade.operator.pod_security",
     "kascade.operator.builders",
     "kascade.operator.plan",
     "kascade.operator.conditions",
