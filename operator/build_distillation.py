@@ -7,7 +7,7 @@
   node (the runtime's CUDA image), with the claims of the log, the student and
   the output mounted, S3 credentials from a Secret, and `--report-to` so the
   run writes its progress and result into the Distillation's status; Pod
-  Security "restricted".
+  Security "restricted", a deadline, and node drains that cost no retry.
 - the ServiceAccount, Role and RoleBinding `{cascade}-distill`: the runs may
   get and patch the status of Distillations in the namespace, nothing else.
   They are children of the cascade while `spec.distillation` is set.
@@ -42,6 +42,14 @@ COMPONENT_DISTILLATION = "distillation"
 DISTILLATION_LABEL = "kascade.dev/distillation"
 CLAIMS_ROOT = "/mnt/kascade"  # each claim a run uses is mounted once, at CLAIMS_ROOT/<claim>
 JOB_BACKOFF_LIMIT = 2  # a pod lost mid-run is retried; `kascade distill` resumes from its checkpoint
+# The Job's deadline (the API has no field for it): a pod's setup, once per attempt
+# (pull the image, download the student and the log, load them, measure the held-out
+# examples before and after, save), plus a budget per trained example (a LoRA step
+# of a 7B student on one GPU takes seconds for 8 examples; on-policy steps also
+# sample and wait for the teacher). Generous: it is there to stop a hung run from
+# holding a GPU for good, not to time a slow one out.
+RUN_SETUP_SECONDS = 3600
+SECONDS_PER_TRAINED_EXAMPLE = 10
 
 
 def distiller_name(cascade: str) -> str:
@@ -129,6 +137,13 @@ def distill_args(run: Distillation, claims: _Claims) -> list[str]:
     return args
 
 
+def job_deadline_seconds(spec: DistillationSpec) -> int:
+    """`activeDeadlineSeconds` of a run's Job: (backoffLimit + 1) x RUN_SETUP_SECONDS
+    + steps x batchSize x SECONDS_PER_TRAINED_EXAMPLE (200 steps of 8: 7 h 27 min)."""
+    attempts = JOB_BACKOFF_LIMIT + 1
+    return attempts * RUN_SETUP_SECONDS + spec.training.steps * spec.training.batch_size * SECONDS_PER_TRAINED_EXAMPLE
+
+
 def build_distillation_job(run: Distillation, settings: OperatorSettings) -> dict[str, Any]:
     """The Job of a run (owner reference to the run added by the caller): one pod, retried from its checkpoint."""
     spec, name = run.spec, run.metadata.name
@@ -166,10 +181,14 @@ def build_distillation_job(run: Distillation, settings: OperatorSettings) -> dic
         "metadata": {"name": name, "namespace": run.metadata.namespace, "labels": labels},
         "spec": {
             "backoffLimit": JOB_BACKOFF_LIMIT,
+            "activeDeadlineSeconds": job_deadline_seconds(spec),
             "podFailurePolicy": {"rules": [
                 # A refusal fails the same way again: no retry.
                 {"action": "FailJob", "onExitCodes": {
                     "containerName": "distill", "operator": "In", "values": [REFUSED_EXIT_CODE]}},
+                # A pod evicted by a node drain, a preemption or the taint manager says nothing
+                # about the run: retry it (from its checkpoint) without using up backoffLimit.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]},
             # Restricted; the fsGroup lets the run's UID write the students' claim.
             "template": {"metadata": {"labels": labels}, "spec": restricted(pod, settings)},

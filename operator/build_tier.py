@@ -270,6 +270,21 @@ def build_tier_pod_spec(cascade: ModelCascade, tier: Tier, settings: OperatorSet
     return restricted(pod, settings)
 
 
+def tier_rollout_strategy(tier: Tier) -> dict[str, Any] | None:
+    """How a GPU tier's Deployment replaces its pods; None (the default, surge one) for CPU tiers.
+
+    The default RollingUpdate starts a new pod before it stops an old one, so a
+    change (a promotion included) needs a spare set of GPUs: on a pool that has
+    exactly the GPUs the tiers ask for, the new pod stays Pending and the old
+    model serves forever. No surge, one unavailable: an old pod goes first and
+    frees its GPUs for its successor. Not Recreate: with several replicas the
+    others keep serving while one is replaced; with one replica both mean the same.
+    """
+    if tier.resources.gpus == 0:
+        return None
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+
+
 def build_tier_deployment(cascade: ModelCascade, tier: Tier, settings: OperatorSettings) -> dict[str, Any]:
     """The tier's Deployment `{cascade}-{tier}` (apps/v1), spec-hash annotated.
 
@@ -277,6 +292,7 @@ def build_tier_deployment(cascade: ModelCascade, tier: Tier, settings: OperatorS
     """
     name = cascade.metadata.name
     selector = selector_labels(name, COMPONENT_TIER, tier.name)
+    strategy = tier_rollout_strategy(tier)
     manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -288,6 +304,7 @@ def build_tier_deployment(cascade: ModelCascade, tier: Tier, settings: OperatorS
         "spec": {
             "replicas": tier.replicas,
             "selector": {"matchLabels": selector},
+            **({"strategy": strategy} if strategy else {}),
             "template": {
                 # No version label here: upgrading the operator must not restart GPU pods by itself.
                 "metadata": {"labels": {**selector, PART_OF_LABEL: PART_OF, MANAGED_BY_LABEL: MANAGED_BY}},

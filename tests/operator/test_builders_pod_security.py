@@ -1,5 +1,5 @@
-"""Every pod Kascade creates is one a namespace that enforces Pod Security "restricted" admits, and runs as a
-user that can write what it writes."""
+"""Every pod Kascade creates is one a namespace that enforces Pod Security "restricted" admits, runs as a
+user that can write what it writes, and rolls out on a GPU pool with no spare GPUs."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from kascade.api.distillation import Distillation
+from kascade.api.loop import Training
 from kascade.api.modelcascade import ModelCascade
-from kascade.operator.build_distillation import build_distillation, build_distillation_job
+from kascade.operator.build_distillation import build_distillation, build_distillation_job, job_deadline_seconds
 from kascade.operator.build_router import build_router_deployment
 from kascade.operator.build_tier import build_tier_deployment
 from kascade.operator.builders import build_children
@@ -241,3 +242,66 @@ def test_vllm_as_a_non_root_user_finds_every_cache_and_config_root_on_a_writable
         assert any(posixpath.commonpath([env[name], root]) == root for root in writable), name
     # getpass.getuser() finds no passwd entry for the pod's UID; torch reads USER first.
     assert env["USER"]
+
+
+# --- rollouts on a full GPU pool ---------------------------------------------------------------------------------
+
+
+def _gpus_per_pod(deployment: dict[str, Any]) -> int:
+    limits = deployment["spec"]["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
+    return int(limits.get("nvidia.com/gpu", 0))
+
+
+def _peak_gpus_during_rollout(deployment: dict[str, Any]) -> int:
+    """The most GPUs the tier's pods hold at once while a rollout replaces them (the Deployment controller's
+    bound: replicas + maxSurge pods; a percentage rounds up, its default is 25%)."""
+    spec = deployment["spec"]
+    replicas = spec["replicas"]
+    strategy = spec.get("strategy", {"type": "RollingUpdate"})
+    if strategy["type"] == "Recreate":
+        surge = 0
+    else:
+        value = strategy.get("rollingUpdate", {}).get("maxSurge", "25%")
+        surge = -(-replicas * int(value[:-1]) // 100) if isinstance(value, str) else value
+    return (replicas + surge) * _gpus_per_pod(deployment)
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 5])
+def test_a_gpu_tiers_rollout_needs_no_gpu_beyond_those_the_tier_holds(replicas: int) -> None:
+    """A promotion changes the student tier's model: on a pool with exactly the tiers' GPUs it must complete."""
+    cascade = _with_tier(_example("chat-vllm-gpu.yaml"), replicas=replicas)
+    tier = cascade.spec.tiers[0]
+    deployment = build_tier_deployment(cascade, tier, SETTINGS)
+    assert _peak_gpus_during_rollout(deployment) == replicas * tier.resources.gpus
+    # One pod at a time: the other replicas keep serving while one is replaced.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+
+
+def test_cpu_tiers_and_the_router_keep_the_surging_rollout() -> None:
+    """They hold no GPUs: a new pod starts before an old one stops, and nothing stops serving."""
+    for path in EXAMPLE_FILES:
+        for cascade in _cascades(path):
+            for deployment in (c for c in build_children(cascade, SETTINGS) if c["kind"] == "Deployment"):
+                if _gpus_per_pod(deployment) == 0:
+                    assert "strategy" not in deployment["spec"], deployment["metadata"]["name"]
+
+
+# --- the distillation Job -----------------------------------------------------------------------------------
+
+
+def test_the_job_has_a_deadline_that_grows_with_the_training_it_asks_for() -> None:
+    cascade = _example("chat-vllm-gpu.yaml")
+    job = _distillation_job(cascade)
+    run = Distillation.model_validate(build_distillation(cascade, SETTINGS, name="chat-d1", log_records=5000))
+    assert job["spec"]["activeDeadlineSeconds"] == job_deadline_seconds(run.spec)
+    longer = run.spec.training.model_copy(update={"steps": run.spec.training.steps * 10})
+    longer_run = run.model_copy(update={"spec": run.spec.model_copy(update={"training": longer})})
+    assert build_distillation_job(longer_run, SETTINGS)["spec"]["activeDeadlineSeconds"] > job["spec"]["activeDeadlineSeconds"]
+    # The default run (200 steps of 8) may take hours, not days.
+    assert 3600 < job_deadline_seconds(run.spec.model_copy(update={"training": Training()})) < 24 * 3600
+
+
+def test_a_node_drain_does_not_use_up_the_jobs_retries_and_a_refusal_still_fails_it_at_once() -> None:
+    rules = _distillation_job(_example("chat-vllm-gpu.yaml"))["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "distill", "operator": "In", "values": [2]}} in rules
