@@ -17,10 +17,11 @@ from kascade.operator.settings import OperatorSettings
 if TYPE_CHECKING:
     from kascade.operator.build_tier import ModelRef
 
-# The API server module has been vLLM's OpenAI server in every release; naming
-# it keeps the command independent of the image's ENTRYPOINT, which changed
-# from this module to `vllm serve` over the releases.
-COMMAND = ("python3", "-m", "vllm.entrypoints.openai.api_server")
+# vLLM's own CLI, named explicitly so the command does not depend on the image's
+# ENTRYPOINT. `python3 -m vllm.entrypoints.openai.api_server` (what this was)
+# still runs in 0.33 but is deprecated there, "may be removed in a future
+# release" (scripts/vllm-contract.sh fails on that warning).
+COMMAND = ("vllm", "serve")
 SHM_VOLUME = "dshm"
 # The image runs as root and keeps its caches under /root; the pod runs as a
 # non-root user (Pod Security "restricted"), for whom neither /root nor / is

@@ -27,6 +27,7 @@ MODULE_ORDER = ("test_install.py", "test_cascades.py", "test_distillation.py", "
                 "test_uninstall.py")  # fmt: skip
 # GPU types the examples ask for, and how many GPUs a node of each offers.
 GPU_NODES = {"NVIDIA-L4": 8, "NVIDIA-H100-80GB-HBM3": 8, "NVIDIA-L40S": 4, "NVIDIA-T4": 4}
+ZONE = {"topology.kubernetes.io/zone": "us-east-1a"}  # external-last-tier.yaml pins its medium tier to it
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -61,7 +62,7 @@ def installed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp("installed")
     plane = control_plane
     for index, (product, count) in enumerate(GPU_NODES.items()):
-        plane.add_node(f"gpu-{index}", labels={"nvidia.com/gpu.product": product},
+        plane.add_node(f"gpu-{index}", labels={"nvidia.com/gpu.product": product, **ZONE},
                        capacity={"nvidia.com/gpu": str(count)}, taints=[GPU_TAINT])  # fmt: skip
     plane.kubectl("apply", "-f", "-", input=yaml_docs(restricted_namespace(SYSTEM)))
     run_helm(plane, "install", "kascade", str(CHART), "--namespace", SYSTEM, "--wait", "--timeout", "120s")

@@ -57,7 +57,7 @@ def test_vllm_runs_the_pinned_official_image_with_model_name_and_port() -> None:
     cascade, tier = single({"name": "small", "model": {"uri": "hf://Qwen/Qwen2.5-7B-Instruct", "servedName": "qwen"}})
     container = container_of(cascade, tier)
     assert container["image"] == "vllm/vllm-openai:v0.33.0"
-    assert container["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert container["command"] == ["vllm", "serve"]
     args = container["args"]
     assert args[args.index("--model") + 1] == "Qwen/Qwen2.5-7B-Instruct"
     assert args[args.index("--served-model-name") + 1] == "qwen"
