@@ -205,7 +205,7 @@ def test_a_router_writes_its_counters_as_its_service_account_and_the_operator_fo
     config = RouterConfig.model_validate(yaml.safe_load(configmap["data"]["router.yaml"]))
     assert config.status_report is not None
     router_pod = next(p["metadata"]["name"] for p in plane.list("pods", namespace=namespace,
-                                                               label_selector="kascade.dev/component=router"))  # fmt: skip
+                                                               label_selector="app.kubernetes.io/component=router"))  # fmt: skip
     router_deployment = plane.get("deployments", "chat-router", namespace=namespace, group="apps/v1")
     assert router_deployment is not None
     account = router_deployment["spec"]["template"]["spec"]["serviceAccountName"]
