@@ -139,7 +139,7 @@ def distill_args(run: Distillation, claims: _Claims) -> list[str]:
 
 def job_deadline_seconds(spec: DistillationSpec) -> int:
     """`activeDeadlineSeconds` of a run's Job: (backoffLimit + 1) x RUN_SETUP_SECONDS
-    + steps x batchSize x SECONDS_PER_TRAINED_EXAMPLE (200 steps of 8: 7 h 27 min)."""
+    + steps x batchSize x SECONDS_PER_TRAINED_EXAMPLE (200 steps of 8: 7 h 26 min 40 s)."""
     attempts = JOB_BACKOFF_LIMIT + 1
     return attempts * RUN_SETUP_SECONDS + spec.training.steps * spec.training.batch_size * SECONDS_PER_TRAINED_EXAMPLE
 

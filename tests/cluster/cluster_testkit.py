@@ -10,11 +10,11 @@ A helper module of tests/cluster (imported by the test files next to it and by i
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import yaml
 
 from kascade.runtime.serving import free_port
 from kascade.testing.control_plane import ControlPlane
+from kascade.testing.operator_cluster import wait_for as poll_until
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kascade"
@@ -51,14 +52,8 @@ def run_helm(plane: ControlPlane, *args: str, check: bool = True, timeout: float
     return done
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float = 60.0, what: str,
-             context: Callable[[], str] = lambda: "") -> Any:  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})\n{context()}")
-        time.sleep(0.25)
-    return value
+# The stand-in tests' poller, with a longer default: real controllers take seconds, not milliseconds.
+wait_for = functools.partial(poll_until, timeout=60.0)
 
 
 def yaml_docs(*documents: dict[str, Any]) -> str:

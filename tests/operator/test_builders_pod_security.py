@@ -297,8 +297,8 @@ def test_the_job_has_a_deadline_that_grows_with_the_training_it_asks_for() -> No
     longer = run.spec.training.model_copy(update={"steps": run.spec.training.steps * 10})
     longer_run = run.model_copy(update={"spec": run.spec.model_copy(update={"training": longer})})
     assert build_distillation_job(longer_run, SETTINGS)["spec"]["activeDeadlineSeconds"] > job["spec"]["activeDeadlineSeconds"]
-    # The default run (200 steps of 8) may take hours, not days.
-    assert 3600 < job_deadline_seconds(run.spec.model_copy(update={"training": Training()})) < 24 * 3600
+    # The default run (200 steps of 8): three attempts of an hour of setup, 1,600 examples of 10 s each.
+    assert job_deadline_seconds(run.spec.model_copy(update={"training": Training()})) == 3 * 3600 + 1600 * 10
 
 
 def test_a_node_drain_does_not_use_up_the_jobs_retries_and_a_refusal_still_fails_it_at_once() -> None:
