@@ -1,9 +1,9 @@
 """One record of the escalation log: the contract between the router that writes it and what reads it.
 
-The router writes one per escalated request (`kascade.runtime.escalation_log`);
+The router writes one per escalated request (`kascade.runtime.escalation.log`);
 `kascade log` shows them and `kascade distill` trains on them. Readers check
 `schema_version` and refuse a newer one. The Parquet columns are these fields,
-nested as here (`kascade.runtime.escalation_log.ARROW_SCHEMA`, tested equal).
+nested as here (`kascade.runtime.escalation.log.ARROW_SCHEMA`, tested equal).
 
 The answering tier's tokens are kept as ids, not strings, with the top-k
 logprobs per position (ids too) and the probability mass outside them (the

@@ -4,8 +4,8 @@ Calibration's goal is implemented offline (`kascade calibrate` reads it and
 sets the thresholds in the manifest) and online: with `shadowSampleRate` > 0
 the routers measure agreement on live traffic and the operator (or local mode,
 in process) moves the thresholds towards the goal
-(`kascade.evaluation.online_calibration`). The escalation log is written by the
-routers (`kascade.runtime.escalation_log`). Distillation runs in the cluster:
+(`kascade.calibration.online`). The escalation log is written by the
+routers (`kascade.runtime.escalation.log`). Distillation runs in the cluster:
 the operator creates `Distillation` runs from `spec.distillation`
 (`kascade.operator.distillation_schedule`) and promotes a student that passes
 the gate (`kascade.operator.promotion`). Local mode refuses `spec.distillation`
@@ -139,7 +139,7 @@ class EscalationLog(SpecModel):
     """Keeps every escalated request with the answering tier's answer, token ids and top-k logprobs (teacher data).
 
     Written by each router off the response path, in Parquet segments
-    (`kascade.runtime.escalation_log`); read by `kascade log` and `kascade distill`.
+    (`kascade.runtime.escalation.log`); read by `kascade log` and `kascade distill`.
     """
 
     enabled: bool = False

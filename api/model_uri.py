@@ -5,7 +5,7 @@ Accepted forms (the field's description in the CRD says the same):
 - `hf://org/name[@revision]`: a Hugging Face Hub repository;
 - `pvc://claim/path`: a folder on a PersistentVolumeClaim (cluster only);
 - `s3://bucket/prefix`: an S3-compatible object store (cluster only);
-- `pkg://name`: a model packaged for local mode (see `kascade.runtime.catalog`);
+- `pkg://name`: a model packaged for local mode (see `kascade.runtime.models.catalog`);
 - `http(s)://…`: an OpenAI-compatible base URL (engine external);
 - `file:///abs/path` or a plain path: a folder on the machine or in the container.
 

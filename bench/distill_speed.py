@@ -37,7 +37,7 @@ def build_fixture(folder: Path, examples: int, answer_tokens: int, top_k: int) -
     import torch
 
     from kascade.api.escalation_record import EscalationRecord, ModelIdentity, TeacherTokens
-    from kascade.runtime.log_segments import SegmentStore, records_table
+    from kascade.runtime.escalation.segments import SegmentStore, records_table
     from kascade.testing.tiny_models import build_tiny_causal_lm
 
     student = build_tiny_causal_lm(folder / "student", seed=1, hidden_size=128, layers=4)

@@ -38,7 +38,7 @@ def send_traffic(bodies: list[dict], log: Path, cascade: dict, *, path: str = "/
     from kascade.api.modelcascade import ModelCascade, Task
     from kascade.runtime.config import EscalationLogConfig, router_config_from_cascade
     from kascade.runtime.engines.transformers import TransformersEngine
-    from kascade.runtime.model_files import resolve_model_uri
+    from kascade.runtime.models.files import resolve_model_uri
     from kascade.runtime.router import create_router_app
     from kascade.runtime.serving import BackgroundServer
 

@@ -31,7 +31,7 @@ from rich.table import Table
 from kascade.api.counters import CounterFigures
 from kascade.api.loop import Calibration
 from kascade.evaluation.commands import EvalInputs, prepare
-from kascade.evaluation.online_calibration import BIN_EDGES, bin_key, calibrate_tiers, window_samples_of
+from kascade.calibration.online import BIN_EDGES, bin_key, calibrate_tiers, window_samples_of
 from kascade.evaluation.scoring import ScoreMethod, score_answers
 
 REPO = Path(__file__).resolve().parents[1]

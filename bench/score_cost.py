@@ -17,7 +17,7 @@ import statistics
 import time
 
 from kascade.api.modelcascade import Accept, ScoreFeature
-from kascade.runtime.confidence import score
+from kascade.runtime.scoring.confidence import score
 from kascade.runtime.engines.base import Endpoint
 
 

@@ -22,7 +22,7 @@ from kascade.evaluation.curves import Judged, auroc
 from kascade.evaluation.datasets import load_dataset, subset
 from kascade.evaluation.matchers import Matcher
 from kascade.evaluation.scoring import FIXED_TOKEN_METHODS, ScoreMethod, fit_learned, score_answers
-from kascade.runtime.local_manifest import load_manifest
+from kascade.runtime.local.manifest import load_manifest
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     tier = next(t for t in cascade.spec.tiers if t.name == args.tier)
     dataset = subset(load_dataset(args.data), args.limit, args.seed)
     settings = GenerationSettings(max_tokens=dataset.max_tokens, stop=dataset.stop)
-    from kascade.runtime.model_files import resolve_model_uri
+    from kascade.runtime.models.files import resolve_model_uri
 
     cache = AnswerFile(args.answers, tier.served_name, model_identity(tier, resolve_model_uri(tier.model.uri)),
                        {"task": cascade.spec.task.value} | settings.as_dict())  # fmt: skip

@@ -143,7 +143,7 @@ def load_examples(data: str) -> tuple[list[DistillExample], str]:
     """Examples from a dataset file (`.jsonl`) or an escalation log (anything else); and a description of the source."""
     if data.endswith(".jsonl") and Path(data).is_file():
         return examples_of_jsonl(Path(data)), f"dataset {data}"
-    from kascade.runtime.log_segments import SegmentStore
+    from kascade.runtime.escalation.segments import SegmentStore
 
     store = SegmentStore(data)
     segments = store.segments()

@@ -4,7 +4,7 @@ The operator runs a Distillation as a Job whose pod runs `kascade distill`;
 it promotes the student from what this writes (`status.phase` Succeeded and
 `status.gate.passed`). What is written, and its shape, is `status.py`; this
 is the shell that sends it, with plain httpx and the pod's service account
-(`kascade.runtime.status_subresource`).
+(`kascade.runtime.cluster_status.subresource`).
 
 The start and the result must land: each is tried `attempts` times (transport
 errors, 5xx, 409 and 429 are retried; the rest are final), and a write that
@@ -29,7 +29,7 @@ from pydantic import Field
 
 from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL
 from kascade.distillation import status
-from kascade.runtime.status_subresource import StatusTarget, now_rfc3339
+from kascade.runtime.cluster_status.subresource import StatusTarget, now_rfc3339
 
 log = logging.getLogger("kascade.distill.report")
 

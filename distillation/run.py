@@ -47,7 +47,7 @@ PROVENANCE = "provenance.json"
 
 
 def _load(uri: str, task: str, settings: DistillSettings) -> LoadedModel:
-    from kascade.runtime.model_files import resolve_model_uri
+    from kascade.runtime.models.files import resolve_model_uri
 
     with without_progress_bars():
         loaded = load_model(resolve_model_uri(uri), task=task, device=settings.device, dtype=torch.float32)  # type: ignore[arg-type]

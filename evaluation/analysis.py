@@ -18,7 +18,7 @@ from kascade.api.modelcascade import ConfidenceMethod, ScoredSpan
 from kascade.evaluation import curves
 from kascade.evaluation.judging import JudgedPair
 from kascade.evaluation.scoring import ScoreMethod, fit_learned, score_answers
-from kascade.evaluation.selection import Goal, Outcome, select_threshold
+from kascade.calibration.selection import Goal, Outcome, select_threshold
 
 QUALITY_SHARE = 0.99  # the target: at least 99% of the last tier's quality alone
 
@@ -163,7 +163,7 @@ def _bound_run(pair: JudgedPair, scores: list[float], selection_part: list[int],
 
 
 def _goal_met(goal: Goal, point: curves.CurvePoint) -> bool:
-    from kascade.evaluation.selection import GoalKind
+    from kascade.calibration.selection import GoalKind
 
     if goal.kind is GoalKind.min_agreement:
         return point.agreement >= goal.target

@@ -16,14 +16,14 @@ from rich.console import Console
 
 from kascade.api.modelcascade import Accept, ConfidenceMethod, ScoredSpan
 from kascade.evaluation import curves
-from kascade.evaluation.bounds import interval
+from kascade.calibration.bounds import interval
 from kascade.evaluation.commands import EvalInputs, prepare
 from kascade.evaluation.datasets import stable_fraction
 from kascade.evaluation.goals import GoalError, resolve_goals
 from kascade.evaluation.judging import JudgedPair
 from kascade.evaluation.manifest_edit import write_accept
 from kascade.evaluation.scoring import ScoreMethod, fit_learned, score_answers
-from kascade.evaluation.selection import GoalKind, Outcome, Selection, select_threshold
+from kascade.calibration.selection import GoalKind, Outcome, Selection, select_threshold
 
 
 @dataclass(frozen=True)

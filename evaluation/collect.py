@@ -17,7 +17,7 @@ from typing import Any
 from kascade.api.modelcascade import EngineKind, ModelCascade, Task, Tier
 from kascade.evaluation.answer_cache import AnswerFile
 from kascade.evaluation.records import Example, TierAnswer
-from kascade.runtime.catalog import lookup
+from kascade.runtime.models.catalog import lookup
 
 
 class EvaluationError(Exception):
@@ -148,7 +148,7 @@ def _model_folder(tier: Tier, model_cache_dir: Path | None) -> Path | None:
             f"tier {tier.name}: engine vllm is evaluated through its server: start `vllm serve` on a GPU "
             "machine and give the tier engine: external with model.uri set to the server's /v1 URL"
         )
-    from kascade.runtime.model_files import resolve_model_uri
+    from kascade.runtime.models.files import resolve_model_uri
 
     return resolve_model_uri(tier.model.uri, cache_dir=model_cache_dir)
 

@@ -16,7 +16,7 @@ from kascade.evaluation.datasets import Dataset, DatasetError, load_dataset, sub
 from kascade.evaluation.judging import JudgedPair, check_two_tiers, judge_pair
 from kascade.evaluation.matchers import Matcher
 from kascade.evaluation.records import AnswerKind
-from kascade.runtime.local_manifest import load_manifest
+from kascade.runtime.local.manifest import load_manifest
 
 
 @dataclass(frozen=True)

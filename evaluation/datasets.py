@@ -27,8 +27,8 @@ from pathlib import Path
 
 from kascade.api.errors import validation_problems
 from kascade.evaluation.records import AnswerKind, CodeTests, Example
-from kascade.runtime.catalog import ModelNotAvailable, PackagedPart, default_cache_dir
-from kascade.runtime.packaged_models import download_wheel
+from kascade.runtime.models.catalog import ModelNotAvailable, PackagedPart, default_cache_dir
+from kascade.runtime.models.packaged import download_wheel
 from pydantic import ValidationError
 
 

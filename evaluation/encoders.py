@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from kascade.evaluation.datasets import DatasetError, open_wheel, read_wheel_member
-from kascade.runtime.catalog import PackagedPart, default_cache_dir
+from kascade.runtime.models.catalog import PackagedPart, default_cache_dir
 
 MINILM = "all-minilm-l6-v2"
 MPNET = "all-mpnet-base-v2"

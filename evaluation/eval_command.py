@@ -9,7 +9,7 @@ from rich.console import Console
 
 from kascade.api.modelcascade import ConfidenceMethod, ModelCascade, ScoredSpan, Task
 from kascade.evaluation import analysis, curves
-from kascade.evaluation.bounds import interval
+from kascade.calibration.bounds import interval
 from kascade.evaluation.commands import EvalInputs, prepare, spans_for
 from kascade.evaluation.goals import resolve_goals
 from kascade.evaluation.judging import JudgedPair

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kascade.api.loop import Calibration
-from kascade.evaluation.selection import Goal, GoalKind
+from kascade.calibration.selection import Goal, GoalKind
 
 
 class GoalError(Exception):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from kascade.api.modelcascade import Tier
 from kascade.evaluation.records import Example, TierAnswer
-from kascade.runtime.local_manifest import secret_env_var
+from kascade.runtime.local.manifest import secret_env_var
 
 if TYPE_CHECKING:
     from kascade.evaluation.collect import GenerationSettings

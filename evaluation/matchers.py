@@ -20,7 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from kascade.evaluation.records import AnswerKind, Example, TierAnswer
-from kascade.runtime.answer_spans import final_code_block
+from kascade.runtime.scoring.spans import final_code_block
 
 TEXT_SIMILARITY_CUTOFF = 0.8
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*-?\d+)?|-?\.\d+")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kascade.evaluation.datasets import Dataset, DatasetError
 from kascade.evaluation.records import AnswerKind, Example
-from kascade.runtime.catalog import default_cache_dir
+from kascade.runtime.models.catalog import default_cache_dir
 
 MODULES = ("arithmetic__add_or_sub", "numbers__gcd", "algebra__linear_1d", "numbers__place_value")
 PER_MODULE = 125  # 500 questions in all

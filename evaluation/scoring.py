@@ -2,7 +2,7 @@
 
 A `ScoreMethod` is an accept rule without a threshold (method, quantile,
 span, learned parameters); `score_answers` scores answers exactly as the
-router scores a live response, through `kascade.runtime.confidence`.
+router scores a live response, through `kascade.runtime.scoring.confidence`.
 `fit_learned` fits the learned score: a logistic regression (scikit-learn)
 on standardised features, folded back into weights on the raw features so
 the router needs nothing but a dot product.
@@ -23,10 +23,10 @@ from kascade.api.modelcascade import (
     ScoreFeature,
 )
 from kascade.evaluation.records import Example, TierAnswer
-from kascade.runtime.answer_spans import select_span
-from kascade.runtime.confidence import score_class_probs, score_tokens
+from kascade.runtime.scoring.spans import select_span
+from kascade.runtime.scoring.confidence import score_class_probs, score_tokens
 from kascade.runtime.logprobs import TokenEvidence
-from kascade.runtime.score_features import class_features, token_features
+from kascade.runtime.scoring.features import class_features, token_features
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY kascade/ kascade/
 COPY api/ api/
+COPY calibration/ calibration/
 COPY runtime/ runtime/
 COPY operator/ operator/
 COPY evaluation/ evaluation/

@@ -39,7 +39,7 @@ def up(
     packaged on PyPI (fetched and converted on first use). Secrets are read from
     environment variables named <SECRET>_<KEY> (e.g. OPENAI_KEY_API_KEY).
     """
-    from kascade.runtime.local import run_local
+    from kascade.runtime.local.mode import run_local
 
     raise typer.Exit(run_local(manifest=file, port=port, host=host, demo=demo, cache_dir=cache_dir))
 
@@ -143,9 +143,9 @@ def _run_evaluation(run) -> int:  # type: ignore[no-untyped-def]
     from kascade.evaluation.datasets import DatasetError
     from kascade.evaluation.goals import GoalError
     from kascade.evaluation.judging import TooManyTiers
-    from kascade.runtime.catalog import ModelNotAvailable
+    from kascade.runtime.models.catalog import ModelNotAvailable
     from kascade.runtime.engines.transformers.loading import ModelLoadError
-    from kascade.runtime.local_manifest import LocalModeError
+    from kascade.runtime.local.manifest import LocalModeError
     from kascade.runtime.signals import interrupt_on_stop_signals
 
     console = Console()

@@ -13,7 +13,7 @@ log_app = typer.Typer(help="Look inside an escalation log: counts, time range, e
 
 
 def _records(uri: str):  # noqa: ANN202 - an iterator of EscalationRecord
-    from kascade.runtime.log_segments import SegmentStore
+    from kascade.runtime.escalation.segments import SegmentStore
 
     store = SegmentStore(uri)
     if not store.segments():
@@ -24,7 +24,7 @@ def _records(uri: str):  # noqa: ANN202 - an iterator of EscalationRecord
 @log_app.command()
 def stats(uri: str = typer.Argument(help="The log: a folder, file:// or s3://bucket/prefix.")) -> None:
     """Counts, time range, who answered, why the first tiers declined, how much teacher signal is kept."""
-    from kascade.runtime.log_view import log_stats
+    from kascade.runtime.escalation.view import log_stats
 
     console = Console()
     store, records = _records(uri)
@@ -51,7 +51,7 @@ def show(
     limit: int = typer.Option(5, help="How many records (oldest first)."),
 ) -> None:
     """A few records: when, the prompt, what the first tiers said and scored, what the answering tier said."""
-    from kascade.runtime.log_view import prompt_of
+    from kascade.runtime.escalation.view import prompt_of
 
     console = Console()
     _, records = _records(uri)

@@ -32,7 +32,7 @@ from kascade.api.model_uri import ModelUri
 from kascade.operator.pod_security import restricted
 from kascade.operator.settings import OperatorSettings
 from kascade.runtime.config import RouterConfig, router_config_from_cascade
-from kascade.runtime.status_report import StatusReportConfig
+from kascade.runtime.cluster_status.report import StatusReportConfig
 
 CONFIG_DIR = "/etc/kascade"
 CONFIG_FILE = "router.yaml"

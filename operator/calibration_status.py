@@ -18,7 +18,7 @@ from typing import Any
 from kascade.api.counters import CounterFigures
 from kascade.api.modelcascade import Condition, ModelCascade, TierStatus
 from kascade.api.status import CalibrationStatus
-from kascade.evaluation.online_calibration import calibrate_tiers, window_samples_of
+from kascade.calibration.online import calibrate_tiers, window_samples_of
 
 CALIBRATED = "Calibrated"
 

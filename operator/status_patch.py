@@ -32,7 +32,7 @@ from kascade.operator.reservation import (
 )
 from kascade.operator.settings import OperatorSettings
 from kascade.runtime.ledger import estimated_baseline
-from kascade.runtime.status_subresource import now_rfc3339  # noqa: F401 - the operator imports it from here too
+from kascade.runtime.cluster_status.subresource import now_rfc3339  # noqa: F401 - the operator imports it from here too
 
 
 def compose_status(

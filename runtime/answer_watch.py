@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 from kascade.api.escalation_record import ModelIdentity
 from kascade.runtime.attempts import usage_of
 from kascade.runtime.engines.base import Endpoint
-from kascade.runtime.escalation_records import DeclinedSeen, answer_of, declined_seen, model_identity
+from kascade.runtime.escalation.records import DeclinedSeen, answer_of, declined_seen, model_identity
 
 if TYPE_CHECKING:
     from kascade.runtime.attempts import Attempts
     from kascade.runtime.config import RouterConfig, TierConfig
-    from kascade.runtime.escalation_log import EscalationLog
+    from kascade.runtime.escalation.log import EscalationLog
     from kascade.runtime.ledger import Ledger
-    from kascade.runtime.shadow_sampling import AskLastTier
-    from kascade.runtime.escalation_keeping import EscalationKeeper
-    from kascade.runtime.policy import Decision
-    from kascade.runtime.shadow_sampling import ShadowSampler
+    from kascade.runtime.online.shadow_sampling import AskLastTier
+    from kascade.runtime.escalation.keeping import EscalationKeeper
+    from kascade.runtime.scoring.policy import Decision
+    from kascade.runtime.online.shadow_sampling import ShadowSampler
 
 Answered = Mapping[str, Any] | Sequence[Mapping[str, Any]]  # a whole response, or a stream's chunks
 
@@ -92,8 +92,8 @@ def watch_for(
     """The watch a cascade needs: None without a log or shadow sampling, or with a single tier."""
     if len(config.tiers) < 2 or (escalation_log is None and config.shadow_sampling is None):
         return None
-    from kascade.runtime.escalation_keeping import EscalationKeeper
-    from kascade.runtime.shadow_sampling import ShadowSampler
+    from kascade.runtime.escalation.keeping import EscalationKeeper
+    from kascade.runtime.online.shadow_sampling import ShadowSampler
 
     keeper = EscalationKeeper(escalation_log, config.cascade) if escalation_log is not None else None
     watch = AnswerWatch(keeper, None, config.tiers[-1])

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kascade.runtime.ledger import RequestOutcome, TierCall
 
 if TYPE_CHECKING:
-    from kascade.runtime.escalation_records import DeclinedSeen
+    from kascade.runtime.escalation.records import DeclinedSeen
 
 
 class Attempts:

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from kascade.api.modelcascade import StreamingMode
 from kascade.runtime.attempts import Attempts, usage_of
 from kascade.runtime.config import RouterConfig, TierConfig
-from kascade.runtime.confidence import required_top_logprobs
+from kascade.runtime.scoring.confidence import required_top_logprobs
 from kascade.runtime.engines.base import Endpoint, Engine, TierError
 from kascade.runtime.answer_watch import watch_for
 from kascade.runtime.ledger import Ledger, TierCall
 from kascade.runtime.logprobs import TokenEvidence, chunk_token_evidence, with_logprobs_requested
 from kascade.runtime.metrics import RouterMetrics
-from kascade.runtime.policy import Decision, judge, judge_tokens
+from kascade.runtime.scoring.policy import Decision, judge, judge_tokens
 from kascade.runtime.presentation import present, replay_as_chunks
 from kascade.runtime.sse import aclose_quietly
 from kascade.runtime.tier_stream import (
@@ -50,7 +50,7 @@ from kascade.runtime.tier_stream import (
 from kascade.runtime.tier_step import Step, Verdict, as_tier_error, failure_of, next_step, retry_delay
 
 if TYPE_CHECKING:
-    from kascade.runtime.escalation_log import EscalationLog
+    from kascade.runtime.escalation.log import EscalationLog
 
 _Result = TypeVar("_Result")
 _Answer = TypeVar("_Answer", bound="Answer")

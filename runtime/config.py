@@ -23,7 +23,7 @@ from kascade.api.modelcascade import (
 )
 from kascade.api.loop import AgreementMatcher, Calibration
 from kascade.api.model_uri import ModelUri
-from kascade.runtime.status_report import StatusReportConfig
+from kascade.runtime.cluster_status.report import StatusReportConfig
 
 
 class ConfigModel(BaseModel):

@@ -27,13 +27,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kascade.api.modelcascade import Task
-from kascade.runtime.calibration_loop import InProcessCalibrator, apply_thresholds, thresholds_from_status
+from kascade.runtime.online.calibration_loop import InProcessCalibrator, apply_thresholds, thresholds_from_status
 from kascade.runtime.cascade import Answer, Cascade, CascadeFailed
 from kascade.runtime.config import RouterConfig
 from kascade.runtime.engines.base import Endpoint, Engine
 from kascade.runtime.engines.http import HttpEngine, new_pooled_session
 from kascade.runtime.errors import error_response
-from kascade.runtime.escalation_log import EscalationLog
+from kascade.runtime.escalation.log import EscalationLog
 from kascade.runtime.http_request import (
     CLIENT_CLOSED_REQUEST,
     BodyError,
@@ -43,7 +43,7 @@ from kascade.runtime.http_request import (
 from kascade.runtime.ledger import Ledger
 from kascade.runtime.metrics import RouterMetrics
 from kascade.runtime.sse import SSE_DONE, sse_event
-from kascade.runtime.status_report import StatusReporter
+from kascade.runtime.cluster_status.report import StatusReporter
 from kascade.runtime.wire import InvalidRequest, parse_request
 
 if TYPE_CHECKING:

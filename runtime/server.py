@@ -172,7 +172,7 @@ def _resolve_model_path(model: str) -> Path:
     """A plain path as it is; URIs (pkg://, hf://, file://) as local mode resolves them (`model_files`)."""
     if ModelUri.parse(model).is_plain_path:
         return Path(model).expanduser()
-    from kascade.runtime.model_files import resolve_model_uri
+    from kascade.runtime.models.files import resolve_model_uri
 
     try:
         return Path(resolve_model_uri(model))

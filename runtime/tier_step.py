@@ -25,7 +25,7 @@ from typing import Any
 
 from kascade.api.modelcascade import OnTierError
 from kascade.runtime.engines.base import TierError, TierErrorKind
-from kascade.runtime.policy import Decision
+from kascade.runtime.scoring.policy import Decision
 
 
 class Verdict(Enum):

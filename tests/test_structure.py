@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT_FOLDERS = ("api", "runtime", "operator", "evaluation", "distillation")
+PRODUCT_FOLDERS = ("api", "calibration", "runtime", "operator", "evaluation", "distillation")
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 ONE_LITERAL_BUILDERS: frozenset[str] = frozenset()

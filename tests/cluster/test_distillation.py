@@ -37,8 +37,8 @@ from cluster_testkit import GROUP, Installed, restricted_namespace, shared_claim
 from kascade.api.counters import CounterSlot
 from kascade.api.escalation_record import EscalationRecord, ModelIdentity
 from kascade.operator.build_distillation import CLAIMS_ROOT
-from kascade.runtime.log_segments import SegmentStore, records_table
-from kascade.runtime.status_report import replica_slot_patch
+from kascade.runtime.escalation.segments import SegmentStore, records_table
+from kascade.runtime.cluster_status.report import replica_slot_patch
 from kascade.testing.tiny_models import build_tiny_classifier
 
 pytestmark = pytest.mark.timeout(600)

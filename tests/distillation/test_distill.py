@@ -25,7 +25,7 @@ def escalation_log(
     from rich.console import Console
 
     from kascade.api.modelcascade import ModelCascade
-    from kascade.runtime.local_tiers import serve_cascade
+    from kascade.runtime.local.tiers import serve_cascade
     from kascade.runtime.serving import free_port
 
     folder = tmp_path_factory.mktemp("escalation-log")

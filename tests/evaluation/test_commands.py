@@ -10,7 +10,7 @@ import pytest
 from kascade.cli import app
 from kascade.evaluation.answer_cache import AnswerFile
 from kascade.evaluation.records import Example, TierAnswer
-from kascade.runtime.local_manifest import load_manifest
+from kascade.runtime.local.manifest import load_manifest
 from typer.testing import CliRunner
 
 runner = CliRunner()

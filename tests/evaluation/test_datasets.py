@@ -8,7 +8,7 @@ import pytest
 from kascade.evaluation import datasets
 from kascade.evaluation.datasets import DatasetError, Dataset, load_dataset, split_part, subset
 from kascade.evaluation.records import AnswerKind, Example
-from kascade.runtime.catalog import ModelNotAvailable
+from kascade.runtime.models.catalog import ModelNotAvailable
 
 
 def test_a_jsonl_file_is_read_with_ids_and_refused_line_by_line(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kascade.api.modelcascade import Accept
 from kascade.evaluation.manifest_edit import write_accept
-from kascade.runtime.local_manifest import load_manifest
+from kascade.runtime.local.manifest import load_manifest
 
 MANIFEST = """\
 # My cascade: keep this comment.

@@ -14,7 +14,7 @@ from kascade.api.counters import CounterSlot, RetiredCounters
 from kascade.api.modelcascade import Price
 from kascade.operator.counters import fold_replica_counters
 from kascade.runtime.ledger import Ledger, RequestOutcome, TierCall
-from kascade.runtime.status_report import replica_slot_patch
+from kascade.runtime.cluster_status.report import replica_slot_patch
 from kascade.testing import StandinApiServer
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"

@@ -49,8 +49,8 @@ from kascade.api.escalation_record import EscalationRecord, ModelIdentity
 from kascade.operator.build_distillation import CLAIMS_ROOT, build_distiller_children
 from kascade.operator.labels import COMPONENT_ROUTER, selector_labels
 from kascade.operator.permissions import OPERATOR_RULES, rule_allows
-from kascade.runtime.log_segments import SegmentStore, records_table
-from kascade.runtime.status_report import replica_slot_patch
+from kascade.runtime.escalation.segments import SegmentStore, records_table
+from kascade.runtime.cluster_status.report import replica_slot_patch
 from kascade.testing import StandinApiServer
 from kascade.testing.operator_cluster import OPERATOR_AGENTS, Cluster, manifests, wait_for
 from kascade.testing.tiny_models import build_tiny_classifier
