@@ -60,7 +60,8 @@ class LoopCounts(StatusModel):
         default_factory=dict, description="Of those, the ones that agreed with the last tier."
     )
     baseline_tokens: dict[str, Count] = Field(
-        default_factory=dict, description="Token counts that correct the savings baseline (`ledger.estimated_baseline`)."
+        default_factory=dict,
+        description="Token counts that correct the savings baseline (`ledger.estimated_baseline`).",
     )
 
 
@@ -95,9 +96,7 @@ class CounterFigures(LoopCounts):
         """Figure by figure, the larger."""
         return self._combine(other, max, names_of_both=True)
 
-    def _combine(
-        self, other: CounterFigures, combine: Callable[[Any, Any], Any], *, names_of_both: bool
-    ) -> Self:
+    def _combine(self, other: CounterFigures, combine: Callable[[Any, Any], Any], *, names_of_both: bool) -> Self:
         values: dict[str, Any] = {}
         for name in CounterFigures.model_fields:
             mine, theirs = getattr(self, name), getattr(other, name)
@@ -148,7 +147,9 @@ class CounterSlot(LoopCounts):
     tiers: dict[str, TierCounters] = Field(default_factory=dict)
     cost: SlotCost = Field(default_factory=SlotCost)
     escalations_logged: Count = Field(default=0, description="Escalations queued for the escalation log.")
-    escalation_log_dropped: Count = Field(default=0, description="Escalations the log dropped (queue full, writer lost).")
+    escalation_log_dropped: Count = Field(
+        default=0, description="Escalations the log dropped (queue full, writer lost)."
+    )
     pod: str | None = Field(
         default=None, max_length=253, description="The router pod that wrote the slot (absent on /stats)."
     )

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from kascade.api.loop import (
     CALIBRATION_NEEDS_A_GOAL,
-    ESCALATION_LOG_NEEDS_A_PLACE,
-    ONLINE_CALIBRATION_HAS_NO_REFERENCES,
-    ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
-    THRESHOLD_BOUNDS_IN_ORDER,
     DISTILLATION_NEEDS_THE_LOG,
     DISTILLATION_TIER_NOT_LAST,
+    ESCALATION_LOG_NEEDS_A_PLACE,
     ON_POLICY_NEEDS_A_SCORING_TEACHER,
+    ONLINE_CALIBRATION_HAS_NO_REFERENCES,
+    ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
     STUDENT_MUST_BE_TRAINABLE,
+    THRESHOLD_BOUNDS_IN_ORDER,
 )
 from kascade.api.modelcascade import (
     CLASSIFY_FEATURES,
@@ -30,18 +29,18 @@ from kascade.api.modelcascade import (
     EARLY_MODE_SCORES_A_PREFIX,
     FEATURES_FIT_TASK,
     GENERATIVE_METHODS,
+    GROUP,
+    KIND,
     LEARNED_NEEDS_PARAMETERS,
     LEARNED_ONLY_WITH_METHOD,
     LEARNED_WEIGHTS_PER_FEATURE,
+    PLURAL,
     SPAN_NEEDS_TOKENS,
     TOKEN_FEATURES,
-    ConfidenceMethod,
     TOLERATION_SECONDS_NEED_NO_EXECUTE,
-    GROUP,
-    KIND,
-    PLURAL,
     VERSION,
     Accept,
+    ConfidenceMethod,
     EngineKind,
     ModelCascadeSpec,
     Task,
@@ -53,7 +52,6 @@ SINGULAR = "modelcascade"
 # Not "mc": OpenShift names MachineConfig so, and kubectl would resolve it to whichever it finds first.
 SHORT_NAMES = ["mcas"]
 CATEGORIES = ["kascade"]
-
 
 
 def _cel_list(values: list[str]) -> str:
@@ -286,8 +284,10 @@ def build_openapi_schema() -> dict[str, Any]:
         TOLERATION_RULES
     )
     status = to_structural(ModelCascadeStatus.model_json_schema(by_alias=True))
-    description = ("A model cascade: a small model answers first; when it is not confident, "
-                   "the request escalates to a larger one. The last tier always answers.")  # fmt: skip
+    description = (
+        "A model cascade: a small model answers first; when it is not confident, "
+        "the request escalates to a larger one. The last tier always answers."
+    )
     return resource_schema(kind=KIND, description=description, spec=spec, status=status)
 
 
@@ -308,9 +308,14 @@ def resource_schema(*, kind: str, description: str, spec: dict[str, Any], status
 
 
 def custom_resource_definition(
-    *, kind: str, plural: str, singular: str, short_names: list[str], printer_columns: list[dict[str, Any]],
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: list[str],
+    printer_columns: list[dict[str, Any]],
     schema: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """A namespaced CustomResourceDefinition (apiextensions.k8s.io/v1) of Kascade's group: one version, a status."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -319,8 +324,14 @@ def custom_resource_definition(
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
-                      "shortNames": short_names, "categories": CATEGORIES},  # fmt: skip
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": short_names,
+                "categories": CATEGORIES,
+            },
             "versions": [
                 {
                     "name": VERSION,
@@ -337,5 +348,11 @@ def custom_resource_definition(
 
 def build_crd() -> dict[str, Any]:
     """The ModelCascade CustomResourceDefinition as a plain dict."""
-    return custom_resource_definition(kind=KIND, plural=PLURAL, singular=SINGULAR, short_names=SHORT_NAMES,
-                                      printer_columns=PRINTER_COLUMNS, schema=build_openapi_schema())  # fmt: skip
+    return custom_resource_definition(
+        kind=KIND,
+        plural=PLURAL,
+        singular=SINGULAR,
+        short_names=SHORT_NAMES,
+        printer_columns=PRINTER_COLUMNS,
+        schema=build_openapi_schema(),
+    )

@@ -33,45 +33,57 @@ DISTILLATION_PLURAL = "distillations"
 REFUSED_EXIT_CODE = 2  # bad data or model, or a status the API server refuses: the same command fails again
 TRANSIENT_EXIT_CODE = 3  # the API server could not be reached or was busy: run again (it resumes from the checkpoint)
 
-OUTPUT_IS_NOT_THE_STUDENT = "spec.output must differ from spec.student: a run never writes over the model it starts from"
-ON_POLICY_NEEDS_A_TEACHER = (
-    "spec.training.onPolicyFraction > 0 needs spec.teacherUrl and spec.teacherModel: a teacher server scores the samples"
+OUTPUT_IS_NOT_THE_STUDENT = (
+    "spec.output must differ from spec.student: a run never writes over the model it starts from"
 )
+ON_POLICY_NEEDS_A_TEACHER = "spec.training.onPolicyFraction > 0 needs spec.teacherUrl and spec.teacherModel: a teacher server scores the samples"
 
 
 class DistillationSpec(RunPlacement):
     """One run: which student, taught from what, written where, judged how."""
 
     cascade: str = Field(
-        min_length=1, max_length=253,
+        min_length=1,
+        max_length=253,
         description="The ModelCascade (same namespace) that runs it, and whose tier is promoted when the gate passes.",
-    )  # fmt: skip
+    )
     tier: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL_PATTERN, description="The cascade's student tier.")
     student: str = Field(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         description="The model the run starts from (the tier's serving one): pvc://claim/path, hf://org/name, pkg://…",
-    )  # fmt: skip
-    hub_token_secret: SecretKeyRef | None = Field(default=None, description="HF_TOKEN for an hf:// student (the tier's).")
+    )
+    hub_token_secret: SecretKeyRef | None = Field(
+        default=None, description="HF_TOKEN for an hf:// student (the tier's)."
+    )
     data: str = Field(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         description="The escalation log (pvc://claim/path or s3://bucket/prefix) or a dataset .jsonl on a claim.",
-    )  # fmt: skip
+    )
     teacher_url: str | None = Field(
-        default=None, max_length=2048,
+        default=None,
+        max_length=2048,
         description="A teacher server's OpenAI base URL (the cascade's last tier) that scores on-policy samples.",
-    )  # fmt: skip
+    )
     teacher_model: str | None = Field(default=None, max_length=253, description="The model name it serves.")
     credentials_secret: str | None = Field(
-        default=None, max_length=253, description="Secret whose keys become the run's environment (AWS_* for s3:// data)."
+        default=None,
+        max_length=253,
+        description="Secret whose keys become the run's environment (AWS_* for s3:// data).",
     )
     output: str = Field(
-        min_length=1, max_length=2048, pattern=r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+$",
+        min_length=1,
+        max_length=2048,
+        pattern=r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+$",
         description="The run's own folder for the new student, as a tier's model.uri serves it: pvc://claim/path.",
-    )  # fmt: skip
+    )
     training: Training = Field(default_factory=Training)
     gate: Gate = Field(default_factory=Gate)
     log_records: int = Field(
-        default=0, ge=0, description="Escalations the cascade had logged when the run was created (the next counts from it)."
+        default=0,
+        ge=0,
+        description="Escalations the cascade had logged when the run was created (the next counts from it).",
     )
 
     @model_validator(mode="after")
@@ -169,7 +181,9 @@ class DistillationStatus(StatusModel):
     started_at: str | None = None
     finished_at: str | None = None
     examples: int | None = Field(default=None, description="Examples trained on.")
-    held_out: int | None = Field(default=None, description="Held-out examples the figures and the gate are measured on.")
+    held_out: int | None = Field(
+        default=None, description="Held-out examples the figures and the gate are measured on."
+    )
     before: Figures | None = None
     after: Figures | None = None
     gate: GateVerdict | None = None

@@ -16,9 +16,9 @@ from kascade.api.distillation import (
     DISTILLATION_PLURAL,
     ON_POLICY_NEEDS_A_TEACHER,
     OUTPUT_IS_NOT_THE_STUDENT,
-    PromotionReason,
     DistillationSpec,
     DistillationStatus,
+    PromotionReason,
 )
 from kascade.api.modelcascade import GROUP
 from kascade.api.openapi import to_structural
@@ -40,15 +40,35 @@ DISTILLATION_SPEC_RULES: list[dict[str, str]] = [
 ]
 
 DISTILLATION_PRINTER_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Cascade", "type": "string", "jsonPath": ".spec.cascade", "description": "The cascade it may promote into."},
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Pending, Running, Succeeded, Failed."},
+    {
+        "name": "Cascade",
+        "type": "string",
+        "jsonPath": ".spec.cascade",
+        "description": "The cascade it may promote into.",
+    },
+    {
+        "name": "Phase",
+        "type": "string",
+        "jsonPath": ".status.phase",
+        "description": "Pending, Running, Succeeded, Failed.",
+    },
     {"name": "Progress", "type": "string", "jsonPath": ".status.progressText", "description": "Steps done of all."},
-    {"name": "Gain", "type": "string", "jsonPath": ".status.gainText",
-     "description": "Held-out agreement gain of the new student over the one it started from."},
-    {"name": "Promoted", "type": "string", "jsonPath": ".status.promotion.reason",
-     "description": "Promoted, or why not: " + ", ".join(r.value for r in PromotionReason if r.value != "Promoted") + "."},
+    {
+        "name": "Gain",
+        "type": "string",
+        "jsonPath": ".status.gainText",
+        "description": "Held-out agreement gain of the new student over the one it started from.",
+    },
+    {
+        "name": "Promoted",
+        "type": "string",
+        "jsonPath": ".status.promotion.reason",
+        "description": "Promoted, or why not: "
+        + ", ".join(r.value for r in PromotionReason if r.value != "Promoted")
+        + ".",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]  # fmt: skip
+]
 
 
 def build_distillation_schema() -> dict[str, Any]:
@@ -62,7 +82,10 @@ def build_distillation_schema() -> dict[str, Any]:
 
 def build_distillation_crd() -> dict[str, Any]:
     return custom_resource_definition(
-        kind=DISTILLATION_KIND, plural=DISTILLATION_PLURAL, singular=DISTILLATION_KIND.lower(),
-        short_names=DISTILLATION_SHORT_NAMES, printer_columns=DISTILLATION_PRINTER_COLUMNS,
+        kind=DISTILLATION_KIND,
+        plural=DISTILLATION_PLURAL,
+        singular=DISTILLATION_KIND.lower(),
+        short_names=DISTILLATION_SHORT_NAMES,
+        printer_columns=DISTILLATION_PRINTER_COLUMNS,
         schema=build_distillation_schema(),
     )

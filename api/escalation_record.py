@@ -85,7 +85,9 @@ class EscalationRecord(_Record):
     input_tokens: int = 0
     output_tokens: int = 0
     redacted: bool = Field(default=False, description="Something was removed from the request or the answer.")
-    agreed: bool | None = Field(default=None, description="Shadow samples: the accepted answer agreed with the last tier.")
+    agreed: bool | None = Field(
+        default=None, description="Shadow samples: the accepted answer agreed with the last tier."
+    )
 
     @model_validator(mode="after")
     def _known_version(self) -> EscalationRecord:

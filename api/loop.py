@@ -21,9 +21,8 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from pydantic import Field, field_validator, model_validator
-
 from croniter import croniter
+from pydantic import Field, field_validator, model_validator
 
 from kascade.api.base import SpecModel
 from kascade.api.resources import Resources, Toleration
@@ -79,9 +78,11 @@ class Calibration(SpecModel):
     """
 
     min_agreement: float | None = Field(
-        default=None, ge=0, le=1,
+        default=None,
+        ge=0,
+        le=1,
         description="Least share of the cascade's answers that agree with what the last tier alone would answer.",
-    )  # fmt: skip
+    )
     min_accuracy: float | None = Field(
         default=None, ge=0, le=1, description="Least share of correct answers (needs labelled calibration data)."
     )
@@ -89,9 +90,11 @@ class Calibration(SpecModel):
         default=None, ge=0, le=1, description="Largest share of requests that may reach the last tier."
     )
     confidence: float = Field(
-        default=0.95, gt=0, lt=1,
+        default=0.95,
+        gt=0,
+        lt=1,
         description="Probability with which the goal holds on new traffic like the calibration data.",
-    )  # fmt: skip
+    )
     shadow_sample_rate: float = Field(
         default=0.0,
         ge=0,
@@ -112,9 +115,11 @@ class Calibration(SpecModel):
         default=1.0, ge=0, le=1, description="Online calibration never goes above this (the safest it may be)."
     )
     hysteresis: float = Field(
-        default=0.05, ge=0, le=0.5,
+        default=0.05,
+        ge=0,
+        le=0.5,
         description="A threshold moves down (bolder) only by more than this; it moves up (safer) at once.",
-    )  # fmt: skip
+    )
     shadow_concurrency: int = Field(
         default=4, ge=1, le=256, description="Shadow calls in flight per router at most; beyond, a sample is skipped."
     )
@@ -196,14 +201,19 @@ class Training(SpecModel):
 
     loss: DistillationLoss = DistillationLoss.forward_kl
     temperature: float = Field(default=2.0, gt=0, le=100)
-    alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the teacher's soft term; 1 - alpha: hard labels.")
+    alpha: float = Field(
+        default=0.5, ge=0, le=1, description="Weight of the teacher's soft term; 1 - alpha: hard labels."
+    )
     beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
     steps: int = Field(default=200, ge=1, le=1_000_000)
     batch_size: int = Field(default=8, ge=1, le=4096)
     learning_rate: float = Field(default=2e-4, gt=0, le=1)
     lora: bool = Field(default=True, description="LoRA adapters merged into the saved model; false: full fine-tuning.")
     on_policy_fraction: float = Field(
-        default=0.0, ge=0, le=1, description="Share of steps on the student's own samples, scored by the teacher server."
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of steps on the student's own samples, scored by the teacher server.",
     )
 
 
@@ -245,17 +255,20 @@ class DistillationPolicy(RunPlacement):
     """
 
     schedule: str | None = Field(
-        default=None, max_length=128, pattern=CRON_PATTERN,
+        default=None,
+        max_length=128,
+        pattern=CRON_PATTERN,
         description="Cron schedule (5 fields, UTC) of the looks for new records; none: look at every reconcile.",
-    )  # fmt: skip
+    )
     min_samples: int = Field(default=1000, ge=1, description="New logged escalations a run needs since the last one.")
     tier: str | None = Field(
         default=None, max_length=40, description="The student tier (not the last); default: the first tier."
     )
     output_uri: str = Field(
-        max_length=2048, pattern=r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?$",
+        max_length=2048,
+        pattern=r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?$",
         description="Where students are written, one folder per run: pvc://claim/path (the tier mounts it to serve them).",
-    )  # fmt: skip
+    )
     training: Training = Field(default_factory=Training, description="How each run trains the student.")
     gate: Gate = Field(default_factory=Gate, description="What a run's student must show to be promoted.")
     history_limit: int = Field(default=3, ge=1, le=100, description="Finished runs kept; older ones are deleted.")

@@ -17,27 +17,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kascade.api.base import SpecModel, StatusModel  # noqa: F401 - StatusModel: imported from here too
-from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from here too
-    Calibration,
-    DistillationLoss,
-    DistillationPolicy,
-    EscalationLog,
-    DISTILLATION_NEEDS_THE_LOG,
-    DISTILLATION_TIER_NOT_LAST,
-    ON_POLICY_NEEDS_A_SCORING_TEACHER,
-    ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
-    STUDENT_MUST_BE_TRAINABLE,
-)
-from kascade.api.resources import (  # noqa: F401 - imported from here too
-    DNS_LABEL_PATTERN,
-    LABEL_VALUE_PATTERN,
-    QUANTITY_PATTERN,
-    TOLERATION_SECONDS_NEED_NO_EXECUTE,
-    Quantity,
-    Resources,
-    Toleration,
-)
 from kascade.api.accept import (  # noqa: F401 - the accept rule's types are imported from here too
     CLASSIFY_FEATURES,
     CLASSIFY_METHODS,
@@ -57,7 +36,28 @@ from kascade.api.accept import (  # noqa: F401 - the accept rule's types are imp
     check_fits_task,
     needs_whole_answer,
 )
+from kascade.api.base import SpecModel, StatusModel  # noqa: F401 - StatusModel: imported from here too
+from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from here too
+    DISTILLATION_NEEDS_THE_LOG,
+    DISTILLATION_TIER_NOT_LAST,
+    ON_POLICY_NEEDS_A_SCORING_TEACHER,
+    ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
+    STUDENT_MUST_BE_TRAINABLE,
+    Calibration,
+    DistillationLoss,
+    DistillationPolicy,
+    EscalationLog,
+)
 from kascade.api.model_uri import ModelUri
+from kascade.api.resources import (  # noqa: F401 - imported from here too
+    DNS_LABEL_PATTERN,
+    LABEL_VALUE_PATTERN,
+    QUANTITY_PATTERN,
+    TOLERATION_SECONDS_NEED_NO_EXECUTE,
+    Quantity,
+    Resources,
+    Toleration,
+)
 from kascade.api.status import Condition, Cost, ModelCascadeStatus, StatusSummary, TierStatus, Traffic  # noqa: F401
 
 GROUP = "kascade.dev"
@@ -66,6 +66,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelCascade"
 PLURAL = "modelcascades"
 DEFAULT_MAX_BODY_BYTES = 1_048_576  # the router's limit on a request body, unless the spec says otherwise
+
 
 class Task(StrEnum):
     chat = "chat"
@@ -104,9 +105,7 @@ class ModelSource(SpecModel):
         max_length=253,
         description="The model name the engine serves and answers with; defaults to the tier name.",
     )
-    hub_token_secret: SecretKeyRef | None = Field(
-        default=None, description="Token for gated hub models (HF_TOKEN)."
-    )
+    hub_token_secret: SecretKeyRef | None = Field(default=None, description="Token for gated hub models (HF_TOKEN).")
 
     @property
     def location(self) -> ModelUri:
@@ -118,7 +117,10 @@ class Price(SpecModel):
     """What a tier costs: per token (usage, drives `saved`) and per GPU-hour (the reservation, `reservationCost`)."""
 
     currency: str = Field(
-        default="USD", min_length=3, max_length=3, pattern=r"^[A-Z]{3}$",
+        default="USD",
+        min_length=3,
+        max_length=3,
+        pattern=r"^[A-Z]{3}$",
         description="ISO 4217 code; every tier of a cascade should use the same one.",
     )
     input_per_million: float = Field(default=0.0, ge=0, description="Price per million input tokens.")
@@ -149,7 +151,9 @@ class Tier(SpecModel):
     """One model of the cascade: where it comes from, how it is served, what it costs, when it may answer."""
 
     name: str = Field(
-        min_length=1, max_length=40, pattern=DNS_LABEL_PATTERN,
+        min_length=1,
+        max_length=40,
+        pattern=DNS_LABEL_PATTERN,
         description="DNS label (lower-case letters, digits, '-'); names the tier's Deployment and Service.",
     )
     model: ModelSource
@@ -285,7 +289,11 @@ class ModelCascadeSpec(SpecModel):
                 self.task is Task.classify or self.tiers[-1].engine is EngineKind.external
             ):
                 raise ValueError(ON_POLICY_NEEDS_A_SCORING_TEACHER)
-        if self.calibration is not None and self.calibration.online and self.router.streaming.mode is StreamingMode.early:
+        if (
+            self.calibration is not None
+            and self.calibration.online
+            and self.router.streaming.mode is StreamingMode.early
+        ):
             raise ValueError(ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS)
         return self
 
@@ -307,4 +315,3 @@ class ModelCascade(BaseModel):
     metadata: ObjectMeta
     spec: ModelCascadeSpec
     status: ModelCascadeStatus | None = None
-

@@ -38,7 +38,6 @@ Quantity = Annotated[
 ]
 
 
-
 class Resources(SpecModel):
     """What one replica of a tier needs."""
 

@@ -55,7 +55,9 @@ class Traffic(StatusModel):
     errors: int = 0
     escalations_logged: int = Field(default=0, description="Escalations queued for the escalation log.")
     escalation_log_dropped: int = Field(default=0, description="Escalations the log dropped (queue full, writer lost).")
-    shadow_calls: int = Field(default=0, description="Accepted requests also sent to the last tier (online calibration).")
+    shadow_calls: int = Field(
+        default=0, description="Accepted requests also sent to the last tier (online calibration)."
+    )
 
 
 class Cost(StatusModel):
@@ -80,7 +82,8 @@ class Cost(StatusModel):
     )
     estimated_saved: float | None = Field(default=None, description="estimatedBaseline - actual.")
     last_tier_output_ratio: float | None = Field(
-        default=None, description="The last tier's output tokens per output token of the accepted answers (shadow samples)."
+        default=None,
+        description="The last tier's output tokens per output token of the accepted answers (shadow samples).",
     )
     gpu_hours: float = Field(default=0.0, description="GPU-hours of every tier's ready replicas, since gpuHoursSince.")
     reservation_cost: float = Field(
@@ -139,7 +142,9 @@ class TierCalibration(StatusModel):
     name: str
     threshold: float = Field(description="The threshold in force: routers pick it up without a restart.")
     declared: float = Field(description="The spec's threshold: the starting point (a new one restarts from it).")
-    model: str | None = Field(default=None, description="The tier's model.uri; a new one (a promotion) restarts from declared.")
+    model: str | None = Field(
+        default=None, description="The tier's model.uri; a new one (a promotion) restarts from declared."
+    )
     samples: int = Field(default=0, description="Samples in the sliding window the threshold was chosen on.")
     agreement: float | None = Field(
         default=None, description="The cascade's agreement with the last tier at the threshold in force (window)."

@@ -40,19 +40,48 @@ def main() -> None:
         folder = args.out / name
         folder.mkdir(parents=True, exist_ok=True)
         data = subset(load_dataset(f"{name}:test"), args.limit, 0)
-        (folder / "data.jsonl").write_text("".join(json.dumps({"id": e.id, "input": e.input, "label": e.label}) + "\n"
-                                                   for e in data.examples))  # fmt: skip
+        (folder / "data.jsonl").write_text(
+            "".join(json.dumps({"id": e.id, "input": e.input, "label": e.label}) + "\n" for e in data.examples)
+        )
         for run, (alpha, temperature) in RUNS.items():
             out = folder / run.replace(" ", "-").replace("=", "")
             if (out / "provenance.json").exists():
                 continue
-            subprocess.run([sys.executable, "-m", "kascade", "distill",
-                            "--student", str(CLASSIFIERS / f"{name}-all-minilm-l6-v2"),
-                            "--teacher", str(CLASSIFIERS / f"{name}-all-mpnet-base-v2"),
-                            "--data", str(folder / "data.jsonl"), "--out", str(out), "--no-lora",
-                            "--alpha", alpha, "--temperature", temperature, "--steps", str(args.steps),
-                            "--batch-size", "16", "--learning-rate", "5e-5", "--max-length", str(args.max_length),
-                            "--held-out", "0.5", "--eval-every", str(args.steps)], check=True, cwd=REPO)  # fmt: skip
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "kascade",
+                    "distill",
+                    "--student",
+                    str(CLASSIFIERS / f"{name}-all-minilm-l6-v2"),
+                    "--teacher",
+                    str(CLASSIFIERS / f"{name}-all-mpnet-base-v2"),
+                    "--data",
+                    str(folder / "data.jsonl"),
+                    "--out",
+                    str(out),
+                    "--no-lora",
+                    "--alpha",
+                    alpha,
+                    "--temperature",
+                    temperature,
+                    "--steps",
+                    str(args.steps),
+                    "--batch-size",
+                    "16",
+                    "--learning-rate",
+                    "5e-5",
+                    "--max-length",
+                    str(args.max_length),
+                    "--held-out",
+                    "0.5",
+                    "--eval-every",
+                    str(args.steps),
+                ],
+                check=True,
+                cwd=REPO,
+            )
     summarize(args.out, args.datasets)
 
 
@@ -66,8 +95,10 @@ def summarize(out: Path, datasets: list[str]) -> None:
                 continue
             p = json.loads(path.read_text())
             b, a = p["before"], p["after"]
-            print(f"| {name} | {run} | {p['data']['held_out']} | {b['answer_accuracy']:.3f} → {a['answer_accuracy']:.3f} | "
-                  f"{b['answer_agreement']:.3f} → {a['answer_agreement']:.3f} | {p['seconds']:.0f} |")
+            print(
+                f"| {name} | {run} | {p['data']['held_out']} | {b['answer_accuracy']:.3f} → {a['answer_accuracy']:.3f} | "
+                f"{b['answer_agreement']:.3f} → {a['answer_agreement']:.3f} | {p['seconds']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -51,21 +51,43 @@ def build_fixture(folder: Path, examples: int, answer_tokens: int, top_k: int) -
     for index in range(examples):
         prompt = f"Tell me about the {words[index % len(words)]} number {index}."
         messages = [{"role": "user", "content": prompt}]
-        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        prompt_ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         ids = torch.tensor([prompt_ids])
         with torch.no_grad():
-            out = teacher.generate(ids, max_new_tokens=answer_tokens, min_new_tokens=answer_tokens, do_sample=False,
-                                   output_logits=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
-        answer_ids = out.sequences[0, ids.shape[1]:].tolist()
+            out = teacher.generate(
+                ids,
+                max_new_tokens=answer_tokens,
+                min_new_tokens=answer_tokens,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answer_ids = out.sequences[0, ids.shape[1] :].tolist()
         logprobs = torch.log_softmax(torch.stack(out.logits)[:, 0].float(), dim=-1)
         values, top = logprobs.topk(top_k, dim=-1)
         text = tokenizer.decode(answer_ids, skip_special_tokens=True)
-        tokens = TeacherTokens(token_ids=answer_ids, top_ids=top.tolist(), top_logprobs=values.tolist(),
-                               tail_mass=(1 - values.exp().sum(-1)).clamp_min(0).tolist())
-        records.append(EscalationRecord(
-            id=f"r{index}", cascade="bench", recorded_at="2026-11-30T00:00:00Z", endpoint="chat",
-            request=json.dumps({"messages": messages}), declined=[], answer=text, tokens=tokens,
-            answered_by=ModelIdentity(tier="large", served_model="teacher")))
+        tokens = TeacherTokens(
+            token_ids=answer_ids,
+            top_ids=top.tolist(),
+            top_logprobs=values.tolist(),
+            tail_mass=(1 - values.exp().sum(-1)).clamp_min(0).tolist(),
+        )
+        records.append(
+            EscalationRecord(
+                id=f"r{index}",
+                cascade="bench",
+                recorded_at="2026-11-30T00:00:00Z",
+                endpoint="chat",
+                request=json.dumps({"messages": messages}),
+                declined=[],
+                answer=text,
+                tokens=tokens,
+                answered_by=ModelIdentity(tier="large", served_model="teacher"),
+            )
+        )
         dataset.append({"messages": [*messages, {"role": "assistant", "content": text}]})
     SegmentStore(str(folder / "log")).write("escalations-20261130T000000Z-bench-000000.parquet", records_table(records))
     (folder / "dataset.json").write_text(json.dumps(dataset))
@@ -75,12 +97,27 @@ def run_kascade(folder: Path, steps: int, batch_size: int, learning_rate: float)
     from kascade.distillation.run import run_distill
     from kascade.distillation.settings import DistillSettings
 
-    settings = DistillSettings(student=str(folder / "student"), data=str(folder / "log"), out=folder / "kascade-out",
-                               steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=0,
-                               alpha=1.0, temperature=1.0, lora=False, held_out=0.0, eval_every=steps,
-                               eval_generate=0, max_length=256, device="cpu")
+    settings = DistillSettings(
+        student=str(folder / "student"),
+        data=str(folder / "log"),
+        out=folder / "kascade-out",
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=0,
+        alpha=1.0,
+        temperature=1.0,
+        lora=False,
+        held_out=0.0,
+        eval_every=steps,
+        eval_generate=0,
+        max_length=256,
+        device="cpu",
+    )
     stamps: list[float] = []
-    run_distill(settings, resume=False, say=lambda _: None, progress=lambda step, loss: stamps.append(time.perf_counter()))
+    run_distill(
+        settings, resume=False, say=lambda _: None, progress=lambda step, loss: stamps.append(time.perf_counter())
+    )
     return {"stamps": stamps}
 
 
@@ -97,14 +134,32 @@ def run_trl(folder: Path, steps: int, batch_size: int, learning_rate: float) -> 
             stamps.append(time.perf_counter())
 
     tokenizer = AutoTokenizer.from_pretrained(folder / "student")
-    config = GKDConfig(output_dir=str(folder / "trl-out"), max_steps=steps, per_device_train_batch_size=batch_size,
-                       learning_rate=learning_rate, lr_scheduler_type="constant", lmbda=0.0, beta=0.0, temperature=1.0,
-                       max_length=256, report_to=[], save_strategy="no", logging_steps=steps, use_cpu=True,
-                       dataloader_num_workers=0, disable_tqdm=True, seed=0)
-    trainer = GKDTrainer(model=AutoModelForCausalLM.from_pretrained(folder / "student"),
-                         teacher_model=AutoModelForCausalLM.from_pretrained(folder / "teacher"), args=config,
-                         train_dataset=Dataset.from_list(json.loads((folder / "dataset.json").read_text())),
-                         processing_class=tokenizer, callbacks=[Stamp()])
+    config = GKDConfig(
+        output_dir=str(folder / "trl-out"),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        lmbda=0.0,
+        beta=0.0,
+        temperature=1.0,
+        max_length=256,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=steps,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = GKDTrainer(
+        model=AutoModelForCausalLM.from_pretrained(folder / "student"),
+        teacher_model=AutoModelForCausalLM.from_pretrained(folder / "teacher"),
+        args=config,
+        train_dataset=Dataset.from_list(json.loads((folder / "dataset.json").read_text())),
+        processing_class=tokenizer,
+        callbacks=[Stamp()],
+    )
     trainer.train()
     return {"stamps": stamps}
 
@@ -140,26 +195,46 @@ def main() -> None:
         results: dict[str, list[dict]] = {"kascade": [], "trl": []}
         for _ in range(args.repeats):
             for which in ("kascade", "trl"):
-                out = subprocess.run([sys.executable, str(HERE), "--child", which, "--folder", str(folder),
-                                      "--steps", str(args.steps), "--batch-size", str(args.batch_size)],
-                                     check=True, capture_output=True, text=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        str(HERE),
+                        "--child",
+                        which,
+                        "--folder",
+                        str(folder),
+                        "--steps",
+                        str(args.steps),
+                        "--batch-size",
+                        str(args.batch_size),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
                 results[which].append(json.loads(out.stdout.strip().splitlines()[-1]))
     report(results, args)
 
 
 def report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
-    print(f"\nstudent 128x4, teacher 256x4 (tiny Llama, shared tokenizer); {args.examples} examples, "
-          f"{args.answer_tokens}-token answers, batch {args.batch_size}, {args.steps} steps, {args.repeats} runs each\n")
+    print(
+        f"\nstudent 128x4, teacher 256x4 (tiny Llama, shared tokenizer); {args.examples} examples, "
+        f"{args.answer_tokens}-token answers, batch {args.batch_size}, {args.steps} steps, {args.repeats} runs each\n"
+    )
     print("| trainer | samples/s, median (min–max) | peak memory MiB, median (min–max) |")
     print("|---|---|---|")
     medians = {}
-    for which, label in (("kascade", "kascade distill (top-20 + tail from the log)"),
-                         ("trl", "TRL GKDTrainer (lmbda=0, beta=0; teacher forward each step)")):
+    for which, label in (
+        ("kascade", "kascade distill (top-20 + tail from the log)"),
+        ("trl", "TRL GKDTrainer (lmbda=0, beta=0; teacher forward each step)"),
+    ):
         speeds = [r["samples_per_second"] for r in results[which]]
         peaks = [r["peak_mib"] for r in results[which]]
         medians[which] = statistics.median(speeds)
-        print(f"| {label} | {statistics.median(speeds):.1f} ({min(speeds):.1f}–{max(speeds):.1f}) | "
-              f"{statistics.median(peaks):.0f} ({min(peaks):.0f}–{max(peaks):.0f}) |")
+        print(
+            f"| {label} | {statistics.median(speeds):.1f} ({min(speeds):.1f}–{max(speeds):.1f}) | "
+            f"{statistics.median(peaks):.0f} ({min(peaks):.0f}–{max(peaks):.0f}) |"
+        )
     print(f"\nspeed ratio kascade / TRL (medians): {medians['kascade'] / medians['trl']:.2f}x (target ≥ 1.5x)")
 
 

@@ -33,7 +33,9 @@ MANIFEST = REPO / "bench/eval/tweets-encoders.yaml"
 GOAL = "minAgreement=0.9"
 
 
-def send_traffic(bodies: list[dict], log: Path, cascade: dict, *, path: str = "/classify", concurrency: int = 4) -> dict:
+def send_traffic(
+    bodies: list[dict], log: Path, cascade: dict, *, path: str = "/classify", concurrency: int = 4
+) -> dict:
     """Every body through a real router (the manifest's tiers in process) with the escalation log on."""
     from kascade.api.modelcascade import ModelCascade, Task
     from kascade.runtime.config import EscalationLogConfig, router_config_from_cascade
@@ -44,14 +46,20 @@ def send_traffic(bodies: list[dict], log: Path, cascade: dict, *, path: str = "/
 
     model = ModelCascade.model_validate(cascade)
     task = "classify" if model.spec.task is Task.classify else "generate"
-    engines = {tier.name: TransformersEngine.load(resolve_model_uri(tier.model.uri) if "://" in tier.model.uri
-                                                  else REPO / tier.model.uri, task=task,
-                                                  served_model_name=tier.served_name, device="cpu")
-               for tier in model.spec.tiers}  # fmt: skip
+    engines = {
+        tier.name: TransformersEngine.load(
+            resolve_model_uri(tier.model.uri) if "://" in tier.model.uri else REPO / tier.model.uri,
+            task=task,
+            served_model_name=tier.served_name,
+            device="cpu",
+        )
+        for tier in model.spec.tiers
+    }
     config = router_config_from_cascade(model, {tier.name: None for tier in model.spec.tiers})
     config = config.model_copy(update={"escalation_log": EscalationLogConfig(uri=str(log)), "timeout_seconds": 600})
     started = time.monotonic()
     with BackgroundServer(create_router_app(config, engines=engines)) as router:
+
         async def client() -> None:
             async with httpx.AsyncClient(base_url=router.url, timeout=1200) as http:
                 gate = asyncio.Semaphore(concurrency)
@@ -66,9 +74,13 @@ def send_traffic(bodies: list[dict], log: Path, cascade: dict, *, path: str = "/
         stats = httpx.get(f"{router.url}/stats").json()
     for engine in engines.values():
         asyncio.run(engine.aclose())
-    return {"requests": stats["requests"], "escalations": stats["escalations"],
-            "logged": stats["escalationsLogged"], "dropped": stats["escalationLogDropped"],
-            "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+    return {
+        "requests": stats["requests"],
+        "escalations": stats["escalations"],
+        "logged": stats["escalationsLogged"],
+        "dropped": stats["escalationLogDropped"],
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
 def kascade(*args: str) -> None:
@@ -89,24 +101,62 @@ def main() -> None:
     cascade = yaml.safe_load(MANIFEST.read_text())
     traffic = subset(load_dataset("tweets:train"), args.traffic, 0)
     held = subset(load_dataset("tweets:test"), args.held_out, 0)
-    (out / "held-out.jsonl").write_text("".join(json.dumps({"id": e.id, "input": e.input, "label": e.label}) + "\n"
-                                                for e in held.examples))  # fmt: skip
+    (out / "held-out.jsonl").write_text(
+        "".join(json.dumps({"id": e.id, "input": e.input, "label": e.label}) + "\n" for e in held.examples)
+    )
     log = out / "log"
     if not log.exists():
         traffic_stats = send_traffic([{"input": e.input} for e in traffic.examples], log, cascade)
         (out / "traffic.json").write_text(json.dumps(traffic_stats, indent=1))
     student = out / "student"
-    kascade("distill", "--student", str(REPO / cascade["spec"]["tiers"][0]["model"]["uri"]), "--data", str(log),
-            "--out", str(student), "--no-lora", "--steps", str(args.steps), "--batch-size", "16",
-            "--learning-rate", "5e-5", "--temperature", "2", "--alpha", "0.5", "--max-length", "128",
-            "--eval-every", "100", "--held-out", "0.1")  # fmt: skip
+    kascade(
+        "distill",
+        "--student",
+        str(REPO / cascade["spec"]["tiers"][0]["model"]["uri"]),
+        "--data",
+        str(log),
+        "--out",
+        str(student),
+        "--no-lora",
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        "16",
+        "--learning-rate",
+        "5e-5",
+        "--temperature",
+        "2",
+        "--alpha",
+        "0.5",
+        "--max-length",
+        "128",
+        "--eval-every",
+        "100",
+        "--held-out",
+        "0.1",
+    )
     after = json.loads(json.dumps(cascade))
     after["metadata"]["name"] = "tweets-encoders-distilled"
     after["spec"]["tiers"][0]["model"]["uri"] = str(student.relative_to(REPO))
     (out / "after.yaml").write_text(yaml.safe_dump(after, sort_keys=False))
     for name, manifest in (("before", MANIFEST), ("after", out / "after.yaml")):
-        kascade("eval", "-f", str(manifest), "--data", str(out / "held-out.jsonl"), "--goal", GOAL,
-                "--span", "all", "--answers", str(out / "answers"), "--out", str(out / name), "--batch-size", "32")  # fmt: skip
+        kascade(
+            "eval",
+            "-f",
+            str(manifest),
+            "--data",
+            str(out / "held-out.jsonl"),
+            "--goal",
+            GOAL,
+            "--span",
+            "all",
+            "--answers",
+            str(out / "answers"),
+            "--out",
+            str(out / name),
+            "--batch-size",
+            "32",
+        )
     summarize(out)
 
 
@@ -115,17 +165,28 @@ def summarize(out: Path, method_name: str = "maxProb", goal: str = GOAL) -> None
     for name in ("before", "after"):
         report = json.loads((out / name / "report.json").read_text())
         method = next(m for m in report["methods"] if m["method"].startswith(method_name))
-        rows[name] = {"alone_accuracy": report["small_tier"].get("accuracy"), "agreement": report["agreement_of_tiers"],
-                      "bound_kept": method["held_out"]["bound"]["small_share_median"],
-                      "bound_range": (method["held_out"]["bound"]["small_share_min"], method["held_out"]["bound"]["small_share_max"]),
-                      "goal_met": method["held_out"]["bound"]["met_share"], "auroc": method["auroc"]}  # fmt: skip
-    print("| cascade | small tier alone: accuracy | agreement with the last tier | kept at the goal (bound), median (min–max) | "
-          "escalated | goal held | AUROC |")
+        rows[name] = {
+            "alone_accuracy": report["small_tier"].get("accuracy"),
+            "agreement": report["agreement_of_tiers"],
+            "bound_kept": method["held_out"]["bound"]["small_share_median"],
+            "bound_range": (
+                method["held_out"]["bound"]["small_share_min"],
+                method["held_out"]["bound"]["small_share_max"],
+            ),
+            "goal_met": method["held_out"]["bound"]["met_share"],
+            "auroc": method["auroc"],
+        }
+    print(
+        "| cascade | small tier alone: accuracy | agreement with the last tier | kept at the goal (bound), median (min–max) | "
+        "escalated | goal held | AUROC |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
-        print(f"| {name} | {row['alone_accuracy']} | {row['agreement']:.3f} | {row['bound_kept']:.1%} "
-              f"({row['bound_range'][0]:.1%}–{row['bound_range'][1]:.1%}) | {1 - row['bound_kept']:.1%} | "
-              f"{row['goal_met']:.0%} | {row['auroc']:.3f} |")
+        print(
+            f"| {name} | {row['alone_accuracy']} | {row['agreement']:.3f} | {row['bound_kept']:.1%} "
+            f"({row['bound_range'][0]:.1%}–{row['bound_range'][1]:.1%}) | {1 - row['bound_kept']:.1%} | "
+            f"{row['goal_met']:.0%} | {row['auroc']:.3f} |"
+        )
     fewer = 1 - (1 - rows["after"]["bound_kept"]) / (1 - rows["before"]["bound_kept"])
     print(f"\nescalations at {goal} (95% confidence), {method_name}: {fewer:.1%} fewer after one turn (target ≥ 25%)")
     (out / "summary.json").write_text(json.dumps({"rows": rows, "fewer_escalations": fewer}, indent=1))

@@ -56,18 +56,59 @@ def main() -> None:
         stats = send_traffic(bodies, log, cascade, path="/v1/chat/completions", concurrency=2)
         (out / "traffic.json").write_text(json.dumps({**stats, "questions": len(traffic)}, indent=1))
     student = out / "student"
-    kascade("distill", "--student", cascade["spec"]["tiers"][0]["model"]["uri"], "--data", str(log),
-            "--out", str(student), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-            "--learning-rate", args.learning_rate,
-            "--temperature", "1", "--alpha", "0.5", "--max-length", "256", "--max-new-tokens", "24",
-            "--eval-every", str(args.steps), "--eval-generate", "16", "--match", "number", "--held-out", "0.1")  # fmt: skip
+    kascade(
+        "distill",
+        "--student",
+        cascade["spec"]["tiers"][0]["model"]["uri"],
+        "--data",
+        str(log),
+        "--out",
+        str(student),
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--learning-rate",
+        args.learning_rate,
+        "--temperature",
+        "1",
+        "--alpha",
+        "0.5",
+        "--max-length",
+        "256",
+        "--max-new-tokens",
+        "24",
+        "--eval-every",
+        str(args.steps),
+        "--eval-generate",
+        "16",
+        "--match",
+        "number",
+        "--held-out",
+        "0.1",
+    )
     after = json.loads(json.dumps(cascade))
     after["metadata"]["name"] = "qwen-coder-pair-distilled"
     after["spec"]["tiers"][0]["model"]["uri"] = str(student.relative_to(REPO))
     (out / "after.yaml").write_text(yaml.safe_dump(after, sort_keys=False))
     for name, manifest in (("before", MANIFEST), ("after", out / "after.yaml")):
-        kascade("eval", "-f", str(manifest), "--data", "math", "--goal", args.goal, "--batch-size", "16", "--span", "all",
-                "--answers", str(args.answers), "--out", str(out / name))  # fmt: skip
+        kascade(
+            "eval",
+            "-f",
+            str(manifest),
+            "--data",
+            "math",
+            "--goal",
+            args.goal,
+            "--batch-size",
+            "16",
+            "--span",
+            "all",
+            "--answers",
+            str(args.answers),
+            "--out",
+            str(out / name),
+        )
     summarize(out, method_name="quantile", goal=args.goal)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 import yaml
+
 from kascade.runtime.serving import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,22 +94,30 @@ class Result:
             ("until all reconciled (observedGeneration set)", f"{self.first_reconciled_s:.1f} s"),
             ("until all Ready (children ready, status written)", f"{self.all_ready_s:.1f} s"),
             (
-                (f"requests per cascade until all reconciled ({self.first_reconciles / self.cascades:.1f} "
-                 "reconciles each, kopf's requests included)"),
+                (
+                    f"requests per cascade until all reconciled ({self.first_reconciles / self.cascades:.1f} "
+                    "reconciles each, kopf's requests included)"
+                ),
                 f"{first_total / self.cascades:.1f} ({first_writes / self.cascades:.1f} writes)",
             ),
-            ("requests per steady-state timer reconcile",
-             f"{steady_total / per:.1f}{'' if self.steady_writes else ' (reads only)'}"),
             (
-                (f"writes in steady state ({self.window_s:g} s window, timer every {self.interval_s:g} s, "
-                 f"{self.steady_reconciles} reconciles)"),
+                "requests per steady-state timer reconcile",
+                f"{steady_total / per:.1f}{'' if self.steady_writes else ' (reads only)'}",
+            ),
+            (
+                (
+                    f"writes in steady state ({self.window_s:g} s window, timer every {self.interval_s:g} s, "
+                    f"{self.steady_reconciles} reconciles)"
+                ),
                 f"{len(self.steady_writes)}",
             ),
-            ("operator RSS: idle / after the load / peak",
-             f"{self.rss_idle_mib:.0f} / {self.rss_loaded_mib:.0f} / {self.rss_peak_mib:.0f} MiB"),
+            (
+                "operator RSS: idle / after the load / peak",
+                f"{self.rss_idle_mib:.0f} / {self.rss_loaded_mib:.0f} / {self.rss_peak_mib:.0f} MiB",
+            ),
             ("operator CPU: first reconciles / steady window", f"{self.cpu_first_s:.1f} s / {self.cpu_steady_s:.1f} s"),
             ("stand-in CPU (this process) until all Ready", f"{self.standin_cpu_first_s:.1f} s"),
-        ]  # fmt: skip
+        ]
 
     def breakdown(self, counter: collections.Counter[str], per: int) -> list[tuple[str, str]]:
         return [(key, f"{n / per:.2f}") for key, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]
@@ -163,27 +172,50 @@ def main(argv: list[str] | None = None) -> int:
 
     result = Result(cascades=args.cascades, interval_s=args.interval, window_s=args.window)
     template = yaml.safe_load(EXAMPLE.read_text())
-    with tempfile.TemporaryDirectory(prefix="kascade-bench-") as tmp, StandinApiServer(
-        crd_paths=[REPO / "crds"], controller_delay=0.5, history_limit=200_000
-    ) as server:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="kascade-bench-") as tmp,
+        StandinApiServer(crd_paths=[REPO / "crds"], controller_delay=0.5, history_limit=200_000) as server,
+    ):
         server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
         server.add_node("gpu-l4", labels={"nvidia.com/gpu.product": "NVIDIA-L4"}, capacity={"nvidia.com/gpu": "8"})
-        server.add_node("gpu-h100", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                        capacity={"nvidia.com/gpu": "8"})  # fmt: skip
+        server.add_node(
+            "gpu-h100", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, capacity={"nvidia.com/gpu": "8"}
+        )
         for name, key in (("hf-token", "token"), ("chat-client-keys", "keys")):
-            server.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NAMESPACE},
-                           "stringData": {key: "x"}})  # fmt: skip
+            server.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": name, "namespace": NAMESPACE},
+                    "stringData": {key: "x"},
+                }
+            )
 
         liveness = free_port()
         log_path = Path(tmp) / "operator.log"
-        env = {**os.environ, "KUBECONFIG": str(server.kubeconfig_path),
-               "KASCADE_RECONCILE_INTERVAL_SECONDS": str(args.interval)}  # fmt: skip
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(server.kubeconfig_path),
+            "KASCADE_RECONCILE_INTERVAL_SECONDS": str(args.interval),
+        }
         with log_path.open("wb") as log:
             operator = subprocess.Popen(
-                [sys.executable, "-m", "kascade", "operator", "--namespace", NAMESPACE, "--standalone",
-                 "--liveness", f"http://127.0.0.1:{liveness}/healthz"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "kascade",
+                    "operator",
+                    "--namespace",
+                    NAMESPACE,
+                    "--standalone",
+                    "--liveness",
+                    f"http://127.0.0.1:{liveness}/healthz",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
         proc = Process(operator.pid)
         try:
 
@@ -252,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 operator.kill()
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"{platform.system()} {platform.release()}")  # fmt: skip
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
     print(f"command: python bench/operator_scale.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     print()
     print(table(result.rows(), ("operator_scale", "value"), args.markdown))
@@ -261,11 +295,21 @@ def main(argv: list[str] | None = None) -> int:
         print("\nwrites in steady state:\n  " + "\n  ".join(result.steady_writes[:20]))
     if args.breakdown:
         print()
-        print(table(result.breakdown(result.first_requests, args.cascades), ("first reconcile: requests", "per cascade"),
-                    args.markdown))  # fmt: skip
+        print(
+            table(
+                result.breakdown(result.first_requests, args.cascades),
+                ("first reconcile: requests", "per cascade"),
+                args.markdown,
+            )
+        )
         print()
-        print(table(result.breakdown(result.steady_requests, max(result.steady_reconciles, 1)),
-                    ("steady-state: requests", "per reconcile"), args.markdown))  # fmt: skip
+        print(
+            table(
+                result.breakdown(result.steady_requests, max(result.steady_reconciles, 1)),
+                ("steady-state: requests", "per reconcile"),
+                args.markdown,
+            )
+        )
     return 0 if not result.steady_writes else 1
 
 

@@ -101,8 +101,12 @@ class Processes:
     def start(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("wb")
         process = subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
         log.close()
         self.started.append((name, process))
@@ -136,8 +140,10 @@ def wait_ready(processes: Processes, name: str, process: subprocess.Popen[bytes]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{name} exited with status {process.returncode} while starting; its log ends:\n"
-                             f"{processes.log_tail(name)}")
+            raise SystemExit(
+                f"{name} exited with status {process.returncode} while starting; its log ends:\n"
+                f"{processes.log_tail(name)}"
+            )
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2.0).status_code == 200:
                 return
@@ -209,8 +215,17 @@ class WrkLoad:
         return path
 
     def run(self, target: Target, concurrency: int, seconds: float) -> LoadResult:
-        argv = [self.binary, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
-                "-s", str(self._script(target)), target.url]
+        argv = [
+            self.binary,
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(self._script(target)),
+            target.url,
+        ]
         return _parse_result(subprocess.run(argv, check=False, capture_output=True, text=True), "wrk")
 
 
@@ -221,16 +236,30 @@ class PythonLoad:
     version = f"asyncio HTTP/1.1 client (Python {platform.python_version()})"
 
     def run(self, target: Target, concurrency: int, seconds: float) -> LoadResult:
-        argv = [sys.executable, __file__, "_load", "--url", target.url, "--body", json.dumps(target.body),
-                "--headers", json.dumps(target.headers), "--concurrency", str(concurrency),
-                "--seconds", str(seconds)]
-        return _parse_result(subprocess.run(argv, check=False, capture_output=True, text=True), "the Python load generator")
+        argv = [
+            sys.executable,
+            __file__,
+            "_load",
+            "--url",
+            target.url,
+            "--body",
+            json.dumps(target.body),
+            "--headers",
+            json.dumps(target.headers),
+            "--concurrency",
+            str(concurrency),
+            "--seconds",
+            str(seconds),
+        ]
+        return _parse_result(
+            subprocess.run(argv, check=False, capture_output=True, text=True), "the Python load generator"
+        )
 
 
 def _parse_result(done: subprocess.CompletedProcess[str], what: str) -> LoadResult:
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_MARK):
-            raw = json.loads(line[len(RESULT_MARK):])
+            raw = json.loads(line[len(RESULT_MARK) :])
             return LoadResult(
                 ok=raw["requests"] - raw["status_errors"],
                 errors=raw["status_errors"] + raw["socket_errors"],
@@ -248,8 +277,10 @@ def run_python_load(url: str, body: bytes, headers: dict[str, str], concurrency:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     head = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
-    request = (f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-               f"{head}Content-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"{head}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     latencies: list[float] = []
     counts = {"status_errors": 0, "socket_errors": 0}
 
@@ -289,8 +320,18 @@ def run_python_load(url: str, body: bytes, headers: dict[str, str], concurrency:
     def percentile_us(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
 
-    print(RESULT_MARK + json.dumps({"requests": len(latencies), "seconds": elapsed, **counts,
-                                    "p50_us": percentile_us(0.50), "p99_us": percentile_us(0.99)}))
+    print(
+        RESULT_MARK
+        + json.dumps(
+            {
+                "requests": len(latencies),
+                "seconds": elapsed,
+                **counts,
+                "p50_us": percentile_us(0.50),
+                "p99_us": percentile_us(0.99),
+            }
+        )
+    )
 
 
 # -- the servers -------------------------------------------------------------------------
@@ -299,35 +340,44 @@ def run_python_load(url: str, body: bytes, headers: dict[str, str], concurrency:
 def run_upstream(port: int) -> None:
     """The `_upstream` subcommand: the fixed-answer server, alone in its process."""
     import uvicorn
+
     from kascade.testing.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
 
-    uvicorn.run(create_fixed_upstream_app(FixedBehaviour()), host="127.0.0.1", port=port,
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        create_fixed_upstream_app(FixedBehaviour()), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
 
 
-def write_router_config(path: Path, upstream: str, *, threshold: float = 0.5, log_dir: Path | None = None,
-                        shadow_rate: float | None = None) -> None:
+def write_router_config(
+    path: Path, upstream: str, *, threshold: float = 0.5, log_dir: Path | None = None, shadow_rate: float | None = None
+) -> None:
     """Two tiers on the one upstream; its tokens have p=0.9, so tier 0 accepts at threshold 0.5, escalates at 0.95.
 
     `log_dir`: keep every escalation in an escalation log there (the large tier names its tokens by id).
     `shadow_rate`: online calibration's shadow sampling at that rate (accepted answers also asked of the large tier).
     """
     import yaml
-    from kascade.api.modelcascade import Accept
+
     from kascade.api.loop import AgreementMatcher
+    from kascade.api.modelcascade import Accept
     from kascade.runtime.config import EscalationLogConfig, RouterConfig, ShadowSamplingConfig, TierConfig
 
     config = RouterConfig(
         cascade=CASCADE_NAME,
         tiers=[
-            TierConfig(name="small", served_model="small-model", url=f"{upstream}/v1",
-                       accept=Accept(method="geometricMean", threshold=threshold)),
+            TierConfig(
+                name="small",
+                served_model="small-model",
+                url=f"{upstream}/v1",
+                accept=Accept(method="geometricMean", threshold=threshold),
+            ),
             TierConfig(name="large", served_model="large-model", url=f"{upstream}/v1", returns_token_ids=True),
         ],
         api_keys_env="KASCADE_BENCH_CLIENT_KEYS",
         escalation_log=EscalationLogConfig(uri=str(log_dir), flush_seconds=5) if log_dir is not None else None,
-        shadow_sampling=(ShadowSamplingConfig(rate=shadow_rate, matcher=AgreementMatcher.exact)
-                         if shadow_rate is not None else None),
+        shadow_sampling=(
+            ShadowSamplingConfig(rate=shadow_rate, matcher=AgreementMatcher.exact) if shadow_rate is not None else None
+        ),
     )
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True)))
     RouterConfig.from_yaml(path)  # what `kascade route` will read must load
@@ -337,13 +387,19 @@ def write_litellm_config(path: Path, upstream: str) -> None:
     import yaml
 
     def model(name: str, served: str) -> dict[str, Any]:
-        return {"model_name": name,
-                "litellm_params": {"model": f"openai/{served}", "api_base": f"{upstream}/v1", "api_key": "none"}}
+        return {
+            "model_name": name,
+            "litellm_params": {"model": f"openai/{served}", "api_base": f"{upstream}/v1", "api_key": "none"},
+        }
 
-    path.write_text(yaml.safe_dump({
-        "model_list": [model("small", "small-model"), model("large", "large-model")],
-        "router_settings": {"fallbacks": [{"small": ["large"]}]},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model_list": [model("small", "small-model"), model("large", "large-model")],
+                "router_settings": {"fallbacks": [{"small": ["large"]}]},
+            }
+        )
+    )
 
 
 def start_router(processes: Processes, name: str, python: str, config: Path) -> Target:
@@ -357,20 +413,34 @@ def start_router(processes: Processes, name: str, python: str, config: Path) -> 
         env={"KASCADE_BENCH_CLIENT_KEYS": CLIENT_KEY},
     )
     wait_ready(processes, name, router, f"http://127.0.0.1:{port}/readyz", 60)
-    return Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", {"model": CASCADE_NAME, "messages": MESSAGES},
-                  {"Authorization": f"Bearer {CLIENT_KEY}"}, pid=router.pid)
+    return Target(
+        name,
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        {"model": CASCADE_NAME, "messages": MESSAGES},
+        {"Authorization": f"Bearer {CLIENT_KEY}"},
+        pid=router.pid,
+    )
 
 
-def start_targets(processes: Processes, work: Path, litellm: str | None, baseline_python: str | None,
-                  escalation_log: bool = False, shadow_rate: float | None = None) -> list[Target]:
+def start_targets(
+    processes: Processes,
+    work: Path,
+    litellm: str | None,
+    baseline_python: str | None,
+    escalation_log: bool = False,
+    shadow_rate: float | None = None,
+) -> list[Target]:
     from kascade.runtime.serving import free_port
 
     upstream_port = free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     up = processes.start("upstream", [sys.executable, __file__, "_upstream", "--port", str(upstream_port)])
     wait_ready(processes, "upstream", up, f"{upstream}/health", 60)
-    targets = [Target("direct", f"{upstream}/v1/chat/completions", {"model": "small-model", "messages": MESSAGES},
-                      {}, pid=up.pid)]
+    targets = [
+        Target(
+            "direct", f"{upstream}/v1/chat/completions", {"model": "small-model", "messages": MESSAGES}, {}, pid=up.pid
+        )
+    ]
 
     write_router_config(work / "router.yaml", upstream)
     targets.append(start_router(processes, "kascade", sys.executable, work / "router.yaml"))
@@ -390,16 +460,31 @@ def start_targets(processes: Processes, work: Path, litellm: str | None, baselin
         write_litellm_config(work / "litellm.yaml", upstream)
         proxy = processes.start(
             "litellm",
-            [litellm, "--config", str(work / "litellm.yaml"), "--port", str(litellm_port),
-             "--host", "127.0.0.1", "--num_workers", "1"],
+            [
+                litellm,
+                "--config",
+                str(work / "litellm.yaml"),
+                "--port",
+                str(litellm_port),
+                "--host",
+                "127.0.0.1",
+                "--num_workers",
+                "1",
+            ],
             # LITELLM_LOG=ERROR is LiteLLM's production advice (no access log, as the router has none);
             # the local cost map keeps it from fetching one over the network at start.
             env={"LITELLM_MASTER_KEY": CLIENT_KEY, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
         )
         wait_ready(processes, "litellm", proxy, f"http://127.0.0.1:{litellm_port}/health/liveliness", 180)
-        targets.append(Target("litellm", f"http://127.0.0.1:{litellm_port}/v1/chat/completions",
-                              {"model": "small", "messages": MESSAGES},
-                              {"Authorization": f"Bearer {CLIENT_KEY}"}, pid=proxy.pid))
+        targets.append(
+            Target(
+                "litellm",
+                f"http://127.0.0.1:{litellm_port}/v1/chat/completions",
+                {"model": "small", "messages": MESSAGES},
+                {"Authorization": f"Bearer {CLIENT_KEY}"},
+                pid=proxy.pid,
+            )
+        )
     return targets
 
 
@@ -423,10 +508,15 @@ def check_answers(target: Target) -> str:
         tier, escalated = response.headers.get("x-kascade-tier"), response.headers.get("x-kascade-escalated")
         expected = ("large", "true") if target.name.startswith("kascade-escalating") else ("small", "false")
         if (tier, escalated) != expected:
-            problems.append(f"x-kascade-tier={tier!r} x-kascade-escalated={escalated!r}; tier {expected[0]!r} should answer")
+            problems.append(
+                f"x-kascade-tier={tier!r} x-kascade-escalated={escalated!r}; tier {expected[0]!r} should answer"
+            )
         seen += f", x-kascade-tier={tier}"
     if target.name == "litellm":
-        group, fallbacks = response.headers.get("x-litellm-model-group"), response.headers.get("x-litellm-attempted-fallbacks")
+        group, fallbacks = (
+            response.headers.get("x-litellm-model-group"),
+            response.headers.get("x-litellm-attempted-fallbacks"),
+        )
         if group not in (None, "small") or fallbacks not in (None, "0"):
             problems.append(f"x-litellm-model-group={group!r} attempted-fallbacks={fallbacks!r}; 'small' should answer")
         seen += f", model group {group}"
@@ -439,8 +529,14 @@ def check_answers(target: Target) -> str:
 # -- measuring ---------------------------------------------------------------------------
 
 
-def measure(load: WrkLoad | PythonLoad, target: Target, upstream_pid: int | None, concurrency: int,
-            seconds: float, started_pids: Sequence[int]) -> LoadResult:
+def measure(
+    load: WrkLoad | PythonLoad,
+    target: Target,
+    upstream_pid: int | None,
+    concurrency: int,
+    seconds: float,
+    started_pids: Sequence[int],
+) -> LoadResult:
     """One load run, with the CPU each process spent on it."""
     before = [process_cpu_seconds(pid) for pid in started_pids]
     front_before, up_before = process_cpu_seconds(target.pid), process_cpu_seconds(upstream_pid)
@@ -460,14 +556,18 @@ def measure(load: WrkLoad | PythonLoad, target: Target, upstream_pid: int | None
         ours = sum(a - b for a, b in zip(after, before, strict=True)) + (load_after - load_before)  # type: ignore[operator]
         background = max(0.0, (machine_after - machine_before - ours) / result.seconds)
     return LoadResult(
-        **{**asdict(result), "front_cpu_ms_per_request": per_request(front_before, front_after),
-           "upstream_cpu_ms_per_request": None if target.pid == upstream_pid else per_request(up_before, up_after),
-           "background_cores": background},
+        **{
+            **asdict(result),
+            "front_cpu_ms_per_request": per_request(front_before, front_after),
+            "upstream_cpu_ms_per_request": None if target.pid == upstream_pid else per_request(up_before, up_after),
+            "background_cores": background,
+        },
     )
 
 
-def run_rounds(load: WrkLoad | PythonLoad, targets: list[Target], args: argparse.Namespace,
-               started_pids: Sequence[int]) -> None:
+def run_rounds(
+    load: WrkLoad | PythonLoad, targets: list[Target], args: argparse.Namespace, started_pids: Sequence[int]
+) -> None:
     upstream_pid = targets[0].pid
     say(f"warming up each target for {args.warmup:g} s (concurrency 8, then 1)")
     for target in targets:
@@ -479,13 +579,17 @@ def run_rounds(load: WrkLoad | PythonLoad, targets: list[Target], args: argparse
         for target in targets[shift:] + targets[:shift]:
             latency = measure(load, target, upstream_pid, 1, args.latency_duration, started_pids)
             target.latency.append(latency)
-            say(f"round {round_index + 1}/{args.rounds} {target.name:8} sequential: p50 {latency.p50_ms:.2f} ms, "
-                f"p99 {latency.p99_ms:.2f} ms")
+            say(
+                f"round {round_index + 1}/{args.rounds} {target.name:8} sequential: p50 {latency.p50_ms:.2f} ms, "
+                f"p99 {latency.p99_ms:.2f} ms"
+            )
             for concurrency in args.concurrency:
                 result = measure(load, target, upstream_pid, concurrency, args.duration, started_pids)
                 target.throughput.setdefault(concurrency, []).append(result)
-                say(f"round {round_index + 1}/{args.rounds} {target.name:8} concurrency {concurrency:3}: "
-                    f"{result.rps:8.1f} req/s, {result.errors} errors")
+                say(
+                    f"round {round_index + 1}/{args.rounds} {target.name:8} concurrency {concurrency:3}: "
+                    f"{result.rps:8.1f} req/s, {result.errors} errors"
+                )
 
 
 # -- the report --------------------------------------------------------------------------
@@ -524,7 +628,9 @@ def summarize(targets: list[Target]) -> dict[str, Any]:
         row: dict[str, Any] = {
             "p50_ms": Spread.of([r.p50_ms for r in target.latency]),
             "p99_ms": Spread.of([r.p99_ms for r in target.latency]),
-            "best_rps": rps, "best_concurrency": concurrency, "errors": errors,
+            "best_rps": rps,
+            "best_concurrency": concurrency,
+            "errors": errors,
             "front_cpu_ms": _median_of([r.front_cpu_ms_per_request for r in best]),
             "upstream_cpu_ms": _median_of([r.upstream_cpu_ms_per_request for r in best]),
             "rps_by_concurrency": {c: Spread.of([r.rps for r in results]) for c, results in target.throughput.items()},
@@ -545,25 +651,39 @@ def _median_of(values: Sequence[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def report_rows(targets: list[Target], summary: dict[str, Any],
-                concurrencies: Sequence[int]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+def report_rows(
+    targets: list[Target], summary: dict[str, Any], concurrencies: Sequence[int]
+) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     """The two tables as strings: the summary, and the throughput at every concurrency."""
-    header = ["target", "answers", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "best req/s (at c)",
-              "errors", "CPU ms/req", "req/s ÷ LiteLLM's"]
+    header = [
+        "target",
+        "answers",
+        "p50 ms",
+        "p99 ms",
+        "added p50 ms",
+        "added p99 ms",
+        "best req/s (at c)",
+        "errors",
+        "CPU ms/req",
+        "req/s ÷ LiteLLM's",
+    ]
     rows = []
     for target in targets:
         row = summary[target.name]
-        rows.append([
-            target.name,
-            "; ".join(dict.fromkeys(target.checks)),
-            row["p50_ms"].show(2), row["p99_ms"].show(2),
-            row["added_p50_ms"].show(2) if "added_p50_ms" in row else "—",
-            row["added_p99_ms"].show(2) if "added_p99_ms" in row else "—",
-            f"{row['best_rps'].show(0)} (c={row['best_concurrency']})",
-            str(row["errors"]),
-            _cpu_cell(row),
-            f"{row['vs_litellm']:.2f}×" if "vs_litellm" in row else "—",
-        ])
+        rows.append(
+            [
+                target.name,
+                "; ".join(dict.fromkeys(target.checks)),
+                row["p50_ms"].show(2),
+                row["p99_ms"].show(2),
+                row["added_p50_ms"].show(2) if "added_p50_ms" in row else "—",
+                row["added_p99_ms"].show(2) if "added_p99_ms" in row else "—",
+                f"{row['best_rps'].show(0)} (c={row['best_concurrency']})",
+                str(row["errors"]),
+                _cpu_cell(row),
+                f"{row['vs_litellm']:.2f}×" if "vs_litellm" in row else "—",
+            ]
+        )
     by_concurrency_header = ["target", *(f"c={concurrency}" for concurrency in concurrencies)]
     by_concurrency = []
     for target in targets:
@@ -586,30 +706,44 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
     lines = [f"goal p50 added latency <= 1 ms: {verdict} (Kascade adds {added:.2f} ms at p50)"]
     if "vs_litellm" in kascade:
         ratio = kascade["vs_litellm"]
-        lines.append(f"goal >= 3x LiteLLM's throughput: {'met' if ratio >= 3.0 else 'NOT met'} "
-                     f"(Kascade {kascade['best_rps'].median:.0f} req/s, "
-                     f"LiteLLM {summary['litellm']['best_rps'].median:.0f} req/s: {ratio:.2f}×)")
+        lines.append(
+            f"goal >= 3x LiteLLM's throughput: {'met' if ratio >= 3.0 else 'NOT met'} "
+            f"(Kascade {kascade['best_rps'].median:.0f} req/s, "
+            f"LiteLLM {summary['litellm']['best_rps'].median:.0f} req/s: {ratio:.2f}×)"
+        )
     if "kascade-escalating-log" in summary:
         off = summary["kascade-escalating"]["added_p50_ms"].median
         on = summary["kascade-escalating-log"]["added_p50_ms"].median
         ratio = on / off if off > 0 else float("inf")
-        lines.append(f"goal escalation log costs <= 10% more added latency: {'met' if ratio <= 1.10 else 'NOT met'} "
-                     f"(every request escalating: added p50 {off:.2f} ms off, {on:.2f} ms on: {ratio:.2f}×)")
+        lines.append(
+            f"goal escalation log costs <= 10% more added latency: {'met' if ratio <= 1.10 else 'NOT met'} "
+            f"(every request escalating: added p50 {off:.2f} ms off, {on:.2f} ms on: {ratio:.2f}×)"
+        )
     if "kascade-shadow" in summary:
         shadow = summary["kascade-shadow"]["added_p50_ms"].median
         ratio = shadow / added if added > 0 else float("inf")
-        lines.append(f"goal shadow sampling costs <= 10% more added latency: {'met' if ratio <= 1.10 else 'NOT met'} "
-                     f"(added p50 {added:.2f} ms without, {shadow:.2f} ms with: {ratio:.2f}×)")
+        lines.append(
+            f"goal shadow sampling costs <= 10% more added latency: {'met' if ratio <= 1.10 else 'NOT met'} "
+            f"(added p50 {added:.2f} ms without, {shadow:.2f} ms with: {ratio:.2f}×)"
+        )
     if "kascade-baseline" in summary:
         baseline = summary["kascade-baseline"]
-        lines.append(f"against kascade-baseline (same run): added p50 {added:.2f} vs "
-                     f"{baseline['added_p50_ms'].median:.2f} ms, best req/s {kascade['best_rps'].median:.0f} vs "
-                     f"{baseline['best_rps'].median:.0f} ({kascade['best_rps'].median / baseline['best_rps'].median:.2f}×)")
+        lines.append(
+            f"against kascade-baseline (same run): added p50 {added:.2f} vs "
+            f"{baseline['added_p50_ms'].median:.2f} ms, best req/s {kascade['best_rps'].median:.0f} vs "
+            f"{baseline['best_rps'].median:.0f} ({kascade['best_rps'].median / baseline['best_rps'].median:.2f}×)"
+        )
     return lines
 
 
-def print_report(targets: list[Target], summary: dict[str, Any], environment: dict[str, str],
-                 concurrencies: Sequence[int], *, markdown: bool) -> None:
+def print_report(
+    targets: list[Target],
+    summary: dict[str, Any],
+    environment: dict[str, str],
+    concurrencies: Sequence[int],
+    *,
+    markdown: bool,
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -627,8 +761,10 @@ def print_report(targets: list[Target], summary: dict[str, Any], environment: di
             print(f"- {line}")
         return
     console = Console(width=None if sys.stdout.isatty() else 200)
-    main = Table(title="Router overhead: non-streaming chat completions, fixed-answer upstream on loopback",
-                 caption="median (min–max) over rounds; added = target minus direct in the same round")
+    main = Table(
+        title="Router overhead: non-streaming chat completions, fixed-answer upstream on loopback",
+        caption="median (min–max) over rounds; added = target minus direct in the same round",
+    )
     for column in header:
         main.add_column(column, justify="left" if column in ("target", "answers") else "right")
     for cells in rows:
@@ -662,28 +798,37 @@ def describe_environment(load: WrkLoad | PythonLoad, targets: list[Target], args
         names = re.findall(r"(?m)^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text())
         cpu = names[0] if names else cpu
     fast = [name for name in ("uvloop", "httptools") if importlib.util.find_spec(name) is not None]
-    background = [r.background_cores for t in targets for rs in t.throughput.values() for r in rs
-                  if r.background_cores is not None]
+    background = [
+        r.background_cores
+        for t in targets
+        for rs in t.throughput.values()
+        for r in rs
+        if r.background_cores is not None
+    ]
     environment = {
         "machine": f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}",
         "python": f"{platform.python_version()}; kascade {importlib.metadata.version('kascade')}, "
-                  f"uvicorn {importlib.metadata.version('uvicorn')} with "
-                  f"{', '.join(fast) if fast else 'h11 and asyncio (no uvloop, no httptools)'} "
-                  "for the upstream and the router",
+        f"uvicorn {importlib.metadata.version('uvicorn')} with "
+        f"{', '.join(fast) if fast else 'h11 and asyncio (no uvloop, no httptools)'} "
+        "for the upstream and the router",
         "load generator": f"{load.name}: {load.version}; its own process, one thread, "
-                          "keep-alive connections = concurrency",
+        "keep-alive connections = concurrency",
         "durations": f"{args.rounds} round(s); sequential {args.latency_duration:g} s, each concurrency "
-                     f"{args.duration:g} s, warm-up {args.warmup:g} s per target",
+        f"{args.duration:g} s, warm-up {args.warmup:g} s per target",
         "CPU ms/req": "CPU time of the target's own process per successful request at its best concurrency "
-                      "(for kascade and litellm, plus the upstream's)",
+        "(for kascade and litellm, plus the upstream's)",
     }
     for target in targets:
         if target.name == "litellm":
-            environment["litellm"] = (f"LiteLLM proxy {target.version or 'of unknown version'}, one worker, "
-                                      "LITELLM_LOG=ERROR, master key set, no database")
+            environment["litellm"] = (
+                f"LiteLLM proxy {target.version or 'of unknown version'}, one worker, "
+                "LITELLM_LOG=ERROR, master key set, no database"
+            )
     if background:
-        environment["other load"] = (f"processes this bench did not start used {statistics.mean(background):.2f} "
-                                     f"cores on average (max {max(background):.2f}) during the throughput runs")
+        environment["other load"] = (
+            f"processes this bench did not start used {statistics.mean(background):.2f} "
+            f"cores on average (max {max(background):.2f}) during the throughput runs"
+        )
     return environment
 
 
@@ -695,27 +840,48 @@ def say(message: str) -> None:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="short run: 1 round, 3 s per measurement, concurrency 1,8,32 (about 1 minute)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short run: 1 round, 3 s per measurement, concurrency 1,8,32 (about 1 minute)",
+    )
     parser.add_argument("--rounds", type=int, help="rounds of every measurement (default 3)")
     parser.add_argument("--duration", type=float, help="seconds of each throughput run (default 10)")
     parser.add_argument("--latency-duration", type=float, help="seconds of each sequential run (default 10)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per target (default 5)")
     parser.add_argument("--concurrency", help="comma-separated in-flight request counts (default 1,8,32,64)")
-    parser.add_argument("--litellm", default=os.environ.get("KASCADE_BENCH_LITELLM") or shutil.which("litellm"),
-                        help="the litellm CLI (default: $KASCADE_BENCH_LITELLM, else litellm on PATH)")
-    parser.add_argument("--kascade-baseline", metavar="PYTHON",
-                        help="also measure `PYTHON -m kascade route` (another checkout's environment, e.g. the "
-                             "last release) as target kascade-baseline, to compare two versions in one run")
+    parser.add_argument(
+        "--litellm",
+        default=os.environ.get("KASCADE_BENCH_LITELLM") or shutil.which("litellm"),
+        help="the litellm CLI (default: $KASCADE_BENCH_LITELLM, else litellm on PATH)",
+    )
+    parser.add_argument(
+        "--kascade-baseline",
+        metavar="PYTHON",
+        help="also measure `PYTHON -m kascade route` (another checkout's environment, e.g. the "
+        "last release) as target kascade-baseline, to compare two versions in one run",
+    )
     parser.add_argument("--skip-litellm", action="store_true", help="measure direct and kascade only")
-    parser.add_argument("--escalation-log", action="store_true",
-                        help="also measure a router whose every request escalates, with its escalation log off and on")
-    parser.add_argument("--shadow-sampling", type=float, metavar="RATE",
-                        help="also measure the router with online calibration's shadow sampling at RATE (e.g. 0.05)")
-    parser.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto",
-                        help="auto: wrk when it is on PATH, else the Python one")
+    parser.add_argument(
+        "--escalation-log",
+        action="store_true",
+        help="also measure a router whose every request escalates, with its escalation log off and on",
+    )
+    parser.add_argument(
+        "--shadow-sampling",
+        type=float,
+        metavar="RATE",
+        help="also measure the router with online calibration's shadow sampling at RATE (e.g. 0.05)",
+    )
+    parser.add_argument(
+        "--load-generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="auto: wrk when it is on PATH, else the Python one",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs/)")
     parser.add_argument("--json", type=Path, help="also write every raw measurement to this file")
     args = parser.parse_args(argv)
@@ -733,8 +899,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.skip_litellm:
         args.litellm = None
     elif not args.litellm:
-        parser.error("no litellm CLI found: install 'litellm[proxy]' (bench/README.md says how) and put it on PATH, "
-                     "pass --litellm PATH, or run with --skip-litellm")
+        parser.error(
+            "no litellm CLI found: install 'litellm[proxy]' (bench/README.md says how) and put it on PATH, "
+            "pass --litellm PATH, or run with --skip-litellm"
+        )
     return args
 
 
@@ -750,6 +918,7 @@ def choose_load(kind: str, work: Path) -> WrkLoad | PythonLoad:
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into SystemExit so that the servers are stopped on the way out."""
+
     def leave(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
 
@@ -769,8 +938,13 @@ def main(argv: Sequence[str]) -> int:
         for name in ("--url", "--body", "--headers", "--concurrency", "--seconds"):
             entry.add_argument(name, required=True)
         load_args = entry.parse_args(argv[1:])
-        run_python_load(load_args.url, load_args.body.encode(), json.loads(load_args.headers),
-                        int(load_args.concurrency), float(load_args.seconds))
+        run_python_load(
+            load_args.url,
+            load_args.body.encode(),
+            json.loads(load_args.headers),
+            int(load_args.concurrency),
+            float(load_args.seconds),
+        )
         return 0
 
     args = parse_args(argv)
@@ -778,9 +952,12 @@ def main(argv: Sequence[str]) -> int:
         work = Path(work_dir)
         processes = Processes(work)
         try:
-            say("starting the upstream, the Kascade router" + ("" if args.litellm is None else " and the LiteLLM proxy"))
-            targets = start_targets(processes, work, args.litellm, args.kascade_baseline, args.escalation_log,
-                                    args.shadow_sampling)
+            say(
+                "starting the upstream, the Kascade router" + ("" if args.litellm is None else " and the LiteLLM proxy")
+            )
+            targets = start_targets(
+                processes, work, args.litellm, args.kascade_baseline, args.escalation_log, args.shadow_sampling
+            )
             load = choose_load(args.load_generator, work)
             for target in targets:
                 target.checks.append(check_answers(target))
@@ -794,12 +971,21 @@ def main(argv: Sequence[str]) -> int:
     summary = summarize(targets)
     print_report(targets, summary, environment, args.concurrency, markdown=args.markdown)
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "environment": environment,
-            "targets": {t.name: {"latency": [asdict(r) for r in t.latency],
-                                 "throughput": {c: [asdict(r) for r in rs] for c, rs in t.throughput.items()}}
-                        for t in targets},
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "environment": environment,
+                    "targets": {
+                        t.name: {
+                            "latency": [asdict(r) for r in t.latency],
+                            "throughput": {c: [asdict(r) for r in rs] for c, rs in t.throughput.items()},
+                        }
+                        for t in targets
+                    },
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -17,8 +17,8 @@ import statistics
 import time
 
 from kascade.api.modelcascade import Accept, ScoreFeature
-from kascade.runtime.scoring.confidence import score
 from kascade.runtime.engines.base import Endpoint
+from kascade.runtime.scoring.confidence import score
 
 
 def response(tokens: int, seed: int = 0) -> tuple[dict, dict]:
@@ -31,8 +31,10 @@ def response(tokens: int, seed: int = 0) -> tuple[dict, dict]:
         top = [{"token": rng.choice(words), "logprob": math.log(p / total)} for p in probs]
         content.append({"token": top[0]["token"], "logprob": top[0]["logprob"], "top_logprobs": top})
     text = "".join(entry["token"] for entry in content)
-    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": {"content": content}}],
-            "usage": {"prompt_tokens": 120, "completion_tokens": tokens}}  # fmt: skip
+    body = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": {"content": content}}],
+        "usage": {"prompt_tokens": 120, "completion_tokens": tokens},
+    }
     request = {"messages": [{"role": "user", "content": "def f(x):\n    '''Add one to x.'''\n" * 4}]}
     return body, request
 

@@ -40,8 +40,12 @@ def main() -> None:
     settings = GenerationSettings(max_tokens=dataset.max_tokens, stop=dataset.stop)
     from kascade.runtime.models.files import resolve_model_uri
 
-    cache = AnswerFile(args.answers, tier.served_name, model_identity(tier, resolve_model_uri(tier.model.uri)),
-                       {"task": cascade.spec.task.value} | settings.as_dict())  # fmt: skip
+    cache = AnswerFile(
+        args.answers,
+        tier.served_name,
+        model_identity(tier, resolve_model_uri(tier.model.uri)),
+        {"task": cascade.spec.task.value} | settings.as_dict(),
+    )
     pairs = [(e, cache.get(e)) for e in dataset.examples if cache.get(e) is not None]
     examples, answers = [p[0] for p in pairs], [p[1] for p in pairs]
     correct = [bool(c) for c in Matcher(dataset.kind).correct(examples, answers)]
@@ -50,8 +54,11 @@ def main() -> None:
     for method in [*FIXED_TOKEN_METHODS, ConfidenceMethod.learned]:
         row = f"{method.value:<16}"
         for span in ScoredSpan:
-            scores = _learned(examples, answers, correct, span) if method is ConfidenceMethod.learned else \
-                score_answers(ScoreMethod(method, span=span), examples, answers)  # fmt: skip
+            scores = (
+                _learned(examples, answers, correct, span)
+                if method is ConfidenceMethod.learned
+                else score_answers(ScoreMethod(method, span=span), examples, answers)
+            )
             value = auroc([Judged(s, c, c, None, 0, 0) for s, c in zip(scores, correct)])
             row += f"{value:>16.3f}" if value is not None else f"{'–':>16}"
         print(row)
@@ -64,7 +71,9 @@ def _learned(examples, answers, correct, span, folds: int = 5):  # type: ignore[
     for fold in range(folds):
         test = sorted(order[fold::folds])
         train = [i for i in order if i not in set(test)]
-        fitted = fit_learned([examples[i] for i in train], [answers[i] for i in train], [correct[i] for i in train], span=span)
+        fitted = fit_learned(
+            [examples[i] for i in train], [answers[i] for i in train], [correct[i] for i in train], span=span
+        )
         for i, value in zip(test, score_answers(fitted, [examples[i] for i in test], [answers[i] for i in test])):
             scores[i] = value
     return scores

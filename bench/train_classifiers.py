@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 
 import torch
-from kascade.evaluation.datasets import load_dataset
-from kascade.evaluation.encoders import MINILM, MPNET, encoder_folder
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from kascade.evaluation.datasets import load_dataset
+from kascade.evaluation.encoders import MINILM, MPNET, encoder_folder
 
 TRAIN_SIZE = {"bbc": 2000, "spam": 2000, "tweets": 2000}  # the train part's size caps bbc (~1,445)
 
@@ -40,8 +41,13 @@ def features(model, tokenizer, texts: list[str], batch: int = 32) -> torch.Tenso
     rows = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch):
-            encoded = tokenizer(texts[start : start + batch], padding=True, truncation=True, return_tensors="pt",
-                                max_length=tokenizer.model_max_length)  # fmt: skip
+            encoded = tokenizer(
+                texts[start : start + batch],
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
+                max_length=tokenizer.model_max_length,
+            )
             if model.config.model_type == "bert":
                 rows.append(model.bert(**encoded).pooler_output)
             else:
@@ -59,7 +65,10 @@ def train_one(encoder: str, dataset: str, out: Path, seed: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.model_max_length = min(tokenizer.model_max_length, 256)
     model = AutoModelForSequenceClassification.from_pretrained(
-        folder, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}
+        folder,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
     ).eval()
     if model.config.model_type != "bert":
         with torch.no_grad():
@@ -80,8 +89,14 @@ def train_one(encoder: str, dataset: str, out: Path, seed: int) -> dict:
     target = out / f"{dataset}-{encoder}"
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    summary = {"encoder": encoder, "dataset": dataset, "train_examples": len(examples), "labels": labels,
-               "train_accuracy": float(fit.score(x.numpy(), y)), "embed_seconds": round(embed_seconds, 1)}  # fmt: skip
+    summary = {
+        "encoder": encoder,
+        "dataset": dataset,
+        "train_examples": len(examples),
+        "labels": labels,
+        "train_accuracy": float(fit.score(x.numpy(), y)),
+        "embed_seconds": round(embed_seconds, 1),
+    }
     (target / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

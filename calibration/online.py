@@ -64,7 +64,7 @@ def bin_key(tier: str, score: float) -> str:
 def tier_bins(counts: Mapping[str, int], tier: str) -> dict[float, int]:
     """One tier's counts by bin edge, out of a counter map of every tier."""
     prefix = f"{tier}@"
-    return {float(key[len(prefix):]): value for key, value in counts.items() if key.startswith(prefix)}
+    return {float(key[len(prefix) :]): value for key, value in counts.items() if key.startswith(prefix)}
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,10 @@ class Bins:
 
     def minus(self, earlier: Bins) -> Bins:
         """What was counted since `earlier` (counts only grow; a smaller one reads as 0)."""
-        return Bins({e: max(n - earlier.samples.get(e, 0), 0) for e, n in self.samples.items()},
-                    {e: max(n - earlier.agreed.get(e, 0), 0) for e, n in self.agreed.items()})  # fmt: skip
+        return Bins(
+            {e: max(n - earlier.samples.get(e, 0), 0) for e, n in self.samples.items()},
+            {e: max(n - earlier.agreed.get(e, 0), 0) for e, n in self.agreed.items()},
+        )
 
     def outcomes(self) -> list[Outcome]:
         result = []
@@ -148,26 +150,45 @@ def next_threshold(goals: list[Goal], calibration: Calibration, bins: Bins, *, c
     """Where one tier's threshold goes, from the pairs in its window and the threshold in force now."""
     n = bins.total
     if n < calibration.min_samples:
-        return TierDecision(current, False, n, False, "CollectingSamples",
-                            f"{n} of {calibration.min_samples} samples", _measured(bins, current, calibration.confidence))  # fmt: skip
+        return TierDecision(
+            current,
+            False,
+            n,
+            False,
+            "CollectingSamples",
+            f"{n} of {calibration.min_samples} samples",
+            _measured(bins, current, calibration.confidence),
+        )
     grid = [e for e in BIN_EDGES if calibration.min_threshold <= e <= calibration.max_threshold]
     if calibration.max_threshold not in grid:
         grid.append(calibration.max_threshold)
     selection = select_threshold(goals, bins.outcomes(), confidence=calibration.confidence, grid=grid)
     if selection.threshold is None:
         safest = calibration.max_threshold
-        return TierDecision(safest, safest != current, n, False, "GoalNotMet",
-                            f"{selection.reason}; the threshold is held at maxThreshold {safest:g}",
-                            _measured(bins, safest, calibration.confidence))  # fmt: skip
+        return TierDecision(
+            safest,
+            safest != current,
+            n,
+            False,
+            "GoalNotMet",
+            f"{selection.reason}; the threshold is held at maxThreshold {safest:g}",
+            _measured(bins, safest, calibration.confidence),
+        )
     certified = max(selection.threshold, calibration.min_threshold)
     if certified > current or certified < current - calibration.hysteresis:
         threshold = certified
     else:
         threshold = current  # at or above the certified one: the goal holds there too
     met_at = ", ".join(f"{g}" for g in goals)
-    return TierDecision(threshold, threshold != current, n, True, "GoalMet",
-                        f"{met_at} certified at {calibration.confidence:g} confidence for thresholds >= {certified:g} "
-                        f"({n} samples)", _measured(bins, threshold, calibration.confidence))  # fmt: skip
+    return TierDecision(
+        threshold,
+        threshold != current,
+        n,
+        True,
+        "GoalMet",
+        f"{met_at} certified at {calibration.confidence:g} confidence for thresholds >= {certified:g} ({n} samples)",
+        _measured(bins, threshold, calibration.confidence),
+    )
 
 
 def online_goals(calibration: Calibration) -> list[Goal]:
@@ -185,14 +206,21 @@ def _bins_of(counts: BinCounts) -> Bins:
 
 
 def _counts_of(bins: Bins) -> BinCounts:
-    return BinCounts(samples={f"{k:g}": v for k, v in bins.samples.items()},
-                     agreed={f"{k:g}": v for k, v in bins.agreed.items()})  # fmt: skip
+    return BinCounts(
+        samples={f"{k:g}": v for k, v in bins.samples.items()}, agreed={f"{k:g}": v for k, v in bins.agreed.items()}
+    )
 
 
 def calibrate_tiers(
-    calibration: Calibration, declared: Mapping[str, float], figures: CounterFigures | CounterSlot,
-    previous: CalibrationStatus | None, *, now: str, window_samples: int, models: Mapping[str, str] | None = None,
-) -> CalibrationStatus:  # fmt: skip
+    calibration: Calibration,
+    declared: Mapping[str, float],
+    figures: CounterFigures | CounterSlot,
+    previous: CalibrationStatus | None,
+    *,
+    now: str,
+    window_samples: int,
+    models: Mapping[str, str] | None = None,
+) -> CalibrationStatus:
     """One step of online calibration for every scored tier: pure, what the operator and local mode both run.
 
     `declared`: each scored tier's threshold in the spec (the starting point;
@@ -211,17 +239,32 @@ def calibrate_tiers(
             last = TierCalibration(name=name, threshold=spec_threshold, declared=spec_threshold)
         elif model is not None and last.model is not None and last.model != model:
             forgotten = _counts_of(cumulative)
-            last = TierCalibration(name=name, threshold=spec_threshold, declared=spec_threshold,
-                                   window_older=forgotten, window_newer=forgotten)  # fmt: skip
+            last = TierCalibration(
+                name=name,
+                threshold=spec_threshold,
+                declared=spec_threshold,
+                window_older=forgotten,
+                window_newer=forgotten,
+            )
         window = Window(_bins_of(last.window_older), _bins_of(last.window_newer)).slid(cumulative, window_samples)
         decision = next_threshold(goals, calibration, window.recent(cumulative), current=last.threshold)
         measured = asdict(decision.measured) if decision.measured is not None else {}
-        tiers.append(TierCalibration(
-            name=name, threshold=decision.threshold, declared=spec_threshold, model=model, samples=decision.samples,
-            **measured, met=decision.met, reason=decision.reason,
-            message=decision.message, last_moved=now if decision.moved else last.last_moved,
-            window_older=_counts_of(window.older), window_newer=_counts_of(window.newer),
-        ))  # fmt: skip
+        tiers.append(
+            TierCalibration(
+                name=name,
+                threshold=decision.threshold,
+                declared=spec_threshold,
+                model=model,
+                samples=decision.samples,
+                **measured,
+                met=decision.met,
+                reason=decision.reason,
+                message=decision.message,
+                last_moved=now if decision.moved else last.last_moved,
+                window_older=_counts_of(window.older),
+                window_newer=_counts_of(window.newer),
+            )
+        )
     return CalibrationStatus(goal=", ".join(str(g) for g in goals), confidence=calibration.confidence, tiers=tiers)
 
 

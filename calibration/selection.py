@@ -161,9 +161,12 @@ def _test_goal(goal: Goal, counts: _Counts, delta: float, grid: Sequence[float])
 
 
 def select_threshold(
-    goals: Sequence[Goal], outcomes: Sequence[Outcome], *, confidence: float = 0.95,
+    goals: Sequence[Goal],
+    outcomes: Sequence[Outcome],
+    *,
+    confidence: float = 0.95,
     grid: Sequence[float] = THRESHOLD_GRID,
-) -> Selection:  # fmt: skip
+) -> Selection:
     """The threshold that meets every goal with probability >= `confidence`: the boldest one the quality goals
     certify (most requests kept on the small tier), provided the escalation goal certifies it too.
 
@@ -187,9 +190,14 @@ def select_threshold(
         return Selection(min(budget), results, confidence, counts.n, "")  # type: ignore[type-var]
     lowest_for_quality = max(quality)  # type: ignore[type-var]
     if budget and lowest_for_quality > min(budget):  # type: ignore[operator,type-var]
-        return Selection(None, results, confidence, counts.n,
-                         f"the quality goals need threshold >= {lowest_for_quality:.4g}, and the escalation goal "
-                         f"allows at most {min(budget):.4g}: relax one of them")  # type: ignore[type-var]  # fmt: skip
+        return Selection(
+            None,
+            results,
+            confidence,
+            counts.n,
+            f"the quality goals need threshold >= {lowest_for_quality:.4g}, and the escalation goal "
+            f"allows at most {min(budget):.4g}: relax one of them",
+        )  # type: ignore[type-var]
     return Selection(lowest_for_quality, results, confidence, counts.n, "")
 
 

@@ -56,9 +56,7 @@ class EncodedLm:
         return self.signal is not None
 
 
-def encode_lm(
-    tokenizer: Any, example: DistillExample, *, max_length: int, signal: TeacherSignal | None
-) -> EncodedLm:
+def encode_lm(tokenizer: Any, example: DistillExample, *, max_length: int, signal: TeacherSignal | None) -> EncodedLm:
     """Prompt and answer ids; the teacher's ids (token level) when `signal` is given, else the target tokenized."""
     prompt = prompt_ids(tokenizer, example)
     if signal is not None:
@@ -71,8 +69,9 @@ def encode_lm(
     prompt = prompt[-room_for_prompt:]
     answer = answer[: max_length - len(prompt)]
     if signal is not None:
-        signal = TeacherSignal(*(part[: len(answer)] for part in (signal.token_ids, signal.top_ids,
-                                                                   signal.top_logprobs, signal.tail_mass)))  # fmt: skip
+        signal = TeacherSignal(
+            *(part[: len(answer)] for part in (signal.token_ids, signal.top_ids, signal.top_logprobs, signal.tail_mass))
+        )
     return EncodedLm(prompt, answer, signal)
 
 
@@ -137,8 +136,9 @@ def collate_classify(
     tokenizer: Any, examples: Sequence[DistillExample], label_ids: dict[str, int], *, max_length: int
 ) -> ClassifyBatch:
     """The hard label is the reference where there is one, else the teacher's label."""
-    encoded = tokenizer([e.prompt for e in examples], truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt")  # fmt: skip
+    encoded = tokenizer(
+        [e.prompt for e in examples], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
     labels = torch.tensor([label_ids[e.reference or e.target] for e in examples])
     with_probs = [e.class_probs for e in examples]
     probs = torch.tensor(with_probs, dtype=torch.float32) if all(p is not None for p in with_probs) else None

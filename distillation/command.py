@@ -18,9 +18,13 @@ from kascade.runtime.signals import interrupt_on_stop_signals
 
 
 def run_distill_command(
-    settings: DistillSettings, *, resume: bool, console: Console | None = None,
-    report: DistillationReportConfig | None = None, model_uri: str | None = None,
-) -> int:  # fmt: skip
+    settings: DistillSettings,
+    *,
+    resume: bool,
+    console: Console | None = None,
+    report: DistillationReportConfig | None = None,
+    model_uri: str | None = None,
+) -> int:
     """Train and say the result; with `report`, write the run's progress and result into its Distillation.
 
     `model_uri`: the output as a tier's model.uri (reported as status.model); default: the output folder.
@@ -51,7 +55,9 @@ def run_distill_command(
             try:
                 reporter.succeed(provenance, model=model_uri or str(settings.out.resolve()))
             except ReportError as error:
-                console.print(f"[red]error:[/red] {error}; the student is in {settings.out}, its result is not reported")
+                console.print(
+                    f"[red]error:[/red] {error}; the student is in {settings.out}, its result is not reported"
+                )
                 return report_exit_code(error)
     return 0
 
@@ -62,8 +68,13 @@ def report_exit_code(error: ReportError) -> int:
 
 
 def _train(settings: DistillSettings, resume: bool, console: Console, reporter: DistillationReporter | None) -> dict:
-    columns = (TextColumn("distilling"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-               TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("distilling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("steps", total=settings.steps, loss=0.0)
 
@@ -91,14 +102,20 @@ def _say_result(provenance: dict, settings: DistillSettings, console: Console) -
         console.print(f"promotion gate: [green]passed[/green] (agreement {gate['gain']:+.4f}, no slice worse)")
     else:
         console.print("promotion gate: [red]failed[/red]: " + "; ".join(gate["reasons"]))
-    console.print(f"student written to {settings.out} (point a tier's model.uri at it); provenance in "
-                  f"{settings.out / PROVENANCE}; {provenance['train_seconds']} s training, peak {provenance['peak_memory_mib']} MiB")  # fmt: skip
+    console.print(
+        f"student written to {settings.out} (point a tier's model.uri at it); provenance in "
+        f"{settings.out / PROVENANCE}; {provenance['train_seconds']} s training, peak {provenance['peak_memory_mib']} MiB"
+    )
 
 
 def figures_table(provenance: dict) -> Table:
     before, after = provenance["before"], provenance["after"]
-    table = Table("held-out figure", "before", "after", title=f"{provenance['data']['held_out']} held-out examples; "
-                  f"trained at {provenance['data']['levels']}")  # fmt: skip
+    table = Table(
+        "held-out figure",
+        "before",
+        "after",
+        title=f"{provenance['data']['held_out']} held-out examples; trained at {provenance['data']['levels']}",
+    )
     for name in ("answer_agreement", "answer_accuracy", "token_agreement", "loss"):
         if name in before or name in after:
             table.add_row(name, _figure(before.get(name)), _figure(after.get(name)))

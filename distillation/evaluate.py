@@ -51,9 +51,13 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 
 @torch.no_grad()
 def lm_metrics(
-    student: Any, tokenizer: Any, examples: Sequence[DistillExample], encoded: Sequence[EncodedLm],
-    settings: DistillSettings, pad_id: int,
-) -> dict[str, float | int]:  # fmt: skip
+    student: Any,
+    tokenizer: Any,
+    examples: Sequence[DistillExample],
+    encoded: Sequence[EncodedLm],
+    settings: DistillSettings,
+    pad_id: int,
+) -> dict[str, float | int]:
     was_training = student.training
     student.eval()
     agreeing = positions = 0
@@ -66,11 +70,20 @@ def lm_metrics(
         agreeing += int(((logits.argmax(-1) == labels) & keep).sum())
         positions += int(keep.sum())
         losses.append(float(hard_label_loss(logits, labels)))
-    generated = generate_answers(student, tokenizer, [e.prompt for e in encoded[: settings.eval_generate]],
-                                 max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, pad_id=pad_id)  # fmt: skip
+    generated = generate_answers(
+        student,
+        tokenizer,
+        [e.prompt for e in encoded[: settings.eval_generate]],
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        pad_id=pad_id,
+    )
     same = [answers_match(text, e.target, settings.match) for text, e in zip(generated, examples, strict=False)]
-    right = [answers_match(text, e.reference, settings.match) for text, e in zip(generated, examples, strict=False)
-             if e.reference is not None]  # fmt: skip
+    right = [
+        answers_match(text, e.reference, settings.match)
+        for text, e in zip(generated, examples, strict=False)
+        if e.reference is not None
+    ]
     student.train(was_training)
     return {
         "examples": len(examples),
@@ -92,17 +105,25 @@ def generate_answers(
         width = max(len(p) for p in chunk)
         input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=student.device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=student.device)
-        out = student.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
-                               max_new_tokens=max_new_tokens, pad_token_id=pad_id)  # fmt: skip
+        out = student.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+        )
         answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out)
     return answers
 
 
 @torch.no_grad()
 def classify_metrics(
-    student: Any, tokenizer: Any, examples: Sequence[DistillExample], label_ids: dict[str, int],
+    student: Any,
+    tokenizer: Any,
+    examples: Sequence[DistillExample],
+    label_ids: dict[str, int],
     settings: DistillSettings,
-) -> dict[str, float | int]:  # fmt: skip
+) -> dict[str, float | int]:
     was_training = student.training
     student.eval()
     agree = right = labelled = 0

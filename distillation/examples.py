@@ -90,10 +90,16 @@ def example_of_record(record: EscalationRecord) -> DistillExample:
     signal = None
     if record.tokens is not None:
         tokens = record.tokens
-        signal = TeacherSignal(tuple(tokens.token_ids), tuple(map(tuple, tokens.top_ids)),
-                               tuple(map(tuple, tokens.top_logprobs)), tuple(tokens.tail_mass))  # fmt: skip
+        signal = TeacherSignal(
+            tuple(tokens.token_ids),
+            tuple(map(tuple, tokens.top_ids)),
+            tuple(map(tuple, tokens.top_logprobs)),
+            tuple(tokens.tail_mass),
+        )
     probs = tuple(record.class_probs) if record.class_probs is not None else None
-    return DistillExample(id=record.id, kind=kind, prompt=prompt, target=record.answer, signal=signal, class_probs=probs)
+    return DistillExample(
+        id=record.id, kind=kind, prompt=prompt, target=record.answer, signal=signal, class_probs=probs
+    )
 
 
 def examples_of_log(records: Iterable[EscalationRecord]) -> list[DistillExample]:
@@ -109,11 +115,15 @@ def _example_of_line(line: dict[str, Any], number: int, where: str) -> DistillEx
         return DistillExample(id=_line_id(line), kind="classify", prompt=line["input"], target=label, reference=label)
     answer = line.get("answer")
     if not isinstance(answer, str):
-        raise DistillDataError(f"{where}:{number}: a line needs an `answer` (the target) with its `messages` or `prompt`")
+        raise DistillDataError(
+            f"{where}:{number}: a line needs an `answer` (the target) with its `messages` or `prompt`"
+        )
     if isinstance(line.get("messages"), list):
         return DistillExample(id=_line_id(line), kind="chat", prompt=line["messages"], target=answer, reference=answer)
     if isinstance(line.get("prompt"), str):
-        return DistillExample(id=_line_id(line), kind="completion", prompt=line["prompt"], target=answer, reference=answer)
+        return DistillExample(
+            id=_line_id(line), kind="completion", prompt=line["prompt"], target=answer, reference=answer
+        )
     raise DistillDataError(f"{where}:{number}: a line needs `messages` (a list) or `prompt` (a string)")
 
 

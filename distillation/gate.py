@@ -38,12 +38,19 @@ def promotion_gate(before: Mapping[str, Any], after: Mapping[str, Any], settings
     reasons = []
     start, end = before.get("answer_agreement"), after.get("answer_agreement")
     if start is None or end is None or not after.get("answers_generated", after.get("examples", 0)):
-        return {"passed": False, "gain": None, "slices": {}, "reasons": ["no held-out answers to compare"],
-                "settings": asdict(settings)}  # fmt: skip
+        return {
+            "passed": False,
+            "gain": None,
+            "slices": {},
+            "reasons": ["no held-out answers to compare"],
+            "settings": asdict(settings),
+        }
     gain = end - start
     if gain < settings.min_agreement_gain:
-        reasons.append(f"agreement with the teacher gained {gain:+.4f} ({start:.4f} -> {end:.4f}); "
-                       f"the gate needs at least {settings.min_agreement_gain:+.4f}")  # fmt: skip
+        reasons.append(
+            f"agreement with the teacher gained {gain:+.4f} ({start:.4f} -> {end:.4f}); "
+            f"the gate needs at least {settings.min_agreement_gain:+.4f}"
+        )
     slices = {}
     for name, counts in sorted((after.get("slices") or {}).items()):
         was, now = _rate((before.get("slices") or {}).get(name, (0, 0))), _rate(counts)
@@ -51,6 +58,8 @@ def promotion_gate(before: Mapping[str, Any], after: Mapping[str, Any], settings
             continue
         slices[name] = {"examples": counts[1], "before": was, "after": now, "change": now - was}
         if counts[1] >= settings.min_slice_examples and now - was < -settings.slice_tolerance:
-            reasons.append(f"slice {name} ({counts[1]} examples) lost {now - was:+.4f} ({was:.4f} -> {now:.4f}); "
-                           f"the gate allows {-settings.slice_tolerance:+.4f}")  # fmt: skip
+            reasons.append(
+                f"slice {name} ({counts[1]} examples) lost {now - was:+.4f} ({was:.4f} -> {now:.4f}); "
+                f"the gate allows {-settings.slice_tolerance:+.4f}"
+            )
     return {"passed": not reasons, "gain": gain, "slices": slices, "reasons": reasons, "settings": asdict(settings)}

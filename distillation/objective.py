@@ -35,9 +35,15 @@ def lm_loss(student: Any, batch: LmBatch, settings: DistillSettings) -> torch.Te
     if not bool((soft_labels != IGNORE_INDEX).any()):
         return hard
     soft = sparse_divergence(
-        logits, batch.top_ids[:, 1:], batch.top_logprobs[:, 1:], batch.tail[:, 1:], soft_labels,
-        divergence=settings.divergence, beta=settings.beta, temperature=settings.temperature,
-    )  # fmt: skip
+        logits,
+        batch.top_ids[:, 1:],
+        batch.top_logprobs[:, 1:],
+        batch.tail[:, 1:],
+        soft_labels,
+        divergence=settings.divergence,
+        beta=settings.beta,
+        temperature=settings.temperature,
+    )
     return distillation_loss(soft, hard, alpha=settings.alpha, temperature=settings.temperature)
 
 
@@ -47,12 +53,15 @@ def classify_loss(student: Any, batch: ClassifyBatch, settings: DistillSettings)
     if batch.teacher_probs is None:
         return hard
     teacher_logits = batch.teacher_probs.clamp_min(1e-12).log()
-    soft = dense_divergence(logits, teacher_logits, divergence=settings.divergence, beta=settings.beta,
-                            temperature=settings.temperature)  # fmt: skip
+    soft = dense_divergence(
+        logits, teacher_logits, divergence=settings.divergence, beta=settings.beta, temperature=settings.temperature
+    )
     return distillation_loss(soft, hard, alpha=settings.alpha, temperature=settings.temperature)
 
 
-def sample_answers(student: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_tokens: int, seed: int) -> list[EncodedLm]:
+def sample_answers(
+    student: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_tokens: int, seed: int
+) -> list[EncodedLm]:
     """The student's own answers (sampled at T = 1) to left-padded prompts, without teacher signal."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
@@ -62,9 +71,16 @@ def sample_answers(student: Any, tokenizer: Any, prompts: list[list[int]], *, ma
     with torch.no_grad():
         was_training = student.training
         student.eval()
-        out = student.generate(input_ids=input_ids.to(student.device), attention_mask=attention.to(student.device),
-                               do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                               pad_token_id=pad)  # fmt: skip
+        out = student.generate(
+            input_ids=input_ids.to(student.device),
+            attention_mask=attention.to(student.device),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+        )
         student.train(was_training)
     encoded = []
     for row, prompt in enumerate(prompts):
@@ -81,8 +97,14 @@ def on_policy_loss(student: Any, teacher: Any, batch: LmBatch, settings: Distill
     with torch.no_grad():
         teacher_logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     vocabulary = min(logits.shape[-1], teacher_logits.shape[-1])  # padded embedding rows differ between sizes
-    soft = dense_divergence(logits[..., :vocabulary], teacher_logits[..., :vocabulary], batch.labels[:, 1:],
-                            divergence=settings.divergence, beta=settings.beta, temperature=settings.temperature)  # fmt: skip
+    soft = dense_divergence(
+        logits[..., :vocabulary],
+        teacher_logits[..., :vocabulary],
+        batch.labels[:, 1:],
+        divergence=settings.divergence,
+        beta=settings.beta,
+        temperature=settings.temperature,
+    )
     return distillation_loss(soft, None, alpha=settings.alpha, temperature=settings.temperature)
 
 
@@ -90,7 +112,13 @@ def scored_sample_loss(student: Any, batch: LmBatch, settings: DistillSettings) 
     """On-policy through a teacher server: the sparse divergence to its top-k + tail on the sampled tokens only."""
     logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     soft = sparse_divergence(
-        logits, batch.top_ids[:, 1:], batch.top_logprobs[:, 1:], batch.tail[:, 1:], batch.labels[:, 1:],
-        divergence=settings.divergence, beta=settings.beta, temperature=settings.temperature,
-    )  # fmt: skip
+        logits,
+        batch.top_ids[:, 1:],
+        batch.top_logprobs[:, 1:],
+        batch.tail[:, 1:],
+        batch.labels[:, 1:],
+        divergence=settings.divergence,
+        beta=settings.beta,
+        temperature=settings.temperature,
+    )
     return distillation_loss(soft, None, alpha=settings.alpha, temperature=settings.temperature)

@@ -45,9 +45,12 @@ def _logged_signal(example: DistillExample, student: LoadedModel, same_vocabular
 
 
 def encode_lm_data(
-    train: list[DistillExample], held: list[DistillExample], student: LoadedModel, teacher: LoadedModel | None,
+    train: list[DistillExample],
+    held: list[DistillExample],
+    student: LoadedModel,
+    teacher: LoadedModel | None,
     settings: DistillSettings,
-) -> LmData:  # fmt: skip
+) -> LmData:
     """Encode every example at the best level it allows; the in-process teacher fills in what the log lacks."""
     same = None if teacher is None else shared_vocabulary(student.tokenizer, teacher.tokenizer)
     data = LmData(train, held, [], [])
@@ -62,10 +65,14 @@ def encode_lm_data(
                 need_teacher.append((encoded, len(encoded) - 1, example))
     if need_teacher and teacher is not None:
         signals = score_targets(
-            teacher.model, [x for _, _, x in need_teacher], [enc[i] for enc, i, _ in need_teacher],
-            pad_id=pad_id(student.tokenizer), top_k=settings.teacher_top_k,
-            cache=settings.out / "teacher-signal.jsonl", batch_size=settings.batch_size,
-        )  # fmt: skip
+            teacher.model,
+            [x for _, _, x in need_teacher],
+            [enc[i] for enc, i, _ in need_teacher],
+            pad_id=pad_id(student.tokenizer),
+            top_k=settings.teacher_top_k,
+            cache=settings.out / "teacher-signal.jsonl",
+            batch_size=settings.batch_size,
+        )
         for encoded, index, example in need_teacher:
             old = encoded[index]
             encoded[index] = EncodedLm(old.prompt, old.answer, signals[example.id])
@@ -89,14 +96,33 @@ def prepare_classify(
     if teacher is not None:
         if label_ids_of(teacher) != labels:
             raise DistillDataError(f"the teacher's labels {label_ids_of(teacher)} are not the student's {labels}")
-        probs = class_probabilities(teacher.model, teacher.tokenizer, [e.prompt for e in examples],
-                                    max_length=settings.max_length, batch_size=settings.batch_size)  # fmt: skip
+        probs = class_probabilities(
+            teacher.model,
+            teacher.tokenizer,
+            [e.prompt for e in examples],
+            max_length=settings.max_length,
+            batch_size=settings.batch_size,
+        )
         names = {index: label for label, index in labels.items()}
-        examples = [DistillExample(id=e.id, kind=e.kind, prompt=e.prompt, target=names[max(range(len(p)), key=p.__getitem__)],
-                                   class_probs=p, reference=e.reference) for e, p in zip(examples, probs, strict=True)]  # fmt: skip
+        examples = [
+            DistillExample(
+                id=e.id,
+                kind=e.kind,
+                prompt=e.prompt,
+                target=names[max(range(len(p)), key=p.__getitem__)],
+                class_probs=p,
+                reference=e.reference,
+            )
+            for e, p in zip(examples, probs, strict=True)
+        ]
         return examples, "soft targets (teacher in process)"
     with_probs = [e for e in examples if e.class_probs is not None]
-    if with_probs and all(len(e.class_probs or ()) == len(labels) for e in with_probs) and len(with_probs) == len(examples):
+    if (
+        with_probs
+        and all(len(e.class_probs or ()) == len(labels) for e in with_probs)
+        and len(with_probs) == len(examples)
+    ):
         return examples, "soft targets (log)"
-    return [DistillExample(id=e.id, kind=e.kind, prompt=e.prompt, target=e.target, reference=e.reference)
-            for e in examples], "hard labels"  # fmt: skip
+    return [
+        DistillExample(id=e.id, kind=e.kind, prompt=e.prompt, target=e.target, reference=e.reference) for e in examples
+    ], "hard labels"

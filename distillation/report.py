@@ -59,9 +59,12 @@ class DistillationReporter:
     """Writes one run's start, progress and result; `clock` and `sleep` are injected for tests."""
 
     def __init__(
-        self, config: DistillationReportConfig, *, clock: Callable[[], float] = time.monotonic,
+        self,
+        config: DistillationReportConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.config = config
         self._clock, self._sleep = clock, sleep
         self._throttle = status.Throttle(config.interval_seconds)
@@ -115,15 +118,19 @@ class DistillationReporter:
     def _try(self, patch: dict[str, Any]) -> tuple[str | None, bool]:
         """(what went wrong or None, whether another try may do better)."""
         try:
-            response = self._client.patch(self.config.status_url(), json=patch,
-                                          headers=self.config.merge_patch_headers(USER_AGENT))  # fmt: skip
+            response = self._client.patch(
+                self.config.status_url(), json=patch, headers=self.config.merge_patch_headers(USER_AGENT)
+            )
         except RuntimeError as error:  # no API server to talk to: trying again will not find one
             return str(error), False
         except (httpx.HTTPError, OSError) as error:
             return f"{type(error).__name__}: {error}", True
         if response.status_code < 400:
             return None, False
-        return f"HTTP {response.status_code}: {_reason(response)}", response.status_code in _RETRIED or response.status_code >= 500
+        return (
+            f"HTTP {response.status_code}: {_reason(response)}",
+            response.status_code in _RETRIED or response.status_code >= 500,
+        )
 
 
 def _reason(response: httpx.Response) -> str:

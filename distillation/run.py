@@ -20,8 +20,8 @@ import torch
 
 from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.evaluate import classify_metrics, lm_metrics
-from kascade.distillation.gate import GateSettings, promotion_gate
 from kascade.distillation.examples import DistillDataError, load_examples, sample, split
+from kascade.distillation.gate import GateSettings, promotion_gate
 from kascade.distillation.objective import (
     classify_loss,
     lm_loss,
@@ -60,32 +60,53 @@ def _with_lora(student: LoadedModel, settings: DistillSettings) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
     task = TaskType.SEQ_CLS if student.task == "classify" else TaskType.CAUSAL_LM
-    config = LoraConfig(task_type=task, r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, lora_dropout=0.0,
-                        target_modules="all-linear")  # fmt: skip
+    config = LoraConfig(
+        task_type=task,
+        r=settings.lora_rank,
+        lora_alpha=2 * settings.lora_rank,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+    )
     with warnings.catch_warnings():
         # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`; not our call, and not the user's.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(student.model, config)
 
 
-def _lm_steps(model: Any, student: LoadedModel, teacher: LoadedModel | None, data: Any, settings: DistillSettings) -> Steps:
+def _lm_steps(
+    model: Any, student: LoadedModel, teacher: LoadedModel | None, data: Any, settings: DistillSettings
+) -> Steps:
     pad = pad_id(student.tokenizer)
     server = None
     if settings.teacher_url is not None and teacher is None:
         assert settings.teacher_model is not None
-        server = TeacherServer(settings.teacher_url, settings.teacher_model, top_k=settings.teacher_top_k,
-                               student_tokenizer=student.tokenizer)  # fmt: skip
+        server = TeacherServer(
+            settings.teacher_url,
+            settings.teacher_model,
+            top_k=settings.teacher_top_k,
+            student_tokenizer=student.tokenizer,
+        )
 
     def train_loss(step: int, on_policy: bool) -> torch.Tensor:
-        chosen = [data.train_encoded[i] for i in batch_indices(len(data.train_encoded), settings.batch_size, step, settings.seed)]
+        chosen = [
+            data.train_encoded[i]
+            for i in batch_indices(len(data.train_encoded), settings.batch_size, step, settings.seed)
+        ]
         if not on_policy:
             return lm_loss(model, collate_lm(chosen, pad).to(student.device), settings)
-        sampled = sample_answers(model, student.tokenizer, [e.prompt for e in chosen],
-                                 max_new_tokens=settings.max_new_tokens, seed=settings.seed * 100_003 + step)  # fmt: skip
+        sampled = sample_answers(
+            model,
+            student.tokenizer,
+            [e.prompt for e in chosen],
+            max_new_tokens=settings.max_new_tokens,
+            seed=settings.seed * 100_003 + step,
+        )
         if teacher is not None:
             return on_policy_loss(model, teacher.model, collate_lm(sampled, pad).to(student.device), settings)
         assert server is not None
-        scored = [EncodedLm(e.prompt, e.answer, signal) for e, signal in zip(sampled, server.signals(sampled), strict=True)]
+        scored = [
+            EncodedLm(e.prompt, e.answer, signal) for e, signal in zip(sampled, server.signals(sampled), strict=True)
+        ]
         return scored_sample_loss(model, collate_lm(scored, pad).to(student.device), settings)
 
     def figures() -> dict[str, Any]:
@@ -131,14 +152,27 @@ def _prepare(settings: DistillSettings, say: Callable[[str], None]) -> tuple[Loa
         steps = _lm_steps(model, student, teacher, data, settings)
         levels = dict(data.levels)
     if not train_set:
-        raise DistillDataError(f"all {len(examples)} examples fell in the held-out share ({settings.held_out}); lower --held-out")
-    about = {"source": source, "examples": len(examples), "train": len(train_set), "held_out": len(held),
-             "task": task, "levels": levels}  # fmt: skip
+        raise DistillDataError(
+            f"all {len(examples)} examples fell in the held-out share ({settings.held_out}); lower --held-out"
+        )
+    about = {
+        "source": source,
+        "examples": len(examples),
+        "train": len(train_set),
+        "held_out": len(held),
+        "task": task,
+        "levels": levels,
+    }
     return student, model, steps, about
 
 
-def run_distill(settings: DistillSettings, *, resume: bool = True, say: Callable[[str], None] = print,
-                progress: Callable[[int, float], None] = lambda step, loss: None) -> dict[str, Any]:  # fmt: skip
+def run_distill(
+    settings: DistillSettings,
+    *,
+    resume: bool = True,
+    say: Callable[[str], None] = print,
+    progress: Callable[[int, float], None] = lambda step, loss: None,
+) -> dict[str, Any]:
     """Train, save the student and its provenance; returns the provenance."""
     started = time.monotonic()
     torch.manual_seed(settings.seed)
@@ -157,8 +191,10 @@ def run_distill(settings: DistillSettings, *, resume: bool = True, say: Callable
 
     def measured_and_said() -> dict[str, Any]:
         figures = measure()
-        say(f"step {state.step}: held out " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                                        for k, v in figures.items()))  # fmt: skip
+        say(
+            f"step {state.step}: held out "
+            + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+        )
         return figures
 
     steps = Steps(steps.train_loss, measured_and_said)
@@ -224,8 +260,11 @@ def _provenance(settings: DistillSettings, about: dict[str, Any], state: TrainSt
         "steps": state.step,
         "before": state.before,
         "after": after,
-        "gate": promotion_gate(state.before, after, GateSettings(settings.min_agreement_gain, settings.slice_tolerance,
-                                                                 settings.min_slice_examples)),  # fmt: skip
+        "gate": promotion_gate(
+            state.before,
+            after,
+            GateSettings(settings.min_agreement_gain, settings.slice_tolerance, settings.min_slice_examples),
+        ),
         "history": state.history,
         # Training loss, mean of the first and of the last tenth of the steps (one step's loss is noisy).
         "loss_start_end": _start_end(state.losses),

@@ -33,7 +33,9 @@ class DistillSettings(BaseModel):
     out: Path = Field(description="The output folder: the distilled model, servable as it is, with provenance.json.")
     divergence: Divergence = Divergence.forward_kl
     temperature: float = Field(default=2.0, gt=0)
-    alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the soft (teacher) term; 1 - alpha: hard labels.")
+    alpha: float = Field(
+        default=0.5, ge=0, le=1, description="Weight of the soft (teacher) term; 1 - alpha: hard labels."
+    )
     beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
     on_policy_fraction: float = Field(
         default=0.0, ge=0, le=1, description="Share of steps on the student's own samples, scored by the teacher."
@@ -55,7 +57,9 @@ class DistillSettings(BaseModel):
     seed: int = 0
     min_agreement_gain: float = Field(default=0.01, ge=0, le=1, description="Promotion gate: least overall gain.")
     slice_tolerance: float = Field(default=0.02, ge=0, le=1, description="Promotion gate: most any slice may lose.")
-    min_slice_examples: int = Field(default=20, ge=1, description="Promotion gate: smaller slices are shown, not judged.")
+    min_slice_examples: int = Field(
+        default=20, ge=1, description="Promotion gate: smaller slices are shown, not judged."
+    )
     device: str = "auto"
 
     @model_validator(mode="after")
@@ -70,6 +74,17 @@ class DistillSettings(BaseModel):
 
     def fingerprint(self) -> str:
         """What a checkpoint must share with a run to be resumed by it (everything but the step count)."""
-        settings = self.model_dump(mode="json", exclude={"steps", "out", "eval_every", "eval_generate", "device",
-                                                         "min_agreement_gain", "slice_tolerance", "min_slice_examples"})
+        settings = self.model_dump(
+            mode="json",
+            exclude={
+                "steps",
+                "out",
+                "eval_every",
+                "eval_generate",
+                "device",
+                "min_agreement_gain",
+                "slice_tolerance",
+                "min_slice_examples",
+            },
+        )
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

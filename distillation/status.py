@@ -84,11 +84,15 @@ def progressed(step: int, steps: int, loss: float | None) -> dict[str, Any]:
 
 def figures_of(measured: Mapping[str, Any]) -> Figures:
     """The figures the status shows, of those the run measured (a classifier has no token agreement)."""
-    return Figures(**{name: value for name in Figures.model_fields if (value := _finite(measured.get(name))) is not None})
+    return Figures(
+        **{name: value for name in Figures.model_fields if (value := _finite(measured.get(name))) is not None}
+    )
 
 
 def verdict_message(gate: Mapping[str, Any]) -> str:
-    return "gate passed" if gate.get("passed") else "gate failed: " + "; ".join(gate.get("reasons") or ["no reason given"])
+    return (
+        "gate passed" if gate.get("passed") else "gate failed: " + "; ".join(gate.get("reasons") or ["no reason given"])
+    )
 
 
 def succeeded(provenance: Mapping[str, Any], *, steps: int, loss: float | None, model: str, at: str) -> dict[str, Any]:
@@ -96,12 +100,18 @@ def succeeded(provenance: Mapping[str, Any], *, steps: int, loss: float | None, 
     gate = provenance["gate"]
     gain = _finite(gate.get("gain"))
     status = DistillationStatus(
-        phase=DistillationPhase.succeeded, finished_at=at, **_progress(provenance["steps"], steps, loss),
-        examples=provenance["data"]["train"], held_out=provenance["data"]["held_out"],
-        before=figures_of(provenance["before"]), after=figures_of(provenance["after"]),
+        phase=DistillationPhase.succeeded,
+        finished_at=at,
+        **_progress(provenance["steps"], steps, loss),
+        examples=provenance["data"]["train"],
+        held_out=provenance["data"]["held_out"],
+        before=figures_of(provenance["before"]),
+        after=figures_of(provenance["after"]),
         gate=GateVerdict(passed=bool(gate["passed"]), gain=gain, reasons=list(gate.get("reasons") or [])),
-        gain_text="" if gain is None else f"{gain:+.4f}", model=model, message=verdict_message(gate),
-    )  # fmt: skip
+        gain_text="" if gain is None else f"{gain:+.4f}",
+        model=model,
+        message=verdict_message(gate),
+    )
     return status_patch(status)
 
 

@@ -21,8 +21,9 @@ from kascade.distillation.examples import DistillExample, TeacherSignal
 def _signals_of(teacher: Any, encoded: Sequence[EncodedLm], pad_id: int, top_k: int) -> list[TeacherSignal]:
     batch = collate_lm(encoded, pad_id)
     with torch.no_grad():
-        logits = teacher(input_ids=batch.input_ids.to(teacher.device),
-                         attention_mask=batch.attention_mask.to(teacher.device)).logits.float()  # fmt: skip
+        logits = teacher(
+            input_ids=batch.input_ids.to(teacher.device), attention_mask=batch.attention_mask.to(teacher.device)
+        ).logits.float()
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
     values, ids = logprobs.topk(top_k, dim=-1)
     tails = (1 - values.exp().sum(-1)).clamp_min(0)
@@ -30,12 +31,14 @@ def _signals_of(teacher: Any, encoded: Sequence[EncodedLm], pad_id: int, top_k: 
     for row, e in enumerate(encoded):
         # The token at position t is predicted by the logits at t - 1.
         positions = range(len(e.prompt) - 1, len(e.prompt) + len(e.answer) - 1)
-        signals.append(TeacherSignal(
-            token_ids=tuple(e.answer),
-            top_ids=tuple(tuple(ids[row, p].tolist()) for p in positions),
-            top_logprobs=tuple(tuple(values[row, p].tolist()) for p in positions),
-            tail_mass=tuple(tails[row, p].item() for p in positions),
-        ))  # fmt: skip
+        signals.append(
+            TeacherSignal(
+                token_ids=tuple(e.answer),
+                top_ids=tuple(tuple(ids[row, p].tolist()) for p in positions),
+                top_logprobs=tuple(tuple(values[row, p].tolist()) for p in positions),
+                tail_mass=tuple(tails[row, p].item() for p in positions),
+            )
+        )
     return signals
 
 
@@ -52,8 +55,11 @@ def score_targets(
     """The teacher's signal on each example's target tokens (teacher forcing), from the cache or computed."""
     known = read_signal_cache(cache, top_k)
     # A cached signal counts only for the same answer tokens (another --max-length cuts them elsewhere).
-    missing = [(x, e) for x, e in zip(examples, encoded, strict=True)
-               if x.id not in known or known[x.id].token_ids != tuple(e.answer)]  # fmt: skip
+    missing = [
+        (x, e)
+        for x, e in zip(examples, encoded, strict=True)
+        if x.id not in known or known[x.id].token_ids != tuple(e.answer)
+    ]
     cache.parent.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(missing), batch_size):
         chunk = missing[start : start + batch_size]
@@ -66,8 +72,12 @@ def score_targets(
 
 
 def _signal_json(signal: TeacherSignal) -> dict[str, Any]:
-    return {"token_ids": signal.token_ids, "top_ids": signal.top_ids, "top_logprobs": signal.top_logprobs,
-            "tail_mass": signal.tail_mass}  # fmt: skip
+    return {
+        "token_ids": signal.token_ids,
+        "top_ids": signal.top_ids,
+        "top_logprobs": signal.top_logprobs,
+        "tail_mass": signal.tail_mass,
+    }
 
 
 def read_signal_cache(cache: Path, top_k: int) -> dict[str, TeacherSignal]:
@@ -80,17 +90,28 @@ def read_signal_cache(cache: Path, top_k: int) -> dict[str, TeacherSignal]:
         except json.JSONDecodeError:
             continue  # a line cut by an interruption: scored again
         if line.get("top_k") == top_k:
-            known[line["id"]] = TeacherSignal(tuple(line["token_ids"]), tuple(map(tuple, line["top_ids"])),
-                                              tuple(map(tuple, line["top_logprobs"])), tuple(line["tail_mass"]))  # fmt: skip
+            known[line["id"]] = TeacherSignal(
+                tuple(line["token_ids"]),
+                tuple(map(tuple, line["top_ids"])),
+                tuple(map(tuple, line["top_logprobs"])),
+                tuple(line["tail_mass"]),
+            )
     return known
 
 
-def class_probabilities(teacher: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int) -> list[tuple[float, ...]]:
+def class_probabilities(
+    teacher: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int
+) -> list[tuple[float, ...]]:
     """The teacher classifier's probabilities for each text."""
     results: list[tuple[float, ...]] = []
     for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(list(texts[start : start + batch_size]), truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt").to(teacher.device)  # fmt: skip
+        encoded = tokenizer(
+            list(texts[start : start + batch_size]),
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        ).to(teacher.device)
         with torch.no_grad():
             probs = torch.softmax(teacher(**encoded).logits.float(), dim=-1)
         results.extend(tuple(row.tolist()) for row in probs)

@@ -45,8 +45,9 @@ class TeacherServer:
         except httpx.HTTPError as error:
             raise DistillDataError(f"the teacher server at {self._client.base_url} did not answer: {error}") from None
         if response.status_code != 200:
-            raise DistillDataError(f"the teacher server refused to score a sample ({response.status_code}): "
-                                   f"{response.text[:300]}")  # fmt: skip
+            raise DistillDataError(
+                f"the teacher server refused to score a sample ({response.status_code}): {response.text[:300]}"
+            )
         scored = (response.json().get("choices") or [{}])[0].get("prompt_logprobs")
         if not isinstance(scored, list) or len(scored) != len(ids):
             raise DistillDataError("the teacher server gave no prompt_logprobs for every position (vLLM's parameter)")

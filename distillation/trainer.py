@@ -58,7 +58,10 @@ def batch_indices(count: int, batch_size: int, step: int, seed: int) -> list[int
 
 
 def is_on_policy(step: int, settings: DistillSettings) -> bool:
-    return settings.on_policy_fraction > 0 and random.Random(f"{settings.seed}:policy:{step}").random() < settings.on_policy_fraction
+    return (
+        settings.on_policy_fraction > 0
+        and random.Random(f"{settings.seed}:policy:{step}").random() < settings.on_policy_fraction
+    )
 
 
 def learning_rate(step: int, settings: DistillSettings) -> float:
@@ -79,7 +82,10 @@ def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, state: TrainSt
 
     final, temporary = out / CHECKPOINT, out / f".{CHECKPOINT}.tmp"
     temporary.mkdir(parents=True, exist_ok=True)
-    save_file({name: p.detach().contiguous().cpu() for name, p in trainable(model).items()}, temporary / "trainable.safetensors")
+    save_file(
+        {name: p.detach().contiguous().cpu() for name, p in trainable(model).items()},
+        temporary / "trainable.safetensors",
+    )
     torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
     (temporary / "state.json").write_text(json.dumps(state.__dict__, indent=1))
     if final.exists():
@@ -117,9 +123,14 @@ def load_checkpoint(model: Any, optimizer: torch.optim.Optimizer, out: Path, fin
 
 
 def train(
-    model: Any, steps: Steps, settings: DistillSettings, state: TrainState, optimizer: torch.optim.Optimizer,
-    *, progress: Callable[[int, float], None] = lambda step, loss: None,
-) -> TrainState:  # fmt: skip
+    model: Any,
+    steps: Steps,
+    settings: DistillSettings,
+    state: TrainState,
+    optimizer: torch.optim.Optimizer,
+    *,
+    progress: Callable[[int, float], None] = lambda step, loss: None,
+) -> TrainState:
     """Run from `state.step` to `settings.steps`; evaluate every `eval_every`; checkpoint at each evaluation."""
     model.train()
     for step in range(state.step, settings.steps):
@@ -145,4 +156,3 @@ def train(
 def peak_memory_mib() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kascade.api.modelcascade import ConfidenceMethod, ScoredSpan
+from kascade.calibration.selection import Goal, Outcome, select_threshold
 from kascade.evaluation import curves
 from kascade.evaluation.judging import JudgedPair
 from kascade.evaluation.scoring import ScoreMethod, fit_learned, score_answers
-from kascade.calibration.selection import Goal, Outcome, select_threshold
 
 QUALITY_SHARE = 0.99  # the issue's target: at least 99% of the last tier's quality alone
 
@@ -54,26 +54,38 @@ def cross_fitted_learned(pair: JudgedPair, span: ScoredSpan, *, folds: int = 5, 
         train = [i for i in range(n) if i not in test]
         fitted = _fit(pair, train, targets, span)
         tested = sorted(test)
-        for i, value in zip(tested, score_answers(fitted, [pair.examples[i] for i in tested],
-                                                  [pair.small[i] for i in tested])):  # fmt: skip
+        for i, value in zip(
+            tested,
+            score_answers(fitted, [pair.examples[i] for i in tested], [pair.small[i] for i in tested]),
+            strict=True,
+        ):
             scores[i] = value
     return scores
 
 
 def _fit(pair: JudgedPair, indices: Sequence[int], targets: Sequence[bool], span: ScoredSpan) -> ScoreMethod:
-    return fit_learned([pair.examples[i] for i in indices], [pair.small[i] for i in indices],
-                       [targets[i] for i in indices], span=span,
-                       target="correctness" if pair.labelled else "agreement")  # fmt: skip
+    return fit_learned(
+        [pair.examples[i] for i in indices],
+        [pair.small[i] for i in indices],
+        [targets[i] for i in indices],
+        span=span,
+        target="correctness" if pair.labelled else "agreement",
+    )
 
 
 def report_method(pair: JudgedPair, label: str, method: ScoreMethod | None, scores: Sequence[float]) -> MethodReport:
     judged = pair.with_scores(scores)
     points = curves.sweep(judged)
     return MethodReport(
-        label=label, method=method, points=points, area=curves.area(points), auroc=curves.auroc(judged),
-        brier=curves.brier(judged), ece=curves.expected_calibration_error(judged),
+        label=label,
+        method=method,
+        points=points,
+        area=curves.area(points),
+        auroc=curves.auroc(judged),
+        brier=curves.brier(judged),
+        ece=curves.expected_calibration_error(judged),
         best_at_target=curves.best_share_at(points, QUALITY_SHARE * last_alone_quality(pair)),
-    )  # fmt: skip
+    )
 
 
 def baselines(pair: JudgedPair) -> list[MethodReport]:
@@ -83,18 +95,31 @@ def baselines(pair: JudgedPair) -> list[MethodReport]:
     random_points = [curves.random_routing(judged, share) for share in shares]
     target = QUALITY_SHARE * last_alone_quality(pair)
     return [
-        MethodReport("oracle (ceiling)", None, oracle_points, curves.area(oracle_points),
-                     best_at_target=curves.best_share_at(oracle_points, target)),
-        MethodReport("random (floor)", None, random_points, curves.area(random_points),
-                     best_at_target=curves.best_share_at(random_points, target)),
-    ]  # fmt: skip
+        MethodReport(
+            "oracle (ceiling)",
+            None,
+            oracle_points,
+            curves.area(oracle_points),
+            best_at_target=curves.best_share_at(oracle_points, target),
+        ),
+        MethodReport(
+            "random (floor)",
+            None,
+            random_points,
+            curves.area(random_points),
+            best_at_target=curves.best_share_at(random_points, target),
+        ),
+    ]
 
 
-Scorer = Callable[[Sequence[int]], tuple[list[float], list[int]]]  # calibration indices -> (scores of all, selection part)
+Scorer = Callable[
+    [Sequence[int]], tuple[list[float], list[int]]
+]  # calibration indices -> (scores of all, selection part)
 
 
-def split_study(pair: JudgedPair, method: ScoreMethod, *, goals: Sequence[Goal], confidence: float,
-                splits: int = 100, seed: int = 0) -> dict:  # fmt: skip
+def split_study(
+    pair: JudgedPair, method: ScoreMethod, *, goals: Sequence[Goal], confidence: float, splits: int = 100, seed: int = 0
+) -> dict:
     """Held-out figures over `splits` random halvings: the threshold chosen on one half, measured on the other.
 
     Two ways of choosing: the point estimate that keeps most requests at
@@ -113,11 +138,16 @@ def split_study(pair: JudgedPair, method: ScoreMethod, *, goals: Sequence[Goal],
         point_runs.append(_point_estimate_run(pair, scores, calibration, held_out))
         if goals:
             bound_runs.append(_bound_run(pair, scores, selection_part, held_out, goals, confidence))
-    return {"splits": splits, "point_estimate": _summarise(point_runs), "bound": _summarise(bound_runs) if goals else None}
+    return {
+        "splits": splits,
+        "point_estimate": _summarise(point_runs),
+        "bound": _summarise(bound_runs) if goals else None,
+    }
 
 
-def _scores_for_split(pair: JudgedPair, method: ScoreMethod, fixed: list[float] | None,
-                      calibration: list[int]) -> tuple[list[float], list[int]]:  # fmt: skip
+def _scores_for_split(
+    pair: JudgedPair, method: ScoreMethod, fixed: list[float] | None, calibration: list[int]
+) -> tuple[list[float], list[int]]:
     if fixed is not None:
         return fixed, calibration
     fit_part, selection_part = calibration[: len(calibration) // 2], calibration[len(calibration) // 2 :]
@@ -140,8 +170,13 @@ def _point_estimate_run(pair: JudgedPair, scores: list[float], calibration: list
     point = curves.at_threshold(pair.with_scores(scores, held_out), threshold)
     ratio = _quality_ratio(pair, point, held_out)
     met = ratio >= QUALITY_SHARE - 1e-12
-    return {"small_share": point.small_share, "quality_ratio": ratio, "saving": point.saving, "met": met,
-            "quality_met": met}  # fmt: skip
+    return {
+        "small_share": point.small_share,
+        "quality_ratio": ratio,
+        "saving": point.saving,
+        "met": met,
+        "quality_met": met,
+    }
 
 
 def _quality_of_last(pair: JudgedPair, indices: Sequence[int]) -> float:
@@ -150,16 +185,27 @@ def _quality_of_last(pair: JudgedPair, indices: Sequence[int]) -> float:
     return sum(bool(pair.last_correct[i]) for i in indices) / len(indices)
 
 
-def _bound_run(pair: JudgedPair, scores: list[float], selection_part: list[int], held_out: list[int],
-               goals: Sequence[Goal], confidence: float) -> dict:  # fmt: skip
+def _bound_run(
+    pair: JudgedPair,
+    scores: list[float],
+    selection_part: list[int],
+    held_out: list[int],
+    goals: Sequence[Goal],
+    confidence: float,
+) -> dict:
     outcomes = [Outcome(scores[i], pair.agrees[i], pair.small_correct[i], pair.last_correct[i]) for i in selection_part]
     selection = select_threshold(goals, outcomes, confidence=confidence)
     threshold = selection.threshold if selection.threshold is not None else float("inf")
     point = curves.at_threshold(pair.with_scores(scores, held_out), threshold)
     met = all(_goal_met(goal, point) for goal in goals)
     ratio = _quality_ratio(pair, point, held_out)
-    return {"small_share": point.small_share, "quality_ratio": ratio, "saving": point.saving, "met": met,
-            "quality_met": ratio >= QUALITY_SHARE - 1e-12}  # fmt: skip
+    return {
+        "small_share": point.small_share,
+        "quality_ratio": ratio,
+        "saving": point.saving,
+        "met": met,
+        "quality_met": ratio >= QUALITY_SHARE - 1e-12,
+    }
 
 
 def _goal_met(goal: Goal, point: curves.CurvePoint) -> bool:
@@ -175,9 +221,11 @@ def _goal_met(goal: Goal, point: curves.CurvePoint) -> bool:
 def _summarise(runs: list[dict]) -> dict:
     shares = [r["small_share"] for r in runs]
     return {
-        "small_share_median": statistics.median(shares), "small_share_min": min(shares),
-        "small_share_max": max(shares), "quality_ratio_median": statistics.median(r["quality_ratio"] for r in runs),
+        "small_share_median": statistics.median(shares),
+        "small_share_min": min(shares),
+        "small_share_max": max(shares),
+        "quality_ratio_median": statistics.median(r["quality_ratio"] for r in runs),
         "saving_median": statistics.median(r["saving"] for r in runs),
         "met_share": sum(r["met"] for r in runs) / len(runs),
         "quality_met_share": sum(r["quality_met"] for r in runs) / len(runs),  # >= 99% of the last tier's quality
-    }  # fmt: skip
+    }

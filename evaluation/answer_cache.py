@@ -70,4 +70,6 @@ class AnswerFile:
             for example, answer in answers:
                 key = request_key(example)
                 self._answers[key] = answer
-                handle.write(json.dumps({"key": key, "id": example.id, "answer": answer.model_dump(mode="json")}) + "\n")
+                handle.write(
+                    json.dumps({"key": key, "id": example.id, "answer": answer.model_dump(mode="json")}) + "\n"
+                )

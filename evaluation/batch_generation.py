@@ -34,7 +34,9 @@ class _RecordTopLogprobs:
         return scores
 
 
-def _answer_length(ids: Sequence[int], stop_ids: frozenset[int], decode: Callable[[list[int]], str], stop: Sequence[str]) -> tuple[int, str]:
+def _answer_length(
+    ids: Sequence[int], stop_ids: frozenset[int], decode: Callable[[list[int]], str], stop: Sequence[str]
+) -> tuple[int, str]:
     """How many generated tokens belong to the answer, and why it ended ("stop" or "length").
 
     It ends at the first stop token (included, as engines report it) or at
@@ -128,8 +130,13 @@ def classify_batch(loaded: LoadedModel, texts: Sequence[str]) -> list[TierAnswer
     probs = []
     with torch.inference_mode():
         for start in range(0, len(texts), step):
-            encoded = loaded.tokenizer(list(texts[start : start + step]), padding=True, truncation=True,
-                                       max_length=max_length, return_tensors="pt")  # fmt: skip
+            encoded = loaded.tokenizer(
+                list(texts[start : start + step]),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
             encoded = {key: value.to(loaded.device) for key, value in encoded.items()}
             probs += torch.softmax(loaded.model(**encoded).logits.float(), dim=-1).cpu().tolist()
     id2label = loaded.model.config.id2label
@@ -137,7 +144,13 @@ def classify_batch(loaded: LoadedModel, texts: Sequence[str]) -> list[TierAnswer
     for row, text in zip(probs, texts, strict=True):
         best = max(range(len(row)), key=row.__getitem__)
         label = str(id2label[best])
-        answers.append(TierAnswer(text=label, label=label, probs=tuple(row),
-                                  prompt_tokens=len(loaded.tokenizer(text, truncation=True, max_length=max_length)["input_ids"]),
-                                  completion_tokens=0))  # fmt: skip
+        answers.append(
+            TierAnswer(
+                text=label,
+                label=label,
+                probs=tuple(row),
+                prompt_tokens=len(loaded.tokenizer(text, truncation=True, max_length=max_length)["input_ids"]),
+                completion_tokens=0,
+            )
+        )
     return answers

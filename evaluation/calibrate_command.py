@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from kascade.api.modelcascade import Accept, ConfidenceMethod, ScoredSpan
-from kascade.evaluation import curves
 from kascade.calibration.bounds import interval
+from kascade.calibration.selection import GoalKind, Outcome, Selection, select_threshold
+from kascade.evaluation import curves
 from kascade.evaluation.commands import EvalInputs, prepare
 from kascade.evaluation.datasets import stable_fraction
 from kascade.evaluation.goals import GoalError, resolve_goals
 from kascade.evaluation.judging import JudgedPair
 from kascade.evaluation.manifest_edit import write_accept
 from kascade.evaluation.scoring import ScoreMethod, fit_learned, score_answers
-from kascade.calibration.selection import GoalKind, Outcome, Selection, select_threshold
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,9 @@ class Calibrated:
     held_out_size: int
 
 
-def calibrate_pair(pair: JudgedPair, method: ScoreMethod, goals, confidence: float, held_out_share: float) -> Calibrated:  # type: ignore[no-untyped-def]
+def calibrate_pair(
+    pair: JudgedPair, method: ScoreMethod, goals, confidence: float, held_out_share: float
+) -> Calibrated:  # type: ignore[no-untyped-def]
     """Choose the threshold on the calibration part (fitting the learned score first), measure it on the held-out part.
 
     The learned score predicts what the goals are about: correctness for a minAccuracy goal, else agreement.
@@ -47,9 +49,13 @@ def calibrate_pair(pair: JudgedPair, method: ScoreMethod, goals, confidence: flo
         selection_part = [i for i in calibration if i not in set(fit_part)]
         by_accuracy = any(goal.kind is GoalKind.min_accuracy for goal in goals)
         targets = [bool(c) for c in pair.small_correct] if by_accuracy else list(pair.agrees)
-        method = fit_learned([pair.examples[i] for i in fit_part], [pair.small[i] for i in fit_part],
-                             [targets[i] for i in fit_part], span=method.span,
-                             target="correctness" if by_accuracy else "agreement")  # fmt: skip
+        method = fit_learned(
+            [pair.examples[i] for i in fit_part],
+            [pair.small[i] for i in fit_part],
+            [targets[i] for i in fit_part],
+            span=method.span,
+            target="correctness" if by_accuracy else "agreement",
+        )
     else:
         selection_part = calibration
     scores = score_answers(method, pair.examples, pair.small)
@@ -62,26 +68,40 @@ def calibrate_pair(pair: JudgedPair, method: ScoreMethod, goals, confidence: flo
     return Calibrated(accept, selection, point, len(held))
 
 
-def run_calibrate(inputs: EvalInputs, *, goals: Sequence[str], confidence: float | None, method: str | None,
-                  span: str | None, held_out_share: float, write: bool, console: Console) -> int:  # fmt: skip
+def run_calibrate(
+    inputs: EvalInputs,
+    *,
+    goals: Sequence[str],
+    confidence: float | None,
+    method: str | None,
+    span: str | None,
+    held_out_share: float,
+    write: bool,
+    console: Console,
+) -> int:
     cascade, dataset, pair = prepare(inputs, console)
     goal_list, level = resolve_goals(goals, cascade.spec.calibration, confidence)
     if not goal_list:
         raise GoalError("no goal: give --goal (e.g. --goal minAgreement=0.95) or set spec.calibration in the manifest")
     tier = cascade.spec.tiers[0]
     assert tier.accept is not None
-    chosen = ScoreMethod(ConfidenceMethod(method) if method else tier.accept.method,
-                         span=ScoredSpan(span) if span else tier.accept.span, quantile=tier.accept.quantile,
-                         learned=tier.accept.learned)  # fmt: skip
+    chosen = ScoreMethod(
+        ConfidenceMethod(method) if method else tier.accept.method,
+        span=ScoredSpan(span) if span else tier.accept.span,
+        quantile=tier.accept.quantile,
+        learned=tier.accept.learned,
+    )
     if chosen.method is ConfidenceMethod.learned:
         chosen = ScoreMethod(ConfidenceMethod.learned, span=chosen.span)  # refitted here
     result = calibrate_pair(pair, chosen, goal_list, level, held_out_share)
     goals_text = ", ".join(str(g) for g in goal_list)
     for goal in result.selection.results:
         certified = "none" if goal.threshold is None else f"{goal.threshold:.4g}"
-        console.print(f"goal {goal.goal} at {level:.0%} confidence (tested at error level {goal.delta:.3g}): "
-                      f"boldest certified threshold {certified}; {goal.events} loss events of {result.selection.trials}, "
-                      f"upper bound {goal.bound:.4f} (allowed {goal.goal.allowed_rate:.4g})")  # fmt: skip
+        console.print(
+            f"goal {goal.goal} at {level:.0%} confidence (tested at error level {goal.delta:.3g}): "
+            f"boldest certified threshold {certified}; {goal.events} loss events of {result.selection.trials}, "
+            f"upper bound {goal.bound:.4f} (allowed {goal.goal.allowed_rate:.4g})"
+        )
     if result.accept is None:
         console.print(f"[red]no threshold meets {goals_text} on this data:[/red] {result.selection.reason}")
         return 1
@@ -91,8 +111,10 @@ def run_calibrate(inputs: EvalInputs, *, goals: Sequence[str], confidence: float
         if inputs.manifest is None:
             console.print("[yellow]--write needs -f MANIFEST (the embedded demo is read-only)[/yellow]")
             return 2
-        note = (f"Set by `kascade calibrate` on {dataset.name} ({len(pair.examples)} examples): goal {goals_text} "
-                f"at {level:.0%} confidence; see docs/evaluation.md.")  # fmt: skip
+        note = (
+            f"Set by `kascade calibrate` on {dataset.name} ({len(pair.examples)} examples): goal {goals_text} "
+            f"at {level:.0%} confidence; see docs/evaluation.md."
+        )
         write_accept(inputs.manifest, tier.name, result.accept, note)
         console.print(f"wrote the accept rule into {inputs.manifest}")
     return 0

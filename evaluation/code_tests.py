@@ -45,9 +45,14 @@ def passes(example: Example, code: str) -> bool:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(test_program(example, code))
         child = subprocess.Popen(
-            [sys.executable, "-I", path], cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, preexec_fn=_limit_resources, env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
-        )  # fmt: skip
+            [sys.executable, "-I", path],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_limit_resources,
+            env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
+        )
         try:
             return child.wait(timeout=TIME_LIMIT_SECONDS) == 0
         except subprocess.TimeoutExpired:
@@ -59,6 +64,7 @@ def passes(example: Example, code: str) -> bool:
 
 def run_tests(examples: Sequence[Example], programs: Sequence[str], *, workers: int = 2) -> list[bool | None]:
     """Each program against its example's tests (None where an example has no tests), `workers` at a time."""
+
     def one(pair: tuple[Example, str]) -> bool | None:
         example, code = pair
         return None if example.tests is None else passes(example, code)

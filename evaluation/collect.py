@@ -33,8 +33,12 @@ class GenerationSettings:
     top_logprobs: int = 5
 
     def as_dict(self) -> dict[str, Any]:
-        return {"max_tokens": self.max_tokens, "stop": list(self.stop), "top_logprobs": self.top_logprobs,
-                "decoding": "greedy"}  # fmt: skip
+        return {
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+            "top_logprobs": self.top_logprobs,
+            "decoding": "greedy",
+        }
 
 
 def model_identity(tier: Tier, folder: Path | None) -> str:
@@ -76,14 +80,25 @@ def collect_answers(
     """Every tier's answer to every example, in example order (cached answers first, then the rest, in batches)."""
     results: dict[str, list[TierAnswer]] = {}
     for tier in cascade.spec.tiers:
-        results[tier.name] = _collect_tier(cascade, tier, examples, settings=settings, answers_dir=answers_dir,
-                                           batch_size=batch_size, model_cache_dir=model_cache_dir,
-                                           progress=progress)  # fmt: skip
+        results[tier.name] = _collect_tier(
+            cascade,
+            tier,
+            examples,
+            settings=settings,
+            answers_dir=answers_dir,
+            batch_size=batch_size,
+            model_cache_dir=model_cache_dir,
+            progress=progress,
+        )
     return results
 
 
 def answered_by_every_tier(
-    cascade: ModelCascade, examples: Sequence[Example], *, settings: GenerationSettings, answers_dir: Path,
+    cascade: ModelCascade,
+    examples: Sequence[Example],
+    *,
+    settings: GenerationSettings,
+    answers_dir: Path,
     model_cache_dir: Path | None = None,
 ) -> list[Example]:
     """The examples every tier already has a cached answer to (nothing is generated): a run still going can be read."""
@@ -94,8 +109,9 @@ def answered_by_every_tier(
     return kept
 
 
-def _answer_file(cascade: ModelCascade, tier: Tier, settings: GenerationSettings, answers_dir: Path,
-                 folder: Path | None) -> AnswerFile:  # fmt: skip
+def _answer_file(
+    cascade: ModelCascade, tier: Tier, settings: GenerationSettings, answers_dir: Path, folder: Path | None
+) -> AnswerFile:
     task_settings = {"task": cascade.spec.task.value} | (
         {} if cascade.spec.task is Task.classify else settings.as_dict()
     )
@@ -170,8 +186,11 @@ def _asker(cascade: ModelCascade, tier: Tier, folder: Path | None, settings: Gen
         return lambda batch: classify_batch(loaded, [example.input or "" for example in batch])
 
     def generate(batch: Sequence[Example]) -> list[TierAnswer]:
-        prompts = [encode_prompt(loaded.tokenizer, list(e.messages) if e.messages is not None else e.prompt) for e in batch]
-        return generate_answers(loaded, prompts, max_tokens=settings.max_tokens, stop=settings.stop,
-                                top_logprobs=settings.top_logprobs)  # fmt: skip
+        prompts = [
+            encode_prompt(loaded.tokenizer, list(e.messages) if e.messages is not None else e.prompt) for e in batch
+        ]
+        return generate_answers(
+            loaded, prompts, max_tokens=settings.max_tokens, stop=settings.stop, top_logprobs=settings.top_logprobs
+        )
 
     return generate

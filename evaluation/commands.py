@@ -54,22 +54,32 @@ def prepare(inputs: EvalInputs, console: Console) -> tuple[ModelCascade, Dataset
     settings = GenerationSettings(max_tokens=inputs.max_tokens or dataset.max_tokens, stop=dataset.stop)
     answers_dir = inputs.answers_dir or Path("kascade-eval") / "answers"
     if inputs.cached_only:
-        answered = answered_by_every_tier(cascade, dataset.examples, settings=settings, answers_dir=answers_dir,
-                                          model_cache_dir=inputs.cache_dir)  # fmt: skip
+        answered = answered_by_every_tier(
+            cascade, dataset.examples, settings=settings, answers_dir=answers_dir, model_cache_dir=inputs.cache_dir
+        )
         if not answered:
-            raise DatasetError(f"--cached-only: no example of {dataset.name} has answers from every tier in {answers_dir}")
+            raise DatasetError(
+                f"--cached-only: no example of {dataset.name} has answers from every tier in {answers_dir}"
+            )
         console.print(f"--cached-only: {len(answered)} of {len(dataset.examples)} examples have every tier's answer")
         dataset = Dataset(dataset.name, answered, dataset.kind, dataset.max_tokens, dataset.stop)
     tasks: dict[str, int] = {}
     with _progress(console) as progress:
+
         def report(tier: str, done: int, total: int) -> None:
             if tier not in tasks:
                 tasks[tier] = progress.add_task(f"tier {tier}: answers", total=total)
             progress.update(tasks[tier], completed=done)
 
-        answers = collect_answers(cascade, dataset.examples, settings=settings, answers_dir=answers_dir,
-                                  batch_size=inputs.batch_size, model_cache_dir=inputs.cache_dir,
-                                  progress=report)  # fmt: skip
+        answers = collect_answers(
+            cascade,
+            dataset.examples,
+            settings=settings,
+            answers_dir=answers_dir,
+            batch_size=inputs.batch_size,
+            model_cache_dir=inputs.cache_dir,
+            progress=report,
+        )
     with console.status("judging the answers"):
         pair = judge_pair(cascade, dataset.examples, answers, Matcher(dataset.kind, cache_dir=inputs.cache_dir))
     return cascade, dataset, pair

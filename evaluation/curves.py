@@ -18,6 +18,7 @@ random scores (q_small + q_last) / 2, a perfect ranking the oracle's area.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,13 +73,24 @@ def sweep(examples: Sequence[Judged]) -> list[CurvePoint]:
         escalated_cost -= example.last_cost
         if index + 1 < n and ordered[index + 1].score == example.score:
             continue  # a threshold cannot split equal scores
-        points.append(_point(example.score, index + 1, n, disagreements, correct, labelled,
-                             small_total + escalated_cost, last_alone))  # fmt: skip
+        points.append(
+            _point(
+                example.score, index + 1, n, disagreements, correct, labelled, small_total + escalated_cost, last_alone
+            )
+        )
     return points
 
 
-def _point(threshold: float, kept: int, n: int, disagreements: int, correct: int, labelled: bool, cost: float,
-           last_alone: float) -> CurvePoint:  # fmt: skip
+def _point(
+    threshold: float,
+    kept: int,
+    n: int,
+    disagreements: int,
+    correct: int,
+    labelled: bool,
+    cost: float,
+    last_alone: float,
+) -> CurvePoint:
     return CurvePoint(
         threshold=threshold,
         small_share=kept / n,
@@ -97,15 +109,19 @@ def quality(point: CurvePoint) -> float:
 def area(points: Sequence[CurvePoint]) -> float:
     """Mean quality over the share answered by the small tier (trapezoids between the sweep's points)."""
     total = 0.0
-    for before, after in zip(points, points[1:]):
+    for before, after in itertools.pairwise(points):
         total += (after.small_share - before.small_share) * (quality(before) + quality(after)) / 2.0
     return total
 
 
 def oracle(examples: Sequence[Judged]) -> list[CurvePoint]:
     """The ceiling: a score that ranks every answer the small tier got right above every one it got wrong."""
-    return sweep([Judged(float(_good(e)), e.agrees, e.small_correct, e.last_correct, e.small_cost, e.last_cost)
-                  for e in examples])  # fmt: skip
+    return sweep(
+        [
+            Judged(float(_good(e)), e.agrees, e.small_correct, e.last_correct, e.small_cost, e.last_cost)
+            for e in examples
+        ]
+    )
 
 
 def random_routing(examples: Sequence[Judged], small_share: float) -> CurvePoint:
@@ -119,8 +135,14 @@ def random_routing(examples: Sequence[Judged], small_share: float) -> CurvePoint
         accuracy = small_share * small_acc + (1.0 - small_share) * last_acc
     last_alone = sum(e.last_cost for e in examples)
     cost = sum(e.small_cost for e in examples) + (1.0 - small_share) * last_alone
-    return CurvePoint(float("nan"), small_share, small_share * agree_rate + (1.0 - small_share), accuracy, cost,
-                      1.0 - cost / last_alone if last_alone > 0 else 0.0)  # fmt: skip
+    return CurvePoint(
+        float("nan"),
+        small_share,
+        small_share * agree_rate + (1.0 - small_share),
+        accuracy,
+        cost,
+        1.0 - cost / last_alone if last_alone > 0 else 0.0,
+    )
 
 
 def at_threshold(examples: Sequence[Judged], threshold: float) -> CurvePoint:

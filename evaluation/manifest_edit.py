@@ -9,6 +9,7 @@ replaced atomically: a failed write leaves the old one whole.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -35,7 +36,12 @@ def write_accept(path: Path, tier_name: str, accept: Accept, note: str) -> None:
     full = accept.model_dump(mode="json", by_alias=True, exclude_none=True)
     rule = {"method": full["method"], **rule, "threshold": accept.threshold}
     for key in ("span", "quantile"):
-        if isinstance(block, dict) and key in block and key in full and (key != "quantile" or full["method"] == "quantile"):
+        if (
+            isinstance(block, dict)
+            and key in block
+            and key in full
+            and (key != "quantile" or full["method"] == "quantile")
+        ):
             rule[key] = full[key]
     if full["method"] == "quantile":
         rule["quantile"] = full["quantile"]
@@ -57,9 +63,10 @@ def _without_stale_notes(text: str, note: str) -> str:
     marker = note.split(" on ")[0]
     lines = text.splitlines(keepends=True)
     kept = [
-        line for line, after in zip(lines, [*lines[1:], ""])
+        line
+        for line, after in zip(lines, [*lines[1:], ""], strict=True)
         if not (line.lstrip().startswith("# " + marker) and after.lstrip().startswith("# " + marker))
-    ]  # fmt: skip
+    ]
     return "".join(kept)
 
 
@@ -67,7 +74,7 @@ def _indentation(text: str) -> dict[str, int]:
     """The file's own indentation: mapping step, and how far list dashes sit under their key (kubectl's style
     indents them, `- ` under `key:` two columns in; PyYAML's does not)."""
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    for before, line in zip(lines, lines[1:]):
+    for before, line in itertools.pairwise(lines):
         if line.lstrip().startswith("- ") and before.rstrip().endswith(":"):
             offset = (len(line) - len(line.lstrip())) - (len(before) - len(before.lstrip()))
             return {"mapping": 2, "sequence": offset + 2, "offset": offset}

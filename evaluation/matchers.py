@@ -102,13 +102,23 @@ class Matcher:
         results: list[bool | None] = []
         for example, answer in zip(examples, answers, strict=True):
             reference = example.label if example.label is not None else example.answer
-            results.append(None if reference is None else self._same(answer.text if answer.label is None else answer.label, reference))
+            results.append(
+                None
+                if reference is None
+                else self._same(answer.text if answer.label is None else answer.label, reference)
+            )
         if self.kind is AnswerKind.text:
             return self._similar_pairs(answers, [e.answer for e in examples], results)
         return results
 
-    def agree(self, left: Sequence[TierAnswer], right: Sequence[TierAnswer], *,
-              left_correct: Sequence[bool | None] = (), right_correct: Sequence[bool | None] = ()) -> list[bool]:  # fmt: skip
+    def agree(
+        self,
+        left: Sequence[TierAnswer],
+        right: Sequence[TierAnswer],
+        *,
+        left_correct: Sequence[bool | None] = (),
+        right_correct: Sequence[bool | None] = (),
+    ) -> list[bool]:
         """Whether each pair of answers agrees; code compares test outcomes, which the caller passes."""
         if self.kind is AnswerKind.code:
             return [a == b for a, b in zip(left_correct, right_correct, strict=True)]
@@ -121,8 +131,9 @@ class Matcher:
             return _same_text(answer, reference)  # the first guess; tests or embeddings decide after
         return answers_agree(self.kind, answer, reference)
 
-    def _similar_pairs(self, answers: Sequence[TierAnswer], references: Sequence[str | None],
-                       fallback: list[bool | None]) -> list[bool | None]:  # fmt: skip
+    def _similar_pairs(
+        self, answers: Sequence[TierAnswer], references: Sequence[str | None], fallback: list[bool | None]
+    ) -> list[bool | None]:
         pairs = [(i, a.text, r) for i, (a, r) in enumerate(zip(answers, references, strict=True)) if r is not None]
         if not pairs:
             return fallback
@@ -150,8 +161,13 @@ class Matcher:
             rows = []
             with torch.inference_mode():
                 for start in range(0, len(texts), 32):
-                    batch = tokenizer(list(texts[start : start + 32]), padding=True, truncation=True,
-                                      max_length=256, return_tensors="pt")  # fmt: skip
+                    batch = tokenizer(
+                        list(texts[start : start + 32]),
+                        padding=True,
+                        truncation=True,
+                        max_length=256,
+                        return_tensors="pt",
+                    )
                     hidden = model(**batch).last_hidden_state
                     mask = batch["attention_mask"].unsqueeze(-1).float()
                     rows.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))

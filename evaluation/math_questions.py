@@ -53,8 +53,13 @@ def _environment(cache: Path) -> Path:
         return python
     venv.EnvBuilder(with_pip=True, clear=True).create(folder)
     # cwd: the environment itself, so that no folder of the caller's shadows a standard module.
-    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS],
-                          capture_output=True, text=True, check=False, cwd=folder)  # fmt: skip
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=folder,
+    )
     if done.returncode != 0:
         raise DatasetError(f"could not install {' '.join(REQUIREMENTS)} into {folder}: {done.stderr.strip()[-300:]}")
     ready.write_text(" ".join(REQUIREMENTS) + "\n")
@@ -67,9 +72,14 @@ def mathematics(cache_dir: Path | None = None, *, seed: int = 0, instruction: st
     path = cache / "datasets" / f"mathematics-{seed}-{PER_MODULE}.jsonl"
     if not path.is_file():
         python = _environment(cache)
-        done = subprocess.run([str(python), "-c", _GENERATOR, str(PER_MODULE), str(seed), *MODULES],
-                              capture_output=True, text=True, check=False, cwd=python.parent.parent,
-                              env={**os.environ, "PYTHONHASHSEED": "0"})  # fmt: skip
+        done = subprocess.run(
+            [str(python), "-c", _GENERATOR, str(PER_MODULE), str(seed), *MODULES],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=python.parent.parent,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
         if done.returncode != 0:
             raise DatasetError(f"mathematics-dataset failed: {done.stderr.strip()[-400:]}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +88,14 @@ def mathematics(cache_dir: Path | None = None, *, seed: int = 0, instruction: st
     examples = []
     for line in path.read_text().splitlines():
         record = json.loads(line)
-        examples.append(Example(id=record["id"], messages=({"role": "user", "content": f"{record['question']} {suffix}"},),
-                                answer=record["answer"], slice=record["slice"]))  # fmt: skip
+        examples.append(
+            Example(
+                id=record["id"],
+                messages=({"role": "user", "content": f"{record['question']} {suffix}"},),
+                answer=record["answer"],
+                slice=record["slice"],
+            )
+        )
     max_tokens = 24 if instruction == "final" else 192
     return Dataset(f"math-{instruction}", examples, AnswerKind.number, max_tokens=max_tokens)
 

@@ -23,10 +23,10 @@ from kascade.api.modelcascade import (
     ScoreFeature,
 )
 from kascade.evaluation.records import Example, TierAnswer
-from kascade.runtime.scoring.spans import select_span
-from kascade.runtime.scoring.confidence import score_class_probs, score_tokens
 from kascade.runtime.logprobs import TokenEvidence
+from kascade.runtime.scoring.confidence import score_class_probs, score_tokens
 from kascade.runtime.scoring.features import class_features, token_features
+from kascade.runtime.scoring.spans import select_span
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,9 @@ class ScoreMethod:
         return rule
 
     def accept(self, threshold: float = 0.5) -> Accept:
-        return Accept(method=self.method, threshold=threshold, quantile=self.quantile, span=self.span,
-                      learned=self.learned)  # fmt: skip
+        return Accept(
+            method=self.method, threshold=threshold, quantile=self.quantile, span=self.span, learned=self.learned
+        )
 
 
 FIXED_TOKEN_METHODS = (
@@ -68,7 +69,10 @@ DEFAULT_CLASS_FEATURES = tuple(f for f in ScoreFeature if f in CLASSIFY_FEATURES
 
 
 def evidence(answer: TierAnswer) -> list[TokenEvidence]:
-    return [TokenEvidence(lp, top, text) for lp, top, text in zip(answer.logprobs, answer.top_logprobs, answer.tokens, strict=True)]
+    return [
+        TokenEvidence(lp, top, text)
+        for lp, top, text in zip(answer.logprobs, answer.top_logprobs, answer.tokens, strict=True)
+    ]
 
 
 def prompt_of(example: Example) -> str:
@@ -85,13 +89,15 @@ def score_answers(method: ScoreMethod, examples: Sequence[Example], answers: Seq
         if answer.label is not None:
             scores.append(score_class_probs(accept, answer.probs, prompt_tokens=answer.prompt_tokens))
         else:
-            scores.append(score_tokens(accept, evidence(answer), prompt=prompt_of(example),
-                                       prompt_tokens=answer.prompt_tokens))  # fmt: skip
+            scores.append(
+                score_tokens(accept, evidence(answer), prompt=prompt_of(example), prompt_tokens=answer.prompt_tokens)
+            )
     return scores
 
 
-def feature_rows(examples: Sequence[Example], answers: Sequence[TierAnswer], span: ScoredSpan,
-                 features: Sequence[ScoreFeature]) -> list[list[float]]:  # fmt: skip
+def feature_rows(
+    examples: Sequence[Example], answers: Sequence[TierAnswer], span: ScoredSpan, features: Sequence[ScoreFeature]
+) -> list[list[float]]:
     rows = []
     for example, answer in zip(examples, answers, strict=True):
         if answer.label is not None:
@@ -103,9 +109,15 @@ def feature_rows(examples: Sequence[Example], answers: Sequence[TierAnswer], spa
     return rows
 
 
-def fit_learned(examples: Sequence[Example], answers: Sequence[TierAnswer], targets: Sequence[bool], *,
-                span: ScoredSpan = ScoredSpan.all, features: Sequence[ScoreFeature] | None = None,
-                target: str = "agreement") -> ScoreMethod:  # fmt: skip
+def fit_learned(
+    examples: Sequence[Example],
+    answers: Sequence[TierAnswer],
+    targets: Sequence[bool],
+    *,
+    span: ScoredSpan = ScoredSpan.all,
+    features: Sequence[ScoreFeature] | None = None,
+    target: str = "agreement",
+) -> ScoreMethod:
     """The learned score fitted to predict `targets` (agreement with the last tier, or correctness).
 
     L2-regularised logistic regression on standardised features; a target
@@ -120,14 +132,16 @@ def fit_learned(examples: Sequence[Example], answers: Sequence[TierAnswer], targ
     y = np.array([bool(t) for t in targets])
     if y.all() or not y.any():
         rate = min(max(float(y.mean()) if len(y) else 0.0, 1e-6), 1 - 1e-6)
-        params = LearnedScore(features=list(chosen), weights=[0.0] * len(chosen), bias=float(np.log(rate / (1 - rate))),
-                              target=target)  # type: ignore[arg-type]  # fmt: skip
+        params = LearnedScore(
+            features=list(chosen), weights=[0.0] * len(chosen), bias=float(np.log(rate / (1 - rate))), target=target
+        )  # type: ignore[arg-type]
         return ScoreMethod(ConfidenceMethod.learned, span=span, learned=params)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
     model = LogisticRegression(C=1.0, max_iter=5000).fit((x - mean) / scale, y)
     weights = model.coef_[0] / scale
     bias = float(model.intercept_[0] - (model.coef_[0] * mean / scale).sum())
-    params = LearnedScore(features=list(chosen), weights=[round(float(w), 6) for w in weights], bias=round(bias, 6),
-                          target=target)  # type: ignore[arg-type]  # fmt: skip
+    params = LearnedScore(
+        features=list(chosen), weights=[round(float(w), 6) for w in weights], bias=round(bias, 6), target=target
+    )  # type: ignore[arg-type]
     return ScoreMethod(ConfidenceMethod.learned, span=span, learned=params)

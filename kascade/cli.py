@@ -7,7 +7,7 @@ answers at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,14 +22,16 @@ app = typer.Typer(
 @app.command()
 def up(
     file: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--file", "-f", help="A ModelCascade manifest (YAML). Default: the embedded demo cascade."),
     ] = None,
     port: Annotated[int, typer.Option(help="Port of the router on localhost.")] = 8000,
     host: Annotated[str, typer.Option(help="Address the router binds.")] = "127.0.0.1",
-    demo: Annotated[bool, typer.Option(help="Send a few requests through the cascade, print the summary and exit.")] = False,
+    demo: Annotated[
+        bool, typer.Option(help="Send a few requests through the cascade, print the summary and exit.")
+    ] = False,
     cache_dir: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Cache for packaged models (pkg://): <dir>/models, <dir>/wheels. Default ~/.cache/kascade."),
     ] = None,
 ) -> None:
@@ -61,7 +63,9 @@ def serve(
     model: Annotated[str, typer.Option(help="A model folder (transformers format), or pkg://NAME.")],
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    served_model_name: Annotated[Optional[str], typer.Option(help="Name the model answers to (default: folder name).")] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Name the model answers to (default: folder name).")
+    ] = None,
     task: Annotated[str, typer.Option(help="generate (chat and completions) or classify.")] = "generate",
     device: Annotated[str, typer.Option(help="cpu, cuda, or auto.")] = "auto",
 ) -> None:
@@ -78,7 +82,7 @@ def serve(
 @app.command()
 def operator(
     namespace: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--namespace", "-n", help="A namespace to watch (repeatable)."),
     ] = None,
     all_namespaces: Annotated[
@@ -124,15 +128,29 @@ def crds(
     raise typer.Exit(sync_crds(out, check=check))
 
 
-_MANIFEST = typer.Option("--file", "-f", help="A ModelCascade manifest (YAML) of two tiers. Default: the embedded demo.")
-_DATA = typer.Option("--data", help="A JSONL file, or humaneval, bbc, spam, tweets (NAME:train / NAME:test for a part).")
+_MANIFEST = typer.Option(
+    "--file", "-f", help="A ModelCascade manifest (YAML) of two tiers. Default: the embedded demo."
+)
+_DATA = typer.Option(
+    "--data", help="A JSONL file, or humaneval, bbc, spam, tweets (NAME:train / NAME:test for a part)."
+)
 
 
 def _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir, cached_only=False):  # type: ignore[no-untyped-def]
     from kascade.evaluation.commands import EvalInputs
 
-    return EvalInputs(manifest=file, data=data, limit=limit, seed=seed, match=match, max_tokens=max_tokens,
-                      batch_size=batch_size, answers_dir=answers, cache_dir=cache_dir, cached_only=cached_only)  # fmt: skip
+    return EvalInputs(
+        manifest=file,
+        data=data,
+        limit=limit,
+        seed=seed,
+        match=match,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        answers_dir=answers,
+        cache_dir=cache_dir,
+        cached_only=cached_only,
+    )
 
 
 def _run_evaluation(run) -> int:  # type: ignore[no-untyped-def]
@@ -143,9 +161,9 @@ def _run_evaluation(run) -> int:  # type: ignore[no-untyped-def]
     from kascade.evaluation.datasets import DatasetError
     from kascade.evaluation.goals import GoalError
     from kascade.evaluation.judging import TooManyTiers
-    from kascade.runtime.models.catalog import ModelNotAvailable
     from kascade.runtime.engines.transformers.loading import ModelLoadError
     from kascade.runtime.local.manifest import LocalModeError
+    from kascade.runtime.models.catalog import ModelNotAvailable
     from kascade.runtime.signals import interrupt_on_stop_signals
 
     console = Console()
@@ -167,20 +185,31 @@ def _run_evaluation(run) -> int:  # type: ignore[no-untyped-def]
 @app.command(name="eval")
 def evaluate(
     data: Annotated[str, _DATA],
-    file: Annotated[Optional[Path], _MANIFEST] = None,
-    limit: Annotated[Optional[int], typer.Option(help="A fixed seeded sample of this many examples.")] = None,
+    file: Annotated[Path | None, _MANIFEST] = None,
+    limit: Annotated[int | None, typer.Option(help="A fixed seeded sample of this many examples.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample and of the random splits.")] = 0,
-    match: Annotated[Optional[str], typer.Option(help="Matcher: label, code, number, exact or text (default: the dataset's).")] = None,
-    span: Annotated[Optional[list[str]], typer.Option(help="Scored span(s) to compare (default: all four).")] = None,
-    goal: Annotated[Optional[list[str]], typer.Option(help="A goal for the bound's split study, e.g. minAgreement=0.95 (default: spec.calibration).")] = None,
-    confidence: Annotated[Optional[float], typer.Option(help="Confidence of the bound (default: spec.calibration's, else 0.95).")] = None,
-    splits: Annotated[int, typer.Option(help="Random calibration/held-out splits the held-out figures average over.")] = 100,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per answer (default: the dataset's).")] = None,
+    match: Annotated[
+        str | None, typer.Option(help="Matcher: label, code, number, exact or text (default: the dataset's).")
+    ] = None,
+    span: Annotated[list[str] | None, typer.Option(help="Scored span(s) to compare (default: all four).")] = None,
+    goal: Annotated[
+        list[str] | None,
+        typer.Option(help="A goal for the bound's split study, e.g. minAgreement=0.95 (default: spec.calibration)."),
+    ] = None,
+    confidence: Annotated[
+        float | None, typer.Option(help="Confidence of the bound (default: spec.calibration's, else 0.95).")
+    ] = None,
+    splits: Annotated[
+        int, typer.Option(help="Random calibration/held-out splits the held-out figures average over.")
+    ] = 100,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens per answer (default: the dataset's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples generated together.")] = 8,
-    answers: Annotated[Optional[Path], typer.Option(help="Answer cache (default ./kascade-eval/answers).")] = None,
+    answers: Annotated[Path | None, typer.Option(help="Answer cache (default ./kascade-eval/answers).")] = None,
     out: Annotated[Path, typer.Option(help="Where report.json and curves.png go.")] = Path("kascade-eval"),
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Packaged models and data (default ~/.cache/kascade).")] = None,
-    cached_only: Annotated[bool, typer.Option(help="Only the examples every tier has answered already (generate nothing).")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Packaged models and data (default ~/.cache/kascade).")] = None,
+    cached_only: Annotated[
+        bool, typer.Option(help="Only the examples every tier has answered already (generate nothing).")
+    ] = False,
 ) -> None:
     """Every confidence method's cost–quality curve on a dataset, beside random routing and the oracle.
 
@@ -190,53 +219,98 @@ def evaluate(
     from kascade.evaluation.eval_command import run_eval
 
     inputs = _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir, cached_only)
-    raise typer.Exit(_run_evaluation(lambda console: run_eval(
-        inputs, spans=span, goals=goal or [], confidence=confidence, splits=splits, out=out, console=console)))
+    raise typer.Exit(
+        _run_evaluation(
+            lambda console: run_eval(
+                inputs, spans=span, goals=goal or [], confidence=confidence, splits=splits, out=out, console=console
+            )
+        )
+    )
 
 
 @app.command()
 def calibrate(
     data: Annotated[str, _DATA],
-    file: Annotated[Optional[Path], _MANIFEST] = None,
-    goal: Annotated[Optional[list[str]], typer.Option(help="minAgreement=A, minAccuracy=A or maxEscalationRate=R (repeatable; default: spec.calibration).")] = None,
-    confidence: Annotated[Optional[float], typer.Option(help="Probability the goal holds (default: spec.calibration's, else 0.95).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="Confidence method to calibrate (default: the manifest's); learned fits one.")] = None,
-    span: Annotated[Optional[str], typer.Option(help="Scored span (default: the manifest's).")] = None,
+    file: Annotated[Path | None, _MANIFEST] = None,
+    goal: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="minAgreement=A, minAccuracy=A or maxEscalationRate=R (repeatable; default: spec.calibration)."
+        ),
+    ] = None,
+    confidence: Annotated[
+        float | None, typer.Option(help="Probability the goal holds (default: spec.calibration's, else 0.95).")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Confidence method to calibrate (default: the manifest's); learned fits one.")
+    ] = None,
+    span: Annotated[str | None, typer.Option(help="Scored span (default: the manifest's).")] = None,
     held_out: Annotated[float, typer.Option(help="Share of the data kept apart to measure the result.")] = 0.3,
-    write: Annotated[bool, typer.Option(help="Write the accept rule into the manifest (comments and layout kept).")] = False,
-    limit: Annotated[Optional[int], typer.Option(help="A fixed seeded sample of this many examples.")] = None,
+    write: Annotated[
+        bool, typer.Option(help="Write the accept rule into the manifest (comments and layout kept).")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(help="A fixed seeded sample of this many examples.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
-    match: Annotated[Optional[str], typer.Option(help="Matcher: label, code, number, exact or text.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per answer (default: the dataset's).")] = None,
+    match: Annotated[str | None, typer.Option(help="Matcher: label, code, number, exact or text.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens per answer (default: the dataset's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples generated together.")] = 8,
-    answers: Annotated[Optional[Path], typer.Option(help="Answer cache (default ./kascade-eval/answers).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Packaged models and data (default ~/.cache/kascade).")] = None,
-    cached_only: Annotated[bool, typer.Option(help="Only the examples every tier has answered already (generate nothing).")] = False,
+    answers: Annotated[Path | None, typer.Option(help="Answer cache (default ./kascade-eval/answers).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Packaged models and data (default ~/.cache/kascade).")] = None,
+    cached_only: Annotated[
+        bool, typer.Option(help="Only the examples every tier has answered already (generate nothing).")
+    ] = False,
 ) -> None:
     """Set the first tier's threshold from a quality goal, with a finite-sample guarantee, and report it on held-out data."""
     from kascade.evaluation.calibrate_command import run_calibrate
 
     inputs = _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir, cached_only)
-    raise typer.Exit(_run_evaluation(lambda console: run_calibrate(
-        inputs, goals=goal or [], confidence=confidence, method=method, span=span, held_out_share=held_out,
-        write=write, console=console)))
+    raise typer.Exit(
+        _run_evaluation(
+            lambda console: run_calibrate(
+                inputs,
+                goals=goal or [],
+                confidence=confidence,
+                method=method,
+                span=span,
+                held_out_share=held_out,
+                write=write,
+                console=console,
+            )
+        )
+    )
 
 
 @app.command()
 def distill(
     student: Annotated[str, typer.Option(help="The student: a model URI (pkg://, hf://, a folder).")],
     data: Annotated[str, typer.Option(help="An escalation log (folder, file://, s3://) or a dataset .jsonl file.")],
-    out: Annotated[Path, typer.Option(help="Output folder: the distilled model (servable as it is) and provenance.json.")],
-    teacher: Annotated[Optional[str], typer.Option(help="An in-process teacher: scores what the log has no ids for, and on-policy samples.")] = None,
-    teacher_url: Annotated[Optional[str], typer.Option(help="A teacher server's base URL (vLLM, kascade serve) that scores on-policy samples by prompt_logprobs.")] = None,
-    teacher_model: Annotated[Optional[str], typer.Option(help="The model name the teacher server serves.")] = None,
-    teacher_top_k: Annotated[int, typer.Option(help="Entries a teacher in process or behind a server keeps per token.")] = 20,
+    out: Annotated[
+        Path, typer.Option(help="Output folder: the distilled model (servable as it is) and provenance.json.")
+    ],
+    teacher: Annotated[
+        str | None,
+        typer.Option(help="An in-process teacher: scores what the log has no ids for, and on-policy samples."),
+    ] = None,
+    teacher_url: Annotated[
+        str | None,
+        typer.Option(
+            help="A teacher server's base URL (vLLM, kascade serve) that scores on-policy samples by prompt_logprobs."
+        ),
+    ] = None,
+    teacher_model: Annotated[str | None, typer.Option(help="The model name the teacher server serves.")] = None,
+    teacher_top_k: Annotated[
+        int, typer.Option(help="Entries a teacher in process or behind a server keeps per token.")
+    ] = 20,
     loss: Annotated[str, typer.Option(help="forwardKL, reverseKL or generalizedJSD.")] = "forwardKL",
     temperature: Annotated[float, typer.Option(help="Softens teacher and student alike.")] = 2.0,
     alpha: Annotated[float, typer.Option(help="Weight of the teacher's soft term (1 - alpha: hard labels).")] = 0.5,
     beta: Annotated[float, typer.Option(help="Generalized JSD interpolation.")] = 0.5,
-    on_policy_fraction: Annotated[float, typer.Option(help="Share of steps on the student's own samples (needs --teacher).")] = 0.0,
-    lora: Annotated[bool, typer.Option(help="LoRA adapters, merged into the saved model (--no-lora: full fine-tuning).")] = True,
+    on_policy_fraction: Annotated[
+        float, typer.Option(help="Share of steps on the student's own samples (needs --teacher).")
+    ] = 0.0,
+    lora: Annotated[
+        bool, typer.Option(help="LoRA adapters, merged into the saved model (--no-lora: full fine-tuning).")
+    ] = True,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
@@ -245,20 +319,55 @@ def distill(
     max_new_tokens: Annotated[int, typer.Option(help="Length of on-policy samples and held-out answers.")] = 64,
     held_out: Annotated[float, typer.Option(help="Share kept for evaluation (stable hash of each record).")] = 0.1,
     eval_every: Annotated[int, typer.Option(help="Steps between held-out evaluations (and checkpoints).")] = 50,
-    eval_generate: Annotated[int, typer.Option(help="Held-out answers generated to measure final-answer agreement.")] = 32,
+    eval_generate: Annotated[
+        int, typer.Option(help="Held-out answers generated to measure final-answer agreement.")
+    ] = 32,
     match: Annotated[str, typer.Option(help="How answers agree: exact or number.")] = "exact",
-    limit: Annotated[Optional[int], typer.Option(help="At most this many examples (seeded sample).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many examples (seeded sample).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data order, sampling and the sample.")] = 0,
     min_agreement_gain: Annotated[float, typer.Option(help="Promotion gate: least gain in held-out agreement.")] = 0.01,
     slice_tolerance: Annotated[float, typer.Option(help="Promotion gate: most any held-out slice may lose.")] = 0.02,
     min_slice_examples: Annotated[int, typer.Option(help="Promotion gate: smaller slices are shown, not judged.")] = 20,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out, if any.")] = True,
-    report_to: Annotated[Optional[str], typer.Option(metavar="NAMESPACE/NAME", help="A Distillation whose status this run writes: its progress and result (off by default).")] = None,
-    model_uri: Annotated[Optional[str], typer.Option(metavar="URI", help="The output as a tier's model.uri says it (e.g. pvc://claim/path); reported as status.model. Default: the --out folder.")] = None,
-    api_server: Annotated[Optional[str], typer.Option(metavar="URL", help="The API server --report-to writes to. Default: in-cluster (KUBERNETES_SERVICE_HOST/PORT).")] = None,
-    token_file: Annotated[Optional[Path], typer.Option(help="Bearer token for --report-to (none when the file is missing). Default: the pod's service-account token.")] = None,
-    report_interval: Annotated[Optional[float], typer.Option(min=0, envvar="KASCADE_DISTILL_REPORT_INTERVAL_SECONDS", help="Least seconds between two progress writes of --report-to. Default: 10.")] = None,
-    ca_file: Annotated[Optional[Path], typer.Option(help="CA bundle of the API server --report-to writes to. Default: the pod's service-account CA.")] = None,
+    report_to: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAMESPACE/NAME",
+            help="A Distillation whose status this run writes: its progress and result (off by default).",
+        ),
+    ] = None,
+    model_uri: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URI",
+            help="The output as a tier's model.uri says it (e.g. pvc://claim/path); reported as status.model. Default: the --out folder.",
+        ),
+    ] = None,
+    api_server: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="The API server --report-to writes to. Default: in-cluster (KUBERNETES_SERVICE_HOST/PORT).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Bearer token for --report-to (none when the file is missing). Default: the pod's service-account token."
+        ),
+    ] = None,
+    report_interval: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            envvar="KASCADE_DISTILL_REPORT_INTERVAL_SECONDS",
+            help="Least seconds between two progress writes of --report-to. Default: 10.",
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(help="CA bundle of the API server --report-to writes to. Default: the pod's service-account CA."),
+    ] = None,
 ) -> None:
     """Distil a student from the escalation log (or a dataset): soft targets, temperature, LoRA; resumable."""
     from pydantic import ValidationError
@@ -280,8 +389,9 @@ def _distill_settings(options: dict):  # noqa: ANN202 - a DistillSettings, impor
     return DistillSettings(divergence=options["loss"], **{k: v for k, v in options.items() if k in names})
 
 
-def _report_config(target: str, api_server: str | None, token_file: Path | None, ca_file: Path | None,
-                   interval: float | None):  # noqa: ANN202  # fmt: skip
+def _report_config(
+    target: str, api_server: str | None, token_file: Path | None, ca_file: Path | None, interval: float | None
+):  # noqa: ANN202
     """A DistillationReportConfig (imported lazily); the reporter's own defaults for what is not given."""
     from kascade.distillation.report import DistillationReportConfig
     from kascade.distillation.status import parse_report_target
@@ -290,8 +400,12 @@ def _report_config(target: str, api_server: str | None, token_file: Path | None,
         namespace, name = parse_report_target(target)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--report-to") from None
-    given = {"api_server": api_server, "token_file": str(token_file) if token_file else None,
-             "ca_file": str(ca_file) if ca_file else None, "interval_seconds": interval}  # fmt: skip
+    given = {
+        "api_server": api_server,
+        "token_file": str(token_file) if token_file else None,
+        "ca_file": str(ca_file) if ca_file else None,
+        "interval_seconds": interval,
+    }
     return DistillationReportConfig(namespace=namespace, name=name, **{k: v for k, v in given.items() if v is not None})
 
 

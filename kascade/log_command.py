@@ -8,8 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-log_app = typer.Typer(help="Look inside an escalation log: counts, time range, escalation reasons, records.",
-                      no_args_is_help=True)  # fmt: skip
+log_app = typer.Typer(
+    help="Look inside an escalation log: counts, time range, escalation reasons, records.", no_args_is_help=True
+)
 
 
 def _records(uri: str):  # noqa: ANN202 - an iterator of EscalationRecord
@@ -59,8 +60,13 @@ def show(
         console.rule(f"{record.recorded_at:%Y-%m-%d %H:%M:%S} {record.endpoint} {record.id[:8]}")
         console.print(f"[bold]prompt[/bold]: {prompt_of(record)}", markup=True, highlight=False)
         for declined in record.declined:
-            console.print(f"[yellow]{declined.model.tier}[/yellow] ({declined.method} {declined.score:.3f} < "
-                          f"{declined.threshold:g}): {declined.text}", highlight=False)  # fmt: skip
+            console.print(
+                f"[yellow]{declined.model.tier}[/yellow] ({declined.method} {declined.score:.3f} < "
+                f"{declined.threshold:g}): {declined.text}",
+                highlight=False,
+            )
         tokens = f", {len(record.tokens.token_ids)} token ids" if record.tokens is not None else ", no token ids"
-        console.print(f"[green]{record.answered_by.tier}[/green] ({record.answered_by.served_model}{tokens}): "
-                      f"{record.answer}", highlight=False)  # fmt: skip
+        console.print(
+            f"[green]{record.answered_by.tier}[/green] ({record.answered_by.served_model}{tokens}): {record.answer}",
+            highlight=False,
+        )

@@ -73,8 +73,9 @@ async def apply_plan(
         key = (ref.kind, ref.name)
         uid = ((observed.get(key) or {}).get("metadata") or {}).get("uid")
         try:
-            if await api.delete(ref.api_version, plural_of(ref.api_version, ref.kind), ref.name,
-                                namespace=namespace, uid=uid):  # fmt: skip
+            if await api.delete(
+                ref.api_version, plural_of(ref.api_version, ref.kind), ref.name, namespace=namespace, uid=uid
+            ):
                 report.deleted.append(key)
         except ApiError as error:
             if error.conflict:  # replaced by a new object of that name since we looked

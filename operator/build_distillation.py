@@ -73,20 +73,30 @@ def build_distillation(
     teacher = cascade.spec.tiers[-1]
     on_policy = policy.training.on_policy_fraction > 0
     spec = DistillationSpec(
-        cascade=cascade.metadata.name, tier=tier_name, student=tier.model.uri, data=log.uri,
+        cascade=cascade.metadata.name,
+        tier=tier_name,
+        student=tier.model.uri,
+        data=log.uri,
         hub_token_secret=tier.model.hub_token_secret,
-        credentials_secret=log.credentials_secret, output=f"{policy.output_uri.rstrip('/')}/{name}",
+        credentials_secret=log.credentials_secret,
+        output=f"{policy.output_uri.rstrip('/')}/{name}",
         teacher_url=tier_service_url(cascade, teacher, settings) if on_policy else None,
         teacher_model=teacher.served_name if on_policy else None,
-        training=policy.training, gate=policy.gate,
-        resources=policy.resources, tolerations=policy.tolerations, node_selector=policy.node_selector,
+        training=policy.training,
+        gate=policy.gate,
+        resources=policy.resources,
+        tolerations=policy.tolerations,
+        node_selector=policy.node_selector,
         log_records=log_records,
-    )  # fmt: skip
+    )
     return {
         "apiVersion": API_VERSION,
         "kind": DISTILLATION_KIND,
-        "metadata": {"name": name, "namespace": cascade_namespace(cascade),
-                     "labels": common_labels(cascade.metadata.name, COMPONENT_DISTILLATION)},  # fmt: skip
+        "metadata": {
+            "name": name,
+            "namespace": cascade_namespace(cascade),
+            "labels": common_labels(cascade.metadata.name, COMPONENT_DISTILLATION),
+        },
         "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
 
@@ -108,12 +118,16 @@ class _Claims:
         return posixpath.join(CLAIMS_ROOT, location.pvc_claim, location.pvc_path or "").rstrip("/")
 
     def volumes(self) -> list[dict[str, Any]]:
-        return [{"name": f"claim-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": claim != self.writable}}
-                for i, claim in enumerate(self.names)]  # fmt: skip
+        return [
+            {"name": f"claim-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": claim != self.writable}}
+            for i, claim in enumerate(self.names)
+        ]
 
     def mounts(self) -> list[dict[str, Any]]:
-        return [{"name": f"claim-{i}", "mountPath": posixpath.join(CLAIMS_ROOT, claim), "readOnly": claim != self.writable}
-                for i, claim in enumerate(self.names)]  # fmt: skip
+        return [
+            {"name": f"claim-{i}", "mountPath": posixpath.join(CLAIMS_ROOT, claim), "readOnly": claim != self.writable}
+            for i, claim in enumerate(self.names)
+        ]
 
 
 def distill_args(run: Distillation, claims: _Claims) -> list[str]:
@@ -121,17 +135,42 @@ def distill_args(run: Distillation, claims: _Claims) -> list[str]:
     spec, training, gate = run.spec, run.spec.training, run.spec.gate
     namespace = run.metadata.namespace or "default"
     args = [
-        "kascade", "distill",
-        "--student", claims.path(spec.student), "--data", claims.path(spec.data), "--out", claims.path(spec.output),
-        "--loss", training.loss.value, "--temperature", f"{training.temperature:g}",
-        "--alpha", f"{training.alpha:g}", "--beta", f"{training.beta:g}",
-        "--on-policy-fraction", f"{training.on_policy_fraction:g}", "--steps", str(training.steps),
-        "--batch-size", str(training.batch_size), "--learning-rate", f"{training.learning_rate:g}",
+        "kascade",
+        "distill",
+        "--student",
+        claims.path(spec.student),
+        "--data",
+        claims.path(spec.data),
+        "--out",
+        claims.path(spec.output),
+        "--loss",
+        training.loss.value,
+        "--temperature",
+        f"{training.temperature:g}",
+        "--alpha",
+        f"{training.alpha:g}",
+        "--beta",
+        f"{training.beta:g}",
+        "--on-policy-fraction",
+        f"{training.on_policy_fraction:g}",
+        "--steps",
+        str(training.steps),
+        "--batch-size",
+        str(training.batch_size),
+        "--learning-rate",
+        f"{training.learning_rate:g}",
         "--lora" if training.lora else "--no-lora",
-        "--min-agreement-gain", f"{gate.min_agreement_gain:g}", "--slice-tolerance", f"{gate.slice_tolerance:g}",
-        "--min-slice-examples", str(gate.min_slice_examples),
-        "--report-to", f"{namespace}/{run.metadata.name}", "--model-uri", spec.output,
-    ]  # fmt: skip
+        "--min-agreement-gain",
+        f"{gate.min_agreement_gain:g}",
+        "--slice-tolerance",
+        f"{gate.slice_tolerance:g}",
+        "--min-slice-examples",
+        str(gate.min_slice_examples),
+        "--report-to",
+        f"{namespace}/{run.metadata.name}",
+        "--model-uri",
+        spec.output,
+    ]
     if spec.teacher_url and spec.teacher_model:
         args += ["--teacher-url", spec.teacher_url, "--teacher-model", spec.teacher_model]
     return args
@@ -182,14 +221,18 @@ def build_distillation_job(run: Distillation, settings: OperatorSettings) -> dic
         "spec": {
             "backoffLimit": JOB_BACKOFF_LIMIT,
             "activeDeadlineSeconds": job_deadline_seconds(spec),
-            "podFailurePolicy": {"rules": [
-                # A refusal fails the same way again: no retry.
-                {"action": "FailJob", "onExitCodes": {
-                    "containerName": "distill", "operator": "In", "values": [REFUSED_EXIT_CODE]}},
-                # A pod evicted by a node drain, a preemption or the taint manager says nothing
-                # about the run: retry it (from its checkpoint) without using up backoffLimit.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]},
+            "podFailurePolicy": {
+                "rules": [
+                    # A refusal fails the same way again: no retry.
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": "distill", "operator": "In", "values": [REFUSED_EXIT_CODE]},
+                    },
+                    # A pod evicted by a node drain, a preemption or the taint manager says nothing
+                    # about the run: retry it (from its checkpoint) without using up backoffLimit.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            },
             # Restricted; the fsGroup lets the run's UID write the students' claim.
             "template": {"metadata": {"labels": labels}, "spec": restricted(pod, settings)},
         },
@@ -197,8 +240,11 @@ def build_distillation_job(run: Distillation, settings: OperatorSettings) -> dic
 
 
 def _metadata(cascade: ModelCascade) -> dict[str, Any]:
-    return {"name": distiller_name(cascade.metadata.name), "namespace": cascade_namespace(cascade),
-            "labels": common_labels(cascade.metadata.name, COMPONENT_DISTILLATION)}  # fmt: skip
+    return {
+        "name": distiller_name(cascade.metadata.name),
+        "namespace": cascade_namespace(cascade),
+        "labels": common_labels(cascade.metadata.name, COMPONENT_DISTILLATION),
+    }
 
 
 def build_distiller_children(cascade: ModelCascade) -> list[dict[str, Any]]:
@@ -207,13 +253,17 @@ def build_distiller_children(cascade: ModelCascade) -> list[dict[str, Any]]:
         return []
     name = distiller_name(cascade.metadata.name)
     role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _metadata(cascade),
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(cascade),
         "rules": [{"apiGroups": [GROUP], "resources": [f"{DISTILLATION_PLURAL}/status"], "verbs": ["get", "patch"]}],
-    }  # fmt: skip
+    }
     binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _metadata(cascade),
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(cascade),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": cascade_namespace(cascade)}],
-    }  # fmt: skip
+    }
     account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(cascade)}
     return [with_spec_hash(account), with_spec_hash(role), with_spec_hash(binding)]

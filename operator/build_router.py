@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+
+from kascade.api.model_uri import ModelUri
 from kascade.api.modelcascade import GROUP, PLURAL, ModelCascade
 from kascade.operator.build_tier import cascade_namespace, tier_service_url
 from kascade.operator.labels import (
@@ -28,11 +30,10 @@ from kascade.operator.labels import (
     stable_hash,
     with_spec_hash,
 )
-from kascade.api.model_uri import ModelUri
 from kascade.operator.pod_security import restricted
 from kascade.operator.settings import OperatorSettings
-from kascade.runtime.config import RouterConfig, router_config_from_cascade
 from kascade.runtime.cluster_status.report import StatusReportConfig
+from kascade.runtime.config import RouterConfig, router_config_from_cascade
 
 CONFIG_DIR = "/etc/kascade"
 CONFIG_FILE = "router.yaml"
@@ -74,8 +75,7 @@ def _metadata(cascade: ModelCascade) -> dict[str, Any]:
 def endpoint_url(cascade: ModelCascade, settings: OperatorSettings) -> str:
     """The cascade's OpenAI-compatible base URL inside the cluster (for `status.endpoint`)."""
     return (
-        f"http://{router_child_name(cascade.metadata.name)}.{cascade_namespace(cascade)}.svc:"
-        f"{settings.router_port}/v1"
+        f"http://{router_child_name(cascade.metadata.name)}.{cascade_namespace(cascade)}.svc:{settings.router_port}/v1"
     )
 
 
@@ -131,12 +131,17 @@ def _secret_volumes(cascade: ModelCascade) -> tuple[list[dict[str, Any]], list[d
         if ref is None:
             continue
         volume = tier_api_key_volume(tier.name)
-        volumes.append({"name": volume, "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "api-key"}]}})
+        volumes.append(
+            {"name": volume, "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "api-key"}]}}
+        )
         mounts.append({"name": volume, "mountPath": f"{SECRETS_DIR}/tiers/{tier.name}", "readOnly": True})
     ref = cascade.spec.router.api_key_secret
     if ref is not None:
         volumes.append(
-            {"name": CLIENT_KEYS_VOLUME, "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "keys"}]}}
+            {
+                "name": CLIENT_KEYS_VOLUME,
+                "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "keys"}]},
+            }
         )
         mounts.append({"name": CLIENT_KEYS_VOLUME, "mountPath": f"{SECRETS_DIR}/clients", "readOnly": True})
     return volumes, mounts
@@ -228,7 +233,10 @@ def build_router_deployment(
         "volumes": [
             {
                 "name": "config",
-                "configMap": {"name": configmap["metadata"]["name"], "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]},
+                "configMap": {
+                    "name": configmap["metadata"]["name"],
+                    "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}],
+                },
             },
             *secret_volumes,
             *log_volumes,
@@ -263,9 +271,7 @@ def build_router_service(cascade: ModelCascade, settings: OperatorSettings) -> d
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(cascade.metadata.name, COMPONENT_ROUTER),
-            "ports": [
-                {"name": PORT_NAME, "port": settings.router_port, "targetPort": PORT_NAME, "protocol": "TCP"}
-            ],
+            "ports": [{"name": PORT_NAME, "port": settings.router_port, "targetPort": PORT_NAME, "protocol": "TCP"}],
         },
     }
     return with_spec_hash(manifest)

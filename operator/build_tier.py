@@ -46,6 +46,7 @@ ENGINE_BUILDERS: dict[EngineKind, EngineBuilder] = {
     EngineKind.transformers: engine_transformers.build_engine_container,
 }
 
+
 @dataclass(frozen=True)
 class ModelRef:
     """Where a tier's weights come from, as the pod sees them.
@@ -171,9 +172,7 @@ def _model_volumes(
     mounts: list[dict[str, Any]] = []
     env: list[dict[str, Any]] = []
     if model.scheme == "pvc" and model.claim:
-        volumes.append(
-            {"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True}}
-        )
+        volumes.append({"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True}})
         mounts.append({"name": MODEL_VOLUME, "mountPath": settings.model_mount_path, "readOnly": True})
     if model.needs_download_cache:
         cache_root = settings.model_cache_path.rstrip("/") or "/"
@@ -184,9 +183,7 @@ def _model_volumes(
             env.append({"name": "KASCADE_CACHE_DIR", "value": posixpath.join(cache_root, "kascade")})
     token = tier.model.hub_token_secret
     if token is not None:
-        env.append(
-            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}}
-        )
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
     return volumes, mounts, env
 
 
@@ -333,10 +330,7 @@ def build_tier_service(cascade: ModelCascade, tier: Tier, settings: OperatorSett
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(name, COMPONENT_TIER, tier.name),
-            "ports": [
-                {"name": PORT_NAME, "port": settings.engine_port, "targetPort": PORT_NAME, "protocol": "TCP"}
-            ],
+            "ports": [{"name": PORT_NAME, "port": settings.engine_port, "targetPort": PORT_NAME, "protocol": "TCP"}],
         },
     }
     return with_spec_hash(manifest)
-

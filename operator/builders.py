@@ -89,9 +89,7 @@ def name_collisions(cascade: ModelCascade) -> list[str]:
             continue
         name = tier_child_name(cascade.metadata.name, tier.name)
         if name == router:
-            problems.append(
-                f"tier {tier.name!r} would be named {name!r}, the router's name; rename the tier"
-            )
+            problems.append(f"tier {tier.name!r} would be named {name!r}, the router's name; rename the tier")
         elif name in seen:
             problems.append(f"tiers {seen[name]!r} and {tier.name!r} would both be named {name!r}")
         seen.setdefault(name, tier.name)

@@ -33,9 +33,13 @@ class CalibrationOutcome:
 
 
 def calibrate(
-    cascade: ModelCascade, previous: Mapping[str, Any] | None, folded: CounterFigures, *, now: str,
+    cascade: ModelCascade,
+    previous: Mapping[str, Any] | None,
+    folded: CounterFigures,
+    *,
+    now: str,
     generation: int | None,
-) -> CalibrationOutcome:  # fmt: skip
+) -> CalibrationOutcome:
     """One step of online calibration from the folded counts and the calibration status written before."""
     spec = cascade.spec
     calibration = spec.calibration
@@ -44,8 +48,9 @@ def calibrate(
     declared = {tier.name: tier.accept.threshold for tier in spec.tiers if tier.accept is not None}
     before = CalibrationStatus.model_validate(previous) if previous else None
     models = {tier.name: tier.model.uri for tier in spec.tiers}
-    status = calibrate_tiers(calibration, declared, folded, before, now=now,
-                             window_samples=window_samples_of(calibration), models=models)  # fmt: skip
+    status = calibrate_tiers(
+        calibration, declared, folded, before, now=now, window_samples=window_samples_of(calibration), models=models
+    )
     return CalibrationOutcome(status, calibrated_condition(status, generation))
 
 
@@ -54,12 +59,21 @@ def calibrated_condition(status: CalibrationStatus, generation: int | None) -> C
     unmet = [tier for tier in status.tiers if not tier.met]
     if not unmet:
         parts = "; ".join(f"{t.name} at {t.threshold:g} ({t.samples} samples)" for t in status.tiers)
-        return Condition(type=CALIBRATED, status="True", reason="GoalMet",
-                         message=f"{status.goal} at {status.confidence:g} confidence: {parts}",
-                         observed_generation=generation)  # fmt: skip
+        return Condition(
+            type=CALIBRATED,
+            status="True",
+            reason="GoalMet",
+            message=f"{status.goal} at {status.confidence:g} confidence: {parts}",
+            observed_generation=generation,
+        )
     first = unmet[0]
-    return Condition(type=CALIBRATED, status="False", reason=first.reason,
-                     message=f'tier "{first.name}": {first.message}', observed_generation=generation)  # fmt: skip
+    return Condition(
+        type=CALIBRATED,
+        status="False",
+        reason=first.reason,
+        message=f'tier "{first.name}": {first.message}',
+        observed_generation=generation,
+    )
 
 
 def with_thresholds(tiers: Sequence[TierStatus], thresholds: Mapping[str, float]) -> list[TierStatus]:

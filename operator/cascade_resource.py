@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from kascade.api import API_VERSION
 from kascade.api.errors import validation_problems
 from kascade.api.modelcascade import KIND, ModelCascade
-from pydantic import ValidationError
 
 
 def plain(value: Any) -> Any:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+
 from kascade.api import API_VERSION
 from kascade.api.modelcascade import PLURAL
 from kascade.operator.cascade_resource import plain
@@ -37,9 +38,14 @@ class Target:
     @classmethod
     def of(cls, body: Any) -> Target:
         meta = body.get("metadata") or {}
-        return cls(body=body, name=meta["name"], namespace=meta.get("namespace") or "default",
-                   generation=meta.get("generation"), resource_version=meta.get("resourceVersion"),
-                   status=plain(body.get("status") or {}))  # fmt: skip
+        return cls(
+            body=body,
+            name=meta["name"],
+            namespace=meta.get("namespace") or "default",
+            generation=meta.get("generation"),
+            resource_version=meta.get("resourceVersion"),
+            status=plain(body.get("status") or {}),
+        )
 
 
 def post(body: Any, notice: Notice) -> None:
@@ -70,8 +76,14 @@ async def write_status(api: KubeApi, target: Target, compose: StatusComposer) ->
         if not changes_status(status, patch):
             return None
         try:
-            await api.patch_status(API_VERSION, PLURAL, target.name, namespace=target.namespace,
-                                   status_patch=patch, resource_version=resource_version)  # fmt: skip
+            await api.patch_status(
+                API_VERSION,
+                PLURAL,
+                target.name,
+                namespace=target.namespace,
+                status_patch=patch,
+                resource_version=resource_version,
+            )
         except ApiError as error:
             if not error.conflict:
                 raise

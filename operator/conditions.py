@@ -46,6 +46,7 @@ ROUTER_READY = "RouterReady"
 DEGRADED = "Degraded"
 OWN_CONDITIONS = (READY, TIERS_READY, ROUTER_READY, DEGRADED)
 
+
 @dataclass(frozen=True)
 class Health:
     """What `compute_health` found: `status.tiers` and `status.conditions`."""
@@ -89,8 +90,16 @@ def tier_statuses(cascade: ModelCascade, observed: Mapping[ChildKey, Mapping[str
             result.append(TierStatus(name=tier.name, ready=True, threshold=threshold, per_gpu_hour=price))
             continue
         ready = _ready_replicas(observed, tier_child_name(cascade.metadata.name, tier.name))
-        result.append(TierStatus(name=tier.name, ready_replicas=ready, replicas=tier.replicas, threshold=threshold,
-                                 ready_gpus=ready * tier.resources.gpus, per_gpu_hour=price))  # fmt: skip
+        result.append(
+            TierStatus(
+                name=tier.name,
+                ready_replicas=ready,
+                replicas=tier.replicas,
+                threshold=threshold,
+                ready_gpus=ready * tier.resources.gpus,
+                per_gpu_hour=price,
+            )
+        )
     return result
 
 
@@ -98,14 +107,19 @@ def refused_pods(cascade: ModelCascade, observed: Mapping[ChildKey, Mapping[str,
     """A Deployment whose ReplicaSet cannot create pods (its `ReplicaFailure` condition, reason FailedCreate):
     the namespace's Pod Security level, a ResourceQuota or an admission webhook said no. Without this the
     cascade would show only missing replicas."""
-    names = [(f'tier "{t.name}"', tier_child_name(cascade.metadata.name, t.name)) for t in cascade.spec.tiers
-             if deploys_pods(t)] + [("the router", router_child_name(cascade.metadata.name))]  # fmt: skip
+    names = [
+        (f'tier "{t.name}"', tier_child_name(cascade.metadata.name, t.name))
+        for t in cascade.spec.tiers
+        if deploys_pods(t)
+    ] + [("the router", router_child_name(cascade.metadata.name))]
     problems = []
     for what, name in names:
         conditions = ((observed.get(("Deployment", name)) or {}).get("status") or {}).get("conditions") or []
         failure = next((c for c in conditions if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)
         if failure is not None:
-            message = f"{what} cannot create its pods ({failure.get('reason', 'FailedCreate')}): {failure.get('message', '')}"
+            message = (
+                f"{what} cannot create its pods ({failure.get('reason', 'FailedCreate')}): {failure.get('message', '')}"
+            )
             problems.append(Problem(ProblemReason.pods_refused, message.rstrip(": ")))
     return problems
 
@@ -134,9 +148,7 @@ def _as_condition(value: Condition | Mapping[str, Any]) -> Condition:
     return value if isinstance(value, Condition) else Condition.model_validate(value)
 
 
-def _condition(
-    type_: str, ok: bool, reason: str, message: str, generation: int | None
-) -> Condition:
+def _condition(type_: str, ok: bool, reason: str, message: str, generation: int | None) -> Condition:
     status: Literal["True", "False"] = "True" if ok else "False"
     return Condition(type=type_, status=status, reason=reason, message=message, observed_generation=generation)
 

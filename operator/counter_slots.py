@@ -54,7 +54,9 @@ def read_leniently(model: type[Model], raw: Mapping[str, Any], where: str, warni
             for problem in error.errors():
                 path = field_path(problem["loc"])
                 why = problem["msg"]
-                warnings.append(f"{where}{_joined(path)}: {problem['input']!r} is not valid ({why}); left out (read as 0)")
+                warnings.append(
+                    f"{where}{_joined(path)}: {problem['input']!r} is not valid ({why}); left out (read as 0)"
+                )
                 _leave_out(data, problem["loc"])
     warnings.append(f"{where}: could not be read; read as empty")
     return model()

@@ -92,7 +92,9 @@ class FoldResult:
         patch: dict[str, Any] = {
             "traffic": self.traffic.model_dump(mode="json", by_alias=True),
             "cost": self.cost.model_dump(
-                mode="json", by_alias=True, include={"currency", "actual", "baseline", "saved", "saved_percent", "shadow_cost", "since"}
+                mode="json",
+                by_alias=True,
+                include={"currency", "actual", "baseline", "saved", "saved_percent", "shadow_cost", "since"},
             ),
             "summary": self.summary.model_dump(mode="json", by_alias=True),
             RETIRED_COUNTERS: self.retired_counters.model_dump(mode="json", by_alias=True, exclude_none=True),
@@ -157,9 +159,11 @@ def fold_replica_counters(
     folded, guarded = hold_up(credits.retired.plus(credits.live), stored.reported)
     traffic = traffic_of(folded)
     cost = cost_of(folded, money, stored.cost)
-    tier_list = list(tiers) if tiers is not None else ModelCascadeStatus.model_validate(
-        {"tiers": prev.get("tiers") or []}
-    ).tiers
+    tier_list = (
+        list(tiers)
+        if tiers is not None
+        else ModelCascadeStatus.model_validate({"tiers": prev.get("tiers") or []}).tiers
+    )
     shown = ModelCascadeStatus(tiers=tier_list, traffic=traffic, cost=cost)
     return FoldResult(
         traffic=traffic,
@@ -319,6 +323,11 @@ def traffic_of(folded: CounterFigures) -> Traffic:
 
 def cost_of(folded: CounterFigures, money: Money, previous: Mapping[str, Any]) -> Cost:
     """The folded cost; the GPU-hours and the reservation's figures are not the fold's, and stay as they are."""
-    usage = Cost(currency=money.currency, actual=folded.actual, baseline=folded.baseline, shadow_cost=folded.shadow_cost,
-                 since=money.since)
+    usage = Cost(
+        currency=money.currency,
+        actual=folded.actual,
+        baseline=folded.baseline,
+        shadow_cost=folded.shadow_cost,
+        since=money.since,
+    )
     return hold_gpu_hours(read_reservation({"cost": previous}), tiers=()).costed(usage)

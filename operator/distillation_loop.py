@@ -30,18 +30,19 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import kopf
+from pydantic import ValidationError
+
 from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL, Distillation, DistillationPhase
 from kascade.api.modelcascade import API_VERSION, PLURAL, ModelCascade
 from kascade.api.status import DistillationSummary, PromotedModel
-from kascade.operator.cascade_writes import Target, post
 from kascade.operator.build_distillation import build_distillation, build_distillation_job, student_tier
+from kascade.operator.cascade_resource import plain as plain_body
+from kascade.operator.cascade_writes import Target, post
 from kascade.operator.counter_slots import parse_time
 from kascade.operator.distillation_schedule import created_at, decided, phase_of, plan_runs, promoted
 from kascade.operator.kube_api import ApiError
 from kascade.operator.notices import Notice
-from kascade.operator.cascade_resource import plain as plain_body
 from kascade.operator.promotion import decide_promotion, served_cascade, serving, withdrawal_patch, withdrawals
-from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from kascade.operator.reconcile import Operator
@@ -105,13 +106,20 @@ async def refuse_orphan_run(operator: Operator, body: Mapping[str, Any]) -> None
     await _patch_run(operator, run, _failed(message, operator.clock()))
 
 
-async def _patch_run(operator: Operator, run: Distillation, patch: Mapping[str, Any], *, guarded: bool = False) -> Distillation:
+async def _patch_run(
+    operator: Operator, run: Distillation, patch: Mapping[str, Any], *, guarded: bool = False
+) -> Distillation:
     """The run's status merge patch; `guarded`: only over the status this reconcile read (else the run as read)."""
     version = (run.metadata.model_extra or {}).get("resourceVersion") if guarded else None
     try:
-        written = await operator.api.patch_status(API_VERSION, DISTILLATION_PLURAL, run.metadata.name,
-                                                  namespace=run.metadata.namespace, status_patch=dict(patch),
-                                                  resource_version=version)  # fmt: skip
+        written = await operator.api.patch_status(
+            API_VERSION,
+            DISTILLATION_PLURAL,
+            run.metadata.name,
+            namespace=run.metadata.namespace,
+            status_patch=dict(patch),
+            resource_version=version,
+        )
     except ApiError as error:
         if not (guarded and error.conflict):
             raise
@@ -161,7 +169,9 @@ async def _follow(
     return marked, phase_of(marked).finished
 
 
-async def _create_job(operator: Operator, run: Distillation, raw: dict[str, Any], now: str) -> tuple[Distillation, bool]:
+async def _create_job(
+    operator: Operator, run: Distillation, raw: dict[str, Any], now: str
+) -> tuple[Distillation, bool]:
     """The run's Job; a Job the API server refuses fails the run with its reason."""
     name = run.metadata.name
     if len(name) > MAX_RUN_NAME:
@@ -201,12 +211,16 @@ async def _decide(
     promotion = decide_promotion(run, cascade, serving(cascade, runs), now=now)
     if promotion is None:
         return run
-    written = await _patch_run(operator, run, {"promotion": promotion.model_dump(mode="json", by_alias=True,
-                                                                                exclude_none=True)})  # fmt: skip
+    written = await _patch_run(
+        operator, run, {"promotion": promotion.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    )
     if promotion.promoted:
         post(target.body, Notice("Normal", "Promoted", f"{run.metadata.name}: {promotion.message}"))
     else:
-        post(target.body, Notice("Warning", "NotPromoted", f"{run.metadata.name} ({promotion.reason}): {promotion.message}"))
+        post(
+            target.body,
+            Notice("Warning", "NotPromoted", f"{run.metadata.name} ({promotion.reason}): {promotion.message}"),
+        )
     return written
 
 
@@ -220,8 +234,9 @@ async def _schedule(
     logged = int(((target.status.get("traffic") or {}).get("escalationsLogged")) or 0)
     cascade_created = parse_time((target.body.get("metadata") or {}).get("creationTimestamp"))
     moment = parse_time(now) or datetime.now(UTC)
-    plan = plan_runs(policy, runs, cascade=cascade.metadata.name, cascade_created=cascade_created, logged=logged,
-                     now=moment)  # fmt: skip
+    plan = plan_runs(
+        policy, runs, cascade=cascade.metadata.name, cascade_created=cascade_created, logged=logged, now=moment
+    )
     for name in plan.delete:
         await operator.api.delete(API_VERSION, DISTILLATION_PLURAL, name, namespace=target.namespace)
     kept = [run for run in runs if run.metadata.name not in plan.delete]
@@ -252,17 +267,23 @@ def summarize_runs(cascade: ModelCascade, runs: list[Distillation], waiting: str
     record = served.promotion.status.promotion if served.promotion and served.promotion.status else None
     in_effect = None
     if served.promotion is not None and record is not None:
-        in_effect = PromotedModel(run=served.promotion.metadata.name, model=served.model or "",
-                                  replaces=record.replaces or "", at=record.at)  # fmt: skip
+        in_effect = PromotedModel(
+            run=served.promotion.metadata.name, model=served.model or "", replaces=record.replaces or "", at=record.at
+        )
     promotions = [run.status.promotion for run in runs if decided(run)]  # type: ignore[union-attr]
     last_promoted = [run for run in runs if promoted(run)][-1:]
     last = runs[-1] if runs else None
     return DistillationSummary(
-        tier=served.tier or student_tier(cascade), serving=served.model or "", spec_model=served.spec_model,
-        promoted=in_effect, message=served.message, runs=len(runs), waiting=waiting,
+        tier=served.tier or student_tier(cascade),
+        serving=served.model or "",
+        spec_model=served.spec_model,
+        promoted=in_effect,
+        message=served.message,
+        runs=len(runs),
+        waiting=waiting,
         rollback_target=record.previous_model if record is not None else None,
         last_promoted=last_promoted[0].metadata.name if last_promoted else None,
         last_run=last.metadata.name if last else None,
         last_run_phase=phase_of(last).value if last else None,
         last_decision=promotions[-1].reason if promotions else None,  # type: ignore[union-attr]
-    )  # fmt: skip
+    )

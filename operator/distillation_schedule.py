@@ -58,9 +58,14 @@ def run_name(cascade: str, now: datetime) -> str:
 
 
 def plan_runs(
-    policy: DistillationPolicy, runs: Sequence[Distillation], *, cascade: str, cascade_created: datetime | None,
-    logged: int, now: datetime,
-) -> RunPlan:  # fmt: skip
+    policy: DistillationPolicy,
+    runs: Sequence[Distillation],
+    *,
+    cascade: str,
+    cascade_created: datetime | None,
+    logged: int,
+    now: datetime,
+) -> RunPlan:
     """What to do about a cascade's runs now (`runs`: those naming it, in any order)."""
     ordered = sorted(runs, key=created_at)
     last_promoted = [run.metadata.name for run in ordered if promoted(run)][-1:]
@@ -79,6 +84,7 @@ def plan_runs(
             return RunPlan(None, f"next look at {following:%Y-%m-%dT%H:%M:%SZ} ({policy.schedule})", delete)
     new_records = logged - (newest.spec.log_records if newest is not None else 0)
     if new_records < policy.min_samples:
-        return RunPlan(None, f"{max(new_records, 0)} of {policy.min_samples} new escalation records since the last run",
-                       delete)  # fmt: skip
+        return RunPlan(
+            None, f"{max(new_records, 0)} of {policy.min_samples} new escalation records since the last run", delete
+        )
     return RunPlan(run_name(cascade, now), "", delete)

@@ -33,13 +33,18 @@ def build_engine_container(
     args = [
         *model_args(model),
         # `kascade serve` binds the loopback by default; a pod must listen on all addresses.
-        "--host", "0.0.0.0",
-        "--port", str(settings.engine_port),
-        "--served-model-name", tier.served_name,
-        "--task", "classify" if task is Task.classify else "generate",
-        "--device", "cuda" if tier.resources.gpus > 0 else "cpu",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(settings.engine_port),
+        "--served-model-name",
+        tier.served_name,
+        "--task",
+        "classify" if task is Task.classify else "generate",
+        "--device",
+        "cuda" if tier.resources.gpus > 0 else "cpu",
         *tier.engine_args,
-    ]  # fmt: skip
+    ]
     container = {
         "name": "engine",
         # A GPU tier needs the CUDA build of the runtime image; the CPU build's torch cannot see the GPU.

@@ -86,9 +86,11 @@ def build_engine_container(
     del task  # the same server serves every task; see the docstring for classify
     args = [
         *model_args(model, tier),
-        "--served-model-name", tier.served_name,
-        "--port", str(settings.engine_port),
-    ]  # fmt: skip
+        "--served-model-name",
+        tier.served_name,
+        "--port",
+        str(settings.engine_port),
+    ]
     gpus = tier.resources.gpus
     if gpus > 1 and not has_flag(tier.engine_args, "--tensor-parallel-size", "-tp"):
         args += ["--tensor-parallel-size", str(gpus)]

@@ -28,6 +28,7 @@ import logging
 from typing import Any
 
 import kopf
+
 from kascade.api.distillation import DISTILLATION_PLURAL
 from kascade.api.modelcascade import GROUP, PLURAL, VERSION
 from kascade.operator.distillation_loop import refuse_orphan_run
@@ -117,7 +118,9 @@ async def follow_cascade(type: str | None, body: kopf.Body, memo: kopf.Memo, log
         return
     if task is None:
         loops: set[asyncio.Task[None]] = memo[_REFRESHERS]
-        memo[_REFRESH] = task = asyncio.create_task(refresh_cascade(memo, logger), name=f"kascade drift {body.meta.uid}")
+        memo[_REFRESH] = task = asyncio.create_task(
+            refresh_cascade(memo, logger), name=f"kascade drift {body.meta.uid}"
+        )
         loops.add(task)
         task.add_done_callback(loops.discard)
 

@@ -16,12 +16,12 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
+
+from kascade import __version__
 from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL
 from kascade.api.modelcascade import API_VERSION
 from kascade.operator.builders import CHILD_KINDS
 from kascade.operator.kube_credentials import Credentials
-
-from kascade import __version__
 
 USER_AGENT = f"kascade-operator/{__version__}"
 _REQUEST_TIMEOUT_S = 30.0
@@ -157,9 +157,14 @@ class KubeApi:
     # --- verbs ----------------------------------------------------------------------------
 
     async def list(
-        self, api_version: str, plural: str, *, namespace: str | None = None, label_selector: str | None = None,
+        self,
+        api_version: str,
+        plural: str,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
         kind: str | None = None,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+    ) -> list[dict[str, Any]]:
         """Every object (all pages). Items get `apiVersion` and `kind` back (typed lists leave them out)."""
         query: dict[str, str] = {"limit": str(_LIST_PAGE_SIZE)}
         if label_selector:
@@ -179,7 +184,9 @@ class KubeApi:
                 return items
             query["continue"] = token
 
-    async def get(self, api_version: str, plural: str, name: str, *, namespace: str | None = None) -> dict[str, Any] | None:
+    async def get(
+        self, api_version: str, plural: str, name: str, *, namespace: str | None = None
+    ) -> dict[str, Any] | None:
         """One object, or None when it does not exist."""
         try:
             return await self.request("GET", resource_path(api_version, plural, namespace=namespace, name=name))
@@ -198,8 +205,9 @@ class KubeApi:
         """PUT: `manifest` replaces the object; its metadata.resourceVersion makes it fail (409) if stale."""
         api_version, kind = manifest["apiVersion"], manifest["kind"]
         metadata = manifest["metadata"]
-        path = resource_path(api_version, plural_of(api_version, kind), namespace=metadata.get("namespace"),
-                             name=metadata["name"])  # fmt: skip
+        path = resource_path(
+            api_version, plural_of(api_version, kind), namespace=metadata.get("namespace"), name=metadata["name"]
+        )
         return await self.request("PUT", path, body=manifest)
 
     async def delete(

@@ -49,7 +49,9 @@ class Credentials:
         try:
             config.load_incluster_config(client_configuration=configuration)
         except ConfigException:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration)
+            config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+            )
         return cls.from_configuration(configuration)
 
     @classmethod

@@ -71,8 +71,15 @@ def run_operator(
 ) -> int:
     """Run the operator until it is stopped (SIGINT/SIGTERM); the exit status."""
     try:
-        args = kopf_run_args(namespaces=namespaces, all_namespaces=all_namespaces, liveness=liveness,
-                             standalone=standalone, verbose=verbose, debug=debug, log_format=log_format)  # fmt: skip
+        args = kopf_run_args(
+            namespaces=namespaces,
+            all_namespaces=all_namespaces,
+            liveness=liveness,
+            standalone=standalone,
+            verbose=verbose,
+            debug=debug,
+            log_format=log_format,
+        )
     except ValueError as error:
         print(f"kascade operator: {error}", file=sys.stderr)
         return 2

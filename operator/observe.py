@@ -19,10 +19,10 @@ from kascade.api.modelcascade import ModelCascade
 from kascade.operator.build_tier import GPU_PRODUCT_LABEL, cascade_namespace
 from kascade.operator.builders import CHILD_KINDS
 from kascade.operator.cluster_needs import referenced_secrets, wants_gpu_products
-from kascade.operator.problems import shared_claims
 from kascade.operator.kube_api import ApiError, KubeApi, plural_of
 from kascade.operator.labels import COMPONENT_ROUTER, owned_selector, selector_labels, selector_string
 from kascade.operator.plan import ChildKey, child_key, index_children
+from kascade.operator.problems import shared_claims
 
 log = logging.getLogger("kascade.operator")
 
@@ -60,7 +60,9 @@ class GpuProducts:
                 return None
             raise
         return frozenset(
-            value for node in nodes if (value := ((node.get("metadata") or {}).get("labels") or {}).get(GPU_PRODUCT_LABEL))
+            value
+            for node in nodes
+            if (value := ((node.get("metadata") or {}).get("labels") or {}).get(GPU_PRODUCT_LABEL))
         )
 
 
@@ -91,8 +93,12 @@ async def _claim_modes(api: KubeApi, namespace: str, name: str) -> tuple[str, ..
         claim = await api.get("v1", "persistentvolumeclaims", name, namespace=namespace)
     except ApiError as error:
         if error.forbidden:
-            log.warning("cannot read PersistentVolumeClaim %s/%s (%s): its access mode is not checked",
-                        namespace, name, error.message)  # fmt: skip
+            log.warning(
+                "cannot read PersistentVolumeClaim %s/%s (%s): its access mode is not checked",
+                namespace,
+                name,
+                error.message,
+            )
             return None
         raise
     if claim is None:
@@ -112,17 +118,21 @@ async def observe(api: KubeApi, cascade: ModelCascade, gpu_products: GpuProducts
         return None
 
     listed, secrets, products, modes = await asyncio.gather(
-        asyncio.gather(*(
-            api.list(kind.api_version, kind.plural, namespace=namespace, label_selector=selector, kind=kind.kind)
-            for kind in CHILD_KINDS
-        )),
+        asyncio.gather(
+            *(
+                api.list(kind.api_version, kind.plural, namespace=namespace, label_selector=selector, kind=kind.kind)
+                for kind in CHILD_KINDS
+            )
+        ),
         asyncio.gather(*(_secret_keys(api, namespace, name, keys) for name, keys in wanted.items())),
         gpu_products.get(api) if wants_gpu_products(cascade) else nothing(),
         asyncio.gather(*(_claim_modes(api, namespace, claim) for claim in claims)),
-    )  # fmt: skip
+    )
     children = index_children(obj for objects in listed for obj in objects)
     found = {name: keys for name, keys in zip(wanted, secrets, strict=True) if keys is not None}
-    claim_modes = {claim: found_modes for claim, found_modes in zip(claims, modes, strict=True) if found_modes is not None}
+    claim_modes = {
+        claim: found_modes for claim, found_modes in zip(claims, modes, strict=True) if found_modes is not None
+    }
     return Observation(children=children, secrets=found, gpu_products=products, claim_modes=claim_modes)
 
 
@@ -131,10 +141,12 @@ async def find_taken_names(
 ) -> dict[ChildKey, dict[str, Any]]:
     """Objects that hold a desired name but were not listed as our children (someone else's)."""
     missing = [m for m in desired if child_key(m) not in observed]
-    found = await asyncio.gather(*(
-        api.get(m["apiVersion"], plural_of(m["apiVersion"], m["kind"]), m["metadata"]["name"], namespace=namespace)
-        for m in missing
-    ))  # fmt: skip
+    found = await asyncio.gather(
+        *(
+            api.get(m["apiVersion"], plural_of(m["apiVersion"], m["kind"]), m["metadata"]["name"], namespace=namespace)
+            for m in missing
+        )
+    )
     taken = {}
     for manifest, obj in zip(missing, found, strict=True):
         if obj is not None:

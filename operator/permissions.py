@@ -91,89 +91,157 @@ def child_rules(kinds: Iterable[ChildKind] = CHILD_KINDS) -> tuple[RbacRule, ...
 
 def finalizers_rule(plural: str, dependents: str) -> RbacRule:
     """`update` on `plural/finalizers`: never called, but needed to set blockOwnerDeletion on `dependents`."""
-    return RbacRule(GROUP, (f"{plural}/finalizers",), {
-        "update": f"{dependents[0].upper()}{dependents[1:]} carry owner references with blockOwnerDeletion "
-                  "(kopf.append_owner_reference); the OwnerReferencesPermissionEnforcement admission plugin "
-                  "(OpenShift, hardened clusters) allows setting it only to subjects that may update the owner's "
-                  "finalizers.",
-    }, "never called: where the OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift, hardened "
-       f"clusters), setting `blockOwnerDeletion` on {dependents} needs it", never_called=True)  # fmt: skip
+    return RbacRule(
+        GROUP,
+        (f"{plural}/finalizers",),
+        {
+            "update": f"{dependents[0].upper()}{dependents[1:]} carry owner references with blockOwnerDeletion "
+            "(kopf.append_owner_reference); the OwnerReferencesPermissionEnforcement admission plugin "
+            "(OpenShift, hardened clusters) allows setting it only to subjects that may update the owner's "
+            "finalizers.",
+        },
+        "never called: where the OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift, hardened "
+        f"clusters), setting `blockOwnerDeletion` on {dependents} needs it",
+        never_called=True,
+    )
 
 
 OPERATOR_RULES: tuple[RbacRule, ...] = (
-    RbacRule(GROUP, (PLURAL,), {
-        "get": "write_status re-reads the cascade after a 409 Conflict on its status write.",
-        "list": "Kopf lists the ModelCascades when it starts, then watches from there.",
-        "watch": "Kopf watches ModelCascades; each event runs the reconcile handler.",
-        "patch": "Kopf writes its kascade.dev/ progress and last-handled-configuration annotations, and removes "
-                 "the finalizer older operators added (it adds none). Never the spec: a promotion lives in its "
-                 "run's status.",
-    }, "Kopf lists and watches the cascades, and patches their `kascade.dev/` annotations (and removes the "
-       "finalizer older operators added; it adds none); the status write re-reads one after a 409 Conflict"),
-    RbacRule(GROUP, (DISTILLATION_PLURAL,), {
-        "list": "The runs of a cascade with spec.distillation, every reconcile (operator/distillation_loop.py); "
-                "Kopf lists them when it starts.",
-        "watch": "Kopf watches runs: one made by hand for a cascade that is missing or does not distil is told so.",
-        "patch": "Kopf writes its kascade.dev/ progress and last-handled-configuration annotations on a run.",
-        "create": "A run when the schedule is due and enough escalations were logged (owned by the cascade).",
-        "delete": "Finished runs beyond spec.distillation.historyLimit (their Jobs go with them).",
-    }, "a cascade's distillation runs: follow them, start one when due, delete those beyond the history limit; "
-       "Kopf watches them (and annotates them) to tell a run made by hand for no distilling cascade why it waits"),
-    RbacRule(GROUP, (f"{DISTILLATION_PLURAL}/status",), {
-        "get": "The operator creates each cascade's `-distill` Role granting get and patch on runs' status, and "
-               "RBAC lets a subject grant in a Role only what it holds itself.",
-        "patch": "A run's Job, its end when the pod could not report it (Job failed), the promotion decision, and "
-                 "its withdrawal (a pin, Manual, spec.distillation removed).",
-    }, "a run's Job, its failure when the pod could not say, the promotion decision, its withdrawal; `get` is "
-       "never called, but "
-       "the runs' Role grants it"),
+    RbacRule(
+        GROUP,
+        (PLURAL,),
+        {
+            "get": "write_status re-reads the cascade after a 409 Conflict on its status write.",
+            "list": "Kopf lists the ModelCascades when it starts, then watches from there.",
+            "watch": "Kopf watches ModelCascades; each event runs the reconcile handler.",
+            "patch": "Kopf writes its kascade.dev/ progress and last-handled-configuration annotations, and removes "
+            "the finalizer older operators added (it adds none). Never the spec: a promotion lives in its "
+            "run's status.",
+        },
+        "Kopf lists and watches the cascades, and patches their `kascade.dev/` annotations (and removes the "
+        "finalizer older operators added; it adds none); the status write re-reads one after a 409 Conflict",
+    ),
+    RbacRule(
+        GROUP,
+        (DISTILLATION_PLURAL,),
+        {
+            "list": "The runs of a cascade with spec.distillation, every reconcile (operator/distillation_loop.py); "
+            "Kopf lists them when it starts.",
+            "watch": "Kopf watches runs: one made by hand for a cascade that is missing or does not distil is told so.",
+            "patch": "Kopf writes its kascade.dev/ progress and last-handled-configuration annotations on a run.",
+            "create": "A run when the schedule is due and enough escalations were logged (owned by the cascade).",
+            "delete": "Finished runs beyond spec.distillation.historyLimit (their Jobs go with them).",
+        },
+        "a cascade's distillation runs: follow them, start one when due, delete those beyond the history limit; "
+        "Kopf watches them (and annotates them) to tell a run made by hand for no distilling cascade why it waits",
+    ),
+    RbacRule(
+        GROUP,
+        (f"{DISTILLATION_PLURAL}/status",),
+        {
+            "get": "The operator creates each cascade's `-distill` Role granting get and patch on runs' status, and "
+            "RBAC lets a subject grant in a Role only what it holds itself.",
+            "patch": "A run's Job, its end when the pod could not report it (Job failed), the promotion decision, and "
+            "its withdrawal (a pin, Manual, spec.distillation removed).",
+        },
+        "a run's Job, its failure when the pod could not say, the promotion decision, its withdrawal; `get` is "
+        "never called, but "
+        "the runs' Role grants it",
+    ),
     finalizers_rule(DISTILLATION_PLURAL, "a run's Job"),
-    RbacRule("batch", ("jobs",), {
-        "get": "Each unfinished run's Job: made yet? failed? completed without a result?",
-        "create": "The Job of a run (owned by the run: deleting the run removes it).",
-        "delete": "The Job of an unfinished run when spec.distillation is removed: the run stops.",
-    }, "the Job that runs `kascade distill` for a run, how it ended, and stopping it when distillation is turned off"),
-    RbacRule(GROUP, (f"{PLURAL}/status",), {
-        "get": "The operator creates each router's Role granting get and patch on its cascade's status, and "
-               "RBAC lets a subject grant in a Role only what it holds itself (no escalate verb).",
-        "patch": "Conditions, tier readiness, endpoint, traffic and cost (the folded router counters), one merge patch.",
-    }, "the status merge patch; `get` is never called, but the operator creates each router's Role granting "
-       "`get` and `patch` on it, and RBAC lets one grant only what one holds"),
+    RbacRule(
+        "batch",
+        ("jobs",),
+        {
+            "get": "Each unfinished run's Job: made yet? failed? completed without a result?",
+            "create": "The Job of a run (owned by the run: deleting the run removes it).",
+            "delete": "The Job of an unfinished run when spec.distillation is removed: the run stops.",
+        },
+        "the Job that runs `kascade distill` for a run, how it ended, and stopping it when distillation is turned off",
+    ),
+    RbacRule(
+        GROUP,
+        (f"{PLURAL}/status",),
+        {
+            "get": "The operator creates each router's Role granting get and patch on its cascade's status, and "
+            "RBAC lets a subject grant in a Role only what it holds itself (no escalate verb).",
+            "patch": "Conditions, tier readiness, endpoint, traffic and cost (the folded router counters), one merge patch.",
+        },
+        "the status merge patch; `get` is never called, but the operator creates each router's Role granting "
+        "`get` and `patch` on it, and RBAC lets one grant only what one holds",
+    ),
     finalizers_rule(PLURAL, "the children"),
-    RbacRule("", ("events",), {
-        "create": "Warnings (Degraded, a failed apply) and notable actions (Applied, Ready, Recovered) on the cascade.",
-    }, "`kopf.event`/`kopf.warn` (Degraded, a failed apply; Applied, Ready, Recovered) and Kopf's error events"),
+    RbacRule(
+        "",
+        ("events",),
+        {
+            "create": "Warnings (Degraded, a failed apply) and notable actions (Applied, Ready, Recovered) on the cascade.",
+        },
+        "`kopf.event`/`kopf.warn` (Degraded, a failed apply; Applied, Ready, Recovered) and Kopf's error events",
+    ),
     *child_rules(),
-    RbacRule("", ("secrets",), {
-        "get": "Each Secret a cascade names (apiKeySecret, model.hubTokenSecret, router.apiKeySecret) is read "
-               "by name to report a missing Secret or key before pods fail. Never list: reading by name needs "
-               "no right to enumerate the namespace's Secrets.",
-    }, "the Secrets a cascade names exist and hold their keys (values unread); never list"),
-    RbacRule("", ("pods",), {
-        "list": "The router pods that exist now (the router's selector labels), so that the counter slot of a "
-                "pod that is gone is retired into status.retiredCounters (operator/counters.py).",
-    }, "which router pods exist, to retire the counter slots of gone ones"),
-    RbacRule("", ("persistentvolumeclaims",), {
-        "get": "The claims that pods on several nodes share (the escalation log's, the students'), by name: a "
-               "ReadWriteOnce one is reported (ClaimNotShared). Forbidden: the check is skipped, with a warning in "
-               "the log.",
-    }, "the access modes of the claims a cascade's pods share (the escalation log's, the students'); optional"),
-    RbacRule("", ("nodes",), {
-        "list": "The nvidia.com/gpu.product labels of the nodes, to say which GPU type a Pending tier waits for. "
-                "Forbidden: the check is skipped (gpu_products=None), with a warning in the log.",
-    }, "which `nvidia.com/gpu.product` values nodes offer; optional: without it the GPU-type check is skipped",
-       scope=Scope.cluster),
-    RbacRule("apiextensions.k8s.io", ("customresourcedefinitions",), {
-        "list": "Kopf's resource observer lists CRDs, to notice the ModelCascade CRD changing.",
-        "watch": "Kopf's resource observer watches CRDs. Forbidden, Kopf warns and rescans only on restart.",
-    }, "Kopf finds the ModelCascade resource and follows CRD changes; optional: without it Kopf warns and "
-       "rescans only on restart", scope=Scope.cluster),
-    RbacRule("", ("namespaces",), {
-        "list": "In namespaced mode Kopf's namespace observer lists Namespaces (never with --all-namespaces).",
-        "watch": "In namespaced mode Kopf follows the watched Namespaces. Forbidden, it takes them as given.",
-    }, "Kopf's namespace observer, in namespaced mode (it runs even with exact `--namespace` names); optional",
-       scope=Scope.cluster, modes=(WatchMode.namespaced,)),
-)  # fmt: skip
+    RbacRule(
+        "",
+        ("secrets",),
+        {
+            "get": "Each Secret a cascade names (apiKeySecret, model.hubTokenSecret, router.apiKeySecret) is read "
+            "by name to report a missing Secret or key before pods fail. Never list: reading by name needs "
+            "no right to enumerate the namespace's Secrets.",
+        },
+        "the Secrets a cascade names exist and hold their keys (values unread); never list",
+    ),
+    RbacRule(
+        "",
+        ("pods",),
+        {
+            "list": "The router pods that exist now (the router's selector labels), so that the counter slot of a "
+            "pod that is gone is retired into status.retiredCounters (operator/counters.py).",
+        },
+        "which router pods exist, to retire the counter slots of gone ones",
+    ),
+    RbacRule(
+        "",
+        ("persistentvolumeclaims",),
+        {
+            "get": "The claims that pods on several nodes share (the escalation log's, the students'), by name: a "
+            "ReadWriteOnce one is reported (ClaimNotShared). Forbidden: the check is skipped, with a warning in "
+            "the log.",
+        },
+        "the access modes of the claims a cascade's pods share (the escalation log's, the students'); optional",
+    ),
+    RbacRule(
+        "",
+        ("nodes",),
+        {
+            "list": "The nvidia.com/gpu.product labels of the nodes, to say which GPU type a Pending tier waits for. "
+            "Forbidden: the check is skipped (gpu_products=None), with a warning in the log.",
+        },
+        "which `nvidia.com/gpu.product` values nodes offer; optional: without it the GPU-type check is skipped",
+        scope=Scope.cluster,
+    ),
+    RbacRule(
+        "apiextensions.k8s.io",
+        ("customresourcedefinitions",),
+        {
+            "list": "Kopf's resource observer lists CRDs, to notice the ModelCascade CRD changing.",
+            "watch": "Kopf's resource observer watches CRDs. Forbidden, Kopf warns and rescans only on restart.",
+        },
+        "Kopf finds the ModelCascade resource and follows CRD changes; optional: without it Kopf warns and "
+        "rescans only on restart",
+        scope=Scope.cluster,
+    ),
+    RbacRule(
+        "",
+        ("namespaces",),
+        {
+            "list": "In namespaced mode Kopf's namespace observer lists Namespaces (never with --all-namespaces).",
+            "watch": "In namespaced mode Kopf follows the watched Namespaces. Forbidden, it takes them as given.",
+        },
+        "Kopf's namespace observer, in namespaced mode (it runs even with exact `--namespace` names); optional",
+        scope=Scope.cluster,
+        modes=(WatchMode.namespaced,),
+    ),
+)
 
 # Calls Kopf can make that the operator never does: not granted.
 NOT_GRANTED: Mapping[tuple[str, str], str] = {

@@ -49,5 +49,7 @@ def restricted(pod: dict[str, Any], settings: OperatorSettings) -> dict[str, Any
     secured = {**pod, "securityContext": pod_security_context(settings)}
     for field in ("initContainers", "containers"):
         if field in pod:
-            secured[field] = [{**container, "securityContext": container_security_context()} for container in pod[field]]
+            secured[field] = [
+                {**container, "securityContext": container_security_context()} for container in pod[field]
+            ]
     return secured

@@ -95,9 +95,7 @@ _KNOWN_SCHEMES = {
 # --- Semantic checks ----------------------------------------------------------------
 
 
-def _secret_problems(
-    cascade: ModelCascade, secrets: Collection[str] | Mapping[str, Collection[str]]
-) -> list[Problem]:
+def _secret_problems(cascade: ModelCascade, secrets: Collection[str] | Mapping[str, Collection[str]]) -> list[Problem]:
     namespace = cascade_namespace(cascade)
     problems = []
     for where, ref in secret_refs(cascade):
@@ -175,7 +173,12 @@ def _tier_problems(tier: Tier) -> list[str]:
         messages.append(f"{where}: resources.gpuType is set but resources.gpus is 0; set gpus or remove gpuType")
     messages += _model_uri_problems(tier)
     reserved = sorted(
-        {flag for arg in tier.engine_args for flag in _RESERVED_ENGINE_FLAGS if arg == flag or arg.startswith(f"{flag}=")}
+        {
+            flag
+            for arg in tier.engine_args
+            for flag in _RESERVED_ENGINE_FLAGS
+            if arg == flag or arg.startswith(f"{flag}=")
+        }
     )
     if reserved:
         messages.append(
@@ -206,7 +209,9 @@ def _escalation_log_problems(cascade: ModelCascade) -> list[str]:
     if location.scheme == "pvc" and not location.pvc_claim:
         return [f"spec.escalationLog.uri {log.uri} names no claim; write pvc://CLAIM/path"]
     if location.scheme not in ("pvc", "s3"):
-        return [f"spec.escalationLog.uri {log.uri}: in a cluster the log goes to pvc://claim/path or s3://bucket/prefix"]
+        return [
+            f"spec.escalationLog.uri {log.uri}: in a cluster the log goes to pvc://claim/path or s3://bucket/prefix"
+        ]
     return []
 
 
@@ -230,7 +235,9 @@ def shared_claims(cascade: ModelCascade) -> dict[str, list[str]]:
                 f"the escalation log, written by {routers} router replica{'s' if routers != 1 else ''}"
                 + (" and read by the distillation runs" if distils else "")
             )
-    if cascade.spec.distillation is not None and (claim := ModelUri.parse(cascade.spec.distillation.output_uri).pvc_claim):
+    if cascade.spec.distillation is not None and (
+        claim := ModelUri.parse(cascade.spec.distillation.output_uri).pvc_claim
+    ):
         users.setdefault(claim, []).append("the students, written by the distillation runs and served by the tier")
     return users
 

@@ -29,13 +29,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from kascade.api.distillation import Distillation, DistillationPhase, Promotion, PromotionReason
 from kascade.api.errors import validation_problems
 from kascade.api.loop import PromotionMode
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.build_distillation import student_tier
 from kascade.operator.distillation_schedule import created_at, promoted
-from pydantic import ValidationError
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,10 @@ def served_cascade(cascade: ModelCascade, served: Serving) -> ModelCascade:
         return cascade
     tiers = [
         tier.model_copy(update={"model": tier.model.model_copy(update={"uri": served.model})})
-        if tier.name == served.tier else tier
+        if tier.name == served.tier
+        else tier
         for tier in cascade.spec.tiers
-    ]  # fmt: skip
+    ]
     return cascade.model_copy(update={"spec": cascade.spec.model_copy(update={"tiers": tiers})})
 
 
@@ -130,31 +132,52 @@ def decide_promotion(run: Distillation, cascade: ModelCascade, served: Serving, 
     if status is None or not status.phase.finished or status.promotion is not None:
         return None
     if status.phase is DistillationPhase.failed:
-        return Promotion(promoted=False, reason=PromotionReason.run_failed, message=status.message or "the run failed",
-                         at=now)  # fmt: skip
+        return Promotion(
+            promoted=False, reason=PromotionReason.run_failed, message=status.message or "the run failed", at=now
+        )
     gate = status.gate
     if gate is None or not gate.passed:
         reasons = "; ".join(gate.reasons) if gate is not None and gate.reasons else "no gate verdict was reported"
-        return Promotion(promoted=False, reason=PromotionReason.gate_failed, message=f"the gate failed: {reasons}",
-                         at=now)  # fmt: skip
+        return Promotion(
+            promoted=False, reason=PromotionReason.gate_failed, message=f"the gate failed: {reasons}", at=now
+        )
     tier = run.spec.tier
     if served.tier != tier or served.model != run.spec.student or not status.model:
-        now_serving = f"serves {served.model}" if served.tier == tier else "is no longer spec.distillation's student tier"
-        return Promotion(promoted=False, reason=PromotionReason.student_changed, at=now,
-                         message=f"tier {tier} {now_serving}, not {run.spec.student} that the run started from "
-                                 "and was judged against")  # fmt: skip
+        now_serving = (
+            f"serves {served.model}" if served.tier == tier else "is no longer spec.distillation's student tier"
+        )
+        return Promotion(
+            promoted=False,
+            reason=PromotionReason.student_changed,
+            at=now,
+            message=f"tier {tier} {now_serving}, not {run.spec.student} that the run started from "
+            "and was judged against",
+        )
     shown = f" (gain {gate.gain:+.4f})" if gate.gain is not None else ""
     policy = cascade.spec.distillation
     if policy is not None and policy.promotion is PromotionMode.manual:
-        return Promotion(promoted=False, reason=PromotionReason.manual, at=now,
-                         message=f"the gate passed{shown}; spec.distillation.promotion is Manual: set tier {tier}'s "
-                                 f"model.uri to {status.model} to serve it")  # fmt: skip
+        return Promotion(
+            promoted=False,
+            reason=PromotionReason.manual,
+            at=now,
+            message=f"the gate passed{shown}; spec.distillation.promotion is Manual: set tier {tier}'s "
+            f"model.uri to {status.model} to serve it",
+        )
     if (problem := refusal(cascade, served, status.model)) is not None:
-        return Promotion(promoted=False, reason=PromotionReason.spec_refused, at=now,
-                         message=f"the cascade with tier {tier} on {status.model} would be invalid: {problem}")  # fmt: skip
-    return Promotion(promoted=True, reason=PromotionReason.promoted, previous_model=run.spec.student,
-                     replaces=served.spec_model, at=now,
-                     message=f"tier {tier}: {run.spec.student} -> {status.model}{shown}")  # fmt: skip
+        return Promotion(
+            promoted=False,
+            reason=PromotionReason.spec_refused,
+            at=now,
+            message=f"the cascade with tier {tier} on {status.model} would be invalid: {problem}",
+        )
+    return Promotion(
+        promoted=True,
+        reason=PromotionReason.promoted,
+        previous_model=run.spec.student,
+        replaces=served.spec_model,
+        at=now,
+        message=f"tier {tier}: {run.spec.student} -> {status.model}{shown}",
+    )
 
 
 def refusal(cascade: ModelCascade, served: Serving, model: str) -> str | None:

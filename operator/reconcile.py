@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import kopf
+from pydantic import ValidationError
+
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.apply import apply_plan
 from kascade.operator.builders import build_children
 from kascade.operator.cascade_resource import parse_cascade, validation_message
-from kascade.operator.problems import check_semantics
 from kascade.operator.cascade_writes import Target, post, write_status
 from kascade.operator.counters import REPLICA_COUNTERS, FoldResult
 from kascade.operator.distillation_loop import reconcile_distillations
@@ -46,10 +47,9 @@ from kascade.operator.labels import label_value
 from kascade.operator.notices import Notice
 from kascade.operator.observe import GpuProducts, find_taken_names, live_router_pods, observe
 from kascade.operator.plan import ChildKey, plan_children
-from kascade.operator.problems import Problem, ProblemReason, conflict_problems
+from kascade.operator.problems import Problem, ProblemReason, check_semantics, conflict_problems
 from kascade.operator.settings import OperatorSettings
 from kascade.operator.status_patch import compose_status, invalid_status, now_rfc3339
-from pydantic import ValidationError
 
 log = logging.getLogger("kascade.operator")
 
@@ -77,8 +77,9 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
     # never written (a GitOps re-apply of the manifest neither conflicts with nor undoes a promotion).
     cascade, distillation = await reconcile_distillations(operator, cascade, target)
     observation = await observe(operator.api, cascade, operator.gpu_products)
-    problems = check_semantics(cascade, secrets=observation.secrets, gpu_products=observation.gpu_products,
-                               claim_modes=observation.claim_modes)  # fmt: skip
+    problems = check_semantics(
+        cascade, secrets=observation.secrets, gpu_products=observation.gpu_products, claim_modes=observation.claim_modes
+    )
     observed = observation.children
     if not any(problem.blocking for problem in problems):
         waits = problems
@@ -101,12 +102,17 @@ async def _report_invalid(api: KubeApi, target: Target, message: str) -> NoRetur
 
 
 async def _apply(
-    operator: Operator, cascade: ModelCascade, target: Target, observed: dict[ChildKey, dict[str, Any]],
+    operator: Operator,
+    cascade: ModelCascade,
+    target: Target,
+    observed: dict[ChildKey, dict[str, Any]],
     logger: kopf.Logger,
-) -> tuple[dict[ChildKey, dict[str, Any]], list[Problem]]:  # fmt: skip
+) -> tuple[dict[ChildKey, dict[str, Any]], list[Problem]]:
     """Plan and apply the children; (what was observed, taken names included; the problems found)."""
     desired = build_children(cascade, operator.settings)
-    kopf.append_owner_reference(desired, owner=target.body)  # controller, blockOwnerDeletion: deleting the cascade removes them
+    kopf.append_owner_reference(
+        desired, owner=target.body
+    )  # controller, blockOwnerDeletion: deleting the cascade removes them
     observed = {**observed, **await find_taken_names(operator.api, desired, observed, target.namespace)}
     plan = plan_children(desired, mark_edited(desired, observed), cascade=label_value(target.name))
     problems = conflict_problems(plan, target.namespace)
@@ -124,9 +130,15 @@ async def _apply(
 
 
 async def _write_health(
-    operator: Operator, cascade: ModelCascade, target: Target, observed: Mapping[ChildKey, Mapping[str, Any]],
-    problems: list[Problem], logger: kopf.Logger, *, extra: Mapping[str, Any],
-) -> None:  # fmt: skip
+    operator: Operator,
+    cascade: ModelCascade,
+    target: Target,
+    observed: Mapping[ChildKey, Mapping[str, Any]],
+    problems: list[Problem],
+    logger: kopf.Logger,
+    *,
+    extra: Mapping[str, Any],
+) -> None:
     """Write the status (readiness, conditions, folded counters; `extra`: status.distillation) when it changed,
     and log what the fold did: one write."""
     live_pods: list[str] | None = None
@@ -136,8 +148,16 @@ async def _write_health(
         nonlocal live_pods
         if current.get(REPLICA_COUNTERS) and live_pods is None:
             live_pods = await live_router_pods(operator.api, cascade)
-        patch, fold = compose_status(cascade, operator.settings, current, observed, problems=problems,
-                                     live_pods=live_pods or [], now=operator.clock(), generation=target.generation)  # fmt: skip
+        patch, fold = compose_status(
+            cascade,
+            operator.settings,
+            current,
+            observed,
+            problems=problems,
+            live_pods=live_pods or [],
+            now=operator.clock(),
+            generation=target.generation,
+        )
         folds.append(fold)
         return {**patch, **extra}
 

@@ -107,9 +107,14 @@ def read_reservation(status: Mapping[str, Any]) -> StoredReservation:
             tier = TierStatus.model_validate(raw)
         except ValidationError:
             continue
-        tiers.append(tier.model_copy(update={
-            name: _amount(getattr(tier, name)) for name in ("ready_gpus", "per_gpu_hour", "gpu_hours", "reservation_cost")
-        }))  # fmt: skip
+        tiers.append(
+            tier.model_copy(
+                update={
+                    name: _amount(getattr(tier, name))
+                    for name in ("ready_gpus", "per_gpu_hour", "gpu_hours", "reservation_cost")
+                }
+            )
+        )
     return StoredReservation(
         tiers=tuple(tiers),
         gpu_hours=_amount(cost.get("gpuHours")),
@@ -165,10 +170,15 @@ def _advanced(
     now_tiers = []
     for tier in tiers:
         previous = before.get(tier.name)
-        now_tiers.append(tier.model_copy(update={
-            "gpu_hours": (previous.gpu_hours if previous else 0.0) + added_hours.get(tier.name, 0.0),
-            "reservation_cost": (previous.reservation_cost if previous else 0.0) + added_cost.get(tier.name, 0.0),
-        }))  # fmt: skip
+        now_tiers.append(
+            tier.model_copy(
+                update={
+                    "gpu_hours": (previous.gpu_hours if previous else 0.0) + added_hours.get(tier.name, 0.0),
+                    "reservation_cost": (previous.reservation_cost if previous else 0.0)
+                    + added_cost.get(tier.name, 0.0),
+                }
+            )
+        )
     last_tier_cost = added_cost[stored.tiers[-1].name] if stored.tiers else 0.0
     return Reservation(
         tiers=now_tiers,

@@ -31,8 +31,8 @@ from kascade.operator.reservation import (
     read_reservation,
 )
 from kascade.operator.settings import OperatorSettings
-from kascade.runtime.ledger import estimated_baseline
 from kascade.runtime.cluster_status.subresource import now_rfc3339  # noqa: F401 - the operator imports it from here too
+from kascade.runtime.ledger import estimated_baseline
 
 
 def compose_status(
@@ -55,8 +55,14 @@ def compose_status(
     health = compute_health(
         cascade, observed, previous=status.get("conditions") or [], problems=problems, now=now, generation=generation
     )
-    fold = fold_replica_counters(status, live_pods, now, tiers=health.tiers, tier_count=len(cascade.spec.tiers),
-                                 currency=cascade.spec.tiers[-1].price.currency)  # fmt: skip
+    fold = fold_replica_counters(
+        status,
+        live_pods,
+        now,
+        tiers=health.tiers,
+        tier_count=len(cascade.spec.tiers),
+        currency=cascade.spec.tiers[-1].price.currency,
+    )
     calibration = calibrate(cascade, status.get("calibration"), fold.folded, now=now, generation=generation)
     stored = read_reservation(status)
     parts = _Parts(cascade, settings, health, fold, calibration, generation=generation, now=now)
@@ -92,9 +98,14 @@ class _Parts:
             "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in self._conditions()],
             **folded,
             "tiers": [tier.model_dump(mode="json", by_alias=True, exclude_none=True) for tier in tiers],
-            "calibration": calibration.model_dump(mode="json", by_alias=True, exclude_none=True) if calibration else None,
-            "cost": {**folded["cost"], **cost.model_dump(mode="json", by_alias=True, include=_RESERVATION_KEYS),
-                     **_baseline_estimate(self.cascade, self.fold)},  # fmt: skip
+            "calibration": calibration.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if calibration
+            else None,
+            "cost": {
+                **folded["cost"],
+                **cost.model_dump(mode="json", by_alias=True, include=_RESERVATION_KEYS),
+                **_baseline_estimate(self.cascade, self.fold),
+            },
             "summary": summary.model_dump(mode="json", by_alias=True),
         }
 
@@ -113,16 +124,23 @@ _RESERVATION_KEYS = {*RESERVATION_FIELDS, "net_saved", "net_saved_percent"}  # t
 def _baseline_estimate(cascade: ModelCascade, fold: FoldResult) -> dict[str, Any]:
     """The savings baseline corrected with the last tier's measured token counts (shadow samples), when there are enough."""
     folded = fold.folded
-    estimate = estimated_baseline(folded.baseline, folded.baseline_tokens, folded.shadow_calls, cascade.spec.tiers[-1].price)
+    estimate = estimated_baseline(
+        folded.baseline, folded.baseline_tokens, folded.shadow_calls, cascade.spec.tiers[-1].price
+    )
     if estimate is None:
         return {"estimatedBaseline": None, "estimatedSaved": None, "lastTierOutputRatio": None}
-    return {"estimatedBaseline": estimate.baseline, "estimatedSaved": estimate.baseline - folded.actual,
-            "lastTierOutputRatio": estimate.output_ratio}  # fmt: skip
+    return {
+        "estimatedBaseline": estimate.baseline,
+        "estimatedSaved": estimate.baseline - folded.actual,
+        "lastTierOutputRatio": estimate.output_ratio,
+    }
 
 
 def invalid_status(status: Mapping[str, Any], *, message: str, now: str, generation: int | None) -> dict[str, Any]:
     """The status patch of a resource that does not parse: conditions Ready=False, Degraded=True (InvalidSpec)."""
-    conditions = invalid_spec_conditions(status.get("conditions") or [], message=message, now=now, generation=generation)
+    conditions = invalid_spec_conditions(
+        status.get("conditions") or [], message=message, now=now, generation=generation
+    )
     return {
         "observedGeneration": generation,
         "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conditions],

@@ -20,12 +20,11 @@ from kascade.runtime.escalation.records import DeclinedSeen, answer_of, declined
 if TYPE_CHECKING:
     from kascade.runtime.attempts import Attempts
     from kascade.runtime.config import RouterConfig, TierConfig
+    from kascade.runtime.escalation.keeping import EscalationKeeper
     from kascade.runtime.escalation.log import EscalationLog
     from kascade.runtime.ledger import Ledger
-    from kascade.runtime.online.shadow_sampling import AskLastTier
-    from kascade.runtime.escalation.keeping import EscalationKeeper
+    from kascade.runtime.online.shadow_sampling import AskLastTier, ShadowSampler
     from kascade.runtime.scoring.policy import Decision
-    from kascade.runtime.online.shadow_sampling import ShadowSampler
 
 Answered = Mapping[str, Any] | Sequence[Mapping[str, Any]]  # a whole response, or a stream's chunks
 
@@ -47,17 +46,27 @@ class AnswerWatch:
         return tier_body if self.keeper is None else self.keeper.teacher_body(self._last_tier, endpoint, tier_body)
 
     def declined(
-        self, attempts: Attempts, tier: TierConfig, endpoint: Endpoint, decision: Decision,
-        response: Mapping[str, Any] | None, buffered: Sequence[Mapping[str, Any]] | None,
-    ) -> None:  # fmt: skip
+        self,
+        attempts: Attempts,
+        tier: TierConfig,
+        endpoint: Endpoint,
+        decision: Decision,
+        response: Mapping[str, Any] | None,
+        buffered: Sequence[Mapping[str, Any]] | None,
+    ) -> None:
         """A tier's answer was declined: keep it (whole, or the prefix an early-mode stream was scored on)."""
         seen = answer_of(endpoint, response if response is not None else buffered or [])
         attempts.declined.append(declined_seen(self.identity(tier), decision, seen))
 
     def answered(
-        self, tier: TierConfig, endpoint: Endpoint, body: dict[str, Any], answered: Answered, attempts: Attempts,
+        self,
+        tier: TierConfig,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        answered: Answered,
+        attempts: Attempts,
         decision: Decision | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """An answer went to the caller: the last tier's (after escalations), or one a tier before it accepted."""
         if decision is None:  # the last tier answered
             if not attempts.declined:
@@ -67,8 +76,9 @@ class AnswerWatch:
                 return
             answer = answer_of(endpoint, answered)
             if self.keeper is not None:
-                self.keeper.keep(endpoint, body, attempts.declined, self.identity(tier), answer,
-                                 attempts.answering_tokens(tier.name))  # fmt: skip
+                self.keeper.keep(
+                    endpoint, body, attempts.declined, self.identity(tier), answer, attempts.answering_tokens(tier.name)
+                )
             if drawn:
                 assert self.sampler is not None
                 self.sampler.note_pairs(attempts.declined, answer.text)
@@ -77,13 +87,24 @@ class AnswerWatch:
             self.sampler.accepted(endpoint, body, [*attempts.declined, accepted], attempts.answering_tokens(tier.name))
 
     def shadow_answered(
-        self, endpoint: Endpoint, body: dict[str, Any], response: Mapping[str, Any], asked: Sequence[DeclinedSeen],
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        response: Mapping[str, Any],
+        asked: Sequence[DeclinedSeen],
         agreed: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """A shadow call's answer: teacher data too, labelled, when the cascade keeps a log."""
         if self.keeper is not None:
-            self.keeper.keep(endpoint, body, asked, self.identity(self._last_tier), answer_of(endpoint, response),
-                             usage_of(response), agreed=agreed)  # fmt: skip
+            self.keeper.keep(
+                endpoint,
+                body,
+                asked,
+                self.identity(self._last_tier),
+                answer_of(endpoint, response),
+                usage_of(response),
+                agreed=agreed,
+            )
 
 
 def watch_for(
@@ -98,6 +119,11 @@ def watch_for(
     keeper = EscalationKeeper(escalation_log, config.cascade) if escalation_log is not None else None
     watch = AnswerWatch(keeper, None, config.tiers[-1])
     if config.shadow_sampling is not None:
-        watch.sampler = ShadowSampler(config.shadow_sampling, ledger, last_tier=config.tiers[-1].name,
-                                      ask_last_tier=ask_last_tier, on_shadow=watch.shadow_answered)  # fmt: skip
+        watch.sampler = ShadowSampler(
+            config.shadow_sampling,
+            ledger,
+            last_tier=config.tiers[-1].name,
+            ask_last_tier=ask_last_tier,
+            on_shadow=watch.shadow_answered,
+        )
     return watch

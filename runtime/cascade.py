@@ -28,17 +28,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kascade.api.modelcascade import StreamingMode
+from kascade.runtime.answer_watch import watch_for
 from kascade.runtime.attempts import Attempts, usage_of
 from kascade.runtime.config import RouterConfig, TierConfig
-from kascade.runtime.scoring.confidence import required_top_logprobs
 from kascade.runtime.engines.base import Endpoint, Engine, TierError
-from kascade.runtime.answer_watch import watch_for
 from kascade.runtime.ledger import Ledger, TierCall
 from kascade.runtime.logprobs import TokenEvidence, chunk_token_evidence, with_logprobs_requested
 from kascade.runtime.metrics import RouterMetrics
-from kascade.runtime.scoring.policy import Decision, judge, judge_tokens
 from kascade.runtime.presentation import present, replay_as_chunks
+from kascade.runtime.scoring.confidence import required_top_logprobs
+from kascade.runtime.scoring.policy import Decision, judge, judge_tokens
 from kascade.runtime.sse import aclose_quietly
+from kascade.runtime.tier_step import Step, Verdict, as_tier_error, failure_of, next_step, retry_delay
 from kascade.runtime.tier_stream import (
     Chunks,
     OpenStream,
@@ -47,7 +48,6 @@ from kascade.runtime.tier_stream import (
     relay,
     streaming_overrides,
 )
-from kascade.runtime.tier_step import Step, Verdict, as_tier_error, failure_of, next_step, retry_delay
 
 if TYPE_CHECKING:
     from kascade.runtime.escalation.log import EscalationLog
@@ -166,8 +166,12 @@ class Cascade:
         try:
             for index, tier in enumerate(self.tiers):
                 called = await call_tier(tier, endpoint, body, attempts)
-                step = next_step(is_last=tier.is_last, on_tier_error=self.config.on_tier_error,
-                                 decision=called.decision, failed=called.error is not None)
+                step = next_step(
+                    is_last=tier.is_last,
+                    on_tier_error=self.config.on_tier_error,
+                    decision=called.decision,
+                    failed=called.error is not None,
+                )
                 self._note_step(tier, endpoint, step, called, attempts)
                 if step.verdict is Verdict.accept:
                     handed_over = True
@@ -198,7 +202,12 @@ class Cascade:
     # -- handing an answer over --------------------------------------------------------------
 
     def _complete_answer(
-        self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], called: _Called, attempts: Attempts,
+        self,
+        tier: Tier,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        called: _Called,
+        attempts: Attempts,
         escalated: bool,
     ) -> CompleteAnswer:
         assert called.response is not None
@@ -208,11 +217,17 @@ class Cascade:
         return CompleteAnswer(**_attribution(tier, called, attempts, escalated), response=response)
 
     def _streaming_answer(
-        self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], called: _Called, attempts: Attempts,
+        self,
+        tier: Tier,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        called: _Called,
+        attempts: Attempts,
         escalated: bool,
     ) -> StreamingAnswer:
         """A tier's stream is relayed (accounted when it ends); a whole answer is accounted now and replayed."""
         if called.stream is not None:
+
             def record(answered_by: str | None, seen: list[dict[str, Any]]) -> None:
                 self._record(attempts, answered_by, escalated=escalated)
                 if answered_by is not None:
@@ -257,9 +272,7 @@ class Cascade:
         assert tier.config.accept is not None
         return _Called(response=response, decision=judge(tier.config.accept, endpoint, response, tier_body))
 
-    async def _call_streamed(
-        self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
-    ) -> _Called:
+    async def _call_streamed(self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts) -> _Called:
         """Open the tier's stream; a tier other than the last is scored on its first N tokens (early mode)."""
         tier_body = self._tier_body(tier, endpoint, body, streaming_overrides(body))
         try:
@@ -271,7 +284,12 @@ class Cascade:
         return await self._score_prefix(tier, endpoint, chunks, first, attempts, tier_body)
 
     async def _score_prefix(
-        self, tier: Tier, endpoint: Endpoint, chunks: Chunks, first: dict[str, Any], attempts: Attempts,
+        self,
+        tier: Tier,
+        endpoint: Endpoint,
+        chunks: Chunks,
+        first: dict[str, Any],
+        attempts: Attempts,
         tier_body: dict[str, Any],
     ) -> _Called:
         """Read the stream until the first `early_tokens` tokens are in (or it ends), then score them."""
@@ -307,9 +325,14 @@ class Cascade:
         return with_logprobs_requested(endpoint, tier_body, required_top_logprobs(tier.config.accept.method))
 
     def _watch_answer(
-        self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts, answer: Any,
+        self,
+        tier: Tier,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        attempts: Attempts,
+        answer: Any,
         decision: Decision | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """`answer`: the answering tier's whole response, or every chunk of its stream."""
         if self._watch is not None:
             self._watch.answered(tier.config, endpoint, body, answer, attempts, decision)
@@ -323,6 +346,7 @@ class Cascade:
 
     async def _call(self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts) -> dict[str, Any]:
         """One tier call within the retry budget; every attempt is accounted."""
+
         async def call_once() -> dict[str, Any]:
             async with asyncio.timeout(self.config.timeout_seconds):
                 return await tier.engine.call(endpoint, body)
@@ -370,8 +394,9 @@ class Cascade:
             except (TierError, TimeoutError) as caught:
                 error = as_tier_error(caught, self.config.timeout_seconds)
                 attempts.add(TierCall(tier.name, 0, 0, self._clock() - started, ok=False))
-                delay = retry_delay(error, attempt, retries=self.config.retries,
-                                    backoff_seconds=self.config.retry_backoff_seconds)
+                delay = retry_delay(
+                    error, attempt, retries=self.config.retries, backoff_seconds=self.config.retry_backoff_seconds
+                )
                 if delay is None:
                     raise error from caught
                 await asyncio.sleep(delay)
@@ -386,10 +411,14 @@ class Cascade:
 
 def _attribution(tier: Tier, called: _Called, attempts: Attempts, escalated: bool) -> dict[str, Any]:
     """Who answered and how sure it was: the fields every answer carries, complete or streamed."""
-    return {"tier": tier.name, "served_model": tier.config.served_model, "confidence": _confidence(called),
-            "escalated": escalated, "trail": attempts.trail()}
+    return {
+        "tier": tier.name,
+        "served_model": tier.config.served_model,
+        "confidence": _confidence(called),
+        "escalated": escalated,
+        "trail": attempts.trail(),
+    }
 
 
 def _confidence(called: _Called) -> float | None:
     return None if called.decision is None else called.decision.confidence
-

@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kascade.api.loop import AgreementMatcher, Calibration
+from kascade.api.model_uri import ModelUri
 from kascade.api.modelcascade import (
     DEFAULT_MAX_BODY_BYTES,
     Accept,
@@ -21,8 +23,6 @@ from kascade.api.modelcascade import (
     Streaming,
     Task,
 )
-from kascade.api.loop import AgreementMatcher, Calibration
-from kascade.api.model_uri import ModelUri
 from kascade.runtime.cluster_status.report import StatusReportConfig
 
 
@@ -75,7 +75,9 @@ class ShadowSamplingConfig(ConfigModel):
 
     rate: float = Field(gt=0, le=1, description="Share of requests whose agreement with the last tier is measured.")
     matcher: AgreementMatcher = Field(description="How a tier's answer is judged against the last tier's.")
-    concurrency: int = Field(default=4, ge=1, description="Shadow calls in flight at most; beyond, a sample is skipped.")
+    concurrency: int = Field(
+        default=4, ge=1, description="Shadow calls in flight at most; beyond, a sample is skipped."
+    )
     calibrate_in_process: Calibration | None = Field(
         default=None, description="Local mode: the goal, applied by this router itself (in a cluster, the operator)."
     )
@@ -92,7 +94,9 @@ class RouterConfig(ConfigModel):
     streaming: Streaming = Field(default_factory=Streaming)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     api_keys_file: str | None = Field(default=None, description="Client API keys, one per line (a mounted Secret).")
-    api_keys_env: str | None = Field(default=None, description="Environment variable with comma-separated client API keys.")
+    api_keys_env: str | None = Field(
+        default=None, description="Environment variable with comma-separated client API keys."
+    )
     escalation_log: EscalationLogConfig | None = Field(
         default=None, description="Keep escalated requests with the answering tier's tokens (teacher data)."
     )
@@ -166,13 +170,6 @@ def router_config_from_cascade(
         )
         for tier in spec.tiers
     ]
-    log = spec.escalation_log
-    escalation_log = (
-        EscalationLogConfig(uri=escalation_log_uri or log.uri, retention_days=log.retention_days,
-                            redact=list(log.redact), top_logprobs=log.top_logprobs)  # fmt: skip
-        if log is not None and log.enabled and (escalation_log_uri or log.uri)
-        else None
-    )
     return RouterConfig(
         cascade=cascade.metadata.name,
         task=spec.task,
@@ -184,8 +181,18 @@ def router_config_from_cascade(
         max_body_bytes=spec.router.max_body_bytes,
         api_keys_file=api_keys_file,
         api_keys_env=api_keys_env,
-        escalation_log=escalation_log,
+        escalation_log=escalation_log_of(cascade, escalation_log_uri),
         shadow_sampling=shadow_sampling_of(cascade, calibrate_in_process=calibrate_in_process),
+    )
+
+
+def escalation_log_of(cascade: ModelCascade, uri: str | None) -> EscalationLogConfig | None:
+    """Where and how this router writes the escalation log: `uri` overrides the spec's own; None when off."""
+    log = cascade.spec.escalation_log
+    if log is None or not log.enabled or not (uri or log.uri):
+        return None
+    return EscalationLogConfig(
+        uri=uri or log.uri, retention_days=log.retention_days, redact=list(log.redact), top_logprobs=log.top_logprobs
     )
 
 

@@ -94,10 +94,13 @@ class _TierTotals:
 
 
 BASELINE_TOKEN_KEYS = (
-    "acceptedInput", "acceptedOutput",  # tokens of the answers accepted before the last tier
-    "shadowAnsweredInput", "shadowAnsweredOutput",  # of those answers, on the requests shadow-sampled
-    "shadowLastInput", "shadowLastOutput",  # the last tier's own tokens on the same requests
-)  # fmt: skip
+    "acceptedInput",
+    "acceptedOutput",  # tokens of the answers accepted before the last tier
+    "shadowAnsweredInput",
+    "shadowAnsweredOutput",  # of those answers, on the requests shadow-sampled
+    "shadowLastInput",
+    "shadowLastOutput",  # the last tier's own tokens on the same requests
+)
 MIN_SHADOW_SAMPLES_FOR_AN_ESTIMATE = 30
 
 
@@ -108,7 +111,9 @@ class BaselineEstimate:
     output_ratio: float
 
 
-def estimated_baseline(baseline: float, tokens: Mapping[str, int], shadow_calls: int, last: Price) -> BaselineEstimate | None:
+def estimated_baseline(
+    baseline: float, tokens: Mapping[str, int], shadow_calls: int, last: Price
+) -> BaselineEstimate | None:
     """The baseline corrected by what shadow samples measure of the last tier's token counts; None with too few.
 
     The ledger's baseline prices an accepted answer's own tokens at the last
@@ -126,7 +131,8 @@ def estimated_baseline(baseline: float, tokens: Mapping[str, int], shadow_calls:
         answered, measured = tokens.get(f"shadowAnswered{side}", 0), tokens.get(f"shadowLast{side}", 0)
         ratios.append(measured / answered if answered > 0 else 1.0)
     extra = (ratios[0] - 1) * usage_cost(last, tokens.get("acceptedInput", 0), 0) + (ratios[1] - 1) * usage_cost(
-        last, 0, tokens.get("acceptedOutput", 0))  # fmt: skip
+        last, 0, tokens.get("acceptedOutput", 0)
+    )
     return BaselineEstimate(baseline=max(baseline + extra, 0.0), input_ratio=ratios[0], output_ratio=ratios[1])
 
 
@@ -262,8 +268,11 @@ class Ledger:
             raise ValueError(f"a shadow call goes to the last tier ({self._last_tier!r}) with counts >= 0: {call}")
         with self._lock:
             cost = self._add_call(call)
-            for key, count in zip(("shadowAnsweredInput", "shadowAnsweredOutput", "shadowLastInput", "shadowLastOutput"),
-                                  (*answered, call.input_tokens, call.output_tokens), strict=True):  # fmt: skip
+            for key, count in zip(
+                ("shadowAnsweredInput", "shadowAnsweredOutput", "shadowLastInput", "shadowLastOutput"),
+                (*answered, call.input_tokens, call.output_tokens),
+                strict=True,
+            ):
                 self._baseline_tokens[key] += count
             self._shadow_calls += 1
             self._shadow_cost += cost

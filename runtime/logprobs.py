@@ -277,7 +277,9 @@ def _trim_completion(logprobs: Mapping[str, Any], n: int) -> dict[str, Any]:
     return trimmed
 
 
-def strip_unrequested_logprobs(endpoint: Endpoint, caller_body: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+def strip_unrequested_logprobs(
+    endpoint: Endpoint, caller_body: dict[str, Any], response: dict[str, Any]
+) -> dict[str, Any]:
     """A copy of `response` (full body or stream chunk) without the logprobs the router asked for on its own.
 
     If the caller did not ask for logprobs, every choice's `logprobs` becomes

@@ -59,17 +59,47 @@ async def replay_as_chunks(
         index = choice.get("index", 0)
         if chat:
             message = choice.get("message") or {}
-            yield {**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": None}]}
+            yield {
+                **base,
+                "choices": [
+                    {
+                        "index": index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+            }
             delta = {key: value for key, value in message.items() if key != "role" and value is not None}
-            yield {**base, "choices": [{"index": index, "delta": delta, "logprobs": choice.get("logprobs"),
-                                        "finish_reason": None}]}
-            yield {**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
-                                        "finish_reason": choice.get("finish_reason")}]}
+            yield {
+                **base,
+                "choices": [
+                    {"index": index, "delta": delta, "logprobs": choice.get("logprobs"), "finish_reason": None}
+                ],
+            }
+            yield {
+                **base,
+                "choices": [
+                    {"index": index, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason")}
+                ],
+            }
         else:
-            yield {**base, "choices": [{"index": index, "text": choice.get("text", ""),
-                                        "logprobs": choice.get("logprobs"), "finish_reason": None}]}
-            yield {**base, "choices": [{"index": index, "text": "", "logprobs": None,
-                                        "finish_reason": choice.get("finish_reason")}]}
+            yield {
+                **base,
+                "choices": [
+                    {
+                        "index": index,
+                        "text": choice.get("text", ""),
+                        "logprobs": choice.get("logprobs"),
+                        "finish_reason": None,
+                    }
+                ],
+            }
+            yield {
+                **base,
+                "choices": [
+                    {"index": index, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason")}
+                ],
+            }
     if caller_wants_usage(caller_body) and isinstance(response.get("usage"), dict):
         yield {**base, "choices": [], "usage": response["usage"]}

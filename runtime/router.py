@@ -27,8 +27,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kascade.api.modelcascade import Task
-from kascade.runtime.online.calibration_loop import InProcessCalibrator, apply_thresholds, thresholds_from_status
 from kascade.runtime.cascade import Answer, Cascade, CascadeFailed
+from kascade.runtime.cluster_status.report import StatusReporter
 from kascade.runtime.config import RouterConfig
 from kascade.runtime.engines.base import Endpoint, Engine
 from kascade.runtime.engines.http import HttpEngine, new_pooled_session
@@ -42,8 +42,8 @@ from kascade.runtime.http_request import (
 )
 from kascade.runtime.ledger import Ledger
 from kascade.runtime.metrics import RouterMetrics
+from kascade.runtime.online.calibration_loop import InProcessCalibrator, apply_thresholds, thresholds_from_status
 from kascade.runtime.sse import SSE_DONE, sse_event
-from kascade.runtime.cluster_status.report import StatusReporter
 from kascade.runtime.wire import InvalidRequest, parse_request
 
 if TYPE_CHECKING:
@@ -158,8 +158,11 @@ async def _status_reporting(config: RouterConfig, ledger: Ledger, cascade: Casca
     if config.status_report is None:
         yield
         return
-    reporter = StatusReporter(config.status_report, ledger.counter_slot,
-                              on_status=lambda status: apply_thresholds(cascade, thresholds_from_status(status)))  # fmt: skip
+    reporter = StatusReporter(
+        config.status_report,
+        ledger.counter_slot,
+        on_status=lambda status: apply_thresholds(cascade, thresholds_from_status(status)),
+    )
     async with _running(reporter.run()):
         yield
 
@@ -306,9 +309,7 @@ async def readyz(request: Request) -> Response:
     now = time.monotonic()
     if now - state.ready_checked_at > _READY_CACHE_SECONDS:
         checks = await asyncio.gather(*(tier.engine.ready() for tier in state.cascade.tiers), return_exceptions=True)
-        state.ready_report = {
-            tier.name: check is True for tier, check in zip(state.cascade.tiers, checks, strict=True)
-        }
+        state.ready_report = {tier.name: check is True for tier, check in zip(state.cascade.tiers, checks, strict=True)}
         state.ready_checked_at = now
     ready = state.ready_report.get(state.cascade.last_tier.name, False)
     return JSONResponse({"ready": ready, "tiers": state.ready_report}, status_code=200 if ready else 503)
@@ -343,8 +344,9 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 def run_router(*, config_path: Path, port: int, host: str) -> int:
     """`kascade route`: load the config, serve until stopped."""
     import uvicorn
-    from kascade.api.errors import validation_problems
     from pydantic import ValidationError
+
+    from kascade.api.errors import validation_problems
 
     try:
         config = RouterConfig.from_yaml(config_path)
@@ -360,4 +362,3 @@ def run_router(*, config_path: Path, port: int, host: str) -> int:
         return 2
     uvicorn.run(create_router_app(config), host=host, port=port, log_level="warning", access_log=False)
     return 0
-

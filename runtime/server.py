@@ -15,16 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kascade.api.model_uri import ModelUri
-from kascade.runtime.engines.base import Endpoint, Engine, TierError
-from kascade.runtime.errors import error_response, openai_error
-from kascade.runtime.http_request import BodyError, read_json_object
-from kascade.runtime.sse import SSE_DONE, EventStreamResponse, aclose_quietly, sse_event
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from kascade.api.model_uri import ModelUri
+from kascade.runtime.engines.base import Endpoint, Engine, TierError
+from kascade.runtime.errors import error_response, openai_error
+from kascade.runtime.http_request import BodyError, read_json_object
+from kascade.runtime.sse import SSE_DONE, EventStreamResponse, aclose_quietly, sse_event
 
 DEFAULT_MAX_BODY_BYTES = 4_194_304
 
@@ -81,7 +82,10 @@ class _ModelServer:
 
     async def list_models(self, request: Request) -> JSONResponse:
         card: dict[str, Any] = {
-            "id": self.served_model_name, "object": "model", "created": self.created, "owned_by": "kascade"
+            "id": self.served_model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "kascade",
         }
         max_model_len = getattr(self.engine, "max_model_len", None)
         if max_model_len is not None:

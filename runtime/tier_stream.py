@@ -65,8 +65,14 @@ async def relay(
                 yield presented
         completed = True
     except TierError as error:
-        yield {"error": {"message": f"tier {tier!r} failed mid-stream: {error.message}",
-                         "type": "upstream_error", "param": None, "code": 502}}
+        yield {
+            "error": {
+                "message": f"tier {tier!r} failed mid-stream: {error.message}",
+                "type": "upstream_error",
+                "param": None,
+                "code": 502,
+            }
+        }
     finally:
         await aclose_quietly(opened.rest)
         _count_tokens(attempts, seen, opened.evidence, ok=completed)

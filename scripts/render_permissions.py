@@ -82,8 +82,10 @@ def docs_table(rules: Sequence[RbacRule] = OPERATOR_RULES) -> str:
     lines = ["| API group | resource | verbs | why |", "|---|---|---|---|"]
     for rule in rules:
         group = rule.api_group or '"" (core)'
-        where = [*(["cluster"] if rule.cluster_scoped else []),
-                 *(f"{mode} mode only" for mode in rule.modes if len(rule.modes) == 1)]  # fmt: skip
+        where = [
+            *(["cluster"] if rule.cluster_scoped else []),
+            *(f"{mode} mode only" for mode in rule.modes if len(rule.modes) == 1),
+        ]
         resources = ", ".join(rule.resources) + (f" ({', '.join(where)})" if where else "")
         lines.append(f"| {group} | {resources} | {', '.join(rule.verbs)} | {rule.why} |")
     return "\n".join(lines) + "\n"

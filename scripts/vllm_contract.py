@@ -55,15 +55,21 @@ CHAT = [{"role": "user", "content": "Say hello"}]
 # What callers send, as the official OpenAI client writes them.
 CALLER_BODIES: dict[str, tuple[str, dict[str, Any]]] = {
     "chat": ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 16}),
-    "chat, caller's logprobs": ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 16, "logprobs": True,
-                                                          "top_logprobs": 3}),
+    "chat, caller's logprobs": (
+        "/v1/chat/completions",
+        {"messages": CHAT, "max_tokens": 16, "logprobs": True, "top_logprobs": 3},
+    ),
     "chat stream": ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 16, "stream": True}),
-    "chat stream with usage": ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 16, "stream": True,
-                                                        "stream_options": {"include_usage": True}}),
+    "chat stream with usage": (
+        "/v1/chat/completions",
+        {"messages": CHAT, "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True}},
+    ),
     "completion": ("/v1/completions", {"prompt": "Say hello", "max_tokens": 16}),
     "completion, caller's logprobs": ("/v1/completions", {"prompt": "Say hello", "max_tokens": 16, "logprobs": 2}),
-    "completion stream with usage": ("/v1/completions", {"prompt": "Say hello", "max_tokens": 16, "stream": True,
-                                                         "stream_options": {"include_usage": True}}),
+    "completion stream with usage": (
+        "/v1/completions",
+        {"prompt": "Say hello", "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True}},
+    ),
 }
 SMALL_TIERS = {"confident": 0.99, "unsure": 0.01}  # every tier before the last accepts, or escalates
 
@@ -95,8 +101,12 @@ def vllm_cascades() -> list[tuple[str, ModelCascade]]:
 def serve_targets() -> list[tuple[str, ModelCascade, str]]:
     """(example, cascade, tier) for every vllm tier of every example, and the first example's first tier once
     per model URI scheme the vllm builder renders its own way (hf with a revision, pvc, s3)."""
-    targets = [(example, cascade, tier.name) for example, cascade in vllm_cascades()
-               for tier in cascade.spec.tiers if tier.engine is EngineKind.vllm]
+    targets = [
+        (example, cascade, tier.name)
+        for example, cascade in vllm_cascades()
+        for tier in cascade.spec.tiers
+        if tier.engine is EngineKind.vllm
+    ]
     return targets + [(example, cascade, cascade.spec.tiers[0].name) for example, cascade in _model_uri_variants()]
 
 
@@ -104,8 +114,11 @@ def _model_uri_variants() -> list[tuple[str, ModelCascade]]:
     path = EXAMPLES / "chat-vllm-gpu.yaml"
     doc = next(doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") == "ModelCascade")
     variants = []
-    for uri in ("hf://Qwen/Qwen2.5-7B-Instruct@a09a35458c702b33eeacc393d103063234e8bc28",
-                "pvc://models/qwen2.5-7b", "s3://models/qwen2.5-7b"):
+    for uri in (
+        "hf://Qwen/Qwen2.5-7B-Instruct@a09a35458c702b33eeacc393d103063234e8bc28",
+        "pvc://models/qwen2.5-7b",
+        "s3://models/qwen2.5-7b",
+    ):
         varied = json.loads(json.dumps(doc))
         varied["spec"]["tiers"][0]["model"]["uri"] = uri
         varied["spec"].pop("distillation", None)  # a distilled tier's model lives where runs promote it
@@ -189,11 +202,14 @@ def router_calls() -> list[Call]:
                 for label, (path, body) in CALLER_BODIES.items():
                     response = httpx.post(router.url + path, json={"model": cascade.metadata.name, **body}, timeout=30)
                     if response.status_code != 200:
-                        raise RuntimeError(f"{example}, {case} tiers, {label}: the router answered "
-                                           f"{response.status_code}: {response.text[:300]}")
-                _settled(lambda: sum(map(len, seen.values())))
-            calls += [Call(example, case, name, engines[name], path, body)
-                      for name in engines for path, body in seen[name]]
+                        raise RuntimeError(
+                            f"{example}, {case} tiers, {label}: the router answered "
+                            f"{response.status_code}: {response.text[:300]}"
+                        )
+                _settled(lambda seen=seen: sum(map(len, seen.values())))
+            calls += [
+                Call(example, case, name, engines[name], path, body) for name in engines for path, body in seen[name]
+            ]
     return calls
 
 
@@ -214,9 +230,14 @@ def _teacher_app(seen: list[tuple[str, dict[str, Any]]], answers: list[dict[str,
     async def completions(request: Request) -> JSONResponse:
         body = await request.json()
         positions = [None] + [{token: (-0.25, 1, f"t{token}")} for token in body["prompt"][1:]]
-        answer = layout.text_completion(layout.ResponseHeader("cmpl-teacher", 0, body["model"]), "t1",
-                                        logprobs=None, finish_reason="length", stop_reason=None,
-                                        token_usage=layout.usage(len(body["prompt"]), 1))
+        answer = layout.text_completion(
+            layout.ResponseHeader("cmpl-teacher", 0, body["model"]),
+            "t1",
+            logprobs=None,
+            finish_reason="length",
+            stop_reason=None,
+            token_usage=layout.usage(len(body["prompt"]), 1),
+        )
         answer["choices"][0]["prompt_logprobs"] = layout.prompt_logprobs(positions)
         answers.append(answer)
         return JSONResponse(answer)
@@ -237,8 +258,9 @@ def teacher_calls(top_k: int) -> tuple[list[Call], list[dict[str, Any]]]:
             continue
         seen: list[tuple[str, dict[str, Any]]] = []
         with BackgroundServer(_teacher_app(seen, answers)) as server:
-            client = TeacherServer(server.url + "/v1", teacher.served_name, top_k=top_k,
-                                   student_tokenizer=_TeacherTokenizer())
+            client = TeacherServer(
+                server.url + "/v1", teacher.served_name, top_k=top_k, student_tokenizer=_TeacherTokenizer()
+            )
             client.signals([EncodedLm(prompt=[11, 12, 13], answer=[21, 22], signal=None)])
             client.close()
         calls += [Call(example, "on-policy teacher", teacher.name, teacher.engine, path, body) for path, body in seen]
@@ -250,16 +272,30 @@ def upstream_answers() -> dict[str, dict[str, Any]]:
     asked = {
         "chat": ("/v1/chat/completions", {"messages": CHAT}),
         "chat with logprobs": ("/v1/chat/completions", {"messages": CHAT, "logprobs": True, "top_logprobs": 2}),
-        "chat with token ids": ("/v1/chat/completions", {"messages": CHAT, "logprobs": True, "top_logprobs": 2,
-                                                         "return_tokens_as_token_ids": True}),
+        "chat with token ids": (
+            "/v1/chat/completions",
+            {"messages": CHAT, "logprobs": True, "top_logprobs": 2, "return_tokens_as_token_ids": True},
+        ),
         "completion": ("/v1/completions", {"prompt": "hi"}),
         "completion with logprobs": ("/v1/completions", {"prompt": "hi", "logprobs": 2}),
-        "completion with token ids": ("/v1/completions", {"prompt": "hi", "logprobs": 2,
-                                                          "return_tokens_as_token_ids": True}),
-        "chat stream": ("/v1/chat/completions", {"messages": CHAT, "logprobs": True, "top_logprobs": 2,
-                                                 "stream": True, "stream_options": {"include_usage": True}}),
-        "completion stream": ("/v1/completions", {"prompt": "hi", "logprobs": 2, "stream": True,
-                                                  "stream_options": {"include_usage": True}}),
+        "completion with token ids": (
+            "/v1/completions",
+            {"prompt": "hi", "logprobs": 2, "return_tokens_as_token_ids": True},
+        ),
+        "chat stream": (
+            "/v1/chat/completions",
+            {
+                "messages": CHAT,
+                "logprobs": True,
+                "top_logprobs": 2,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ),
+        "completion stream": (
+            "/v1/completions",
+            {"prompt": "hi", "logprobs": 2, "stream": True, "stream_options": {"include_usage": True}},
+        ),
         "classify": ("/classify", {"input": ["good"]}),
     }
     answers = {}
@@ -331,8 +367,10 @@ def _platform_for_parsing(report: Report) -> None:
     except RuntimeError as error:
         from vllm.platforms.cpu import CpuPlatform
 
-        report.note(f"vLLM's `vllm serve` parser cannot be built without a GPU ({_problem(error)}); "
-                    "the args are parsed with vLLM's CPU platform instead, as `vllm bench` does")
+        report.note(
+            f"vLLM's `vllm serve` parser cannot be built without a GPU ({_problem(error)}); "
+            "the args are parsed with vLLM's CPU platform instead, as `vllm bench` does"
+        )
         platforms.current_platform = CpuPlatform()
 
 
@@ -387,13 +425,18 @@ def check_serve_args(report: Report) -> dict[tuple[str, str], int]:
         if ENGINE_COMMAND[-2:-1] == ("-m",):  # a module vLLM deprecates warns when it is imported
             importlib.import_module(ENGINE_COMMAND[-1])
     deprecated = [str(warning.message) for warning in caught if issubclass(warning.category, DeprecationWarning)]
-    report.check(f"engine command `{' '.join(ENGINE_COMMAND)}` is a current vLLM entrypoint",
-                 f"vLLM says: {' '.join(deprecated[0].split())}" if deprecated else None)
+    report.check(
+        f"engine command `{' '.join(ENGINE_COMMAND)}` is a current vLLM entrypoint",
+        f"vLLM says: {' '.join(deprecated[0].split())}" if deprecated else None,
+    )
     _platform_for_parsing(report)
     for example, cascade, tier_name in serve_targets():
         tier = next(tier for tier in cascade.spec.tiers if tier.name == tier_name)
-        deployment = next(child for child in build_children(cascade, OperatorSettings()) if child["kind"] == "Deployment"
-                          and child["metadata"]["name"] == f"{cascade.metadata.name}-{tier.name}")
+        deployment = next(
+            child
+            for child in build_children(cascade, OperatorSettings())
+            if child["kind"] == "Deployment" and child["metadata"]["name"] == f"{cascade.metadata.name}-{tier.name}"
+        )
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         name = f"serve args {example} tier {tier.name}: {' '.join(container['args'])}"
         try:
@@ -425,8 +468,11 @@ def check_request(call: Call, max_logprobs: int) -> str | None:
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     from vllm.entrypoints.pooling.classify.protocol import ClassificationCompletionRequest
 
-    models = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
-              "/classify": ClassificationCompletionRequest}
+    models = {
+        "/v1/chat/completions": ChatCompletionRequest,
+        "/v1/completions": CompletionRequest,
+        "/classify": ClassificationCompletionRequest,
+    }
     try:
         request = models[call.path].model_validate(call.body)
     except Exception as error:  # a refused body is the finding
@@ -438,7 +484,8 @@ def check_request(call: Call, max_logprobs: int) -> str | None:
         return None
     try:
         request.to_sampling_params(max_tokens=16, default_sampling_params={})._validate_logprobs(
-            _ModelLimits(max_logprobs))
+            _ModelLimits(max_logprobs)
+        )
     except Exception as error:
         return f"vLLM refuses it with --max-logprobs {max_logprobs}: {_problem(error)}"
     return None
@@ -465,8 +512,11 @@ def check_responses(report: Report, answers: dict[str, dict[str, Any]]) -> None:
     from vllm.entrypoints.openai.completion.protocol import CompletionResponse, CompletionStreamResponse
     from vllm.entrypoints.pooling.classify.protocol import ClassificationResponse
 
-    types = {"chat.completion": ChatCompletionResponse, "chat.completion.chunk": ChatCompletionStreamResponse,
-             "list": ClassificationResponse}
+    types = {
+        "chat.completion": ChatCompletionResponse,
+        "chat.completion.chunk": ChatCompletionStreamResponse,
+        "list": ClassificationResponse,
+    }
     for name, answer in answers.items():
         kind = types.get(answer.get("object"))
         if kind is None:

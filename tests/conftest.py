@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from kascade.runtime.serving import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -111,14 +112,23 @@ def _launch(model_dir: Path, *, name: str, task: str, log_dir: Path) -> ModelSer
         "PYTHONWARNINGS": "error::DeprecationWarning,error::FutureWarning",
     }
     command = [
-        sys.executable, "-m", "kascade", "serve",
-        "--model", str(model_dir),
-        "--port", str(port),
-        "--host", "127.0.0.1",
-        "--served-model-name", name,
-        "--task", task,
-        "--device", "cpu",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "kascade",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--served-model-name",
+        name,
+        "--task",
+        task,
+        "--device",
+        "cpu",
+    ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
     server = ModelServer(name=name, port=port, process=process, log_path=log_path)

@@ -35,7 +35,9 @@ def test_a_wheel_install_gives_a_working_command(tmp_path: Path):
     target = tmp_path / "site"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(REPO)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert build.returncode == 0, build.stderr
     installed = target / "kascade"
@@ -48,10 +50,18 @@ def test_a_wheel_install_gives_a_working_command(tmp_path: Path):
     # Run from an empty folder with only the wheel's files on the path, so the repo cannot leak in.
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = subprocess.run(
-        [sys.executable, "-c", "import kascade.runtime.router, kascade.api.modelcascade, kascade; "
-                               "import kascade.runtime.engines.transformers, kascade.testing.fixed_upstream; "
-                               "print(kascade.__file__)"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import kascade.runtime.router, kascade.api.modelcascade, kascade; "
+            "import kascade.runtime.engines.transformers, kascade.testing.fixed_upstream; "
+            "print(kascade.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
     )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip().startswith(str(target))

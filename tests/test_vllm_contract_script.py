@@ -42,7 +42,9 @@ def test_every_vllm_tier_of_every_example_has_its_serve_args_checked(contract) -
     for example, cascade in contract.vllm_cascades():
         for tier in cascade.spec.tiers:
             assert ((example, tier.name) in targets) is (tier.engine is EngineKind.vllm)
-    assert {"chat-vllm-gpu.yaml:chat", "external-last-tier.yaml:support-bot"} <= {e for e, _ in contract.vllm_cascades()}
+    assert {"chat-vllm-gpu.yaml:chat", "external-last-tier.yaml:support-bot"} <= {
+        e for e, _ in contract.vllm_cascades()
+    }
 
 
 def test_scored_tiers_are_asked_for_logprobs_on_both_endpoints(contract, calls) -> None:
@@ -50,8 +52,10 @@ def test_scored_tiers_are_asked_for_logprobs_on_both_endpoints(contract, calls) 
         scored = [tier.name for tier in cascade.spec.tiers[:-1] if tier.engine is EngineKind.vllm]
         for tier in scored:
             bodies = [call for call in calls if (call.example, call.tier) == (example, tier)]
-            assert any(c.path == "/v1/chat/completions" and c.body["logprobs"] is True and "top_logprobs" in c.body
-                       for c in bodies)
+            assert any(
+                c.path == "/v1/chat/completions" and c.body["logprobs"] is True and "top_logprobs" in c.body
+                for c in bodies
+            )
             assert any(c.path == "/v1/completions" and isinstance(c.body["logprobs"], int) for c in bodies)
 
 
@@ -59,10 +63,16 @@ def test_the_last_tier_is_asked_for_teacher_tokens_and_shadow_calls(contract, ca
     example, cascade = next(pair for pair in contract.vllm_cascades() if pair[0] == "chat-vllm-gpu.yaml:chat")
     last = [call for call in calls if (call.example, call.tier) == (example, cascade.spec.tiers[-1].name)]
     top_k = cascade.spec.escalation_log.top_logprobs
-    assert any(c.body.get("return_tokens_as_token_ids") is True and c.body["top_logprobs"] == top_k
-               for c in last if c.path == "/v1/chat/completions")
-    assert any(c.body.get("return_tokens_as_token_ids") is True and c.body["logprobs"] == top_k
-               for c in last if c.path == "/v1/completions")
+    assert any(
+        c.body.get("return_tokens_as_token_ids") is True and c.body["top_logprobs"] == top_k
+        for c in last
+        if c.path == "/v1/chat/completions"
+    )
+    assert any(
+        c.body.get("return_tokens_as_token_ids") is True and c.body["logprobs"] == top_k
+        for c in last
+        if c.path == "/v1/completions"
+    )
     # A confident small tier answered, and online calibration still asked the last tier (rate 1 here).
     assert any(not c.body.get("stream") for c in last if c.case == "confident")
 
@@ -83,6 +93,8 @@ def test_the_on_policy_teacher_asks_for_prompt_logprobs_and_gets_them_in_the_eng
 def test_the_fixed_upstream_answers_cover_every_layout_checked(contract) -> None:
     answers = contract.upstream_answers()
     assert answers["chat with token ids"]["choices"][0]["logprobs"]["content"][0]["token"].startswith("token_id:")
-    assert any(name.startswith("chat stream chunk") and answer["choices"] == [] and "usage" in answer
-               for name, answer in answers.items())
+    assert any(
+        name.startswith("chat stream chunk") and answer["choices"] == [] and "usage" in answer
+        for name, answer in answers.items()
+    )
     assert answers["classify"]["data"][0]["label"] == "positive"

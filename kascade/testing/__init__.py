@@ -101,8 +101,16 @@ _EXPORTS = {
     "helm_path": "kascade.testing.kubetools",
     "kubectl_path": "kascade.testing.kubetools",
 }
-__all__ = ["ApiError", "KubetoolsUnavailable", "RecordedRequest", "StandinApiServer", "helm_path", "kubectl_path",
-           "load_crds", "write_kubeconfig"]
+__all__ = [
+    "ApiError",
+    "KubetoolsUnavailable",
+    "RecordedRequest",
+    "StandinApiServer",
+    "helm_path",
+    "kubectl_path",
+    "load_crds",
+    "write_kubeconfig",
+]
 
 
 def __getattr__(name: str) -> Any:

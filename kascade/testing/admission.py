@@ -49,7 +49,9 @@ def decode_object(kind: Kind, body: Any) -> dict[str, Any]:
     if body.get("metadata") is None:
         body["metadata"] = {}
     if not isinstance(body["metadata"], dict):
-        raise errors.bad_request(f"{kind.kind} in version \"{kind.version}\" cannot be handled as a {kind.kind}: metadata must be an object")
+        raise errors.bad_request(
+            f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: metadata must be an object'
+        )
     return body
 
 
@@ -60,7 +62,9 @@ def place_in_namespace(kind: Kind, namespace: str | None, body: dict[str, Any]) 
         meta.pop("namespace", None)
         return ""
     if meta.get("namespace") and namespace and meta["namespace"] != namespace:
-        raise errors.bad_request("the namespace of the provided object does not match the namespace sent on the request")
+        raise errors.bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request"
+        )
     namespace = namespace or meta.get("namespace")
     if not namespace:
         raise errors.bad_request("the namespace of the object is missing")
@@ -68,8 +72,9 @@ def place_in_namespace(kind: Kind, namespace: str | None, body: dict[str, Any]) 
     return namespace
 
 
-def admit(kind: Kind, old: dict[str, Any] | None, obj: dict[str, Any], field_validation: str,
-          allocator: Allocator) -> tuple[dict[str, Any], list[str]]:
+def admit(
+    kind: Kind, old: dict[str, Any] | None, obj: dict[str, Any], field_validation: str, allocator: Allocator
+) -> tuple[dict[str, Any], list[str]]:
     """Prune, default and validate `obj` as the server would; returns it and the warnings."""
     schema = schema_of(kind)
     name = (obj.get("metadata") or {}).get("name") or ""
@@ -85,34 +90,43 @@ def admit(kind: Kind, old: dict[str, Any] | None, obj: dict[str, Any], field_val
     return obj, warnings
 
 
-def _prune_and_default(kind: Kind, tree: SchemaTree, obj: dict[str, Any],
-                       field_validation: str) -> tuple[dict[str, Any], list[str]]:
+def _prune_and_default(
+    kind: Kind, tree: SchemaTree, obj: dict[str, Any], field_validation: str
+) -> tuple[dict[str, Any], list[str]]:
     unknown: list[str] = []
     obj = prune(tree, obj, unknown)
     if unknown and field_validation == "Strict":
         listed = ", ".join(f'unknown field "{path}"' for path in unknown)
-        raise errors.bad_request(f"{kind.kind} in version \"{kind.version}\" cannot be handled as a {kind.kind}: strict decoding error: {listed}")
+        raise errors.bad_request(
+            f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: strict decoding error: {listed}'
+        )
     warnings = [f'unknown field "{path}"' for path in unknown] if field_validation != "Ignore" else []
     obj = apply_defaults(tree, obj) if kind.custom else canonicalize_quantities(tree, obj)
     return obj, warnings
 
 
-def _causes(kind: Kind, schema: tuple[SchemaTree, Any] | None, old: dict[str, Any] | None,
-            obj: dict[str, Any]) -> list[Cause]:
+def _causes(
+    kind: Kind, schema: tuple[SchemaTree, Any] | None, old: dict[str, Any] | None, obj: dict[str, Any]
+) -> list[Cause]:
     causes: list[Cause] = validate_metadata(kind, obj, old)
     if schema is not None:
         tree, validator = schema
         # ObjectMeta is checked by validate_metadata, with the real server's wording.
         # Built-in status is written by kubelets and controllers, whose required fields the server does not check.
-        found = [cause for cause in schema_causes(validator, obj)
-                 if not cause.field.startswith("metadata")
-                 and not (not kind.custom and cause.field.startswith("status") and cause.reason == "FieldValueRequired")]
+        found = [
+            cause
+            for cause in schema_causes(validator, obj)
+            if not cause.field.startswith("metadata")
+            and not (not kind.custom and cause.field.startswith("status") and cause.reason == "FieldValueRequired")
+        ]
         if not kind.custom:
             type_errors = [cause for cause in found if cause.reason == "FieldValueTypeInvalid"]
             if type_errors:  # a built-in type does not even decode
                 first = type_errors[0]
-                raise errors.bad_request(f"{kind.kind} in version \"{kind.version}\" cannot be handled as a {kind.kind}: "
-                                         f"json: cannot unmarshal into Go value at {first.field}: {first.message}")
+                raise errors.bad_request(
+                    f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                    f"json: cannot unmarshal into Go value at {first.field}: {first.message}"
+                )
         causes += found
         causes += list_type_causes(tree, obj)
         if kind.custom and not found:
@@ -126,7 +140,10 @@ def spec_changed(kind: Kind, old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether an update bumps `metadata.generation`, by the real registry's rule for the kind."""
     if kind.custom:
         ignored = {"metadata", "status"} if kind.status_subresource else {"metadata"}
-        strip = lambda obj: {key: value for key, value in obj.items() if key not in ignored}
+
+        def strip(obj: dict[str, Any]) -> dict[str, Any]:
+            return {key: value for key, value in obj.items() if key not in ignored}
+
         return strip(old) != strip(new)
     changed = old.get("spec") != new.get("spec")
     if kind.plural == "deployments":  # annotations are copied to ReplicaSets, so they bump it too

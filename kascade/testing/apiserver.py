@@ -72,8 +72,12 @@ def write_kubeconfig(path: Path, url: str, *, namespace: str = "default") -> Pat
         "kind": "Config",
         "clusters": [{"name": "kascade-standin", "cluster": {"server": url}}],
         "users": [{"name": "kascade-standin", "user": {"token": "kascade-standin-token"}}],
-        "contexts": [{"name": "kascade-standin", "context": {"cluster": "kascade-standin", "user": "kascade-standin",
-                                                              "namespace": namespace}}],
+        "contexts": [
+            {
+                "name": "kascade-standin",
+                "context": {"cluster": "kascade-standin", "user": "kascade-standin", "namespace": namespace},
+            }
+        ],
         "current-context": "kascade-standin",
         "preferences": {},
     }
@@ -119,7 +123,9 @@ class StandinApiServer:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -131,7 +137,9 @@ class StandinApiServer:
             raise RuntimeError(f"the stand-in API server did not start within {_START_TIMEOUT_S} s")
         if self._startup_error is not None:
             self._thread.join()
-            raise RuntimeError(f"the stand-in API server failed to start: {self._startup_error}") from self._startup_error
+            raise RuntimeError(
+                f"the stand-in API server failed to start: {self._startup_error}"
+            ) from self._startup_error
         if self._kubeconfig_path is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="kascade-standin-")
             self._kubeconfig_path = Path(self._tmpdir.name) / "kubeconfig"
@@ -246,40 +254,76 @@ class StandinApiServer:
         ns = (namespace or "default") if kind.namespaced else None
         return copy.deepcopy(self.call(lambda: self.store.get(kind, ns, name)))
 
-    def objects(self, resource: str, namespace: str | None = None, *, label_selector: str | None = None) -> list[dict[str, Any]]:
+    def objects(
+        self, resource: str, namespace: str | None = None, *, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         """The stored objects of a resource (all namespaces when `namespace` is None)."""
         kind = self._kind(resource)
         labels = parse_label_selector(label_selector)
         return copy.deepcopy(self.call(lambda: self.store.list_objects(kind, namespace, labels)))
 
-    def patch(self, resource: str, name: str, patch: Any, *, namespace: str | None = None,
-              patch_type: str = "merge", subresource: str | None = None) -> dict[str, Any]:
+    def patch(
+        self,
+        resource: str,
+        name: str,
+        patch: Any,
+        *,
+        namespace: str | None = None,
+        patch_type: str = "merge",
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
         """Patch in-process (merge, json, strategic or apply), e.g. to play another controller's part."""
         kind = self._kind(resource)
         ns = (namespace or "default") if kind.namespaced else None
-        return copy.deepcopy(self.call(lambda: self.store.patch(kind, ns, name, patch_type, patch, subresource=subresource,
-                                                                field_manager="kascade-standin").obj))
+        return copy.deepcopy(
+            self.call(
+                lambda: (
+                    self.store.patch(
+                        kind, ns, name, patch_type, patch, subresource=subresource, field_manager="kascade-standin"
+                    ).obj
+                )
+            )
+        )
 
     def delete(self, resource: str, name: str, *, namespace: str | None = None, propagation: str | None = None) -> None:
         kind = self._kind(resource)
         ns = (namespace or "default") if kind.namespaced else None
         self.call(lambda: self.store.delete(kind, ns, name, propagation=propagation))
 
-    def add_node(self, name: str, *, labels: dict[str, str] | None = None, capacity: dict[str, str] | None = None,
-                 taints: list[dict[str, Any]] | None = None, ready: bool = True) -> dict[str, Any]:
+    def add_node(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        capacity: dict[str, str] | None = None,
+        taints: list[dict[str, Any]] | None = None,
+        ready: bool = True,
+    ) -> dict[str, Any]:
         """Register a Node (e.g. a GPU node: labels `nvidia.com/gpu.product`, capacity `nvidia.com/gpu`)."""
         resources = {"cpu": "8", "memory": "32Gi", "pods": "110", **(capacity or {})}
         node = {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                                                  "kubernetes.io/arch": "amd64", **(labels or {})}},
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    **(labels or {}),
+                },
+            },
             "spec": {"taints": taints} if taints else {},
             "status": {
                 "capacity": resources,
                 "allocatable": resources,
-                "conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                                "reason": "KubeletReady" if ready else "KubeletNotReady"}],
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True" if ready else "False",
+                        "reason": "KubeletReady" if ready else "KubeletNotReady",
+                    }
+                ],
                 "nodeInfo": {"kubeletVersion": "v1.37.1", "architecture": "amd64", "operatingSystem": "linux"},
             },
         }
@@ -287,10 +331,15 @@ class StandinApiServer:
 
     # --- controllers ---------------------------------------------------------------------------------
 
-    def hold_unready(self, namespace: str, name: str, *, ready_replicas: int = 0, deadline_exceeded: bool = False) -> None:
+    def hold_unready(
+        self, namespace: str, name: str, *, ready_replicas: int = 0, deadline_exceeded: bool = False
+    ) -> None:
         """Keep Deployment `namespace/name` unready (it may not exist yet); optionally past its progress deadline."""
-        self.call(lambda: self.deployments.hold_unready(namespace, name, ready_replicas=ready_replicas,
-                                                        deadline_exceeded=deadline_exceeded))
+        self.call(
+            lambda: self.deployments.hold_unready(
+                namespace, name, ready_replicas=ready_replicas, deadline_exceeded=deadline_exceeded
+            )
+        )
 
     def release(self, namespace: str, name: str) -> None:
         """Let a held Deployment become ready."""
@@ -345,11 +394,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--crds", action="append", default=[], help="a CRD file or a folder of them (repeatable)")
     parser.add_argument("--kubeconfig", type=Path, help="where to write the kubeconfig (default: a temporary file)")
-    parser.add_argument("--controller-delay", type=float, default=0.05, help="seconds before a Deployment's status fills")
+    parser.add_argument(
+        "--controller-delay", type=float, default=0.05, help="seconds before a Deployment's status fills"
+    )
     args = parser.parse_args(argv)
     try:
-        server = StandinApiServer(args.crds, host=args.host, port=args.port, kubeconfig_path=args.kubeconfig,
-                                  controller_delay=args.controller_delay)
+        server = StandinApiServer(
+            args.crds,
+            host=args.host,
+            port=args.port,
+            kubeconfig_path=args.kubeconfig,
+            controller_delay=args.controller_delay,
+        )
     except (OSError, yaml.YAMLError) as error:
         parser.error(f"cannot load the CRDs: {error}")
     try:

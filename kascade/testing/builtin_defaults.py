@@ -208,7 +208,9 @@ def _default_secret(obj: dict[str, Any]) -> None:
         try:
             base64.b64decode(value, validate=True)
         except (binascii.Error, TypeError, ValueError):
-            raise bad_request(f"Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at data[{key!r}]") from None
+            raise bad_request(
+                f'Secret in version "v1" cannot be handled as a Secret: illegal base64 data at data[{key!r}]'
+            ) from None
 
 
 def _default_service(spec: dict[str, Any], old_spec: dict[str, Any], allocator: Allocator) -> None:
@@ -234,7 +236,9 @@ def _default_service(spec: dict[str, Any], old_spec: dict[str, Any], allocator: 
     spec.setdefault("internalTrafficPolicy", "Cluster")
     if spec["type"] in ("NodePort", "LoadBalancer"):
         spec.setdefault("externalTrafficPolicy", "Cluster")
-        old_ports = {(p.get("port"), p.get("protocol", "TCP")): p for p in old_spec.get("ports") or [] if isinstance(p, dict)}
+        old_ports = {
+            (p.get("port"), p.get("protocol", "TCP")): p for p in old_spec.get("ports") or [] if isinstance(p, dict)
+        }
         for port in spec.get("ports") or []:
             if isinstance(port, dict) and not port.get("nodePort"):
                 previous = old_ports.get((port.get("port"), port.get("protocol")), {}).get("nodePort")

@@ -39,24 +39,43 @@ def _validate_pod_spec(spec: Any, path: str, *, restart_policies: tuple[str, ...
             for port_index, port in enumerate(container.get("ports") or []):
                 number = (port or {}).get("containerPort")
                 if not isinstance(number, int) or not 1 <= number <= 65535:
-                    causes.append(invalid_value(f"{where}.ports[{port_index}].containerPort", number, "must be between 1 and 65535, inclusive"))
+                    causes.append(
+                        invalid_value(
+                            f"{where}.ports[{port_index}].containerPort",
+                            number,
+                            "must be between 1 and 65535, inclusive",
+                        )
+                    )
             for env_index, env in enumerate(container.get("env") or []):
                 if isinstance(env, dict) and not env.get("name"):
                     causes.append(required_value(f"{where}.env[{env_index}].name"))
     if restart_policies and spec.get("restartPolicy") not in restart_policies:
         supported = ", ".join(json.dumps(policy) for policy in restart_policies)
-        causes.append(Cause("FieldValueNotSupported", f"Unsupported value: {json.dumps(spec.get('restartPolicy'))}: supported values: {supported}", f"{path}.restartPolicy"))
+        causes.append(
+            Cause(
+                "FieldValueNotSupported",
+                f"Unsupported value: {json.dumps(spec.get('restartPolicy'))}: supported values: {supported}",
+                f"{path}.restartPolicy",
+            )
+        )
     volume_names = {v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)}
     for group in ("initContainers", "containers"):
         for index, container in enumerate(spec.get(group) or []):
             for mount_index, mount in enumerate((container or {}).get("volumeMounts") or []):
                 if isinstance(mount, dict) and mount.get("name") not in volume_names:
-                    causes.append(Cause("FieldValueNotFound", f"Not found: {json.dumps(mount.get('name'))}",
-                                        f"{path}.{group}[{index}].volumeMounts[{mount_index}].name"))
+                    causes.append(
+                        Cause(
+                            "FieldValueNotFound",
+                            f"Not found: {json.dumps(mount.get('name'))}",
+                            f"{path}.{group}[{index}].volumeMounts[{mount_index}].name",
+                        )
+                    )
     return causes
 
 
-def _validate_workload(obj: dict[str, Any], old: dict[str, Any] | None, restart_policies: tuple[str, ...]) -> list[Cause]:
+def _validate_workload(
+    obj: dict[str, Any], old: dict[str, Any] | None, restart_policies: tuple[str, ...]
+) -> list[Cause]:
     spec = obj.get("spec") or {}
     causes: list[Cause] = []
     selector = spec.get("selector")
@@ -68,7 +87,9 @@ def _validate_workload(obj: dict[str, Any], old: dict[str, Any] | None, restart_
     labels = (template.get("metadata") or {}).get("labels") or {}
     selects = bool(selector and (selector.get("matchLabels") or selector.get("matchExpressions")))
     if selects and not selector_from_label_selector_object(selector).matches(labels):
-        causes.append(invalid_value("spec.template.metadata.labels", labels, "`selector` does not match template `labels`"))
+        causes.append(
+            invalid_value("spec.template.metadata.labels", labels, "`selector` does not match template `labels`")
+        )
     replicas = spec.get("replicas")
     if isinstance(replicas, int) and replicas < 0:
         causes.append(invalid_value("spec.replicas", replicas, "must be greater than or equal to 0"))
@@ -99,7 +120,9 @@ def _validate_service(obj: dict[str, Any], old: dict[str, Any] | None) -> list[C
             if not DNS1123_LABEL.match(name):
                 causes.append(invalid_value(f"spec.ports[{index}].name", name, LABEL_MESSAGE))
             if name in names:
-                causes.append(Cause("FieldValueDuplicate", f"Duplicate value: {json.dumps(name)}", f"spec.ports[{index}].name"))
+                causes.append(
+                    Cause("FieldValueDuplicate", f"Duplicate value: {json.dumps(name)}", f"spec.ports[{index}].name")
+                )
             names.add(name)
     if old is not None:
         old_ip = (old.get("spec") or {}).get("clusterIP")
@@ -114,11 +137,19 @@ def _validate_config_keys(obj: dict[str, Any], kind: Kind) -> list[Cause]:
     for section in ("data", "binaryData"):
         for key in obj.get(section) or {}:
             if len(key) > 253 or not _CONFIG_KEY.match(key):
-                causes.append(invalid_value(f"{section}[{key}]", key, "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"))
+                causes.append(
+                    invalid_value(
+                        f"{section}[{key}]",
+                        key,
+                        "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                    )
+                )
             if key in seen:
                 causes.append(Cause("FieldValueDuplicate", f"Duplicate value: {json.dumps(key)}", f"{section}[{key}]"))
             seen.add(key)
-    size = sum(len(json.dumps(value)) for section in ("data", "binaryData") for value in (obj.get(section) or {}).values())
+    size = sum(
+        len(json.dumps(value)) for section in ("data", "binaryData") for value in (obj.get(section) or {}).values()
+    )
     if size > 1024 * 1024:
         causes.append(Cause("FieldValueTooLong", f"Too long: must have at most {1024 * 1024} bytes", ""))
     return causes
@@ -143,7 +174,7 @@ def _validate_crd(obj: dict[str, Any]) -> list[Cause]:
     expected = f"{names.get('plural')}.{spec.get('group')}"
     name = (obj.get("metadata") or {}).get("name")
     if name != expected:
-        causes.append(invalid_value("metadata.name", name, "must be spec.names.plural+\".\"+spec.group"))
+        causes.append(invalid_value("metadata.name", name, 'must be spec.names.plural+"."+spec.group'))
     for required in ("plural", "kind"):
         if not names.get(required):
             causes.append(required_value(f"spec.names.{required}"))
@@ -151,9 +182,21 @@ def _validate_crd(obj: dict[str, Any]) -> list[Cause]:
     if not versions:
         causes.append(required_value("spec.versions", "must have exactly one version marked as storage version"))
     elif sum(1 for version in versions if version.get("storage")) != 1:
-        causes.append(invalid_value("spec.versions", [v.get("name") for v in versions], "must have exactly one version marked as storage version"))
+        causes.append(
+            invalid_value(
+                "spec.versions",
+                [v.get("name") for v in versions],
+                "must have exactly one version marked as storage version",
+            )
+        )
     if spec.get("scope") not in ("Namespaced", "Cluster"):
-        causes.append(Cause("FieldValueNotSupported", f'Unsupported value: {json.dumps(spec.get("scope"))}: supported values: "Cluster", "Namespaced"', "spec.scope"))
+        causes.append(
+            Cause(
+                "FieldValueNotSupported",
+                f'Unsupported value: {json.dumps(spec.get("scope"))}: supported values: "Cluster", "Namespaced"',
+                "spec.scope",
+            )
+        )
     return causes
 
 
@@ -164,11 +207,19 @@ def _validate_rbac(obj: dict[str, Any], old: dict[str, Any] | None, kind: Kind) 
             if not (rule or {}).get("verbs"):
                 causes.append(required_value(f"rules[{index}].verbs", "verbs must contain at least one value"))
             if rule and not rule.get("nonResourceURLs") and "apiGroups" not in rule:
-                causes.append(required_value(f"rules[{index}].apiGroups", "resource rules must supply at least one api group"))
+                causes.append(
+                    required_value(f"rules[{index}].apiGroups", "resource rules must supply at least one api group")
+                )
     else:
         role_ref = obj.get("roleRef") or {}
         if role_ref.get("kind") not in ("Role", "ClusterRole"):
-            causes.append(Cause("FieldValueNotSupported", f'Unsupported value: {json.dumps(role_ref.get("kind"))}: supported values: "Role", "ClusterRole"', "roleRef.kind"))
+            causes.append(
+                Cause(
+                    "FieldValueNotSupported",
+                    f'Unsupported value: {json.dumps(role_ref.get("kind"))}: supported values: "Role", "ClusterRole"',
+                    "roleRef.kind",
+                )
+            )
         if old is not None and old.get("roleRef") != obj.get("roleRef"):
             causes.append(immutable_value("roleRef", obj.get("roleRef")))
     return causes
@@ -182,7 +233,9 @@ def validate_builtin(kind: Kind, obj: dict[str, Any], old: dict[str, Any] | None
             return _validate_workload(obj, old, ("Always",))
         case "jobs":
             spec = obj.get("spec") or {}
-            causes = _validate_pod_spec((spec.get("template") or {}).get("spec"), "spec.template.spec", restart_policies=("OnFailure", "Never"))
+            causes = _validate_pod_spec(
+                (spec.get("template") or {}).get("spec"), "spec.template.spec", restart_policies=("OnFailure", "Never")
+            )
             if old is not None and (old.get("spec") or {}).get("template") != spec.get("template"):
                 causes.append(immutable_value("spec.template", "..."))
             return causes

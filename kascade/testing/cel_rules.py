@@ -60,8 +60,11 @@ def _check_cel(tree: SchemaTree, node: Any, data: Any, old: Any, path: str, caus
                 except celpy.CELEvalError:
                     pass
             where = path + rule.get("fieldPath", "") if rule.get("fieldPath") else path
-            reason = {"FieldValueRequired": "FieldValueRequired", "FieldValueDuplicate": "FieldValueDuplicate",
-                      "FieldValueForbidden": "FieldValueForbidden"}.get(rule.get("reason", ""), "FieldValueInvalid")
+            reason = {
+                "FieldValueRequired": "FieldValueRequired",
+                "FieldValueDuplicate": "FieldValueDuplicate",
+                "FieldValueForbidden": "FieldValueForbidden",
+            }.get(rule.get("reason", ""), "FieldValueInvalid")
             causes.append(Cause(reason, f'Invalid value: "{json_type_name(data)}": {message}', where.lstrip(".")))
     if isinstance(data, dict):
         for key, value in data.items():

@@ -70,8 +70,9 @@ class ControlPlaneUnavailable(RuntimeError):
 def build_control_plane(*, timeout: float = 3600.0) -> Path:
     """Run scripts/build-control-plane.sh (a no-op once cached) and return the folder of the binaries."""
     if shutil.which("go") is None and not _cached_bin_dir():
-        raise ControlPlaneUnavailable("the control plane is not built and Go is not installed: install Go >= 1.26 "
-                                      f"and run {BUILD_SCRIPT}")  # fmt: skip
+        raise ControlPlaneUnavailable(
+            f"the control plane is not built and Go is not installed: install Go >= 1.26 and run {BUILD_SCRIPT}"
+        )
     done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise ControlPlaneUnavailable(f"{BUILD_SCRIPT} failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -94,26 +95,51 @@ class _Pair:
 
 
 def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))  # fmt: skip
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
     path.chmod(0o600)
 
 
-def _certificate(subject: x509.Name, key: rsa.RSAPrivateKey, issuer: x509.Name, signer: rsa.RSAPrivateKey, *,
-                 ca: bool = False, server_names: tuple[str, ...] = (), server_ips: tuple[str, ...] = (),
-                 client: bool = False) -> x509.Certificate:  # fmt: skip
-    now = dt.datetime.now(dt.timezone.utc)
+def _certificate(
+    subject: x509.Name,
+    key: rsa.RSAPrivateKey,
+    issuer: x509.Name,
+    signer: rsa.RSAPrivateKey,
+    *,
+    ca: bool = False,
+    server_names: tuple[str, ...] = (),
+    server_ips: tuple[str, ...] = (),
+    client: bool = False,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
     builder = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )  # fmt: skip
+    )
     if ca:
-        builder = builder.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                                      content_commitment=False, key_encipherment=False,
-                                                      data_encipherment=False, key_agreement=False,
-                                                      encipher_only=False, decipher_only=False), critical=True)  # fmt: skip
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
         usages = [x509.ExtendedKeyUsageOID.CLIENT_AUTH] if client else [x509.ExtendedKeyUsageOID.SERVER_AUTH]
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -147,13 +173,29 @@ class _Pki:
         pairs = {}
         kubernetes_service_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
         for name, subject, options in (
-            ("apiserver", [x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")],
-             {"server_names": ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                               "kubernetes.default.svc.cluster.local"),
-              "server_ips": ("127.0.0.1", kubernetes_service_ip)}),
-            ("admin", [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-                       x509.NameAttribute(NameOID.COMMON_NAME, "kascade-test-admin")], {"client": True}),
-        ):  # fmt: skip
+            (
+                "apiserver",
+                [x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")],
+                {
+                    "server_names": (
+                        "localhost",
+                        "kubernetes",
+                        "kubernetes.default",
+                        "kubernetes.default.svc",
+                        "kubernetes.default.svc.cluster.local",
+                    ),
+                    "server_ips": ("127.0.0.1", kubernetes_service_ip),
+                },
+            ),
+            (
+                "admin",
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "kascade-test-admin"),
+                ],
+                {"client": True},
+            ),
+        ):
             private = key()
             cert = _certificate(x509.Name(subject), private, ca_name, ca_key, **options)  # type: ignore[arg-type]
             pairs[name] = _Pair(folder / f"{name}.crt", folder / f"{name}.key")
@@ -164,8 +206,11 @@ class _Pki:
         _write_key(ca.key, ca_key)
         signing = key()
         _write_key(folder / "sa.key", signing)
-        (folder / "sa.pub").write_bytes(signing.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+        (folder / "sa.pub").write_bytes(
+            signing.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         return cls(ca, pairs["apiserver"], pairs["admin"], folder / "sa.key", folder / "sa.pub")
 
 
@@ -220,56 +265,116 @@ class ControlPlane:
         self.folder.mkdir(parents=True, exist_ok=True)
         pki = _Pki.create(self.folder / "pki")
         etcd_port, etcd_peer, self.api_port = free_port(), free_port(), free_port()
-        self._write_kubeconfig(self.kubeconfig, {"client-certificate": str(pki.admin.cert),
-                                                 "client-key": str(pki.admin.key)})  # fmt: skip
-        self._start("etcd", [
-            "--data-dir", str(self.folder / "etcd"), "--name", "kascade-test",
-            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-cluster", f"kascade-test=http://127.0.0.1:{etcd_peer}",
-            "--unsafe-no-fsync",  # a throw-away store: durability buys nothing, fsync costs seconds on slow disks
-            "--log-level", "warn",
-        ])  # fmt: skip
+        self._write_kubeconfig(
+            self.kubeconfig, {"client-certificate": str(pki.admin.cert), "client-key": str(pki.admin.key)}
+        )
+        self._start(
+            "etcd",
+            [
+                "--data-dir",
+                str(self.folder / "etcd"),
+                "--name",
+                "kascade-test",
+                "--listen-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{etcd_peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{etcd_peer}",
+                "--initial-cluster",
+                f"kascade-test=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync",  # a throw-away store: durability buys nothing, fsync costs seconds on slow disks
+                "--log-level",
+                "warn",
+            ],
+        )
         self._wait(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), "etcd")
-        self._start("kube-apiserver", [
-            "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", str(self.api_port),
-            "--cert-dir", str(self.folder / "apiserver-certs"),
-            "--tls-cert-file", str(pki.serving.cert), "--tls-private-key-file", str(pki.serving.key),
-            "--client-ca-file", str(pki.ca.cert),
-            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-            "--service-account-key-file", str(pki.service_account_public),
-            "--service-account-signing-key-file", str(pki.service_account_key),
-            "--authorization-mode", "Node,RBAC",
-            "--enable-admission-plugins", "NodeRestriction",  # on top of the defaults (PodSecurity among them)
-            "--service-cluster-ip-range", SERVICE_CIDR,
-            "--endpoint-reconciler-type", "none",  # its endpoints would have to be a routable address
-            "--allow-privileged=false", "--profiling=false",
-        ])  # fmt: skip
+        self._start(
+            "kube-apiserver",
+            [
+                "--etcd-servers",
+                f"http://127.0.0.1:{etcd_port}",
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(self.api_port),
+                "--cert-dir",
+                str(self.folder / "apiserver-certs"),
+                "--tls-cert-file",
+                str(pki.serving.cert),
+                "--tls-private-key-file",
+                str(pki.serving.key),
+                "--client-ca-file",
+                str(pki.ca.cert),
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+                "--service-account-key-file",
+                str(pki.service_account_public),
+                "--service-account-signing-key-file",
+                str(pki.service_account_key),
+                "--authorization-mode",
+                "Node,RBAC",
+                "--enable-admission-plugins",
+                "NodeRestriction",  # on top of the defaults (PodSecurity among them)
+                "--service-cluster-ip-range",
+                SERVICE_CIDR,
+                "--endpoint-reconciler-type",
+                "none",  # its endpoints would have to be a routable address
+                "--allow-privileged=false",
+                "--profiling=false",
+            ],
+        )
         self._wait(self._api_ready, "the API server's /readyz")
         common = ["--kubeconfig", str(self.kubeconfig), "--leader-elect=false", "--bind-address", "127.0.0.1"]
-        self._start("kube-controller-manager", [
-            *common, "--secure-port", str(free_port()),
-            "--use-service-account-credentials=true",
-            "--service-account-private-key-file", str(pki.service_account_key),
-            "--root-ca-file", str(pki.ca.cert),
-            "--cluster-signing-cert-file", str(pki.ca.cert), "--cluster-signing-key-file", str(pki.ca.key),
-            "--controllers", "*",
-        ])  # fmt: skip
+        self._start(
+            "kube-controller-manager",
+            [
+                *common,
+                "--secure-port",
+                str(free_port()),
+                "--use-service-account-credentials=true",
+                "--service-account-private-key-file",
+                str(pki.service_account_key),
+                "--root-ca-file",
+                str(pki.ca.cert),
+                "--cluster-signing-cert-file",
+                str(pki.ca.cert),
+                "--cluster-signing-key-file",
+                str(pki.ca.key),
+                "--controllers",
+                "*",
+            ],
+        )
         self._start("kube-scheduler", [*common, "--secure-port", str(free_port())])
         stages = self.bin_dir / "kwok-stages"
         configs = [arg for stage in KWOK_STAGES for arg in ("--config", str(stages / stage))]
-        self._start("kwok", [
-            "--kubeconfig", str(self.kubeconfig), *configs,
-            "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-            "--cidr", POD_CIDR, "--node-ip", "10.244.255.254",
-            "--server-address", f"127.0.0.1:{free_port()}", "--node-lease-duration-seconds", "40",
-        ])  # fmt: skip
+        self._start(
+            "kwok",
+            [
+                "--kubeconfig",
+                str(self.kubeconfig),
+                *configs,
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                "--cidr",
+                POD_CIDR,
+                "--node-ip",
+                "10.244.255.254",
+                "--server-address",
+                f"127.0.0.1:{free_port()}",
+                "--node-lease-duration-seconds",
+                "40",
+            ],
+        )
         # The default namespace's ServiceAccount exists once the controller manager runs its controllers.
-        self._wait(lambda: self.get("serviceaccounts", "default", namespace="default") is not None,
-                   "the controller manager (the default ServiceAccount)")  # fmt: skip
+        self._wait(
+            lambda: self.get("serviceaccounts", "default", namespace="default") is not None,
+            "the controller manager (the default ServiceAccount)",
+        )
 
     def stop(self) -> None:
         """Stop the components in the reverse order of their start, each before the next (etcd last)."""
@@ -290,8 +395,13 @@ class ControlPlane:
         assert self.bin_dir is not None
         log = self.folder / f"{name}.log"
         with log.open("wb") as out:
-            process = subprocess.Popen([str(self.bin_dir / name), *args], stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, cwd=self.folder)  # fmt: skip
+            process = subprocess.Popen(
+                [str(self.bin_dir / name), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.folder,
+            )
         self.components.append(_Component(name, process, log))
 
     def _wait(self, ready: Callable[[], bool], what: str) -> None:
@@ -299,8 +409,10 @@ class ControlPlane:
         while not ready():
             for component in self.components:
                 if component.process.poll() is not None:
-                    raise ControlPlaneUnavailable(f"{component.name} exited with {component.process.returncode} "
-                                                  f"while waiting for {what}\n{component.tail()}")  # fmt: skip
+                    raise ControlPlaneUnavailable(
+                        f"{component.name} exited with {component.process.returncode} "
+                        f"while waiting for {what}\n{component.tail()}"
+                    )
             if time.monotonic() > deadline:
                 raise ControlPlaneUnavailable(f"timed out waiting for {what}\n{self.logs()}")
             time.sleep(0.2)
@@ -315,12 +427,15 @@ class ControlPlane:
 
     def _write_kubeconfig(self, path: Path, user: dict[str, str]) -> None:
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "kascade-test",
-            "clusters": [{"name": "kascade-test", "cluster": {"server": self.url,
-                                                               "certificate-authority": str(self.ca_file)}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "kascade-test",
+            "clusters": [
+                {"name": "kascade-test", "cluster": {"server": self.url, "certificate-authority": str(self.ca_file)}}
+            ],
             "users": [{"name": "kascade-test-user", "user": user}],
             "contexts": [{"name": "kascade-test", "context": {"cluster": "kascade-test", "user": "kascade-test-user"}}],
-        }  # fmt: skip
+        }
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         path.chmod(0o600)
 
@@ -335,11 +450,29 @@ class ControlPlane:
             headers["Authorization"] = f"Bearer {token}"
         return httpx.Client(base_url=self.url, verify=context, headers=headers, timeout=30)
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, kubeconfig: Path | None = None,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        done = subprocess.run([str(kubectl_path()), "--kubeconfig", str(kubeconfig or self.kubeconfig),
-                               "--cache-dir", str(self.folder / "kube-cache"), *args],
-                              input=input, capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [
+                str(kubectl_path()),
+                "--kubeconfig",
+                str(kubeconfig or self.kubeconfig),
+                "--cache-dir",
+                str(self.folder / "kube-cache"),
+                *args,
+            ],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done
@@ -347,9 +480,14 @@ class ControlPlane:
     def token_for(self, service_account: str, namespace: str, *, seconds: int = 3600) -> str:
         """A token of `service_account` from the TokenRequest API (what `kubectl create token` asks for)."""
         with self.client() as client:
-            response = client.post(f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
-                                   json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                                         "spec": {"expirationSeconds": seconds}})  # fmt: skip
+            response = client.post(
+                f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
+                json={
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenRequest",
+                    "spec": {"expirationSeconds": seconds},
+                },
+            )
         response.raise_for_status()
         return str(response.json()["status"]["token"])
 
@@ -367,8 +505,9 @@ class ControlPlane:
         response.raise_for_status()
         return dict(response.json())
 
-    def list(self, resource: str, *, namespace: str | None = None, group: str = "",
-             label_selector: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    def list(
+        self, resource: str, *, namespace: str | None = None, group: str = "", label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         params = {"labelSelector": label_selector} if label_selector else {}
         with self.client() as client:
             response = client.get(_path(resource, namespace=namespace, group=group), params=params)
@@ -377,22 +516,48 @@ class ControlPlane:
         response.raise_for_status()
         return list(response.json()["items"])
 
-    def add_node(self, name: str, *, labels: dict[str, str] | None = None, capacity: dict[str, str] | None = None,
-                 taints: list[dict[str, str]] | None = None) -> None:  # fmt: skip
+    def add_node(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        capacity: dict[str, str] | None = None,
+        taints: list[dict[str, str]] | None = None,
+    ) -> None:
         """A node kwok plays (Ready within a second), offering `capacity` on top of CPU, memory and pods."""
         resources = {"cpu": "64", "memory": "512Gi", "pods": "110", **(capacity or {})}
         node = {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {KWOK_NODE_ANNOTATION: "fake"},
-                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                                    "kubernetes.io/arch": "amd64", "type": "kwok", **(labels or {})}},
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {KWOK_NODE_ANNOTATION: "fake"},
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                    **(labels or {}),
+                },
+            },
             "spec": {"taints": taints or []},
-            "status": {"capacity": resources, "allocatable": resources,
-                       "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake",
-                                    "kubeProxyVersion": "fake", "containerRuntimeVersion": "fake",
-                                    "kernelVersion": "", "osImage": "", "machineID": "", "systemUUID": "",
-                                    "bootID": ""}},
-        }  # fmt: skip
+            "status": {
+                "capacity": resources,
+                "allocatable": resources,
+                "nodeInfo": {
+                    "architecture": "amd64",
+                    "operatingSystem": "linux",
+                    "kubeletVersion": "fake",
+                    "kubeProxyVersion": "fake",
+                    "containerRuntimeVersion": "fake",
+                    "kernelVersion": "",
+                    "osImage": "",
+                    "machineID": "",
+                    "systemUUID": "",
+                    "bootID": "",
+                },
+            },
+        }
         with self.client() as client:
             client.post("/api/v1/nodes", json=node).raise_for_status()
 
@@ -406,17 +571,36 @@ class ControlPlane:
         """Report a pod's end as its kubelet would: phase, the containers terminated with `exit_code`."""
         pod = self.get("pods", name, namespace=namespace)
         assert pod is not None, f"pod {namespace}/{name} is gone"
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                      "startedAt": now, "finishedAt": now}  # fmt: skip
-        statuses = [{"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0,
-                     "started": False, "state": {"terminated": terminated}} for c in pod["spec"]["containers"]]  # fmt: skip
-        conditions = [{"type": t, "status": "False", "lastTransitionTime": now, "reason": "PodCompleted"}
-                      for t in ("Ready", "ContainersReady")]  # fmt: skip
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "startedAt": now,
+            "finishedAt": now,
+        }
+        statuses = [
+            {
+                "name": c["name"],
+                "image": c["image"],
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "state": {"terminated": terminated},
+            }
+            for c in pod["spec"]["containers"]
+        ]
+        conditions = [
+            {"type": t, "status": "False", "lastTransitionTime": now, "reason": "PodCompleted"}
+            for t in ("Ready", "ContainersReady")
+        ]
         patch = {"status": {"phase": phase, "containerStatuses": statuses, "conditions": conditions}}
         with self.client() as client:
-            response = client.patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status", content=json.dumps(patch),
-                                    headers={"Content-Type": "application/strategic-merge-patch+json"})  # fmt: skip
+            response = client.patch(
+                f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+                content=json.dumps(patch),
+                headers={"Content-Type": "application/strategic-merge-patch+json"},
+            )
         response.raise_for_status()
 
 

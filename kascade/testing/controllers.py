@@ -58,7 +58,9 @@ class DeploymentController:
         self._scheduled.add((namespace, name))
         asyncio.get_running_loop().call_later(self.delay, self._reconcile, namespace, name)
 
-    def hold_unready(self, namespace: str, name: str, *, ready_replicas: int = 0, deadline_exceeded: bool = False) -> None:
+    def hold_unready(
+        self, namespace: str, name: str, *, ready_replicas: int = 0, deadline_exceeded: bool = False
+    ) -> None:
         self.holds[(namespace, name)] = Hold(ready_replicas, deadline_exceeded)
         self.schedule(namespace, name)
 
@@ -96,7 +98,9 @@ class DeploymentController:
             return {
                 "type": type_,
                 "status": status,
-                "lastUpdateTime": now if changed or before.get("reason") != reason else before.get("lastUpdateTime", now),
+                "lastUpdateTime": now
+                if changed or before.get("reason") != reason
+                else before.get("lastUpdateTime", now),
                 "lastTransitionTime": now if changed else before.get("lastTransitionTime", now),
                 "reason": reason,
                 "message": message,
@@ -104,19 +108,34 @@ class DeploymentController:
 
         available = ready >= replicas  # maxUnavailable is not modelled: all replicas must be ready
         if available:
-            available_condition = condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
+            available_condition = condition(
+                "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability."
+            )
         else:
-            available_condition = condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+            available_condition = condition(
+                "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability."
+            )
         if hold is not None and hold.deadline_exceeded:
-            progressing = condition("Progressing", "False", "ProgressDeadlineExceeded", f'ReplicaSet "{rs_name}" has timed out progressing.')
+            progressing = condition(
+                "Progressing", "False", "ProgressDeadlineExceeded", f'ReplicaSet "{rs_name}" has timed out progressing.'
+            )
         elif available:
-            progressing = condition("Progressing", "True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.')
+            progressing = condition(
+                "Progressing", "True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.'
+            )
         else:
-            progressing = condition("Progressing", "True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.')
+            progressing = condition(
+                "Progressing", "True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.'
+            )
         status: dict[str, Any] = {"observedGeneration": deployment["metadata"].get("generation", 1)}
         # Zero counts are omitted, as the real controller's status omits them.
-        for field, value in (("replicas", replicas), ("updatedReplicas", replicas), ("readyReplicas", ready),
-                             ("availableReplicas", ready), ("unavailableReplicas", replicas - ready)):
+        for field, value in (
+            ("replicas", replicas),
+            ("updatedReplicas", replicas),
+            ("readyReplicas", ready),
+            ("availableReplicas", ready),
+            ("unavailableReplicas", replicas - ready),
+        ):
             if value:
                 status[field] = value
         status["conditions"] = [available_condition, progressing]
@@ -177,8 +196,20 @@ def crd_established_status(crd: dict[str, Any]) -> dict[str, Any]:
     return {
         "acceptedNames": copy.deepcopy(spec.get("names") or {}),
         "conditions": [
-            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+            {
+                "type": "NamesAccepted",
+                "status": "True",
+                "reason": "NoConflicts",
+                "message": "no conflicts found",
+                "lastTransitionTime": now,
+            },
+            {
+                "type": "Established",
+                "status": "True",
+                "reason": "InitialNamesAccepted",
+                "message": "the initial names have been accepted",
+                "lastTransitionTime": now,
+            },
         ],
         "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
     }

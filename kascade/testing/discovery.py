@@ -44,7 +44,7 @@ def fixed_document(kinds: KindRegistry, path: str) -> dict[str, Any] | None:
     if path == "/openapi/v3":
         return openapi_v3_root(kinds)
     if path.startswith("/openapi/v3/"):
-        document = openapi_v3_group_version(kinds, path[len("/openapi/v3/"):])
+        document = openapi_v3_group_version(kinds, path[len("/openapi/v3/") :])
         if document is None:
             raise errors.resource_not_found()
         return document
@@ -52,7 +52,11 @@ def fixed_document(kinds: KindRegistry, path: str) -> dict[str, Any] | None:
 
 
 def api_versions() -> dict[str, Any]:
-    return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+    return {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+    }
 
 
 def _group(name: str, versions: list[str]) -> dict[str, Any]:
@@ -64,7 +68,11 @@ def _group(name: str, versions: list[str]) -> dict[str, Any]:
 
 
 def api_group_list(kinds: KindRegistry) -> dict[str, Any]:
-    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [_group(name, versions) for name, versions in kinds.groups()]}
+    return {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [_group(name, versions) for name, versions in kinds.groups()],
+    }
 
 
 def api_group(kinds: KindRegistry, group: str) -> dict[str, Any] | None:
@@ -79,8 +87,12 @@ def api_resource_list(kinds: KindRegistry, group: str, version: str) -> dict[str
     if not served:
         return None
     resources = [entry for kind in sorted(served, key=lambda k: k.plural) for entry in kind.discovery()]
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group else version,
-            "resources": resources}
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{group}/{version}" if group else version,
+        "resources": resources,
+    }
 
 
 def root_paths(kinds: KindRegistry) -> dict[str, Any]:
@@ -108,8 +120,12 @@ def _gv_document(kinds: KindRegistry, group: str, version: str) -> dict[str, Any
             {"name": name, "in": "query", "schema": {"type": "string"}, "uniqueItems": True}
             for name in ("dryRun", "fieldManager", "fieldValidation", "force", "pretty")
         ]
-        operation = {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "patch", "parameters": parameters,
-                     "responses": {"200": {"description": "OK"}}}
+        operation = {
+            "x-kubernetes-group-version-kind": gvk,
+            "x-kubernetes-action": "patch",
+            "parameters": parameters,
+            "responses": {"200": {"description": "OK"}},
+        }
         paths[f"{prefix}/{kind.plural}/{{name}}"] = {"patch": operation}
         if kind.status_subresource:
             paths[f"{prefix}/{kind.plural}/{{name}}/status"] = {"patch": operation}
@@ -118,16 +134,26 @@ def _gv_document(kinds: KindRegistry, group: str, version: str) -> dict[str, Any
                 **kind.schema,
                 "x-kubernetes-group-version-kind": [gvk],
             }
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
-            "paths": paths, "components": {"schemas": schemas}}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
 
 
 def openapi_v3_root(kinds: KindRegistry) -> dict[str, Any]:
     entries = {}
     versions = [("", "v1")] + [(name, version) for name, group_versions in kinds.groups() for version in group_versions]
     for group, version in versions:
-        digest = hashlib.sha256(json.dumps(_gv_document(kinds, group, version), sort_keys=True).encode()).hexdigest()[:32].upper()
-        entries[_gv_path(group, version)] = {"serverRelativeURL": f"/openapi/v3/{_gv_path(group, version)}?hash={digest}"}
+        digest = (
+            hashlib.sha256(json.dumps(_gv_document(kinds, group, version), sort_keys=True).encode())
+            .hexdigest()[:32]
+            .upper()
+        )
+        entries[_gv_path(group, version)] = {
+            "serverRelativeURL": f"/openapi/v3/{_gv_path(group, version)}?hash={digest}"
+        }
     return {"paths": entries}
 
 

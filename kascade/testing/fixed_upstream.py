@@ -82,8 +82,14 @@ def create_fixed_upstream_app(behaviour: FixedBehaviour) -> Starlette:
         if behaviour.delay_seconds:
             await asyncio.sleep(behaviour.delay_seconds)
         if behaviour.fail_status is not None:
-            error = {"error": {"message": "told to fail", "type": "TestFailure", "param": None,
-                               "code": behaviour.fail_status}}  # fmt: skip
+            error = {
+                "error": {
+                    "message": "told to fail",
+                    "type": "TestFailure",
+                    "param": None,
+                    "code": behaviour.fail_status,
+                }
+            }
             return None, JSONResponse(error, status_code=behaviour.fail_status)
         return body, None
 
@@ -95,10 +101,16 @@ def create_fixed_upstream_app(behaviour: FixedBehaviour) -> Starlette:
         if body.get("stream"):
             return StreamingResponse(_events(behaviour, body, chat=chat), media_type="text/event-stream")
         build = layout.chat_completion if chat else layout.text_completion
-        return JSONResponse(build(
-            _header(behaviour, "chatcmpl-fixed" if chat else "cmpl-fixed"), "".join(behaviour.tokens),
-            logprobs=_logprobs(behaviour, body, chat=chat), finish_reason="stop", stop_reason=None,
-            token_usage=behaviour.usage()))  # fmt: skip
+        return JSONResponse(
+            build(
+                _header(behaviour, "chatcmpl-fixed" if chat else "cmpl-fixed"),
+                "".join(behaviour.tokens),
+                logprobs=_logprobs(behaviour, body, chat=chat),
+                finish_reason="stop",
+                stop_reason=None,
+                token_usage=behaviour.usage(),
+            )
+        )
 
     async def chat(request: Request) -> Response:
         return await generate(request, chat=True)
@@ -114,23 +126,32 @@ def create_fixed_upstream_app(behaviour: FixedBehaviour) -> Starlette:
         inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
         results = [layout.class_result(index, behaviour.class_probs, behaviour.labels) for index in range(len(inputs))]
-        return JSONResponse(layout.classification(_header(behaviour, "classify-fixed"), results,
-                                                  behaviour.prompt_tokens * len(inputs)))  # fmt: skip
+        return JSONResponse(
+            layout.classification(_header(behaviour, "classify-fixed"), results, behaviour.prompt_tokens * len(inputs))
+        )
 
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": behaviour.model, "object": "model", "created": 0, "owned_by": "fixed-answer-test-server"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": behaviour.model, "object": "model", "created": 0, "owned_by": "fixed-answer-test-server"}
+                ],
+            }
+        )
 
     async def health(request: Request) -> Response:
         return Response(status_code=200)
 
-    return Starlette(routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/completions", completion, methods=["POST"]),
-        Route("/classify", classify, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
-    ])  # fmt: skip
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completion, methods=["POST"]),
+            Route("/classify", classify, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+        ]
+    )
 
 
 async def _events(behaviour: FixedBehaviour, body: dict[str, Any], *, chat: bool) -> AsyncIterator[bytes]:
@@ -159,8 +180,15 @@ async def _events(behaviour: FixedBehaviour, body: dict[str, Any], *, chat: bool
             behaviour.cancelled_streams += 1
 
 
-def _token_chunk(header: layout.ResponseHeader, logprobs: dict[str, Any] | None, index: int, token: str,
-                 text_offset: int, *, chat: bool) -> dict[str, Any]:  # fmt: skip
+def _token_chunk(
+    header: layout.ResponseHeader,
+    logprobs: dict[str, Any] | None,
+    index: int,
+    token: str,
+    text_offset: int,
+    *,
+    chat: bool,
+) -> dict[str, Any]:
     """The chunk of token `index`, with its slice of the whole answer's logprobs."""
     if chat:
         own = {"content": [logprobs["content"][index]]} if logprobs else None

@@ -59,7 +59,9 @@ def _orphan_dependents(store: Store, uid: str, dependents: list[tuple[Kind, dict
         current = store.get(dep_kind, dep["metadata"].get("namespace"), dep["metadata"]["name"])
         if current is not None:
             new = copy.deepcopy(current)
-            new["metadata"]["ownerReferences"] = [r for r in current["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+            new["metadata"]["ownerReferences"] = [
+                r for r in current["metadata"].get("ownerReferences") or [] if r.get("uid") != uid
+            ]
             if not new["metadata"]["ownerReferences"]:
                 del new["metadata"]["ownerReferences"]
             store.commit(MODIFIED, dep_kind, current, new)
@@ -67,7 +69,9 @@ def _orphan_dependents(store: Store, uid: str, dependents: list[tuple[Kind, dict
     return writes
 
 
-def _delete_in_foreground(store: Store, kind: Kind, owner: dict[str, Any], dependents: list[tuple[Kind, dict[str, Any]]]) -> int:
+def _delete_in_foreground(
+    store: Store, kind: Kind, owner: dict[str, Any], dependents: list[tuple[Kind, dict[str, Any]]]
+) -> int:
     """Delete the dependents (in foreground too); once none is left, the owner's finalizer goes."""
     writes = 0
     remaining = [(k, d) for k, d in dependents if store.get(k, d["metadata"].get("namespace"), d["metadata"]["name"])]
@@ -96,7 +100,9 @@ def _delete_orphaned_dependents(store: Store) -> int:
     return writes
 
 
-def _owner_present(ref: dict[str, Any], dependent: dict[str, Any], live: dict[str, tuple[Kind, dict[str, Any]]]) -> bool:
+def _owner_present(
+    ref: dict[str, Any], dependent: dict[str, Any], live: dict[str, tuple[Kind, dict[str, Any]]]
+) -> bool:
     found = live.get(str(ref.get("uid")))
     if found is None:
         return False
@@ -115,7 +121,11 @@ def _empty_terminating_namespaces(store: Store) -> int:
         if not ns["metadata"].get("deletionTimestamp"):
             continue
         name = ns["metadata"]["name"]
-        contents = [(kind, obj) for kind, obj in store.all_objects() if kind.namespaced and obj["metadata"].get("namespace") == name]
+        contents = [
+            (kind, obj)
+            for kind, obj in store.all_objects()
+            if kind.namespaced and obj["metadata"].get("namespace") == name
+        ]
         for kind, obj in contents:
             if not obj["metadata"].get("deletionTimestamp"):
                 store.delete(kind, name, obj["metadata"]["name"], propagation="Background")

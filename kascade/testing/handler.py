@@ -54,9 +54,15 @@ class StandinHandler(kmock.KubernetesScaffold):
         try:
             request = await kmock.Request._parse(raw_request, id=len(self._requests))
         except (ValueError, TypeError):
-            request = kmock.Request(id=len(self._requests), raw_request=raw_request, url=raw_request.url,
-                                    method=raw_request.method, params=dict(raw_request.query),
-                                    headers=dict(raw_request.headers), body=body)
+            request = kmock.Request(
+                id=len(self._requests),
+                raw_request=raw_request,
+                url=raw_request.url,
+                method=raw_request.method,
+                params=dict(raw_request.query),
+                headers=dict(raw_request.headers),
+                body=body,
+            )
         self._requests.append(request)
         return await self._handle(request)
 
@@ -87,7 +93,9 @@ class StandinHandler(kmock.KubernetesScaffold):
         record.status = response.status
         return response
 
-    async def _dispatch(self, raw: aiohttp.web.BaseRequest, body: bytes, record: RecordedRequest) -> aiohttp.web.StreamResponse:
+    async def _dispatch(
+        self, raw: aiohttp.web.BaseRequest, body: bytes, record: RecordedRequest
+    ) -> aiohttp.web.StreamResponse:
         path = raw.path.rstrip("/") or "/"
         method = raw.method.upper()
         if path in ("/healthz", "/livez", "/readyz"):

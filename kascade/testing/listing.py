@@ -38,21 +38,34 @@ def serve_list(store: Store, request: ResourceRequest) -> aiohttp.web.Response:
         last = items[-1]["metadata"]
         token = continue_token(last.get("namespace", ""), last["name"], list_rv)
     if request.as_table:
-        body = tables.table(kind, [render(kind, obj) for obj in items], resource_version=str(list_rv),
-                            include_object=query.get("includeObject", "Metadata"), continue_token=token)
+        body = tables.table(
+            kind,
+            [render(kind, obj) for obj in items],
+            resource_version=str(list_rv),
+            include_object=query.get("includeObject", "Metadata"),
+            continue_token=token,
+        )
         return json_response(body)
     metadata: dict[str, Any] = {"resourceVersion": str(list_rv)}
     if token:
         metadata["continue"] = token
         metadata["remainingItemCount"] = remaining
     if "as=PartialObjectMetadataList" in request.accept:
-        return json_response({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata,
-                              "items": [tables.partial_metadata(obj) for obj in items]})
+        return json_response(
+            {
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": metadata,
+                "items": [tables.partial_metadata(obj) for obj in items],
+            }
+        )
     if kind.custom:
         rendered = [render(kind, obj) for obj in items]
     else:  # typed lists of built-in kinds carry no apiVersion/kind on their items
         rendered = [{key: value for key, value in obj.items() if key not in ("apiVersion", "kind")} for obj in items]
-    return json_response({"kind": kind.list_kind, "apiVersion": kind.api_version, "metadata": metadata, "items": rendered})
+    return json_response(
+        {"kind": kind.list_kind, "apiVersion": kind.api_version, "metadata": metadata, "items": rendered}
+    )
 
 
 def continue_token(namespace: str, name: str, resource_version: int) -> str:
@@ -65,4 +78,6 @@ def parse_continue_token(token: str) -> tuple[tuple[str, str], int]:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         return (data["start"][0], data["start"][1]), int(data["rv"])
     except (ValueError, KeyError, IndexError, TypeError):
-        raise errors.bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)") from None
+        raise errors.bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"
+        ) from None

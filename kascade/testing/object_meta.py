@@ -59,9 +59,15 @@ def qualified_name_causes(field: str, key: str) -> list[Cause]:
     if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
         causes.append(invalid_value(field, key, "prefix part " + _SUBDOMAIN_MESSAGE))
     if not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):
-        causes.append(invalid_value(field, key, "name part must consist of alphanumeric characters, '-', '_' or '.', "
-                                           "and must start and end with an alphanumeric character, "
-                                           "and must be no more than 63 characters"))
+        causes.append(
+            invalid_value(
+                field,
+                key,
+                "name part must consist of alphanumeric characters, '-', '_' or '.', "
+                "and must start and end with an alphanumeric character, "
+                "and must be no more than 63 characters",
+            )
+        )
     return causes
 
 
@@ -76,45 +82,81 @@ def validate_metadata(kind: Kind, obj: dict[str, Any], old: dict[str, Any] | Non
     for key, value in (meta.get("labels") or {}).items():
         causes += qualified_name_causes("metadata.labels", key)
         if not isinstance(value, str):
-            raise bad_request(f"{kind.kind} in version \"{kind.version}\" cannot be handled as a {kind.kind}: "
-                              f"json: cannot unmarshal {type(value).__name__} into Go struct field ObjectMeta.metadata.labels of type string")
+            raise bad_request(
+                f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                f"json: cannot unmarshal {type(value).__name__} into Go struct field ObjectMeta.metadata.labels of type string"
+            )
         if len(value) > 63:
             causes.append(invalid_value("metadata.labels", value, "must be no more than 63 characters"))
         elif not _LABEL_VALUE.match(value):
-            causes.append(invalid_value("metadata.labels", value, "a valid label must be an empty string or consist of "
-                                   "alphanumeric characters, '-', '_' or '.', and must start and end with an "
-                                   "alphanumeric character"))
+            causes.append(
+                invalid_value(
+                    "metadata.labels",
+                    value,
+                    "a valid label must be an empty string or consist of "
+                    "alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                    "alphanumeric character",
+                )
+            )
     annotations = meta.get("annotations") or {}
     for key, value in annotations.items():
         causes += qualified_name_causes("metadata.annotations", key.lower())
         if not isinstance(value, str):
-            raise bad_request(f"{kind.kind} in version \"{kind.version}\" cannot be handled as a {kind.kind}: "
-                              f"json: cannot unmarshal {type(value).__name__} into Go struct field ObjectMeta.metadata.annotations of type string")
-    if sum(len(key) + len(value) for key, value in annotations.items() if isinstance(value, str)) > _ANNOTATIONS_MAX_BYTES:
-        causes.append(Cause("FieldValueTooLong", f"Too long: must have at most {_ANNOTATIONS_MAX_BYTES} bytes", "metadata.annotations"))
+            raise bad_request(
+                f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                f"json: cannot unmarshal {type(value).__name__} into Go struct field ObjectMeta.metadata.annotations of type string"
+            )
+    if (
+        sum(len(key) + len(value) for key, value in annotations.items() if isinstance(value, str))
+        > _ANNOTATIONS_MAX_BYTES
+    ):
+        causes.append(
+            Cause(
+                "FieldValueTooLong",
+                f"Too long: must have at most {_ANNOTATIONS_MAX_BYTES} bytes",
+                "metadata.annotations",
+            )
+        )
     controllers = []
     for index, ref in enumerate(meta.get("ownerReferences") or []):
         where = f"metadata.ownerReferences[{index}]"
         for required in ("apiVersion", "kind", "name"):
             if not ref.get(required):
-                causes.append(invalid_value(f"{where}.{required}" if required != "apiVersion" else f"{where}.apiVersion",
-                                       ref.get(required, ""), f"{required} must not be empty"))
+                causes.append(
+                    invalid_value(
+                        f"{where}.{required}" if required != "apiVersion" else f"{where}.apiVersion",
+                        ref.get(required, ""),
+                        f"{required} must not be empty",
+                    )
+                )
         if not ref.get("uid"):
             causes.append(invalid_value(f"{where}.uid", ref.get("uid", ""), "uid must not be empty"))
         if ref.get("controller"):
             controllers.append(ref)
     if len(controllers) > 1:
         names = ", ".join(f"{ref.get('kind')}/{ref.get('name')}" for ref in controllers)
-        causes.append(invalid_value("metadata.ownerReferences", meta.get("ownerReferences"),
-                               f"Only one reference can have Controller set to true. Found \"true\" in references for {names}"))
+        causes.append(
+            invalid_value(
+                "metadata.ownerReferences",
+                meta.get("ownerReferences"),
+                f'Only one reference can have Controller set to true. Found "true" in references for {names}',
+            )
+        )
     finalizers = meta.get("finalizers") or []
     for index, finalizer in enumerate(finalizers):
         where = f"metadata.finalizers[{index}]"
         causes += qualified_name_causes(where, finalizer)
         if "/" not in finalizer and finalizer not in STANDARD_FINALIZERS:
-            causes.append(invalid_value(where, finalizer, "name is neither a standard finalizer name nor is it fully qualified"))
+            causes.append(
+                invalid_value(where, finalizer, "name is neither a standard finalizer name nor is it fully qualified")
+            )
     if old is not None and (old.get("metadata") or {}).get("deletionTimestamp"):
         added = set(finalizers) - set((old.get("metadata") or {}).get("finalizers") or [])
         if added:
-            causes.append(forbidden_value("metadata.finalizers", f"no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)!r}"))
+            causes.append(
+                forbidden_value(
+                    "metadata.finalizers",
+                    f"no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)!r}",
+                )
+            )
     return causes

@@ -40,12 +40,24 @@ class Cluster:
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         done = subprocess.run(
-            [str(kubectl_path()), "--kubeconfig", str(self.server.kubeconfig_path),
-             "--cache-dir", str(self.tmp / "kube-cache"), *args],
-            input=input, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            [
+                str(kubectl_path()),
+                "--kubeconfig",
+                str(self.server.kubeconfig_path),
+                "--cache-dir",
+                str(self.tmp / "kube-cache"),
+                *args,
+            ],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if check and done.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}\n{self.log_tail()}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}\n{self.log_tail()}"
+            )
         return done.stdout
 
     def start_operator(self, **settings: str) -> None:
@@ -62,10 +74,23 @@ class Cluster:
         }
         with self.operator_log.open("wb") as log:
             self.operator = subprocess.Popen(
-                [sys.executable, "-m", "kascade", "operator", "--namespace", self.namespace, "--standalone",
-                 "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz", "--verbose"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "kascade",
+                    "operator",
+                    "--namespace",
+                    self.namespace,
+                    "--standalone",
+                    "--liveness",
+                    f"http://127.0.0.1:{self.liveness_port}/healthz",
+                    "--verbose",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.tmp,
+            )
         wait_for(lambda: self._live(), timeout=30, what="the operator's liveness endpoint")
 
     def _live(self) -> bool:
@@ -116,8 +141,13 @@ class Cluster:
         return [r for r in self.server.writes(since=since) if r.user_agent.startswith(OPERATOR_AGENTS)]
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float = 20.0, what: str = "a condition",
-             context: Callable[[], str] = lambda: "") -> Any:  # fmt: skip
+def wait_for(
+    condition: Callable[[], Any],
+    *,
+    timeout: float = 20.0,
+    what: str = "a condition",
+    context: Callable[[], str] = lambda: "",
+) -> Any:
     deadline = time.monotonic() + timeout
     value = condition()
     while not value:
@@ -130,5 +160,3 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 20.0, what: str =
 
 def manifests(*documents: dict[str, Any]) -> str:
     return yaml.safe_dump_all(documents, sort_keys=False)
-
-

@@ -30,7 +30,9 @@ def apply_patch(kind: Kind, old: dict[str, Any], patch_type: str, body: Any) -> 
         try:
             patched = jsonpatch.apply_patch(copy.deepcopy(old), body)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
-            raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {error}") from None
+            raise ApiError(
+                422, "Invalid", f"the server rejected our request due to an error in our request: {error}"
+            ) from None
     elif patch_type == "merge":
         if not isinstance(body, dict):
             raise errors.bad_request("a merge patch must be a JSON object")
@@ -125,7 +127,11 @@ def _smp_list(tree: SchemaTree, node: Mapping[str, Any], original: Any, patch: l
     if apply and list_type == "set":
         merging = True
     if any(isinstance(item, dict) and item.get("$patch") == "replace" for item in patch):
-        return [_strip_directives(item) for item in patch if not (isinstance(item, dict) and item.get("$patch") == "replace")]
+        return [
+            _strip_directives(item)
+            for item in patch
+            if not (isinstance(item, dict) and item.get("$patch") == "replace")
+        ]
     if not merging:
         return [_strip_directives(item) for item in patch]
     if not keys:  # a primitive list merged as a set, e.g. finalizers

@@ -28,12 +28,16 @@ class QuantityError(ValueError):
 def parse_quantity(text: str | float) -> tuple[Fraction, str]:
     """(value, format) where format is 'binary', 'decimal' or 'exponent'."""
     if isinstance(text, bool):
-        raise QuantityError("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+        raise QuantityError(
+            "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+        )
     if isinstance(text, (int, float)):
         text = repr(text) if isinstance(text, float) else str(text)
     match = _PATTERN.match(text.strip())
     if not match:
-        raise QuantityError("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+        raise QuantityError(
+            "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+        )
     number, suffix = match.group(1), match.group(2) or ""
     value = Fraction(number)
     if suffix in _BINARY:

@@ -61,7 +61,12 @@ def resolve(kinds: KindRegistry, method: str, path: str) -> dict[str, Any] | Rou
 
 def _route(kinds: KindRegistry, group: str, version: str, rest: list[str]) -> Route:
     namespace = None
-    if rest[0] == "namespaces" and len(rest) >= 3 and (k := kinds.get(group, version, rest[2])) is not None and k.namespaced:
+    if (
+        rest[0] == "namespaces"
+        and len(rest) >= 3
+        and (k := kinds.get(group, version, rest[2])) is not None
+        and k.namespaced
+    ):
         namespace, rest = rest[1], rest[2:]
     if len(rest) > 3:
         raise errors.resource_not_found()
@@ -90,11 +95,14 @@ class ResourceRequest:
     field_validation: str
 
     @classmethod
-    def parse(cls, raw: aiohttp.web.BaseRequest, method: str, route: Route, body: bytes,
-              record: RecordedRequest) -> ResourceRequest:
+    def parse(
+        cls, raw: aiohttp.web.BaseRequest, method: str, route: Route, body: bytes, record: RecordedRequest
+    ) -> ResourceRequest:
         field_validation = raw.query.get("fieldValidation", "Warn") or "Warn"
         if field_validation not in ("Ignore", "Warn", "Strict"):
-            raise errors.bad_request(f'fieldValidation parameter unsupported: "{field_validation}"; valid values: Ignore, Warn, Strict')
+            raise errors.bad_request(
+                f'fieldValidation parameter unsupported: "{field_validation}"; valid values: Ignore, Warn, Strict'
+            )
         dry_run_values = raw.query.getall("dryRun", [])
         if any(value != "All" for value in dry_run_values):
             raise errors.bad_request(f"unsupported dryRun value(s): {dry_run_values}; the only supported value is All")

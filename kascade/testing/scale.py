@@ -36,7 +36,11 @@ def scale_of(kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
-        "metadata": {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if key in meta},
+        "metadata": {
+            key: meta[key]
+            for key in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            if key in meta
+        },
         "spec": {"replicas": _get_path(obj, spec_path) or 0},
         "status": status,
     }
@@ -59,11 +63,23 @@ def serve_scale(store: Store, request: ResourceRequest) -> aiohttp.web.Response:
         raise errors.conflict(kind.plural, kind.group, route.name)
     replicas = (wanted.get("spec") or {}).get("replicas")
     if not isinstance(replicas, int) or replicas < 0:
-        raise errors.invalid("Scale", "autoscaling", route.name, [errors.Cause(
-            "FieldValueInvalid", f"Invalid value: {json.dumps(replicas)}: must be greater than or equal to 0", "spec.replicas")])
+        raise errors.invalid(
+            "Scale",
+            "autoscaling",
+            route.name,
+            [
+                errors.Cause(
+                    "FieldValueInvalid",
+                    f"Invalid value: {json.dumps(replicas)}: must be greater than or equal to 0",
+                    "spec.replicas",
+                )
+            ],
+        )
     updated = copy.deepcopy(obj)
     _set_path(updated, kind.scale[0], replicas)
-    result = store.update(kind, route.namespace, route.name, updated, require_precondition=False, dry_run=request.dry_run)
+    result = store.update(
+        kind, route.namespace, route.name, updated, require_precondition=False, dry_run=request.dry_run
+    )
     return json_response(scale_of(kind, result.obj))
 
 
@@ -82,7 +98,9 @@ def _wanted_scale(request: ResourceRequest, scale: dict[str, Any]) -> Any:
         try:
             return jsonpatch.apply_patch(scale, patch)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
-            raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {error}") from None
+            raise ApiError(
+                422, "Invalid", f"the server rejected our request due to an error in our request: {error}"
+            ) from None
     if patch_type in ("merge", "strategic", "apply") and isinstance(patch, dict):
         return json_merge_patch(scale, patch)
     raise errors.unsupported_media_type(media, list(PATCH_TYPES)[:3])
@@ -99,4 +117,3 @@ def _set_path(obj: dict[str, Any], path: str, value: Any) -> None:
     for part in parts[:-1]:
         obj = obj.setdefault(part, {})
     obj[parts[-1]] = value
-

@@ -109,28 +109,68 @@ def _cause(error: jsonschema.ValidationError) -> list[Cause]:
     match error.validator:
         case "required":
             missing = [name for name in error.validator_value if isinstance(value, dict) and name not in value]
-            return [Cause("FieldValueRequired", "Required value", f"{path}.{name}" if path else name) for name in missing]
+            return [
+                Cause("FieldValueRequired", "Required value", f"{path}.{name}" if path else name) for name in missing
+            ]
         case "enum":
             supported = ", ".join(json.dumps(option) for option in error.validator_value)
-            return [Cause("FieldValueNotSupported", f"Unsupported value: {_json(value)}: supported values: {supported}", path)]
+            return [
+                Cause(
+                    "FieldValueNotSupported", f"Unsupported value: {_json(value)}: supported values: {supported}", path
+                )
+            ]
         case "type":
             expected = error.validator_value if isinstance(error.validator_value, str) else error.validator_value[0]
-            return [Cause("FieldValueTypeInvalid",
-                          f'Invalid value: "{json_type_name(value)}": {shown} in body must be of type {expected}: "{json_type_name(value)}"',
-                          path)]
+            return [
+                Cause(
+                    "FieldValueTypeInvalid",
+                    f'Invalid value: "{json_type_name(value)}": {shown} in body must be of type {expected}: "{json_type_name(value)}"',
+                    path,
+                )
+            ]
         case "maxLength":
             return [Cause("FieldValueTooLong", f"Too long: may not be more than {error.validator_value} bytes", path)]
         case "maxItems" | "maxProperties":
-            return [Cause("FieldValueTooMany", f"Too many: {len(value)}: must have at most {error.validator_value} items", path)]
+            return [
+                Cause(
+                    "FieldValueTooMany",
+                    f"Too many: {len(value)}: must have at most {error.validator_value} items",
+                    path,
+                )
+            ]
         case "minimum" | "exclusiveMinimum" | "maximum" | "exclusiveMaximum":
             word = _BOUND_WORDS[error.validator]
-            return [Cause("FieldValueInvalid", f"Invalid value: {_json(value)}: {shown} in body should be {word} {error.validator_value}", path)]
+            return [
+                Cause(
+                    "FieldValueInvalid",
+                    f"Invalid value: {_json(value)}: {shown} in body should be {word} {error.validator_value}",
+                    path,
+                )
+            ]
         case "minLength":
-            return [Cause("FieldValueInvalid", f"Invalid value: {_json(value)}: {shown} in body should be at least {error.validator_value} chars long", path)]
+            return [
+                Cause(
+                    "FieldValueInvalid",
+                    f"Invalid value: {_json(value)}: {shown} in body should be at least {error.validator_value} chars long",
+                    path,
+                )
+            ]
         case "minItems":
-            return [Cause("FieldValueInvalid", f"Invalid value: {len(value)}: {shown} in body should have at least {error.validator_value} items", path)]
+            return [
+                Cause(
+                    "FieldValueInvalid",
+                    f"Invalid value: {len(value)}: {shown} in body should have at least {error.validator_value} items",
+                    path,
+                )
+            ]
         case "pattern":
-            return [Cause("FieldValueInvalid", f"Invalid value: {_json(value)}: {shown} in body should match '{error.validator_value}'", path)]
+            return [
+                Cause(
+                    "FieldValueInvalid",
+                    f"Invalid value: {_json(value)}: {shown} in body should match '{error.validator_value}'",
+                    path,
+                )
+            ]
         case "oneOf" | "anyOf" if error.context:
             return _cause(min(error.context, key=lambda sub: len(sub.path)))
     return [Cause("FieldValueInvalid", f"Invalid value: {_json(value)}: {error.message}", path)]

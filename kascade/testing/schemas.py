@@ -25,11 +25,25 @@ from typing import Any
 import jsonschema
 
 # ObjectMeta fields a server keeps; anything else under metadata is pruned.
-OBJECT_META_FIELDS = frozenset({
-    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
-    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
-    "ownerReferences", "finalizers", "managedFields",
-})
+OBJECT_META_FIELDS = frozenset(
+    {
+        "name",
+        "generateName",
+        "namespace",
+        "selfLink",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "labels",
+        "annotations",
+        "ownerReferences",
+        "finalizers",
+        "managedFields",
+    }
+)
 
 
 class SchemaTree:
@@ -168,7 +182,9 @@ def _builtin_definitions() -> tuple[Any, dict[str, Any], Any] | None:
     latest = versions[-1]
     definitions = json.loads((latest / "_definitions.json").read_text())
     resource = referencing.Resource.from_contents(definitions, default_specification=referencing.jsonschema.DRAFT202012)
-    registry = referencing.Registry().with_resource(definitions.get("$id", "https://kubernetes.io/api/_definitions.json"), resource)
+    registry = referencing.Registry().with_resource(
+        definitions.get("$id", "https://kubernetes.io/api/_definitions.json"), resource
+    )
     return (latest, definitions, registry)
 
 

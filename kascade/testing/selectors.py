@@ -16,7 +16,9 @@ from typing import Any
 
 from kascade.testing.errors import bad_request
 
-_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 _VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
@@ -96,7 +98,9 @@ def parse_label_selector(text: str | None) -> LabelSelector:
             key, operator, raw_values = set_match.groups()
             values = tuple(value.strip() for value in raw_values.split(",")) if raw_values.strip() else ()
             if not values:
-                raise bad_request(f"unable to parse requirement: for 'in', 'notin' operators, values set can't be empty in {text!r}")
+                raise bad_request(
+                    f"unable to parse requirement: for 'in', 'notin' operators, values set can't be empty in {text!r}"
+                )
             _check_key(key, text)
             for value in values:
                 _check_value(value, text)
@@ -108,7 +112,9 @@ def parse_label_selector(text: str | None) -> LabelSelector:
             _check_key(key, text)
             operator = {"==": "=", ">": "gt", "<": "lt"}.get(operator, operator)
             if operator in ("gt", "lt") and not re.fullmatch(r"-?\d+", value):
-                raise bad_request(f"unable to parse requirement: for 'Gt', 'Lt' operators, the value must be an integer in {text!r}")
+                raise bad_request(
+                    f"unable to parse requirement: for 'Gt', 'Lt' operators, the value must be an integer in {text!r}"
+                )
             _check_value(value, text)
             requirements.append(Requirement(key, operator, (value,)))
             continue
@@ -118,7 +124,9 @@ def parse_label_selector(text: str | None) -> LabelSelector:
             requirements.append(Requirement(key, "!"))
             continue
         if " " in part:
-            raise bad_request(f"unable to parse requirement: found {part.split()[1]!r}, expected: in, notin, =, ==, !=, gt, lt in {text!r}")
+            raise bad_request(
+                f"unable to parse requirement: found {part.split()[1]!r}, expected: in, notin, =, ==, !=, gt, lt in {text!r}"
+            )
         _check_key(part, text)
         requirements.append(Requirement(part, "exists"))
     return LabelSelector(tuple(requirements))
@@ -184,6 +192,6 @@ def parse_field_selector(text: str | None, supported: frozenset[str] = BASE_FIEL
             raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
         path, operator, value = match.groups()
         if path not in supported:
-            raise bad_request(f'field label not supported: {path}')
+            raise bad_request(f"field label not supported: {path}")
         requirements.append(FieldRequirement(path, "!=" if operator == "!=" else "=", value.strip()))
     return FieldSelector(tuple(requirements))

@@ -44,8 +44,13 @@ class Storage:
             raise errors.not_found(kind.plural, kind.group, name)
         return obj
 
-    def list_objects(self, kind: Kind, namespace: str | None, labels: LabelSelector | None = None,
-                     fields: FieldSelector | None = None) -> list[dict[str, Any]]:
+    def list_objects(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        labels: LabelSelector | None = None,
+        fields: FieldSelector | None = None,
+    ) -> list[dict[str, Any]]:
         labels, fields = labels or LabelSelector(), fields or FieldSelector()
         items = []
         for (ns, _), obj in sorted(self._objects[kind.storage].items()):
@@ -70,8 +75,12 @@ class Storage:
 
     def watch(self, watcher: Watcher, resource_version: str | None, *, initial_events: bool = False) -> None:
         """Subscribe, and queue what happened after `resource_version` (or the current state, if none)."""
-        self._watches.subscribe(watcher, resource_version, initial_events=initial_events, current=lambda: self.list_objects(
-            watcher.kind, watcher.namespace, watcher.labels, watcher.fields))
+        self._watches.subscribe(
+            watcher,
+            resource_version,
+            initial_events=initial_events,
+            current=lambda: self.list_objects(watcher.kind, watcher.namespace, watcher.labels, watcher.fields),
+        )
 
     def unwatch(self, watcher: Watcher) -> None:
         self._watches.unsubscribe(watcher)

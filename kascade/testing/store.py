@@ -36,7 +36,14 @@ from kascade.testing.storage import Storage
 from kascade.testing.watches import ADDED, DELETED, MODIFIED
 
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what the real server draws generated name suffixes from
-_SERVER_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields")
+_SERVER_META = (
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+)
 
 
 def now_rfc3339() -> str:
@@ -65,8 +72,9 @@ class Store(Storage):
 
     # --- creating ---------------------------------------------------------------------
 
-    def create(self, kind: Kind, namespace: str | None, body: Any, *, dry_run: bool = False,
-               field_validation: str = "Warn") -> WriteResult:
+    def create(
+        self, kind: Kind, namespace: str | None, body: Any, *, dry_run: bool = False, field_validation: str = "Warn"
+    ) -> WriteResult:
         obj = decode_object(kind, body)
         namespace = place_in_namespace(kind, namespace, obj)
         meta = obj["metadata"]
@@ -107,25 +115,42 @@ class Store(Storage):
         if ns is None:
             raise errors.not_found("namespaces", "", namespace)
         if (ns.get("metadata") or {}).get("deletionTimestamp"):
-            raise errors.forbidden(f'{kind.qualified} "{name}" is forbidden: unable to create new content in namespace '
-                                   f"{namespace} because it is being terminated", kind.plural, kind.group, name)
+            raise errors.forbidden(
+                f'{kind.qualified} "{name}" is forbidden: unable to create new content in namespace '
+                f"{namespace} because it is being terminated",
+                kind.plural,
+                kind.group,
+                name,
+            )
 
     # --- updating ---------------------------------------------------------------------
 
-    def update(self, kind: Kind, namespace: str | None, name: str, body: Any, *, subresource: str | None = None,
-               require_precondition: bool | None = None, dry_run: bool = False,
-               field_validation: str = "Warn") -> WriteResult:
+    def update(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        subresource: str | None = None,
+        require_precondition: bool | None = None,
+        dry_run: bool = False,
+        field_validation: str = "Warn",
+    ) -> WriteResult:
         """PUT (and the second half of every patch): replace the object, keeping what the server owns."""
         old = self.require(kind, namespace, name)
         new = decode_object(kind, body)
         place_in_namespace(kind, namespace, new)
         meta = new["metadata"]
         if meta.get("name") and meta["name"] != name:
-            raise errors.bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
+            raise errors.bad_request(
+                f"the name of the object ({meta['name']}) does not match the name on the URL ({name})"
+            )
         meta["name"] = name
         old_meta = old["metadata"]
-        self._check_update_preconditions(kind, name, meta, old_meta,
-                                         kind.custom if require_precondition is None else require_precondition)
+        self._check_update_preconditions(
+            kind, name, meta, old_meta, kind.custom if require_precondition is None else require_precondition
+        )
         new = _keep_server_owned(kind, old, new, subresource)
         new["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         new, warnings = admit(kind, old, new, field_validation, self._allocator)
@@ -136,31 +161,62 @@ class Store(Storage):
         if dry_run:
             return WriteResult(new, warnings)
         committed = self.commit(MODIFIED, kind, old, new)
-        if committed["metadata"].get("deletionTimestamp") and not committed["metadata"].get("finalizers") and kind.plural != "namespaces":
+        if (
+            committed["metadata"].get("deletionTimestamp")
+            and not committed["metadata"].get("finalizers")
+            and kind.plural != "namespaces"
+        ):
             self.commit(DELETED, kind, committed, committed)  # the last finalizer is gone: the object goes
         return WriteResult(committed, warnings)
 
     @staticmethod
-    def _check_update_preconditions(kind: Kind, name: str, meta: dict[str, Any], old_meta: dict[str, Any],
-                                    require_precondition: bool) -> None:
+    def _check_update_preconditions(
+        kind: Kind, name: str, meta: dict[str, Any], old_meta: dict[str, Any], require_precondition: bool
+    ) -> None:
         """Optimistic concurrency: a stale resourceVersion or another uid is 409; a custom resource must send one (422)."""
         if meta.get("resourceVersion"):
             if meta["resourceVersion"] != old_meta["resourceVersion"]:
                 raise errors.conflict(kind.plural, kind.group, name)
         elif require_precondition:
-            raise errors.invalid(kind.kind, kind.group, name, [
-                Cause("FieldValueInvalid", 'Invalid value: 0: must be specified for an update', "metadata.resourceVersion")])
+            raise errors.invalid(
+                kind.kind,
+                kind.group,
+                name,
+                [
+                    Cause(
+                        "FieldValueInvalid",
+                        "Invalid value: 0: must be specified for an update",
+                        "metadata.resourceVersion",
+                    )
+                ],
+            )
         if meta.get("uid") and meta["uid"] != old_meta.get("uid"):
-            raise errors.conflict(kind.plural, kind.group, name,
-                                  f"Precondition failed: UID in precondition: {meta['uid']}, UID in object meta: {old_meta.get('uid')}")
+            raise errors.conflict(
+                kind.plural,
+                kind.group,
+                name,
+                f"Precondition failed: UID in precondition: {meta['uid']}, UID in object meta: {old_meta.get('uid')}",
+            )
 
-    def patch(self, kind: Kind, namespace: str | None, name: str, patch_type: str, body: Any, *,
-              subresource: str | None = None, field_manager: str | None = None, dry_run: bool = False,
-              field_validation: str = "Warn") -> WriteResult:
+    def patch(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        patch_type: str,
+        body: Any,
+        *,
+        subresource: str | None = None,
+        field_manager: str | None = None,
+        dry_run: bool = False,
+        field_validation: str = "Warn",
+    ) -> WriteResult:
         """PATCH with `json`, `merge`, `strategic` or `apply` semantics, then the update pipeline."""
         if patch_type == "strategic" and kind.custom:
-            raise errors.unsupported_media_type("application/strategic-merge-patch+json", [
-                "application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"])
+            raise errors.unsupported_media_type(
+                "application/strategic-merge-patch+json",
+                ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"],
+            )
         if patch_type == "apply" and not field_manager:
             raise errors.bad_request("PATCH, application/apply-patch+yaml requires fieldManager to be set")
         old = self.get(kind, namespace, name)
@@ -175,10 +231,20 @@ class Store(Storage):
         if patched_rv and patched_rv != old["metadata"]["resourceVersion"]:
             raise errors.conflict(kind.plural, kind.group, name)
         patched.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
-        return self.update(kind, namespace, name, patched, subresource=subresource, require_precondition=False,
-                           dry_run=dry_run, field_validation=field_validation)
+        return self.update(
+            kind,
+            namespace,
+            name,
+            patched,
+            subresource=subresource,
+            require_precondition=False,
+            dry_run=dry_run,
+            field_validation=field_validation,
+        )
 
-    def write_status(self, kind: Kind, namespace: str | None, name: str, status: dict[str, Any] | None) -> dict[str, Any] | None:
+    def write_status(
+        self, kind: Kind, namespace: str | None, name: str, status: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
         """A controller's status write: no precondition, no validation beyond the no-op check."""
         old = self.get(kind, namespace, name)
         if old is None:
@@ -194,18 +260,34 @@ class Store(Storage):
 
     # --- deleting -----------------------------------------------------------------------
 
-    def delete(self, kind: Kind, namespace: str | None, name: str, *, propagation: str | None = None,
-               preconditions: dict[str, Any] | None = None, dry_run: bool = False) -> DeleteResult:
+    def delete(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        *,
+        propagation: str | None = None,
+        preconditions: dict[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> DeleteResult:
         obj = self.require(kind, namespace, name)
         meta = obj["metadata"]
         preconditions = preconditions or {}
         if preconditions.get("uid") and preconditions["uid"] != meta.get("uid"):
-            raise errors.conflict(kind.plural, kind.group, name,
-                                  f"Precondition failed: UID in precondition: {preconditions['uid']}, UID in object meta: {meta.get('uid')}")
+            raise errors.conflict(
+                kind.plural,
+                kind.group,
+                name,
+                f"Precondition failed: UID in precondition: {preconditions['uid']}, UID in object meta: {meta.get('uid')}",
+            )
         if preconditions.get("resourceVersion") and preconditions["resourceVersion"] != meta.get("resourceVersion"):
-            raise errors.conflict(kind.plural, kind.group, name,
-                                  f"Precondition failed: ResourceVersion in precondition: {preconditions['resourceVersion']}, "
-                                  f"ResourceVersion in object meta: {meta.get('resourceVersion')}")
+            raise errors.conflict(
+                kind.plural,
+                kind.group,
+                name,
+                f"Precondition failed: ResourceVersion in precondition: {preconditions['resourceVersion']}, "
+                f"ResourceVersion in object meta: {meta.get('resourceVersion')}",
+            )
         if dry_run:
             return DeleteResult(copy.deepcopy(obj), deleted_now=not meta.get("finalizers"))
         finalizers = list(meta.get("finalizers") or [])
@@ -221,7 +303,9 @@ class Store(Storage):
             return DeleteResult(self._mark_deleting(kind, obj, finalizers), deleted_now=False)
         return DeleteResult(self.commit(DELETED, kind, obj, obj), deleted_now=True)
 
-    def _mark_deleting(self, kind: Kind, obj: dict[str, Any], finalizers: list[str], phase: str | None = None) -> dict[str, Any]:
+    def _mark_deleting(
+        self, kind: Kind, obj: dict[str, Any], finalizers: list[str], phase: str | None = None
+    ) -> dict[str, Any]:
         new = copy.deepcopy(obj)
         meta = new["metadata"]
         if not meta.get("deletionTimestamp"):

@@ -16,18 +16,28 @@ from typing import Any
 from kascade.testing.kinds import Kind
 
 _NAME_COLUMN = {
-    "name": "Name", "type": "string", "format": "name", "priority": 0,
+    "name": "Name",
+    "type": "string",
+    "format": "name",
+    "priority": 0,
     "description": "Name must be unique within a namespace. Is required when creating resources, although some "
-                   "resources may allow a client to request the generation of an appropriate name automatically.",
+    "resources may allow a client to request the generation of an appropriate name automatically.",
 }
-_AGE_COLUMN = {"name": "Age", "type": "string", "format": "", "priority": 0,
-               "description": "CreationTimestamp is a timestamp representing the server time when this object was created."}
+_AGE_COLUMN = {
+    "name": "Age",
+    "type": "string",
+    "format": "",
+    "priority": 0,
+    "description": "CreationTimestamp is a timestamp representing the server time when this object was created.",
+}
 
 
 # --- JSONPath (the subset CRD printer columns use) ---------------------------------------
 
 
-_TOKEN = re.compile(r"""\.([A-Za-z0-9_\-$]+)|\[(\d+|\*)\]|\[\?\(@((?:\.[A-Za-z0-9_\-]+)+)\s*(==|!=)\s*(?:"([^"]*)"|'([^']*)'|([^)\s]+))\)\]|\.\*""")
+_TOKEN = re.compile(
+    r"""\.([A-Za-z0-9_\-$]+)|\[(\d+|\*)\]|\[\?\(@((?:\.[A-Za-z0-9_\-]+)+)\s*(==|!=)\s*(?:"([^"]*)"|'([^']*)'|([^)\s]+))\)\]|\.\*"""
+)
 
 
 def jsonpath(obj: Any, path: str) -> list[Any]:
@@ -51,7 +61,7 @@ def jsonpath(obj: Any, path: str) -> list[Any]:
                     selected.append(value[key])
             elif index is not None:
                 if isinstance(value, list):
-                    selected.extend(value if index == "*" else value[int(index):int(index) + 1])
+                    selected.extend(value if index == "*" else value[int(index) : int(index) + 1])
             elif filter_path is not None:
                 wanted = dq if dq is not None else sq if sq is not None else bare
                 for item in value if isinstance(value, list) else []:
@@ -139,9 +149,13 @@ def _age(obj: dict[str, Any]) -> str:
 
 def _ports(obj: dict[str, Any]) -> str:
     ports = (obj.get("spec") or {}).get("ports") or []
-    return ",".join(
-        f"{p.get('port')}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}" for p in ports
-    ) or "<none>"
+    return (
+        ",".join(
+            f"{p.get('port')}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
+            for p in ports
+        )
+        or "<none>"
+    )
 
 
 def _node_status(obj: dict[str, Any]) -> str:
@@ -158,7 +172,7 @@ def _node_roles(obj: dict[str, Any]) -> str:
 
 
 def _containers(obj: dict[str, Any], field: str) -> str:
-    spec = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {})
+    spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
     return ",".join(str(c.get(field, "")) for c in spec.get("containers") or [])
 
 
@@ -212,23 +226,47 @@ BUILTIN_COLUMNS: dict[str, list[Column]] = {
         _col("Version", lambda o: (_status(o).get("nodeInfo") or {}).get("kubeletVersion", "")),
     ],
     "events": [
-        _col("Last Seen", lambda o: human_age(o.get("lastTimestamp") or o.get("eventTime") or o["metadata"].get("creationTimestamp"))),
+        _col(
+            "Last Seen",
+            lambda o: human_age(o.get("lastTimestamp") or o.get("eventTime") or o["metadata"].get("creationTimestamp")),
+        ),
         _col("Type", lambda o: o.get("type", "")),
         _col("Reason", lambda o: o.get("reason", "")),
-        _col("Object", lambda o: f"{(o.get('involvedObject') or {}).get('kind', '').lower()}/{(o.get('involvedObject') or {}).get('name', '')}"),
+        _col(
+            "Object",
+            lambda o: (
+                f"{(o.get('involvedObject') or {}).get('kind', '').lower()}/{(o.get('involvedObject') or {}).get('name', '')}"
+            ),
+        ),
         _col("Message", lambda o: o.get("message", "")),
     ],
     "pods": [
-        _col("Ready", lambda o: f"{sum(1 for c in _status(o).get('containerStatuses') or [] if c.get('ready'))}/{len((o.get('spec') or {}).get('containers') or [])}"),
+        _col(
+            "Ready",
+            lambda o: (
+                f"{sum(1 for c in _status(o).get('containerStatuses') or [] if c.get('ready'))}/{len((o.get('spec') or {}).get('containers') or [])}"
+            ),
+        ),
         _col("Status", lambda o: _status(o).get("phase", "Pending")),
-        _col("Restarts", lambda o: sum(c.get("restartCount", 0) for c in _status(o).get("containerStatuses") or []), type_="integer"),
+        _col(
+            "Restarts",
+            lambda o: sum(c.get("restartCount", 0) for c in _status(o).get("containerStatuses") or []),
+            type_="integer",
+        ),
         _col("Age", _age),
     ],
     "customresourcedefinitions": [_col("Created At", lambda o: o["metadata"].get("creationTimestamp", ""))],
     "leases": [_col("Holder", lambda o: (o.get("spec") or {}).get("holderIdentity", "")), _col("Age", _age)],
     "jobs": [
-        _col("Status", lambda o: next((c.get("type") for c in _status(o).get("conditions") or [] if c.get("status") == "True"), "Running")),
-        _col("Completions", lambda o: f"{_status(o).get('succeeded', 0)}/{(o.get('spec') or {}).get('completions', 1)}"),
+        _col(
+            "Status",
+            lambda o: next(
+                (c.get("type") for c in _status(o).get("conditions") or [] if c.get("status") == "True"), "Running"
+            ),
+        ),
+        _col(
+            "Completions", lambda o: f"{_status(o).get('succeeded', 0)}/{(o.get('spec') or {}).get('completions', 1)}"
+        ),
         _col("Age", _age),
     ],
 }
@@ -267,8 +305,14 @@ def partial_metadata(obj: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata") or {}}
 
 
-def table(kind: Kind, objects: list[dict[str, Any]], *, resource_version: str, include_object: str = "Metadata",
-          continue_token: str | None = None) -> dict[str, Any]:
+def table(
+    kind: Kind,
+    objects: list[dict[str, Any]],
+    *,
+    resource_version: str,
+    include_object: str = "Metadata",
+    continue_token: str | None = None,
+) -> dict[str, Any]:
     columns = columns_for(kind)
     definitions = [dict(_NAME_COLUMN)] + [definition for definition, _ in columns]
     rows = []
@@ -282,4 +326,10 @@ def table(kind: Kind, objects: list[dict[str, Any]], *, resource_version: str, i
     metadata: dict[str, Any] = {"resourceVersion": resource_version}
     if continue_token:
         metadata["continue"] = continue_token
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": definitions, "rows": rows}
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    }

@@ -22,7 +22,9 @@ from kascade.testing.watch_stream import serve_watch
 from kascade.testing.wire import PATCH_TYPES, bool_param, json_response, media_type, parse_body, render, render_one
 
 
-async def serve_resource(store: Store, request: ResourceRequest, shutting_down: asyncio.Event) -> aiohttp.web.StreamResponse:
+async def serve_resource(
+    store: Store, request: ResourceRequest, shutting_down: asyncio.Event
+) -> aiohttp.web.StreamResponse:
     route = request.route
     if route.subresource == "scale" and route.name is not None:
         return serve_scale(store, request)
@@ -58,16 +60,18 @@ def _get(store: Store, request: ResourceRequest) -> aiohttp.web.Response:
     route = request.route
     assert route.name is not None
     obj = store.require(request.kind, route.namespace, route.name)
-    return json_response(render_one(request.kind, obj, request.as_table, request.accept,
-                                    request.query.get("includeObject", "Metadata")))
+    return json_response(
+        render_one(request.kind, obj, request.as_table, request.accept, request.query.get("includeObject", "Metadata"))
+    )
 
 
 def _create(store: Store, request: ResourceRequest) -> aiohttp.web.Response:
     kind, route = request.kind, request.route
     if kind.namespaced and route.namespace is None:
         raise errors.method_not_allowed()  # the cluster-wide path of a namespaced kind serves list and watch only
-    result = store.create(kind, route.namespace, request.parsed_body(), dry_run=request.dry_run,
-                          field_validation=request.field_validation)
+    result = store.create(
+        kind, route.namespace, request.parsed_body(), dry_run=request.dry_run, field_validation=request.field_validation
+    )
     request.record.warnings = result.warnings
     return json_response(render(kind, result.obj), 201, result.warnings)
 
@@ -75,8 +79,15 @@ def _create(store: Store, request: ResourceRequest) -> aiohttp.web.Response:
 def _update(store: Store, request: ResourceRequest) -> aiohttp.web.Response:
     kind, route = request.kind, request.route
     assert route.name is not None
-    result = store.update(kind, route.namespace, route.name, request.parsed_body(), subresource=route.subresource,
-                          dry_run=request.dry_run, field_validation=request.field_validation)
+    result = store.update(
+        kind,
+        route.namespace,
+        route.name,
+        request.parsed_body(),
+        subresource=route.subresource,
+        dry_run=request.dry_run,
+        field_validation=request.field_validation,
+    )
     request.record.warnings = result.warnings
     return json_response(render(kind, result.obj), 200, result.warnings)
 
@@ -88,9 +99,17 @@ def _patch(store: Store, request: ResourceRequest) -> aiohttp.web.Response:
     patch_type = PATCH_TYPES.get(media)
     if patch_type is None:
         raise errors.unsupported_media_type(media, list(PATCH_TYPES)[:4])
-    result = store.patch(kind, route.namespace, route.name, patch_type, parse_body(request.body, media),
-                         subresource=route.subresource, field_manager=request.query.get("fieldManager"),
-                         dry_run=request.dry_run, field_validation=request.field_validation)
+    result = store.patch(
+        kind,
+        route.namespace,
+        route.name,
+        patch_type,
+        parse_body(request.body, media),
+        subresource=route.subresource,
+        field_manager=request.query.get("fieldManager"),
+        dry_run=request.dry_run,
+        field_validation=request.field_validation,
+    )
     request.record.warnings = result.warnings
     return json_response(render(kind, result.obj), 201 if result.created else 200, result.warnings)
 
@@ -99,13 +118,29 @@ def _delete(store: Store, request: ResourceRequest) -> aiohttp.web.Response:
     kind, route = request.kind, request.route
     assert route.name is not None
     options = _delete_options(request)
-    outcome = store.delete(kind, route.namespace, route.name, propagation=options.get("propagationPolicy"),
-                           preconditions=options.get("preconditions"), dry_run=request.dry_run)
+    outcome = store.delete(
+        kind,
+        route.namespace,
+        route.name,
+        propagation=options.get("propagationPolicy"),
+        preconditions=options.get("preconditions"),
+        dry_run=request.dry_run,
+    )
     if outcome.deleted_now and not kind.custom:
-        return json_response({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-            "details": {"name": route.name, "group": kind.group, "kind": kind.plural, "uid": outcome.obj["metadata"].get("uid")},
-        })
+        return json_response(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {
+                    "name": route.name,
+                    "group": kind.group,
+                    "kind": kind.plural,
+                    "uid": outcome.obj["metadata"].get("uid"),
+                },
+            }
+        )
     return json_response(render(kind, outcome.obj))
 
 
@@ -119,11 +154,23 @@ def _delete_collection(store: Store, request: ResourceRequest) -> aiohttp.web.Re
     deleted = []
     for obj in store.list_objects(kind, route.namespace, labels, fields):
         meta = obj["metadata"]
-        deleted.append(store.delete(kind, meta.get("namespace"), meta["name"],
-                                    propagation=options.get("propagationPolicy"), dry_run=request.dry_run).obj)
-    return json_response({"kind": kind.list_kind, "apiVersion": kind.api_version,
-                          "metadata": {"resourceVersion": str(store.resource_version)},
-                          "items": [render(kind, obj) for obj in deleted]})
+        deleted.append(
+            store.delete(
+                kind,
+                meta.get("namespace"),
+                meta["name"],
+                propagation=options.get("propagationPolicy"),
+                dry_run=request.dry_run,
+            ).obj
+        )
+    return json_response(
+        {
+            "kind": kind.list_kind,
+            "apiVersion": kind.api_version,
+            "metadata": {"resourceVersion": str(store.resource_version)},
+            "items": [render(kind, obj) for obj in deleted],
+        }
+    )
 
 
 def _delete_options(request: ResourceRequest) -> dict[str, Any]:
@@ -135,9 +182,18 @@ def _delete_options(request: ResourceRequest) -> dict[str, Any]:
         options["propagationPolicy"] = "Orphan"
     policy = options.get("propagationPolicy")
     if policy not in (None, "Background", "Foreground", "Orphan"):
-        raise errors.invalid("DeleteOptions", "", "", [errors.Cause(
-            "FieldValueNotSupported", f'Unsupported value: "{policy}": supported values: "Foreground", "Background", "Orphan", "nil"',
-            "propagationPolicy")])
+        raise errors.invalid(
+            "DeleteOptions",
+            "",
+            "",
+            [
+                errors.Cause(
+                    "FieldValueNotSupported",
+                    f'Unsupported value: "{policy}": supported values: "Foreground", "Background", "Orphan", "nil"',
+                    "propagationPolicy",
+                )
+            ],
+        )
     return options
 
 

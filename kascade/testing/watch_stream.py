@@ -26,7 +26,9 @@ from kascade.testing.wire import bool_param, render
 DEFAULT_WATCH_TIMEOUT_S = 1800.0
 
 
-async def serve_watch(store: Store, request: ResourceRequest, shutting_down: asyncio.Event) -> aiohttp.web.StreamResponse:
+async def serve_watch(
+    store: Store, request: ResourceRequest, shutting_down: asyncio.Event
+) -> aiohttp.web.StreamResponse:
     query, kind, route = request.query, request.kind, request.route
     labels = parse_label_selector(query.get("labelSelector"))
     fields = parse_field_selector(query.get("fieldSelector"), kind.field_selectors)
@@ -73,8 +75,15 @@ async def serve_watch(store: Store, request: ResourceRequest, shutting_down: asy
     return response
 
 
-async def _send_events(store: Store, request: ResourceRequest, watcher: Watcher, wakeup: asyncio.Event,
-                       response: aiohttp.web.StreamResponse, timeout: float, shutting_down: asyncio.Event) -> bool:
+async def _send_events(
+    store: Store,
+    request: ResourceRequest,
+    watcher: Watcher,
+    wakeup: asyncio.Event,
+    response: aiohttp.web.StreamResponse,
+    timeout: float,
+    shutting_down: asyncio.Event,
+) -> bool:
     """Write queued events as they come: True at the timeout or shutdown, False once the watch closed or the client left."""
     kind = request.kind
     loop = asyncio.get_running_loop()

@@ -87,8 +87,14 @@ class WatchHistory:
         for watcher in list(self._watchers[change.kind.storage]):
             watcher.offer(change)
 
-    def subscribe(self, watcher: Watcher, resource_version: str | None, *, initial_events: bool,
-                  current: Callable[[], list[dict[str, Any]]]) -> None:
+    def subscribe(
+        self,
+        watcher: Watcher,
+        resource_version: str | None,
+        *,
+        initial_events: bool,
+        current: Callable[[], list[dict[str, Any]]],
+    ) -> None:
         """Open a watch; queue what happened after `resource_version`, or the `current` objects when there is none."""
         if resource_version in (None, "", "0") or initial_events:
             for obj in current():

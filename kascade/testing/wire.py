@@ -66,8 +66,12 @@ def render(kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
 def render_one(kind: Kind, obj: dict[str, Any], as_table: bool, accept: str, include_object: str) -> dict[str, Any]:
     """One object as the Accept header asks: itself, a server-side Table, or PartialObjectMetadata."""
     if as_table:
-        return tables.table(kind, [render(kind, obj)], resource_version=obj["metadata"]["resourceVersion"],
-                            include_object=include_object)
+        return tables.table(
+            kind,
+            [render(kind, obj)],
+            resource_version=obj["metadata"]["resourceVersion"],
+            include_object=include_object,
+        )
     if "as=PartialObjectMetadata" in accept:
         return tables.partial_metadata(obj)
     return render(kind, obj)

@@ -23,8 +23,8 @@ import httpx
 from pydantic import Field
 
 from kascade.api.counters import CounterSlot
-from kascade.api.status import REPLICA_COUNTERS
 from kascade.api.modelcascade import PLURAL
+from kascade.api.status import REPLICA_COUNTERS
 from kascade.runtime.cluster_status.subresource import StatusTarget
 
 log = logging.getLogger("kascade.router.status")
@@ -55,9 +55,12 @@ class StatusReporter:
     """Reports every `interval_seconds` and once more on shutdown; failures are logged, never fatal."""
 
     def __init__(
-        self, config: StatusReportConfig, snapshot: Callable[[], CounterSlot | Mapping[str, Any]],
-        *, on_status: Callable[[Mapping[str, Any]], Any] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        config: StatusReportConfig,
+        snapshot: Callable[[], CounterSlot | Mapping[str, Any]],
+        *,
+        on_status: Callable[[Mapping[str, Any]], Any] | None = None,
+    ) -> None:
         """`on_status`: given the cascade's status as the API server answered each write (thresholds in force)."""
         self.config = config
         self._snapshot = snapshot
@@ -81,7 +84,10 @@ class StatusReporter:
         if response.status_code >= 400:
             log.warning(
                 "the API server refused the counters of %s/%s: HTTP %s %s",
-                self.config.namespace, self.config.name, response.status_code, response.text[:300],
+                self.config.namespace,
+                self.config.name,
+                response.status_code,
+                response.text[:300],
             )
             return False
         self.reports += 1

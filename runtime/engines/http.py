@@ -13,7 +13,6 @@ of that per request. (vLLM's production-stack router made the same choice.)
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -75,7 +74,7 @@ class HttpEngine:
             ) as response:
                 content = await response.read()
                 status = response.status
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as error:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as error:
             raise TierError(TierErrorKind.timeout, f"timed out: {error!r}") from error
         except aiohttp.ClientError as error:
             raise TierError(TierErrorKind.unavailable, f"unreachable: {error!r}") from error
@@ -93,7 +92,7 @@ class HttpEngine:
             response = await self._client().post(
                 self.url_for(endpoint), json=body, headers=self._headers, timeout=self._timeout
             )
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as error:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as error:
             raise TierError(TierErrorKind.timeout, f"timed out: {error!r}") from error
         except aiohttp.ClientError as error:
             raise TierError(TierErrorKind.unavailable, f"unreachable: {error!r}") from error
@@ -102,7 +101,7 @@ class HttpEngine:
                 raise_for_tier_status(response.status, await response.read())
             async for event in iter_sse_json(response.content):
                 yield event
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as error:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as error:
             raise TierError(TierErrorKind.timeout, f"timed out mid-stream: {error!r}") from error
         except aiohttp.ClientError as error:
             raise TierError(TierErrorKind.unavailable, f"connection lost mid-stream: {error!r}") from error
@@ -118,7 +117,7 @@ class HttpEngine:
                 f"{self.base_url}/models", headers=self._headers, timeout=aiohttp.ClientTimeout(total=2.0)
             ) as response:
                 return response.status == 200
-        except (asyncio.TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     async def aclose(self) -> None:

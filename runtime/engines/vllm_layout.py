@@ -73,12 +73,14 @@ def completion_logprobs(tokens: Sequence[TokenLogprobs], initial_text_offset: in
 def prompt_logprobs(positions: Sequence[dict[int, tuple[float, int, str]] | None]) -> list[dict[str, Any] | None]:
     """vLLM's `prompt_logprobs`: per prompt position None (the first) or {token id: {logprob, rank, decoded_token}}."""
     return [
-        None if entries is None else {
+        None
+        if entries is None
+        else {
             str(token_id): {"logprob": _clamp(logprob), "rank": rank, "decoded_token": text}
             for token_id, (logprob, rank, text) in entries.items()
         }
         for entries in positions
-    ]  # fmt: skip
+    ]
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,13 @@ def chat_chunk(
     stop_reason: str | None = None,
 ) -> dict[str, Any]:
     """One chat stream chunk; `text=None` sends an empty delta (a closing chunk)."""
-    choice = {"index": 0, "delta": {} if text is None else {"content": text}, "logprobs": logprobs,
-              "finish_reason": finish_reason, "stop_reason": stop_reason}  # fmt: skip
+    choice = {
+        "index": 0,
+        "delta": {} if text is None else {"content": text},
+        "logprobs": logprobs,
+        "finish_reason": finish_reason,
+        "stop_reason": stop_reason,
+    }
     return {**header.fields("chat.completion.chunk"), "choices": [choice]}
 
 
@@ -160,15 +167,23 @@ def completion_chunk(
     finish_reason: str | None,
     stop_reason: str | None = None,
 ) -> dict[str, Any]:
-    choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason,
-              "stop_reason": stop_reason}  # fmt: skip
+    choice = {
+        "index": 0,
+        "text": text,
+        "logprobs": logprobs,
+        "finish_reason": finish_reason,
+        "stop_reason": stop_reason,
+    }
     return {**header.fields("text_completion"), "choices": [choice]}
 
 
 def usage_chunk(header: ResponseHeader, *, chat: bool, token_usage: dict[str, int]) -> dict[str, Any]:
     """The closing chunk when the caller asked for `stream_options.include_usage`."""
-    return {**header.fields("chat.completion.chunk" if chat else "text_completion"), "choices": [],
-            "usage": token_usage}  # fmt: skip
+    return {
+        **header.fields("chat.completion.chunk" if chat else "text_completion"),
+        "choices": [],
+        "usage": token_usage,
+    }
 
 
 def class_result(index: int, probs: Sequence[float], labels: Sequence[str]) -> dict[str, Any]:
@@ -179,5 +194,8 @@ def class_result(index: int, probs: Sequence[float], labels: Sequence[str]) -> d
 
 def classification(header: ResponseHeader, results: list[dict[str, Any]], prompt_tokens: int) -> dict[str, Any]:
     """vLLM's classify response; classification generates no tokens."""
-    return {**header.fields("list"), "data": results,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens, "completion_tokens": 0}}  # fmt: skip
+    return {
+        **header.fields("list"),
+        "data": results,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens, "completion_tokens": 0},
+    }

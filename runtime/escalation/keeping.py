@@ -53,8 +53,18 @@ class EscalationKeeper:
         shadow sample (`agreed` set): `asked` holds the answers of the tiers
         asked, the accepted one last.
         """
-        self.log.offer(EscalationSeen(
-            cascade=self.cascade, endpoint=endpoint, body=body, declined=tuple(asked), answered_by=answered_by,
-            answer=answer, input_tokens=tokens[0], output_tokens=tokens[1], at=datetime.now(UTC),
-            kind=RecordKind.escalation if agreed is None else RecordKind.shadow, agreed=agreed,
-        ))  # fmt: skip
+        self.log.offer(
+            EscalationSeen(
+                cascade=self.cascade,
+                endpoint=endpoint,
+                body=body,
+                declined=tuple(asked),
+                answered_by=answered_by,
+                answer=answer,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
+                at=datetime.now(UTC),
+                kind=RecordKind.escalation if agreed is None else RecordKind.shadow,
+                agreed=agreed,
+            )
+        )

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from kascade.runtime.config import EscalationLogConfig
 from kascade.runtime.escalation.records import EscalationSeen
-from kascade.runtime.escalation.writer import encode_frame
 from kascade.runtime.escalation.segments import SegmentStore
+from kascade.runtime.escalation.writer import encode_frame
 
 if TYPE_CHECKING:
     from kascade.runtime.ledger import Ledger
@@ -65,10 +65,15 @@ class EscalationLog:
 
     async def start(self) -> None:
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kascade.runtime.escalation.writer",
-            self.config.model_dump_json(), f"{self._writer_id}-{self._starts}",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "kascade.runtime.escalation.writer",
+            self.config.model_dump_json(),
+            f"{self._writer_id}-{self._starts}",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
         self._starts += 1
         self._reports = asyncio.create_task(self._read_reports(self._process), name="escalation-log-reports")
 

@@ -25,8 +25,8 @@ from kascade.api.escalation_record import (
     tail_mass,
 )
 from kascade.runtime.engines.base import Endpoint
-from kascade.runtime.scoring.policy import Decision
 from kascade.runtime.escalation.redaction import Redactor
+from kascade.runtime.scoring.policy import Decision
 
 if TYPE_CHECKING:
     from kascade.runtime.config import TierConfig
@@ -51,7 +51,7 @@ def token_id_of(name: Any) -> int | None:
     """The id in a `token_id:<id>` name, or None for a name that is not one."""
     if not isinstance(name, str) or not name.startswith(TOKEN_ID_PREFIX):
         return None
-    digits = name[len(TOKEN_ID_PREFIX):]
+    digits = name[len(TOKEN_ID_PREFIX) :]
     return int(digits) if digits.isdigit() else None
 
 
@@ -62,8 +62,11 @@ def _chat_positions(logprobs: Any) -> list[Position]:
         if not isinstance(entry, Mapping):
             continue
         tops = entry.get("top_logprobs") if isinstance(entry.get("top_logprobs"), list) else []
-        top = [(t.get("token"), float(t["logprob"])) for t in tops
-               if isinstance(t, Mapping) and isinstance(t.get("logprob"), int | float)]  # fmt: skip
+        top = [
+            (t.get("token"), float(t["logprob"]))
+            for t in tops
+            if isinstance(t, Mapping) and isinstance(t.get("logprob"), int | float)
+        ]
         positions.append((entry.get("token"), top))
     return positions
 
@@ -102,8 +105,10 @@ def answer_of_response(endpoint: Endpoint, response: Mapping[str, Any]) -> TierA
         first = data[0] if isinstance(data, list) and data and isinstance(data[0], Mapping) else {}
         probs = first.get("probs")
         label = first.get("label")
-        return TierAnswer(text="" if label is None else str(label),
-                          class_probs=tuple(float(p) for p in probs) if isinstance(probs, list) else None)  # fmt: skip
+        return TierAnswer(
+            text="" if label is None else str(label),
+            class_probs=tuple(float(p) for p in probs) if isinstance(probs, list) else None,
+        )
     choice = _first_choice(response)
     if choice is None:
         return TierAnswer(text="")
@@ -129,7 +134,11 @@ def answer_of_chunks(endpoint: Endpoint, chunks: Sequence[Mapping[str, Any]]) ->
 
 def answer_of(endpoint: Endpoint, answered: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> TierAnswer:
     """A tier's answer from its whole response, or from the chunks of its stream."""
-    return answer_of_response(endpoint, answered) if isinstance(answered, Mapping) else answer_of_chunks(endpoint, answered)
+    return (
+        answer_of_response(endpoint, answered)
+        if isinstance(answered, Mapping)
+        else answer_of_chunks(endpoint, answered)
+    )
 
 
 def teacher_tokens(positions: Sequence[Position]) -> TeacherTokens | None:
@@ -150,8 +159,9 @@ def teacher_tokens(positions: Sequence[Position]) -> TeacherTokens | None:
 
 
 def model_identity(tier: TierConfig) -> ModelIdentity:
-    return ModelIdentity(tier=tier.name, served_model=tier.served_model, uri=tier.model_uri,
-                         revision=tier.model_revision)  # fmt: skip
+    return ModelIdentity(
+        tier=tier.name, served_model=tier.served_model, uri=tier.model_uri, revision=tier.model_revision
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +176,13 @@ class DeclinedSeen:
 
 
 def declined_seen(model: ModelIdentity, decision: Decision, answer: TierAnswer) -> DeclinedSeen:
-    return DeclinedSeen(model=model, text=answer.text, score=decision.confidence, method=decision.method.value,
-                        threshold=decision.threshold)  # fmt: skip
+    return DeclinedSeen(
+        model=model,
+        text=answer.text,
+        score=decision.confidence,
+        method=decision.method.value,
+        threshold=decision.threshold,
+    )
 
 
 @dataclass(frozen=True)

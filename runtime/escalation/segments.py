@@ -27,23 +27,47 @@ def arrow_schema() -> pa.Schema:
     """The Parquet columns: `EscalationRecord`'s fields, nested the same way."""
     import pyarrow as pa
 
-    identity = pa.struct([("tier", pa.string()), ("served_model", pa.string()), ("uri", pa.string()),
-                          ("revision", pa.string())])  # fmt: skip
-    declined = pa.struct([("model", identity), ("text", pa.string()), ("score", pa.float64()),
-                          ("method", pa.string()), ("threshold", pa.float64())])  # fmt: skip
-    tokens = pa.struct([
-        ("token_ids", pa.list_(pa.int32())),
-        ("top_ids", pa.list_(pa.list_(pa.int32()))),
-        ("top_logprobs", pa.list_(pa.list_(pa.float32()))),
-        ("tail_mass", pa.list_(pa.float32())),
-    ])  # fmt: skip
-    return pa.schema([
-        ("schema_version", pa.int16()), ("id", pa.string()), ("kind", pa.string()), ("cascade", pa.string()),
-        ("recorded_at", pa.timestamp("ms", tz="UTC")), ("endpoint", pa.string()), ("request", pa.string()),
-        ("declined", pa.list_(declined)), ("answered_by", identity), ("answer", pa.string()),
-        ("finish_reason", pa.string()), ("tokens", tokens), ("class_probs", pa.list_(pa.float32())),
-        ("input_tokens", pa.int32()), ("output_tokens", pa.int32()), ("redacted", pa.bool_()), ("agreed", pa.bool_()),
-    ])  # fmt: skip
+    identity = pa.struct(
+        [("tier", pa.string()), ("served_model", pa.string()), ("uri", pa.string()), ("revision", pa.string())]
+    )
+    declined = pa.struct(
+        [
+            ("model", identity),
+            ("text", pa.string()),
+            ("score", pa.float64()),
+            ("method", pa.string()),
+            ("threshold", pa.float64()),
+        ]
+    )
+    tokens = pa.struct(
+        [
+            ("token_ids", pa.list_(pa.int32())),
+            ("top_ids", pa.list_(pa.list_(pa.int32()))),
+            ("top_logprobs", pa.list_(pa.list_(pa.float32()))),
+            ("tail_mass", pa.list_(pa.float32())),
+        ]
+    )
+    return pa.schema(
+        [
+            ("schema_version", pa.int16()),
+            ("id", pa.string()),
+            ("kind", pa.string()),
+            ("cascade", pa.string()),
+            ("recorded_at", pa.timestamp("ms", tz="UTC")),
+            ("endpoint", pa.string()),
+            ("request", pa.string()),
+            ("declined", pa.list_(declined)),
+            ("answered_by", identity),
+            ("answer", pa.string()),
+            ("finish_reason", pa.string()),
+            ("tokens", tokens),
+            ("class_probs", pa.list_(pa.float32())),
+            ("input_tokens", pa.int32()),
+            ("output_tokens", pa.int32()),
+            ("redacted", pa.bool_()),
+            ("agreed", pa.bool_()),
+        ]
+    )
 
 
 def records_table(records: list[EscalationRecord]) -> pa.Table:

@@ -35,8 +35,9 @@ class LogStats:
             self.reasons[f"shadow sample, {'agreed' if record.agreed else 'disagreed'} with the last tier"] += 1
         else:
             for declined in record.declined:
-                self.reasons[escalation_reason(declined.model.tier, declined.method, declined.score,
-                                               declined.threshold)] += 1  # fmt: skip
+                self.reasons[
+                    escalation_reason(declined.model.tier, declined.method, declined.score, declined.threshold)
+                ] += 1
         self.with_token_ids += record.tokens is not None
         self.teacher_tokens += len(record.tokens.token_ids) if record.tokens is not None else 0
         self.redacted += record.redacted

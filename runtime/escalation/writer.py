@@ -40,8 +40,8 @@ from typing import IO
 
 from kascade.runtime.config import EscalationLogConfig
 from kascade.runtime.escalation.records import EscalationSeen, build_record
-from kascade.runtime.escalation.segments import SegmentStore, records_table
 from kascade.runtime.escalation.redaction import Redactor
+from kascade.runtime.escalation.segments import SegmentStore, records_table
 
 logger = logging.getLogger(__name__)
 FRAME_HEADER = struct.Struct(">I")
@@ -79,9 +79,13 @@ class SegmentWriter:
     """Pending escalations into segments: rotation by count or age, retention; storage errors raise to the caller."""
 
     def __init__(
-        self, config: EscalationLogConfig, *, writer_id: str, store: SegmentStore | None = None,
+        self,
+        config: EscalationLogConfig,
+        *,
+        writer_id: str,
+        store: SegmentStore | None = None,
         clock: Callable[[], float] = time.time,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.config = config
         self.store = store or SegmentStore(config.uri)
         self.redactor = Redactor.with_built_ins(config.redact)

@@ -6,9 +6,10 @@ import time
 from dataclasses import dataclass
 
 import httpx
+from rich.console import Console
+
 from kascade.api.modelcascade import ModelCascade, Task
 from kascade.runtime.local.manifest import LocalModeError
-from rich.console import Console
 
 # Varied on purpose: some the small model knows cold, some it should hand on.
 # The demo manifest's threshold was tuned on these (docs/local-mode.md shows the scores).
@@ -45,9 +46,7 @@ class DemoAnswer:
     seconds: float
 
 
-def run_demo(
-    cascade: ModelCascade, base_url: str, console: Console, *, api_key: str = "local"
-) -> list[DemoAnswer]:
+def run_demo(cascade: ModelCascade, base_url: str, console: Console, *, api_key: str = "local") -> list[DemoAnswer]:
     """Send the demo requests through the official openai client; print each as it comes back."""
     count = len(DEMO_CLASSIFY_INPUTS if cascade.spec.task is Task.classify else DEMO_PROMPTS)
     console.print(
@@ -59,7 +58,9 @@ def run_demo(
     try:
         from openai import OpenAI
     except ImportError:
-        raise LocalModeError("the demo talks to the cascade with the official openai client: pip install openai") from None
+        raise LocalModeError(
+            "the demo talks to the cascade with the official openai client: pip install openai"
+        ) from None
 
     client = OpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0, timeout=600.0)
     answers = []
@@ -117,9 +118,7 @@ def _print_demo_answer(console: Console, number: int, answer: DemoAnswer) -> Non
     verdict = "[yellow]escalated[/yellow]" if answer.escalated else "[green]accepted[/green]"
     console.print(f"[bold]{number}.[/bold] {answer.prompt}")
     console.print(
-        f"   → tier [bold]{answer.tier}[/bold]  {verdict}  scores {answer.confidence}  "
-        f"({answer.seconds:.1f} s)",
+        f"   → tier [bold]{answer.tier}[/bold]  {verdict}  scores {answer.confidence}  ({answer.seconds:.1f} s)",
         highlight=False,
     )
     console.print(f"   [dim]{short}[/dim]", highlight=False)
-

@@ -15,9 +15,10 @@ import re
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
+
 from kascade.api.errors import validation_problems
 from kascade.api.modelcascade import EngineKind, ModelCascade, SecretKeyRef
-from pydantic import ValidationError
 
 DEMO_MANIFEST = "demo.yaml"
 
@@ -110,4 +111,3 @@ def check_runnable(cascade: ModelCascade) -> None:
         _read_secret(cascade.spec.router.api_key_secret, "the router's client API key")
     if cascade.spec.distillation is not None:
         raise LocalModeError(LOCAL_DISTILLATION)
-

@@ -19,17 +19,17 @@ import time
 from pathlib import Path
 
 import httpx
-from kascade.api.counters import CounterSlot
-from kascade.api.modelcascade import ModelCascade
-from kascade.runtime.models.catalog import ModelNotAvailable
-from kascade.runtime.local.ledger_view import ledger_view, summary_table
-from kascade.runtime.local.demo import run_demo
-from kascade.runtime.local.manifest import LocalModeError, check_runnable, load_manifest, secret_env_var
-from kascade.runtime.local.tiers import ensure_port_free, serve_cascade
-from kascade.runtime.signals import interrupt_on_stop_signals
 from rich.console import Console
 from rich.text import Text
 
+from kascade.api.counters import CounterSlot
+from kascade.api.modelcascade import ModelCascade
+from kascade.runtime.local.demo import run_demo
+from kascade.runtime.local.ledger_view import ledger_view, summary_table
+from kascade.runtime.local.manifest import LocalModeError, check_runnable, load_manifest, secret_env_var
+from kascade.runtime.local.tiers import ensure_port_free, serve_cascade
+from kascade.runtime.models.catalog import ModelNotAvailable
+from kascade.runtime.signals import interrupt_on_stop_signals
 
 # --- what the user sees ------------------------------------------------------
 
@@ -58,8 +58,8 @@ def watch(cascade: ModelCascade, base_url: str, console: Console) -> None:
         (
             (
                 f"curl {base_url}/v1/chat/completions -H 'content-type: application/json' "
-                f"-d '{{\"model\": \"{cascade.metadata.name}\", \"messages\": [{{\"role\": \"user\", "
-                f"\"content\": \"What is the capital of France?\"}}]}}'"
+                f'-d \'{{"model": "{cascade.metadata.name}", "messages": [{{"role": "user", '
+                f'"content": "What is the capital of France?"}}]}}\''
             ),
             "cyan",
         ),
@@ -86,9 +86,7 @@ def print_final_ledger(cascade: ModelCascade, base_url: str, console: Console) -
 # --- the command ----------------------------------------------------------------
 
 
-def run_local(
-    manifest: Path | None, port: int, host: str, demo: bool, cache_dir: Path | None
-) -> int:
+def run_local(manifest: Path | None, port: int, host: str, demo: bool, cache_dir: Path | None) -> int:
     """`kascade up`: run a ModelCascade here; returns the process exit code."""
     console = Console(soft_wrap=True)  # long paths and messages stay whole in logs and pipes
     with interrupt_on_stop_signals():
@@ -126,7 +124,9 @@ def _run_local(
                     except LocalModeError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - openai.APIError, httpx errors: the cascade failed
-                        raise LocalModeError(f"a demo request failed: {type(exc).__name__}: {exc}", exit_code=1) from None
+                        raise LocalModeError(
+                            f"a demo request failed: {type(exc).__name__}: {exc}", exit_code=1
+                        ) from None
                     with httpx.Client() as client:
                         stats = fetch_stats(client, base_url)
                     console.print()

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from kascade.api.modelcascade import EngineKind, ModelCascade, Task, Tier
-from kascade.runtime.models.files import resolve_model_uri
+from rich.console import Console
+
 from kascade.api.model_uri import ModelUri
+from kascade.api.modelcascade import EngineKind, ModelCascade, Task, Tier
 from kascade.runtime.config import RouterConfig, router_config_from_cascade
 from kascade.runtime.local.manifest import LocalModeError, secret_env_var
+from kascade.runtime.models.files import resolve_model_uri
 from kascade.runtime.serving import free_port
-from rich.console import Console
 
 if TYPE_CHECKING:
     from kascade.runtime.engines.base import Engine
@@ -112,8 +113,18 @@ def _start_vllm(tier: Tier, *, cache_dir: Path | None, console: Console, stack: 
         model = str(resolve_model_uri(location.raw, cache_dir=cache_dir, console=console))
     executable = shutil.which("vllm") or str(Path(sys.executable).with_name("vllm"))
     port = free_port()
-    command = [executable, "serve", model, "--host", "127.0.0.1", "--port", str(port),
-               "--served-model-name", tier.served_name, *tier.engine_args]  # fmt: skip
+    command = [
+        executable,
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        tier.served_name,
+        *tier.engine_args,
+    ]
     log = Path(tempfile.mkstemp(prefix=f"kascade-vllm-{tier.name}-", suffix=".log")[1])
     console.print(f"tier [bold]{tier.name}[/bold]: starting {' '.join(command)} (log: {log})")
     with log.open("wb") as sink:
@@ -129,7 +140,9 @@ def _start_vllm(tier: Tier, *, cache_dir: Path | None, console: Console, stack: 
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2.0).status_code == 200:
                     return f"http://127.0.0.1:{port}/v1"
             time.sleep(1.0)
-    raise LocalModeError(f"tier {tier.name!r}: vLLM did not become healthy in {VLLM_START_TIMEOUT_SECONDS:.0f} s; see {log}")
+    raise LocalModeError(
+        f"tier {tier.name!r}: vLLM did not become healthy in {VLLM_START_TIMEOUT_SECONDS:.0f} s; see {log}"
+    )
 
 
 def _stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -222,4 +235,3 @@ def _wait_ready(base_url: str, console: Console) -> None:
                 return
         time.sleep(0.5)
     console.print(f"[yellow]the router is up but not ready yet ({report}); requests may fail[/yellow]")
-

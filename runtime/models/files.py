@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-
 def resolve_model_uri(
     uri: str,
     *,
@@ -65,8 +64,7 @@ def _snapshot_from_hub(location: ModelUri, *, token: str | None) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ModelNotAvailable(
-            f"{uri}: loading from the Hugging Face Hub needs huggingface_hub "
-            "(pip install 'kascade[local]')."
+            f"{uri}: loading from the Hugging Face Hub needs huggingface_hub (pip install 'kascade[local]')."
         ) from None
     try:
         folder = snapshot_download(
@@ -83,5 +81,3 @@ def _snapshot_from_hub(location: ModelUri, *, token: str | None) -> Path:
             "(pkg://...). Gated models need a token (HF_TOKEN)."
         ) from None
     return Path(folder)
-
-

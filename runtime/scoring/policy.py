@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kascade.api.modelcascade import Accept, ConfidenceMethod, ScoredSpan
-from kascade.runtime.scoring.spans import prompt_text
-from kascade.runtime.scoring.confidence import score, score_tokens
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.logprobs import TokenEvidence
+from kascade.runtime.scoring.confidence import score, score_tokens
+from kascade.runtime.scoring.spans import prompt_text
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,9 @@ def decide(accept: Accept, confidence: float) -> Decision:
     )
 
 
-def judge(accept: Accept, endpoint: Endpoint, response: dict[str, Any], request: dict[str, Any] | None = None) -> Decision:
+def judge(
+    accept: Accept, endpoint: Endpoint, response: dict[str, Any], request: dict[str, Any] | None = None
+) -> Decision:
     """Score a tier's whole response to `request` and decide on it."""
     return decide(accept, score(accept, endpoint, response, request))
 

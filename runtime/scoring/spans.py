@@ -109,7 +109,9 @@ def prompt_text(body: object) -> str:
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):  # content parts: keep the text ones
-                parts.extend(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+                parts.extend(
+                    p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
         return "\n".join(parts)
     prompt = body.get("prompt")
     if isinstance(prompt, str):

@@ -21,6 +21,7 @@ from typing import Any
 import celpy
 import jsonschema
 import yaml
+
 from kascade.testing.schema_validation import to_jsonschema as standin_to_jsonschema
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,16 +9,16 @@ tells the user what to fix.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from crd_testkit import cel_failures, refusals, schema_errors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from crd_testkit import cel_failures, refusals, schema_errors
 from kascade.api.modelcascade import ModelCascade
 
 GOOD: dict[str, Any] = {
@@ -79,140 +79,394 @@ def _online_in_early_mode(m: dict[str, Any]) -> None:
 
 
 CASES = [
-    Case("wrong-type-replicas", _set(_tier(0), "replicas", "two"), "schema",
-         "spec.tiers.0.replicas: 'two' is not of type 'integer'", "valid integer"),
-    Case("wrong-type-threshold", _set(lambda m: _tier(0)(m)["accept"], "threshold", "high"), "schema",
-         "spec.tiers.0.accept.threshold: 'high' is not of type 'number'", "valid number"),
-    Case("wrong-type-tiers", _set(_spec, "tiers", {"name": "small"}), "schema",
-         "spec.tiers: {'name': 'small'} is not of type 'array'", "valid list"),
-    Case("unknown-engine", _set(_tier(0), "engine", "tgi"), "schema",
-         "spec.tiers.0.engine: 'tgi' is not one of ['vllm', 'transformers', 'external']",
-         "'vllm', 'transformers' or 'external'"),
-    Case("unknown-task", _set(_spec, "task", "summarize"), "schema",
-         "spec.task: 'summarize' is not one of", "'chat', 'completion' or 'classify'"),
-    Case("negative-replicas", _set(_tier(0), "replicas", -1), "schema",
-         "spec.tiers.0.replicas: -1 is less than the minimum of 0", "greater than or equal to 0"),
-    Case("negative-router-replicas", _set(lambda m: m["spec"]["router"], "replicas", -2), "schema",
-         "spec.router.replicas: -2 is less than the minimum of 0", "greater than or equal to 0"),
-    Case("threshold-above-one", _set(lambda m: _tier(0)(m)["accept"], "threshold", 1.5), "schema",
-         "spec.tiers.0.accept.threshold: 1.5 is greater than the maximum of 1", "less than or equal to 1"),
-    Case("quantile-of-one", _set(lambda m: _tier(0)(m)["accept"], "quantile", 1), "schema",
-         "spec.tiers.0.accept.quantile: 1 is greater than or equal to the maximum of 1", "less than 1"),
-    Case("zero-timeout", _set(lambda m: m["spec"]["router"], "timeoutSeconds", 0), "schema",
-         "spec.router.timeoutSeconds: 0 is less than or equal to the minimum of 0", "greater than 0"),
-    Case("negative-price", _set(lambda m: _tier(0)(m)["price"], "inputPerMillion", -0.01), "schema",
-         "spec.tiers.0.price.inputPerMillion: -0.01 is less than the minimum of 0", "greater than or equal to 0"),
-    Case("negative-gpu-hour-price", _set(lambda m: _tier(0)(m)["price"], "perGpuHour", -1), "schema",
-         "spec.tiers.0.price.perGpuHour: -1 is less than the minimum of 0", "greater than or equal to 0"),
-    Case("lower-case-currency", _set(lambda m: _tier(0)(m)["price"], "currency", "usd"), "schema",
-         "spec.tiers.0.price.currency: 'usd' does not match", "should match pattern"),
-    Case("empty-tier-list", _set(_spec, "tiers", []), "schema",
-         "spec.tiers: [] should be non-empty", "at least 1 item"),
-    Case("nine-tiers", lambda m: m["spec"].__setitem__(
-        "tiers", [{"name": f"t{i}", "model": {"uri": "hf://a/b"}, "accept": {"threshold": 0.5}} for i in range(8)]
-        + [{"name": "last", "model": {"uri": "hf://a/b"}}]), "schema",
-         "spec.tiers: ", "at most 8 items"),
-    Case("unknown-field", _set(_tier(0), "gpus", 1), "schema",
-         "spec.tiers.0: Additional properties are not allowed ('gpus' was unexpected)",
-         "Extra inputs are not permitted"),
-    Case("missing-model-uri", _set(_tier(0), "model", {"servedName": "qwen"}), "schema",
-         "spec.tiers.0.model: 'uri' is a required property", "Field required"),
-    Case("empty-model-uri", _set(lambda m: _tier(0)(m)["model"], "uri", ""), "schema",
-         "spec.tiers.0.model.uri: '' should be non-empty", "at least 1 character"),
-    Case("missing-model", _del(_tier(1), "model"), "schema",
-         "spec.tiers.1: 'model' is a required property", "Field required"),
+    Case(
+        "wrong-type-replicas",
+        _set(_tier(0), "replicas", "two"),
+        "schema",
+        "spec.tiers.0.replicas: 'two' is not of type 'integer'",
+        "valid integer",
+    ),
+    Case(
+        "wrong-type-threshold",
+        _set(lambda m: _tier(0)(m)["accept"], "threshold", "high"),
+        "schema",
+        "spec.tiers.0.accept.threshold: 'high' is not of type 'number'",
+        "valid number",
+    ),
+    Case(
+        "wrong-type-tiers",
+        _set(_spec, "tiers", {"name": "small"}),
+        "schema",
+        "spec.tiers: {'name': 'small'} is not of type 'array'",
+        "valid list",
+    ),
+    Case(
+        "unknown-engine",
+        _set(_tier(0), "engine", "tgi"),
+        "schema",
+        "spec.tiers.0.engine: 'tgi' is not one of ['vllm', 'transformers', 'external']",
+        "'vllm', 'transformers' or 'external'",
+    ),
+    Case(
+        "unknown-task",
+        _set(_spec, "task", "summarize"),
+        "schema",
+        "spec.task: 'summarize' is not one of",
+        "'chat', 'completion' or 'classify'",
+    ),
+    Case(
+        "negative-replicas",
+        _set(_tier(0), "replicas", -1),
+        "schema",
+        "spec.tiers.0.replicas: -1 is less than the minimum of 0",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "negative-router-replicas",
+        _set(lambda m: m["spec"]["router"], "replicas", -2),
+        "schema",
+        "spec.router.replicas: -2 is less than the minimum of 0",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "threshold-above-one",
+        _set(lambda m: _tier(0)(m)["accept"], "threshold", 1.5),
+        "schema",
+        "spec.tiers.0.accept.threshold: 1.5 is greater than the maximum of 1",
+        "less than or equal to 1",
+    ),
+    Case(
+        "quantile-of-one",
+        _set(lambda m: _tier(0)(m)["accept"], "quantile", 1),
+        "schema",
+        "spec.tiers.0.accept.quantile: 1 is greater than or equal to the maximum of 1",
+        "less than 1",
+    ),
+    Case(
+        "zero-timeout",
+        _set(lambda m: m["spec"]["router"], "timeoutSeconds", 0),
+        "schema",
+        "spec.router.timeoutSeconds: 0 is less than or equal to the minimum of 0",
+        "greater than 0",
+    ),
+    Case(
+        "negative-price",
+        _set(lambda m: _tier(0)(m)["price"], "inputPerMillion", -0.01),
+        "schema",
+        "spec.tiers.0.price.inputPerMillion: -0.01 is less than the minimum of 0",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "negative-gpu-hour-price",
+        _set(lambda m: _tier(0)(m)["price"], "perGpuHour", -1),
+        "schema",
+        "spec.tiers.0.price.perGpuHour: -1 is less than the minimum of 0",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "lower-case-currency",
+        _set(lambda m: _tier(0)(m)["price"], "currency", "usd"),
+        "schema",
+        "spec.tiers.0.price.currency: 'usd' does not match",
+        "should match pattern",
+    ),
+    Case(
+        "empty-tier-list", _set(_spec, "tiers", []), "schema", "spec.tiers: [] should be non-empty", "at least 1 item"
+    ),
+    Case(
+        "nine-tiers",
+        lambda m: m["spec"].__setitem__(
+            "tiers",
+            [{"name": f"t{i}", "model": {"uri": "hf://a/b"}, "accept": {"threshold": 0.5}} for i in range(8)]
+            + [{"name": "last", "model": {"uri": "hf://a/b"}}],
+        ),
+        "schema",
+        "spec.tiers: ",
+        "at most 8 items",
+    ),
+    Case(
+        "unknown-field",
+        _set(_tier(0), "gpus", 1),
+        "schema",
+        "spec.tiers.0: Additional properties are not allowed ('gpus' was unexpected)",
+        "Extra inputs are not permitted",
+    ),
+    Case(
+        "missing-model-uri",
+        _set(_tier(0), "model", {"servedName": "qwen"}),
+        "schema",
+        "spec.tiers.0.model: 'uri' is a required property",
+        "Field required",
+    ),
+    Case(
+        "empty-model-uri",
+        _set(lambda m: _tier(0)(m)["model"], "uri", ""),
+        "schema",
+        "spec.tiers.0.model.uri: '' should be non-empty",
+        "at least 1 character",
+    ),
+    Case(
+        "missing-model",
+        _del(_tier(1), "model"),
+        "schema",
+        "spec.tiers.1: 'model' is a required property",
+        "Field required",
+    ),
     Case("missing-spec", lambda m: m.pop("spec"), "schema", "<root>: 'spec' is a required property", "Field required"),
-    Case("tier-name-not-dns-label", _set(_tier(0), "name", "Small_Tier"), "schema",
-         "spec.tiers.0.name: 'Small_Tier' does not match", "should match pattern"),
-    Case("tier-name-too-long", _set(_tier(0), "name", "a" * 41), "schema",
-         "spec.tiers.0.name: ", "at most 40 characters"),
-    Case("gpu-type-with-spaces", _set(lambda m: _tier(0)(m)["resources"], "gpuType", "NVIDIA A100-SXM4-80GB"), "schema",
-         "spec.tiers.0.resources.gpuType: 'NVIDIA A100-SXM4-80GB' does not match", "should match pattern"),
-    Case("cpu-not-a-quantity", _set(lambda m: _tier(0)(m)["resources"], "cpu", "4 cores"), "schema",
-         "spec.tiers.0.resources.cpu: '4 cores' does not match", "should match pattern"),
-    Case("fractional-cpu-as-number", _set(lambda m: _tier(0)(m)["resources"], "cpu", 0.5), "schema",
-         "spec.tiers.0.resources.cpu: 0.5 is not of type 'integer', 'string'", "fractional quantity as a string"),
-    Case("negative-gpus", _set(lambda m: _tier(0)(m)["resources"], "gpus", -1), "schema",
-         "spec.tiers.0.resources.gpus: -1 is less than the minimum of 0", "greater than or equal to 0"),
-    Case("unknown-toleration-operator", _set(lambda m: _tier(0)(m)["tolerations"][0], "operator", "In"), "schema",
-         "spec.tiers.0.tolerations.0.operator: 'In' is not one of ['Exists', 'Equal']", "'Exists' or 'Equal'"),
+    Case(
+        "tier-name-not-dns-label",
+        _set(_tier(0), "name", "Small_Tier"),
+        "schema",
+        "spec.tiers.0.name: 'Small_Tier' does not match",
+        "should match pattern",
+    ),
+    Case(
+        "tier-name-too-long", _set(_tier(0), "name", "a" * 41), "schema", "spec.tiers.0.name: ", "at most 40 characters"
+    ),
+    Case(
+        "gpu-type-with-spaces",
+        _set(lambda m: _tier(0)(m)["resources"], "gpuType", "NVIDIA A100-SXM4-80GB"),
+        "schema",
+        "spec.tiers.0.resources.gpuType: 'NVIDIA A100-SXM4-80GB' does not match",
+        "should match pattern",
+    ),
+    Case(
+        "cpu-not-a-quantity",
+        _set(lambda m: _tier(0)(m)["resources"], "cpu", "4 cores"),
+        "schema",
+        "spec.tiers.0.resources.cpu: '4 cores' does not match",
+        "should match pattern",
+    ),
+    Case(
+        "fractional-cpu-as-number",
+        _set(lambda m: _tier(0)(m)["resources"], "cpu", 0.5),
+        "schema",
+        "spec.tiers.0.resources.cpu: 0.5 is not of type 'integer', 'string'",
+        "fractional quantity as a string",
+    ),
+    Case(
+        "negative-gpus",
+        _set(lambda m: _tier(0)(m)["resources"], "gpus", -1),
+        "schema",
+        "spec.tiers.0.resources.gpus: -1 is less than the minimum of 0",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "unknown-toleration-operator",
+        _set(lambda m: _tier(0)(m)["tolerations"][0], "operator", "In"),
+        "schema",
+        "spec.tiers.0.tolerations.0.operator: 'In' is not one of ['Exists', 'Equal']",
+        "'Exists' or 'Equal'",
+    ),
     # Cross-field rules: the schema alone accepts these; CEL refuses them.
-    Case("threshold-on-last-tier", _set(_tier(1), "accept", {"threshold": 0.9}), "cel",
-         "spec: the last tier always answers and takes no accept rule", "always answers and takes no accept rule"),
-    Case("missing-accept-before-last", _del(_tier(0), "accept"), "cel",
-         "spec: every tier but the last needs an accept rule", "is not the last tier and needs an accept rule"),
-    Case("duplicate-tier-names", _set(_tier(1), "name", "small"), "cel",
-         "spec: tier names must be unique", "tier names must be unique; repeated: small"),
-    Case("external-without-url", _set(_tier(1), "engine", "external"), "cel",
-         "spec.tiers[1]: engine external needs the API's http(s) base URL as model.uri",
-         "engine external needs an http(s) URL"),
-    Case("classify-method-on-chat", _set(lambda m: _tier(0)(m)["accept"], "method", "maxProb"), "cel",
-         "spec: accept.method must fit spec.task", "method 'maxProb' does not fit task 'chat'"),
-    Case("generative-method-on-classify", _classify_with_default_method, "cel",
-         "spec: accept.method must fit spec.task", "method 'geometricMean' does not fit task 'classify'"),
-    Case("toleration-seconds-without-no-execute",
-         _set(lambda m: _tier(0)(m)["tolerations"][0], "tolerationSeconds", 300), "cel",
-         "spec.tiers[0].tolerations[0]: tolerationSeconds is allowed only with effect NoExecute",
-         "tolerationSeconds is allowed only with effect NoExecute"),
+    Case(
+        "threshold-on-last-tier",
+        _set(_tier(1), "accept", {"threshold": 0.9}),
+        "cel",
+        "spec: the last tier always answers and takes no accept rule",
+        "always answers and takes no accept rule",
+    ),
+    Case(
+        "missing-accept-before-last",
+        _del(_tier(0), "accept"),
+        "cel",
+        "spec: every tier but the last needs an accept rule",
+        "is not the last tier and needs an accept rule",
+    ),
+    Case(
+        "duplicate-tier-names",
+        _set(_tier(1), "name", "small"),
+        "cel",
+        "spec: tier names must be unique",
+        "tier names must be unique; repeated: small",
+    ),
+    Case(
+        "external-without-url",
+        _set(_tier(1), "engine", "external"),
+        "cel",
+        "spec.tiers[1]: engine external needs the API's http(s) base URL as model.uri",
+        "engine external needs an http(s) URL",
+    ),
+    Case(
+        "classify-method-on-chat",
+        _set(lambda m: _tier(0)(m)["accept"], "method", "maxProb"),
+        "cel",
+        "spec: accept.method must fit spec.task",
+        "method 'maxProb' does not fit task 'chat'",
+    ),
+    Case(
+        "generative-method-on-classify",
+        _classify_with_default_method,
+        "cel",
+        "spec: accept.method must fit spec.task",
+        "method 'geometricMean' does not fit task 'classify'",
+    ),
+    Case(
+        "toleration-seconds-without-no-execute",
+        _set(lambda m: _tier(0)(m)["tolerations"][0], "tolerationSeconds", 300),
+        "cel",
+        "spec.tiers[0].tolerations[0]: tolerationSeconds is allowed only with effect NoExecute",
+        "tolerationSeconds is allowed only with effect NoExecute",
+    ),
     # The loop: what cannot work is refused, never accepted and ignored.
-    Case("online-calibration-of-accuracy", _set(_spec, "calibration", {"minAccuracy": 0.9, "shadowSampleRate": 0.05}),
-         "cel", "spec: spec.calibration.minAccuracy cannot be calibrated online", "cannot be calibrated online"),
-    Case("online-calibration-in-early-mode", _online_in_early_mode, "cel",
-         "spec: spec.calibration.shadowSampleRate needs whole answers", "needs whole answers to judge agreement"),
-    Case("threshold-bounds-reversed",
-         _set(_spec, "calibration", {"minAgreement": 0.9, "minThreshold": 0.8, "maxThreshold": 0.5}),
-         "cel", "spec: spec.calibration.minThreshold must not exceed", "minThreshold must not exceed"),
-    Case("calibration-without-goal", _set(_spec, "calibration", {"confidence": 0.9}), "cel",
-         "spec: spec.calibration needs a goal", "spec.calibration needs a goal"),
+    Case(
+        "online-calibration-of-accuracy",
+        _set(_spec, "calibration", {"minAccuracy": 0.9, "shadowSampleRate": 0.05}),
+        "cel",
+        "spec: spec.calibration.minAccuracy cannot be calibrated online",
+        "cannot be calibrated online",
+    ),
+    Case(
+        "online-calibration-in-early-mode",
+        _online_in_early_mode,
+        "cel",
+        "spec: spec.calibration.shadowSampleRate needs whole answers",
+        "needs whole answers to judge agreement",
+    ),
+    Case(
+        "threshold-bounds-reversed",
+        _set(_spec, "calibration", {"minAgreement": 0.9, "minThreshold": 0.8, "maxThreshold": 0.5}),
+        "cel",
+        "spec: spec.calibration.minThreshold must not exceed",
+        "minThreshold must not exceed",
+    ),
+    Case(
+        "calibration-without-goal",
+        _set(_spec, "calibration", {"confidence": 0.9}),
+        "cel",
+        "spec: spec.calibration needs a goal",
+        "spec.calibration needs a goal",
+    ),
     # The learned score and the scored span.
-    Case("learned-without-parameters", _set(lambda m: _tier(0)(m)["accept"], "method", "learned"), "cel",
-         "spec.tiers[0].accept: method learned needs its parameters", "method learned needs its parameters"),
-    Case("learned-parameters-without-method", _set(lambda m: _tier(0)(m)["accept"], "learned",
-         {"features": ["minProb"], "weights": [1.0]}), "cel",
-         "spec.tiers[0].accept: method learned needs", "accept.learned is read by method learned only"),
-    Case("learned-weights-miscounted", lambda m: _tier(0)(m)["accept"].update(
-         method="learned", learned={"features": ["minProb", "meanProb"], "weights": [1.0]}), "cel",
-         "spec.tiers[0].accept: learned.weights needs exactly one weight per feature",
-         "learned.weights needs exactly one weight per feature"),
-    Case("learned-feature-of-another-task", lambda m: _tier(0)(m)["accept"].update(
-         method="learned", learned={"features": ["maxProb"], "weights": [1.0]}), "cel",
-         "spec: accept.learned.features must fit spec.task", "accept.learned.features must fit spec.task"),
-    Case("span-on-classify", lambda m: (m["spec"].__setitem__("task", "classify"),
-         _tier(0)(m)["accept"].update(method="maxProb", span="finalLine")), "cel",
-         "spec: accept.span selects generated tokens", "accept.span selects generated tokens"),
-    Case("final-line-in-early-mode", lambda m: (m["spec"]["router"].__setitem__("streaming", {"mode": "early"}),
-         _tier(0)(m)["accept"].update(span="finalLine")), "cel",
-         "spec: streaming mode early scores the answer's first tokens", "streaming mode early scores"),
-    Case("escalation-log-with-nowhere-to-go", _set(_spec, "escalationLog", {"enabled": True}), "cel",
-         "spec: spec.escalationLog.enabled needs spec.escalationLog.uri",
-         "spec.escalationLog.enabled needs spec.escalationLog.uri"),
-    Case("distillation-without-a-log", _set(_spec, "distillation", {"outputUri": "pvc://students/chat"}), "cel",
-         "spec: spec.distillation needs spec.escalationLog.enabled", "spec.distillation needs spec.escalationLog"),
-    Case("distillation-of-the-last-tier", lambda m: m["spec"].update(
-         escalationLog={"enabled": True, "uri": "pvc://log/chat"},
-         distillation={"outputUri": "pvc://students/chat", "tier": m["spec"]["tiers"][-1]["name"]}), "cel",
-         "spec: spec.distillation.tier must name a tier", "spec.distillation.tier must name a tier"),
-    Case("on-policy-distillation-from-a-hosted-api", lambda m: (m["spec"].update(
-         escalationLog={"enabled": True, "uri": "pvc://log/chat"},
-         distillation={"outputUri": "pvc://students/chat", "training": {"onPolicyFraction": 0.5}}),
-         m["spec"]["tiers"][-1].update(engine="external", model={"uri": "https://api.example.com/v1"})), "cel",
-         "spec: spec.distillation.training.onPolicyFraction > 0 needs", "onPolicyFraction > 0 needs a generative task"),
-    Case("distillation-of-a-hosted-student", lambda m: (m["spec"].update(
-         escalationLog={"enabled": True, "uri": "pvc://log/chat"}, distillation={"outputUri": "pvc://students/chat"}),
-         m["spec"]["tiers"][0].update(engine="external", model={"uri": "https://api.example.com/v1"})), "cel",
-         "spec: spec.distillation's student tier must be one Kascade deploys", "student tier must be one Kascade"),
-    Case("distillation-schedule-not-cron", lambda m: m["spec"].update(
-         escalationLog={"enabled": True, "uri": "pvc://log/chat"},
-         distillation={"outputUri": "pvc://students/chat", "schedule": "every night"}), "schema",
-         "spec.distillation.schedule: 'every night' does not match", "should match pattern"),
-    Case("distillation-to-s3", lambda m: m["spec"].update(
-         escalationLog={"enabled": True, "uri": "pvc://log/chat"},
-         distillation={"outputUri": "s3://bucket/students"}), "schema",
-         "spec.distillation.outputUri: 's3://bucket/students' does not match", "should match pattern"),
-    Case("distillation-without-an-output", lambda m: m["spec"].update(
-         escalationLog={"enabled": True, "uri": "pvc://log/chat"}, distillation={"minSamples": 10}), "schema",
-         "spec.distillation: 'outputUri' is a required property", "outputUri"),
-]  # fmt: skip
+    Case(
+        "learned-without-parameters",
+        _set(lambda m: _tier(0)(m)["accept"], "method", "learned"),
+        "cel",
+        "spec.tiers[0].accept: method learned needs its parameters",
+        "method learned needs its parameters",
+    ),
+    Case(
+        "learned-parameters-without-method",
+        _set(lambda m: _tier(0)(m)["accept"], "learned", {"features": ["minProb"], "weights": [1.0]}),
+        "cel",
+        "spec.tiers[0].accept: method learned needs",
+        "accept.learned is read by method learned only",
+    ),
+    Case(
+        "learned-weights-miscounted",
+        lambda m: _tier(0)(m)["accept"].update(
+            method="learned", learned={"features": ["minProb", "meanProb"], "weights": [1.0]}
+        ),
+        "cel",
+        "spec.tiers[0].accept: learned.weights needs exactly one weight per feature",
+        "learned.weights needs exactly one weight per feature",
+    ),
+    Case(
+        "learned-feature-of-another-task",
+        lambda m: _tier(0)(m)["accept"].update(method="learned", learned={"features": ["maxProb"], "weights": [1.0]}),
+        "cel",
+        "spec: accept.learned.features must fit spec.task",
+        "accept.learned.features must fit spec.task",
+    ),
+    Case(
+        "span-on-classify",
+        lambda m: (
+            m["spec"].__setitem__("task", "classify"),
+            _tier(0)(m)["accept"].update(method="maxProb", span="finalLine"),
+        ),
+        "cel",
+        "spec: accept.span selects generated tokens",
+        "accept.span selects generated tokens",
+    ),
+    Case(
+        "final-line-in-early-mode",
+        lambda m: (
+            m["spec"]["router"].__setitem__("streaming", {"mode": "early"}),
+            _tier(0)(m)["accept"].update(span="finalLine"),
+        ),
+        "cel",
+        "spec: streaming mode early scores the answer's first tokens",
+        "streaming mode early scores",
+    ),
+    Case(
+        "escalation-log-with-nowhere-to-go",
+        _set(_spec, "escalationLog", {"enabled": True}),
+        "cel",
+        "spec: spec.escalationLog.enabled needs spec.escalationLog.uri",
+        "spec.escalationLog.enabled needs spec.escalationLog.uri",
+    ),
+    Case(
+        "distillation-without-a-log",
+        _set(_spec, "distillation", {"outputUri": "pvc://students/chat"}),
+        "cel",
+        "spec: spec.distillation needs spec.escalationLog.enabled",
+        "spec.distillation needs spec.escalationLog",
+    ),
+    Case(
+        "distillation-of-the-last-tier",
+        lambda m: m["spec"].update(
+            escalationLog={"enabled": True, "uri": "pvc://log/chat"},
+            distillation={"outputUri": "pvc://students/chat", "tier": m["spec"]["tiers"][-1]["name"]},
+        ),
+        "cel",
+        "spec: spec.distillation.tier must name a tier",
+        "spec.distillation.tier must name a tier",
+    ),
+    Case(
+        "on-policy-distillation-from-a-hosted-api",
+        lambda m: (
+            m["spec"].update(
+                escalationLog={"enabled": True, "uri": "pvc://log/chat"},
+                distillation={"outputUri": "pvc://students/chat", "training": {"onPolicyFraction": 0.5}},
+            ),
+            m["spec"]["tiers"][-1].update(engine="external", model={"uri": "https://api.example.com/v1"}),
+        ),
+        "cel",
+        "spec: spec.distillation.training.onPolicyFraction > 0 needs",
+        "onPolicyFraction > 0 needs a generative task",
+    ),
+    Case(
+        "distillation-of-a-hosted-student",
+        lambda m: (
+            m["spec"].update(
+                escalationLog={"enabled": True, "uri": "pvc://log/chat"},
+                distillation={"outputUri": "pvc://students/chat"},
+            ),
+            m["spec"]["tiers"][0].update(engine="external", model={"uri": "https://api.example.com/v1"}),
+        ),
+        "cel",
+        "spec: spec.distillation's student tier must be one Kascade deploys",
+        "student tier must be one Kascade",
+    ),
+    Case(
+        "distillation-schedule-not-cron",
+        lambda m: m["spec"].update(
+            escalationLog={"enabled": True, "uri": "pvc://log/chat"},
+            distillation={"outputUri": "pvc://students/chat", "schedule": "every night"},
+        ),
+        "schema",
+        "spec.distillation.schedule: 'every night' does not match",
+        "should match pattern",
+    ),
+    Case(
+        "distillation-to-s3",
+        lambda m: m["spec"].update(
+            escalationLog={"enabled": True, "uri": "pvc://log/chat"}, distillation={"outputUri": "s3://bucket/students"}
+        ),
+        "schema",
+        "spec.distillation.outputUri: 's3://bucket/students' does not match",
+        "should match pattern",
+    ),
+    Case(
+        "distillation-without-an-output",
+        lambda m: m["spec"].update(
+            escalationLog={"enabled": True, "uri": "pvc://log/chat"}, distillation={"minSamples": 10}
+        ),
+        "schema",
+        "spec.distillation: 'outputUri' is a required property",
+        "outputUri",
+    ),
+]
 
 
 def _bad(case: Case) -> dict[str, Any]:
@@ -243,8 +497,11 @@ def test_distillation_with_its_log_and_defaults_is_accepted() -> None:
     """A distilling cascade with its log, and onPolicyFraction 0 or left to its default, passes every rule."""
     manifest = copy.deepcopy(GOOD)
     manifest["spec"]["escalationLog"] = {"enabled": True, "uri": "pvc://log/chat"}
-    manifest["spec"]["distillation"] = {"outputUri": "pvc://students/chat", "schedule": "0 3 * * *",
-                                        "training": {"onPolicyFraction": 0}}  # fmt: skip
+    manifest["spec"]["distillation"] = {
+        "outputUri": "pvc://students/chat",
+        "schedule": "0 3 * * *",
+        "training": {"onPolicyFraction": 0},
+    }
     assert refusals(manifest) == []
     ModelCascade.model_validate(manifest)
     del manifest["spec"]["distillation"]["training"]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from crd_testkit import CRDS, cel_rules, crd, openapi_schema, to_jsonschema
 from typer.testing import CliRunner
 
-from crd_testkit import CRDS, cel_rules, crd, openapi_schema, to_jsonschema
 from kascade.api.crd import build_crd
 from kascade.api.crd_files import CRD_FILE, GENERATED_HEADER, render_crds, sync_crds
 from kascade.api.modelcascade import ModelCascadeSpec, ModelCascadeStatus
@@ -168,14 +168,51 @@ def test_a_fully_written_status_is_kept_by_the_schema() -> None:
 
 # JSONSchemaProps of apiextensions.k8s.io/v1, as their JSON names.
 _K8S_KEYWORDS = {
-    "id", "$schema", "$ref", "description", "type", "format", "title", "default", "maximum",
-    "exclusiveMaximum", "minimum", "exclusiveMinimum", "maxLength", "minLength", "pattern", "maxItems",
-    "minItems", "uniqueItems", "multipleOf", "enum", "maxProperties", "minProperties", "required", "items",
-    "allOf", "oneOf", "anyOf", "not", "properties", "additionalProperties", "patternProperties",
-    "dependencies", "additionalItems", "definitions", "externalDocs", "example", "nullable",
-    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource", "x-kubernetes-int-or-string",
-    "x-kubernetes-list-map-keys", "x-kubernetes-list-type", "x-kubernetes-map-type", "x-kubernetes-validations",
-}  # fmt: skip
+    "id",
+    "$schema",
+    "$ref",
+    "description",
+    "type",
+    "format",
+    "title",
+    "default",
+    "maximum",
+    "exclusiveMaximum",
+    "minimum",
+    "exclusiveMinimum",
+    "maxLength",
+    "minLength",
+    "pattern",
+    "maxItems",
+    "minItems",
+    "uniqueItems",
+    "multipleOf",
+    "enum",
+    "maxProperties",
+    "minProperties",
+    "required",
+    "items",
+    "allOf",
+    "oneOf",
+    "anyOf",
+    "not",
+    "properties",
+    "additionalProperties",
+    "patternProperties",
+    "dependencies",
+    "additionalItems",
+    "definitions",
+    "externalDocs",
+    "example",
+    "nullable",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-embedded-resource",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-list-type",
+    "x-kubernetes-map-type",
+    "x-kubernetes-validations",
+}
 _TYPES = {"object", "array", "string", "integer", "number", "boolean"}
 
 
@@ -239,8 +276,13 @@ def test_unknown_fields_are_pruned_except_in_free_form_objects() -> None:
 
 def test_cel_rules_are_attached_where_they_belong() -> None:
     places = sorted({path for path, _ in cel_rules()})
-    assert places == [".spec", ".spec.distillation.tolerations[]", ".spec.tiers[]", ".spec.tiers[].accept",
-                      ".spec.tiers[].tolerations[]"]
+    assert places == [
+        ".spec",
+        ".spec.distillation.tolerations[]",
+        ".spec.tiers[]",
+        ".spec.tiers[].accept",
+        ".spec.tiers[].tolerations[]",
+    ]
     # 7 cross-field on spec, 4 on calibration (a goal, no minAccuracy online, bounds in order, whole answers
     # online), 1 escalation log with a place, 1 external URL per tier, 2 on accept, 1 toleration,
     # 4 on distillation (needs the log, a student tier that is not the last, on-policy needs a scoring teacher,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from crd_testkit import EXAMPLES, cel_failures, load_documents, schema_errors
+
 from kascade.api.modelcascade import ModelCascade, Task
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))

@@ -40,12 +40,24 @@ def true_agreement(agreement: Callable[[float], float], threshold: float, grid: 
     return 1 - sum(1 - agreement((i + 0.5) / grid) for i in range(grid) if (i + 0.5) / grid >= threshold) / grid
 
 
-def run(calibration: Calibration, traffic: Traffic, steps: int, per_step: int, status: CalibrationStatus | None = None,
-        declared: float = 0.95) -> list[CalibrationStatus]:  # fmt: skip
+def run(
+    calibration: Calibration,
+    traffic: Traffic,
+    steps: int,
+    per_step: int,
+    status: CalibrationStatus | None = None,
+    declared: float = 0.95,
+) -> list[CalibrationStatus]:
     seen = []
     for step in range(steps):
-        status = calibrate_tiers(calibration, {"small": declared}, traffic.measure(per_step), status,
-                                 now=f"2026-11-30T00:{step:02d}:00Z", window_samples=window_samples_of(calibration))  # fmt: skip
+        status = calibrate_tiers(
+            calibration,
+            {"small": declared},
+            traffic.measure(per_step),
+            status,
+            now=f"2026-11-30T00:{step:02d}:00Z",
+            window_samples=window_samples_of(calibration),
+        )
         seen.append(status)
     return seen
 
@@ -93,8 +105,9 @@ def test_too_few_samples_leave_the_declared_threshold_in_force() -> None:
 
 
 def test_a_goal_that_cannot_be_met_holds_the_safest_bound_and_says_why() -> None:
-    impossible = Calibration(min_agreement=0.99, max_escalation_rate=0.1, shadow_sample_rate=0.1, min_samples=200,
-                             max_threshold=0.9)  # fmt: skip
+    impossible = Calibration(
+        min_agreement=0.99, max_escalation_rate=0.1, shadow_sample_rate=0.1, min_samples=200, max_threshold=0.9
+    )
     status = run(impossible, Traffic(linear), steps=3, per_step=1000)[-1]
     tier = status.tiers[0]
     assert not tier.met and tier.reason == "GoalNotMet" and tier.threshold == 0.9
@@ -114,11 +127,16 @@ def test_a_promoted_student_restarts_from_the_spec_threshold_and_forgets_the_old
     figures = traffic.measure(1500)
 
     def calibrate(previous: CalibrationStatus | None, model: str) -> CalibrationStatus:
-        return calibrate_tiers(GOAL, {"small": 0.95}, figures, previous, now="t", window_samples=2000,
-                               models={"small": model})  # fmt: skip
+        return calibrate_tiers(
+            GOAL, {"small": 0.95}, figures, previous, now="t", window_samples=2000, models={"small": model}
+        )
 
     settled = calibrate(calibrate(None, "pvc://models/v1"), "pvc://models/v1")
-    assert settled.tiers[0].threshold < 0.95 and settled.tiers[0].samples == 1500 and settled.tiers[0].model == "pvc://models/v1"
+    assert (
+        settled.tiers[0].threshold < 0.95
+        and settled.tiers[0].samples == 1500
+        and settled.tiers[0].model == "pvc://models/v1"
+    )
     promoted = calibrate(settled, "pvc://students/run-1")
     tier = promoted.tiers[0]
     assert tier.threshold == 0.95 and tier.samples == 0 and tier.reason == "CollectingSamples"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from kascade.calibration.selection import Goal, GoalKind, Outcome, select_threshold
 
 
@@ -48,7 +49,9 @@ def test_the_goal_holds_on_held_out_data_in_at_least_the_promised_share_of_split
         assert selection.threshold is not None
         # The held-out figure: the whole population stands for new traffic (it is 50x the calibration set).
         held_with_bound += _disagreement_accepted(population, selection.threshold) <= goal.allowed_rate
-        held_with_point += _disagreement_accepted(population, _point_estimate(calibration, goal.allowed_rate)) <= goal.allowed_rate
+        held_with_point += (
+            _disagreement_accepted(population, _point_estimate(calibration, goal.allowed_rate)) <= goal.allowed_rate
+        )
     assert held_with_bound / splits >= confidence
     # Without the bound the same choice fails about half the time: the test can tell the two apart.
     assert held_with_point / splits < 0.75
@@ -59,7 +62,9 @@ def test_accuracy_and_escalation_goals_are_certified_and_combined() -> None:
     accuracy = select_threshold([Goal(GoalKind.min_accuracy, 0.8)], outcomes)
     assert accuracy.threshold is not None
     kept = [o for o in outcomes if o.score >= accuracy.threshold]
-    wrong = sum(not o.small_correct for o in kept) + sum(not o.last_correct for o in outcomes if o.score < accuracy.threshold)
+    wrong = sum(not o.small_correct for o in kept) + sum(
+        not o.last_correct for o in outcomes if o.score < accuracy.threshold
+    )
     assert wrong / len(outcomes) <= 0.2
     escalation = select_threshold([Goal(GoalKind.max_escalation_rate, 0.3)], outcomes)
     assert escalation.threshold is not None

@@ -50,7 +50,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "rbac": {"clusterReads": True},
         "serviceAccount": {"name": "cascade-operator", "annotations": {"iam.example.com/role": "kascade"}},
         "operator": {
-            "image": {"repository": "registry.example.com/kascade/operator", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
+            "image": {
+                "repository": "registry.example.com/kascade/operator",
+                "tag": "0.1.0-rc1",
+                "pullPolicy": "Always",
+            },
             "imagePullSecrets": [{"name": "regcred"}],
             "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": 2, "memory": "1Gi"}},
             "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -62,8 +66,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "extraEnv": [{"name": "KASCADE_STARTUP_PROBE_FAILURE_THRESHOLD", "value": "360"}],
         },
         "cascades": {
-            "runtimeImage": {"repository": "registry.example.com/kascade/runtime", "tag": "0.1.0",
-                             "gpuTag": "0.1.0-cuda"},
+            "runtimeImage": {
+                "repository": "registry.example.com/kascade/runtime",
+                "tag": "0.1.0",
+                "gpuTag": "0.1.0-cuda",
+            },
             "vllmImage": {"repository": "registry.example.com/vllm/vllm-openai", "tag": "v0.11.1"},
             "imagePullPolicy": "Always",
             "gpuTolerations": [{"key": "gpu", "operator": "Exists"}],
@@ -85,8 +92,9 @@ def helm(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.
 
 
 def kubectl(*args: str, kubeconfig: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([str(kubectl_path()), "--kubeconfig", str(kubeconfig), *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [str(kubectl_path()), "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True, timeout=120
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return done
@@ -105,8 +113,16 @@ def template(
 ) -> subprocess.CompletedProcess[str]:
     """`helm template kascade charts/kascade -n kascade-system` with `values` (a values file)."""
     with tempfile.TemporaryDirectory(prefix="kascade-chart-") as tmp:
-        return helm("template", release, str(CHART), "--namespace", NAMESPACE,
-                    *_values_args(values, Path(tmp)), *extra, check=check)  # fmt: skip
+        return helm(
+            "template",
+            release,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            *_values_args(values, Path(tmp)),
+            *extra,
+            check=check,
+        )
 
 
 def lint(values: dict[str, Any]) -> subprocess.CompletedProcess[str]:
@@ -139,8 +155,15 @@ def template_error(values: dict[str, Any]) -> str:
 def notes(values: dict[str, Any]) -> str:
     """NOTES.txt as a user sees it after `helm install` (client-side dry run: no cluster)."""
     with tempfile.TemporaryDirectory(prefix="kascade-chart-") as tmp:
-        done = helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
-                    *_values_args(values, Path(tmp)))  # fmt: skip
+        done = helm(
+            "install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--dry-run=client",
+            *_values_args(values, Path(tmp)),
+        )
     assert "NOTES:" in done.stdout, done.stdout
     return done.stdout.split("NOTES:", 1)[1]
 

@@ -139,10 +139,13 @@ def _matching_grants(rule: Mapping[str, Any], call: ApiCall) -> list[tuple[str, 
         return []
     return [
         (verb, group, resource)
-        for verb in rule.get("verbs", []) if verb in ("*", call.verb)
-        for group in rule.get("apiGroups", []) if group in ("*", call.group)
-        for resource in rule.get("resources", []) if _resource_matches(resource, call.resource)
-    ]  # fmt: skip
+        for verb in rule.get("verbs", [])
+        if verb in ("*", call.verb)
+        for group in rule.get("apiGroups", [])
+        if group in ("*", call.group)
+        for resource in rule.get("resources", [])
+        if _resource_matches(resource, call.resource)
+    ]
 
 
 def _role_applies(role: Mapping[str, Any], call: ApiCall) -> bool:

@@ -14,14 +14,17 @@ from typing import Any
 import pytest
 import yaml
 from chart_testkit import CHART, VALUE_SETS, by_kind, render, render_values
+from prometheus_client import CollectorRegistry
+
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.builders import build_router_service
 from kascade.operator.settings import OperatorSettings
 from kascade.runtime.metrics import RouterMetrics
-from prometheus_client import CollectorRegistry
 
 DASHBOARD = CHART / "dashboards" / "kascade.json"
-PROMETHEUS_DURATION = re.compile(r"^(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?$")
+PROMETHEUS_DURATION = re.compile(
+    r"^(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?$"
+)
 # Labels Prometheus (with the Prometheus Operator) adds to every scraped series.
 TARGET_LABELS = {"namespace", "service", "pod", "container", "endpoint", "job", "instance"}
 
@@ -125,8 +128,13 @@ def test_the_dashboard_configmap_is_labelled_for_the_grafana_sidecar():
 
 def test_the_dashboard_has_the_panels_the_issue_asks_for():
     titles = {panel["title"]: panel for panel in dashboard()["panels"]}
-    for title in ("Requests by answering tier", "Escalation rate", "Saved cost over time",
-                  "Tier latency p50 / p99", "Confidence histogram"):  # fmt: skip
+    for title in (
+        "Requests by answering tier",
+        "Escalation rate",
+        "Saved cost over time",
+        "Tier latency p50 / p99",
+        "Confidence histogram",
+    ):
         assert title in titles, f"no panel {title!r}"
     latency = " ".join(target["expr"] for target in titles["Tier latency p50 / p99"]["targets"])
     assert "histogram_quantile(0.5," in latency and "histogram_quantile(0.99," in latency
@@ -164,6 +172,8 @@ def test_the_dashboard_variables_and_layout_are_sound():
     for panel in board["panels"]:
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24
-        area = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        area = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not cells & area, f"panel {panel['title']!r} overlaps another"
         cells |= area

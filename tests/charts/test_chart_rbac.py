@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import yaml
 from chart_testkit import REPO, by_kind, operator_deployment, render, render_values
+from rbac_coverage import ApiCall, api_call, check_rbac, grants
+
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.builders import CHILD_KINDS, build_router_role
 from kascade.operator.permissions import OPERATOR_RULES
 from kascade.operator.settings import OperatorSettings
-from rbac_coverage import ApiCall, api_call, check_rbac, grants
-
 from kascade.testing import RecordedRequest
 
 TABLE = "kascade.operator.permissions.OPERATOR_RULES"
@@ -35,11 +35,17 @@ NAMED_VERBS = ("get", "patch", "update", "delete")
 def listed_calls() -> list[dict[str, Any]]:
     """The operator's table, one entry per resource: group, resource, scope, modes, verbs (verb -> why)."""
     return [
-        {"group": rule.api_group, "resource": resource, "scope": rule.scope.value, "verbs": dict(rule.reasons),
-         "modes": [mode.value for mode in rule.modes], **({"never_called": True} if rule.never_called else {})}
+        {
+            "group": rule.api_group,
+            "resource": resource,
+            "scope": rule.scope.value,
+            "verbs": dict(rule.reasons),
+            "modes": [mode.value for mode in rule.modes],
+            **({"never_called": True} if rule.never_called else {}),
+        }
         for rule in OPERATOR_RULES
         for resource in rule.resources
-    ]  # fmt: skip
+    ]
 
 
 def render_script() -> Any:
@@ -103,8 +109,12 @@ def test_every_child_kind_of_the_operator_has_its_whole_life_cycle_listed():
 def test_the_list_agrees_with_the_operators_own_rules():
     """The calls as the chart's tests read them say what OPERATOR_RULES says, verb by verb and scope by scope."""
     rules = OPERATOR_RULES
-    theirs = {(verb, rule.api_group, resource, "cluster" if rule.cluster_scoped else "namespaced")
-              for rule in rules for verb in rule.verbs for resource in rule.resources}  # fmt: skip
+    theirs = {
+        (verb, rule.api_group, resource, "cluster" if rule.cluster_scoped else "namespaced")
+        for rule in rules
+        for verb in rule.verbs
+        for resource in rule.resources
+    }
     ours = {(verb, e["group"], e["resource"], e["scope"]) for e in listed_calls() for verb in e["verbs"]}
     ours_called = {call for call in ours if call[:3] not in never_called()}  # OPERATOR_RULES may list these or not
     assert ours_called - theirs == set(), "listed here, not in OPERATOR_RULES"
@@ -187,7 +197,9 @@ def test_every_rule_carries_a_comment_saying_why():
     rule_lines = [i for i, line in enumerate(lines) if line.lstrip().startswith("- apiGroups:")]
     assert len(rule_lines) >= 9
     for index in rule_lines:
-        assert lines[index - 1].lstrip().startswith("#"), f"_operator_rules.tpl line {index + 1}: a rule with no comment above it"
+        assert lines[index - 1].lstrip().startswith("#"), (
+            f"_operator_rules.tpl line {index + 1}: a rule with no comment above it"
+        )
 
 
 def test_the_charts_rules_and_the_docs_table_are_generated_from_the_operators_table():
@@ -271,12 +283,21 @@ def test_the_routers_role_patches_only_its_own_cascades_status():
     ("method", "path", "expected"),
     [
         ("GET", "/apis/kascade.dev/v1alpha1/modelcascades", ("list", "kascade.dev", "modelcascades", None, None)),
-        ("GET", "/apis/kascade.dev/v1alpha1/modelcascades?watch=true&resourceVersion=5",
-         ("watch", "kascade.dev", "modelcascades", None, None)),
-        ("GET", "/apis/kascade.dev/v1alpha1/namespaces/ml/modelcascades?watch=1",
-         ("watch", "kascade.dev", "modelcascades", "ml", None)),
-        ("PATCH", "/apis/kascade.dev/v1alpha1/namespaces/ml/modelcascades/a/status",
-         ("patch", "kascade.dev", "modelcascades/status", "ml", "a")),
+        (
+            "GET",
+            "/apis/kascade.dev/v1alpha1/modelcascades?watch=true&resourceVersion=5",
+            ("watch", "kascade.dev", "modelcascades", None, None),
+        ),
+        (
+            "GET",
+            "/apis/kascade.dev/v1alpha1/namespaces/ml/modelcascades?watch=1",
+            ("watch", "kascade.dev", "modelcascades", "ml", None),
+        ),
+        (
+            "PATCH",
+            "/apis/kascade.dev/v1alpha1/namespaces/ml/modelcascades/a/status",
+            ("patch", "kascade.dev", "modelcascades/status", "ml", "a"),
+        ),
         ("POST", "/api/v1/namespaces/ml/events", ("create", "", "events", "ml", None)),
         ("GET", "/api/v1/namespaces/ml/secrets/keys", ("get", "", "secrets", "ml", "keys")),
         ("PUT", "/apis/apps/v1/namespaces/ml/deployments/a-small", ("update", "apps", "deployments", "ml", "a-small")),
@@ -287,7 +308,7 @@ def test_the_routers_role_patches_only_its_own_cascades_status():
         ("GET", "/api/v1/namespaces/ml", ("get", "", "namespaces", "ml", "ml")),
         ("GET", "/api/v1/watch/namespaces/ml/pods", ("watch", "", "pods", "ml", None)),
     ],
-)  # fmt: skip
+)
 def test_requests_are_read_as_the_api_servers_authorizer_reads_them(method: str, path: str, expected: tuple):
     assert api_call(method, path) == ApiCall(*expected)
 
@@ -299,8 +320,11 @@ def test_discovery_is_not_a_resource_call(path: str):
 
 def test_the_hook_reads_recorded_requests_and_reports_both_ways():
     """What the lead's end-to-end test passes in: the stand-in's RecordedRequest objects, and tuples."""
-    role = {"kind": "Role", "metadata": {"name": "op", "namespace": "ml"},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "delete"]}]}  # fmt: skip
+    role = {
+        "kind": "Role",
+        "metadata": {"name": "op", "namespace": "ml"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "delete"]}],
+    }
     recorded = [
         RecordedRequest("GET", "/api/v1/namespaces/ml/configmaps", {"labelSelector": "a=b"}, None, "", "kopf"),
         RecordedRequest("GET", "/api/v1/namespaces/ml/configmaps", {"watch": "true"}, None, "", "kopf"),

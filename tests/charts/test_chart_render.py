@@ -28,14 +28,14 @@ from chart_testkit import (
     render_values,
     template,
 )
+
+from kascade import __version__
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.settings import (
     DEFAULT_RUNTIME_IMAGE,
     DEFAULT_VLLM_IMAGE,
     OperatorSettings,
 )
-
-from kascade import __version__
 
 # The drift reconcile's interval is an operator setting like the others.
 RECONCILE_INTERVAL_ENV = "KASCADE_RECONCILE_INTERVAL_SECONDS"
@@ -45,8 +45,11 @@ DEFAULT_RECONCILE_INTERVAL_S = OperatorSettings().reconcile_interval_seconds
 def reconcile_interval(env: dict[str, str]) -> float:
     return OperatorSettings.from_env(env).reconcile_interval_seconds
 
+
 # Chart.yaml's kubeVersion floor, and the newest schemas.
-KUBE_VERSION_FLOOR = re.fullmatch(r">=(\d+\.\d+\.\d+)-0", yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"])
+KUBE_VERSION_FLOOR = re.fullmatch(
+    r">=(\d+\.\d+\.\d+)-0", yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+)
 assert KUBE_VERSION_FLOOR, "Chart.yaml's kubeVersion is not of the form >=X.Y.Z-0"
 KUBERNETES_VERSIONS = (KUBE_VERSION_FLOOR.group(1), "1.37.0")
 NOT_BUILT_IN = {"monitoring.coreos.com/v1": "ServiceMonitor"}  # checked in test_chart_metrics.py
@@ -95,7 +98,9 @@ def test_names_fit_and_namespaced_objects_land_where_they_should(value_set: str)
 def test_a_long_release_name_is_truncated_to_63_characters():
     release = "a-release-name-as-long-as-helm-allows-which-is-53-chr"  # helm's limit; plus "-kascade": 61
     assert len(release) == 53
-    done = helm("template", release, str(CHART), "--namespace", NAMESPACE, "--set", "metrics.serviceMonitor.enabled=true")
+    done = helm(
+        "template", release, str(CHART), "--namespace", NAMESPACE, "--set", "metrics.serviceMonitor.enabled=true"
+    )
     names = [obj["metadata"]["name"] for obj in yaml.safe_load_all(done.stdout) if obj]
     assert names and all(len(name) <= 63 and DNS_LABEL.match(name) and "--" not in name for name in names), names
     assert {name.rsplit("-", 1)[1] for name in names} == {"operator", "routers"}, names
@@ -285,6 +290,13 @@ def test_the_chart_packages_with_its_crds_schema_and_dashboard(tmp_path):
     (archive,) = tmp_path.glob("kascade-*.tgz")
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
-    for member in ("Chart.yaml", "values.yaml", "values.schema.json", "crds/kascade.dev_modelcascades.yaml",
-                   "dashboards/kascade.json", "templates/NOTES.txt", "templates/_helpers.tpl"):  # fmt: skip
+    for member in (
+        "Chart.yaml",
+        "values.yaml",
+        "values.schema.json",
+        "crds/kascade.dev_modelcascades.yaml",
+        "dashboards/kascade.json",
+        "templates/NOTES.txt",
+        "templates/_helpers.tpl",
+    ):
         assert f"kascade/{member}" in names, member

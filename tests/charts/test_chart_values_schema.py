@@ -100,23 +100,35 @@ def test_every_key_of_values_yaml_has_a_comment_above_it():
         ({"watchNamespaces": ["team-a"]}, "additional properties 'watchNamespaces' not allowed"),
         ({"cascades": {"modelcache": {"size": "1Ti"}}}, "additional properties 'modelcache' not allowed"),
         ({"metrics": {"serviceMonitor": {"enable": True}}}, "additional properties 'enable' not allowed"),
-        ({"operator": {"logLevel": "warning"}}, "at '/operator/logLevel': value must be one of 'info', 'verbose', 'debug'"),
+        (
+            {"operator": {"logLevel": "warning"}},
+            "at '/operator/logLevel': value must be one of 'info', 'verbose', 'debug'",
+        ),
         ({"operator": {"image": {"pullPolicy": "Sometimes"}}}, "at '/operator/image/pullPolicy'"),
         ({"watch": {"namespaces": ["Team_A"]}}, "at '/watch/namespaces/0': 'Team_A' does not match pattern"),
         ({"watch": {"namespaces": ["ml", "ml"]}}, "at '/watch/namespaces'"),
-        ({"metrics": {"serviceMonitor": {"enabled": "yes"}}}, "at '/metrics/serviceMonitor/enabled': got string, want boolean"),
+        (
+            {"metrics": {"serviceMonitor": {"enabled": "yes"}}},
+            "at '/metrics/serviceMonitor/enabled': got string, want boolean",
+        ),
         ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "at '/metrics/serviceMonitor/interval'"),
         ({"operator": {"resources": {"limits": {"memory": "lots"}}}}, "at '/operator/resources/limits/memory'"),
         ({"operator": {"healthPort": 80}}, "at '/operator/healthPort'"),
-        ({"cascades": {"gpuTolerations": [{"key": "gpu", "operator": "Exist"}]}}, "at '/cascades/gpuTolerations/0/operator'"),
+        (
+            {"cascades": {"gpuTolerations": [{"key": "gpu", "operator": "Exist"}]}},
+            "at '/cascades/gpuTolerations/0/operator'",
+        ),
         ({"cascades": {"vllmImage": {"tag": ""}}}, "at '/cascades/vllmImage/tag'"),
         ({"imageRegistry": "https://registry.example.com"}, "at '/imageRegistry'"),
-        ({"cascades": {"router": {"statusReportIntervalSeconds": 0}}}, "at '/cascades/router/statusReportIntervalSeconds'"),
+        (
+            {"cascades": {"router": {"statusReportIntervalSeconds": 0}}},
+            "at '/cascades/router/statusReportIntervalSeconds'",
+        ),
         ({"cascades": {"tierNodeSelector": {"pool": 3}}}, "at '/cascades/tierNodeSelector/pool'"),
         ({"dashboard": {"labels": {"grafana_dashboard": 1}}}, "at '/dashboard/labels/grafana_dashboard'"),
         ({"rbac": {"clusterReads": "auto"}}, "at '/rbac/clusterReads'"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name: name the existing ServiceAccount"),
     ],
-)  # fmt: skip
+)
 def test_bad_values_fail_with_a_message_naming_the_key(values: dict[str, Any], message: str):
     assert message in template_error(values)

@@ -71,10 +71,13 @@ def test_the_render_script_needs_no_kascade_package():
 def test_deploy_manifest_is_the_chart_defaults_behind_a_namespace():
     objects = deploy_objects()
     assert objects[0] == {
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": NAMESPACE, "labels": {"app.kubernetes.io/part-of": "kascade",
-                                                   "pod-security.kubernetes.io/enforce": "restricted"}},
-    }  # fmt: skip
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": NAMESPACE,
+            "labels": {"app.kubernetes.io/part-of": "kascade", "pod-security.kubernetes.io/enforce": "restricted"},
+        },
+    }
     assert objects[1:] == render("defaults")
     kinds = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"}
     assert {obj["kind"] for obj in objects} == kinds
@@ -137,8 +140,9 @@ def test_kubectl_apply_installs_kascade(cluster: StandinApiServer):
     ):
         assert f"{created} created" in applied, applied
     # What NOTES.txt tells the user to run next, in order.
-    rollout = kubectl("-n", NAMESPACE, "rollout", "status", "deployment/kascade-operator", "--timeout=30s",
-                      kubeconfig=kubeconfig).stdout  # fmt: skip
+    rollout = kubectl(
+        "-n", NAMESPACE, "rollout", "status", "deployment/kascade-operator", "--timeout=30s", kubeconfig=kubeconfig
+    ).stdout
     assert "successfully rolled out" in rollout
     example = re.search(r"<<'YAML'\n(.*?)\nYAML\n", notes({}), re.S).group(1)
     manifest = cluster.kubeconfig_path.parent / "example.yaml"

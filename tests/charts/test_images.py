@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 from chart_testkit import REPO, operator_container, render, values_yaml
-from kascade.api.modelcascade import ModelCascade
-from kascade.operator import engine_transformers
-from kascade.operator.builders import build_router_deployment
-from kascade.operator.settings import DEFAULT_RUNTIME_IMAGE, OperatorSettings
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from kascade import __version__
+from kascade.api.modelcascade import ModelCascade
+from kascade.operator import engine_transformers
+from kascade.operator.builders import build_router_deployment
+from kascade.operator.settings import DEFAULT_RUNTIME_IMAGE, OperatorSettings
 
 IMAGES = REPO / "images"
 OPERATOR_DOCKERFILE = IMAGES / "operator.Dockerfile"
@@ -64,7 +64,9 @@ class Dockerfile:
 
 def parse(path: Path) -> Dockerfile:
     text = path.read_text()
-    logical = re.sub(r"\\\n\s*", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    logical = re.sub(
+        r"\\\n\s*", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    )
     args: dict[str, str] = {}
     stages: list[Stage] = []
     for line in filter(None, (line.strip() for line in logical.splitlines())):
@@ -107,9 +109,9 @@ def test_base_images_are_pinned(image: str):
     for stage in dockerfile.stages:
         base = stage.base
         known = re.fullmatch(r"\$\{(\w+)\}", base)
-        assert (known and known.group(1) in images) or base in stage_names or re.fullmatch(r"base-\$\{VARIANT\}", base), (
-            f"FROM {base}: use a pinned ARG image or an earlier stage"
-        )
+        assert (
+            (known and known.group(1) in images) or base in stage_names or re.fullmatch(r"base-\$\{VARIANT\}", base)
+        ), f"FROM {base}: use a pinned ARG image or an earlier stage"
 
 
 @pytest.mark.parametrize("image", DOCKERFILES)
@@ -292,8 +294,11 @@ def _dockerignore_includes(path: str, patterns: list[str]) -> bool:
 
 
 def test_the_build_context_keeps_the_packages_and_drops_the_rest():
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]  # fmt: skip
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     package_dirs = {folder.split("/")[0] for folder in pyproject["tool"]["setuptools"]["package-dir"].values()}
     for path in DOCKERFILES.values():
@@ -305,8 +310,11 @@ def test_the_build_context_keeps_the_packages_and_drops_the_rest():
                     sources |= {source.rstrip("/") for source in copied}
         assert package_dirs <= sources, f"{path.name} does not copy {sorted(package_dirs - sources)}"
         for source in sources:
-            files = [p for p in (REPO / source).rglob("*") if p.is_file() and "__pycache__" not in p.parts] \
-                if (REPO / source).is_dir() else [REPO / source]  # fmt: skip
+            files = (
+                [p for p in (REPO / source).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+                if (REPO / source).is_dir()
+                else [REPO / source]
+            )
             assert files, source
             for file in files:
                 relative = file.relative_to(REPO).as_posix()
@@ -314,6 +322,12 @@ def test_the_build_context_keeps_the_packages_and_drops_the_rest():
                 assert _dockerignore_includes(relative, patterns), dropped
     readme = pyproject["project"]["readme"]
     assert _dockerignore_includes(readme, patterns)
-    for dropped in (".venv/bin/python", "tests/conftest.py", "charts/kascade/Chart.yaml", ".git/HEAD",
-                    "kascade/__pycache__/cli.cpython-311.pyc", "bench/results.json"):  # fmt: skip
+    for dropped in (
+        ".venv/bin/python",
+        "tests/conftest.py",
+        "charts/kascade/Chart.yaml",
+        ".git/HEAD",
+        "kascade/__pycache__/cli.cpython-311.pyc",
+        "bench/results.json",
+    ):
         assert not _dockerignore_includes(dropped, patterns), f".dockerignore keeps {dropped}"

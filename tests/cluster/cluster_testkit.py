@@ -33,20 +33,31 @@ CRDS = REPO / "crds"
 DEPLOY = REPO / "deploy" / "kascade.yaml"
 SYSTEM = "kascade-system"
 GROUP = "kascade.dev/v1alpha1"
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 INTERVAL_S = "1"
 
 
-def run_helm(plane: ControlPlane, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run_helm(
+    plane: ControlPlane, *args: str, check: bool = True, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     """The real helm against the control plane (admin's kubeconfig)."""
     from kascade.testing.kubetools import helm_path
 
     cache = plane.folder / "helm"
-    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "HELM_CACHE_HOME": str(cache / "cache"),
-           "HELM_CONFIG_HOME": str(cache / "config"), "HELM_DATA_HOME": str(cache / "data")}  # fmt: skip
-    done = subprocess.run([str(helm_path()), *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)  # fmt: skip
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(plane.kubeconfig),
+        "HELM_CACHE_HOME": str(cache / "cache"),
+        "HELM_CONFIG_HOME": str(cache / "config"),
+        "HELM_DATA_HOME": str(cache / "data"),
+    }
+    done = subprocess.run(
+        [str(helm_path()), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
@@ -95,7 +106,9 @@ class Installed:
 
     def context(self, namespace: str) -> Callable[[], str]:
         def describe() -> str:
-            events = self.plane.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout
+            events = self.plane.kubectl(
+                "get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False
+            ).stdout
             cascades = self.plane.kubectl("get", "modelcascades", "-n", namespace, "-o", "yaml", check=False).stdout
             pods = self.plane.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
             return f"{cascades[-3000:]}\n{pods}\n{events[-3000:]}\n{self.operator.tail()}"
@@ -103,8 +116,12 @@ class Installed:
         return describe
 
     def wait_ready(self, name: str, namespace: str, *, timeout: float = 120) -> None:
-        wait_for(lambda: self.condition(name, namespace, "Ready").get("status") == "True", timeout=timeout,
-                 what=f"{namespace}/{name} Ready", context=self.context(namespace))  # fmt: skip
+        wait_for(
+            lambda: self.condition(name, namespace, "Ready").get("status") == "True",
+            timeout=timeout,
+            what=f"{namespace}/{name} Ready",
+            context=self.context(namespace),
+        )
 
 
 def start_operator(plane: ControlPlane, tmp: Path) -> OperatorProcess:
@@ -114,17 +131,35 @@ def start_operator(plane: ControlPlane, tmp: Path) -> OperatorProcess:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     token = plane.token_for(deployment["spec"]["template"]["spec"]["serviceAccountName"], SYSTEM)
     kubeconfig = plane.kubeconfig_for_token(token, tmp / "operator.kubeconfig")
-    env = {**os.environ, **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e},
-           "KUBECONFIG": str(kubeconfig), "KASCADE_RECONCILE_INTERVAL_SECONDS": INTERVAL_S,
-           "KASCADE_ROUTER_STATUS_REPORT_INTERVAL_SECONDS": "0.5", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e},
+        "KUBECONFIG": str(kubeconfig),
+        "KASCADE_RECONCILE_INTERVAL_SECONDS": INTERVAL_S,
+        "KASCADE_ROUTER_STATUS_REPORT_INTERVAL_SECONDS": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
     args = [a for a in container.get("args", []) if not a.startswith("--liveness")]
     port = free_port()
     log = tmp / "operator.log"
     assert container["command"][:2] == ["kascade", "operator"], container["command"]
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "kascade", "operator", *args, "--standalone",
-                                    "--liveness", f"http://127.0.0.1:{port}/healthz"],
-                                   stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)  # fmt: skip
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kascade",
+                "operator",
+                *args,
+                "--standalone",
+                "--liveness",
+                f"http://127.0.0.1:{port}/healthz",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp,
+        )
     operator = OperatorProcess(process, log)
 
     def live() -> bool:
@@ -145,17 +180,37 @@ def shared_claim(name: str, namespace: str) -> list[dict[str, Any]]:
     """A ReadWriteMany claim bound to a volume of its own (nothing mounts it: kwok runs no containers)."""
     volume = f"{namespace}-{name}"
     return [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
-         "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                  "persistentVolumeReclaimPolicy": "Retain", "nfs": {"server": "nfs.invalid", "path": f"/{volume}"},
-                  "claimRef": {"namespace": namespace, "name": name}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": namespace},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
-                  "resources": {"requests": {"storage": "100Gi"}}}},
-    ]  # fmt: skip
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "100Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "nfs": {"server": "nfs.invalid", "path": f"/{volume}"},
+                "claimRef": {"namespace": namespace, "name": name},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "100Gi"}},
+            },
+        },
+    ]
 
 
 def secret(name: str, namespace: str, **data: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}, "stringData": data}
-
-
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": data,
+    }

@@ -18,13 +18,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_testkit import (
+    CHART,
+    GPU_TAINT,
+    SYSTEM,
+    Installed,
+    restricted_namespace,
+    run_helm,
+    start_operator,
+    yaml_docs,
+)
 
-from cluster_testkit import CHART, GPU_TAINT, SYSTEM, Installed, restricted_namespace, run_helm, start_operator, yaml_docs
 from kascade.testing.control_plane import ControlPlane, ControlPlaneUnavailable, build_control_plane
 
 HERE = Path(__file__).parent
-MODULE_ORDER = ("test_install.py", "test_cascades.py", "test_distillation.py", "test_refused_manifests.py",
-                "test_uninstall.py")  # fmt: skip
+MODULE_ORDER = (
+    "test_install.py",
+    "test_cascades.py",
+    "test_distillation.py",
+    "test_refused_manifests.py",
+    "test_uninstall.py",
+)
 # GPU types the examples ask for, and how many GPUs a node of each offers.
 GPU_NODES = {"NVIDIA-L4": 8, "NVIDIA-H100-80GB-HBM3": 8, "NVIDIA-L40S": 4, "NVIDIA-T4": 4}
 ZONE = {"topology.kubernetes.io/zone": "us-east-1a"}  # external-last-tier.yaml pins its medium tier to it
@@ -62,8 +76,12 @@ def installed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp("installed")
     plane = control_plane
     for index, (product, count) in enumerate(GPU_NODES.items()):
-        plane.add_node(f"gpu-{index}", labels={"nvidia.com/gpu.product": product, **ZONE},
-                       capacity={"nvidia.com/gpu": str(count)}, taints=[GPU_TAINT])  # fmt: skip
+        plane.add_node(
+            f"gpu-{index}",
+            labels={"nvidia.com/gpu.product": product, **ZONE},
+            capacity={"nvidia.com/gpu": str(count)},
+            taints=[GPU_TAINT],
+        )
     plane.kubectl("apply", "-f", "-", input=yaml_docs(restricted_namespace(SYSTEM)))
     run_helm(plane, "install", "kascade", str(CHART), "--namespace", SYSTEM, "--wait", "--timeout", "120s")
     operator = start_operator(plane, tmp)

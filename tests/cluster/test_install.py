@@ -18,10 +18,9 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
+from cluster_testkit import CHART, CRDS, DEPLOY, SYSTEM, run_helm
 
 from kascade.testing.control_plane import ControlPlane
-
-from cluster_testkit import CHART, CRDS, DEPLOY, SYSTEM, run_helm
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -68,8 +67,19 @@ def test_helm_install_upgrade_uninstall(plane: ControlPlane) -> None:
     registry = "registry.example.com/platform"
     plane.kubectl("create", "namespace", SYSTEM)
     plane.kubectl("label", "namespace", SYSTEM, "pod-security.kubernetes.io/enforce=restricted")
-    run_helm(plane, "install", "kascade", str(CHART), "--namespace", SYSTEM, "--set", f"imageRegistry={registry}",
-             "--wait", "--timeout", "120s")  # fmt: skip
+    run_helm(
+        plane,
+        "install",
+        "kascade",
+        str(CHART),
+        "--namespace",
+        SYSTEM,
+        "--set",
+        f"imageRegistry={registry}",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
     assert crds_present(plane) == set(CRD_NAMES)
     deployment = operator_deployment(plane)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -78,9 +88,22 @@ def test_helm_install_upgrade_uninstall(plane: ControlPlane) -> None:
     assert env["KASCADE_RUNTIME_IMAGE"].startswith(f"{registry}/"), env
     assert env["KASCADE_RECONCILE_INTERVAL_SECONDS"] == "15"
 
-    run_helm(plane, "upgrade", "kascade", str(CHART), "--namespace", SYSTEM, "--reuse-values",
-             "--set", "operator.reconcileIntervalSeconds=30", "--set", "operator.logLevel=verbose",
-             "--wait", "--timeout", "120s")  # fmt: skip
+    run_helm(
+        plane,
+        "upgrade",
+        "kascade",
+        str(CHART),
+        "--namespace",
+        SYSTEM,
+        "--reuse-values",
+        "--set",
+        "operator.reconcileIntervalSeconds=30",
+        "--set",
+        "operator.logLevel=verbose",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
     deployment = operator_deployment(plane)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container.get("env", [])}

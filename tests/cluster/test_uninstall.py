@@ -8,7 +8,6 @@ ModelCascade and Distillation; then the namespaces, which the garbage collector 
 from __future__ import annotations
 
 import pytest
-
 from cluster_testkit import CRDS, GROUP, SYSTEM, Installed, run_helm, wait_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -25,6 +24,9 @@ def test_operator_first_then_the_crds_then_the_namespaces(installed: Installed) 
         assert plane.get("customresourcedefinitions", crd, group="apiextensions.k8s.io/v1") is None
     for namespace in namespaces:
         plane.kubectl("delete", "namespace", namespace, "--wait=false")
-    wait_for(lambda: not any(plane.get("namespaces", ns) for ns in namespaces), timeout=120,
-             what="the cascades' namespaces to go",
-             context=lambda: str([(ns, (plane.get("namespaces", ns) or {}).get("status")) for ns in namespaces]))  # fmt: skip
+    wait_for(
+        lambda: not any(plane.get("namespaces", ns) for ns in namespaces),
+        timeout=120,
+        what="the cascades' namespaces to go",
+        context=lambda: str([(ns, (plane.get("namespaces", ns) or {}).get("status")) for ns in namespaces]),
+    )

@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
-PROMPTS = [f"{subject} {verb} {thing}?" for subject in ("What", "Why", "How", "Who")
-           for verb in ("is", "are", "was") for thing in ("the cat", "a model", "Paris")]  # fmt: skip
+PROMPTS = [
+    f"{subject} {verb} {thing}?"
+    for subject in ("What", "Why", "How", "Who")
+    for verb in ("is", "are", "was")
+    for thing in ("the cat", "a model", "Paris")
+]
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +29,12 @@ def prompts() -> list[str]:
 def answers_file(tmp_path: Path) -> Callable[[int], Path]:
     def write(count: int) -> Path:
         data = tmp_path / "answers.jsonl"
-        data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}], "answer": "Paris."}) + "\n"
-                                for p in PROMPTS[:count]))  # fmt: skip
+        data.write_text(
+            "".join(
+                json.dumps({"messages": [{"role": "user", "content": p}], "answer": "Paris."}) + "\n"
+                for p in PROMPTS[:count]
+            )
+        )
         return data
 
     return write

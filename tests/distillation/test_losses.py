@@ -30,7 +30,9 @@ def test_forward_and_reverse_kl_match_the_formula_by_hand() -> None:
     forward = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
     reverse = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
     assert dense_divergence(student, teacher).item() == pytest.approx(forward, rel=1e-6)
-    assert dense_divergence(student, teacher, divergence=Divergence.reverse_kl).item() == pytest.approx(reverse, rel=1e-6)
+    assert dense_divergence(student, teacher, divergence=Divergence.reverse_kl).item() == pytest.approx(
+        reverse, rel=1e-6
+    )
 
 
 def test_jsd_matches_the_formula_by_hand_and_reaches_both_kls_at_the_ends() -> None:
@@ -94,7 +96,9 @@ def _top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, to
 
 @pytest.mark.parametrize("divergence", list(Divergence))
 @pytest.mark.parametrize("temperature", [1.0, 3.0])
-def test_sparse_loss_with_k_equal_to_the_vocabulary_equals_the_dense_one(divergence: Divergence, temperature: float) -> None:
+def test_sparse_loss_with_k_equal_to_the_vocabulary_equals_the_dense_one(
+    divergence: Divergence, temperature: float
+) -> None:
     torch.manual_seed(2)
     student, teacher = torch.randn(2, 4, 9), torch.randn(2, 4, 9)
     labels = torch.tensor([[1, IGNORE_INDEX, 3, 4], [5, 6, 7, IGNORE_INDEX]])

@@ -47,10 +47,20 @@ def server() -> Iterator[StandinApiServer]:
 
 
 def create_distillation(server: StandinApiServer, name: str) -> None:
-    server.create({
-        "apiVersion": "kascade.dev/v1alpha1", "kind": "Distillation", "metadata": {"name": name, "namespace": NS},
-        "spec": {"cascade": "chat", "tier": "small", "student": "pvc://models/student", "data": "pvc://logs/escalations", "output": f"pvc://models/runs/{name}"},
-    })  # fmt: skip
+    server.create(
+        {
+            "apiVersion": "kascade.dev/v1alpha1",
+            "kind": "Distillation",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "cascade": "chat",
+                "tier": "small",
+                "student": "pvc://models/student",
+                "data": "pvc://logs/escalations",
+                "output": f"pvc://models/runs/{name}",
+            },
+        }
+    )
 
 
 def status_of(server: StandinApiServer, name: str) -> dict[str, Any]:
@@ -64,14 +74,42 @@ def status_writes(server: StandinApiServer, name: str, since: int) -> list[Any]:
 def distill(*args: str, interval: str = "10") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KASCADE_DISTILL_REPORT_INTERVAL_SECONDS": interval, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    return subprocess.run([sys.executable, "-m", "kascade", "distill", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=240, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "kascade", "distill", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=240,
+        check=False,
+    )
 
 
 def run_args(server: StandinApiServer, name: str, student: Path, data: Path, out: Path) -> list[str]:
-    return ["--student", str(student), "--data", str(data), "--out", str(out), "--steps", str(STEPS),
-            "--batch-size", "4", "--eval-generate", "2", "--max-new-tokens", "3", "--held-out", "0.25",
-            "--report-to", f"{NS}/{name}", "--api-server", server.url, "--token-file", str(out.parent / "no-token")]  # fmt: skip
+    return [
+        "--student",
+        str(student),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        "4",
+        "--eval-generate",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--held-out",
+        "0.25",
+        "--report-to",
+        f"{NS}/{name}",
+        "--api-server",
+        server.url,
+        "--token-file",
+        str(out.parent / "no-token"),
+    ]
 
 
 def test_a_run_reports_its_start_every_step_and_its_result(
@@ -85,7 +123,10 @@ def test_a_run_reports_its_start_every_step_and_its_result(
 
     status = status_of(server, "run-ok")
     assert status["phase"] == "Succeeded"
-    assert status["progress"]["step"] == status["progress"]["steps"] == STEPS and status["progressText"] == f"{STEPS}/{STEPS}"
+    assert (
+        status["progress"]["step"] == status["progress"]["steps"] == STEPS
+        and status["progressText"] == f"{STEPS}/{STEPS}"
+    )
     assert RFC3339.match(status["startedAt"]) and RFC3339.match(status["finishedAt"])
     assert status["examples"] + status["heldOut"] == 12 and status["model"] == "pvc://models/runs/run-ok"
     assert {"answerAgreement", "tokenAgreement", "loss"} <= set(status["before"]) & set(status["after"])
@@ -95,9 +136,12 @@ def test_a_run_reports_its_start_every_step_and_its_result(
     assert status["gainText"] == ("" if gate.get("gain") is None else f"{gate['gain']:+.4f}")
     writes = status_writes(server, "run-ok", mark)
     assert {(w.user_agent, w.content_type, w.subresource, w.status) for w in writes} == {
-        (USER_AGENT, "application/merge-patch+json", "status", 200)}
+        (USER_AGENT, "application/merge-patch+json", "status", 200)
+    }
     # With an interval of 0 every step is written: the start, each step, the result.
-    assert [w.body["status"].get("progressText") for w in writes] == [f"{s}/{STEPS}" for s in range(STEPS + 1)] + [f"{STEPS}/{STEPS}"]
+    assert [w.body["status"].get("progressText") for w in writes] == [f"{s}/{STEPS}" for s in range(STEPS + 1)] + [
+        f"{STEPS}/{STEPS}"
+    ]
     assert writes[0].body["status"]["phase"] == "Running"
 
 
@@ -166,12 +210,27 @@ def test_an_api_server_that_cannot_be_reached_is_a_transient_failure_the_job_ret
 
 
 def test_a_malformed_report_target_is_refused_by_the_cli(tiny_small_lm_dir: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["distill", "--student", str(tiny_small_lm_dir), "--data", "x.jsonl",
-                                      "--out", str(tmp_path / "o"), "--report-to", "just-a-name"], env={"COLUMNS": "200"})  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "distill",
+            "--student",
+            str(tiny_small_lm_dir),
+            "--data",
+            "x.jsonl",
+            "--out",
+            str(tmp_path / "o"),
+            "--report-to",
+            "just-a-name",
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 2 and "'just-a-name' is not NAMESPACE/NAME of a Distillation" in result.output
 
 
-@pytest.mark.parametrize("value", ["just-a-name", "llm/", "/run-1", "LLM/run-1", "llm/run/1", "llm/Run-1", f"{'n' * 64}/run"])
+@pytest.mark.parametrize(
+    "value", ["just-a-name", "llm/", "/run-1", "LLM/run-1", "llm/run/1", "llm/Run-1", f"{'n' * 64}/run"]
+)
 def test_a_report_target_is_namespace_slash_name(value: str) -> None:
     assert parse_report_target("llm/chat-distill.2") == ("llm", "chat-distill.2")
     with pytest.raises(ValueError, match="is not NAMESPACE/NAME of a Distillation"):
@@ -187,8 +246,9 @@ def test_progress_writes_are_throttled_to_one_per_interval() -> None:
 def test_the_reporter_writes_progress_at_most_every_interval_counted_from_its_start(server: StandinApiServer) -> None:
     create_distillation(server, "run-clock")
     now = [0.0]
-    config = DistillationReportConfig(namespace=NS, name="run-clock", api_server=server.url,
-                                      token_file="/no/token", interval_seconds=10)  # fmt: skip
+    config = DistillationReportConfig(
+        namespace=NS, name="run-clock", api_server=server.url, token_file="/no/token", interval_seconds=10
+    )
     mark = server.mark()
     with DistillationReporter(config, clock=lambda: now[0]) as reporter:
         reporter.start(30)
@@ -208,8 +268,15 @@ def flaky_api_server(answers: list[int], seen: list[dict[str, Any]]) -> Starlett
         code = answers.pop(0) if answers else 200
         return JSONResponse({"kind": "Status", "message": f"answered {code}"}, status_code=code)
 
-    return Starlette(routes=[Route("/apis/kascade.dev/v1alpha1/namespaces/{ns}/distillations/{name}/status",
-                                   patch_status, methods=["PATCH"])])  # fmt: skip
+    return Starlette(
+        routes=[
+            Route(
+                "/apis/kascade.dev/v1alpha1/namespaces/{ns}/distillations/{name}/status",
+                patch_status,
+                methods=["PATCH"],
+            )
+        ]
+    )
 
 
 def test_the_result_is_retried_through_server_errors_and_conflicts_with_growing_waits(tmp_path: Path) -> None:
@@ -229,8 +296,9 @@ def test_the_result_is_retried_through_server_errors_and_conflicts_with_growing_
 def test_a_refused_write_is_not_retried_and_a_lost_progress_write_does_not_stop_the_run(tmp_path: Path) -> None:
     seen: list[dict[str, Any]] = []
     with BackgroundServer(flaky_api_server([403, 503], seen)) as api:
-        config = DistillationReportConfig(namespace=NS, name="r", api_server=api.url,
-                                          token_file=str(tmp_path / "none"), interval_seconds=0)  # fmt: skip
+        config = DistillationReportConfig(
+            namespace=NS, name="r", api_server=api.url, token_file=str(tmp_path / "none"), interval_seconds=0
+        )
         with DistillationReporter(config, sleep=lambda s: None) as reporter:
             with pytest.raises(ReportError, match="HTTP 403: answered 403"):
                 reporter.start(5)
@@ -244,13 +312,17 @@ def test_an_unreachable_api_server_is_retried_and_no_api_server_at_all_is_not(mo
     from kascade.runtime.serving import free_port
 
     waits: list[float] = []
-    config = DistillationReportConfig(namespace=NS, name="r", api_server=f"http://127.0.0.1:{free_port()}",
-                                      token_file="/no/token", attempts=3)  # fmt: skip
+    config = DistillationReportConfig(
+        namespace=NS, name="r", api_server=f"http://127.0.0.1:{free_port()}", token_file="/no/token", attempts=3
+    )
     with DistillationReporter(config, sleep=waits.append) as reporter, pytest.raises(ReportError, match="ConnectError"):
         reporter.start(5)
     assert waits == [0.5, 1.0]
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     outside = config.model_copy(update={"api_server": None})
-    with DistillationReporter(outside, sleep=waits.append) as reporter, pytest.raises(ReportError, match="not running in a cluster"):
+    with (
+        DistillationReporter(outside, sleep=waits.append) as reporter,
+        pytest.raises(ReportError, match="not running in a cluster"),
+    ):
         reporter.start(5)
     assert waits == [0.5, 1.0]  # nothing to retry

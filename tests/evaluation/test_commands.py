@@ -7,11 +7,12 @@ import random
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from kascade.cli import app
 from kascade.evaluation.answer_cache import AnswerFile
 from kascade.evaluation.records import Example, TierAnswer
 from kascade.runtime.local.manifest import load_manifest
-from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -50,8 +51,12 @@ def classify_case(tmp_path: Path, tiny_classifier_dir: Path) -> tuple[Path, Path
     large = build_tiny_classifier(tmp_path / "large-classifier", seed=11)
     rng = random.Random(0)
     data = tmp_path / "labels.jsonl"
-    data.write_text("".join(json.dumps({"input": f"text {i} {rng.random():.3f}", "label": rng.choice(["negative", "positive"])}) + "\n"
-                            for i in range(160)))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"input": f"text {i} {rng.random():.3f}", "label": rng.choice(["negative", "positive"])}) + "\n"
+            for i in range(160)
+        )
+    )
     return _manifest(tmp_path / "cascade.yaml", "classify", tiny_classifier_dir, large, "maxProb"), data
 
 
@@ -59,8 +64,21 @@ def test_eval_writes_the_table_report_and_plot_and_reruns_from_the_cache(
     classify_case: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest, data = classify_case
-    args = ["eval", "-f", str(manifest), "--data", str(data), "--splits", "10", "--goal", "minAgreement=0.6",
-            "--answers", str(tmp_path / "answers"), "--out", str(tmp_path / "out")]  # fmt: skip
+    args = [
+        "eval",
+        "-f",
+        str(manifest),
+        "--data",
+        str(data),
+        "--splits",
+        "10",
+        "--goal",
+        "minAgreement=0.6",
+        "--answers",
+        str(tmp_path / "answers"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "oracle (ceiling)" in result.output and "random (floor)" in result.output
@@ -85,10 +103,13 @@ def test_calibrate_reads_the_goal_from_the_manifest_and_writes_the_threshold(
     tmp_path: Path, tiny_classifier_dir: Path, classify_case: tuple[Path, Path]
 ) -> None:
     manifest, data = classify_case
-    text = manifest.read_text().replace("  tiers:", "  calibration:\n    minAgreement: 0.55\n    confidence: 0.9\n  tiers:", 1)
+    text = manifest.read_text().replace(
+        "  tiers:", "  calibration:\n    minAgreement: 0.55\n    confidence: 0.9\n  tiers:", 1
+    )
     manifest.write_text(text)
-    result = runner.invoke(app, ["calibrate", "-f", str(manifest), "--data", str(data), "--write",
-                                 "--answers", str(tmp_path / "answers")])  # fmt: skip
+    result = runner.invoke(
+        app, ["calibrate", "-f", str(manifest), "--data", str(data), "--write", "--answers", str(tmp_path / "answers")]
+    )
     assert result.exit_code == 0, result.output
     assert "goal minAgreement=0.55 at 90% confidence" in result.output and "held out (" in result.output
     written = manifest.read_text()
@@ -96,8 +117,23 @@ def test_calibrate_reads_the_goal_from_the_manifest_and_writes_the_threshold(
     accept = load_manifest(manifest).spec.tiers[0].accept
     assert accept is not None and accept.threshold != 0.5
 
-    learned = runner.invoke(app, ["calibrate", "-f", str(manifest), "--data", str(data), "--method", "learned",
-                                  "--goal", "minAgreement=0.55", "--write", "--answers", str(tmp_path / "answers")])  # fmt: skip
+    learned = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "-f",
+            str(manifest),
+            "--data",
+            str(data),
+            "--method",
+            "learned",
+            "--goal",
+            "minAgreement=0.55",
+            "--write",
+            "--answers",
+            str(tmp_path / "answers"),
+        ],
+    )
     assert learned.exit_code == 0, learned.output
     rule = load_manifest(manifest).spec.tiers[0].accept
     assert rule is not None and rule.method.value == "learned" and rule.learned is not None
@@ -120,19 +156,50 @@ def test_a_goal_out_of_reach_and_bad_input_end_with_a_message(classify_case: tup
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"input": "a", "label": "x"}\n{"input": "b", "prompt": "c"}\n')
     refused = runner.invoke(app, ["eval", "-f", str(manifest), "--data", str(broken)])
-    assert refused.exit_code == 2 and "broken.jsonl:2" in refused.output and "exactly one of messages, prompt or input" in refused.output
+    assert (
+        refused.exit_code == 2
+        and "broken.jsonl:2" in refused.output
+        and "exactly one of messages, prompt or input" in refused.output
+    )
 
 
 def test_chat_eval_compares_every_span(tmp_path: Path, tiny_small_lm_dir: Path, tiny_large_lm_dir: Path) -> None:
     manifest = _manifest(tmp_path / "chat.yaml", "chat", tiny_small_lm_dir, tiny_large_lm_dir, "quantile")
     data = tmp_path / "chat.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"count to {i}"}], "answer": str(i)}) + "\n"
-                            for i in range(24)))  # fmt: skip
-    result = runner.invoke(app, ["eval", "-f", str(manifest), "--data", str(data), "--match", "exact", "--max-tokens", "4",
-                                 "--splits", "5", "--answers", str(tmp_path / "answers"), "--out", str(tmp_path / "out")])  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"count to {i}"}], "answer": str(i)}) + "\n"
+            for i in range(24)
+        )
+    )
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "-f",
+            str(manifest),
+            "--data",
+            str(data),
+            "--match",
+            "exact",
+            "--max-tokens",
+            "4",
+            "--splits",
+            "5",
+            "--answers",
+            str(tmp_path / "answers"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     labels = {m["method"] for m in json.loads((tmp_path / "out" / "report.json").read_text())["methods"]}
-    assert {"quantile(0.1)", "minToken@finalCodeBlock", "entropy@notCopied", "learned@finalLine (cross-fitted)"} <= labels
+    assert {
+        "quantile(0.1)",
+        "minToken@finalCodeBlock",
+        "entropy@notCopied",
+        "learned@finalLine (cross-fitted)",
+    } <= labels
 
 
 def test_a_run_cut_short_keeps_what_it_answered(tmp_path: Path) -> None:
@@ -143,7 +210,9 @@ def test_a_run_cut_short_keeps_what_it_answered(tmp_path: Path) -> None:
         handle.write('{"key": "cut sho')  # the process died mid-line
     reread = AnswerFile(tmp_path, "m", "model-id", {"max_tokens": 4})
     assert reread.get(examples[0]) == TierAnswer(text="a") and reread.get(examples[2]) is None
-    assert AnswerFile(tmp_path, "m", "model-id", {"max_tokens": 8}).get(examples[0]) is None  # other settings, other file
+    assert (
+        AnswerFile(tmp_path, "m", "model-id", {"max_tokens": 8}).get(examples[0]) is None
+    )  # other settings, other file
 
 
 def test_an_external_tier_is_asked_over_its_openai_api_with_logprobs(
@@ -166,12 +235,37 @@ spec:
       engine: transformers
 """)
     data = tmp_path / "chat.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"}]}) + "\n" for i in range(6)))
-    result = runner.invoke(app, ["eval", "-f", str(manifest), "--data", str(data), "--match", "exact", "--max-tokens", "3",
-                                 "--span", "all", "--splits", "2", "--answers", str(tmp_path / "answers"),
-                                 "--out", str(tmp_path / "out")])  # fmt: skip
+    data.write_text(
+        "".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"}]}) + "\n" for i in range(6))
+    )
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "-f",
+            str(manifest),
+            "--data",
+            str(data),
+            "--match",
+            "exact",
+            "--max-tokens",
+            "3",
+            "--span",
+            "all",
+            "--splits",
+            "2",
+            "--answers",
+            str(tmp_path / "answers"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    cached = [json.loads(line) for f in (tmp_path / "answers").glob("tiny-small-*.jsonl") for line in f.read_text().splitlines()]
+    cached = [
+        json.loads(line)
+        for f in (tmp_path / "answers").glob("tiny-small-*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
     answers = [line["answer"] for line in cached if "answer" in line]
     assert len(answers) == 6 and all(len(a["top_logprobs"][0]) == 5 and a["tokens"] for a in answers)
 
@@ -179,7 +273,9 @@ spec:
 def test_a_cascade_of_three_tiers_is_refused_with_a_reason(tmp_path: Path, classify_case: tuple[Path, Path]) -> None:
     manifest, data = classify_case
     text = manifest.read_text()
-    middle = text[text.index("    - name: small"):text.index("    - name: large")].replace("name: small", "name: middle")
+    middle = text[text.index("    - name: small") : text.index("    - name: large")].replace(
+        "name: small", "name: middle"
+    )
     manifest.write_text(text.replace("    - name: large", middle + "    - name: large"))
     result = runner.invoke(app, ["eval", "-f", str(manifest), "--data", str(data)])
     assert result.exit_code == 2 and "has 3 tiers" in result.output
@@ -192,12 +288,44 @@ def test_cached_only_reads_what_every_tier_has_answered_and_generates_nothing(
     answers = tmp_path / "answers"
     first = tmp_path / "first.jsonl"
     first.write_text("".join(data.read_text().splitlines(keepends=True)[:40]))
-    assert runner.invoke(app, ["eval", "-f", str(manifest), "--data", str(first), "--splits", "2", "--answers", str(answers),
-                               "--out", str(tmp_path / "out")]).exit_code == 0  # fmt: skip
+    assert (
+        runner.invoke(
+            app,
+            [
+                "eval",
+                "-f",
+                str(manifest),
+                "--data",
+                str(first),
+                "--splits",
+                "2",
+                "--answers",
+                str(answers),
+                "--out",
+                str(tmp_path / "out"),
+            ],
+        ).exit_code
+        == 0
+    )
     import kascade.runtime.engines.transformers.loading as loading
 
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated")))
-    result = runner.invoke(app, ["eval", "-f", str(manifest), "--data", str(data), "--cached-only", "--splits", "2",
-                                 "--answers", str(answers), "--out", str(tmp_path / "out")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "-f",
+            str(manifest),
+            "--data",
+            str(data),
+            "--cached-only",
+            "--splits",
+            "2",
+            "--answers",
+            str(answers),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "--cached-only: 40 of 160 examples have every tier's answer" in result.output

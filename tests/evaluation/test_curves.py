@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from kascade.evaluation import curves
 from kascade.evaluation.curves import Judged
 

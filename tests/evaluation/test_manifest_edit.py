@@ -38,8 +38,12 @@ def test_only_the_rule_changes(tmp_path: Path) -> None:
     path = tmp_path / "cascade.yaml"
     path.write_text(MANIFEST)
     learned = {"features": ["minProb", "meanMargin"], "weights": [2.5, 1.0], "bias": -1.25}
-    write_accept(path, "small", Accept(method="learned", threshold=0.8125, span="finalCodeBlock", learned=learned),
-                 "Set by kascade calibrate on test.jsonl.")  # fmt: skip
+    write_accept(
+        path,
+        "small",
+        Accept(method="learned", threshold=0.8125, span="finalCodeBlock", learned=learned),
+        "Set by kascade calibrate on test.jsonl.",
+    )
     text = path.read_text()
     assert "# My cascade: keep this comment." in text and "name: mine   # and this one" in text
     assert "kind: ConfigMap" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+
 from kascade.evaluation.code_tests import passes
 from kascade.evaluation.matchers import Matcher, normalised_number, program_of
 from kascade.evaluation.records import AnswerKind, CodeTests, Example, TierAnswer
@@ -12,10 +13,16 @@ from kascade.evaluation.records import AnswerKind, CodeTests, Example, TierAnswe
 
 @pytest.mark.parametrize(
     ("text", "number"),
-    [("The answer is 1/2.", Fraction(1, 2)), ("0.50", Fraction(1, 2)), ("so x = -3", Fraction(-3)),
-     ("1,234 apples", Fraction(1234)), ("first 3, then \\boxed{7} and 9", Fraction(7)),
-     ("Step 1: 4+4=8\nAnswer: 12", Fraction(12)), ("none here", None)],
-)  # fmt: skip
+    [
+        ("The answer is 1/2.", Fraction(1, 2)),
+        ("0.50", Fraction(1, 2)),
+        ("so x = -3", Fraction(-3)),
+        ("1,234 apples", Fraction(1234)),
+        ("first 3, then \\boxed{7} and 9", Fraction(7)),
+        ("Step 1: 4+4=8\nAnswer: 12", Fraction(12)),
+        ("none here", None),
+    ],
+)
 def test_final_numbers_are_normalised(text: str, number: Fraction | None) -> None:
     assert normalised_number(text) == number
 
@@ -51,7 +58,10 @@ def test_code_passes_only_when_its_tests_do() -> None:
     assert passes(PROBLEM, "def add(a, b):\n    return a + b\n")
     assert not passes(PROBLEM, "def add(a, b):\n    return a - b\n")
     assert not passes(PROBLEM, "def add(a, b)\n")  # a syntax error
-    assert program_of("Sure:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.") == "def add(a, b):\n    return a + b\n"
+    assert (
+        program_of("Sure:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.")
+        == "def add(a, b):\n    return a + b\n"
+    )
 
 
 def test_code_runs_outside_this_process_with_limits(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -69,4 +79,7 @@ def test_code_agreement_compares_test_outcomes() -> None:
     wrong = _answer("```python\ndef add(a, b):\n    return 0\n```")
     outcomes = matcher.correct([PROBLEM, PROBLEM], [right, wrong])
     assert outcomes == [True, False]
-    assert matcher.agree([right, wrong], [right, right], left_correct=outcomes, right_correct=[True, True]) == [True, False]
+    assert matcher.agree([right, wrong], [right, right], left_correct=outcomes, right_correct=[True, True]) == [
+        True,
+        False,
+    ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.builders import build_children
 from kascade.operator.labels import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from kascade.operator.labels import (
     CASCADE_LABEL,
     SPEC_HASH_ANNOTATION,
@@ -117,6 +118,10 @@ def test_spec_hash_sees_every_desired_change_and_ignores_key_order() -> None:
     relabelled = _manifest()
     relabelled["metadata"]["labels"]["a"] = "c"
     assert spec_hash(relabelled) != base
-    reordered = {"data": {"k": "v"}, "metadata": {"labels": {"a": "b"}, "namespace": "n", "name": "x"},
-                 "kind": "ConfigMap", "apiVersion": "v1"}
+    reordered = {
+        "data": {"k": "v"},
+        "metadata": {"labels": {"a": "b"}, "namespace": "n", "name": "x"},
+        "kind": "ConfigMap",
+        "apiVersion": "v1",
+    }
     assert spec_hash(reordered) == base

@@ -11,6 +11,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from kascade.api.distillation import Distillation
 from kascade.api.loop import Training
 from kascade.api.modelcascade import ModelCascade
@@ -29,14 +30,28 @@ UID = 65532  # the runtime image's user (images/runtime.Dockerfile)
 
 # Volume types "restricted" allows; anything else (hostPath above all) is refused.
 ALLOWED_VOLUME_TYPES = {
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "image", "persistentVolumeClaim", "projected", "secret",
-}  # fmt: skip
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "image",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 SAFE_SYSCTLS = {
-    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
-}  # fmt: skip
+}
 ALLOWED_SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
 
 
@@ -44,7 +59,9 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
     """Each rule of the restricted profile `pod` (a pod spec) breaks, named by the field that breaks it."""
     problems: list[str] = []
     pod_context = pod.get("securityContext") or {}
-    containers = [(field, c) for field in ("initContainers", "containers", "ephemeralContainers") for c in pod.get(field, [])]
+    containers = [
+        (field, c) for field in ("initContainers", "containers", "ephemeralContainers") for c in pod.get(field, [])
+    ]
     for field in ("hostNetwork", "hostPID", "hostIPC"):
         if pod.get(field):
             problems.append(f"spec.{field}")
@@ -158,7 +175,9 @@ def test_every_pod_of_every_example_passes_pod_security_restricted(path: Path) -
 
 def test_the_checker_names_the_fields_a_root_pod_gets_wrong() -> None:
     """Guards the test above: the checker does refuse what the API server refuses, by field."""
-    deployment = build_tier_deployment(_example("chat-vllm-gpu.yaml"), _example("chat-vllm-gpu.yaml").spec.tiers[0], SETTINGS)
+    deployment = build_tier_deployment(
+        _example("chat-vllm-gpu.yaml"), _example("chat-vllm-gpu.yaml").spec.tiers[0], SETTINGS
+    )
     pod = copy.deepcopy(_pod(deployment))
     del pod["securityContext"]
     pod["containers"][0].pop("securityContext")
@@ -169,14 +188,19 @@ def test_the_checker_names_the_fields_a_root_pod_gets_wrong() -> None:
     assert "spec.containers[engine].securityContext.allowPrivilegeEscalation must be false" in problems
     assert "spec.containers[engine].securityContext.capabilities.drop must include ALL" in problems
     assert "spec.containers[engine].securityContext.runAsNonRoot must be true (here or on the pod)" in problems
-    assert "spec.containers[engine].securityContext.seccompProfile.type must be RuntimeDefault (here or on the pod)" in problems
+    assert (
+        "spec.containers[engine].securityContext.seccompProfile.type must be RuntimeDefault (here or on the pod)"
+        in problems
+    )
     assert "spec.initContainers[fetch].securityContext.runAsUser: 0" in problems
 
 
 def test_init_containers_get_the_restricted_context_too() -> None:
     from kascade.operator.pod_security import restricted
 
-    pod = restricted({"initContainers": [{"name": "a", "image": "x"}], "containers": [{"name": "b", "image": "x"}]}, SETTINGS)
+    pod = restricted(
+        {"initContainers": [{"name": "a", "image": "x"}], "containers": [{"name": "b", "image": "x"}]}, SETTINGS
+    )
     assert restricted_violations(pod) == []
 
 
@@ -225,7 +249,14 @@ def test_a_platform_that_assigns_users_gets_no_uid_but_still_a_restricted_pod() 
 
 
 # vLLM, Triton, torch's inductor and the HF hub write here at start; the vLLM image keeps them under /root.
-VLLM_WRITES = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")
+VLLM_WRITES = (
+    "HOME",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "VLLM_CACHE_ROOT",
+    "TRITON_CACHE_DIR",
+    "TORCHINDUCTOR_CACHE_DIR",
+)
 
 
 @pytest.mark.parametrize("uri", ["hf://Qwen/Qwen2.5-7B-Instruct", "pvc://weights/qwen", "s3://models/qwen"])
@@ -274,7 +305,10 @@ def test_a_gpu_tiers_rollout_needs_no_gpu_beyond_those_the_tier_holds(replicas: 
     deployment = build_tier_deployment(cascade, tier, SETTINGS)
     assert _peak_gpus_during_rollout(deployment) == replicas * tier.resources.gpus
     # One pod at a time: the other replicas keep serving while one is replaced.
-    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
 
 
 def test_cpu_tiers_and_the_router_keep_the_surging_rollout() -> None:
@@ -296,7 +330,10 @@ def test_the_job_has_a_deadline_that_grows_with_the_training_it_asks_for() -> No
     assert job["spec"]["activeDeadlineSeconds"] == job_deadline_seconds(run.spec)
     longer = run.spec.training.model_copy(update={"steps": run.spec.training.steps * 10})
     longer_run = run.model_copy(update={"spec": run.spec.model_copy(update={"training": longer})})
-    assert build_distillation_job(longer_run, SETTINGS)["spec"]["activeDeadlineSeconds"] > job["spec"]["activeDeadlineSeconds"]
+    assert (
+        build_distillation_job(longer_run, SETTINGS)["spec"]["activeDeadlineSeconds"]
+        > job["spec"]["activeDeadlineSeconds"]
+    )
     # The default run (200 steps of 8): three attempts of an hour of setup, 1,600 examples of 10 s each.
     assert job_deadline_seconds(run.spec.model_copy(update={"training": Training()})) == 3 * 3600 + 1600 * 10
 

@@ -8,6 +8,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.build_router import (
     CONFIG_PATH,
@@ -200,8 +201,15 @@ def test_a_tier_named_router_is_refused() -> None:
 
 
 def test_an_escalation_log_on_a_claim_is_mounted_and_the_router_writes_into_it() -> None:
-    cascade = with_spec(example("chat-vllm-gpu.yaml"), escalationLog={
-        "enabled": True, "uri": "pvc://kascade-logs/cascades/chat", "retentionDays": 7, "redact": ["ACME-\\d+"]})
+    cascade = with_spec(
+        example("chat-vllm-gpu.yaml"),
+        escalationLog={
+            "enabled": True,
+            "uri": "pvc://kascade-logs/cascades/chat",
+            "retentionDays": 7,
+            "redact": ["ACME-\\d+"],
+        },
+    )
     config = read_config(build_router_configmap(cascade, SETTINGS))
     assert config.escalation_log is not None
     assert config.escalation_log.uri == "/var/lib/kascade/escalation-log/cascades/chat"
@@ -209,13 +217,17 @@ def test_an_escalation_log_on_a_claim_is_mounted_and_the_router_writes_into_it()
     assert config.tiers[-1].returns_token_ids and config.tiers[-1].model_uri == cascade.spec.tiers[-1].model.uri
     pod = build_router_deployment(cascade, SETTINGS)["spec"]["template"]["spec"]
     assert {"name": "escalation-log", "persistentVolumeClaim": {"claimName": "kascade-logs"}} in pod["volumes"]
-    assert {"name": "escalation-log", "mountPath": "/var/lib/kascade/escalation-log"} in pod["containers"][0]["volumeMounts"]
+    assert {"name": "escalation-log", "mountPath": "/var/lib/kascade/escalation-log"} in pod["containers"][0][
+        "volumeMounts"
+    ]
     assert "envFrom" not in pod["containers"][0]
 
 
 def test_an_escalation_log_on_s3_takes_its_credentials_from_the_named_secret() -> None:
-    cascade = with_spec(example("chat-vllm-gpu.yaml"), escalationLog={
-        "enabled": True, "uri": "s3://logs/chat", "credentialsSecret": "s3-credentials"})
+    cascade = with_spec(
+        example("chat-vllm-gpu.yaml"),
+        escalationLog={"enabled": True, "uri": "s3://logs/chat", "credentialsSecret": "s3-credentials"},
+    )
     assert read_config(build_router_configmap(cascade, SETTINGS)).escalation_log.uri == "s3://logs/chat"
     container = build_router_deployment(cascade, SETTINGS)["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]

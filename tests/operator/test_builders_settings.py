@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from kascade.operator.settings import OperatorSettings, SettingsError
 from pydantic import ValidationError
 
 from kascade import __version__
+from kascade.operator.settings import OperatorSettings, SettingsError
 
 
 def test_defaults_pin_the_images() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+
 from kascade.api.modelcascade import ModelCascade, Tier
 from kascade.operator.build_tier import (
     build_tier_deployment,
@@ -20,13 +21,17 @@ from kascade.operator.settings import OperatorSettings
 SETTINGS = OperatorSettings()
 
 
-def make_cascade(*tiers: dict[str, Any], name: str = "chat", namespace: str | None = "llm", task: str = "chat") -> ModelCascade:
+def make_cascade(
+    *tiers: dict[str, Any], name: str = "chat", namespace: str | None = "llm", task: str = "chat"
+) -> ModelCascade:
     """A cascade of `tiers`; every tier but the last gets an accept rule."""
     specs = []
     for index, tier in enumerate(tiers):
         tier = dict(tier)
         if index < len(tiers) - 1:
-            tier.setdefault("accept", {"method": "maxProb" if task == "classify" else "geometricMean", "threshold": 0.5})
+            tier.setdefault(
+                "accept", {"method": "maxProb" if task == "classify" else "geometricMean", "threshold": 0.5}
+            )
         specs.append(tier)
     return ModelCascade.model_validate(
         {
@@ -75,7 +80,12 @@ def test_served_name_defaults_to_the_tier_name_and_hf_revision_becomes_revision(
 
 def test_multi_gpu_vllm_gets_tensor_parallelism_and_engine_args_last() -> None:
     cascade, tier = single(
-        {"name": "large", "model": {"uri": "hf://a/b"}, "resources": {"gpus": 4}, "engineArgs": ["--max-model-len=8192"]}
+        {
+            "name": "large",
+            "model": {"uri": "hf://a/b"},
+            "resources": {"gpus": 4},
+            "engineArgs": ["--max-model-len=8192"],
+        }
     )
     args = container_of(cascade, tier)["args"]
     assert args[args.index("--tensor-parallel-size") + 1] == "4"
@@ -85,10 +95,12 @@ def test_multi_gpu_vllm_gets_tensor_parallelism_and_engine_args_last() -> None:
 @pytest.mark.parametrize("flag", ["--tensor-parallel-size=2", "-tp"])
 def test_tensor_parallelism_in_engine_args_wins(flag: str) -> None:
     extra = [flag] if "=" in flag else [flag, "2"]
-    cascade, tier = single({"name": "large", "model": {"uri": "hf://a/b"}, "resources": {"gpus": 4}, "engineArgs": extra})
+    cascade, tier = single(
+        {"name": "large", "model": {"uri": "hf://a/b"}, "resources": {"gpus": 4}, "engineArgs": extra}
+    )
     args = container_of(cascade, tier)["args"]
     assert "--tensor-parallel-size" not in args
-    assert args[-len(extra):] == extra
+    assert args[-len(extra) :] == extra
 
 
 def test_gpu_tier_requests_gpus_selects_the_product_and_tolerates_the_taint() -> None:
@@ -100,11 +112,22 @@ def test_gpu_tier_requests_gpus_selects_the_product_and_tolerates_the_taint() ->
             "nodeSelector": {"topology.kubernetes.io/zone": "us-east-1a"},
             "tolerations": [
                 {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"},
-                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
-                 "tolerationSeconds": 60},
+                {
+                    "key": "node.kubernetes.io/unreachable",
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 60,
+                },
             ],
-            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}]}}},
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}
+                        ]
+                    }
+                }
+            },
         }
     )
     pod = pod_of(cascade, tier)

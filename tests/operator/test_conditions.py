@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from kascade.api.modelcascade import Condition, ModelCascade, ModelCascadeStatus
 from kascade.api.summary import summarize_status
 from kascade.operator.conditions import (
@@ -84,17 +85,27 @@ def test_pods_the_cluster_refuses_to_create_degrade_the_cascade_with_its_message
     """The Deployment controller's ReplicaFailure (FailedCreate) reaches the cascade: the user sees why."""
     cascade = example("external-last-tier.yaml")
     observed = deployments(support_bot_small=2, support_bot_router=2)
-    refusal = ('pods "support-bot-medium-5d8f-x" is forbidden: violates PodSecurity "restricted:latest": '
-               "runAsNonRoot != true")  # fmt: skip
-    observed[("Deployment", "support-bot-medium")] = {"kind": "Deployment", "status": {"conditions": [
-        {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
-        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refusal}]}}  # fmt: skip
+    refusal = (
+        'pods "support-bot-medium-5d8f-x" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true'
+    )
+    observed[("Deployment", "support-bot-medium")] = {
+        "kind": "Deployment",
+        "status": {
+            "conditions": [
+                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refusal},
+            ]
+        },
+    }
     conditions = by_type(compute_health(cascade, observed, now=T0).conditions)
     assert conditions[DEGRADED].status == "True" and conditions[DEGRADED].reason == "PodsRefused"
     assert conditions[DEGRADED].message == f'tier "medium" cannot create its pods (FailedCreate): {refusal}'
     assert conditions[READY].status == "False" and refusal in conditions[READY].message
-    cleared = by_type(compute_health(cascade, deployments(support_bot_small=2, support_bot_medium=1,
-                                                          support_bot_router=2), now=T1).conditions)  # fmt: skip
+    cleared = by_type(
+        compute_health(
+            cascade, deployments(support_bot_small=2, support_bot_medium=1, support_bot_router=2), now=T1
+        ).conditions
+    )
     assert cleared[DEGRADED].status == "False"
 
 
@@ -178,7 +189,10 @@ def test_missing_secret_keys_when_keys_are_known() -> None:
     cascade = example("external-last-tier.yaml")
     problems = check_semantics(cascade, secrets={"openai": {"token"}}, gpu_products=None)
     assert len(problems) == 1
-    assert problems[0].message == 'Secret "openai" used by tier "frontier" (apiKeySecret) has no key "api-key" (it has: token)'
+    assert (
+        problems[0].message
+        == 'Secret "openai" used by tier "frontier" (apiKeySecret) has no key "api-key" (it has: token)'
+    )
 
 
 def test_a_gpu_type_no_node_offers_is_a_wait_not_a_fault() -> None:
@@ -187,7 +201,9 @@ def test_a_gpu_type_no_node_offers_is_a_wait_not_a_fault() -> None:
     cascade = example("chat-vllm-gpu.yaml")
     problems = check_semantics(cascade, secrets=ALL_SECRETS, gpu_products={"NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"})
     assert [(p.reason, p.tier, p.blocking) for p in problems] == [("WaitingForGpuNodes", "large", False)]
-    assert "wait for a node with nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3 (resources.gpuType)" in problems[0].message
+    assert (
+        "wait for a node with nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3 (resources.gpuType)" in problems[0].message
+    )
     assert "nodes offer: NVIDIA-A100-SXM4-80GB, NVIDIA-L4" in problems[0].message
     none = check_semantics(cascade, secrets=ALL_SECRETS, gpu_products=set())
     assert len(none) == 2 and "GPU feature discovery" in none[0].message
@@ -197,7 +213,9 @@ def test_a_gpu_type_no_node_offers_is_a_wait_not_a_fault() -> None:
 def test_a_tier_waiting_for_gpu_nodes_says_so_and_the_cascade_is_not_degraded() -> None:
     cascade = example("chat-vllm-gpu.yaml")
     waits = check_semantics(cascade, secrets=ALL_SECRETS, gpu_products={"NVIDIA-L4"})
-    conditions = by_type(compute_health(cascade, deployments(chat_small=2, chat_router=2), problems=waits, now=T0).conditions)
+    conditions = by_type(
+        compute_health(cascade, deployments(chat_small=2, chat_router=2), problems=waits, now=T0).conditions
+    )
     assert conditions[TIERS_READY].status == "False"
     assert conditions[TIERS_READY].reason == "WaitingForGpuNodes"
     assert conditions[TIERS_READY].message.startswith(
@@ -218,7 +236,10 @@ def test_a_fault_still_degrades_while_a_tier_waits_for_gpu_nodes() -> None:
     assert [p.reason for p in problems] == ["MissingSecret", "WaitingForGpuNodes", "WaitingForGpuNodes"]
     conditions = by_type(compute_health(cascade, {}, problems=problems, now=T0).conditions)
     assert (conditions[DEGRADED].status, conditions[DEGRADED].reason) == ("True", "MissingSecret")
-    assert "WaitingForGpuNodes" not in conditions[DEGRADED].message and "wait for a node" not in conditions[DEGRADED].message
+    assert (
+        "WaitingForGpuNodes" not in conditions[DEGRADED].message
+        and "wait for a node" not in conditions[DEGRADED].message
+    )
     assert conditions[READY].reason == "MissingSecret"
     assert conditions[TIERS_READY].reason == "WaitingForGpuNodes"
 
@@ -226,12 +247,18 @@ def test_a_fault_still_degrades_while_a_tier_waits_for_gpu_nodes() -> None:
 def test_a_read_write_once_claim_that_pods_on_several_nodes_share_is_a_warning() -> None:
     """The example's log claim (routers write, runs read) and students' claim (a run writes, the tier reads)."""
     cascade = example("chat-vllm-gpu.yaml")
-    problems = check_semantics(cascade, secrets=ALL_SECRETS, gpu_products=ALL_GPUS,
-                               claim_modes={"kascade-logs": ("ReadWriteOnce",), "kascade-students": ("ReadWriteMany",)})  # fmt: skip
+    problems = check_semantics(
+        cascade,
+        secrets=ALL_SECRETS,
+        gpu_products=ALL_GPUS,
+        claim_modes={"kascade-logs": ("ReadWriteOnce",), "kascade-students": ("ReadWriteMany",)},
+    )
     assert [(p.reason, p.blocking, p.degrades) for p in problems] == [("ClaimNotShared", False, True)]
-    assert problems[0].message.startswith('PersistentVolumeClaim "kascade-logs" (the escalation log, written by 2 router '
-                                          "replicas and read by the distillation runs) is ReadWriteOnce: pods on "
-                                          "different nodes cannot mount it at once")  # fmt: skip
+    assert problems[0].message.startswith(
+        'PersistentVolumeClaim "kascade-logs" (the escalation log, written by 2 router '
+        "replicas and read by the distillation runs) is ReadWriteOnce: pods on "
+        "different nodes cannot mount it at once"
+    )
     assert "use a ReadWriteMany claim" in problems[0].message and "single-node cluster" in problems[0].message
     health = compute_health(cascade, deployments(chat_small=2, chat_large=1, chat_router=2), problems=problems, now=T0)
     conditions = by_type(health.conditions)
@@ -257,8 +284,12 @@ def _tiers_body(*tiers: dict[str, Any]) -> ModelCascade:
     for spec in specs[:-1]:
         spec.setdefault("accept", {"threshold": 0.5})
     return ModelCascade.model_validate(
-        {"apiVersion": "kascade.dev/v1alpha1", "kind": "ModelCascade", "metadata": {"name": "c", "namespace": "n"},
-         "spec": {"tiers": specs}}
+        {
+            "apiVersion": "kascade.dev/v1alpha1",
+            "kind": "ModelCascade",
+            "metadata": {"name": "c", "namespace": "n"},
+            "spec": {"tiers": specs},
+        }
     )
 
 
@@ -266,8 +297,12 @@ def test_invalid_specs_the_schema_cannot_see() -> None:
     cascade = _tiers_body(
         {"name": "a", "model": {"uri": "pkg://smollm2-135m-instruct"}},
         {"name": "b", "engine": "transformers", "model": {"uri": "s3://bucket/m"}, "price": {"currency": "EUR"}},
-        {"name": "router", "model": {"uri": "hf://o/m"}, "resources": {"gpuType": "NVIDIA-L4"},
-         "engineArgs": ["--port=9000", "--dtype=bfloat16"]},
+        {
+            "name": "router",
+            "model": {"uri": "hf://o/m"},
+            "resources": {"gpuType": "NVIDIA-L4"},
+            "engineArgs": ["--port=9000", "--dtype=bfloat16"],
+        },
         {"name": "d", "model": {"uri": "gs://bucket/m"}},
         {"name": "e", "model": {"uri": "pvc:///path"}},
     )

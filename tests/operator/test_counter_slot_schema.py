@@ -10,11 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+
 from kascade.api.counters import CounterSlot, RetiredCounters
 from kascade.api.modelcascade import Price
 from kascade.operator.counters import fold_replica_counters
-from kascade.runtime.ledger import Ledger, RequestOutcome, TierCall
 from kascade.runtime.cluster_status.report import replica_slot_patch
+from kascade.runtime.ledger import Ledger, RequestOutcome, TierCall
 from kascade.testing import StandinApiServer
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
@@ -43,9 +44,13 @@ def cascade(api: httpx.Client) -> str:
         "apiVersion": "kascade.dev/v1alpha1",
         "kind": "ModelCascade",
         "metadata": {"name": name},
-        "spec": {"tiers": [{"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
-                           {"name": "large", "model": {"uri": "hf://org/large"}}]},
-    }  # fmt: skip
+        "spec": {
+            "tiers": [
+                {"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
+                {"name": "large", "model": {"uri": "hf://org/large"}},
+            ]
+        },
+    }
     assert api.post(MC, json=body).status_code == 201
     return f"{MC}/{name}/status"
 
@@ -78,7 +83,9 @@ def test_the_folds_patch_is_accepted(api: httpx.Client, cascade: str) -> None:
 
 
 def _malformed(path: str, value: Any) -> dict[str, Any]:
-    slot: dict[str, Any] = copy.deepcopy(replica_slot_patch(ledger_slot(), "chat-router-0")["status"]["replicaCounters"])
+    slot: dict[str, Any] = copy.deepcopy(
+        replica_slot_patch(ledger_slot(), "chat-router-0")["status"]["replicaCounters"]
+    )
     node = slot["p1"]
     *parents, last = path.split(".")
     for part in parents:
@@ -105,7 +112,9 @@ def test_a_malformed_slot_written_by_hand_is_refused(api: httpx.Client, cascade:
     response = api.patch(cascade, json=_malformed(path, value), headers=MERGE)
     assert response.status_code == 422, response.text
     fields = [cause["field"] for cause in response.json()["details"]["causes"]]
-    assert any(field.startswith("status.replicaCounters") and field.endswith(path.split(".")[-1]) for field in fields), fields
+    assert any(
+        field.startswith("status.replicaCounters") and field.endswith(path.split(".")[-1]) for field in fields
+    ), fields
     assert "replicaCounters" not in (api.get(cascade).json().get("status") or {})
 
 

@@ -9,11 +9,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from kascade.api.modelcascade import ModelCascadeStatus, Price, TierStatus
 from kascade.operator.counters import apply_merge_patch, fold_replica_counters
 from kascade.runtime.ledger import Ledger, RequestOutcome, TierCall
 
-PRICES = {"small": Price(input_per_million=0.1, output_per_million=0.2), "large": Price(input_per_million=1.0, output_per_million=2.0)}
+PRICES = {
+    "small": Price(input_per_million=0.1, output_per_million=0.2),
+    "large": Price(input_per_million=1.0, output_per_million=2.0),
+}
 
 ACCEPTED = RequestOutcome("small", (TierCall("small", 1000, 500, 0.2, ok=True),), escalated=False)
 ESCALATED = RequestOutcome(
@@ -215,9 +219,17 @@ def test_the_monotonic_guard_holds_totals_up_and_says_so() -> None:
         "traffic": {"requests": 100, "answeredBy": {"small": 90, "large": 10}, "escalations": 10, "errors": 0},
         "cost": {"currency": "USD", "actual": 1.0, "baseline": 5.0, "gpuHours": 12.5},
         "replicaCounters": {
-            "p9": {"processId": "p9", "pod": "r-1", "startedAt": "2025-01-01T00:00:00.000Z", "requests": 40,
-                   "failed": 0, "escalations": 4, "answeredBy": {"small": 36, "large": 4},
-                   "cost": {"actual": 0.4, "baseline": 2.0}, "currency": "USD"}
+            "p9": {
+                "processId": "p9",
+                "pod": "r-1",
+                "startedAt": "2025-01-01T00:00:00.000Z",
+                "requests": 40,
+                "failed": 0,
+                "escalations": 4,
+                "answeredBy": {"small": 36, "large": 4},
+                "cost": {"actual": 0.4, "baseline": 2.0},
+                "currency": "USD",
+            }
         },
     }
     result = fold_replica_counters(previous, {"r-1"}, "2025-01-01T01:00:00Z")

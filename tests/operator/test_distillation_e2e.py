@@ -49,8 +49,8 @@ from kascade.api.escalation_record import EscalationRecord, ModelIdentity
 from kascade.operator.build_distillation import CLAIMS_ROOT, build_distiller_children
 from kascade.operator.labels import COMPONENT_ROUTER, selector_labels
 from kascade.operator.permissions import OPERATOR_RULES, rule_allows
-from kascade.runtime.escalation.segments import SegmentStore, records_table
 from kascade.runtime.cluster_status.report import replica_slot_patch
+from kascade.runtime.escalation.segments import SegmentStore, records_table
 from kascade.testing import StandinApiServer
 from kascade.testing.operator_cluster import OPERATOR_AGENTS, Cluster, manifests, wait_for
 from kascade.testing.tiny_models import build_tiny_classifier
@@ -59,26 +59,39 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 NS, NAME = "llm", "reviews"
 SERVING = "pvc://models/small-v1"
-REVIEWS = [("This movie was great, I loved it.", "positive", [0.05, 0.95]),
-           ("This movie was terrible, I hated it.", "negative", [0.95, 0.05])]  # fmt: skip
+REVIEWS = [
+    ("This movie was great, I loved it.", "positive", [0.05, 0.95]),
+    ("This movie was terrible, I hated it.", "negative", [0.95, 0.05]),
+]
 
 
 def cascade(**distillation: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "kascade.dev/v1alpha1", "kind": "ModelCascade", "metadata": {"name": NAME, "namespace": NS},
+        "apiVersion": "kascade.dev/v1alpha1",
+        "kind": "ModelCascade",
+        "metadata": {"name": NAME, "namespace": NS},
         "spec": {
             "task": "classify",
             "tiers": [
-                {"name": "small", "engine": "transformers", "model": {"uri": SERVING},
-                 "accept": {"method": "maxProb", "threshold": 0.9}},
+                {
+                    "name": "small",
+                    "engine": "transformers",
+                    "model": {"uri": SERVING},
+                    "accept": {"method": "maxProb", "threshold": 0.9},
+                },
                 {"name": "large", "engine": "transformers", "model": {"uri": "pvc://models/large"}},
             ],
             "escalationLog": {"enabled": True, "uri": f"pvc://escalations/{NAME}"},
-            "distillation": {"outputUri": f"pvc://students/{NAME}", "minSamples": 30, "historyLimit": 1,
-                             "training": {"steps": 30, "batchSize": 8, "learningRate": 0.01, "temperature": 1},
-                             "resources": {"gpus": 0}, **distillation},
+            "distillation": {
+                "outputUri": f"pvc://students/{NAME}",
+                "minSamples": 30,
+                "historyLimit": 1,
+                "training": {"steps": 30, "batchSize": 8, "learningRate": 0.01, "temperature": 1},
+                "resources": {"gpus": 0},
+                **distillation,
+            },
         },
-    }  # fmt: skip
+    }
 
 
 def write_log(folder: Path) -> None:
@@ -86,11 +99,20 @@ def write_log(folder: Path) -> None:
     large = ModelIdentity(tier="large", served_model="large", uri="pvc://models/large")
     small = ModelIdentity(tier="small", served_model="small", uri=SERVING)
     records = [
-        EscalationRecord(id=f"r{i}-{n}", cascade=NAME, recorded_at=datetime.now(UTC), endpoint="classify",
-                         request=json.dumps({"input": text}), answered_by=large, answer=label, class_probs=probs,
-                         declined=[{"model": small, "text": "?", "score": 0.5, "method": "maxProb", "threshold": 0.9}])
-        for i, (text, label, probs) in enumerate(REVIEWS) for n in range(20)
-    ]  # fmt: skip
+        EscalationRecord(
+            id=f"r{i}-{n}",
+            cascade=NAME,
+            recorded_at=datetime.now(UTC),
+            endpoint="classify",
+            request=json.dumps({"input": text}),
+            answered_by=large,
+            answer=label,
+            class_probs=probs,
+            declined=[{"model": small, "text": "?", "score": 0.5, "method": "maxProb", "threshold": 0.9}],
+        )
+        for i, (text, label, probs) in enumerate(REVIEWS)
+        for n in range(20)
+    ]
     folder.mkdir(parents=True)
     SegmentStore(str(folder)).write("escalations-20261130T000000Z-e2e-000001.parquet", records_table(records))
 
@@ -113,10 +135,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         running = Cluster(server=server, tmp=tmp, namespace=NS, name=NAME)
         running.kubectl("apply", "-f", str(Path(__file__).resolve().parents[2] / "crds"))
         for crd in ("modelcascades.kascade.dev", "distillations.kascade.dev"):
-            wait_for(lambda crd=crd: any(c["type"] == "Established" for c in
-                     ((server.get("crd", crd) or {}).get("status") or {}).get("conditions", [])), what=crd)  # fmt: skip
-        running.kubectl("apply", "-f", "-", input=manifests({"apiVersion": "v1", "kind": "Namespace",
-                                                              "metadata": {"name": NS}}))  # fmt: skip
+            wait_for(
+                lambda crd=crd: any(
+                    c["type"] == "Established"
+                    for c in ((server.get("crd", crd) or {}).get("status") or {}).get("conditions", [])
+                ),
+                what=crd,
+            )
+        running.kubectl(
+            "apply", "-f", "-", input=manifests({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        )
         running.start_operator()
         try:
             yield running
@@ -130,12 +158,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def log_escalations(cluster: Cluster, count: int) -> None:
     """A router replica's slot with `count` logged escalations, written as the router writes it."""
     if cluster.server.get("pods", "reviews-router-a", NS) is None:
-        cluster.server.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": "reviews-router-a", "namespace": NS, "labels": selector_labels(NAME, COMPONENT_ROUTER)},
-            "spec": {"containers": [{"name": "router", "image": "kascade-runtime"}]}})  # fmt: skip
+        cluster.server.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "reviews-router-a",
+                    "namespace": NS,
+                    "labels": selector_labels(NAME, COMPONENT_ROUTER),
+                },
+                "spec": {"containers": [{"name": "router", "image": "kascade-runtime"}]},
+            }
+        )
     slot = CounterSlot(process_id="router-a-1", escalations_logged=count)
     patch = replica_slot_patch(slot, "reviews-router-a")
-    cluster.kubectl("patch", "modelcascade", NAME, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(patch))
+    cluster.kubectl(
+        "patch", "modelcascade", NAME, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
+    )
 
 
 def distillations(cluster: Cluster) -> dict[str, dict[str, Any]]:
@@ -143,8 +182,11 @@ def distillations(cluster: Cluster) -> dict[str, dict[str, Any]]:
 
 
 def new_run(cluster: Cluster, known: set[str]) -> dict[str, Any]:
-    name = wait_for(lambda: next(iter(set(distillations(cluster)) - known), None), what="a new Distillation",
-                    context=cluster.log_tail)  # fmt: skip
+    name = wait_for(
+        lambda: next(iter(set(distillations(cluster)) - known), None),
+        what="a new Distillation",
+        context=cluster.log_tail,
+    )
     wait_for(lambda: cluster.server.get("jobs", name, NS), what=f"the Job of {name}", context=cluster.log_tail)
     return distillations(cluster)[name]
 
@@ -158,24 +200,45 @@ def run_pod(cluster: Cluster, claims: Path, run: str) -> subprocess.CompletedPro
     token = cluster.tmp / "distill-token"
     token.write_text("e2e-distill-token\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "kascade", *args, "--api-server", cluster.server.url,
-                           "--token-file", str(token)], capture_output=True, text=True, env=env, timeout=240)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "kascade", *args, "--api-server", cluster.server.url, "--token-file", str(token)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
 
 
 def finish_job(cluster: Cluster, run: str, condition: str, reason: str = "") -> None:
     """The Job controller's part: the Job's end in its status."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     counts = {"succeeded": 1} if condition == "Complete" else {"failed": 3}
-    status = {**counts, "startTime": now, "conditions": [
-        {"type": condition, "status": "True", "reason": reason, "message": f"e2e: {reason or condition}",
-         "lastProbeTime": now, "lastTransitionTime": now}]}  # fmt: skip
-    cluster.kubectl("patch", "job", run, "-n", NS, "--subresource=status", "--type=merge",
-                    "-p", json.dumps({"status": status}))  # fmt: skip
+    status = {
+        **counts,
+        "startTime": now,
+        "conditions": [
+            {
+                "type": condition,
+                "status": "True",
+                "reason": reason,
+                "message": f"e2e: {reason or condition}",
+                "lastProbeTime": now,
+                "lastTransitionTime": now,
+            }
+        ],
+    }
+    cluster.kubectl(
+        "patch", "job", run, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status})
+    )
 
 
 def promotion(cluster: Cluster, run: str) -> dict[str, Any]:
-    return wait_for(lambda: ((distillations(cluster).get(run) or {}).get("status") or {}).get("promotion"),
-                    timeout=30, what=f"the decision about {run}", context=cluster.log_tail)  # fmt: skip
+    return wait_for(
+        lambda: ((distillations(cluster).get(run) or {}).get("status") or {}).get("promotion"),
+        timeout=30,
+        what=f"the decision about {run}",
+        context=cluster.log_tail,
+    )
 
 
 def small_tier_uri(cluster: Cluster) -> str:
@@ -198,8 +261,11 @@ def served_claim(deployment: dict[str, Any]) -> str:
 
 def test_a_cascade_waits_for_enough_new_escalations(cluster: Cluster, claims: Path):
     cluster.kubectl("apply", "-f", "-", input=manifests(cascade()))
-    waiting = wait_for(lambda: (cluster.status().get("distillation") or {}).get("waiting"), context=cluster.log_tail,
-                       what="status.distillation.waiting")  # fmt: skip
+    waiting = wait_for(
+        lambda: (cluster.status().get("distillation") or {}).get("waiting"),
+        context=cluster.log_tail,
+        what="status.distillation.waiting",
+    )
     assert waiting == "0 of 30 new escalation records since the last run"
     assert cluster.server.get("serviceaccounts", "reviews-distill", NS) is not None
     assert distillations(cluster) == {}
@@ -220,11 +286,19 @@ def test_a_run_that_passes_the_gate_is_promoted_and_the_tier_rolls_out(cluster: 
     decided = promotion(cluster, name)
     assert decided["promoted"] and decided["reason"] == "Promoted" and decided["previousModel"] == SERVING
     assert decided["replaces"] == SERVING
-    wait_for(lambda: served_claim(small_deployment(cluster)) == "students", what="the tier serving the new student",
-             context=cluster.log_tail)  # fmt: skip
+    wait_for(
+        lambda: served_claim(small_deployment(cluster)) == "students",
+        what="the tier serving the new student",
+        context=cluster.log_tail,
+    )
     assert small_tier_uri(cluster) == SERVING, "the spec is the user's: the promotion lives in the run's status"
-    summary = wait_for(lambda: (cluster.status().get("distillation") or {}).get("lastPromoted") == name
-                       and cluster.status()["distillation"], what="status.distillation")  # fmt: skip
+    summary = wait_for(
+        lambda: (
+            (cluster.status().get("distillation") or {}).get("lastPromoted") == name
+            and cluster.status()["distillation"]
+        ),
+        what="status.distillation",
+    )
     assert summary["rollbackTarget"] == SERVING and summary["serving"] == f"pvc://students/{NAME}/{name}"
     assert summary["specModel"] == SERVING and summary["promoted"]["run"] == name
     assert summary["promoted"]["replaces"] == SERVING
@@ -268,8 +342,11 @@ def test_a_rollback_is_one_field(cluster: Cluster, claims: Path):
     # one field a manifest in git can carry: promotion Manual serves model.uri.
     first = cluster.status()["distillation"]["lastPromoted"]
     cluster.kubectl("apply", "-f", "-", input=manifests(cascade(promotion="Manual")))
-    wait_for(lambda: served_claim(small_deployment(cluster)) == "models", what="the tier back on the old model",
-             context=cluster.log_tail)  # fmt: skip
+    wait_for(
+        lambda: served_claim(small_deployment(cluster)) == "models",
+        what="the tier back on the old model",
+        context=cluster.log_tail,
+    )
     wait_for(lambda: cluster.status()["distillation"]["serving"] == SERVING, what="status.distillation.serving")
     withdrawn = distillations(cluster)[first]["status"]["promotion"]
     assert withdrawn["withdrawnAt"] and withdrawn["withdrawal"].startswith("spec.distillation.promotion is Manual")
@@ -293,7 +370,9 @@ def test_a_run_that_failed_is_decided_only_once_its_job_stops_retrying(cluster: 
     log_escalations(cluster, 160)
     name = new_run(cluster, set(distillations(cluster)))["metadata"]["name"]
     failed = {"status": {"phase": "Failed", "message": "RuntimeError: CUDA out of memory"}}  # what the pod reports
-    cluster.kubectl("patch", "distillation", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(failed))
+    cluster.kubectl(
+        "patch", "distillation", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(failed)
+    )
     log_escalations(cluster, 200)  # due again: yet no run starts, and none is deleted, while this one may be retried
     runs_before = set(distillations(cluster))
     time.sleep(6 * cluster.interval_s)
@@ -302,18 +381,32 @@ def test_a_run_that_failed_is_decided_only_once_its_job_stops_retrying(cluster: 
     decided = promotion(cluster, name)
     assert decided["reason"] == "RunFailed" and "CUDA out of memory" in decided["message"]
     newer = new_run(cluster, runs_before)["metadata"]["name"]  # decided now: the next run may start
-    kept = wait_for(lambda: len(distillations(cluster)) == 3 and set(distillations(cluster)),
-                    what="runs beyond the history limit deleted")  # fmt: skip
+    kept = wait_for(
+        lambda: len(distillations(cluster)) == 3 and set(distillations(cluster)),
+        what="runs beyond the history limit deleted",
+    )
     assert {name, newer, cluster.status()["distillation"]["lastPromoted"]} == kept, "the rollback target's run stays"
 
 
 def test_a_run_made_by_hand_for_no_distilling_cascade_says_why_it_never_runs(cluster: Cluster, claims: Path):
-    run = {"apiVersion": "kascade.dev/v1alpha1", "kind": "Distillation", "metadata": {"name": "by-hand", "namespace": NS},
-           "spec": {"cascade": "nowhere", "tier": "small", "student": SERVING, "data": f"pvc://escalations/{NAME}",
-                    "output": "pvc://students/by-hand"}}  # fmt: skip
+    run = {
+        "apiVersion": "kascade.dev/v1alpha1",
+        "kind": "Distillation",
+        "metadata": {"name": "by-hand", "namespace": NS},
+        "spec": {
+            "cascade": "nowhere",
+            "tier": "small",
+            "student": SERVING,
+            "data": f"pvc://escalations/{NAME}",
+            "output": "pvc://students/by-hand",
+        },
+    }
     cluster.kubectl("apply", "-f", "-", input=manifests(run))
-    status = wait_for(lambda: (distillations(cluster)["by-hand"].get("status") or {}).get("phase"),
-                      what="the run's status", context=cluster.log_tail)  # fmt: skip
+    status = wait_for(
+        lambda: (distillations(cluster)["by-hand"].get("status") or {}).get("phase"),
+        what="the run's status",
+        context=cluster.log_tail,
+    )
     assert status == "Failed"
     assert distillations(cluster)["by-hand"]["status"]["message"] == "cascade nowhere does not exist in namespace llm"
     assert cluster.server.get("jobs", "by-hand", NS) is None
@@ -326,8 +419,13 @@ def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Pat
         resource = request.resource if request.subresource is None else f"{request.resource}/{request.subresource}"
         assert rule_allows(OPERATOR_RULES, verb=request.verb, group=request.group or "", resource=resource), request
     called = {(r.verb, r.resource, r.subresource) for r in operator}
-    assert {("create", "distillations", None), ("delete", "distillations", None), ("create", "jobs", None),
-            ("patch", "distillations", "status"), ("patch", "modelcascades", None)} <= called  # fmt: skip
+    assert {
+        ("create", "distillations", None),
+        ("delete", "distillations", None),
+        ("create", "jobs", None),
+        ("patch", "distillations", "status"),
+        ("patch", "modelcascades", None),
+    } <= called
     # The Helm chart's Roles grant them too (namespaced mode, as installed).
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "charts"))
     from chart_testkit import by_kind, render_values
@@ -336,12 +434,20 @@ def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Pat
     objects = render_values({"watch": {"namespaces": [NS]}, "rbac": {"clusterReads": True}})
     report = check_rbac(operator, by_kind(objects, "Role") + by_kind(objects, "ClusterRole"))
     assert report.not_allowed == [], report.explain()
-    spec_writes = [r for r in operator if r.resource == "modelcascades" and r.subresource is None and r.is_write
-                   and _touches_spec(r.body)]  # fmt: skip
+    spec_writes = [
+        r
+        for r in operator
+        if r.resource == "modelcascades" and r.subresource is None and r.is_write and _touches_spec(r.body)
+    ]
     assert spec_writes == [], "the operator never writes a cascade's spec"
     role = next(c for c in build_distiller_children(_parsed()) if c["kind"] == "Role")
-    runs = [r for r in requests if r.resource == "distillations" and not r.user_agent.startswith(OPERATOR_AGENTS)
-            and not r.user_agent.startswith("kubectl")]  # fmt: skip
+    runs = [
+        r
+        for r in requests
+        if r.resource == "distillations"
+        and not r.user_agent.startswith(OPERATOR_AGENTS)
+        and not r.user_agent.startswith("kubectl")
+    ]
     assert runs, "the runs reported into their Distillations"
     for request in runs:
         rule = role["rules"][0]

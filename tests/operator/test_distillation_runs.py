@@ -7,7 +7,8 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from kascade.api.distillation import Distillation
+
+from kascade.api.distillation import Distillation, PromotionReason
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.build_distillation import (
     CLAIMS_ROOT,
@@ -19,7 +20,6 @@ from kascade.operator.build_distillation import (
 from kascade.operator.builders import build_children
 from kascade.operator.distillation_loop import summarize_runs
 from kascade.operator.distillation_schedule import plan_runs, run_name
-from kascade.api.distillation import PromotionReason
 from kascade.operator.promotion import Serving, decide_promotion, served_cascade, serving, withdrawals
 
 PROMOTED, GATE_FAILED = PromotionReason.promoted, PromotionReason.gate_failed
@@ -32,18 +32,21 @@ SMALL = "pvc://models/small-v1"
 
 
 def cascade(**policy: Any) -> ModelCascade:
-    return ModelCascade.model_validate({
-        "apiVersion": "kascade.dev/v1alpha1", "kind": "ModelCascade",
-        "metadata": {"name": "chat", "namespace": "llm", "creationTimestamp": "2026-11-30T00:00:00Z"},
-        "spec": {
-            "tiers": [
-                {"name": "small", "model": {"uri": SMALL}, "accept": {"method": "geometricMean", "threshold": 0.5}},
-                {"name": "large", "model": {"uri": "hf://org/large"}, "resources": {"gpus": 1}},
-            ],
-            "escalationLog": {"enabled": True, "uri": "pvc://escalations/chat", "credentialsSecret": "s3-keys"},
-            "distillation": {"outputUri": "pvc://students/chat", "minSamples": 100, **policy},
-        },
-    })  # fmt: skip
+    return ModelCascade.model_validate(
+        {
+            "apiVersion": "kascade.dev/v1alpha1",
+            "kind": "ModelCascade",
+            "metadata": {"name": "chat", "namespace": "llm", "creationTimestamp": "2026-11-30T00:00:00Z"},
+            "spec": {
+                "tiers": [
+                    {"name": "small", "model": {"uri": SMALL}, "accept": {"method": "geometricMean", "threshold": 0.5}},
+                    {"name": "large", "model": {"uri": "hf://org/large"}, "resources": {"gpus": 1}},
+                ],
+                "escalationLog": {"enabled": True, "uri": "pvc://escalations/chat", "credentialsSecret": "s3-keys"},
+                "distillation": {"outputUri": "pvc://students/chat", "minSamples": 100, **policy},
+            },
+        }
+    )
 
 
 def run(name: str, *, created: datetime, phase: str | None = None, log_records: int = 0, **status: Any) -> Distillation:
@@ -60,7 +63,9 @@ def run(name: str, *, created: datetime, phase: str | None = None, log_records: 
 def plan(runs: list[Distillation], *, logged: int, now: datetime = NOW, **policy: Any) -> Any:
     spec = cascade(**policy).spec.distillation
     assert spec is not None
-    return plan_runs(spec, runs, cascade="chat", cascade_created=datetime(2026, 11, 30, tzinfo=UTC), logged=logged, now=now)
+    return plan_runs(
+        spec, runs, cascade="chat", cascade_created=datetime(2026, 11, 30, tzinfo=UTC), logged=logged, now=now
+    )
 
 
 def test_a_run_starts_once_enough_escalations_were_logged():
@@ -70,8 +75,13 @@ def test_a_run_starts_once_enough_escalations_were_logged():
 
 
 def test_records_count_from_the_last_run():
-    last = run("chat-d1", created=NOW - timedelta(hours=1), phase="Succeeded", log_records=500,
-               promotion={"promoted": False, "reason": "GateFailed"})  # fmt: skip
+    last = run(
+        "chat-d1",
+        created=NOW - timedelta(hours=1),
+        phase="Succeeded",
+        log_records=500,
+        promotion={"promoted": False, "reason": "GateFailed"},
+    )
     assert plan([last], logged=599).start is None
     assert plan([last], logged=600).start is not None
 
@@ -92,8 +102,13 @@ def test_a_schedule_starts_a_run_once_per_tick():
     assert plan([], logged=1000, schedule="0 3 * * *", now=datetime(2026, 11, 30, 2, 59, tzinfo=UTC)).start is None
     first = plan([], logged=1000, schedule="0 3 * * *", now=datetime(2026, 11, 30, 3, 0, 5, tzinfo=UTC))
     assert first.start is not None
-    done = run(first.start, created=datetime(2026, 11, 30, 3, 0, 5, tzinfo=UTC), phase="Succeeded", log_records=0,
-               promotion={"promoted": True, "reason": "Promoted"})  # fmt: skip
+    done = run(
+        first.start,
+        created=datetime(2026, 11, 30, 3, 0, 5, tzinfo=UTC),
+        phase="Succeeded",
+        log_records=0,
+        promotion={"promoted": True, "reason": "Promoted"},
+    )
     later = plan([done], logged=5000, schedule="0 3 * * *", now=datetime(2026, 11, 30, 20, tzinfo=UTC))
     assert later.start is None and later.waiting == "next look at 2026-12-01T03:00:00Z (0 3 * * *)"
     assert plan([done], logged=5000, schedule="0 3 * * *", now=datetime(2026, 12, 1, 3, 1, tzinfo=UTC)).start
@@ -101,11 +116,17 @@ def test_a_schedule_starts_a_run_once_per_tick():
 
 def test_finished_runs_beyond_the_history_limit_go_oldest_first():
     failed = {"promoted": False, "reason": "RunFailed"}
-    runs = [run(f"chat-d{i}", created=NOW - timedelta(hours=10 - i), phase="Failed", promotion=failed) for i in range(5)]
+    runs = [
+        run(f"chat-d{i}", created=NOW - timedelta(hours=10 - i), phase="Failed", promotion=failed) for i in range(5)
+    ]
     runs.append(run("chat-d9", created=NOW, phase="Running"))
     assert plan(runs, logged=0, historyLimit=2).delete == ["chat-d0", "chat-d1", "chat-d2"]
-    runs[0] = run("chat-d0", created=NOW - timedelta(hours=10), phase="Succeeded",
-                  promotion={"promoted": True, "reason": "Promoted", "previousModel": SMALL})  # fmt: skip
+    runs[0] = run(
+        "chat-d0",
+        created=NOW - timedelta(hours=10),
+        phase="Succeeded",
+        promotion={"promoted": True, "reason": "Promoted", "previousModel": SMALL},
+    )
     assert plan(runs, logged=0, historyLimit=2).delete == ["chat-d1", "chat-d2"], "the rollback target's run stays"
 
 
@@ -129,7 +150,9 @@ def test_the_run_starts_from_the_serving_student_and_writes_a_folder_of_its_own(
     assert spec["data"] == "pvc://escalations/chat" and spec["output"] == "pvc://students/chat/chat-d1"
     assert spec["training"]["temperature"] == 4.0 and spec["logRecords"] == 1234
     assert "teacherUrl" not in spec, "off-policy runs need no teacher server"
-    on_policy = build_distillation(cascade(training={"onPolicyFraction": 0.5}), SETTINGS, name="chat-d2", log_records=0)["spec"]
+    on_policy = build_distillation(
+        cascade(training={"onPolicyFraction": 0.5}), SETTINGS, name="chat-d2", log_records=0
+    )["spec"]
     assert on_policy["teacherUrl"] == "http://chat-large.llm.svc:8000/v1" and on_policy["teacherModel"] == "large"
 
 
@@ -156,8 +179,12 @@ def test_the_job_runs_kascade_distill_on_a_gpu_with_the_claims_mounted_and_repor
 
 
 def test_the_policys_tolerations_reach_the_runs_pod_whole():
-    toleration = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
-                  "tolerationSeconds": 60}  # fmt: skip
+    toleration = {
+        "key": "node.kubernetes.io/unreachable",
+        "operator": "Exists",
+        "effect": "NoExecute",
+        "tolerationSeconds": 60,
+    }
     made = build_distillation(cascade(tolerations=[toleration]), SETTINGS, name="chat-d1", log_records=0)
     assert made["spec"]["tolerations"] == [toleration]
     job = build_distillation_job(Distillation.model_validate(made), SETTINGS)
@@ -167,8 +194,9 @@ def test_the_policys_tolerations_reach_the_runs_pod_whole():
 
 def test_the_runs_identity_may_only_write_distillation_status():
     account, role, binding = build_distiller_children(cascade())
-    assert role["rules"] == [{"apiGroups": ["kascade.dev"], "resources": ["distillations/status"],
-                              "verbs": ["get", "patch"]}]  # fmt: skip
+    assert role["rules"] == [
+        {"apiGroups": ["kascade.dev"], "resources": ["distillations/status"], "verbs": ["get", "patch"]}
+    ]
     assert binding["subjects"][0]["name"] == account["metadata"]["name"] == "chat-distill"
     names = {(c["kind"], c["metadata"]["name"]) for c in build_children(cascade(), SETTINGS)}
     assert ("ServiceAccount", "chat-distill") in names
@@ -181,7 +209,9 @@ def test_the_runs_identity_may_only_write_distillation_status():
 STUDENT = "pvc://students/chat/chat-d1"
 
 
-def finished(gate: dict[str, Any] | None, *, phase: str = "Succeeded", name: str = "chat-d1", **status: Any) -> Distillation:
+def finished(
+    gate: dict[str, Any] | None, *, phase: str = "Succeeded", name: str = "chat-d1", **status: Any
+) -> Distillation:
     extra = {"gate": gate} if gate is not None else {}
     return run(name, created=NOW, phase=phase, model=f"pvc://students/chat/{name}", **extra, **status)
 
@@ -191,10 +221,21 @@ def decide(run_: Distillation, cascade_: ModelCascade, runs: list[Distillation] 
 
 
 def promoted_run(name: str, *, student: str, replaces: str = SMALL, hours: int = 0, **promotion: Any) -> Distillation:
-    made = run(name, created=NOW + timedelta(hours=hours), phase="Succeeded", model=f"pvc://students/chat/{name}",
-               gate={"passed": True, "gain": 0.05},
-               promotion={"promoted": True, "reason": PROMOTED, "previousModel": student, "replaces": replaces,
-                          "at": "t", **promotion})  # fmt: skip
+    made = run(
+        name,
+        created=NOW + timedelta(hours=hours),
+        phase="Succeeded",
+        model=f"pvc://students/chat/{name}",
+        gate={"passed": True, "gain": 0.05},
+        promotion={
+            "promoted": True,
+            "reason": PROMOTED,
+            "previousModel": student,
+            "replaces": replaces,
+            "at": "t",
+            **promotion,
+        },
+    )
     made.spec.student = student
     return made
 
@@ -222,10 +263,16 @@ def test_a_promotion_is_served_without_the_spec_changing():
     served = served_cascade(spec, serving(spec, [record]))
     assert served.spec.tiers[0].model.uri == STUDENT, "the builders build the promoted model"
     assert spec.spec.tiers[0].model.uri == SMALL, "the spec is the user's, untouched"
-    deployment = next(c for c in build_children(served, SETTINGS) if c["kind"] == "Deployment"
-                      and c["metadata"]["name"] == "chat-small")  # fmt: skip
-    claims = {v["persistentVolumeClaim"]["claimName"] for v in deployment["spec"]["template"]["spec"]["volumes"]
-              if "persistentVolumeClaim" in v}  # fmt: skip
+    deployment = next(
+        c
+        for c in build_children(served, SETTINGS)
+        if c["kind"] == "Deployment" and c["metadata"]["name"] == "chat-small"
+    )
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert "students" in claims
     assert served.spec.tiers[1] == spec.spec.tiers[1]
 
@@ -250,7 +297,8 @@ def test_editing_model_uri_pins_it_and_withdraws_the_promotion_for_good():
     assert served_uri(pinned, [record]) == "pvc://models/small-by-hand"
     assert serving(pinned, [record]).message == (
         "tier small's model.uri changed from pvc://models/small-v1 to pvc://models/small-by-hand: "
-        "it serves pvc://models/small-by-hand (a pin)")  # fmt: skip
+        "it serves pvc://models/small-by-hand (a pin)"
+    )
     [(run_, why)] = withdrawals(pinned, [record])
     assert run_.metadata.name == "chat-d1" and "(a pin)" in why
     withdrawn = promoted_run("chat-d1", student=SMALL, withdrawnAt="t2", withdrawal=why)
@@ -274,7 +322,9 @@ def test_removing_spec_distillation_serves_model_uri():
     without = cascade().model_copy(update={"spec": cascade().spec.model_copy(update={"distillation": None})})
     record = promoted_run("chat-d1", student=SMALL)
     assert served_uri(without, [record]) == SMALL
-    assert [why for _, why in withdrawals(without, [record])] == ["spec.distillation was removed: tier small serves its model.uri"]
+    assert [why for _, why in withdrawals(without, [record])] == [
+        "spec.distillation was removed: tier small serves its model.uri"
+    ]
 
 
 def test_a_failed_gate_or_run_never_promotes_and_says_why():
@@ -307,8 +357,9 @@ def test_a_run_whose_model_the_user_serves_already_is_not_promoted_over_it():
 
 
 def test_a_promotion_the_cascade_would_refuse_is_not_served():
-    decision = decide_promotion(finished({"passed": True, "gain": 0.05}), cascade(),
-                                Serving("small", SMALL, SMALL, None, ""), now="t")  # fmt: skip
+    decision = decide_promotion(
+        finished({"passed": True, "gain": 0.05}), cascade(), Serving("small", SMALL, SMALL, None, ""), now="t"
+    )
     assert decision is not None and decision.promoted
     refused = finished({"passed": True, "gain": 0.05})
     assert refused.status is not None

@@ -20,12 +20,11 @@ from kascade.operator.builders import CHILD_KINDS, build_children
 from kascade.operator.cascade_resource import parse_cascade
 from kascade.operator.kube_api import ApiError, KubeApi, resource_path
 from kascade.operator.kube_credentials import Credentials
-from kascade.operator.permissions import OPERATOR_RULES, rule_allows
-from kascade.operator.replacement import replacement
 from kascade.operator.labels import label_value, owned_selector, selector_string
+from kascade.operator.permissions import OPERATOR_RULES, rule_allows
 from kascade.operator.plan import index_children, plan_children
+from kascade.operator.replacement import replacement
 from kascade.operator.settings import OperatorSettings
-
 from kascade.testing import StandinApiServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +51,9 @@ async def observe(api: KubeApi, name: str) -> dict:
     selector = selector_string(owned_selector(name))
     objects = []
     for kind in CHILD_KINDS:
-        objects += await api.list(kind.api_version, kind.plural, namespace="default", label_selector=selector, kind=kind.kind)
+        objects += await api.list(
+            kind.api_version, kind.plural, namespace="default", label_selector=selector, kind=kind.kind
+        )
     return index_children(objects)
 
 
@@ -66,8 +67,10 @@ def test_paths_follow_the_api_layout():
     assert resource_path("v1", "configmaps", namespace="ns", name="a") == "/api/v1/namespaces/ns/configmaps/a"
     assert resource_path("apps/v1", "deployments", namespace="ns") == "/apis/apps/v1/namespaces/ns/deployments"
     assert resource_path("v1", "nodes") == "/api/v1/nodes"
-    assert (resource_path("kascade.dev/v1alpha1", "modelcascades", namespace="n", name="x", subresource="status")
-            == "/apis/kascade.dev/v1alpha1/namespaces/n/modelcascades/x/status")  # fmt: skip
+    assert (
+        resource_path("kascade.dev/v1alpha1", "modelcascades", namespace="n", name="x", subresource="status")
+        == "/apis/kascade.dev/v1alpha1/namespaces/n/modelcascades/x/status"
+    )
 
 
 def test_credentials_come_from_the_kubeconfig_named_at_call_time(server: StandinApiServer, credentials: Credentials):
@@ -100,24 +103,43 @@ def test_apply_creates_then_replaces_so_removed_fields_go_away(server: StandinAp
     run(scenario())
     stored = server.get("deployments", "apply-a-small", "default")
     assert stored["spec"]["template"]["spec"]["tolerations"] == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]  # fmt: skip
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     assert stored["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
 
 
 def test_a_replace_keeps_what_other_controllers_and_users_added():
-    desired = {"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": "x", "labels": {"app.kubernetes.io/name": "kascade"},
-                            "annotations": {"kascade.dev/spec-hash": "new"},
-                            "ownerReferences": [{"uid": "owner", "kind": "ModelCascade", "name": "c", "apiVersion": "v"}]},
-               "data": {"a": "1"}}  # fmt: skip
-    observed = {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "x", "resourceVersion": "42", "finalizers": ["example.com/keep"],
-                             "labels": {"app.kubernetes.io/name": "kascade", "app.kubernetes.io/old": "gone", "team": "ml"},
-                             "annotations": {"kascade.dev/spec-hash": "old", "kascade.dev/stale": "gone",
-                                             "deployment.kubernetes.io/revision": "3"},
-                             "ownerReferences": [{"uid": "owner", "kind": "ModelCascade", "name": "c", "apiVersion": "v"},
-                                                 {"uid": "other", "kind": "Thing", "name": "t", "apiVersion": "v"}]},
-                "data": {"a": "0", "b": "removed"}}  # fmt: skip
+    desired = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "x",
+            "labels": {"app.kubernetes.io/name": "kascade"},
+            "annotations": {"kascade.dev/spec-hash": "new"},
+            "ownerReferences": [{"uid": "owner", "kind": "ModelCascade", "name": "c", "apiVersion": "v"}],
+        },
+        "data": {"a": "1"},
+    }
+    observed = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "x",
+            "resourceVersion": "42",
+            "finalizers": ["example.com/keep"],
+            "labels": {"app.kubernetes.io/name": "kascade", "app.kubernetes.io/old": "gone", "team": "ml"},
+            "annotations": {
+                "kascade.dev/spec-hash": "old",
+                "kascade.dev/stale": "gone",
+                "deployment.kubernetes.io/revision": "3",
+            },
+            "ownerReferences": [
+                {"uid": "owner", "kind": "ModelCascade", "name": "c", "apiVersion": "v"},
+                {"uid": "other", "kind": "Thing", "name": "t", "apiVersion": "v"},
+            ],
+        },
+        "data": {"a": "0", "b": "removed"},
+    }
     body = replacement(desired, observed)
     assert body["metadata"]["resourceVersion"] == "42"
     assert body["metadata"]["labels"] == {"team": "ml", "app.kubernetes.io/name": "kascade"}
@@ -137,7 +159,9 @@ def test_a_stale_observation_is_a_race_not_a_failure(server: StandinApiServer, c
             await apply_plan(api, plan_children(desired, {}, cascade=label_value("race-a")), {}, namespace="default")
             observed = await observe(api, "race-a")
             # Someone else writes the ConfigMap after we looked: our replace carries a stale resourceVersion.
-            server.patch("configmaps", "race-a-router", {"metadata": {"labels": {"touched": "yes"}}}, namespace="default")
+            server.patch(
+                "configmaps", "race-a-router", {"metadata": {"labels": {"touched": "yes"}}}, namespace="default"
+            )
             changed = copy.deepcopy(body)
             changed["spec"]["router"]["timeoutSeconds"] = 30
             plan = plan_children(desired_children(changed), observed, cascade=label_value("race-a"))
@@ -145,7 +169,9 @@ def test_a_stale_observation_is_a_race_not_a_failure(server: StandinApiServer, c
             assert report.stale and not report.failures
             assert ("ConfigMap", "race-a-router") not in report.replaced
             # Creating what exists already (another reconcile won) is a race too.
-            again = await apply_plan(api, plan_children(desired, {}, cascade=label_value("race-a")), {}, namespace="default")
+            again = await apply_plan(
+                api, plan_children(desired, {}, cascade=label_value("race-a")), {}, namespace="default"
+            )
             assert again.stale and not again.failures and not again.created
 
     run(scenario())
@@ -159,8 +185,9 @@ def test_refused_writes_are_failures_with_the_servers_reason(server: StandinApiS
             desired = desired_children(body)
             broken = next(m for m in desired if m["kind"] == "Deployment")
             broken["spec"]["template"]["metadata"]["labels"] = {"unrelated": "labels"}  # selector does not match
-            report = await apply_plan(api, plan_children(desired, {}, cascade=label_value("refused-a")), {},
-                                      namespace="default")  # fmt: skip
+            report = await apply_plan(
+                api, plan_children(desired, {}, cascade=label_value("refused-a")), {}, namespace="default"
+            )
             assert len(report.failures) == 1
             assert report.failures[0].startswith("create Deployment/refused-a-small failed: HTTP 422 Invalid:")
             assert len(report.created) == len(desired) - 1
@@ -170,8 +197,9 @@ def test_refused_writes_are_failures_with_the_servers_reason(server: StandinApiS
 
 def test_delete_and_list_pages(server: StandinApiServer, credentials: Credentials, monkeypatch: pytest.MonkeyPatch):
     for index in range(5):
-        server.create({"apiVersion": "v1", "kind": "ConfigMap",
-                       "metadata": {"name": f"page-{index}", "labels": {"paged": "yes"}}})  # fmt: skip
+        server.create(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"page-{index}", "labels": {"paged": "yes"}}}
+        )
     monkeypatch.setattr(kube_api, "_LIST_PAGE_SIZE", 2)
 
     async def scenario() -> None:
@@ -183,11 +211,21 @@ def test_delete_and_list_pages(server: StandinApiServer, credentials: Credential
             assert await api.delete("v1", "configmaps", "page-0", namespace="default") is False
             assert await api.get("v1", "configmaps", "page-0", namespace="default") is None
             with pytest.raises(ApiError) as refused:
-                await api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Not A Name", "namespace": "default"}})
+                await api.create(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "metadata": {"name": "Not A Name", "namespace": "default"},
+                    }
+                )
             assert refused.value.status == 422 and refused.value.reason == "Invalid"
 
     run(scenario())
-    assert [r.query.get("limit") for r in server.requests if r.verb == "list" and r.query.get("labelSelector") == "paged=yes"] == ["2"] * 3
+    assert [
+        r.query.get("limit")
+        for r in server.requests
+        if r.verb == "list" and r.query.get("labelSelector") == "paged=yes"
+    ] == ["2"] * 3
 
 
 def test_status_patches_are_preconditioned_on_the_resource_version(server: StandinApiServer, credentials: Credentials):
@@ -196,12 +234,24 @@ def test_status_patches_are_preconditioned_on_the_resource_version(server: Stand
     async def scenario() -> None:
         async with KubeApi(credentials) as api:
             version = body["metadata"]["resourceVersion"]
-            written = await api.patch_status("kascade.dev/v1alpha1", "modelcascades", "status-a", namespace="default",
-                                             status_patch={"endpoint": "http://x"}, resource_version=version)  # fmt: skip
+            written = await api.patch_status(
+                "kascade.dev/v1alpha1",
+                "modelcascades",
+                "status-a",
+                namespace="default",
+                status_patch={"endpoint": "http://x"},
+                resource_version=version,
+            )
             assert written["status"]["endpoint"] == "http://x"
             with pytest.raises(ApiError) as stale:
-                await api.patch_status("kascade.dev/v1alpha1", "modelcascades", "status-a", namespace="default",
-                                       status_patch={"endpoint": "http://y"}, resource_version=version)  # fmt: skip
+                await api.patch_status(
+                    "kascade.dev/v1alpha1",
+                    "modelcascades",
+                    "status-a",
+                    namespace="default",
+                    status_patch={"endpoint": "http://y"},
+                    resource_version=version,
+                )
             assert stale.value.conflict
 
     run(scenario())

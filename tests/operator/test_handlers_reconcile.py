@@ -19,7 +19,6 @@ from kascade.operator.kube_credentials import Credentials
 from kascade.operator.observe import GpuProducts
 from kascade.operator.reconcile import Operator, reconcile
 from kascade.operator.settings import OperatorSettings
-
 from kascade.testing import StandinApiServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +57,11 @@ def reconcile_once(credentials: Credentials, body: dict[str, Any], now: str | No
 
 
 def children(server: StandinApiServer, name: str) -> list[str]:
-    return sorted(f"{resource}/{obj['metadata']['name']}" for resource in CHILDREN
-                  for obj in server.objects(resource, "default", label_selector=f"kascade.dev/cascade={name}"))  # fmt: skip
+    return sorted(
+        f"{resource}/{obj['metadata']['name']}"
+        for resource in CHILDREN
+        for obj in server.objects(resource, "default", label_selector=f"kascade.dev/cascade={name}")
+    )
 
 
 def conditions(server: StandinApiServer, name: str) -> dict[str, tuple[str, str]]:
@@ -67,12 +69,18 @@ def conditions(server: StandinApiServer, name: str) -> dict[str, tuple[str, str]
     return {c["type"]: (c["status"], c["reason"]) for c in status.get("conditions") or []}
 
 
-def test_the_first_reconcile_creates_and_the_next_ones_write_nothing(server: StandinApiServer, credentials: Credentials):
+def test_the_first_reconcile_creates_and_the_next_ones_write_nothing(
+    server: StandinApiServer, credentials: Credentials
+):
     body = create_cascade(server, "steady")
     reconcile_once(credentials, body)
     assert len(children(server, "steady")) == 13  # the example distils: its runs' identity too
-    server.wait_for(lambda: all((server.get("deployments", f"steady-{c}", "default").get("status") or {}).get("readyReplicas")
-                                for c in ("small", "large", "router")))  # fmt: skip
+    server.wait_for(
+        lambda: all(
+            (server.get("deployments", f"steady-{c}", "default").get("status") or {}).get("readyReplicas")
+            for c in ("small", "large", "router")
+        )
+    )
     body = server.get("modelcascades", "steady", "default")
     reconcile_once(credentials, body)  # readiness lands in the status
     assert conditions(server, "steady")["Ready"] == ("True", "Ready")
@@ -88,8 +96,9 @@ def test_the_first_reconcile_creates_and_the_next_ones_write_nothing(server: Sta
     assert len(reads) == 2 * (6 + 2 + 1 + 1 + 2)
 
 
-def test_a_gpu_type_no_node_offers_yet_is_applied_and_ready_once_such_a_node_joins(server: StandinApiServer,
-                                                                                     credentials: Credentials):  # fmt: skip
+def test_a_gpu_type_no_node_offers_yet_is_applied_and_ready_once_such_a_node_joins(
+    server: StandinApiServer, credentials: Credentials
+):
     """Scale from zero: no node has the tier's GPU type, yet the children are applied (the pods' Pending is what
     makes an autoscaler add a node), TiersReady names the wait, and the node's arrival brings Ready, no edit."""
     body = yaml.safe_load((REPO / "examples" / "chat-vllm-gpu.yaml").read_text())
@@ -101,64 +110,99 @@ def test_a_gpu_type_no_node_offers_yet_is_applied_and_ready_once_such_a_node_joi
     assert len(children(server, "scaling")) == 13
     large = server.get("deployments", "scaling-large", "default")
     assert large["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-B200"}
-    server.wait_for(lambda: (server.get("deployments", "scaling-router", "default").get("status") or {}).get("readyReplicas"))
+    server.wait_for(
+        lambda: (server.get("deployments", "scaling-router", "default").get("status") or {}).get("readyReplicas")
+    )
     reconcile_once(credentials, server.get("modelcascades", "scaling", "default"))
     found = conditions(server, "scaling")
     assert found["TiersReady"] == ("False", "WaitingForGpuNodes")
     assert found["Ready"] == ("False", "WaitingForGpuNodes")
     assert found["Degraded"] == ("False", "AsExpected")
-    tiers_ready = next(c for c in server.get("modelcascades", "scaling", "default")["status"]["conditions"]
-                       if c["type"] == "TiersReady")  # fmt: skip
-    assert tiers_ready["message"].startswith('tier "large" has 0/1 ready replicas: its pods wait for a node with '
-                                             "nvidia.com/gpu.product=NVIDIA-B200")  # fmt: skip
+    tiers_ready = next(
+        c
+        for c in server.get("modelcascades", "scaling", "default")["status"]["conditions"]
+        if c["type"] == "TiersReady"
+    )
+    assert tiers_ready["message"].startswith(
+        'tier "large" has 0/1 ready replicas: its pods wait for a node with nvidia.com/gpu.product=NVIDIA-B200'
+    )
 
     server.add_node("gpu-b200", labels={"nvidia.com/gpu.product": "NVIDIA-B200"})
     server.release("default", "scaling-large")
-    server.wait_for(lambda: (server.get("deployments", "scaling-large", "default").get("status") or {}).get("readyReplicas"))
+    server.wait_for(
+        lambda: (server.get("deployments", "scaling-large", "default").get("status") or {}).get("readyReplicas")
+    )
     reconcile_once(credentials, server.get("modelcascades", "scaling", "default"))
     assert conditions(server, "scaling")["Ready"] == ("True", "Ready")
-    assert server.get("modelcascades", "scaling", "default")["metadata"]["generation"] == created["metadata"]["generation"]
+    assert (
+        server.get("modelcascades", "scaling", "default")["metadata"]["generation"] == created["metadata"]["generation"]
+    )
 
 
-def test_a_read_write_once_claim_shared_across_nodes_warns_and_applies(server: StandinApiServer,
-                                                                     credentials: Credentials):  # fmt: skip
+def test_a_read_write_once_claim_shared_across_nodes_warns_and_applies(
+    server: StandinApiServer, credentials: Credentials
+):
     body = yaml.safe_load((REPO / "examples" / "chat-vllm-gpu.yaml").read_text())
     namespace = "claims"
     server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     for name, key in (("hf-token", "token"), ("chat-client-keys", "keys")):
-        server.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-                       "stringData": {key: "x"}})  # fmt: skip
+        server.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace},
+                "stringData": {key: "x"},
+            }
+        )
     for claim, mode in (("kascade-logs", "ReadWriteOnce"), ("kascade-students", "ReadWriteMany")):
-        server.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": namespace},
-                       "spec": {"accessModes": [mode], "resources": {"requests": {"storage": "10Gi"}}}})  # fmt: skip
+        server.create(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {"accessModes": [mode], "resources": {"requests": {"storage": "10Gi"}}},
+            }
+        )
     created = server.create({**body, "metadata": {"name": "shared", "namespace": namespace}})
     reconcile_once(credentials, created)
     assert server.get("deployments", "shared-router", namespace) is not None  # a warning stops nothing
     status = server.get("modelcascades", "shared", namespace)["status"]
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "ClaimNotShared")
-    assert degraded["message"].startswith('PersistentVolumeClaim "kascade-logs" (the escalation log, written by 2 router '
-                                          "replicas and read by the distillation runs) is ReadWriteOnce")  # fmt: skip
+    assert degraded["message"].startswith(
+        'PersistentVolumeClaim "kascade-logs" (the escalation log, written by 2 router '
+        "replicas and read by the distillation runs) is ReadWriteOnce"
+    )
     assert "kascade-students" not in degraded["message"]
 
 
-def test_a_name_taken_by_someone_else_is_a_conflict_and_nothing_is_applied(server: StandinApiServer,
-                                                                            credentials: Credentials):  # fmt: skip
-    foreign = server.create({"apiVersion": "v1", "kind": "ConfigMap",
-                             "metadata": {"name": "taken-router", "labels": {"owner": "someone-else"}}, "data": {"a": "b"}})  # fmt: skip
+def test_a_name_taken_by_someone_else_is_a_conflict_and_nothing_is_applied(
+    server: StandinApiServer, credentials: Credentials
+):
+    foreign = server.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "taken-router", "labels": {"owner": "someone-else"}},
+            "data": {"a": "b"},
+        }
+    )
     body = create_cascade(server, "taken")
     reconcile_once(credentials, body)
     assert children(server, "taken") == []
     assert conditions(server, "taken")["Degraded"] == ("True", "NameConflict")
     status = server.get("modelcascades", "taken", "default")["status"]
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
-    assert 'ConfigMap "taken-router" already exists in namespace "default" and is not managed by this cascade' in (
-        degraded["message"])  # fmt: skip
+    assert (
+        'ConfigMap "taken-router" already exists in namespace "default" and is not managed by this cascade'
+        in (degraded["message"])
+    )
     assert server.get("configmaps", "taken-router", "default") == foreign
 
 
-def test_a_spec_that_does_not_parse_sets_invalid_spec_and_fails_permanently(server: StandinApiServer,
-                                                                             credentials: Credentials):  # fmt: skip
+def test_a_spec_that_does_not_parse_sets_invalid_spec_and_fails_permanently(
+    server: StandinApiServer, credentials: Credentials
+):
     body = create_cascade(server, "unparsed")
     body["spec"]["tiers"][1]["accept"] = {"threshold": 0.5}  # the CRD's CEL rule would refuse it; pydantic does too
     with pytest.raises(kopf.PermanentError, match="the last tier .* always answers"):
@@ -167,8 +211,14 @@ def test_a_spec_that_does_not_parse_sets_invalid_spec_and_fails_permanently(serv
     assert children(server, "unparsed") == []
     mark = server.mark()
     with pytest.raises(kopf.PermanentError):
-        reconcile_once(credentials, {**body, "status": server.get("modelcascades", "unparsed", "default")["status"],
-                                     "metadata": server.get("modelcascades", "unparsed", "default")["metadata"]})  # fmt: skip
+        reconcile_once(
+            credentials,
+            {
+                **body,
+                "status": server.get("modelcascades", "unparsed", "default")["status"],
+                "metadata": server.get("modelcascades", "unparsed", "default")["metadata"],
+            },
+        )
     assert server.writes(since=mark) == []
 
 
@@ -176,14 +226,33 @@ def test_a_stale_body_never_overwrites_a_newer_status(server: StandinApiServer, 
     """The status write carries the body's resourceVersion: a router's newer slot makes it re-read, not clobber."""
     body = create_cascade(server, "stale")
     reconcile_once(credentials, body)
-    slot = {"processId": "p1", "pod": "stale-router-x", "startedAt": "2026-01-01T00:00:00Z", "currency": "USD",
-            "requests": 7, "failed": 0, "escalations": 1, "answeredBy": {"small": 6, "large": 1},
-            "cost": {"actual": 1.0, "baseline": 2.0}}  # fmt: skip
-    server.create({"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": "stale-router-x", "labels": {"app.kubernetes.io/name": "kascade",
-                                "app.kubernetes.io/instance": "stale", "app.kubernetes.io/component": "router",
-                                "kascade.dev/cascade": "stale"}},
-                   "spec": {"containers": [{"name": "router", "image": "r:1"}]}})  # fmt: skip
+    slot = {
+        "processId": "p1",
+        "pod": "stale-router-x",
+        "startedAt": "2026-01-01T00:00:00Z",
+        "currency": "USD",
+        "requests": 7,
+        "failed": 0,
+        "escalations": 1,
+        "answeredBy": {"small": 6, "large": 1},
+        "cost": {"actual": 1.0, "baseline": 2.0},
+    }
+    server.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "stale-router-x",
+                "labels": {
+                    "app.kubernetes.io/name": "kascade",
+                    "app.kubernetes.io/instance": "stale",
+                    "app.kubernetes.io/component": "router",
+                    "kascade.dev/cascade": "stale",
+                },
+            },
+            "spec": {"containers": [{"name": "router", "image": "r:1"}]},
+        }
+    )
     server.patch("modelcascades", "stale", {"status": {"replicaCounters": {"p1": slot}}}, subresource="status")
     reconcile_once(credentials, body)  # `body` predates both the first status write and the slot
     status = server.get("modelcascades", "stale", "default")["status"]
@@ -191,12 +260,17 @@ def test_a_stale_body_never_overwrites_a_newer_status(server: StandinApiServer, 
     assert status["traffic"]["requests"] == 7 and status["traffic"]["escalations"] == 1
 
 
-def test_gpu_hours_grow_with_the_ready_gpus_and_carry_over_from_operator_to_operator(server: StandinApiServer,
-                                                                                     credentials: Credentials):  # fmt: skip
+def test_gpu_hours_grow_with_the_ready_gpus_and_carry_over_from_operator_to_operator(
+    server: StandinApiServer, credentials: Credentials
+):
     """2 L4s at 0.80 and 4 H100s at 3.00 an hour, once ready; each reconcile here is a fresh operator."""
     reconcile_once(credentials, create_cascade(server, "billed"), now="2026-01-01T00:00:00Z")  # the clock starts
-    server.wait_for(lambda: all((server.get("deployments", f"billed-{c}", "default").get("status") or {}).get("readyReplicas")
-                                for c in ("small", "large", "router")))  # fmt: skip
+    server.wait_for(
+        lambda: all(
+            (server.get("deployments", f"billed-{c}", "default").get("status") or {}).get("readyReplicas")
+            for c in ("small", "large", "router")
+        )
+    )
     reconcile_once(credentials, server.get("modelcascades", "billed", "default"), now="2026-01-01T00:01:00Z")
     status = server.get("modelcascades", "billed", "default")["status"]
     assert [t["readyGpus"] for t in status["tiers"]] == [2, 4]
@@ -218,7 +292,9 @@ def test_gpu_hours_grow_with_the_ready_gpus_and_carry_over_from_operator_to_oper
     assert status["cost"]["reservationCost"] == pytest.approx(4 * 13.6)
     assert [t["gpuHours"] for t in status["tiers"]] == pytest.approx([8.0, 16.0])
     assert (status["cost"]["gpuHoursSince"], status["cost"]["gpuHoursUntil"]) == (
-        "2026-01-01T00:00:00Z", "2026-01-01T04:01:00Z")  # fmt: skip
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T04:01:00Z",
+    )
     assert status["summary"]["reserved"] == "USD 54.40 (24.0 GPU-h)"
 
 

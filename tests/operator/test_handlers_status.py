@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
+
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.builders import build_children
 from kascade.operator.cascade_resource import parse_cascade, validation_message
@@ -20,7 +22,6 @@ from kascade.operator.plan import Plan, index_children, plan_children
 from kascade.operator.problems import Problem, conflict_problems
 from kascade.operator.settings import OperatorSettings, SettingsError
 from kascade.operator.status_patch import changes_status, compose_status, invalid_status
-from pydantic import ValidationError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SETTINGS = OperatorSettings()
@@ -42,11 +43,21 @@ def served(manifests: list[dict[str, Any]], ready: int | None = None) -> dict:
     return index_children(objects)
 
 
-def slot(process: str, pod: str, requests: int, *, started: str = T0, actual: float = 1.0, baseline: float = 3.0) -> dict:
-    return {"processId": process, "pod": pod, "startedAt": started, "updatedAt": started, "currency": "USD",
-            "requests": requests, "failed": 0, "escalations": requests // 4,
-            "answeredBy": {"small": requests - requests // 4, "large": requests // 4},
-            "cost": {"actual": actual, "baseline": baseline, "saved": baseline - actual}}  # fmt: skip
+def slot(
+    process: str, pod: str, requests: int, *, started: str = T0, actual: float = 1.0, baseline: float = 3.0
+) -> dict:
+    return {
+        "processId": process,
+        "pod": pod,
+        "startedAt": started,
+        "updatedAt": started,
+        "currency": "USD",
+        "requests": requests,
+        "failed": 0,
+        "escalations": requests // 4,
+        "answeredBy": {"small": requests - requests // 4, "large": requests // 4},
+        "cost": {"actual": actual, "baseline": baseline, "saved": baseline - actual},
+    }
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -80,13 +91,25 @@ def test_validation_messages_write_paths_as_yaml_does():
 
 
 def test_invalid_status_says_invalid_spec_and_keeps_other_conditions():
-    previous = {"conditions": [{"type": "TiersReady", "status": "True", "reason": "AllTiersReady", "message": "ok",
-                                "lastTransitionTime": T0}]}  # fmt: skip
+    previous = {
+        "conditions": [
+            {
+                "type": "TiersReady",
+                "status": "True",
+                "reason": "AllTiersReady",
+                "message": "ok",
+                "lastTransitionTime": T0,
+            }
+        ]
+    }
     patch = invalid_status(previous, message="the resource does not parse: x", now=T1, generation=4)
     assert patch["observedGeneration"] == 4
     kinds = {c["type"]: (c["status"], c["reason"]) for c in patch["conditions"]}
-    assert kinds == {"Ready": ("False", "InvalidSpec"), "Degraded": ("True", "InvalidSpec"),
-                     "TiersReady": ("True", "AllTiersReady")}  # fmt: skip
+    assert kinds == {
+        "Ready": ("False", "InvalidSpec"),
+        "Degraded": ("True", "InvalidSpec"),
+        "TiersReady": ("True", "AllTiersReady"),
+    }
 
 
 # --- observing ------------------------------------------------------------------------------------
@@ -124,11 +147,27 @@ def test_composing_again_from_the_written_status_changes_nothing():
     cascade = parse_cascade(example())
     observed = served(build_children(cascade, SETTINGS), ready=5)
     slots = {"p1": slot("p1", "chat-router-a", 8), "p2": slot("p2", "chat-router-b", 4)}
-    patch, _ = compose_status(cascade, SETTINGS, {"replicaCounters": slots}, observed, problems=[],
-                              live_pods=["chat-router-a", "chat-router-b"], now=T0, generation=1)  # fmt: skip
+    patch, _ = compose_status(
+        cascade,
+        SETTINGS,
+        {"replicaCounters": slots},
+        observed,
+        problems=[],
+        live_pods=["chat-router-a", "chat-router-b"],
+        now=T0,
+        generation=1,
+    )
     written = apply_merge_patch({"replicaCounters": slots}, patch)
-    again, fold = compose_status(cascade, SETTINGS, written, observed, problems=[],
-                                 live_pods=["chat-router-a", "chat-router-b"], now=T1, generation=1)  # fmt: skip
+    again, fold = compose_status(
+        cascade,
+        SETTINGS,
+        written,
+        observed,
+        problems=[],
+        live_pods=["chat-router-a", "chat-router-b"],
+        now=T1,
+        generation=1,
+    )
     assert not changes_status(written, again)
     assert not changes_status(written, fold.status_patch())
     assert written["traffic"]["requests"] == 12
@@ -138,8 +177,9 @@ def test_a_gone_router_pod_retires_its_slot_with_a_null_and_keeps_its_totals():
     cascade = parse_cascade(example())
     observed = served(build_children(cascade, SETTINGS), ready=5)
     status = {"replicaCounters": {"p1": slot("p1", "chat-router-a", 8), "p2": slot("p2", "chat-router-b", 4)}}
-    patch, fold = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=["chat-router-a"],
-                                 now=T1, generation=1)  # fmt: skip
+    patch, fold = compose_status(
+        cascade, SETTINGS, status, observed, problems=[], live_pods=["chat-router-a"], now=T1, generation=1
+    )
     assert fold.retired == ("p2",)
     assert patch["replicaCounters"] == {"p2": None}
     written = apply_merge_patch(status, patch)
@@ -156,19 +196,22 @@ def test_gpu_hours_alone_are_written_once_they_are_due_not_at_every_look():
     """The example holds 2 L4s (0.80 an hour) and 4 H100s (3.00 an hour) once ready."""
     cascade = parse_cascade(example())
     observed = served(build_children(cascade, SETTINGS), ready=5)
-    status = apply_merge_patch({}, compose_status(cascade, SETTINGS, {}, observed, problems=[], live_pods=[],
-                                                  now=at(0), generation=1)[0])  # fmt: skip
+    status = apply_merge_patch(
+        {}, compose_status(cascade, SETTINGS, {}, observed, problems=[], live_pods=[], now=at(0), generation=1)[0]
+    )
     assert [(t["readyGpus"], t["perGpuHour"]) for t in status["tiers"]] == [(2, 0.8), (4, 3.0)]
     assert status["cost"]["gpuHours"] == 0 and status["cost"]["gpuHoursUntil"] == at(0)
     assert status["summary"]["reserved"] == "-"
 
     too_soon = SETTINGS.gpu_hours_interval_seconds - 1
-    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=[], now=at(int(too_soon)),
-                              generation=1)  # fmt: skip
+    patch, _ = compose_status(
+        cascade, SETTINGS, status, observed, problems=[], live_pods=[], now=at(int(too_soon)), generation=1
+    )
     assert not changes_status(status, patch)
 
-    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=[], now=at(1800),
-                              generation=1)  # fmt: skip
+    patch, _ = compose_status(
+        cascade, SETTINGS, status, observed, problems=[], live_pods=[], now=at(1800), generation=1
+    )
     written = apply_merge_patch(status, patch)
     assert written["cost"]["gpuHours"] == pytest.approx(6 * 0.5)
     assert written["cost"]["reservationCost"] == pytest.approx(2 * 0.5 * 0.8 + 4 * 0.5 * 3.0)  # 6.80
@@ -181,16 +224,19 @@ def test_gpu_hours_alone_are_written_once_they_are_due_not_at_every_look():
 def test_any_status_write_brings_the_gpu_hours_up_to_date():
     cascade = parse_cascade(example())
     observed = served(build_children(cascade, SETTINGS), ready=5)
-    status = apply_merge_patch({}, compose_status(cascade, SETTINGS, {}, observed, problems=[], live_pods=[],
-                                                  now=at(0), generation=1)[0])  # fmt: skip
+    status = apply_merge_patch(
+        {}, compose_status(cascade, SETTINGS, {}, observed, problems=[], live_pods=[], now=at(0), generation=1)[0]
+    )
     status["replicaCounters"] = {"p1": slot("p1", "chat-router-a", 8)}  # a router reports: the status changes anyway
-    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=["chat-router-a"],
-                              now=at(60), generation=1)  # fmt: skip
+    patch, _ = compose_status(
+        cascade, SETTINGS, status, observed, problems=[], live_pods=["chat-router-a"], now=at(60), generation=1
+    )
     assert patch["cost"]["gpuHours"] == pytest.approx(6 / 60)
     scaled = served(build_children(cascade, SETTINGS), ready=1)  # the small tier down to 1 replica
     written = apply_merge_patch(status, patch)
-    patch, _ = compose_status(cascade, SETTINGS, written, scaled, problems=[], live_pods=["chat-router-a"],
-                              now=at(120), generation=1)  # fmt: skip
+    patch, _ = compose_status(
+        cascade, SETTINGS, written, scaled, problems=[], live_pods=["chat-router-a"], now=at(120), generation=1
+    )
     assert patch["cost"]["gpuHours"] == pytest.approx(2 * 6 / 60)  # the minute before it was seen at 6 GPUs
     assert [t["readyGpus"] for t in patch["tiers"]] == [1, 4]
 
@@ -217,8 +263,13 @@ def test_problems_degrade_the_cascade_with_their_reason():
 
 def test_name_conflicts_are_problems_that_say_what_to_do():
     problems = conflict_problems(Plan(conflicts=(("ConfigMap", "chat-router"),)), "llm")
-    assert problems == [Problem("NameConflict", 'ConfigMap "chat-router" already exists in namespace "llm" and is not '
-                                                "managed by this cascade; delete or rename it, or rename the cascade")]  # fmt: skip
+    assert problems == [
+        Problem(
+            "NameConflict",
+            'ConfigMap "chat-router" already exists in namespace "llm" and is not '
+            "managed by this cascade; delete or rename it, or rename the cascade",
+        )
+    ]
 
 
 # --- events --------------------------------------------------------------------------------------------
@@ -238,7 +289,9 @@ def test_events_mark_transitions_not_steady_states():
     other = [condition("Ready", "False"), condition("Degraded", "True", "NoMatchingNodes", "add nodes")]
     assert transition_notices(broken, other) == [Notice("Warning", "NoMatchingNodes", "add nodes")]
     assert transition_notices(broken, healthy) == [
-        Notice("Normal", "Recovered", "no longer degraded (was: MissingSecret)"), Notice("Normal", "Ready", "serves")]  # fmt: skip
+        Notice("Normal", "Recovered", "no longer degraded (was: MissingSecret)"),
+        Notice("Normal", "Ready", "serves"),
+    ]
 
 
 # --- in-place edits count as drift ------------------------------------------------------------------------
@@ -257,7 +310,9 @@ def test_an_edited_role_or_config_is_replaced_though_its_spec_hash_matches():
     assert SPEC_HASH_ANNOTATION in observed[("Role", "chat-router")]["metadata"]["annotations"]  # not changed in place
     plan = plan_children(desired, marked)
     assert sorted((m["kind"], m["metadata"]["name"]) for m in plan.patch) == [
-        ("ConfigMap", "chat-router"), ("Role", "chat-router")]  # fmt: skip
+        ("ConfigMap", "chat-router"),
+        ("Role", "chat-router"),
+    ]
 
 
 def test_server_defaults_on_other_kinds_are_not_edits():
@@ -316,11 +371,21 @@ def test_folded_agreement_counts_move_the_threshold_and_turn_calibrated_true():
     # (so the threshold, declared at 0.35, goes up to 0.5 at once: safer moves do not wait).
     high = {"small@0.5": 300, "small@0.9": 300}
     low = {"small@0.2": 200, "small@0.45": 200}
-    slots = {"p1": _agreement_slot("p1", "chat-router-a", high, high),
-             "p2": _agreement_slot("p2", "chat-router-b", low, {})}  # fmt: skip
+    slots = {
+        "p1": _agreement_slot("p1", "chat-router-a", high, high),
+        "p2": _agreement_slot("p2", "chat-router-b", low, {}),
+    }
     status = apply_merge_patch({"replicaCounters": slots}, patch)
-    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[],
-                              live_pods=["chat-router-a", "chat-router-b"], now=T1, generation=1)  # fmt: skip
+    patch, _ = compose_status(
+        cascade,
+        SETTINGS,
+        status,
+        observed,
+        problems=[],
+        live_pods=["chat-router-a", "chat-router-b"],
+        now=T1,
+        generation=1,
+    )
     calibrated = next(c for c in patch["conditions"] if c["type"] == "Calibrated")
     assert calibrated["status"] == "True" and calibrated["reason"] == "GoalMet"
     (tier,) = patch["calibration"]["tiers"]
@@ -328,8 +393,16 @@ def test_folded_agreement_counts_move_the_threshold_and_turn_calibrated_true():
     assert tier["lastMoved"] == T1 and patch["tiers"][0]["threshold"] == 0.5  # what the routers read
     assert tier["agreement"] == 1.0 and tier["escalationRate"] == 0.4
     written = apply_merge_patch(status, patch)
-    again, _ = compose_status(cascade, SETTINGS, written, observed, problems=[],
-                              live_pods=["chat-router-a", "chat-router-b"], now=T2, generation=1)  # fmt: skip
+    again, _ = compose_status(
+        cascade,
+        SETTINGS,
+        written,
+        observed,
+        problems=[],
+        live_pods=["chat-router-a", "chat-router-b"],
+        now=T2,
+        generation=1,
+    )
     assert not changes_status(written, again)  # nothing new measured: nothing to write
 
 
@@ -338,8 +411,10 @@ def test_pinned_thresholds_have_no_calibration_status():
     body["spec"]["calibration"]["shadowSampleRate"] = 0
     cascade = parse_cascade(body)
     observed = served(build_children(cascade, SETTINGS), ready=5)
-    status = {"calibration": {"goal": "minAgreement=0.95", "tiers": []},
-              "conditions": [{"type": "Calibrated", "status": "True", "reason": "GoalMet"}]}  # fmt: skip
+    status = {
+        "calibration": {"goal": "minAgreement=0.95", "tiers": []},
+        "conditions": [{"type": "Calibrated", "status": "True", "reason": "GoalMet"}],
+    }
     patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=[], now=T0, generation=2)
     assert patch["calibration"] is None and "Calibrated" not in {c["type"] for c in patch["conditions"]}
 
@@ -347,11 +422,20 @@ def test_pinned_thresholds_have_no_calibration_status():
 def test_shadow_samples_correct_the_savings_baseline_with_the_large_tiers_own_token_counts():
     cascade = parse_cascade(example())  # the large tier: $0.88 per million tokens in and out
     observed = served(build_children(cascade, SETTINGS), ready=5)
-    tokens = {"acceptedInput": 1_000_000, "acceptedOutput": 1_000_000, "shadowAnsweredInput": 10_000,
-              "shadowAnsweredOutput": 10_000, "shadowLastInput": 10_000, "shadowLastOutput": 15_000}  # fmt: skip
-    status = {"replicaCounters": {"p1": {**slot("p1", "chat-router-a", 100), "shadowCalls": 30, "baselineTokens": tokens}}}
-    patch, _ = compose_status(cascade, SETTINGS, status, observed, problems=[], live_pods=["chat-router-a"],
-                              now=T0, generation=1)  # fmt: skip
+    tokens = {
+        "acceptedInput": 1_000_000,
+        "acceptedOutput": 1_000_000,
+        "shadowAnsweredInput": 10_000,
+        "shadowAnsweredOutput": 10_000,
+        "shadowLastInput": 10_000,
+        "shadowLastOutput": 15_000,
+    }
+    status = {
+        "replicaCounters": {"p1": {**slot("p1", "chat-router-a", 100), "shadowCalls": 30, "baselineTokens": tokens}}
+    }
+    patch, _ = compose_status(
+        cascade, SETTINGS, status, observed, problems=[], live_pods=["chat-router-a"], now=T0, generation=1
+    )
     cost = patch["cost"]
     assert cost["lastTierOutputRatio"] == 1.5
     assert cost["estimatedBaseline"] == pytest.approx(3.0 + 0.5 * 0.88)  # half again of a million output tokens

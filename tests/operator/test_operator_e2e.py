@@ -40,8 +40,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,12 @@ pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 openai = pytest.importorskip("openai")
 
-from kascade.operator.permissions import OPERATOR_RULES, rule_allows
 from kascade.operator.labels import COMPONENT_ROUTER, selector_labels
+from kascade.operator.permissions import OPERATOR_RULES, rule_allows
 from kascade.runtime.config import RouterConfig
-from kascade.testing.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
 from kascade.runtime.serving import BackgroundServer, free_port
-
 from kascade.testing import StandinApiServer
+from kascade.testing.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
 from kascade.testing.operator_cluster import OPERATOR_AGENTS, Cluster, manifests, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -83,18 +82,32 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         running = Cluster(server=server, tmp=tmp, namespace=NS, name=NAME, child_resources=CHILD_RESOURCES)
         running.kubectl("apply", "-f", str(REPO / "crds"))
         wait_for(lambda: server.get("customresourcedefinitions", "modelcascades.kascade.dev"), what="the CRD")
-        wait_for(lambda: any(c["type"] == "Established" and c["status"] == "True" for c in
-                             (server.get("crd", "modelcascades.kascade.dev") or {}).get("status", {}).get("conditions", [])),
-                 what="the CRD to be established")  # fmt: skip
+        wait_for(
+            lambda: any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in (server.get("crd", "modelcascades.kascade.dev") or {}).get("status", {}).get("conditions", [])
+            ),
+            what="the CRD to be established",
+        )
         server.add_node("gpu-l4-1", labels={"nvidia.com/gpu.product": "NVIDIA-L4"}, capacity={"nvidia.com/gpu": "8"})
-        server.add_node("gpu-h100-1", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                        capacity={"nvidia.com/gpu": "8"})  # fmt: skip
-        running.kubectl("apply", "-f", "-", input=manifests(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-            hf_token_secret(),
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "chat-client-keys", "namespace": NS},
-             "stringData": {"keys": f"{CLIENT_KEY}\n"}},
-        ))  # fmt: skip
+        server.add_node(
+            "gpu-h100-1", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, capacity={"nvidia.com/gpu": "8"}
+        )
+        running.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=manifests(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+                hf_token_secret(),
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": "chat-client-keys", "namespace": NS},
+                    "stringData": {"keys": f"{CLIENT_KEY}\n"},
+                },
+            ),
+        )
         running.start_operator()
         try:
             yield running
@@ -103,8 +116,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def hf_token_secret() -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token", "namespace": NS},
-            "stringData": {"token": "hf_e2e"}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hf-token", "namespace": NS},
+        "stringData": {"token": "hf_e2e"},
+    }
 
 
 # --- 2. apply the example ----------------------------------------------------------------------
@@ -133,7 +150,8 @@ def test_kubectl_apply_creates_the_children_with_gpu_requests(cluster: Cluster):
     gpu_taint = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     assert gpu_taint in small["spec"]["template"]["spec"]["tolerations"]
     assert {"key": "dedicated", "operator": "Equal", "value": "inference", "effect": "NoSchedule"} in (
-        small["spec"]["template"]["spec"]["tolerations"])  # fmt: skip
+        small["spec"]["template"]["spec"]["tolerations"]
+    )
     assert gpu_taint in large["spec"]["template"]["spec"]["tolerations"]
     assert small["spec"]["replicas"] == 2 and large["spec"]["replicas"] == 1
     hf_token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
@@ -143,7 +161,8 @@ def test_kubectl_apply_creates_the_children_with_gpu_requests(cluster: Cluster):
     for key, child in children.items():
         refs = child["metadata"].get("ownerReferences") or []
         assert [(r["kind"], r["name"], r["uid"], r.get("controller")) for r in refs] == [
-            ("ModelCascade", NAME, owner["uid"], True)], key  # fmt: skip
+            ("ModelCascade", NAME, owner["uid"], True)
+        ], key
 
 
 def test_every_stored_child_passes_kubernetes_validate_strict(cluster: Cluster, tmp_path: Path):
@@ -154,16 +173,27 @@ def test_every_stored_child_passes_kubernetes_validate_strict(cluster: Cluster, 
         path.write_text(yaml.safe_dump(obj, sort_keys=False))
         files.append(str(path))
     tool = Path(sys.executable).with_name("kubernetes-validate")
-    done = subprocess.run([str(tool), "--strict", "--kubernetes-version", "1.37.0", *files],
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [str(tool), "--strict", "--kubernetes-version", "1.37.0", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("INFO") == len(files), done.stdout
 
 
 def test_the_status_turns_ready_with_observed_generation(cluster: Cluster):
     """Once the Deployments are ready, Ready=True for the cascade's current generation, and the endpoint is set."""
-    wait_for(lambda: cluster.condition("Ready").get("status") == "True" and cluster.condition("Degraded").get("status") == "False",
-             what="Ready and not Degraded", context=lambda: f"{cluster.status()}\n{cluster.log_tail()}")  # fmt: skip
+    wait_for(
+        lambda: (
+            cluster.condition("Ready").get("status") == "True"
+            and cluster.condition("Degraded").get("status") == "False"
+        ),
+        what="Ready and not Degraded",
+        context=lambda: f"{cluster.status()}\n{cluster.log_tail()}",
+    )
     status, generation = cluster.status(), cluster.cascade()["metadata"]["generation"]
     assert status["observedGeneration"] == generation
     assert {c["type"]: (c["status"], c["observedGeneration"]) for c in status["conditions"]} == {
@@ -171,10 +201,15 @@ def test_the_status_turns_ready_with_observed_generation(cluster: Cluster):
         "RouterReady": ("True", generation), "Degraded": ("False", generation),
         "Calibrated": ("False", generation)}  # fmt: skip  # the example calibrates online: collecting samples
     assert status["endpoint"] == "http://chat-router.llm.svc:8000/v1"
-    assert [(t["name"], t["readyReplicas"], t["replicas"]) for t in status["tiers"]] == [("small", 2, 2), ("large", 1, 1)]
+    assert [(t["name"], t["readyReplicas"], t["replicas"]) for t in status["tiers"]] == [
+        ("small", 2, 2),
+        ("large", 1, 1),
+    ]
     assert status["summary"]["tiers"] == "2/2"
-    ready_event = wait_for(lambda: next((e for e in cluster.server.objects("events", NS) if e.get("reason") == "Ready"),
-                                        None), what="the Ready event")  # fmt: skip
+    ready_event = wait_for(
+        lambda: next((e for e in cluster.server.objects("events", NS) if e.get("reason") == "Ready"), None),
+        what="the Ready event",
+    )
     assert ready_event["type"] == "Normal" and ready_event["involvedObject"]["name"] == NAME
 
 
@@ -189,10 +224,22 @@ class RouterProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kascade", "route", "--config", str(config_path),
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "kascade",
+                "route",
+                "--config",
+                str(config_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while True:
             assert self.process.poll() is None, f"kascade route exited: {log_path.read_text()}"
@@ -248,19 +295,25 @@ class Traffic:
         keys.write_text(f"{CLIENT_KEY}\n")
         token = self.tmp / "token"
         token.write_text("e2e-router-token\n")
-        report = config.status_report.model_copy(update={
-            "api_server": self.cluster.server.url, "token_file": str(token), "ca_file": None})  # fmt: skip
+        report = config.status_report.model_copy(
+            update={"api_server": self.cluster.server.url, "token_file": str(token), "ca_file": None}
+        )
         tiers = [tier.model_copy(update={"url": urls[tier.name]}) for tier in config.tiers]
         return config.model_copy(update={"tiers": tiers, "api_keys_file": str(keys), "status_report": report})
 
     def start_router(self, pod: str) -> Router:
         if self.cluster.server.get("pods", pod, NS) is None:
-            self.cluster.server.create({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod, "namespace": NS, "labels": selector_labels(NAME, COMPONENT_ROUTER)},
-                "spec": {"serviceAccountName": "chat-router",
-                         "containers": [{"name": "router", "image": "ghcr.io/kascade-dev/kascade-runtime:0.1.0"}]},
-            })  # fmt: skip
+            self.cluster.server.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": NS, "labels": selector_labels(NAME, COMPONENT_ROUTER)},
+                    "spec": {
+                        "serviceAccountName": "chat-router",
+                        "containers": [{"name": "router", "image": "ghcr.io/kascade-dev/kascade-runtime:0.1.0"}],
+                    },
+                }
+            )
         config = self.router_config(pod)
         config_path = self.tmp / f"{pod}.yaml"
         config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
@@ -286,7 +339,8 @@ class Traffic:
             with self.one_at_a_time:  # the small tier's confidence is set per request
                 self.small.token_prob = 0.9 if confident else 0.2
                 raw = router.client.with_raw_response.chat.completions.create(
-                    model=NAME, messages=[{"role": "user", "content": "hello"}])
+                    model=NAME, messages=[{"role": "user", "content": "hello"}]
+                )
                 answer = raw.parse()
                 escalated = raw.headers.get("x-kascade-escalated") == "true"
             assert answer.choices[0].message.content == "Hello, world."
@@ -338,14 +392,16 @@ def test_router_counters_fold_into_the_status_and_kubectl_shows_them(cluster: Cl
     traffic.start_router("chat-router-7d9f-b")
     traffic.send(40)
 
-    wait_for(lambda: cluster.status().get("traffic", {}).get("requests") == 40, what="40 requests in the status",
-             context=lambda: str(cluster.status().get("traffic")) + "\n" + cluster.log_tail())  # fmt: skip
+    wait_for(
+        lambda: cluster.status().get("traffic", {}).get("requests") == 40,
+        what="40 requests in the status",
+        context=lambda: str(cluster.status().get("traffic")) + "\n" + cluster.log_tail(),
+    )
     status = cluster.status()
     assert status["traffic"]["escalations"] == 10
     assert status["traffic"]["answeredBy"] == {"small": 30, "large": 10}
     assert status["cost"]["saved"] > 0 and status["cost"]["currency"] == "USD"
-    assert set(status["replicaCounters"]) == {
-        slot["processId"] for slot in status["replicaCounters"].values()}  # fmt: skip
+    assert set(status["replicaCounters"]) == {slot["processId"] for slot in status["replicaCounters"].values()}
     assert {slot["pod"] for slot in status["replicaCounters"].values()} == {"chat-router-7d9f-a", "chat-router-7d9f-b"}
 
     row = kubectl_table(cluster)
@@ -389,8 +445,11 @@ def test_restarts_and_removed_pods_neither_drop_nor_double_count(cluster: Cluste
         # then stops and writes its slot one last time.
         retired_before = cluster.status().get("retiredCounters", {}).get("processes", 0)
         cluster.server.delete("pods", "chat-router-7d9f-b", namespace=NS)
-        wait_for(lambda: cluster.status().get("retiredCounters", {}).get("processes", 0) > retired_before,
-                 what="the operator to retire pod B's slot", context=cluster.log_tail)  # fmt: skip
+        wait_for(
+            lambda: cluster.status().get("retiredCounters", {}).get("processes", 0) > retired_before,
+            what="the operator to retire pod B's slot",
+            context=cluster.log_tail,
+        )
         traffic.send(3, pods=["chat-router-7d9f-b"])
         traffic.stop_router("chat-router-7d9f-b")
         time.sleep(0.5)
@@ -399,10 +458,15 @@ def test_restarts_and_removed_pods_neither_drop_nor_double_count(cluster: Cluste
         sender.join(timeout=20)
         assert not errors, errors
 
-    wait_for(lambda: cluster.status().get("traffic", {}).get("requests") == traffic.answered
-             and len(cluster.status().get("replicaCounters") or {}) == 1,
-             timeout=20, what=f"{traffic.answered} requests folded and one live slot",
-             context=lambda: str(cluster.status().get("traffic")) + str(cluster.status().get("retiredCounters")))  # fmt: skip
+    wait_for(
+        lambda: (
+            cluster.status().get("traffic", {}).get("requests") == traffic.answered
+            and len(cluster.status().get("replicaCounters") or {}) == 1
+        ),
+        timeout=20,
+        what=f"{traffic.answered} requests folded and one live slot",
+        context=lambda: str(cluster.status().get("traffic")) + str(cluster.status().get("retiredCounters")),
+    )
     time.sleep(4 * INTERVAL_S)  # more folds: nothing may count twice
     stop.set()
     sampler.join(timeout=5)
@@ -425,8 +489,11 @@ def test_a_reconcile_with_nothing_to_change_writes_nothing(cluster: Cluster):
     mark = cluster.server.mark()
     time.sleep(8 * INTERVAL_S)
     assert cluster.operator_writes(since=mark) == []
-    reconciles = [r for r in cluster.server.requests[mark:]
-                  if r.user_agent.startswith("kascade-operator/") and r.resource == "deployments"]  # fmt: skip
+    reconciles = [
+        r
+        for r in cluster.server.requests[mark:]
+        if r.user_agent.startswith("kascade-operator/") and r.resource == "deployments"
+    ]
     assert len(reconciles) >= 4, "the timer did not reconcile"
 
     # A label on the cascade is an update that no child depends on: kopf records it, the reconcile writes nothing.
@@ -434,7 +501,9 @@ def test_a_reconcile_with_nothing_to_change_writes_nothing(cluster: Cluster):
     cluster.kubectl("label", "modelcascade", NAME, "-n", NS, "team=ml")
     time.sleep(6 * INTERVAL_S)
     writes = cluster.operator_writes(since=mark)
-    assert [(w.verb, w.resource, w.subresource) for w in writes] == [("patch", "modelcascades", None)], [str(w) for w in writes]
+    assert [(w.verb, w.resource, w.subresource) for w in writes] == [("patch", "modelcascades", None)], [
+        str(w) for w in writes
+    ]
     assert set(writes[0].body["metadata"]) == {"annotations"}  # kopf's last-handled-configuration, nothing else
 
 
@@ -455,9 +524,15 @@ def seconds_between(earlier: str, later: str) -> float:
 
 def gpu_look(cluster: Cluster, after: str, *, seconds: float = 1) -> dict[str, Any]:
     """The status once the operator has brought the GPU-hours at least `seconds` past `after`."""
-    return wait_for(lambda: (status := cluster.status())["cost"]["gpuHoursUntil"] > after
-                    and seconds_between(after, status["cost"]["gpuHoursUntil"]) >= seconds and status,
-                    what=f"GPU-hours counted past {after}", context=cluster.log_tail)  # fmt: skip
+    return wait_for(
+        lambda: (
+            (status := cluster.status())["cost"]["gpuHoursUntil"] > after
+            and seconds_between(after, status["cost"]["gpuHoursUntil"]) >= seconds
+            and status
+        ),
+        what=f"GPU-hours counted past {after}",
+        context=cluster.log_tail,
+    )
 
 
 def test_reserved_gpu_hours_grow_with_the_ready_gpus_and_survive_an_operator_restart(cluster: Cluster):
@@ -491,8 +566,11 @@ def test_reserved_gpu_hours_grow_with_the_ready_gpus_and_survive_an_operator_res
 
 
 def child_writes(cluster: Cluster, since: int) -> list[tuple[str | None, str | None, str | None]]:
-    return [(w.verb, w.resource, w.name or ((w.body or {}).get("metadata") or {}).get("name"))
-            for w in cluster.operator_writes(since=since) if w.resource in CHILD_RESOURCES]  # fmt: skip
+    return [
+        (w.verb, w.resource, w.name or ((w.body or {}).get("metadata") or {}).get("name"))
+        for w in cluster.operator_writes(since=since)
+        if w.resource in CHILD_RESOURCES
+    ]
 
 
 def test_a_spec_change_replaces_only_the_children_it_changes(cluster: Cluster):
@@ -502,9 +580,14 @@ def test_a_spec_change_replaces_only_the_children_it_changes(cluster: Cluster):
     mark = cluster.server.mark()
     cluster.kubectl("apply", "-f", "-", input=manifests(document))
     generation = cluster.cascade()["metadata"]["generation"]
-    wait_for(lambda: cluster.status().get("observedGeneration") == generation
-             and cluster.status()["tiers"][0]["readyReplicas"] == 3, what="3 ready replicas of the small tier",
-             context=lambda: str(cluster.status().get("tiers")) + cluster.log_tail())  # fmt: skip
+    wait_for(
+        lambda: (
+            cluster.status().get("observedGeneration") == generation
+            and cluster.status()["tiers"][0]["readyReplicas"] == 3
+        ),
+        what="3 ready replicas of the small tier",
+        context=lambda: str(cluster.status().get("tiers")) + cluster.log_tail(),
+    )
     assert cluster.server.get("deployments", "chat-small", NS)["spec"]["replicas"] == 3
     assert child_writes(cluster, mark) == [("update", "deployments", "chat-small")]
     puts = [w for w in cluster.operator_writes(since=mark) if w.verb == "update"]
@@ -512,9 +595,15 @@ def test_a_spec_change_replaces_only_the_children_it_changes(cluster: Cluster):
 
     mark = cluster.server.mark()
     cluster.kubectl("apply", "-f", str(EXAMPLE))
-    wait_for(lambda: cluster.server.get("deployments", "chat-small", NS)["spec"]["replicas"] == 2, what="2 replicas again")
-    wait_for(lambda: cluster.condition("Degraded").get("status") == "False"
-             and cluster.status()["tiers"][0]["replicas"] == 2, what="the status of 2 replicas")  # fmt: skip
+    wait_for(
+        lambda: cluster.server.get("deployments", "chat-small", NS)["spec"]["replicas"] == 2, what="2 replicas again"
+    )
+    wait_for(
+        lambda: (
+            cluster.condition("Degraded").get("status") == "False" and cluster.status()["tiers"][0]["replicas"] == 2
+        ),
+        what="the status of 2 replicas",
+    )
     assert child_writes(cluster, mark) == [("update", "deployments", "chat-small")]
 
 
@@ -523,11 +612,15 @@ def test_the_timer_corrects_drift(cluster: Cluster):
     role_rules = cluster.server.get("roles", "chat-router", NS)["rules"]
     mark = cluster.server.mark()
     cluster.server.delete("deployments", "chat-large", namespace=NS)
-    cluster.server.patch("roles", "chat-router", {"rules": [{**role_rules[0], "verbs": ["get", "patch", "delete"]}]},
-                         namespace=NS)  # fmt: skip
+    cluster.server.patch(
+        "roles", "chat-router", {"rules": [{**role_rules[0], "verbs": ["get", "patch", "delete"]}]}, namespace=NS
+    )
     wait_for(lambda: cluster.server.get("deployments", "chat-large", NS) is not None, what="chat-large to come back")
     wait_for(lambda: cluster.server.get("roles", "chat-router", NS)["rules"] == role_rules, what="the Role restored")
-    assert sorted(child_writes(cluster, mark)) == [("create", "deployments", "chat-large"), ("update", "roles", "chat-router")]
+    assert sorted(child_writes(cluster, mark)) == [
+        ("create", "deployments", "chat-large"),
+        ("update", "roles", "chat-router"),
+    ]
     wait_for(lambda: cluster.condition("Ready").get("status") == "True", what="Ready again")
 
 
@@ -542,16 +635,23 @@ def test_a_missing_secret_degrades_and_leaves_the_children_untouched(cluster: Cl
     before = fingerprint(cluster)
     mark = cluster.server.mark()
     cluster.kubectl("delete", "secret", "hf-token", "-n", NS)
-    degraded = wait_for(lambda: (c := cluster.condition("Degraded")).get("status") == "True" and c,
-                        what="Degraded", context=cluster.log_tail)  # fmt: skip
+    degraded = wait_for(
+        lambda: (c := cluster.condition("Degraded")).get("status") == "True" and c,
+        what="Degraded",
+        context=cluster.log_tail,
+    )
     assert degraded["reason"] == "MissingSecret"
-    assert 'Secret "hf-token" used by tier "large" (model.hubTokenSecret) does not exist in namespace "llm"' in (
-        degraded["message"])  # fmt: skip
+    assert (
+        'Secret "hf-token" used by tier "large" (model.hubTokenSecret) does not exist in namespace "llm"'
+        in (degraded["message"])
+    )
     time.sleep(4 * INTERVAL_S)
     assert fingerprint(cluster) == before
     assert not [w for w in cluster.operator_writes(since=mark) if w.resource in CHILD_RESOURCES]
-    warning = wait_for(lambda: next((e for e in cluster.server.objects("events", NS)
-                                     if e.get("reason") == "MissingSecret"), None), what="the MissingSecret event")  # fmt: skip
+    warning = wait_for(
+        lambda: next((e for e in cluster.server.objects("events", NS) if e.get("reason") == "MissingSecret"), None),
+        what="the MissingSecret event",
+    )
     assert warning["type"] == "Warning" and 'Secret "hf-token"' in warning["message"]
 
     cluster.kubectl("apply", "-f", "-", input=manifests(hf_token_secret()))
@@ -569,39 +669,59 @@ def test_a_gpu_type_no_node_offers_yet_is_applied_and_waits_for_such_a_node(clus
     cluster.server.hold_unready(NS, "chat-large")  # the stand-in schedules nothing: no node, no ready pod
     cluster.kubectl("apply", "-f", "-", input=manifests(changed))
     generation = cluster.cascade()["metadata"]["generation"]
-    waiting = wait_for(lambda: (c := cluster.condition("TiersReady")).get("reason") == "WaitingForGpuNodes"
-                       and c.get("observedGeneration") == generation and c,
-                       what="TiersReady WaitingForGpuNodes for the new generation", context=cluster.log_tail)  # fmt: skip
-    assert waiting["message"].startswith('tier "large" has 0/1 ready replicas: its pods wait for a node with '
-                                         "nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB")  # fmt: skip
+    waiting = wait_for(
+        lambda: (
+            (c := cluster.condition("TiersReady")).get("reason") == "WaitingForGpuNodes"
+            and c.get("observedGeneration") == generation
+            and c
+        ),
+        what="TiersReady WaitingForGpuNodes for the new generation",
+        context=cluster.log_tail,
+    )
+    assert waiting["message"].startswith(
+        'tier "large" has 0/1 ready replicas: its pods wait for a node with '
+        "nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB"
+    )
     assert "nodes offer: NVIDIA-H100-80GB-HBM3, NVIDIA-L4" in waiting["message"]
     assert cluster.condition("Ready")["reason"] == "WaitingForGpuNodes"
     assert cluster.condition("Degraded")["status"] == "False"
     large = cluster.server.get("deployments", "chat-large", NS)
     assert large["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
 
-    cluster.server.add_node("gpu-a100-1", labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
-                            capacity={"nvidia.com/gpu": "8"})  # fmt: skip
+    cluster.server.add_node(
+        "gpu-a100-1", labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, capacity={"nvidia.com/gpu": "8"}
+    )
     cluster.server.release(NS, "chat-large")
-    wait_for(lambda: cluster.condition("Ready").get("status") == "True", what="Ready with the new node",
-             context=cluster.log_tail)  # fmt: skip
+    wait_for(
+        lambda: cluster.condition("Ready").get("status") == "True",
+        what="Ready with the new node",
+        context=cluster.log_tail,
+    )
     assert cluster.cascade()["metadata"]["generation"] == generation  # nobody edited the cascade
 
     cluster.kubectl("apply", "-f", str(EXAMPLE))
-    wait_for(lambda: cluster.server.get("deployments", "chat-large", NS)["spec"]["template"]["spec"]["nodeSelector"]
-             == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, what="the example's GPU type again")  # fmt: skip
+    wait_for(
+        lambda: (
+            cluster.server.get("deployments", "chat-large", NS)["spec"]["template"]["spec"]["nodeSelector"]
+            == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+        ),
+        what="the example's GPU type again",
+    )
     wait_for(lambda: cluster.condition("Ready").get("status") == "True", what="Ready again", context=cluster.log_tail)
 
 
 # --- 6b. online calibration -------------------------------------------------------------------------------
 
 
-def test_shadow_samples_move_the_threshold_and_the_routers_take_it_without_a_restart(cluster: Cluster, traffic: Traffic):
+def test_shadow_samples_move_the_threshold_and_the_routers_take_it_without_a_restart(
+    cluster: Cluster, traffic: Traffic
+):
     """Every request measured (rate 1); the small tier always agrees: the operator moves its threshold down to the
     bound, Calibrated turns True, and the running router answers a 0.2-confident request from the small tier."""
     document = yaml.safe_load(EXAMPLE.read_text())
     document["spec"]["calibration"].update(minAgreement=0.9, shadowSampleRate=1.0, minSamples=20, minThreshold=0.1)
     cluster.kubectl("apply", "-f", "-", input=manifests(document))
+
     def sample_rate() -> float | None:
         configmap = cluster.server.get("configmaps", "chat-router", NS)
         sampling = RouterConfig.model_validate(yaml.safe_load(configmap["data"]["router.yaml"])).shadow_sampling
@@ -615,8 +735,11 @@ def test_shadow_samples_move_the_threshold_and_the_routers_take_it_without_a_res
         with traffic.one_at_a_time:
             traffic.small.token_prob = 0.9 if index % 4 else 0.2
             router.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hello"}])
-    calibrated = wait_for(lambda: (c := cluster.condition("Calibrated")).get("status") == "True" and c,
-                          what="Calibrated", context=lambda: str(cluster.status().get("calibration")) + cluster.log_tail())  # fmt: skip
+    calibrated = wait_for(
+        lambda: (c := cluster.condition("Calibrated")).get("status") == "True" and c,
+        what="Calibrated",
+        context=lambda: str(cluster.status().get("calibration")) + cluster.log_tail(),
+    )
     assert calibrated["reason"] == "GoalMet" and "minAgreement=0.9" in calibrated["message"]
     (tier,) = cluster.status()["calibration"]["tiers"]
     assert tier["threshold"] == 0.1 and tier["declared"] == 0.35 and tier["samples"] >= 20  # minSamples
@@ -627,14 +750,20 @@ def test_shadow_samples_move_the_threshold_and_the_routers_take_it_without_a_res
         with traffic.one_at_a_time:
             traffic.small.token_prob = 0.2
             raw = router.client.with_raw_response.chat.completions.create(
-                model=NAME, messages=[{"role": "user", "content": "hello"}])
+                model=NAME, messages=[{"role": "user", "content": "hello"}]
+            )
         return raw.headers.get("x-kascade-tier") == "small"
 
     wait_for(answered_by_small, what="the router to take the calibrated threshold")
     traffic.stop_router(router.pod)
     cluster.kubectl("apply", "-f", str(EXAMPLE))
-    wait_for(lambda: cluster.status().get("calibration", {}).get("tiers", [{}])[0].get("declared") == 0.35
-             and cluster.condition("Calibrated").get("status") == "False", what="the example's calibration again")  # fmt: skip
+    wait_for(
+        lambda: (
+            cluster.status().get("calibration", {}).get("tiers", [{}])[0].get("declared") == 0.35
+            and cluster.condition("Calibrated").get("status") == "False"
+        ),
+        what="the example's calibration again",
+    )
 
 
 # --- 7. deletion, and what the operator may call -------------------------------------------------------------
@@ -654,7 +783,9 @@ def test_every_call_the_operator_made_is_allowed_by_its_documented_rbac(cluster:
         if r.user_agent.startswith(OPERATOR_AGENTS) and r.resource is not None
     }
     assert calls, "no operator requests were recorded"
-    missing = sorted(call for call in calls if not rule_allows(OPERATOR_RULES, verb=call[0], group=call[1], resource=call[2]))
+    missing = sorted(
+        call for call in calls if not rule_allows(OPERATOR_RULES, verb=call[0], group=call[1], resource=call[2])
+    )
     assert missing == []
 
 
@@ -672,4 +803,3 @@ def test_the_charts_roles_allow_every_call_the_operator_made(cluster: Cluster, m
     requests = [r for r in cluster.server.requests if r.user_agent.startswith(OPERATOR_AGENTS)]
     report = check_rbac(requests, roles)
     assert report.not_allowed == [], report.explain()
-

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.builders import build_children
 from kascade.operator.labels import SPEC_HASH_ANNOTATION
@@ -33,8 +34,15 @@ def as_served(manifest: dict[str, Any]) -> dict[str, Any]:
     """What the API server returns for an applied manifest: defaults, server metadata, status."""
     served = copy.deepcopy(manifest)
     served["metadata"].update(uid="u-1", resourceVersion="7", creationTimestamp="2025-01-01T00:00:00Z")
-    served["metadata"]["ownerReferences"] = [{"apiVersion": "kascade.dev/v1alpha1", "kind": "ModelCascade",
-                                              "name": "support-bot", "uid": "owner", "controller": True}]
+    served["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "kascade.dev/v1alpha1",
+            "kind": "ModelCascade",
+            "name": "support-bot",
+            "uid": "owner",
+            "controller": True,
+        }
+    ]
     if served["kind"] == "Deployment":
         served["spec"]["strategy"] = {"type": "RollingUpdate"}
         served["status"] = {"readyReplicas": 1}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from kascade.api.status import Cost, TierStatus
 from kascade.operator.reservation import (
     gpu_hours_due,

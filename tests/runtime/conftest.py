@@ -10,9 +10,9 @@ import pytest
 
 from kascade.api.modelcascade import Accept, Price
 from kascade.runtime.config import RouterConfig, TierConfig
-from kascade.testing.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
 from kascade.runtime.router import create_router_app
 from kascade.runtime.serving import BackgroundServer
+from kascade.testing.fixed_upstream import FixedBehaviour, create_fixed_upstream_app
 
 
 class Upstream:
@@ -46,10 +46,20 @@ def two_tier_config(small_url: str, large_url: str, **router: Any) -> RouterConf
     return RouterConfig(
         cascade=router.pop("cascade", "demo"),
         tiers=[
-            TierConfig(name="small", served_model="small-model", url=small_url, accept=accept,
-                       price=Price(input_per_million=1.0, output_per_million=2.0)),
-            TierConfig(name="large", served_model="large-model", url=large_url, returns_token_ids=True,
-                       price=Price(input_per_million=10.0, output_per_million=20.0)),
+            TierConfig(
+                name="small",
+                served_model="small-model",
+                url=small_url,
+                accept=accept,
+                price=Price(input_per_million=1.0, output_per_million=2.0),
+            ),
+            TierConfig(
+                name="large",
+                served_model="large-model",
+                url=large_url,
+                returns_token_ids=True,
+                price=Price(input_per_million=10.0, output_per_million=20.0),
+            ),
         ],
         **{"retry_backoff_seconds": 0.0, **router},
     )

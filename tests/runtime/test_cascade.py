@@ -24,15 +24,19 @@ def _token(prob: float) -> dict[str, Any]:
 
 
 def _chunk(prob: float) -> dict[str, Any]:
-    return {"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": {"content": [_token(prob)]},
-                         "finish_reason": None}]}
+    return {
+        "choices": [
+            {"index": 0, "delta": {"content": "x"}, "logprobs": {"content": [_token(prob)]}, "finish_reason": None}
+        ]
+    }
 
 
 class FakeEngine:
     """Answers with `tokens` tokens of probability `prob`; `fail` raises instead, `fail_after` mid-stream."""
 
-    def __init__(self, prob: float = 0.9, *, tokens: int = 6, fail: TierError | None = None,
-                 fail_after: int | None = None) -> None:
+    def __init__(
+        self, prob: float = 0.9, *, tokens: int = 6, fail: TierError | None = None, fail_after: int | None = None
+    ) -> None:
         self.prob, self.tokens, self.fail, self.fail_after = prob, tokens, fail, fail_after
         self.closed_streams = 0
 
@@ -41,8 +45,11 @@ class FakeEngine:
             raise self.fail
         message = {"role": "assistant", "content": "x" * self.tokens}
         logprobs = {"content": [_token(self.prob)] * self.tokens}
-        return {"id": "r", "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": self.tokens}}
+        return {
+            "id": "r",
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": self.tokens},
+        }
 
     async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         if self.fail is not None:
@@ -76,8 +83,10 @@ class RecordingLedger(Ledger):
 def cascade(small: FakeEngine, large: FakeEngine, **router: Any) -> tuple[Cascade, RecordingLedger]:
     config = RouterConfig(
         cascade="demo",
-        tiers=[TierConfig(name="small", served_model="s", accept=Accept(threshold=0.5)),
-               TierConfig(name="large", served_model="l")],
+        tiers=[
+            TierConfig(name="small", served_model="s", accept=Accept(threshold=0.5)),
+            TierConfig(name="large", served_model="l"),
+        ],
         retries=0,
         **router,
     )
@@ -120,12 +129,15 @@ def test_early_mode_closes_an_unsure_stream_counts_its_tokens_and_relays_the_lar
     [outcome] = ledger.outcomes
     assert outcome.answered_by == "large"
     assert [(call.tier, call.output_tokens, call.ok) for call in outcome.calls] == [
-        ("small", 2, True), ("large", 6, True)]
+        ("small", 2, True),
+        ("large", 6, True),
+    ]
 
 
 def test_early_mode_escalates_past_a_stream_that_breaks_while_being_scored() -> None:
-    runner, ledger = cascade(FakeEngine(0.9, fail_after=1), FakeEngine(),
-                             streaming=Streaming(mode="early", early_tokens=4))
+    runner, ledger = cascade(
+        FakeEngine(0.9, fail_after=1), FakeEngine(), streaming=Streaming(mode="early", early_tokens=4)
+    )
 
     async def run() -> Any:
         answer = await runner.answer_streaming(Endpoint.chat, {**ASK, "stream": True})
@@ -159,11 +171,17 @@ def test_on_tier_error_fail_stops_at_the_first_failing_tier() -> None:
 
 def test_the_learned_rule_and_a_span_score_the_live_answer_with_its_request() -> None:
     """The router scores with the manifest's learned parameters, reading the prompt's length from usage."""
-    learned = Accept(method="learned", threshold=0.5, span="notCopied",
-                     learned={"features": ["minProb", "logPromptTokens"], "weights": [4.0, -1.0], "bias": 0.0})  # fmt: skip
-    config = RouterConfig(cascade="demo", retries=0,
-                          tiers=[TierConfig(name="small", served_model="s", accept=learned),
-                                 TierConfig(name="large", served_model="l")])  # fmt: skip
+    learned = Accept(
+        method="learned",
+        threshold=0.5,
+        span="notCopied",
+        learned={"features": ["minProb", "logPromptTokens"], "weights": [4.0, -1.0], "bias": 0.0},
+    )
+    config = RouterConfig(
+        cascade="demo",
+        retries=0,
+        tiers=[TierConfig(name="small", served_model="s", accept=learned), TierConfig(name="large", served_model="l")],
+    )
     runner = Cascade(config, {"small": FakeEngine(0.9), "large": FakeEngine()}, RecordingLedger(config))
     answer = asyncio.run(runner.answer(Endpoint.chat, ASK))
     expected = 1 / (1 + math.exp(-(4.0 * 0.9 - math.log(4))))  # minProb 0.9; 3 prompt tokens

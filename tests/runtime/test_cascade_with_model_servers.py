@@ -26,8 +26,12 @@ def cascade_config(small_url: str, large_url: str, threshold: float, **router) -
         cascade="tiny-cascade",
         task=router.pop("task", Task.chat),
         tiers=[
-            TierConfig(name="small", served_model="small-model", url=small_url,
-                       accept=Accept(method=router.pop("method", "geometricMean"), threshold=threshold)),
+            TierConfig(
+                name="small",
+                served_model="small-model",
+                url=small_url,
+                accept=Accept(method=router.pop("method", "geometricMean"), threshold=threshold),
+            ),
             TierConfig(name="large", served_model="large-model", url=large_url),
         ],
         retry_backoff_seconds=0.0,
@@ -105,9 +109,7 @@ def test_completions_cascade_over_real_servers(tiers, start_router):
     router = start_router(cascade_config(small.url, large.url, 1.0))
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="none", max_retries=0)
 
-    raw = client.completions.with_raw_response.create(
-        model="tiny-cascade", prompt="once upon", logprobs=2, **GREEDY
-    )
+    raw = client.completions.with_raw_response.create(model="tiny-cascade", prompt="once upon", logprobs=2, **GREEDY)
 
     assert raw.headers["x-kascade-tier"] == "large"
     logprobs = raw.parse().choices[0].logprobs
@@ -140,8 +142,7 @@ def test_a_small_tier_killed_mid_test_sends_traffic_to_the_large_one(own_tiers, 
     assert httpx.get(f"{router.url}/stats").json()["failed"] == 1
 
 
-def test_a_classify_cascade_over_real_classifier_servers(start_shared_model_server, tiny_classifier_dir,
-                                                         start_router):
+def test_a_classify_cascade_over_real_classifier_servers(start_shared_model_server, tiny_classifier_dir, start_router):
     small = start_shared_model_server(tiny_classifier_dir, name="small-model", task="classify")
     large = start_shared_model_server(tiny_classifier_dir, name="large-model", task="classify")
     direct = httpx.post(f"{small.base_url}/classify", json={"model": "small-model", "input": "a fine day"}).json()

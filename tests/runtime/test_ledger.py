@@ -121,7 +121,9 @@ def test_no_tiers_is_an_error() -> None:
 def test_unknown_tiers_are_refused_without_a_half_record() -> None:
     ledger = make_ledger()
     before = ledger.snapshot()
-    bad_call = RequestOutcome("small", (TierCall("small", 1, 1, 0.1, ok=True), TierCall("medium", 1, 1, 0.1, ok=True)), False)
+    bad_call = RequestOutcome(
+        "small", (TierCall("small", 1, 1, 0.1, ok=True), TierCall("medium", 1, 1, 0.1, ok=True)), False
+    )
     bad_answer = RequestOutcome("medium", (TierCall("small", 1, 1, 0.1, ok=True),), True)
     negative = RequestOutcome("small", (TierCall("small", -1, 1, 0.1, ok=True),), False)
     for outcome in (bad_call, bad_answer, negative):
@@ -214,7 +216,14 @@ def test_a_clock_stepping_back_does_not_move_updated_at_back() -> None:
 def _counters(snapshot: dict) -> list[float]:
     values = [snapshot["requests"], snapshot["failed"], snapshot["escalations"], *snapshot["answeredBy"].values()]
     for tier in snapshot["tiers"].values():
-        values += [tier["calls"], tier["errors"], tier["inputTokens"], tier["outputTokens"], tier["cost"], tier["latencySecondsSum"]]
+        values += [
+            tier["calls"],
+            tier["errors"],
+            tier["inputTokens"],
+            tier["outputTokens"],
+            tier["cost"],
+            tier["latencySecondsSum"],
+        ]
     values += [snapshot["cost"]["actual"], snapshot["cost"]["baseline"]]
     return values
 
@@ -224,8 +233,12 @@ def test_snapshot_is_monotonic_over_many_records() -> None:
     ledger = make_ledger()
     previous = ledger.snapshot()
     for _ in range(500):
-        small = TierCall("small", rng.randint(0, 4000), rng.randint(0, 800), rng.uniform(-0.01, 2.0), ok=rng.random() > 0.1)
-        large = TierCall("large", rng.randint(0, 4000), rng.randint(0, 800), rng.uniform(0.0, 5.0), ok=rng.random() > 0.1)
+        small = TierCall(
+            "small", rng.randint(0, 4000), rng.randint(0, 800), rng.uniform(-0.01, 2.0), ok=rng.random() > 0.1
+        )
+        large = TierCall(
+            "large", rng.randint(0, 4000), rng.randint(0, 800), rng.uniform(0.0, 5.0), ok=rng.random() > 0.1
+        )
         shape = rng.choice(["accepted", "escalated", "failed"])
         if shape == "accepted" and small.ok:
             outcome = RequestOutcome("small", (small,), False)
@@ -255,8 +268,14 @@ def test_shadow_calls_are_paid_for_and_measure_the_last_tiers_token_counts() -> 
     assert slot.shadow_calls == 30 and slot.shadow_cost == pytest.approx(shadow)
     assert slot.cost.actual == pytest.approx(before.cost.actual + shadow) and slot.cost.baseline == before.cost.baseline
     assert slot.answered_by == before.answered_by and slot.tiers["large"].calls == 30
-    assert slot.baseline_tokens == {"acceptedInput": 40_000, "acceptedOutput": 20_000, "shadowAnsweredInput": 30_000,
-                                    "shadowAnsweredOutput": 15_000, "shadowLastInput": 30_000, "shadowLastOutput": 30_000}
+    assert slot.baseline_tokens == {
+        "acceptedInput": 40_000,
+        "acceptedOutput": 20_000,
+        "shadowAnsweredInput": 30_000,
+        "shadowAnsweredOutput": 15_000,
+        "shadowLastInput": 30_000,
+        "shadowLastOutput": 30_000,
+    }
     estimate = estimated_baseline(slot.cost.baseline, slot.baseline_tokens, slot.shadow_calls, LARGE)
     assert estimate is not None and estimate.output_ratio == 2.0 and estimate.input_ratio == 1.0
     # The accepted answers' output, priced at the large tier, counts twice: 40 x (1000 in + 2 x 500 out).

@@ -138,7 +138,10 @@ def test_completion_layout_skips_none_and_reads_top_dicts() -> None:
 def test_completion_without_top_lists_or_with_short_ones() -> None:
     response = {
         "choices": [
-            {"index": 0, "logprobs": {"tokens": ["a", "b"], "token_logprobs": [LN_HALF, LN_QUARTER], "top_logprobs": [None]}}
+            {
+                "index": 0,
+                "logprobs": {"tokens": ["a", "b"], "token_logprobs": [LN_HALF, LN_QUARTER], "top_logprobs": [None]},
+            }
         ]
     }
     assert token_evidence(Endpoint.completion, response) == [TokenEvidence(LN_HALF), TokenEvidence(LN_QUARTER)]
@@ -175,7 +178,12 @@ def test_completion_stream_chunk() -> None:
             {
                 "index": 0,
                 "text": " there",
-                "logprobs": {"tokens": [" there"], "token_logprobs": [LN_QUARTER], "top_logprobs": [{" there": LN_QUARTER}], "text_offset": [2]},
+                "logprobs": {
+                    "tokens": [" there"],
+                    "token_logprobs": [LN_QUARTER],
+                    "top_logprobs": [{" there": LN_QUARTER}],
+                    "text_offset": [2],
+                },
             }
         ],
     }
@@ -226,13 +234,17 @@ def test_chat_request_asks_for_logprobs_without_touching_the_callers_body() -> N
     assert body == original
 
 
-@pytest.mark.parametrize(("caller_top", "needed", "expected"), [(3, 5, 5), (7, 5, 7), (None, 0, 0), (2, 2, 2), ("x", 2, 2)])
+@pytest.mark.parametrize(
+    ("caller_top", "needed", "expected"), [(3, 5, 5), (7, 5, 7), (None, 0, 0), (2, 2, 2), ("x", 2, 2)]
+)
 def test_chat_request_keeps_the_larger_top_count(caller_top: object, needed: int, expected: int) -> None:
     body = {"messages": [], "logprobs": True, "top_logprobs": caller_top}
     assert with_logprobs_requested(Endpoint.chat, body, needed)["top_logprobs"] == expected
 
 
-@pytest.mark.parametrize(("caller", "needed", "expected"), [(None, 0, 0), (None, 5, 5), (3, 5, 5), (8, 5, 8), (0, 0, 0)])
+@pytest.mark.parametrize(
+    ("caller", "needed", "expected"), [(None, 0, 0), (None, 5, 5), (3, 5, 5), (8, 5, 8), (0, 0, 0)]
+)
 def test_completion_request_logprobs_is_a_count(caller: object, needed: int, expected: int) -> None:
     body = {"prompt": "hi"}
     if caller is not None:
@@ -337,7 +349,15 @@ def test_strip_completion_not_asked() -> None:
 
 
 def test_strip_works_on_stream_chunks_and_odd_shapes() -> None:
-    chunk = {"choices": [{"index": 0, "delta": {"content": "Yes"}, "logprobs": {"content": [chat_entry("Yes", LN_HALF, [("Yes", LN_HALF)])]}}]}
+    chunk = {
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"content": "Yes"},
+                "logprobs": {"content": [chat_entry("Yes", LN_HALF, [("Yes", LN_HALF)])]},
+            }
+        ]
+    }
     assert strip_unrequested_logprobs(Endpoint.chat, {}, chunk)["choices"][0]["logprobs"] is None
     usage_chunk = {"choices": [], "usage": {"prompt_tokens": 1}}
     assert strip_unrequested_logprobs(Endpoint.chat, {}, usage_chunk) == usage_chunk
@@ -369,8 +389,9 @@ def test_what_the_engines_write_is_what_the_router_reads() -> None:
         (Endpoint.chat, layout.chat_completion, layout.chat_logprobs(scored)),
         (Endpoint.completion, layout.text_completion, layout.completion_logprobs(scored)),
     ]:
-        response = build(header, "Hi!", logprobs=logprobs, finish_reason="stop", stop_reason=None,
-                         token_usage=layout.usage(3, 2))
+        response = build(
+            header, "Hi!", logprobs=logprobs, finish_reason="stop", stop_reason=None, token_usage=layout.usage(3, 2)
+        )
         evidence = token_evidence(endpoint, response)
         # Completions list the chosen token among the top ones, so its own logprob shows there too.
         assert [e.logprob for e in evidence] == [e.logprob for e in expected]

@@ -141,12 +141,19 @@ def test_a_retry_that_succeeds_is_the_answer(registry: CollectorRegistry, metric
 
 
 def test_metrics_and_ledger_agree_on_cost(registry: CollectorRegistry) -> None:
-    prices = {"small": Price(input_per_million=0.1, output_per_million=0.2), "large": Price(input_per_million=1, output_per_million=2)}
+    prices = {
+        "small": Price(input_per_million=0.1, output_per_million=0.2),
+        "large": Price(input_per_million=1, output_per_million=2),
+    }
     ledger = Ledger(prices)
     metrics = RouterMetrics(registry, "demo", list(prices))
     outcomes = [
         RequestOutcome("small", (TierCall("small", 1000, 500, 0.2, ok=True, confidence=0.9),), False),
-        RequestOutcome("large", (TierCall("small", 1000, 500, 0.2, ok=True, confidence=0.2), TierCall("large", 1000, 400, 1.0, ok=True)), True),
+        RequestOutcome(
+            "large",
+            (TierCall("small", 1000, 500, 0.2, ok=True, confidence=0.2), TierCall("large", 1000, 400, 1.0, ok=True)),
+            True,
+        ),
     ]
     for outcome in outcomes:
         metrics.observe(outcome, ledger.record(outcome))

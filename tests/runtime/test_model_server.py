@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+
 from kascade.runtime.sse import SSE_DONE, iter_sse_json, sse_event
 
 HELLO = [{"role": "user", "content": "Hello! What is the capital of France?"}]
@@ -65,7 +66,9 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
 
 
 def test_completions(client: openai.OpenAI) -> None:
-    response = client.completions.create(model="small", prompt="The capital of France is", max_tokens=6, temperature=0, logprobs=2)
+    response = client.completions.create(
+        model="small", prompt="The capital of France is", max_tokens=6, temperature=0, logprobs=2
+    )
     assert response.object == "text_completion"
     choice = response.choices[0]
     assert isinstance(choice.text, str)
@@ -133,7 +136,9 @@ def test_bad_parameters_are_400(client: openai.OpenAI) -> None:
     ids=["malformed", "array", "not-utf8", "empty"],
 )
 def test_malformed_bodies_are_400(server, content: bytes) -> None:
-    response = httpx.post(f"{server.url}/chat/completions", content=content, headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{server.url}/chat/completions", content=content, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}

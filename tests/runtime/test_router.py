@@ -88,7 +88,9 @@ def test_the_threshold_decides_at_the_boundary(start_upstream, start_router, two
     ("method", "expected"),
     [("minToken", 0.6), ("quantile", 0.6), ("margin", 0.6 - 0.1), ("geometricMean", 0.6)],
 )
-def test_each_method_reaches_the_tier_with_the_logprobs_it_needs(start_upstream, start_router, two_tier_config, method, expected):
+def test_each_method_reaches_the_tier_with_the_logprobs_it_needs(
+    start_upstream, start_router, two_tier_config, method, expected
+):
     small = start_upstream(token_prob=0.6, runner_up_prob=0.1)
     large = start_upstream()
     config = two_tier_config(small.url, large.url, accept=Accept(method=method, threshold=0.01))
@@ -107,9 +109,7 @@ def test_logprobs_the_caller_asked_for_are_kept_and_trimmed_to_its_count(start_u
     config = two_tier_config(small.url, large.url, accept=Accept(method="margin", threshold=0.1))
     router = start_router(config)
 
-    completion = client_for(router).chat.completions.create(
-        model="demo", messages=CHAT, logprobs=True, top_logprobs=1
-    )
+    completion = client_for(router).chat.completions.create(model="demo", messages=CHAT, logprobs=True, top_logprobs=1)
 
     content = completion.choices[0].logprobs.content
     assert len(content) == 4
@@ -133,9 +133,7 @@ def test_completions_endpoint_cascades_too(start_upstream, start_router, two_tie
 def test_classify_cascade_uses_class_probabilities(start_upstream, start_router, two_tier_config):
     small = start_upstream(class_probs=[0.45, 0.55])
     large = start_upstream(class_probs=[0.05, 0.95])
-    config = two_tier_config(
-        small.url, large.url, task=Task.classify, accept=Accept(method="maxProb", threshold=0.7)
-    )
+    config = two_tier_config(small.url, large.url, task=Task.classify, accept=Accept(method="maxProb", threshold=0.7))
     router = start_router(config)
 
     response = httpx.post(f"{router.url}/classify", json={"model": "demo", "input": ["great film"]})
@@ -232,8 +230,9 @@ def test_a_client_that_leaves_mid_stream_cancels_the_tier(start_upstream, start_
     large = start_upstream(tokens=[f"x{i}" for i in range(2000)], token_delay_seconds=0.005)
     router = start_router(two_tier_config(small.url, large.url))
 
-    with httpx.stream("POST", f"{router.url}/v1/chat/completions",
-                      json={"model": "demo", "messages": CHAT, "stream": True}) as response:
+    with httpx.stream(
+        "POST", f"{router.url}/v1/chat/completions", json={"model": "demo", "messages": CHAT, "stream": True}
+    ) as response:
         for _line in response.iter_lines():
             break
 
@@ -338,20 +337,29 @@ def test_a_last_tier_refusal_reaches_the_caller_as_is(start_upstream, start_rout
         (b'{"model": "demo", "messages": []}', 422, "messages"),
         (b'{"model": "demo", "messages": "hello"}', 422, "messages"),
         (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 422, "stream"),
-        (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 99}', 422,
-         "top_logprobs"),
+        (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 99}', 422, "top_logprobs"),
         (b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
     ],
-    ids=["malformed", "array", "no-model", "no-messages", "empty-messages", "messages-type", "stream-type",
-         "top-logprobs-range", "unknown-model"],
+    ids=[
+        "malformed",
+        "array",
+        "no-model",
+        "no-messages",
+        "empty-messages",
+        "messages-type",
+        "stream-type",
+        "top-logprobs-range",
+        "unknown-model",
+    ],
 )
 def test_bad_requests_get_openai_style_errors(start_upstream, start_router, two_tier_config, body, status, param):
     small = start_upstream()
     large = start_upstream()
     router = start_router(two_tier_config(small.url, large.url))
 
-    response = httpx.post(f"{router.url}/v1/chat/completions", content=body,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{router.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
 
     assert response.status_code == status
     error = response.json()["error"]

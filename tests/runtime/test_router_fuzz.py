@@ -18,8 +18,11 @@ json_values = st.recursive(
 )
 field_values = {
     "model": st.sampled_from(["demo", "other"]) | json_values,
-    "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]),
-                                                "content": st.text(max_size=30)}), max_size=3) | json_values,
+    "messages": st.lists(
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": st.text(max_size=30)}),
+        max_size=3,
+    )
+    | json_values,
     "prompt": st.text(max_size=30) | json_values,
     "input": st.text(max_size=30) | st.lists(st.text(max_size=10), max_size=3) | json_values,
     "stream": st.booleans() | json_values,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
 from kascade.runtime.engines.base import Endpoint, Engine, TierError, TierErrorKind
 from kascade.runtime.engines.transformers import (
     ModelLoadError,
@@ -174,7 +175,9 @@ def test_stop_strings_cut_the_output(lm: TransformersEngine) -> None:
     assert choice["finish_reason"] == "stop"
     assert choice["stop_reason"] == stop
 
-    chunks = run(collect(lm.stream(Endpoint.chat, {"messages": HELLO, "max_tokens": 12, "temperature": 0, "stop": stop})))
+    chunks = run(
+        collect(lm.stream(Endpoint.chat, {"messages": HELLO, "max_tokens": 12, "temperature": 0, "stop": stop}))
+    )
     deltas = [c["choices"][0]["delta"].get("content", "") for c in chunks]
     assert "".join(deltas) == expected
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
@@ -439,7 +442,9 @@ def test_tokenizer_without_chat_template_uses_the_fallback(tmp_path: Path, tiny_
     response = run(engine.call(Endpoint.chat, {"messages": HELLO, "max_tokens": 3, "temperature": 0}))
     expected_prompt = fallback_chat_prompt(HELLO)
     assert expected_prompt.endswith("\nassistant:")
-    assert response["usage"]["prompt_tokens"] == len(engine._tokenizer(expected_prompt, add_special_tokens=False)["input_ids"])
+    assert response["usage"]["prompt_tokens"] == len(
+        engine._tokenizer(expected_prompt, add_special_tokens=False)["input_ids"]
+    )
     run(engine.aclose())
 
 

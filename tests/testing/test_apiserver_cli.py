@@ -18,8 +18,21 @@ def test_the_cli_serves_until_terminated(tmp_path: Path):
     """The command prints its URL and kubeconfig, serves the CRDs it was given, and exits cleanly on SIGTERM."""
     kubeconfig = tmp_path / "kubeconfig"
     process = subprocess.Popen(
-        [sys.executable, "-m", "kascade.testing.apiserver", "--port", "0", "--crds", str(REPO / "crds"), "--kubeconfig", str(kubeconfig)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "kascade.testing.apiserver",
+            "--port",
+            "0",
+            "--crds",
+            str(REPO / "crds"),
+            "--kubeconfig",
+            str(kubeconfig),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
     )
     try:
         assert process.stdout is not None

@@ -34,8 +34,9 @@ def test_custom_objects_round_trip(client: kubernetes.client.ApiClient):
     assert created["metadata"]["generation"] == 1
     listed = api.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, label_selector="team=ml")
     assert [item["metadata"]["name"] for item in listed["items"]] == ["client-cr"]
-    patched = api.patch_namespaced_custom_object_status(GROUP, VERSION, "default", PLURAL, "client-cr",
-                                                        {"status": {"observedGeneration": 1}})
+    patched = api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, "default", PLURAL, "client-cr", {"status": {"observedGeneration": 1}}
+    )
     assert patched["status"]["observedGeneration"] == 1 and patched["metadata"]["generation"] == 1
 
 
@@ -72,5 +73,9 @@ def test_the_client_watch_ends_with_the_server_timeout(client: kubernetes.client
     """kubernetes.watch.Watch streams ADDED events and stops when the server ends the stream (timeoutSeconds)."""
     core = kubernetes.client.CoreV1Api(client)
     core.create_namespaced_config_map("default", {"metadata": {"name": "client-watched", "labels": {"w": "1"}}})
-    events = list(kubernetes.watch.Watch().stream(core.list_namespaced_config_map, "default", label_selector="w=1", timeout_seconds=1))
+    events = list(
+        kubernetes.watch.Watch().stream(
+            core.list_namespaced_config_map, "default", label_selector="w=1", timeout_seconds=1
+        )
+    )
     assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "client-watched")]

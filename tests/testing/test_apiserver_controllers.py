@@ -16,10 +16,17 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 
 def deployment(name: str, replicas: int = 2) -> dict:
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"containers": [{"name": "engine", "image": "vllm/vllm-openai:v0.9.0"}]}}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "engine", "image": "vllm/vllm-openai:v0.9.0"}]},
+            },
+        },
     }
 
 
@@ -34,17 +41,27 @@ def conditions(obj: dict) -> dict[str, tuple[str, str]]:
 
 
 def observed(server: StandinApiServer, name: str, generation: int) -> dict:
-    return server.wait_for(lambda: (d := server.get("deployments", name)) and
-                           d.get("status", {}).get("observedGeneration") == generation and d)
+    return server.wait_for(
+        lambda: (
+            (d := server.get("deployments", name)) and d.get("status", {}).get("observedGeneration") == generation and d
+        )
+    )
 
 
 def test_a_new_deployment_becomes_available(server: StandinApiServer, api: httpx.Client):
     """A real Deployment controller reports replicas, ready/available/updated replicas, observedGeneration, Available and Progressing."""
     api.post(DEPLOY, json=deployment("ctl-ready", replicas=3))
     status = observed(server, "ctl-ready", 1)["status"]
-    assert (status["replicas"], status["readyReplicas"], status["availableReplicas"], status["updatedReplicas"]) == (3, 3, 3, 3)
-    assert conditions({"status": status}) == {"Available": ("True", "MinimumReplicasAvailable"),
-                                              "Progressing": ("True", "NewReplicaSetAvailable")}
+    assert (status["replicas"], status["readyReplicas"], status["availableReplicas"], status["updatedReplicas"]) == (
+        3,
+        3,
+        3,
+        3,
+    )
+    assert conditions({"status": status}) == {
+        "Available": ("True", "MinimumReplicasAvailable"),
+        "Progressing": ("True", "NewReplicaSetAvailable"),
+    }
 
 
 def test_observed_generation_follows_spec_changes(server: StandinApiServer, api: httpx.Client):
@@ -61,8 +78,10 @@ def test_a_held_deployment_stays_unready(server: StandinApiServer, api: httpx.Cl
     api.post(DEPLOY, json=deployment("ctl-held"))
     status = observed(server, "ctl-held", 1)["status"]
     assert "readyReplicas" not in status and status["unavailableReplicas"] == 2
-    assert conditions({"status": status}) == {"Available": ("False", "MinimumReplicasUnavailable"),
-                                              "Progressing": ("True", "ReplicaSetUpdated")}
+    assert conditions({"status": status}) == {
+        "Available": ("False", "MinimumReplicasUnavailable"),
+        "Progressing": ("True", "ReplicaSetUpdated"),
+    }
     server.release("default", "ctl-held")
     server.wait_for(lambda: server.get("deployments", "ctl-held")["status"].get("readyReplicas") == 2)
 
@@ -92,12 +111,25 @@ CRD = {
         "group": "example.dev",
         "scope": "Namespaced",
         "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wg"]},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                "spec": {"type": "object", "properties": {"size": {"type": "integer", "minimum": 1, "default": 1}}},
-                "status": {"type": "object", "properties": {"phase": {"type": "string"}}}}}},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {"size": {"type": "integer", "minimum": 1, "default": 1}},
+                            },
+                            "status": {"type": "object", "properties": {"phase": {"type": "string"}}},
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
@@ -109,17 +141,23 @@ def test_a_crd_created_through_the_api_is_served(server: StandinApiServer, api: 
     assert {c["type"]: c["status"] for c in crd["status"]["conditions"]}["Established"] == "True"
     resources = api.get("/apis/example.dev/v1").json()["resources"]
     assert [r["name"] for r in resources] == ["widgets"] and resources[0]["shortNames"] == ["wg"]
-    widget = api.post("/apis/example.dev/v1/namespaces/default/widgets",
-                      json={"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {}})
+    widget = api.post(
+        "/apis/example.dev/v1/namespaces/default/widgets",
+        json={"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {}},
+    )
     assert widget.status_code == 201 and widget.json()["spec"] == {"size": 1}
 
 
 def test_without_a_status_subresource_status_is_part_of_the_object(api: httpx.Client):
     """A real API server keeps status in main-resource writes when the CRD has no status subresource, and bumps generation."""
     api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=CRD)
-    api.post("/apis/example.dev/v1/namespaces/default/widgets",
-             json={"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "plain"}, "spec": {}})
-    patched = api.patch("/apis/example.dev/v1/namespaces/default/widgets/plain", json={"status": {"phase": "Done"}}, headers=MERGE).json()
+    api.post(
+        "/apis/example.dev/v1/namespaces/default/widgets",
+        json={"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "plain"}, "spec": {}},
+    )
+    patched = api.patch(
+        "/apis/example.dev/v1/namespaces/default/widgets/plain", json={"status": {"phase": "Done"}}, headers=MERGE
+    ).json()
     assert patched["status"] == {"phase": "Done"} and patched["metadata"]["generation"] == 2
     assert api.get("/apis/example.dev/v1/namespaces/default/widgets/plain/status").status_code == 404
 
@@ -127,12 +165,17 @@ def test_without_a_status_subresource_status_is_part_of_the_object(api: httpx.Cl
 def test_deleting_a_crd_removes_its_kind_and_objects(server: StandinApiServer, api: httpx.Client):
     """A real API server stops serving a CRD's kind, and drops its objects (watchers see them DELETED), when the CRD is deleted."""
     api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=CRD)
-    api.post("/apis/example.dev/v1/namespaces/default/widgets",
-             json={"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "doomed"}, "spec": {}})
+    api.post(
+        "/apis/example.dev/v1/namespaces/default/widgets",
+        json={"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "doomed"}, "spec": {}},
+    )
     since = server.resource_version
     api.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.dev")
-    deleted = [(change.type, change.new["metadata"]["name"]) for change in server.changes(since=since)
-               if change.kind.plural == "widgets"]
+    deleted = [
+        (change.type, change.new["metadata"]["name"])
+        for change in server.changes(since=since)
+        if change.kind.plural == "widgets"
+    ]
     assert ("DELETED", "doomed") in deleted
     server.wait_for(lambda: api.get("/apis/example.dev/v1/namespaces/default/widgets").status_code == 404)
     assert api.get("/apis/example.dev/v1").status_code == 404

@@ -22,8 +22,14 @@ def cascade(name: str, **metadata: object) -> dict:
 
 def owned_configmap(name: str, owner: dict, *, namespace: str = "default") -> dict:
     """What `kopf.adopt(child, owner=body)` adds: an owner reference with the owner's uid, controller: true."""
-    ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
-           "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    ref = {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     return {"metadata": {"name": name, "namespace": namespace, "ownerReferences": [ref]}, "data": {"k": "v"}}
 
 
@@ -33,7 +39,9 @@ def test_deleting_an_owner_deletes_its_dependents(server: StandinApiServer, api:
     assert api.post(CM, json=owned_configmap("gc-child-1", owner)).status_code == 201
     assert api.post(CM, json=owned_configmap("gc-child-2", owner)).status_code == 201
     assert api.delete(f"{MC}/gc-owner").status_code == 200
-    server.wait_for(lambda: server.get("configmaps", "gc-child-1") is None and server.get("configmaps", "gc-child-2") is None)
+    server.wait_for(
+        lambda: server.get("configmaps", "gc-child-1") is None and server.get("configmaps", "gc-child-2") is None
+    )
 
 
 def test_orphan_propagation_keeps_dependents(server: StandinApiServer, api: httpx.Client):
@@ -53,7 +61,9 @@ def test_foreground_propagation_deletes_dependents_first(server: StandinApiServe
     response = api.request("DELETE", f"{MC}/gc-foreground", json={"propagationPolicy": "Foreground"})
     assert response.json()["metadata"]["deletionTimestamp"]
     assert "foregroundDeletion" in response.json()["metadata"]["finalizers"]
-    server.wait_for(lambda: server.get("mcas", "gc-foreground") is None and server.get("configmaps", "gc-fg-child") is None)
+    server.wait_for(
+        lambda: server.get("mcas", "gc-foreground") is None and server.get("configmaps", "gc-fg-child") is None
+    )
 
 
 def test_a_dependent_of_a_missing_owner_is_collected(server: StandinApiServer, api: httpx.Client):
@@ -90,7 +100,9 @@ def test_no_new_finalizers_on_a_deleting_object(api: httpx.Client):
     """A real API server refuses adding finalizers to an object being deleted (422 Forbidden)."""
     api.post(MC, json=cascade("fin-add", finalizers=["kascade.dev/a"]))
     api.delete(f"{MC}/fin-add")
-    response = api.patch(f"{MC}/fin-add", json={"metadata": {"finalizers": ["kascade.dev/a", "kascade.dev/b"]}}, headers=MERGE)
+    response = api.patch(
+        f"{MC}/fin-add", json={"metadata": {"finalizers": ["kascade.dev/a", "kascade.dev/b"]}}, headers=MERGE
+    )
     assert response.status_code == 422
     api.patch(f"{MC}/fin-add", json={"metadata": {"finalizers": None}}, headers=MERGE)
 
@@ -115,7 +127,10 @@ def test_deleting_a_namespace_deletes_its_contents(server: StandinApiServer, api
 def test_creating_in_a_terminating_namespace_is_forbidden(api: httpx.Client):
     """A real API server answers 403 Forbidden for a create in a namespace that is being terminated."""
     api.post("/api/v1/namespaces", json={"metadata": {"name": "closing"}})
-    api.post("/api/v1/namespaces/closing/configmaps", json={"metadata": {"name": "blocker", "finalizers": ["kascade.dev/hold"]}})
+    api.post(
+        "/api/v1/namespaces/closing/configmaps",
+        json={"metadata": {"name": "blocker", "finalizers": ["kascade.dev/hold"]}},
+    )
     api.delete("/api/v1/namespaces/closing")
     response = api.post("/api/v1/namespaces/closing/configmaps", json={"metadata": {"name": "late"}})
     assert response.status_code == 403 and response.json()["reason"] == "Forbidden"

@@ -18,7 +18,16 @@ def test_core_discovery_reports_group_version_v1(api: httpx.Client):
     body = api.get("/api/v1").json()
     assert body["kind"] == "APIResourceList" and body["groupVersion"] == "v1"
     names = {resource["name"] for resource in body["resources"]}
-    assert {"configmaps", "secrets", "services", "serviceaccounts", "nodes", "events", "namespaces", "namespaces/status"} <= names
+    assert {
+        "configmaps",
+        "secrets",
+        "services",
+        "serviceaccounts",
+        "nodes",
+        "events",
+        "namespaces",
+        "namespaces/status",
+    } <= names
     assert api.get("/api").json()["versions"] == ["v1"]
 
 
@@ -43,7 +52,9 @@ def test_crds_are_listable(api: httpx.Client):
 
 def test_nodes_can_be_listed_by_label(server: StandinApiServer, api: httpx.Client):
     """A real API server lists Nodes (cluster-scoped) filtered by labels, e.g. the GPU product label."""
-    server.add_node("gpu-a100", labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, capacity={"nvidia.com/gpu": "8"})
+    server.add_node(
+        "gpu-a100", labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, capacity={"nvidia.com/gpu": "8"}
+    )
     server.add_node("gpu-t4", labels={"nvidia.com/gpu.product": "NVIDIA-T4"}, capacity={"nvidia.com/gpu": "1"})
     server.add_node("cpu-1")
     gpu_nodes = api.get("/api/v1/nodes", params={"labelSelector": "nvidia.com/gpu.product"}).json()["items"]
@@ -53,10 +64,17 @@ def test_nodes_can_be_listed_by_label(server: StandinApiServer, api: httpx.Clien
 
 def test_events_can_be_created(api: httpx.Client):
     """A real API server accepts core/v1 Events (as operators post them) and lists them by involvedObject."""
-    event = {"metadata": {"generateName": "kascade-"}, "type": "Normal", "reason": "Reconciled", "message": "ok",
-             "involvedObject": {"kind": "ModelCascade", "name": "x", "namespace": "default"}}
+    event = {
+        "metadata": {"generateName": "kascade-"},
+        "type": "Normal",
+        "reason": "Reconciled",
+        "message": "ok",
+        "involvedObject": {"kind": "ModelCascade", "name": "x", "namespace": "default"},
+    }
     assert api.post("/api/v1/namespaces/default/events", json=event).status_code == 201
-    listed = api.get("/api/v1/namespaces/default/events", params={"fieldSelector": "involvedObject.name=x"}).json()["items"]
+    listed = api.get("/api/v1/namespaces/default/events", params={"fieldSelector": "involvedObject.name=x"}).json()[
+        "items"
+    ]
     assert [e["reason"] for e in listed] == ["Reconciled"]
 
 
@@ -64,19 +82,46 @@ def test_leases_secrets_and_service_accounts_are_served(api: httpx.Client):
     """A real API server serves coordination.k8s.io/v1 Leases, Secrets and ServiceAccounts."""
     lease = {"metadata": {"name": "kascade-operator"}, "spec": {"holderIdentity": "pod-1", "leaseDurationSeconds": 15}}
     assert api.post("/apis/coordination.k8s.io/v1/namespaces/default/leases", json=lease).status_code == 201
-    assert api.post("/api/v1/namespaces/default/serviceaccounts", json={"metadata": {"name": "kascade"}}).status_code == 201
-    assert api.post("/api/v1/namespaces/default/secrets", json={"metadata": {"name": "key"}, "data": {"k": "dg=="}}).status_code == 201
-    assert api.post("/api/v1/namespaces/default/secrets", json={"metadata": {"name": "bad"}, "data": {"k": "not base64!"}}).status_code == 400
+    assert (
+        api.post("/api/v1/namespaces/default/serviceaccounts", json={"metadata": {"name": "kascade"}}).status_code
+        == 201
+    )
+    assert (
+        api.post(
+            "/api/v1/namespaces/default/secrets", json={"metadata": {"name": "key"}, "data": {"k": "dg=="}}
+        ).status_code
+        == 201
+    )
+    assert (
+        api.post(
+            "/api/v1/namespaces/default/secrets", json={"metadata": {"name": "bad"}, "data": {"k": "not base64!"}}
+        ).status_code
+        == 400
+    )
 
 
 def test_a_custom_resource_table_has_the_printer_columns(api: httpx.Client):
     """A real API server answers Accept: as=Table with the CRD's additionalPrinterColumns, evaluated by JSONPath."""
-    api.post(MC, json={"apiVersion": "kascade.dev/v1alpha1", "kind": "ModelCascade", "metadata": {"name": "table"},
-                       "spec": {"tiers": [{"name": "only", "model": {"uri": "hf://org/model"}}]}})
-    status = {"conditions": [{"type": "Calibrated", "status": "False"}, {"type": "Ready", "status": "True"}],
-              "summary": {"tiers": "1/1", "escalation": "12.5%", "saved": "USD 1.23 (45.0%)",
-                          "reserved": "USD 96.00 (120.0 GPU-h)", "netSaved": "USD 1.00 (2.0%)"},
-              "endpoint": "http://table:8000/v1"}
+    api.post(
+        MC,
+        json={
+            "apiVersion": "kascade.dev/v1alpha1",
+            "kind": "ModelCascade",
+            "metadata": {"name": "table"},
+            "spec": {"tiers": [{"name": "only", "model": {"uri": "hf://org/model"}}]},
+        },
+    )
+    status = {
+        "conditions": [{"type": "Calibrated", "status": "False"}, {"type": "Ready", "status": "True"}],
+        "summary": {
+            "tiers": "1/1",
+            "escalation": "12.5%",
+            "saved": "USD 1.23 (45.0%)",
+            "reserved": "USD 96.00 (120.0 GPU-h)",
+            "netSaved": "USD 1.00 (2.0%)",
+        },
+        "endpoint": "http://table:8000/v1",
+    }
     api.patch(f"{MC}/table/status", json={"status": status}, headers=MERGE)
     table = api.get(MC, headers=TABLE).json()
     assert table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
@@ -91,8 +136,13 @@ def test_a_custom_resource_table_has_the_printer_columns(api: httpx.Client):
 
 def test_a_deployment_table_has_kubectl_columns(api: httpx.Client):
     """A real API server prints Deployments with READY, UP-TO-DATE, AVAILABLE and AGE."""
-    deployment = {"metadata": {"name": "tabled"}, "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
-        "metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}}
+    deployment = {
+        "metadata": {"name": "tabled"},
+        "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}},
+        },
+    }
     api.post("/apis/apps/v1/namespaces/default/deployments", json=deployment)
     table = api.get("/apis/apps/v1/namespaces/default/deployments/tabled", headers=TABLE).json()
     assert [c["name"] for c in table["columnDefinitions"]][:5] == ["Name", "Ready", "Up-to-date", "Available", "Age"]
@@ -107,7 +157,9 @@ def test_jsonpath_filters_and_indexes():
     assert jsonpath(obj, ".status.missing") == []
 
 
-@pytest.mark.parametrize(("seconds", "shown"), [(5, "5s"), (130, "2m10s"), (3600, "60m"), (5 * 3600 + 60, "5h1m"), (3 * 86400, "3d")])
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(5, "5s"), (130, "2m10s"), (3600, "60m"), (5 * 3600 + 60, "5h1m"), (3 * 86400, "3d")]
+)
 def test_ages_are_shown_like_kubectl(seconds: int, shown: str):
     """kubectl's short duration format for AGE columns."""
     import datetime

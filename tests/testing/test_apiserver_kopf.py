@@ -44,7 +44,12 @@ def throwaway_operator(kubeconfig: Path) -> kopf.OperatorRegistry:
 
     @kopf.on.create("kascade.dev", "v1alpha1", "modelcascades", registry=registry)
     def created(body: kopf.Body, patch: kopf.Patch, name: str, namespace: str, **_: object) -> None:
-        child = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-router"}, "data": {"tiers": "2"}}
+        child = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{name}-router"},
+            "data": {"tiers": "2"},
+        }
         kopf.adopt(child, owner=body)  # owner reference with the owner's server-set uid
         kubernetes.client.CoreV1Api(client).create_namespaced_config_map(namespace, child)
         kopf.info(body, reason="Reconciled", message="router config created")
@@ -58,21 +63,30 @@ def cascade(name: str) -> dict:
         "apiVersion": "kascade.dev/v1alpha1",
         "kind": "ModelCascade",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {"tiers": [{"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
-                           {"name": "large", "model": {"uri": "hf://org/large"}}]},
+        "spec": {
+            "tiers": [
+                {"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
+                {"name": "large", "model": {"uri": "hf://org/large"}},
+            ]
+        },
     }
 
 
-def test_a_kopf_operator_reconciles_against_the_stand_in(server: StandinApiServer, own_registry: None,
-                                                         caplog: pytest.LogCaptureFixture):
+def test_a_kopf_operator_reconciles_against_the_stand_in(
+    server: StandinApiServer, own_registry: None, caplog: pytest.LogCaptureFixture
+):
     """A real Kopf operator (standalone, one namespace) sees a new ModelCascade, writes /status, posts an event and adopts a child."""
     caplog.set_level(logging.INFO)
     registry = throwaway_operator(server.kubeconfig_path)
     with KopfRunner(["run", "--standalone", "--namespace", "default"], registry=registry, timeout=60) as runner:
         server.create(cascade("kopf-demo"))
-        stored = server.wait_for(lambda: (obj := server.get("mcas", "kopf-demo")) and obj.get("status", {}).get("endpoint") and obj,
-                                 timeout=20)
-        events = server.wait_for(lambda: [e for e in server.objects("events", "default") if e["reason"] == "Reconciled"])
+        stored = server.wait_for(
+            lambda: (obj := server.get("mcas", "kopf-demo")) and obj.get("status", {}).get("endpoint") and obj,
+            timeout=20,
+        )
+        events = server.wait_for(
+            lambda: [e for e in server.objects("events", "default") if e["reason"] == "Reconciled"]
+        )
     assert runner.exception is None, runner.exception
     assert runner.exit_code == 0
 

@@ -77,7 +77,9 @@ def kubectl(kubectl_binary: Path, server: StandinApiServer, tmp_path_factory: py
 
     def run(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(server.kubeconfig_path), "HOME": str(home)}
-        done = subprocess.run([str(kubectl_binary), *args], input=input, capture_output=True, text=True, env=env, timeout=60, check=False)
+        done = subprocess.run(
+            [str(kubectl_binary), *args], input=input, capture_output=True, text=True, env=env, timeout=60, check=False
+        )
         if check:
             assert done.returncode == 0, f"kubectl {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
         return done
@@ -94,7 +96,9 @@ def test_apply_creates_a_custom_resource(kubectl: Kubectl, server: StandinApiSer
     done = kubectl("apply", "-f", "-", input=CASCADE.format(name="k-apply"))
     assert "modelcascade.kascade.dev/k-apply created" in done.stdout
     stored = server.get("mcas", "k-apply")
-    assert stored is not None and "kubectl.kubernetes.io/last-applied-configuration" in stored["metadata"]["annotations"]
+    assert (
+        stored is not None and "kubectl.kubernetes.io/last-applied-configuration" in stored["metadata"]["annotations"]
+    )
     create = next(r for r in server.requests if r.verb == "create" and r.name is None and r.resource == "modelcascades")
     assert create.query.get("fieldValidation") == "Strict" and create.user_agent.startswith("kubectl")
 
@@ -119,9 +123,17 @@ def test_get_by_short_name_and_category(kubectl: Kubectl):
 def test_get_shows_status_in_columns(kubectl: Kubectl, server: StandinApiServer):
     """The printer columns read the status an operator writes (`.status.summary.tiers`, the Ready condition)."""
     kubectl("apply", "-f", "-", input=CASCADE.format(name="k-status"))
-    server.patch("mcas", "k-status", {"status": {"conditions": [{"type": "Ready", "status": "True"}],
-                                               "summary": {"tiers": "2/2", "escalation": "10.0%", "saved": "USD 3.00 (60.0%)"}}},
-                 subresource="status")
+    server.patch(
+        "mcas",
+        "k-status",
+        {
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "summary": {"tiers": "2/2", "escalation": "10.0%", "saved": "USD 3.00 (60.0%)"},
+            }
+        },
+        subresource="status",
+    )
     line = next(line for line in kubectl("get", "mcas", "k-status").stdout.splitlines() if line.startswith("k-status"))
     assert line.split()[1:6] == ["True", "2/2", "10.0%", "USD", "3.00"]
 
@@ -150,14 +162,23 @@ def test_apply_of_an_invalid_object_is_refused(kubectl: Kubectl):
 
 def test_apply_deployments_then_get_deploy(kubectl: Kubectl, server: StandinApiServer):
     """kubectl apply updates a Deployment with a strategic merge patch; an unchanged manifest is reported unchanged."""
-    assert "created" in kubectl("apply", "-f", "-", input=DEPLOYMENT.format(name="k-web", image="img:1", cpu="500m")).stdout
+    assert (
+        "created"
+        in kubectl("apply", "-f", "-", input=DEPLOYMENT.format(name="k-web", image="img:1", cpu="500m")).stdout
+    )
     server.wait_for(lambda: server.get("deploy", "k-web").get("status", {}).get("readyReplicas") == 2)
     output = kubectl("get", "deploy", "k-web").stdout
     assert columns(output) == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
     assert output.splitlines()[1].split()[1] == "2/2"
-    assert "configured" in kubectl("apply", "-f", "-", input=DEPLOYMENT.format(name="k-web", image="img:2", cpu="500m")).stdout
+    assert (
+        "configured"
+        in kubectl("apply", "-f", "-", input=DEPLOYMENT.format(name="k-web", image="img:2", cpu="500m")).stdout
+    )
     assert server.get("deploy", "k-web")["spec"]["template"]["spec"]["containers"][0]["image"] == "img:2"
-    assert "unchanged" in kubectl("apply", "-f", "-", input=DEPLOYMENT.format(name="k-web", image="img:2", cpu="500m")).stdout
+    assert (
+        "unchanged"
+        in kubectl("apply", "-f", "-", input=DEPLOYMENT.format(name="k-web", image="img:2", cpu="500m")).stdout
+    )
 
 
 def test_non_canonical_quantities_make_apply_patch_every_time(kubectl: Kubectl, server: StandinApiServer):
@@ -166,7 +187,10 @@ def test_non_canonical_quantities_make_apply_patch_every_time(kubectl: Kubectl, 
     server.wait_for(lambda: server.get("deploy", "k-quantity").get("status"))
     version = server.get("deploy", "k-quantity")["metadata"]["resourceVersion"]
     mark = server.mark()
-    assert "configured" in kubectl("apply", "-f", "-", input=DEPLOYMENT.format(name="k-quantity", image="img:1", cpu="0.5")).stdout
+    assert (
+        "configured"
+        in kubectl("apply", "-f", "-", input=DEPLOYMENT.format(name="k-quantity", image="img:1", cpu="0.5")).stdout
+    )
     assert [r.verb for r in server.writes(since=mark)] == ["patch"]
     assert server.get("deploy", "k-quantity")["metadata"]["resourceVersion"] == version
 

@@ -19,9 +19,14 @@ def test_the_binaries_run_and_are_cached(monkeypatch: pytest.MonkeyPatch):
         kubectl, helm = kubetools.kubectl_path(), kubetools.helm_path()
     except kubetools.KubetoolsUnavailable as error:
         pytest.fail(f"kubectl/helm could not be fetched:\n{error}", pytrace=False)
-    version = subprocess.run([str(kubectl), "version", "--client"], capture_output=True, text=True, timeout=60, check=False)
+    version = subprocess.run(
+        [str(kubectl), "version", "--client"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert kubetools.KUBECTL_VERSION in version.stdout
-    assert kubetools.HELM_VERSION in subprocess.run([str(helm), "version"], capture_output=True, text=True, timeout=60, check=False).stdout
+    assert (
+        kubetools.HELM_VERSION
+        in subprocess.run([str(helm), "version"], capture_output=True, text=True, timeout=60, check=False).stdout
+    )
 
     def no_download(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached binaries should not be downloaded again")

@@ -7,7 +7,6 @@ import uuid
 
 import httpx
 
-
 MC = "/apis/kascade.dev/v1alpha1/namespaces/default/modelcascades"
 CM = "/api/v1/namespaces/default/configmaps"
 
@@ -18,8 +17,12 @@ def cascade(name: str | None = None, **metadata: object) -> dict:
         "apiVersion": "kascade.dev/v1alpha1",
         "kind": "ModelCascade",
         "metadata": meta,
-        "spec": {"tiers": [{"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
-                           {"name": "large", "model": {"uri": "hf://org/large"}}]},
+        "spec": {
+            "tiers": [
+                {"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
+                {"name": "large", "model": {"uri": "hf://org/large"}},
+            ]
+        },
     }
 
 
@@ -130,29 +133,55 @@ def test_generation_bumps_on_spec_changes_only(api: httpx.Client):
     """A real API server bumps metadata.generation when the spec changes, not on metadata or status writes."""
     created = api.post(MC, json=cascade("meta-gen")).json()
     assert created["metadata"]["generation"] == 1
-    labelled = api.patch(f"{MC}/meta-gen", json={"metadata": {"labels": {"team": "ml"}}},
-                         headers={"Content-Type": "application/merge-patch+json"}).json()
+    labelled = api.patch(
+        f"{MC}/meta-gen",
+        json={"metadata": {"labels": {"team": "ml"}}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    ).json()
     assert labelled["metadata"]["generation"] == 1
-    status = api.patch(f"{MC}/meta-gen/status", json={"status": {"endpoint": "http://x"}},
-                       headers={"Content-Type": "application/merge-patch+json"}).json()
+    status = api.patch(
+        f"{MC}/meta-gen/status",
+        json={"status": {"endpoint": "http://x"}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    ).json()
     assert status["metadata"]["generation"] == 1
-    changed = api.patch(f"{MC}/meta-gen", json={"spec": {"task": "completion"}},
-                        headers={"Content-Type": "application/merge-patch+json"}).json()
+    changed = api.patch(
+        f"{MC}/meta-gen",
+        json={"spec": {"task": "completion"}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    ).json()
     assert changed["metadata"]["generation"] == 2
 
 
 def test_deployment_generation_bumps_on_annotation_changes(api: httpx.Client):
     """A real API server bumps a Deployment's generation on spec and on annotation changes (copied to ReplicaSets), not labels."""
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "meta-deploy-gen"},
-        "spec": {"selector": {"matchLabels": {"app": "x"}},
-                 "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "img:1"}]}}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "meta-deploy-gen"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "x"}},
+            "template": {
+                "metadata": {"labels": {"app": "x"}},
+                "spec": {"containers": [{"name": "c", "image": "img:1"}]},
+            },
+        },
     }
     path = "/apis/apps/v1/namespaces/default/deployments"
     assert api.post(path, json=deployment).json()["metadata"]["generation"] == 1
     merge = {"Content-Type": "application/merge-patch+json"}
-    assert api.patch(f"{path}/meta-deploy-gen", json={"metadata": {"labels": {"a": "b"}}}, headers=merge).json()["metadata"]["generation"] == 1
-    assert api.patch(f"{path}/meta-deploy-gen", json={"metadata": {"annotations": {"a": "b"}}}, headers=merge).json()["metadata"]["generation"] == 2
+    assert (
+        api.patch(f"{path}/meta-deploy-gen", json={"metadata": {"labels": {"a": "b"}}}, headers=merge).json()[
+            "metadata"
+        ]["generation"]
+        == 1
+    )
+    assert (
+        api.patch(f"{path}/meta-deploy-gen", json={"metadata": {"annotations": {"a": "b"}}}, headers=merge).json()[
+            "metadata"
+        ]["generation"]
+        == 2
+    )
 
 
 def test_configmaps_have_no_generation(api: httpx.Client):

@@ -29,10 +29,24 @@ def test_every_request_is_recorded(server: StandinApiServer):
         api.get(f"{CM}/missing")
     create, listing, patch, missing = server.requests[mark:]
     assert (create.method, create.path, create.verb, create.resource, create.namespace, create.status) == (
-        "POST", CM, "create", "configmaps", "default", 201)
-    assert create.body == {"metadata": {"name": "rec", "labels": {"a": "b"}}} and create.user_agent == "kascade-operator/0.1"
+        "POST",
+        CM,
+        "create",
+        "configmaps",
+        "default",
+        201,
+    )
+    assert (
+        create.body == {"metadata": {"name": "rec", "labels": {"a": "b"}}}
+        and create.user_agent == "kascade-operator/0.1"
+    )
     assert (listing.verb, listing.query) == ("list", {"labelSelector": "a=b"})
-    assert (patch.verb, patch.name, patch.content_type, patch.group) == ("patch", "rec", "application/merge-patch+json", "")
+    assert (patch.verb, patch.name, patch.content_type, patch.group) == (
+        "patch",
+        "rec",
+        "application/merge-patch+json",
+        "",
+    )
     assert (missing.verb, missing.status) == ("get", 404)
     assert [r.verb for r in server.writes(since=mark)] == ["create", "patch"]
 
@@ -44,10 +58,18 @@ def test_requests_name_the_rbac_rule_they_need(server: StandinApiServer):
         api.get("/apis/apps/v1")  # discovery needs no rule
         with api.stream("GET", "/apis/apps/v1/namespaces/default/deployments", params={"watch": "true"}):
             pass  # the watch is recorded when it starts
-        api.patch("/apis/apps/v1/namespaces/default/deployments/x/status", json={}, headers={"Content-Type": "application/merge-patch+json"})
+        api.patch(
+            "/apis/apps/v1/namespaces/default/deployments/x/status",
+            json={},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
         api.post("/api/v1/namespaces/default/events", json={"metadata": {"generateName": "e-"}, "involvedObject": {}})
     assert [r.rbac for r in server.requests[mark:]] == [
-        None, ("apps", "deployments", "watch"), ("apps", "deployments/status", "patch"), ("", "events", "create")]
+        None,
+        ("apps", "deployments", "watch"),
+        ("apps", "deployments/status", "patch"),
+        ("", "events", "create"),
+    ]
 
 
 def test_reads_are_not_writes(server: StandinApiServer):

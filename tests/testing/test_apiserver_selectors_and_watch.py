@@ -34,7 +34,9 @@ def labelled(server: StandinApiServer) -> None:
 
 def names(response: httpx.Response) -> list[str]:
     assert response.status_code == 200, response.text
-    return sorted(item["metadata"]["name"] for item in response.json()["items"] if item["metadata"]["name"].startswith("sel-"))
+    return sorted(
+        item["metadata"]["name"] for item in response.json()["items"] if item["metadata"]["name"].startswith("sel-")
+    )
 
 
 @pytest.mark.parametrize(
@@ -134,7 +136,10 @@ def test_a_watch_from_a_resource_version_sends_only_later_events(server: Standin
     api.delete(f"{CM}/watch-after")
     events = watch_events(server, {"resourceVersion": str(since), "timeoutSeconds": "1", "labelSelector": "w=rv"})
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
-        ("ADDED", "watch-after"), ("MODIFIED", "watch-after"), ("DELETED", "watch-after")]
+        ("ADDED", "watch-after"),
+        ("MODIFIED", "watch-after"),
+        ("DELETED", "watch-after"),
+    ]
     versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
     assert versions == sorted(versions) and versions[0] > since
 
@@ -153,9 +158,12 @@ def test_an_object_leaving_a_watched_selector_is_deleted_from_the_watch(server: 
 def test_a_live_watch_receives_changes(server: StandinApiServer, api: httpx.Client):
     """A real API server streams changes to an open watch as they happen."""
     since = server.resource_version
-    with httpx.stream("GET", f"{server.url}{CM}", timeout=10,
-                      params={"watch": "true", "resourceVersion": str(since), "timeoutSeconds": "5",
-                              "labelSelector": "live=yes"}) as response:
+    with httpx.stream(
+        "GET",
+        f"{server.url}{CM}",
+        timeout=10,
+        params={"watch": "true", "resourceVersion": str(since), "timeoutSeconds": "5", "labelSelector": "live=yes"},
+    ) as response:
         api.post(CM, json={"metadata": {"name": "watch-live", "labels": {"live": "yes"}}})
         lines = response.iter_lines()
         event = json.loads(next(line for line in lines if line))
@@ -175,8 +183,9 @@ def test_a_too_old_resource_version_is_gone(server: StandinApiServer, api: httpx
 
 def test_bookmarks_when_allowed(server: StandinApiServer):
     """A real API server may send BOOKMARK events carrying only a resourceVersion when ?allowWatchBookmarks=true."""
-    events = watch_events(server, {"resourceVersion": str(server.resource_version), "timeoutSeconds": "1",
-                                   "allowWatchBookmarks": "true"})
+    events = watch_events(
+        server, {"resourceVersion": str(server.resource_version), "timeoutSeconds": "1", "allowWatchBookmarks": "true"}
+    )
     bookmark = events[-1]
     assert bookmark["type"] == "BOOKMARK"
     assert bookmark["object"]["metadata"]["resourceVersion"].isdigit()

@@ -19,8 +19,12 @@ CASCADE = {
     "apiVersion": "kascade.dev/v1alpha1",
     "kind": "ModelCascade",
     "metadata": {"name": "valid"},
-    "spec": {"tiers": [{"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
-                       {"name": "large", "model": {"uri": "hf://org/large"}}]},
+    "spec": {
+        "tiers": [
+            {"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
+            {"name": "large", "model": {"uri": "hf://org/large"}},
+        ]
+    },
 }
 
 
@@ -32,10 +36,16 @@ def cascade(name: str) -> dict:
 
 def deployment(name: str) -> dict:
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-        "spec": {"selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"containers": [{"name": "engine", "image": "vllm/vllm-openai:v0.9.0"}]}}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "engine", "image": "vllm/vllm-openai:v0.9.0"}]},
+            },
+        },
     }
 
 
@@ -91,8 +101,11 @@ def test_cel_rules_refuse_cross_field_mistakes(api: httpx.Client):
 def test_cel_rules_also_guard_updates(api: httpx.Client):
     """A real API server validates updates too: a patch that breaks a CEL rule is 422 and changes nothing."""
     api.post(MC, json=cascade("cel-update"))
-    response = api.patch(f"{MC}/cel-update", json={"spec": {"tiers": [{"name": "only", "model": {"uri": "hf://x/y"},
-                                                                      "accept": {"threshold": 0.5}}]}}, headers=MERGE)
+    response = api.patch(
+        f"{MC}/cel-update",
+        json={"spec": {"tiers": [{"name": "only", "model": {"uri": "hf://x/y"}, "accept": {"threshold": 0.5}}]}},
+        headers=MERGE,
+    )
     assert response.status_code == 422
     assert len(api.get(f"{MC}/cel-update").json()["spec"]["tiers"]) == 2
 
@@ -140,8 +153,11 @@ def test_list_map_keys_must_be_unique(api: httpx.Client):
 def test_status_is_validated_too(api: httpx.Client):
     """A real API server validates writes to /status against the status schema."""
     api.post(MC, json=cascade("status-invalid"))
-    response = api.patch(f"{MC}/status-invalid/status", json={"status": {"conditions": [{"type": "Ready", "status": "Maybe"}]}},
-                         headers=MERGE)
+    response = api.patch(
+        f"{MC}/status-invalid/status",
+        json={"status": {"conditions": [{"type": "Ready", "status": "Maybe"}]}},
+        headers=MERGE,
+    )
     assert causes(response) == {"status.conditions[0].status": "FieldValueNotSupported"}
 
 
@@ -168,8 +184,12 @@ def test_owner_references_need_a_uid(api: httpx.Client):
 
 def test_only_one_owner_reference_may_be_the_controller(api: httpx.Client):
     """A real API server refuses two ownerReferences with controller: true."""
-    refs = [{"apiVersion": "v1", "kind": "ConfigMap", "name": n, "uid": f"uid-{n}", "controller": True} for n in ("a", "b")]
-    assert "metadata.ownerReferences" in causes(api.post(CM, json={"metadata": {"name": "two-controllers", "ownerReferences": refs}}))
+    refs = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": n, "uid": f"uid-{n}", "controller": True} for n in ("a", "b")
+    ]
+    assert "metadata.ownerReferences" in causes(
+        api.post(CM, json={"metadata": {"name": "two-controllers", "ownerReferences": refs}})
+    )
 
 
 def test_finalizers_must_be_qualified(api: httpx.Client):
@@ -191,8 +211,12 @@ def test_deployment_selector_must_match_template_labels(api: httpx.Client):
 def test_deployment_selector_is_immutable(api: httpx.Client):
     """A real API server refuses changing an apps/v1 Deployment's spec.selector ("field is immutable")."""
     api.post(DEPLOY, json=deployment("selector-immutable"))
-    patch = {"spec": {"selector": {"matchLabels": {"app": "selector-immutable", "v": "2"}},
-                      "template": {"metadata": {"labels": {"v": "2"}}}}}
+    patch = {
+        "spec": {
+            "selector": {"matchLabels": {"app": "selector-immutable", "v": "2"}},
+            "template": {"metadata": {"labels": {"v": "2"}}},
+        }
+    }
     found = causes(api.patch(f"{DEPLOY}/selector-immutable", json=patch, headers=MERGE))
     assert found == {"spec.selector": "FieldValueInvalid"}
 
@@ -225,7 +249,11 @@ def test_deployments_get_the_server_defaults(api: httpx.Client):
     assert spec["replicas"] == 1 and spec["revisionHistoryLimit"] == 10 and spec["progressDeadlineSeconds"] == 600
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
     pod = spec["template"]["spec"]
-    assert pod["restartPolicy"] == "Always" and pod["dnsPolicy"] == "ClusterFirst" and pod["schedulerName"] == "default-scheduler"
+    assert (
+        pod["restartPolicy"] == "Always"
+        and pod["dnsPolicy"] == "ClusterFirst"
+        and pod["schedulerName"] == "default-scheduler"
+    )
     container = pod["containers"][0]
     assert container["imagePullPolicy"] == "IfNotPresent" and container["terminationMessagePolicy"] == "File"
 
@@ -244,13 +272,17 @@ def test_resource_quantities_are_canonicalised(api: httpx.Client):
     """A real API server stores quantities canonically: 0.5 -> 500m, 1024Mi -> 1Gi, 2 -> "2"."""
     body = deployment("quantities")
     body["spec"]["template"]["spec"]["containers"][0]["resources"] = {
-        "limits": {"cpu": "0.5", "memory": "1024Mi", "nvidia.com/gpu": 2}, "requests": {"cpu": "1000m"}}
+        "limits": {"cpu": "0.5", "memory": "1024Mi", "nvidia.com/gpu": 2},
+        "requests": {"cpu": "1000m"},
+    }
     resources = api.post(DEPLOY, json=body).json()["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources == {"limits": {"cpu": "500m", "memory": "1Gi", "nvidia.com/gpu": "2"}, "requests": {"cpu": "1"}}
 
 
-@pytest.mark.parametrize(("written", "stored"), [("1.5Gi", "1536Mi"), ("0.1", "100m"), ("1000", "1k"), ("1500", "1500"),
-                                                 ("129e6", "129e6"), ("100M", "100M")])
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [("1.5Gi", "1536Mi"), ("0.1", "100m"), ("1000", "1k"), ("1500", "1500"), ("129e6", "129e6"), ("100M", "100M")],
+)
 def test_quantity_canonical_forms(written: str, stored: str):
     """Go's Quantity.String() forms, which the server stores."""
     assert canonical_quantity(written) == stored
@@ -258,8 +290,10 @@ def test_quantity_canonical_forms(written: str, stored: str):
 
 def test_services_get_a_cluster_ip_and_port_defaults(api: httpx.Client):
     """A real API server allocates spec.clusterIP and defaults protocol TCP and targetPort = port."""
-    service = api.post("/api/v1/namespaces/default/services",
-                       json={"metadata": {"name": "svc"}, "spec": {"selector": {"a": "b"}, "ports": [{"port": 80}]}}).json()
+    service = api.post(
+        "/api/v1/namespaces/default/services",
+        json={"metadata": {"name": "svc"}, "spec": {"selector": {"a": "b"}, "ports": [{"port": 80}]}},
+    ).json()
     assert service["spec"]["clusterIP"].startswith("10.96.")
     assert service["spec"]["ports"] == [{"port": 80, "protocol": "TCP", "targetPort": 80}]
     assert service["spec"]["type"] == "ClusterIP"
@@ -273,11 +307,15 @@ def test_a_service_needs_ports(api: httpx.Client):
 
 def test_secret_string_data_is_folded_into_data(api: httpx.Client):
     """A real API server moves Secret stringData into base64 data and defaults type Opaque."""
-    secret = api.post("/api/v1/namespaces/default/secrets", json={"metadata": {"name": "sec"}, "stringData": {"key": "v"}}).json()
+    secret = api.post(
+        "/api/v1/namespaces/default/secrets", json={"metadata": {"name": "sec"}, "stringData": {"key": "v"}}
+    ).json()
     assert "stringData" not in secret and secret["type"] == "Opaque"
     assert base64.b64decode(secret["data"]["key"]) == b"v"
 
 
 def test_configmap_keys_must_be_valid(api: httpx.Client):
     """A real API server refuses ConfigMap keys with characters other than alphanumerics, '-', '_' and '.'."""
-    assert causes(api.post(CM, json={"metadata": {"name": "bad-key"}, "data": {"a b": "1"}})) == {"data[a b]": "FieldValueInvalid"}
+    assert causes(api.post(CM, json={"metadata": {"name": "bad-key"}, "data": {"a b": "1"}})) == {
+        "data[a b]": "FieldValueInvalid"
+    }

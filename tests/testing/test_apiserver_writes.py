@@ -19,8 +19,12 @@ def cascade(name: str) -> dict:
         "apiVersion": "kascade.dev/v1alpha1",
         "kind": "ModelCascade",
         "metadata": {"name": name},
-        "spec": {"tiers": [{"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
-                           {"name": "large", "model": {"uri": "hf://org/large"}}]},
+        "spec": {
+            "tiers": [
+                {"name": "small", "model": {"uri": "hf://org/small"}, "accept": {"threshold": 0.5}},
+                {"name": "large", "model": {"uri": "hf://org/large"}},
+            ]
+        },
     }
 
 
@@ -36,8 +40,12 @@ def deployment(name: str) -> dict:
                 "metadata": {"labels": {"app": name}},
                 "spec": {
                     "containers": [
-                        {"name": "engine", "image": "vllm/vllm-openai:v0.9.0", "ports": [{"containerPort": 8000}],
-                         "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]},
+                        {
+                            "name": "engine",
+                            "image": "vllm/vllm-openai:v0.9.0",
+                            "ports": [{"containerPort": 8000}],
+                            "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                        },
                         {"name": "sidecar", "image": "busybox:1.36"},
                     ],
                     "volumes": [{"name": "cache", "emptyDir": {}}],
@@ -121,7 +129,9 @@ def test_delete_with_a_stale_precondition_is_a_conflict(api: httpx.Client):
 def test_merge_patch_merges_maps_replaces_lists_and_deletes_nulls(api: httpx.Client):
     """A real API server applies application/merge-patch+json per RFC 7386."""
     api.post(CM, json={"metadata": {"name": "merge", "labels": {"a": "1", "b": "2"}}, "data": {"x": "1"}})
-    patched = api.patch(f"{CM}/merge", json={"metadata": {"labels": {"b": None, "c": "3"}}, "data": {"y": "2"}}, headers=MERGE).json()
+    patched = api.patch(
+        f"{CM}/merge", json={"metadata": {"labels": {"b": None, "c": "3"}}, "data": {"y": "2"}}, headers=MERGE
+    ).json()
     assert patched["metadata"]["labels"] == {"a": "1", "c": "3"}
     assert patched["data"] == {"x": "1", "y": "2"}
 
@@ -129,8 +139,10 @@ def test_merge_patch_merges_maps_replaces_lists_and_deletes_nulls(api: httpx.Cli
 def test_json_patch_applies_operations(api: httpx.Client):
     """A real API server applies application/json-patch+json (RFC 6902) operations in order."""
     api.post(MC, json=cascade("json-patch"))
-    ops = [{"op": "replace", "path": "/spec/tiers/0/accept/threshold", "value": 0.7},
-           {"op": "add", "path": "/metadata/labels", "value": {"a": "b"}}]
+    ops = [
+        {"op": "replace", "path": "/spec/tiers/0/accept/threshold", "value": 0.7},
+        {"op": "add", "path": "/metadata/labels", "value": {"a": "b"}},
+    ]
     patched = api.patch(f"{MC}/json-patch", json=ops, headers=JSON_PATCH).json()
     assert patched["spec"]["tiers"][0]["accept"]["threshold"] == 0.7 and patched["metadata"]["labels"] == {"a": "b"}
 
@@ -145,9 +157,22 @@ def test_a_failed_json_patch_test_is_unprocessable(api: httpx.Client):
 def test_strategic_merge_patch_merges_containers_by_name(api: httpx.Client):
     """A real API server merges containers (by name), env (by name) and ports (by containerPort) in a strategic merge patch."""
     api.post(DEPLOY, json=deployment("smp"))
-    patch = {"spec": {"template": {"spec": {"containers": [
-        {"name": "engine", "image": "vllm/vllm-openai:v0.10.0", "env": [{"name": "B", "value": "3"}, {"name": "C", "value": "4"}],
-         "ports": [{"containerPort": 9000}]}]}}}}
+    patch = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "engine",
+                            "image": "vllm/vllm-openai:v0.10.0",
+                            "env": [{"name": "B", "value": "3"}, {"name": "C", "value": "4"}],
+                            "ports": [{"containerPort": 9000}],
+                        }
+                    ]
+                }
+            }
+        }
+    }
     patched = api.patch(f"{DEPLOY}/smp", json=patch, headers=STRATEGIC).json()
     containers = {c["name"]: c for c in patched["spec"]["template"]["spec"]["containers"]}
     assert set(containers) == {"engine", "sidecar"}
@@ -159,8 +184,16 @@ def test_strategic_merge_patch_merges_containers_by_name(api: httpx.Client):
 def test_strategic_merge_patch_directives(api: httpx.Client):
     """A real API server honours `$patch: delete` in merged lists and `$patch: replace` on maps."""
     api.post(DEPLOY, json=deployment("smp-directives"))
-    patch = {"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "$patch": "delete"}],
-                                            "nodeSelector": {"$patch": "replace", "gpu": "a100"}}}}}
+    patch = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [{"name": "sidecar", "$patch": "delete"}],
+                    "nodeSelector": {"$patch": "replace", "gpu": "a100"},
+                }
+            }
+        }
+    }
     patched = api.patch(f"{DEPLOY}/smp-directives", json=patch, headers=STRATEGIC).json()
     spec = patched["spec"]["template"]["spec"]
     assert [c["name"] for c in spec["containers"]] == ["engine"]
@@ -171,9 +204,13 @@ def test_strategic_merge_patch_replaces_atomic_lists(api: httpx.Client):
     """A real API server replaces lists without a merge strategy (tolerations, args) in a strategic merge patch."""
     api.post(DEPLOY, json=deployment("smp-atomic"))
     tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    api.patch(f"{DEPLOY}/smp-atomic", json={"spec": {"template": {"spec": {"tolerations": tolerations}}}}, headers=STRATEGIC)
+    api.patch(
+        f"{DEPLOY}/smp-atomic", json={"spec": {"template": {"spec": {"tolerations": tolerations}}}}, headers=STRATEGIC
+    )
     other = [{"key": "dedicated", "operator": "Exists"}]
-    patched = api.patch(f"{DEPLOY}/smp-atomic", json={"spec": {"template": {"spec": {"tolerations": other}}}}, headers=STRATEGIC).json()
+    patched = api.patch(
+        f"{DEPLOY}/smp-atomic", json={"spec": {"template": {"spec": {"tolerations": other}}}}, headers=STRATEGIC
+    ).json()
     assert patched["spec"]["template"]["spec"]["tolerations"] == other
 
 
@@ -187,7 +224,9 @@ def test_strategic_merge_patch_of_a_custom_resource_is_unsupported(api: httpx.Cl
 def test_an_unknown_patch_content_type_is_unsupported(api: httpx.Client):
     """A real API server answers 415 to a PATCH whose Content-Type is not a patch type."""
     api.post(CM, json={"metadata": {"name": "patch-plain-json"}})
-    response = api.patch(f"{CM}/patch-plain-json", json={"data": {"a": "1"}}, headers={"Content-Type": "application/json"})
+    response = api.patch(
+        f"{CM}/patch-plain-json", json={"data": {"a": "1"}}, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 415
 
 
@@ -198,7 +237,9 @@ def test_server_side_apply_creates_and_merges(api: httpx.Client):
     assert api.patch(f"{CM}/ssa", content=manifest, headers=apply).status_code == 400  # no fieldManager
     created = api.patch(f"{CM}/ssa", params={"fieldManager": "test"}, content=manifest, headers=apply)
     assert created.status_code == 201
-    updated = api.patch(f"{CM}/ssa", params={"fieldManager": "test"}, content=manifest.replace("'1'", "'2'"), headers=apply)
+    updated = api.patch(
+        f"{CM}/ssa", params={"fieldManager": "test"}, content=manifest.replace("'1'", "'2'"), headers=apply
+    )
     assert updated.status_code == 200 and updated.json()["data"] == {"a": "2"}
 
 
@@ -258,8 +299,11 @@ def test_writes_to_the_main_resource_ignore_status(api: httpx.Client):
     """A real API server ignores status in writes to the main resource of a kind with a status subresource."""
     api.post(MC, json=cascade("status-main"))
     api.patch(f"{MC}/status-main/status", json={"status": {"endpoint": "http://real"}}, headers=MERGE)
-    patched = api.patch(f"{MC}/status-main", json={"status": {"endpoint": "http://forged"}, "metadata": {"labels": {"a": "b"}}},
-                        headers=MERGE).json()
+    patched = api.patch(
+        f"{MC}/status-main",
+        json={"status": {"endpoint": "http://forged"}, "metadata": {"labels": {"a": "b"}}},
+        headers=MERGE,
+    ).json()
     assert patched["status"]["endpoint"] == "http://real" and patched["metadata"]["labels"] == {"a": "b"}
 
 
@@ -278,7 +322,9 @@ def test_deployment_status_is_a_subresource(api: httpx.Client):
     assert created.get("status", {}).get("replicas") != 99
     patched = api.patch(f"{DEPLOY}/status-deploy", json={"status": {"replicas": 42}}, headers=MERGE).json()
     assert patched.get("status", {}).get("replicas") != 42
-    patched = api.patch(f"{DEPLOY}/status-deploy/status", json={"status": {"replicas": 42}, "spec": {"replicas": 5}}, headers=MERGE).json()
+    patched = api.patch(
+        f"{DEPLOY}/status-deploy/status", json={"status": {"replicas": 42}, "spec": {"replicas": 5}}, headers=MERGE
+    ).json()
     assert patched["status"]["replicas"] == 42 and patched["spec"]["replicas"] == 1
 
 

@@ -55,8 +55,9 @@ def _shutting_down() -> TierError:
 
 def _generation_failed(exc: Exception) -> TierError:
     message = f"generation failed: {type(exc).__name__}: {exc}"
-    return TierError(TierErrorKind.server, message, status=500,
-                     body=openai_error(message, type="InternalServerError", code=500))  # fmt: skip
+    return TierError(
+        TierErrorKind.server, message, status=500, body=openai_error(message, type="InternalServerError", code=500)
+    )
 
 
 def _header(endpoint: Endpoint, served_model_name: str) -> layout.ResponseHeader:
@@ -68,7 +69,9 @@ def _logprobs(steps: list[TokenStep], endpoint: Endpoint, text_offset: int = 0) 
     scored = [step.logprobs for step in steps if step.logprobs is not None]
     if not scored:
         return None
-    return layout.chat_logprobs(scored) if endpoint is Endpoint.chat else layout.completion_logprobs(scored, text_offset)
+    return (
+        layout.chat_logprobs(scored) if endpoint is Endpoint.chat else layout.completion_logprobs(scored, text_offset)
+    )
 
 
 class TransformersEngine:
@@ -100,9 +103,15 @@ class TransformersEngine:
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, served_model_name: str) -> TransformersEngine:
-        return cls(model=loaded.model, tokenizer=loaded.tokenizer, task=loaded.task, device=loaded.device,
-                   served_model_name=served_model_name, max_model_len=loaded.max_model_len,
-                   stop_token_ids=loaded.stop_token_ids)  # fmt: skip
+        return cls(
+            model=loaded.model,
+            tokenizer=loaded.tokenizer,
+            task=loaded.task,
+            device=loaded.device,
+            served_model_name=served_model_name,
+            max_model_len=loaded.max_model_len,
+            stop_token_ids=loaded.stop_token_ids,
+        )
 
     @classmethod
     def load(
@@ -169,8 +178,13 @@ class TransformersEngine:
                 if not step.text and params.logprobs is None and step.finish_reason is None:
                     continue  # nothing a client could see (text held back)
                 build = layout.chat_chunk if chat else layout.completion_chunk
-                yield build(header, step.text, logprobs=_logprobs([step], endpoint, text_offset),
-                            finish_reason=step.finish_reason, stop_reason=step.stop_reason)  # fmt: skip
+                yield build(
+                    header,
+                    step.text,
+                    logprobs=_logprobs([step], endpoint, text_offset),
+                    finish_reason=step.finish_reason,
+                    stop_reason=step.stop_reason,
+                )
                 text_offset += len(step.token)
         if include_usage:
             yield layout.usage_chunk(header, chat=chat, token_usage=layout.usage(len(prompt_ids), completion_tokens))
@@ -227,7 +241,10 @@ class TransformersEngine:
                 cancelled.set()
 
         worker = threading.Thread(
-            target=self._decode_in_worker, args=(prompt_ids, params, cancelled, emit), name="kascade-decode", daemon=True
+            target=self._decode_in_worker,
+            args=(prompt_ids, params, cancelled, emit),
+            name="kascade-decode",
+            daemon=True,
         )
         self._active.add(cancelled)
         worker.start()
@@ -253,9 +270,16 @@ class TransformersEngine:
             try:
                 if self._model is None:
                     raise _shutting_down()
-                steps = generate_steps(self._model, self._tokenizer, prompt_ids, params, device=self._device,
-                                       stop_token_ids=self._stop_token_ids, token_texts=self._token_texts,
-                                       cancelled=cancelled)  # fmt: skip
+                steps = generate_steps(
+                    self._model,
+                    self._tokenizer,
+                    prompt_ids,
+                    params,
+                    device=self._device,
+                    stop_token_ids=self._stop_token_ids,
+                    token_texts=self._token_texts,
+                    cancelled=cancelled,
+                )
                 for step in steps:
                     self.generated_tokens += 1
                     emit(step)

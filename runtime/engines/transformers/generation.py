@@ -59,7 +59,7 @@ def position_logprobs(
     top: tuple[tuple[str, float], ...] = ()
     if top_k:
         values, ids = torch.topk(raw, min(top_k, raw.numel()))
-        top = tuple(zip(map(token_texts, ids.tolist()), values.tolist()))
+        top = tuple(zip(map(token_texts, ids.tolist()), values.tolist(), strict=True))
     return TokenLogprobs(token_texts(token_id), float(raw[token_id]), top)
 
 

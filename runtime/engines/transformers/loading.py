@@ -62,7 +62,9 @@ def load_classifier(model_path: str | Path, *, device: str = "auto", dtype: Any 
     return load_model(model_path, task="classify", device=device, dtype=dtype)
 
 
-def load_model(model_path: str | Path, *, task: Task = "generate", device: str = "auto", dtype: Any = None) -> LoadedModel:
+def load_model(
+    model_path: str | Path, *, task: Task = "generate", device: str = "auto", dtype: Any = None
+) -> LoadedModel:
     """Load a folder written by `save_pretrained`; raises ModelLoadError with a message for the user.
 
     `device`: cpu, cuda, cuda:N, or auto (a GPU when one is visible).
@@ -163,4 +165,6 @@ def _check_task_matches(config: Any, task: Task, path: Path) -> None:
             "serve it with --task generate, or give a model saved as *ForSequenceClassification"
         )
     if task == "generate" and classifier:
-        raise ModelLoadError(f"{path} holds a sequence classifier ({', '.join(architectures)}); serve it with --task classify")
+        raise ModelLoadError(
+            f"{path} holds a sequence classifier ({', '.join(architectures)}); serve it with --task classify"
+        )

@@ -17,8 +17,8 @@ from kascade.runtime.engines.base import TierError, TierErrorKind
 from kascade.runtime.engines.transformers.sampling import SamplingParams
 from kascade.runtime.errors import openai_error
 from kascade.runtime.wire import (
-    ChatCompletionRequest,
     MAX_TOP_LOGPROBS,
+    ChatCompletionRequest,
     ClassificationRequest,
     CompletionRequest,
     InvalidRequest,
@@ -163,7 +163,9 @@ def parse_completion_request(body: Any) -> GenerationRequest:
         prompt = prompt[0]
     is_token_ids = isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
     if not (isinstance(prompt, str) or is_token_ids) or not prompt:
-        raise bad_request("'prompt' must be a non-empty string (or one list of token ids); batches are not supported", "prompt")
+        raise bad_request(
+            "'prompt' must be a non-empty string (or one list of token ids); batches are not supported", "prompt"
+        )
     if request.echo:
         raise bad_request("'echo' is not supported by this server.", "echo")
     if request.suffix:

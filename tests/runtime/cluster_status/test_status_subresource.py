@@ -20,10 +20,17 @@ def _self_signed_ca(path: Path) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-ca")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))  # fmt: skip
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
 
@@ -32,7 +39,10 @@ def test_in_a_pod_the_api_server_comes_from_the_service_environment(monkeypatch:
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
     config = StatusReportConfig(namespace="team-a", name="chat")
-    assert config.status_url() == "https://10.0.0.1:6443/apis/kascade.dev/v1alpha1/namespaces/team-a/modelcascades/chat/status"
+    assert (
+        config.status_url()
+        == "https://10.0.0.1:6443/apis/kascade.dev/v1alpha1/namespaces/team-a/modelcascades/chat/status"
+    )
 
 
 def test_the_mounted_ca_is_trusted_and_a_missing_one_leaves_the_systems(tmp_path: Path) -> None:
@@ -52,4 +62,7 @@ def test_the_token_is_sent_when_mounted_and_read_again_each_time(tmp_path: Path)
     assert config.merge_patch_headers("kascade-router")["Authorization"] == "Bearer first"
     token.write_text("rotated\n")
     assert config.merge_patch_headers("kascade-router") == {
-        "Content-Type": "application/merge-patch+json", "User-Agent": "kascade-router", "Authorization": "Bearer rotated"}
+        "Content-Type": "application/merge-patch+json",
+        "User-Agent": "kascade-router",
+        "Authorization": "Bearer rotated",
+    }

@@ -16,10 +16,10 @@ from kascade.api.modelcascade import Accept, Price, StreamingMode
 from kascade.runtime.config import EscalationLogConfig
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.escalation.log import EscalationLog
-from kascade.runtime.escalation.writer import SegmentWriter, encode_frame, serve
 from kascade.runtime.escalation.records import EscalationSeen, TierAnswer
-from kascade.runtime.ledger import Ledger
 from kascade.runtime.escalation.segments import SegmentStore, arrow_schema
+from kascade.runtime.escalation.writer import SegmentWriter, encode_frame, serve
+from kascade.runtime.ledger import Ledger
 from kascade.runtime.router import create_router_app
 from kascade.runtime.serving import BackgroundServer
 
@@ -65,11 +65,14 @@ def test_an_escalated_chat_request_is_kept_with_the_teachers_token_ids_and_tail(
     assert record.input_tokens == 7 and record.output_tokens == 2
 
 
-def test_an_accepted_request_is_not_kept_and_a_streamed_escalation_is(tmp_path: Path, start_upstream: Any, two_tier_config: Any) -> None:
+def test_an_accepted_request_is_not_kept_and_a_streamed_escalation_is(
+    tmp_path: Path, start_upstream: Any, two_tier_config: Any
+) -> None:
     small = start_upstream(model="small-model", token_prob=0.3)
     large = start_upstream(model="large-model", tokens=["A", "B", "C"])
-    config = two_tier_config(small.url, large.url, escalation_log=_log_config(tmp_path),
-                             streaming={"mode": StreamingMode.buffer})  # fmt: skip
+    config = two_tier_config(
+        small.url, large.url, escalation_log=_log_config(tmp_path), streaming={"mode": StreamingMode.buffer}
+    )
     with BackgroundServer(create_router_app(config)) as router:
         with httpx.stream("POST", f"{router.url}/v1/chat/completions", json={**CHAT, "stream": True}) as stream:
             assert stream.status_code == 200
@@ -96,11 +99,18 @@ def test_a_caller_who_asks_for_logprobs_gets_text_and_the_record_keeps_the_answe
     assert record.answer == "Hello, world." and record.tokens is None
 
 
-def test_a_classify_escalation_keeps_the_teachers_class_probabilities(tmp_path: Path, start_upstream: Any, two_tier_config: Any) -> None:
+def test_a_classify_escalation_keeps_the_teachers_class_probabilities(
+    tmp_path: Path, start_upstream: Any, two_tier_config: Any
+) -> None:
     small = start_upstream(model="small-model", class_probs=[0.55, 0.45])
     large = start_upstream(model="large-model", class_probs=[0.1, 0.9])
-    config = two_tier_config(small.url, large.url, task="classify", accept=Accept(method="maxProb", threshold=0.9),
-                             escalation_log=_log_config(tmp_path))  # fmt: skip
+    config = two_tier_config(
+        small.url,
+        large.url,
+        task="classify",
+        accept=Accept(method="maxProb", threshold=0.9),
+        escalation_log=_log_config(tmp_path),
+    )
     with BackgroundServer(create_router_app(config)) as router:
         assert httpx.post(f"{router.url}/classify", json={"model": "demo", "input": "great"}).status_code == 200
     (record,) = _records(tmp_path)
@@ -110,10 +120,15 @@ def test_a_classify_escalation_keeps_the_teachers_class_probabilities(tmp_path: 
 
 def _seen(index: int = 0) -> EscalationSeen:
     return EscalationSeen(
-        cascade="demo", endpoint=Endpoint.chat, body={"messages": [{"role": "user", "content": f"q{index}"}]},
-        declined=(), answered_by=ModelIdentity(tier="large", served_model="large-model"),
-        answer=TierAnswer(text=f"a{index}"), input_tokens=3, output_tokens=1,
-    )  # fmt: skip
+        cascade="demo",
+        endpoint=Endpoint.chat,
+        body={"messages": [{"role": "user", "content": f"q{index}"}]},
+        declined=(),
+        answered_by=ModelIdentity(tier="large", served_model="large-model"),
+        answer=TierAnswer(text=f"a{index}"),
+        input_tokens=3,
+        output_tokens=1,
+    )
 
 
 def test_segments_rotate_and_a_clean_stop_writes_what_is_queued(tmp_path: Path) -> None:
@@ -250,8 +265,16 @@ def test_a_schema_newer_than_this_reader_is_refused_with_its_version() -> None:
 
 
 def _record_fields() -> dict[str, Any]:
-    return {"id": "x", "cascade": "c", "recorded_at": datetime.now(UTC), "endpoint": "chat", "request": "{}",
-            "declined": [], "answered_by": {"tier": "t", "served_model": "m"}, "answer": ""}  # fmt: skip
+    return {
+        "id": "x",
+        "cascade": "c",
+        "recorded_at": datetime.now(UTC),
+        "endpoint": "chat",
+        "request": "{}",
+        "declined": [],
+        "answered_by": {"tier": "t", "served_model": "m"},
+        "answer": "",
+    }
 
 
 def test_kascade_log_stats_and_show_read_what_a_router_wrote(

@@ -24,8 +24,12 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     # The standard AWS variables, as a router pod gets them from spec.escalationLog.credentialsSecret.
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
         monkeypatch.setenv(name, value)
     import fsspec
 
@@ -41,10 +45,15 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def _seen(index: int) -> EscalationSeen:
     return EscalationSeen(
-        cascade="demo", endpoint=Endpoint.completion, body={"prompt": f"call me at +44 20 7946 0958 ({index})"},
-        declined=(), answered_by=ModelIdentity(tier="large", served_model="large-model"),
-        answer=TierAnswer(text=f"answer {index}"), input_tokens=5, output_tokens=2,
-    )  # fmt: skip
+        cascade="demo",
+        endpoint=Endpoint.completion,
+        body={"prompt": f"call me at +44 20 7946 0958 ({index})"},
+        declined=(),
+        answered_by=ModelIdentity(tier="large", served_model="large-model"),
+        answer=TierAnswer(text=f"answer {index}"),
+        input_tokens=5,
+        output_tokens=2,
+    )
 
 
 def test_segments_go_to_s3_whole_and_read_back(s3_endpoint: str) -> None:

@@ -20,14 +20,15 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from kascade.api.modelcascade import ModelCascade, SecretKeyRef
-from kascade.runtime.local.mode import run_local
-from kascade.runtime.local.manifest import LocalModeError, load_manifest, secret_env_var
-from kascade.api.loop import Calibration
-from kascade.runtime.local.tiers import LocalTiers, build_router_config, serve_cascade
-from kascade.runtime.serving import free_port
 from openai import APIConnectionError, OpenAI
 from rich.console import Console
+
+from kascade.api.loop import Calibration
+from kascade.api.modelcascade import ModelCascade, SecretKeyRef
+from kascade.runtime.local.manifest import LocalModeError, load_manifest, secret_env_var
+from kascade.runtime.local.mode import run_local
+from kascade.runtime.local.tiers import LocalTiers, build_router_config, serve_cascade
+from kascade.runtime.serving import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -79,15 +80,21 @@ def ask(client: OpenAI, model: str, prompt: str) -> Any:
     ids=["small-accepts", "escalates-to-large"],
 )
 def test_two_in_process_tiers_answer_through_the_openai_client(
-    tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path, threshold: float, answering_tier: str,
+    tiny_small_lm_dir: Path,
+    tiny_large_lm_dir: Path,
+    tmp_path: Path,
+    threshold: float,
+    answering_tier: str,
     escalated: str,
 ) -> None:
     cascade = ModelCascade.model_validate(
-        manifest([
-            transformers_tier("small", tiny_small_lm_dir, threshold=threshold, price=1.0),
-            transformers_tier("large", tiny_large_lm_dir, price=10.0),
-        ])
-    )  # fmt: skip
+        manifest(
+            [
+                transformers_tier("small", tiny_small_lm_dir, threshold=threshold, price=1.0),
+                transformers_tier("large", tiny_large_lm_dir, price=10.0),
+            ]
+        )
+    )
     with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=quiet()) as url:
         client = OpenAI(base_url=f"{url}/v1", api_key="local", max_retries=0)
         for prompt in ("Hello!", "What is the capital of France?"):
@@ -110,17 +117,34 @@ def test_an_external_tier_gets_its_key_from_the_secret_stand_in(
     upstream = start_upstream(model="hosted-large", tokens=["Paris", "."])
     monkeypatch.setenv("OPENAI_KEY_API_KEY", "sk-local-test")
     cascade = ModelCascade.model_validate(
-        manifest([
-            transformers_tier("small", tiny_small_lm_dir, threshold=1.0),
-            {"name": "hosted", "engine": "external", "model": {"uri": upstream.url},
-             "apiKeySecret": {"name": "openai-key", "key": "api-key"}},
-        ])
-    )  # fmt: skip
-    assert build_router_config(cascade, LocalTiers(urls={"small": None, "hosted": upstream.url},
-                                                   api_key_envs={"hosted": "OPENAI_KEY_API_KEY"})
-                               ).tiers[1].read_api_key() == "sk-local-test"  # fmt: skip
-    online = cascade.model_copy(update={"spec": cascade.spec.model_copy(update={
-        "calibration": Calibration(min_agreement=0.9, shadow_sample_rate=0.1)})})  # fmt: skip
+        manifest(
+            [
+                transformers_tier("small", tiny_small_lm_dir, threshold=1.0),
+                {
+                    "name": "hosted",
+                    "engine": "external",
+                    "model": {"uri": upstream.url},
+                    "apiKeySecret": {"name": "openai-key", "key": "api-key"},
+                },
+            ]
+        )
+    )
+    assert (
+        build_router_config(
+            cascade,
+            LocalTiers(urls={"small": None, "hosted": upstream.url}, api_key_envs={"hosted": "OPENAI_KEY_API_KEY"}),
+        )
+        .tiers[1]
+        .read_api_key()
+        == "sk-local-test"
+    )
+    online = cascade.model_copy(
+        update={
+            "spec": cascade.spec.model_copy(
+                update={"calibration": Calibration(min_agreement=0.9, shadow_sample_rate=0.1)}
+            )
+        }
+    )
     sampling = build_router_config(online, LocalTiers(urls={"small": None, "hosted": upstream.url})).shadow_sampling
     assert sampling is not None and sampling.calibrate_in_process is not None  # local mode calibrates in process
     with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=quiet()) as url:
@@ -139,11 +163,13 @@ def test_demo_run_prints_each_answer_and_the_savings(
     tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path, write_manifest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_manifest(
-        manifest([
-            transformers_tier("small", tiny_small_lm_dir, threshold=0.0, price=1.0),
-            transformers_tier("large", tiny_large_lm_dir, price=10.0),
-        ])
-    )  # fmt: skip
+        manifest(
+            [
+                transformers_tier("small", tiny_small_lm_dir, threshold=0.0, price=1.0),
+                transformers_tier("large", tiny_large_lm_dir, price=10.0),
+            ]
+        )
+    )
     code = run_local(manifest=path, port=free_port(), host="127.0.0.1", demo=True, cache_dir=tmp_path)
     out = capsys.readouterr().out
     assert code == 0, out
@@ -157,11 +183,12 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-@pytest.mark.parametrize(
-    "started_from", [None, _ignore_sigint], ids=["from-a-terminal", "from-a-background-job"]
-)
+@pytest.mark.parametrize("started_from", [None, _ignore_sigint], ids=["from-a-terminal", "from-a-background-job"])
 def test_the_router_keeps_serving_until_interrupted(
-    tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path, write_manifest,
+    tiny_small_lm_dir: Path,
+    tiny_large_lm_dir: Path,
+    tmp_path: Path,
+    write_manifest,
     started_from: Callable[[], None] | None,
 ) -> None:
     """`kascade up` without --demo serves until Ctrl-C, then stops cleanly with exit code 0.
@@ -169,11 +196,13 @@ def test_the_router_keeps_serving_until_interrupted(
     A background job (`nohup … &`) inherits SIGINT as ignored; `kascade up` still stops on it.
     """
     path = write_manifest(
-        manifest([
-            transformers_tier("small", tiny_small_lm_dir, threshold=0.0),
-            transformers_tier("large", tiny_large_lm_dir),
-        ])
-    )  # fmt: skip
+        manifest(
+            [
+                transformers_tier("small", tiny_small_lm_dir, threshold=0.0),
+                transformers_tier("large", tiny_large_lm_dir),
+            ]
+        )
+    )
     port = free_port()
     command = [sys.executable, "-m", "kascade", "up", "-f", str(path), "--port", str(port)]
     process = subprocess.Popen(
@@ -186,8 +215,9 @@ def test_the_router_keeps_serving_until_interrupted(
         stats = None
         for _ in range(1200):  # up to ~2 minutes on a busy machine
             with contextlib.suppress(httpx.HTTPError, APIConnectionError):
-                response = ask(OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0),
-                               "tiny-cascade", "Hi")  # fmt: skip
+                response = ask(
+                    OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0), "tiny-cascade", "Hi"
+                )
                 assert response.headers["x-kascade-tier"] == "small"
                 stats = httpx.get(f"http://127.0.0.1:{port}/stats").json()
                 break
@@ -217,10 +247,12 @@ def test_the_router_keeps_serving_until_interrupted(
 def test_an_invalid_manifest_exits_2_with_the_field_paths(
     tiny_small_lm_dir: Path, write_manifest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    document = manifest([
-        transformers_tier("small", tiny_small_lm_dir, threshold=0.5),
-        {**transformers_tier("Large_Tier", tiny_small_lm_dir), "price": {"inputPerMillion": -1}},
-    ])  # fmt: skip
+    document = manifest(
+        [
+            transformers_tier("small", tiny_small_lm_dir, threshold=0.5),
+            {**transformers_tier("Large_Tier", tiny_small_lm_dir), "price": {"inputPerMillion": -1}},
+        ]
+    )
     document["spec"]["tiers"][0]["accept"]["treshold"] = 0.4
     code = run_local(manifest=write_manifest(document), port=free_port(), host="127.0.0.1", demo=False, cache_dir=None)
     out = capsys.readouterr().out
@@ -244,16 +276,24 @@ def test_the_cli_reports_a_bad_manifest_without_a_traceback(tmp_path: Path) -> N
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: kascade.dev/v1alpha1\nkind: ModelCascade\nmetadata: {name: x}\nspec: {tiers: []}\n")
     done = subprocess.run(
-        [sys.executable, "-m", "kascade", "up", "-f", str(bad)], cwd=REPO_ROOT, capture_output=True, text=True,
-        timeout=120, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "kascade", "up", "-f", str(bad)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 2
     assert "spec.tiers" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
     missing = subprocess.run(
-        [sys.executable, "-m", "kascade", "up", "-f", str(tmp_path / "absent.yaml")], cwd=REPO_ROOT,
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "kascade", "up", "-f", str(tmp_path / "absent.yaml")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert missing.returncode == 2
     assert "no manifest at" in missing.stdout
 
@@ -263,10 +303,12 @@ def test_vllm_tiers_need_vllm(
 ) -> None:
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
-    document = manifest([
-        {**transformers_tier("small", tiny_small_lm_dir, threshold=0.5), "engine": "vllm"},
-        transformers_tier("large", tiny_small_lm_dir),
-    ])  # fmt: skip
+    document = manifest(
+        [
+            {**transformers_tier("small", tiny_small_lm_dir, threshold=0.5), "engine": "vllm"},
+            transformers_tier("large", tiny_small_lm_dir),
+        ]
+    )
     code = run_local(manifest=write_manifest(document), port=free_port(), host="127.0.0.1", demo=False, cache_dir=None)
     out = capsys.readouterr().out
     assert code == 2
@@ -278,11 +320,17 @@ def test_a_missing_secret_names_the_variable_to_set(
     tiny_small_lm_dir: Path, write_manifest, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OPENAI_KEY_API_KEY", raising=False)
-    document = manifest([
-        transformers_tier("small", tiny_small_lm_dir, threshold=0.5),
-        {"name": "hosted", "engine": "external", "model": {"uri": "https://api.openai.com/v1"},
-         "apiKeySecret": {"name": "openai-key", "key": "api-key"}},
-    ])  # fmt: skip
+    document = manifest(
+        [
+            transformers_tier("small", tiny_small_lm_dir, threshold=0.5),
+            {
+                "name": "hosted",
+                "engine": "external",
+                "model": {"uri": "https://api.openai.com/v1"},
+                "apiKeySecret": {"name": "openai-key", "key": "api-key"},
+            },
+        ]
+    )
     code = run_local(manifest=write_manifest(document), port=free_port(), host="127.0.0.1", demo=False, cache_dir=None)
     out = capsys.readouterr().out
     assert code == 2
@@ -290,10 +338,12 @@ def test_a_missing_secret_names_the_variable_to_set(
 
 
 def test_cluster_only_model_uris_are_refused_before_loading(write_manifest, capsys) -> None:
-    document = manifest([
-        {**transformers_tier("small", Path("/x"), threshold=0.5), "model": {"uri": "pvc://models/small"}},
-        transformers_tier("large", Path("/y")),
-    ])  # fmt: skip
+    document = manifest(
+        [
+            {**transformers_tier("small", Path("/x"), threshold=0.5), "model": {"uri": "pvc://models/small"}},
+            transformers_tier("large", Path("/y")),
+        ]
+    )
     code = run_local(manifest=write_manifest(document), port=free_port(), host="127.0.0.1", demo=False, cache_dir=None)
     assert code == 2
     assert "lives in the cluster" in capsys.readouterr().out

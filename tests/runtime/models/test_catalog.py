@@ -14,11 +14,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+
 from kascade.runtime.models import packaged as packaged_models
 from kascade.runtime.models.catalog import CATALOG, CatalogModel, ModelNotAvailable, PackagedPart, lookup
 from kascade.runtime.models.files import resolve_model_uri
 from kascade.runtime.models.packaged import MARKER_FILE, ensure_packaged_model
-from rich.console import Console
 
 PART_DATA = [b"GGUF" + b"a" * 60, b"b" * 64, b"c" * 17]
 
@@ -27,7 +28,9 @@ def quiet() -> Console:
     return Console(file=io.StringIO(), width=120)
 
 
-def fake_model(*, sizes: list[int] | None = None, sha256: str | None = "auto", name: str = "fake-model") -> CatalogModel:
+def fake_model(
+    *, sizes: list[int] | None = None, sha256: str | None = "auto", name: str = "fake-model"
+) -> CatalogModel:
     """A model in three parts, packaged as `fake-model-part{n}==1.0.0`."""
     sizes = sizes or [len(data) for data in PART_DATA]
     parts = tuple(

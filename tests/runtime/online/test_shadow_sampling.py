@@ -83,8 +83,9 @@ def test_with_an_escalation_log_a_shadow_sample_is_kept_labelled(
     small = start_upstream(model="small-model", tokens=["Lyon"], token_prob=0.9)
     large = start_upstream(model="large-model", tokens=["Paris"])
     log = EscalationLogConfig(uri=str(tmp_path), flush_seconds=0.05)
-    with BackgroundServer(create_router_app(two_tier_config(small.url, large.url, shadow_sampling=_sampling(),
-                                                            escalation_log=log))) as router:  # fmt: skip
+    with BackgroundServer(
+        create_router_app(two_tier_config(small.url, large.url, shadow_sampling=_sampling(), escalation_log=log))
+    ) as router:
         assert httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).headers["x-kascade-tier"] == "small"
         _stats_when(router.url, lambda s: s["shadowCalls"] == 1)
     (record,) = SegmentStore(str(tmp_path)).records()
@@ -103,11 +104,17 @@ def test_local_mode_calibrates_in_process_and_the_new_threshold_is_in_force_with
     small = start_upstream(model="small-model", tokens=["Paris"], token_prob=0.9)  # scores 0.9
     large = start_upstream(model="large-model", tokens=["Paris"])  # always the same answer
     goal = Calibration(min_agreement=0.9, shadow_sample_rate=1.0, min_samples=40)
-    config = two_tier_config(small.url, large.url, accept={"method": "geometricMean", "threshold": 0.95},
-                             shadow_sampling=_sampling(calibrate_in_process=goal))  # fmt: skip
+    config = two_tier_config(
+        small.url,
+        large.url,
+        accept={"method": "geometricMean", "threshold": 0.95},
+        shadow_sampling=_sampling(calibrate_in_process=goal),
+    )
     app = create_router_app(config)
     with BackgroundServer(app) as router:
-        tiers = [httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).headers["x-kascade-tier"] for _ in range(40)]
+        tiers = [
+            httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).headers["x-kascade-tier"] for _ in range(40)
+        ]
         assert set(tiers) == {"large"}  # 0.9 < 0.95: everything escalates, and every escalation is a pair
         status = app.state.router.calibrator.step()
         (tier,) = status.tiers
@@ -126,11 +133,16 @@ def test_in_a_three_tier_cascade_every_tier_asked_gives_its_pair(start_upstream:
     medium = start_upstream(model="medium-model", tokens=["Paris"], token_prob=0.9)  # accepted
     large = start_upstream(model="large-model", tokens=["Paris"])
     accept = Accept(method="geometricMean", threshold=0.5)
-    config = RouterConfig(cascade="demo", shadow_sampling=_sampling(), retry_backoff_seconds=0.0, tiers=[
-        TierConfig(name="small", served_model="small-model", url=small.url, accept=accept, price=Price()),
-        TierConfig(name="medium", served_model="medium-model", url=medium.url, accept=accept, price=Price()),
-        TierConfig(name="large", served_model="large-model", url=large.url, price=Price()),
-    ])  # fmt: skip
+    config = RouterConfig(
+        cascade="demo",
+        shadow_sampling=_sampling(),
+        retry_backoff_seconds=0.0,
+        tiers=[
+            TierConfig(name="small", served_model="small-model", url=small.url, accept=accept, price=Price()),
+            TierConfig(name="medium", served_model="medium-model", url=medium.url, accept=accept, price=Price()),
+            TierConfig(name="large", served_model="large-model", url=large.url, price=Price()),
+        ],
+    )
     router = start_router(config)
     assert httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).headers["x-kascade-tier"] == "medium"
     stats = _stats_when(router.url, lambda s: s["shadowCalls"] == 1)

@@ -5,19 +5,28 @@ from __future__ import annotations
 import math
 
 from kascade.api.modelcascade import Accept, ScoredSpan
-from kascade.runtime.scoring.spans import copied_from, final_code_block, final_line, prompt_text, select_span
-from kascade.runtime.scoring.confidence import score_tokens
 from kascade.runtime.logprobs import TokenEvidence
+from kascade.runtime.scoring.confidence import score_tokens
+from kascade.runtime.scoring.spans import copied_from, final_code_block, final_line, prompt_text, select_span
 
 
 def _tokens(pieces: list[tuple[str, float]]) -> list[TokenEvidence]:
     return [TokenEvidence(math.log(p), (), text) for text, p in pieces]
 
 
-ANSWER = _tokens([
-    ("Here", 0.9), (" it is:\n", 0.9), ("```python\n", 0.99), ("def f(x):\n", 0.99), ("    return", 0.3),
-    (" x + 1\n", 0.4), ("```", 0.99), ("\nThe answer is", 0.9), (" 42.", 0.2),
-])  # fmt: skip
+ANSWER = _tokens(
+    [
+        ("Here", 0.9),
+        (" it is:\n", 0.9),
+        ("```python\n", 0.99),
+        ("def f(x):\n", 0.99),
+        ("    return", 0.3),
+        (" x + 1\n", 0.4),
+        ("```", 0.99),
+        ("\nThe answer is", 0.9),
+        (" 42.", 0.2),
+    ]
+)
 
 
 def test_final_code_block_keeps_only_the_code() -> None:
@@ -38,9 +47,16 @@ def test_final_line_is_the_last_line_with_text() -> None:
 
 
 def test_not_copied_drops_what_the_prompt_already_said() -> None:
-    prompt = "def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n"
-    tokens = _tokens([("def add(a, b):\n", 0.99), ("    \"\"\"Return the sum", 0.99), (" of a and b.\"\"\"\n", 0.99),
-                      ("    return", 0.5), (" a + b\n", 0.6)])  # fmt: skip
+    prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+    tokens = _tokens(
+        [
+            ("def add(a, b):\n", 0.99),
+            ('    """Return the sum', 0.99),
+            (' of a and b."""\n', 0.99),
+            ("    return", 0.5),
+            (" a + b\n", 0.6),
+        ]
+    )
     kept = select_span(tokens, ScoredSpan.not_copied, prompt)
     assert [t.text for t in kept] == ["    return", " a + b\n"]
     assert not any(copied_from("short", prompt))
@@ -55,7 +71,17 @@ def test_an_empty_span_scores_zero_and_a_span_changes_the_score() -> None:
 
 
 def test_prompt_text_of_chat_and_completion_bodies() -> None:
-    assert prompt_text({"messages": [{"role": "system", "content": "a"}, {"role": "user", "content": [{"type": "text", "text": "b"}]}]}) == "a\nb"
+    assert (
+        prompt_text(
+            {
+                "messages": [
+                    {"role": "system", "content": "a"},
+                    {"role": "user", "content": [{"type": "text", "text": "b"}]},
+                ]
+            }
+        )
+        == "a\nb"
+    )
     assert prompt_text({"prompt": "x"}) == "x"
     assert prompt_text({"prompt": [1, 2]}) == ""
     assert prompt_text(None) == ""

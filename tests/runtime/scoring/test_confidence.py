@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kascade.api.modelcascade import Accept, ConfidenceMethod
+from kascade.runtime.engines.base import Endpoint
+from kascade.runtime.logprobs import TokenEvidence
 from kascade.runtime.scoring.confidence import (
     CLASS_SCORERS,
     TOKEN_SCORERS,
@@ -23,8 +25,6 @@ from kascade.runtime.scoring.confidence import (
     score_quantile,
     score_tokens,
 )
-from kascade.runtime.engines.base import Endpoint
-from kascade.runtime.logprobs import TokenEvidence
 
 ln = math.log
 NEG_INF = -math.inf
@@ -214,7 +214,11 @@ def chat_response(*entries: tuple[float, list[float]]) -> dict:
                 "message": {"role": "assistant", "content": "..."},
                 "logprobs": {
                     "content": [
-                        {"token": f"t{i}", "logprob": lp, "top_logprobs": [{"token": f"a{j}", "logprob": t} for j, t in enumerate(top)]}
+                        {
+                            "token": f"t{i}",
+                            "logprob": lp,
+                            "top_logprobs": [{"token": f"a{j}", "logprob": t} for j, t in enumerate(top)],
+                        }
                         for i, (lp, top) in enumerate(entries)
                     ]
                 },
@@ -225,15 +229,26 @@ def chat_response(*entries: tuple[float, list[float]]) -> dict:
 
 def test_score_dispatches_on_the_method() -> None:
     response = chat_response((ln(0.5), [ln(0.5), ln(0.25)]), (ln(0.25), [ln(0.5), ln(0.25)]))
-    assert score(Accept(method="geometricMean", threshold=0.5), Endpoint.chat, response) == pytest.approx(math.sqrt(0.125))
+    assert score(Accept(method="geometricMean", threshold=0.5), Endpoint.chat, response) == pytest.approx(
+        math.sqrt(0.125)
+    )
     assert score(Accept(method="minToken", threshold=0.5), Endpoint.chat, response) == pytest.approx(0.25)
     # two tokens .5 and .25, q = .5 → .375
-    assert score(Accept(method="quantile", threshold=0.5, quantile=0.5), Endpoint.chat, response) == pytest.approx(0.375)
+    assert score(Accept(method="quantile", threshold=0.5, quantile=0.5), Endpoint.chat, response) == pytest.approx(
+        0.375
+    )
     assert score(Accept(method="margin", threshold=0.5), Endpoint.chat, response) == pytest.approx(0.25)
 
 
 def test_score_of_a_completion_response() -> None:
-    response = {"choices": [{"index": 0, "logprobs": {"tokens": ["a", "b"], "token_logprobs": [ln(0.5), ln(0.25)], "top_logprobs": [None, None]}}]}
+    response = {
+        "choices": [
+            {
+                "index": 0,
+                "logprobs": {"tokens": ["a", "b"], "token_logprobs": [ln(0.5), ln(0.25)], "top_logprobs": [None, None]},
+            }
+        ]
+    }
     assert score(Accept(threshold=0.5), Endpoint.completion, response) == pytest.approx(math.sqrt(0.125))
 
 

@@ -47,7 +47,10 @@ def test_decision_carries_the_method() -> None:
 def chat_response(*probs: float) -> dict:
     return {
         "choices": [
-            {"index": 0, "logprobs": {"content": [{"token": "x", "logprob": math.log(p), "top_logprobs": []} for p in probs]}}
+            {
+                "index": 0,
+                "logprobs": {"content": [{"token": "x", "logprob": math.log(p), "top_logprobs": []} for p in probs]},
+            }
         ]
     }
 
@@ -77,7 +80,9 @@ def test_judge_classify() -> None:
 def test_judge_tokens_for_a_streamed_prefix() -> None:
     tokens = [TokenEvidence(math.log(0.9)), TokenEvidence(math.log(0.4))]
     decision = judge_tokens(Accept(method="minToken", threshold=0.5), tokens)
-    assert decision == Decision(accept=False, confidence=pytest.approx(0.4), threshold=0.5, method=ConfidenceMethod.min_token)
+    assert decision == Decision(
+        accept=False, confidence=pytest.approx(0.4), threshold=0.5, method=ConfidenceMethod.min_token
+    )
     assert judge_tokens(Accept(method="minToken", threshold=0.39), tokens).accept is True
 
 

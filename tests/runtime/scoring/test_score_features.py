@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from kascade.api.modelcascade import Accept, LearnedScore, ScoreFeature
-from kascade.runtime.scoring.confidence import score, score_class_probs, score_tokens
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.logprobs import TokenEvidence
+from kascade.runtime.scoring.confidence import score, score_class_probs, score_tokens
 from kascade.runtime.scoring.features import class_features, learned_score, token_features
 
 
