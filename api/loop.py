@@ -37,6 +37,10 @@ ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS = (
 )
 THRESHOLD_BOUNDS_IN_ORDER = "spec.calibration.minThreshold must not exceed spec.calibration.maxThreshold"
 CALIBRATION_NEEDS_A_GOAL = "spec.calibration needs a goal: minAgreement, minAccuracy or maxEscalationRate"
+OFFLINE_ONLY_MATCHER = (
+    "spec.calibration.matcher {matcher} judges offline only (kascade eval/calibrate); "
+    "online calibration judges with label, number or exact"
+)
 ESCALATION_LOG_NEEDS_A_PLACE = (
     "spec.escalationLog.enabled needs spec.escalationLog.uri: where the records go "
     "(pvc://claim/path or s3://bucket/prefix in a cluster; a folder, file:// or s3:// in local mode)"
@@ -58,12 +62,29 @@ STUDENT_MUST_BE_TRAINABLE = (
 DISTILLATION_TIER_NOT_LAST = "spec.distillation.tier must name a tier of the cascade that is not the last"
 
 
-class AgreementMatcher(StrEnum):
-    """How online calibration decides that a tier's answer agrees with the last tier's (`evaluation.matchers`)."""
+class AnswerMatcher(StrEnum):
+    """How an answer is judged against a reference or another tier's answer: one list for every judge.
 
-    label = "label"  # the same class label
-    number = "number"  # the same final number
+    Online calibration, the escalation log's `agreed`, the promotion gate and
+    `kascade eval`/`calibrate` all name their matcher from here. The cheap,
+    pure ones (`kascade.calibration.agreement`) run anywhere; the offline-only
+    ones need resources only `kascade eval` has (`kascade.evaluation.matchers`).
+    """
+
+    label = "label"  # the same class label (case and surrounding spaces ignored)
+    number = "number"  # the same final number (integers, decimals, fractions)
     exact = "exact"  # the same text, whitespace collapsed
+    code = "code"  # offline only: a program, right when the example's tests pass (a sandboxed process)
+    text = "text"  # offline only: free text, embedding similarity (the packaged MiniLM) above a cutoff
+
+    @property
+    def offline_only(self) -> bool:
+        """Whether only `kascade eval`/`calibrate` can judge with it (tests to run, an encoder to load)."""
+        return self in OFFLINE_ONLY_MATCHERS
+
+
+OFFLINE_ONLY_MATCHERS = frozenset({AnswerMatcher.code, AnswerMatcher.text})
+ONLINE_MATCHERS = [matcher.value for matcher in AnswerMatcher if matcher not in OFFLINE_ONLY_MATCHERS]
 
 
 class Calibration(SpecModel):
@@ -104,8 +125,10 @@ class Calibration(SpecModel):
             "sent to the last tier (off the response path), escalated ones already have its answer. 0: offline only."
         ),
     )
-    matcher: AgreementMatcher | None = Field(
-        default=None, description="How agreement is judged online; default: label for classify, exact otherwise."
+    matcher: AnswerMatcher | None = Field(
+        default=None,
+        description="How agreement is judged online; default: label for classify, exact otherwise.",
+        json_schema_extra={"enum": ONLINE_MATCHERS},
     )
     min_samples: int = Field(
         default=200, ge=10, le=1_000_000, description="Samples a tier needs before its threshold moves."
@@ -134,6 +157,14 @@ class Calibration(SpecModel):
         if self.min_threshold > self.max_threshold:
             raise ValueError(THRESHOLD_BOUNDS_IN_ORDER)
         return self
+
+    @field_validator("matcher")
+    @classmethod
+    def _judges_online(cls, matcher: AnswerMatcher | None) -> AnswerMatcher | None:
+        # The CRD lists only the online matchers (`ONLINE_MATCHERS`), so the API server refuses the rest too.
+        if matcher is not None and matcher.offline_only:
+            raise ValueError(OFFLINE_ONLY_MATCHER.format(matcher=matcher.value))
+        return matcher
 
     @property
     def online(self) -> bool:

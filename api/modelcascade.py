@@ -43,6 +43,7 @@ from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from h
     ON_POLICY_NEEDS_A_SCORING_TEACHER,
     ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
     STUDENT_MUST_BE_TRAINABLE,
+    AnswerMatcher,
     Calibration,
     DistillationLoss,
     DistillationPolicy,
@@ -244,6 +245,14 @@ class ModelCascadeSpec(SpecModel):
     calibration: Calibration | None = None
     escalation_log: EscalationLog | None = None
     distillation: DistillationPolicy | None = None
+
+    @property
+    def matcher(self) -> AnswerMatcher:
+        """How this cascade judges agreement (online calibration, the log's `agreed`, the promotion gate):
+        the calibration's matcher, else the task's default: label for classify, exact otherwise."""
+        if self.calibration is not None and self.calibration.matcher is not None:
+            return self.calibration.matcher
+        return AnswerMatcher.label if self.task is Task.classify else AnswerMatcher.exact
 
     @model_validator(mode="after")
     def _check_tiers(self) -> ModelCascadeSpec:

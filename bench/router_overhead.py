@@ -358,7 +358,7 @@ def write_router_config(
     """
     import yaml
 
-    from kascade.api.loop import AgreementMatcher
+    from kascade.api.loop import AnswerMatcher
     from kascade.api.modelcascade import Accept
     from kascade.runtime.config import EscalationLogConfig, RouterConfig, ShadowSamplingConfig, TierConfig
 
@@ -376,7 +376,7 @@ def write_router_config(
         api_keys_env="KASCADE_BENCH_CLIENT_KEYS",
         escalation_log=EscalationLogConfig(uri=str(log_dir), flush_seconds=5) if log_dir is not None else None,
         shadow_sampling=(
-            ShadowSamplingConfig(rate=shadow_rate, matcher=AgreementMatcher.exact) if shadow_rate is not None else None
+            ShadowSamplingConfig(rate=shadow_rate, matcher=AnswerMatcher.exact) if shadow_rate is not None else None
         ),
     )
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True)))

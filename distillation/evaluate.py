@@ -15,17 +15,11 @@ from typing import Any
 
 import torch
 
+from kascade.calibration.agreement import answers_agree
 from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.examples import DistillExample
 from kascade.distillation.losses import IGNORE_INDEX, hard_label_loss
-from kascade.distillation.settings import AnswerMatch, DistillSettings
-from kascade.evaluation.matchers import answers_agree
-from kascade.evaluation.records import AnswerKind
-
-
-def answers_match(left: str, right: str, match: AnswerMatch) -> bool:
-    """The evaluation's matchers (`number`, `exact`), one definition for both."""
-    return answers_agree(AnswerKind(match.value), left, right)
+from kascade.distillation.settings import DistillSettings
 
 
 def answer_length_slice(answer_tokens: int) -> str:
@@ -78,9 +72,9 @@ def lm_metrics(
         batch_size=settings.batch_size,
         pad_id=pad_id,
     )
-    same = [answers_match(text, e.target, settings.match) for text, e in zip(generated, examples, strict=False)]
+    same = [answers_agree(settings.match, text, e.target) for text, e in zip(generated, examples, strict=False)]
     right = [
-        answers_match(text, e.reference, settings.match)
+        answers_agree(settings.match, text, e.reference)
         for text, e in zip(generated, examples, strict=False)
         if e.reference is not None
     ]

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kascade.api.loop import AnswerMatcher
 from kascade.distillation.losses import Divergence
-
-
-class AnswerMatch(StrEnum):
-    exact = "exact"  # same text, whitespace collapsed
-    number = "number"  # same final number (integers, decimals, fractions)
 
 
 class DistillSettings(BaseModel):
@@ -51,7 +46,7 @@ class DistillSettings(BaseModel):
     held_out: float = Field(default=0.1, ge=0, lt=1, description="Share of the data kept for evaluation (stable hash).")
     eval_every: int = Field(default=50, ge=1)
     eval_generate: int = Field(default=32, ge=0, description="Held-out examples whose final answers are generated.")
-    match: AnswerMatch = AnswerMatch.exact
+    match: AnswerMatcher = AnswerMatcher.exact
     teacher_top_k: int = Field(default=20, ge=1, le=256, description="Entries an in-process teacher keeps per token.")
     limit: int | None = Field(default=None, ge=1, description="Use at most this many examples (seeded sample).")
     seed: int = 0

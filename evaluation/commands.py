@@ -10,12 +10,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from kascade.api.loop import AnswerMatcher
 from kascade.api.modelcascade import ConfidenceMethod, ModelCascade, ScoredSpan, Task
 from kascade.evaluation.collect import GenerationSettings, answered_by_every_tier, collect_answers
 from kascade.evaluation.datasets import Dataset, DatasetError, load_dataset, subset
 from kascade.evaluation.judging import JudgedPair, check_two_tiers, judge_pair
 from kascade.evaluation.matchers import Matcher
-from kascade.evaluation.records import AnswerKind
 from kascade.runtime.local.manifest import load_manifest
 
 
@@ -46,7 +46,7 @@ def prepare(inputs: EvalInputs, console: Console) -> tuple[ModelCascade, Dataset
     """Load the manifest and data, have both tiers answer every example (cached), judge the answers."""
     cascade = load_manifest(inputs.manifest)
     check_two_tiers(cascade)
-    kind = AnswerKind(inputs.match) if inputs.match else None
+    kind = AnswerMatcher(inputs.match) if inputs.match else None
     dataset = subset(load_dataset(inputs.data, cache_dir=inputs.cache_dir, kind=kind), inputs.limit, inputs.seed)
     if kind is not None:
         dataset = Dataset(dataset.name, dataset.examples, kind, dataset.max_tokens, dataset.stop)

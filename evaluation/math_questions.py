@@ -17,8 +17,9 @@ import sys
 import venv
 from pathlib import Path
 
+from kascade.api.loop import AnswerMatcher
 from kascade.evaluation.datasets import Dataset, DatasetError
-from kascade.evaluation.records import AnswerKind, Example
+from kascade.evaluation.records import Example
 from kascade.runtime.models.catalog import default_cache_dir
 
 MODULES = ("arithmetic__add_or_sub", "numbers__gcd", "algebra__linear_1d", "numbers__place_value")
@@ -97,7 +98,7 @@ def mathematics(cache_dir: Path | None = None, *, seed: int = 0, instruction: st
             )
         )
     max_tokens = 24 if instruction == "final" else 192
-    return Dataset(f"math-{instruction}", examples, AnswerKind.number, max_tokens=max_tokens)
+    return Dataset(f"math-{instruction}", examples, AnswerMatcher.number, max_tokens=max_tokens)
 
 
 if __name__ == "__main__":  # python -m kascade.evaluation.math_questions: generate and print the count

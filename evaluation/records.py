@@ -8,19 +8,7 @@ counts), so a new method or a threshold sweep never generates again.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-
-class AnswerKind(StrEnum):
-    """How an answer is judged against a reference or another tier's answer (see `matchers`)."""
-
-    label = "label"  # a class label
-    code = "code"  # a program: correct when the example's tests pass
-    number = "number"  # the final number of a chat answer
-    exact = "exact"  # the whole text, whitespace-normalised
-    text = "text"  # free text: embedding similarity above a cutoff
 
 
 class CodeTests(BaseModel):

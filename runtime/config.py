@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kascade.api.loop import AgreementMatcher, Calibration
+from kascade.api.loop import AnswerMatcher, Calibration
 from kascade.api.model_uri import ModelUri
 from kascade.api.modelcascade import (
     DEFAULT_MAX_BODY_BYTES,
@@ -74,7 +74,7 @@ class ShadowSamplingConfig(ConfigModel):
     """Online calibration's measurements in the router (rendered from `spec.calibration`, rate > 0)."""
 
     rate: float = Field(gt=0, le=1, description="Share of requests whose agreement with the last tier is measured.")
-    matcher: AgreementMatcher = Field(description="How a tier's answer is judged against the last tier's.")
+    matcher: AnswerMatcher = Field(description="How a tier's answer is judged against the last tier's.")
     concurrency: int = Field(
         default=4, ge=1, description="Shadow calls in flight at most; beyond, a sample is skipped."
     )
@@ -202,10 +202,9 @@ def shadow_sampling_of(cascade: ModelCascade, *, calibrate_in_process: bool) -> 
     calibration = spec.calibration
     if calibration is None or not calibration.online or len(spec.tiers) < 2:
         return None
-    default = AgreementMatcher.label if spec.task is Task.classify else AgreementMatcher.exact
     return ShadowSamplingConfig(
         rate=calibration.shadow_sample_rate,
-        matcher=calibration.matcher or default,
+        matcher=spec.matcher,
         concurrency=calibration.shadow_concurrency,
         calibrate_in_process=calibration if calibrate_in_process else None,
     )

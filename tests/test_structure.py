@@ -39,3 +39,64 @@ def test_no_product_file_holds_more_than_one_idea(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_FILE_LINES, f"{path.relative_to(ROOT)} has {lines} lines; split it by idea"
     assert _long_functions(path) == []
+
+
+PACKAGE_OF_FOLDER = {folder: f"kascade.{folder}" for folder in PRODUCT_FOLDERS} | {"kascade": "kascade"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every `kascade.*` module a file imports, at the top or inside a function (a lazy import is a dependency too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("kascade.")}
+
+
+def _package_of(module: str) -> str:
+    """The product package a module belongs to: `kascade.runtime.escalation.log` -> `kascade.runtime`."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[1] in PRODUCT_FOLDERS else "kascade"
+
+
+def _package_imports() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {package: set() for package in PACKAGE_OF_FOLDER.values()}
+    folders = {folder: ROOT / folder for folder in PRODUCT_FOLDERS} | {"kascade": ROOT / "kascade"}
+    for folder, source_root in folders.items():
+        for path in source_root.rglob("*.py"):
+            if folder == "kascade" and "testing" in path.relative_to(source_root).parts:
+                continue  # the test doubles import everything they stand in for
+            package = PACKAGE_OF_FOLDER[folder]
+            graph[package] |= {_package_of(module) for module in _imported_modules(path)} - {package}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle between packages, as the path that closes it; [] when there is none."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> list[str]:
+        state[node] = "open"
+        for other in sorted(graph.get(node, ())):
+            if state.get(other) == "open":
+                return [*path[path.index(other) :], other] if other in path else [node, other]
+            if other not in state and (found := visit(other, [*path, other])):
+                return found
+        state[node] = "done"
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return []
+
+
+def test_the_packages_import_each_other_without_a_cycle() -> None:
+    assert _cycle(_package_imports()) == []
+
+
+def test_the_calibration_core_needs_only_the_api() -> None:
+    """The bounds, the selection, the online step and agreement: what the router and the operator share."""
+    assert _package_imports()["kascade.calibration"] <= {"kascade.api"}

@@ -22,9 +22,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from kascade.calibration.agreement import answers_agree
 from kascade.calibration.online import bin_key
-from kascade.evaluation.matchers import answers_agree
-from kascade.evaluation.records import AnswerKind
 from kascade.runtime.attempts import usage_of
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.escalation.records import DeclinedSeen, answer_of
@@ -52,7 +51,7 @@ class ShadowSampler:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.config = config
-        self._kind = AnswerKind(config.matcher.value)
+        self._kind = config.matcher
         self._ledger = ledger
         self._last_tier = last_tier
         self._ask_last_tier = ask_last_tier

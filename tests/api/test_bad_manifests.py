@@ -324,6 +324,13 @@ CASES = [
         "needs whole answers to judge agreement",
     ),
     Case(
+        "online-calibration-with-an-offline-matcher",
+        _set(_spec, "calibration", {"minAgreement": 0.9, "shadowSampleRate": 0.05, "matcher": "code"}),
+        "schema",
+        "spec.calibration.matcher: 'code' is not one of ['label', 'number', 'exact']",
+        "judges offline only",
+    ),
+    Case(
         "threshold-bounds-reversed",
         _set(_spec, "calibration", {"minAgreement": 0.9, "minThreshold": 0.8, "maxThreshold": 0.5}),
         "cel",

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from kascade.api.loop import AnswerMatcher
 from kascade.evaluation import datasets
 from kascade.evaluation.datasets import Dataset, DatasetError, load_dataset, split_part, subset
-from kascade.evaluation.records import AnswerKind, Example
+from kascade.evaluation.records import Example
 from kascade.runtime.models.catalog import ModelNotAvailable
 
 
@@ -16,7 +17,7 @@ def test_a_jsonl_file_is_read_with_ids_and_refused_line_by_line(tmp_path: Path) 
     good = tmp_path / "good.jsonl"
     good.write_text('{"prompt": "2+2=", "answer": "4"}\n\n{"id": "b", "prompt": "3+3=", "answer": "6"}\n')
     dataset = load_dataset(str(good))
-    assert [e.id for e in dataset.examples] == ["1", "b"] and dataset.kind is AnswerKind.exact
+    assert [e.id for e in dataset.examples] == ["1", "b"] and dataset.kind is AnswerMatcher.exact
     for text, expected in [
         ("not json\n", "good2.jsonl:1: not JSON"),
         ('["a"]\n', "must be a JSON object"),
@@ -45,7 +46,7 @@ def test_a_packaged_set_that_cannot_be_fetched_says_what_to_do(monkeypatch: pyte
 
 def test_parts_and_samples_are_stable() -> None:
     examples = [Example(id=f"e{i}", input="x", label="a") for i in range(400)]
-    dataset = Dataset("d", examples, AnswerKind.label)
+    dataset = Dataset("d", examples, AnswerMatcher.label)
     test, train = split_part(dataset, "test"), split_part(dataset, "train")
     assert len(test.examples) + len(train.examples) == 400 and 100 < len(test.examples) < 180
     assert {e.id for e in test.examples} == {e.id for e in split_part(dataset, "test").examples}

@@ -6,9 +6,11 @@ from fractions import Fraction
 
 import pytest
 
+from kascade.api.loop import AnswerMatcher
+from kascade.calibration.agreement import normalised_number
 from kascade.evaluation.code_tests import passes
-from kascade.evaluation.matchers import Matcher, normalised_number, program_of
-from kascade.evaluation.records import AnswerKind, CodeTests, Example, TierAnswer
+from kascade.evaluation.matchers import Matcher, program_of
+from kascade.evaluation.records import CodeTests, Example, TierAnswer
 
 
 @pytest.mark.parametrize(
@@ -33,13 +35,13 @@ def _answer(text: str) -> TierAnswer:
 
 def test_number_label_and_exact_matchers() -> None:
     examples = [Example(id="1", prompt="q", answer="0.5"), Example(id="2", prompt="q", answer="3")]
-    numbers = Matcher(AnswerKind.number)
+    numbers = Matcher(AnswerMatcher.number)
     assert numbers.correct(examples, [_answer("it is 1/2"), _answer("4")]) == [True, False]
     assert numbers.agree([_answer("2.0")], [_answer("2")]) == [True]
-    labels = Matcher(AnswerKind.label)
+    labels = Matcher(AnswerMatcher.label)
     classified = [Example(id="1", input="x", label="Spam")]
     assert labels.correct(classified, [TierAnswer(text="spam", label="spam")]) == [True]
-    assert Matcher(AnswerKind.exact).agree([_answer("a  b\n")], [_answer("a b")]) == [True]
+    assert Matcher(AnswerMatcher.exact).agree([_answer("a  b\n")], [_answer("a b")]) == [True]
     assert numbers.correct([Example(id="3", prompt="q")], [_answer("1")]) == [None]
 
 
@@ -74,7 +76,7 @@ def test_code_runs_outside_this_process_with_limits(tmp_path) -> None:  # type: 
 
 
 def test_code_agreement_compares_test_outcomes() -> None:
-    matcher = Matcher(AnswerKind.code)
+    matcher = Matcher(AnswerMatcher.code)
     right = _answer("```python\ndef add(a, b):\n    return a + b\n```")
     wrong = _answer("```python\ndef add(a, b):\n    return 0\n```")
     outcomes = matcher.correct([PROBLEM, PROBLEM], [right, wrong])

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from kascade.api.loop import AgreementMatcher, Calibration
+from kascade.api.loop import AnswerMatcher, Calibration
 from kascade.runtime.config import EscalationLogConfig, ShadowSamplingConfig
 from kascade.runtime.escalation.segments import SegmentStore
 from kascade.runtime.router import create_router_app
@@ -19,7 +19,7 @@ CHAT = {"model": "demo", "messages": [{"role": "user", "content": "Capital of Fr
 
 
 def _sampling(**settings: Any) -> ShadowSamplingConfig:
-    return ShadowSamplingConfig(**{"rate": 1.0, "matcher": AgreementMatcher.exact, **settings})
+    return ShadowSamplingConfig(**{"rate": 1.0, "matcher": AnswerMatcher.exact, **settings})
 
 
 def _stats_when(url: str, condition: Any, seconds: float = 10.0) -> dict[str, Any]:
