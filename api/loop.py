@@ -84,7 +84,7 @@ class AnswerMatcher(StrEnum):
 
 
 OFFLINE_ONLY_MATCHERS = frozenset({AnswerMatcher.code, AnswerMatcher.text})
-ONLINE_MATCHERS = [matcher.value for matcher in AnswerMatcher if matcher not in OFFLINE_ONLY_MATCHERS]
+ONLINE_MATCHERS: tuple[str, ...] = tuple(matcher.value for matcher in AnswerMatcher if not matcher.offline_only)
 
 
 class Calibration(SpecModel):
@@ -128,7 +128,7 @@ class Calibration(SpecModel):
     matcher: AnswerMatcher | None = Field(
         default=None,
         description="How agreement is judged online; default: label for classify, exact otherwise.",
-        json_schema_extra={"enum": ONLINE_MATCHERS},
+        json_schema_extra={"enum": list(ONLINE_MATCHERS)},
     )
     min_samples: int = Field(
         default=200, ge=10, le=1_000_000, description="Samples a tier needs before its threshold moves."

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -61,10 +61,9 @@ from kascade.api.resources import (  # noqa: F401 - imported from here too
 )
 from kascade.api.status import Condition, Cost, ModelCascadeStatus, StatusSummary, TierStatus, Traffic  # noqa: F401
 
-GROUP = "kascade.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ModelCascade"
+API_VERSION: Final = "kascade.dev/v1alpha1"
+GROUP, VERSION = API_VERSION.split("/")
+KIND: Final = "ModelCascade"
 PLURAL = "modelcascades"
 DEFAULT_MAX_BODY_BYTES = 1_048_576  # the router's limit on a request body, unless the spec says otherwise
 

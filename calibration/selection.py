@@ -183,13 +183,13 @@ def select_threshold(
     failed = [r for r in results if r.threshold is None]
     if failed:
         return Selection(None, results, confidence, counts.n, _infeasible(failed, counts.n))
-    quality = [r.threshold for r in results if r.goal.kind is not GoalKind.max_escalation_rate]
-    budget = [r.threshold for r in results if r.goal.kind is GoalKind.max_escalation_rate]
-    assert all(t is not None for t in quality + budget)
+    certified = [(r.goal.kind, r.threshold) for r in results if r.threshold is not None]  # all of them: none failed
+    quality = [threshold for kind, threshold in certified if kind is not GoalKind.max_escalation_rate]
+    budget = [threshold for kind, threshold in certified if kind is GoalKind.max_escalation_rate]
     if not quality:
-        return Selection(min(budget), results, confidence, counts.n, "")  # type: ignore[type-var]
-    lowest_for_quality = max(quality)  # type: ignore[type-var]
-    if budget and lowest_for_quality > min(budget):  # type: ignore[operator,type-var]
+        return Selection(min(budget), results, confidence, counts.n, "")
+    lowest_for_quality = max(quality)
+    if budget and lowest_for_quality > min(budget):
         return Selection(
             None,
             results,
@@ -197,7 +197,7 @@ def select_threshold(
             counts.n,
             f"the quality goals need threshold >= {lowest_for_quality:.4g}, and the escalation goal "
             f"allows at most {min(budget):.4g}: relax one of them",
-        )  # type: ignore[type-var]
+        )
     return Selection(lowest_for_quality, results, confidence, counts.n, "")
 
 

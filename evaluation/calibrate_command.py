@@ -36,7 +36,7 @@ class Calibrated:
 
 def calibrate_pair(
     pair: JudgedPair, method: ScoreMethod, goals, confidence: float, held_out_share: float
-) -> Calibrated:  # type: ignore[no-untyped-def]
+) -> Calibrated:
     """Choose the threshold on the calibration part (fitting the learned score first), measure it on the held-out part.
 
     The learned score predicts what the goals are about: correctness for a minAccuracy goal, else agreement.

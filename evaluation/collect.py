@@ -169,7 +169,7 @@ def _model_folder(tier: Tier, model_cache_dir: Path | None) -> Path | None:
     return resolve_model_uri(tier.model.uri, cache_dir=model_cache_dir)
 
 
-def _asker(cascade: ModelCascade, tier: Tier, folder: Path | None, settings: GenerationSettings):  # type: ignore[no-untyped-def]
+def _asker(cascade: ModelCascade, tier: Tier, folder: Path | None, settings: GenerationSettings):
     """A function from a batch of examples to their answers, for this tier."""
     classify = cascade.spec.task is Task.classify
     if folder is None:
@@ -187,7 +187,8 @@ def _asker(cascade: ModelCascade, tier: Tier, folder: Path | None, settings: Gen
 
     def generate(batch: Sequence[Example]) -> list[TierAnswer]:
         prompts = [
-            encode_prompt(loaded.tokenizer, list(e.messages) if e.messages is not None else e.prompt) for e in batch
+            encode_prompt(loaded.tokenizer, list(e.messages) if e.messages is not None else e.prompt or "")
+            for e in batch
         ]
         return generate_answers(
             loaded, prompts, max_tokens=settings.max_tokens, stop=settings.stop, top_logprobs=settings.top_logprobs

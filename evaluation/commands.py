@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from kascade.api.loop import AnswerMatcher
 from kascade.api.modelcascade import ConfidenceMethod, ModelCascade, ScoredSpan, Task
@@ -63,7 +63,7 @@ def prepare(inputs: EvalInputs, console: Console) -> tuple[ModelCascade, Dataset
             )
         console.print(f"--cached-only: {len(answered)} of {len(dataset.examples)} examples have every tier's answer")
         dataset = Dataset(dataset.name, answered, dataset.kind, dataset.max_tokens, dataset.stop)
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     with _progress(console) as progress:
 
         def report(tier: str, done: int, total: int) -> None:

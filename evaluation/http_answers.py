@@ -29,6 +29,7 @@ def ask_over_http(
     base = tier.model.uri.rstrip("/")
 
     def ask(example: Example) -> TierAnswer:
+        body: dict[str, Any]
         if classify:
             url, body = f"{base.removesuffix('/v1')}/classify", {"model": tier.served_name, "input": [example.input]}
         elif example.messages is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kascade.api.loop import AnswerMatcher
 from kascade.calibration.agreement import answers_agree, same_text
@@ -38,7 +39,7 @@ class Matcher:
         self.kind = kind
         self._cache_dir = cache_dir
         self._workers = workers
-        self._encoder = None
+        self._encoder: tuple[Any, Any] | None = None  # the MiniLM tokenizer and model, loaded at the first use
 
     @property
     def name(self) -> str:
@@ -95,7 +96,7 @@ class Matcher:
         pairs = [(i, a.text, r) for i, (a, r) in enumerate(zip(answers, references, strict=True)) if r is not None]
         if not pairs:
             return fallback
-        similarity = self._cosines([p[1] for p in pairs], [p[2] for p in pairs])  # type: ignore[misc]
+        similarity = self._cosines([p[1] for p in pairs], [p[2] for p in pairs])
         results = list(fallback)
         for (index, _, _), value in zip(pairs, similarity, strict=True):
             results[index] = value >= TEXT_SIMILARITY_CUTOFF

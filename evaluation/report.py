@@ -149,7 +149,7 @@ def plot(
 
     figure, axes = plt.subplots(figsize=(8, 5.5), dpi=110)
     for report in reports:
-        style = {"linestyle": "--", "color": "black"} if report.method is None else {}
+        style: dict[str, Any] = {"linestyle": "--", "color": "black"} if report.method is None else {}
         if report.label.startswith("random"):
             style = {"linestyle": ":", "color": "grey"}
         xs = [1.0 - p.saving for p in report.points]

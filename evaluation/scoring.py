@@ -134,7 +134,7 @@ def fit_learned(
         rate = min(max(float(y.mean()) if len(y) else 0.0, 1e-6), 1 - 1e-6)
         params = LearnedScore(
             features=list(chosen), weights=[0.0] * len(chosen), bias=float(np.log(rate / (1 - rate))), target=target
-        )  # type: ignore[arg-type]
+        )
         return ScoreMethod(ConfidenceMethod.learned, span=span, learned=params)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
@@ -143,5 +143,5 @@ def fit_learned(
     bias = float(model.intercept_[0] - (model.coef_[0] * mean / scale).sum())
     params = LearnedScore(
         features=list(chosen), weights=[round(float(w), 6) for w in weights], bias=round(bias, 6), target=target
-    )  # type: ignore[arg-type]
+    )
     return ScoreMethod(ConfidenceMethod.learned, span=span, learned=params)

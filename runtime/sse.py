@@ -8,7 +8,7 @@ client of upstream tiers.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -24,7 +24,7 @@ def sse_event(data: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-async def iter_sse_json(lines: AsyncIterator[str | bytes]) -> AsyncIterator[dict[str, Any]]:
+async def iter_sse_json(lines: AsyncIterable[str | bytes]) -> AsyncIterator[dict[str, Any]]:
     """Yield the JSON body of each `data:` event of an SSE line stream, until `[DONE]`.
 
     `lines` are the stream's lines without their line breaks (httpx's

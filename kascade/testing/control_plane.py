@@ -37,7 +37,7 @@ import signal
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,7 +197,7 @@ class _Pki:
             ),
         ):
             private = key()
-            cert = _certificate(x509.Name(subject), private, ca_name, ca_key, **options)  # type: ignore[arg-type]
+            cert = _certificate(x509.Name(subject), private, ca_name, ca_key, **options)
             pairs[name] = _Pair(folder / f"{name}.crt", folder / f"{name}.key")
             pairs[name].cert.write_bytes(pem(cert))
             _write_key(pairs[name].key, private)
@@ -522,7 +522,7 @@ class ControlPlane:
         *,
         labels: dict[str, str] | None = None,
         capacity: dict[str, str] | None = None,
-        taints: list[dict[str, str]] | None = None,
+        taints: Sequence[dict[str, str]] | None = None,
     ) -> None:
         """A node kwok plays (Ready within a second), offering `capacity` on top of CPU, memory and pods."""
         resources = {"cpu": "64", "memory": "512Gi", "pods": "110", **(capacity or {})}
@@ -540,7 +540,7 @@ class ControlPlane:
                     **(labels or {}),
                 },
             },
-            "spec": {"taints": taints or []},
+            "spec": {"taints": [*(taints or ())]},
             "status": {
                 "capacity": resources,
                 "allocatable": resources,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp.web
-from multidict import MultiDictProxy
+from multidict import MultiMapping
 
 from kascade.testing import discovery, errors
 from kascade.testing.kinds import Kind, KindRegistry
@@ -109,7 +109,7 @@ class ResourceRequest:
         return cls(raw, method, route, body, record, dry_run=bool(dry_run_values), field_validation=field_validation)
 
     @property
-    def query(self) -> MultiDictProxy[str]:
+    def query(self) -> MultiMapping[str]:
         return self.raw.query
 
     @property

@@ -62,7 +62,7 @@ class SchemaTree:
         while "$ref" in node:
             target = self.definitions.get(node["$ref"].rsplit("/", 1)[-1], {})
             node = {**target, **{key: value for key, value in node.items() if key not in ("$ref", "description")}}
-        return node  # type: ignore[return-value]
+        return node
 
     def property(self, node: Mapping[str, Any], key: str) -> dict[str, Any] | None:
         """The schema of `key` inside object `node`; None when the key is not declared."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -69,7 +69,7 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _llama_config(tokenizer: PreTrainedTokenizerFast, *, hidden_size: int, layers: int, **extra: object):
+def _llama_config(tokenizer: PreTrainedTokenizerFast, *, hidden_size: int, layers: int, **extra: Any):
     from transformers import LlamaConfig
 
     return LlamaConfig(

@@ -67,23 +67,23 @@ def run_demo(cascade: ModelCascade, base_url: str, console: Console, *, api_key:
     for number, prompt in enumerate(DEMO_PROMPTS, start=1):
         started = time.monotonic()
         if cascade.spec.task is Task.completion:
-            raw = client.completions.with_raw_response.create(
+            completion = client.completions.with_raw_response.create(
                 model=cascade.metadata.name, prompt=prompt, max_tokens=DEMO_MAX_TOKENS, temperature=0
             )
-            text = raw.parse().choices[0].text
+            headers, text = completion.headers, completion.parse().choices[0].text
         else:
-            raw = client.chat.completions.with_raw_response.create(
+            chat = client.chat.completions.with_raw_response.create(
                 model=cascade.metadata.name,
                 messages=[{"role": "user", "content": prompt}],
                 max_tokens=DEMO_MAX_TOKENS,
                 temperature=0,
             )
-            text = raw.parse().choices[0].message.content or ""
+            headers, text = chat.headers, chat.parse().choices[0].message.content or ""
         answer = DemoAnswer(
             prompt=prompt,
-            tier=raw.headers.get("x-kascade-tier", "?"),
-            confidence=raw.headers.get("x-kascade-trail", "-"),
-            escalated=raw.headers.get("x-kascade-escalated") == "true",
+            tier=headers.get("x-kascade-tier", "?"),
+            confidence=headers.get("x-kascade-trail", "-"),
+            escalated=headers.get("x-kascade-escalated") == "true",
             answer=" ".join(text.split()),
             seconds=time.monotonic() - started,
         )

@@ -117,6 +117,7 @@ def _run_local(
                 api_key = os.environ[secret_env_var(router_secret)].split(",")[0].strip() if router_secret else "local"
                 if not demo:
                     watch(cascade, base_url, console)  # until Ctrl-C
+                    return 0
                 else:
                     demo_started = time.monotonic()
                     try:

@@ -37,6 +37,7 @@ from kascade.runtime.serving import free_port
 
 if TYPE_CHECKING:
     from kascade.runtime.engines.base import Engine
+    from kascade.runtime.engines.transformers.loading import Task as EngineTask
     from kascade.runtime.serving import BackgroundServer
 
 VLLM_START_TIMEOUT_SECONDS = 900.0
@@ -64,7 +65,7 @@ def start_tiers(
 ) -> LocalTiers:
     """Load or start every tier; what needs stopping is registered on `stack`."""
     tiers = LocalTiers()
-    task = "classify" if cascade.spec.task is Task.classify else "generate"
+    task: EngineTask = "classify" if cascade.spec.task is Task.classify else "generate"
     for tier in cascade.spec.tiers:
         if tier.engine is EngineKind.external:
             tiers.urls[tier.name] = tier.model.uri
@@ -84,7 +85,7 @@ def start_tiers(
     return tiers
 
 
-def _load_transformers(tier: Tier, path: Path, task: str, console: Console) -> Engine:
+def _load_transformers(tier: Tier, path: Path, task: EngineTask, console: Console) -> Engine:
     from kascade.runtime.engines.transformers import ModelLoadError, TransformersEngine
     from kascade.runtime.engines.transformers.loading import without_progress_bars
 

@@ -148,7 +148,7 @@ def _progress(console: Console) -> Iterator[Progress]:
     class AmountColumn(ProgressColumn):
         """`120/272 tensors`, or `98.4/491.4 MB` for byte counts."""
 
-        def render(self, task) -> Text:  # type: ignore[no-untyped-def]
+        def render(self, task) -> Text:
             if task.total is None:
                 return Text("")
             unit = task.fields.get("unit", "")
@@ -363,7 +363,7 @@ def convert_gguf_to_transformers(gguf_file: Path, out_dir: Path, report: Progres
                 )
             tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
             model.config.quantization_config = None
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]  # typed as set; None drops the dequantized GGUF's
             model.save_pretrained(out_dir)
             tokenizer.save_pretrained(out_dir)
     finally:
@@ -383,7 +383,7 @@ def _report_dequantisation(report: ProgressReport | None) -> Iterator[None]:
         yield
         return
 
-    def tracked(iterable, *_args, **_kwargs):  # type: ignore[no-untyped-def]
+    def tracked(iterable, *_args, **_kwargs):
         items = list(iterable)
         for done, item in enumerate(items, start=1):
             yield item

@@ -13,7 +13,7 @@ import gc
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -228,7 +228,7 @@ class TransformersEngine:
         params = fit_max_tokens(request.params, len(prompt_ids), self.max_model_len, endpoint)
         return prompt_ids, params, request
 
-    async def _generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenStep]:
+    async def _generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncGenerator[TokenStep, None]:
         """Run the decode loop in a worker thread; yield its steps; stop it when closed early."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()

@@ -31,7 +31,7 @@ def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
         ids = tokenizer(prompt)["input_ids"]  # special tokens added, as vLLM does for completions
     elif prompt and isinstance(prompt[0], int):
         vocab = len(tokenizer)
-        if any(not 0 <= t < vocab for t in prompt):  # type: ignore[operator]
+        if any(not 0 <= t < vocab for t in prompt):
             raise bad_request(f"prompt token ids must lie in [0, {vocab})", "prompt")
         ids = list(prompt)
     else:
