@@ -130,7 +130,7 @@ def run_trl(folder: Path, steps: int, batch_size: int, learning_rate: float) -> 
     stamps: list[float] = []
 
     class Stamp(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_step_end(self, args, state, control, **kwargs):
             stamps.append(time.perf_counter())
 
     tokenizer = AutoTokenizer.from_pretrained(folder / "student")

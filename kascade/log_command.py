@@ -13,7 +13,7 @@ log_app = typer.Typer(
 )
 
 
-def _records(uri: str):  # noqa: ANN202 - an iterator of EscalationRecord
+def _records(uri: str):  # an iterator of EscalationRecord
     from kascade.runtime.escalation.segments import SegmentStore
 
     store = SegmentStore(uri)

@@ -18,8 +18,8 @@ import pytest
 from kascade.testing.control_plane import ControlPlane
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
-from cluster_testkit import CRDS  # noqa: E402
-from test_bad_manifests import CASES, GOOD, Case  # noqa: E402  (tests/api is not a package)
+from cluster_testkit import CRDS
+from test_bad_manifests import CASES, GOOD, Case  # (tests/api is not a package)
 
 NAMESPACE = "refusals"
 
