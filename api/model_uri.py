@@ -58,10 +58,6 @@ class ModelUri:
         return self.scheme == PATH and self.raw == self.rest
 
     @property
-    def is_http(self) -> bool:
-        return self.scheme in ("http", "https")
-
-    @property
     def in_cluster_only(self) -> bool:
         return self.scheme in CLUSTER_ONLY_SCHEMES
 

@@ -130,7 +130,7 @@ RESERVATION_FIELDS = ("gpu_hours", "reservation_cost", "reservation_baseline", "
 
 
 class BinCounts(StatusModel):
-    """Cumulative samples and agreements of one tier, per score bin edge (`evaluation.online_calibration`)."""
+    """Cumulative samples and agreements of one tier, per score bin edge (`kascade.calibration.online`)."""
 
     samples: dict[str, int] = Field(default_factory=dict)
     agreed: dict[str, int] = Field(default_factory=dict)

@@ -6,7 +6,7 @@ with both tiers' real answers to the 2,000 held-out tweets of the flywheel
 drawn from them with replacement, in steps of `--per-step` requests; each
 request is measured with probability `--rate` (an accepted one costs a shadow
 call to mpnet, an escalated one nothing), and after each step the operator's
-step (`evaluation.online_calibration.calibrate_tiers`) moves the threshold,
+step (`kascade.calibration.online.calibrate_tiers`) moves the threshold,
 starting from `--start`. For every run: the agreement with mpnet the cascade
 actually delivered on the second half of the traffic (its steady state), the share
 kept on MiniLM, and the shadow calls spent, beside two fixed thresholds in the

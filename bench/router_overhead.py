@@ -697,7 +697,7 @@ def report_rows(
 
 
 def verdicts(summary: dict[str, Any]) -> list[str]:
-    """The issue's two goals, met or not, as measured."""
+    """The router's two targets, met or not, as measured."""
     if "kascade" not in summary:
         return []
     kascade = summary["kascade"]

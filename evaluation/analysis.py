@@ -20,7 +20,7 @@ from kascade.evaluation import curves
 from kascade.evaluation.judging import JudgedPair
 from kascade.evaluation.scoring import ScoreMethod, fit_learned, score_answers
 
-QUALITY_SHARE = 0.99  # the target: at least 99% of the last tier's quality alone
+QUALITY_SHARE = 0.99  # the split study's target: at least 99% of the last tier's quality alone
 
 
 @dataclass

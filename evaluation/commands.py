@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from kascade.api.loop import AnswerMatcher
-from kascade.api.modelcascade import ConfidenceMethod, ModelCascade, ScoredSpan, Task
+from kascade.api.modelcascade import ModelCascade, ScoredSpan, Task
 from kascade.evaluation.collect import GenerationSettings, answered_by_every_tier, collect_answers
 from kascade.evaluation.datasets import Dataset, DatasetError, load_dataset, subset
 from kascade.evaluation.judging import JudgedPair, check_two_tiers, judge_pair
@@ -100,9 +100,3 @@ def spans_for(cascade: ModelCascade, chosen: Sequence[str] | None) -> list[Score
     if cascade.spec.task is Task.classify:
         return [ScoredSpan.all]
     return [ScoredSpan(s) for s in chosen] if chosen else list(ScoredSpan)
-
-
-def manifest_rule_label(cascade: ModelCascade) -> tuple[ConfidenceMethod, ScoredSpan]:
-    accept = cascade.spec.tiers[0].accept
-    assert accept is not None
-    return accept.method, accept.span

@@ -42,10 +42,6 @@ class Example(BaseModel):
             raise ValueError(f"an example needs exactly one of messages, prompt or input (found {given or 'none'})")
         return self
 
-    @property
-    def has_reference(self) -> bool:
-        return self.answer is not None or self.label is not None or self.tests is not None
-
 
 class TierAnswer(BaseModel):
     """One tier's answer to one example, as cached: text and token evidence, or label probabilities."""

@@ -186,8 +186,7 @@ def test_the_runtime_images_commands_start(command: list[str]):
 @pytest.mark.parametrize("source", ["chart", "image"])
 def test_the_operator_command_accepts_the_arguments_it_is_given(source: str):
     """`kascade operator ARGS --help`: click refuses unknown options before it prints help, so this checks ARGS."""
-    if "operator" not in _subcommands():
-        pytest.skip("`kascade operator` is not in the CLI yet (issue 3)")
+    assert "operator" in _subcommands()
     if source == "chart":
         arg_sets = [operator_container(render("defaults"))["args"], operator_container(render("namespaced"))["args"]]
     else:
