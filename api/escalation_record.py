@@ -51,7 +51,11 @@ class DeclinedAnswer(_Record):
 
 
 class TeacherTokens(_Record):
-    """The answering tier's tokens, position by position: ids, top-k ids with logprobs, mass outside the top-k."""
+    """A teacher's tokens, position by position: ids, top-k ids with logprobs, mass outside the top-k.
+
+    The router logs the answering tier's; `kascade distill` trains on them, and
+    on the same type from a teacher in process or a teacher server.
+    """
 
     token_ids: list[int]
     top_ids: list[list[int]]
@@ -66,6 +70,17 @@ class TeacherTokens(_Record):
         if any(len(ids) != len(logprobs) for ids, logprobs in zip(self.top_ids, self.top_logprobs, strict=True)):
             raise ValueError("top_ids and top_logprobs need one logprob per id")
         return self
+
+    def first(self, positions: int) -> TeacherTokens:
+        """The first `positions` positions (an answer cut to fit a length)."""
+        if positions >= len(self.token_ids):
+            return self
+        return TeacherTokens(
+            token_ids=self.token_ids[:positions],
+            top_ids=self.top_ids[:positions],
+            top_logprobs=self.top_logprobs[:positions],
+            tail_mass=self.tail_mass[:positions],
+        )
 
 
 class EscalationRecord(_Record):

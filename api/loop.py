@@ -222,29 +222,61 @@ class EscalationLog(SpecModel):
 
 
 class DistillationLoss(StrEnum):
-    forward_kl = "forwardKL"
-    reverse_kl = "reverseKL"
-    jsd = "generalizedJSD"
+    """The divergence between teacher and student (`kascade.distillation.losses`)."""
+
+    forward_kl = "forwardKL"  # KL(teacher ‖ student): mode-covering, Hinton's soft targets
+    reverse_kl = "reverseKL"  # KL(student ‖ teacher): mode-seeking
+    jsd = "generalizedJSD"  # beta·KL(teacher ‖ M) + (1 − beta)·KL(student ‖ M), M their beta-mixture
 
 
 class Training(SpecModel):
-    """How the student learns: the loss, its temperature and weights, and the optimizer's length."""
+    """How the student learns and is measured; `kascade distill` takes each field as an option (`--batch-size`)."""
 
-    loss: DistillationLoss = DistillationLoss.forward_kl
-    temperature: float = Field(default=2.0, gt=0, le=100)
+    loss: DistillationLoss = Field(default=DistillationLoss.forward_kl, description="The divergence to the teacher.")
+    temperature: float = Field(default=2.0, gt=0, le=100, description="Softens teacher and student alike.")
     alpha: float = Field(
         default=0.5, ge=0, le=1, description="Weight of the teacher's soft term; 1 - alpha: hard labels."
     )
     beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
-    steps: int = Field(default=200, ge=1, le=1_000_000)
-    batch_size: int = Field(default=8, ge=1, le=4096)
-    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    steps: int = Field(default=200, ge=1, le=1_000_000, description="Optimizer steps.")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Examples per step.")
+    learning_rate: float = Field(
+        default=2e-4, gt=0, le=1, description="Peak learning rate (linear warm-up, then cosine decay)."
+    )
+    warmup_steps: int = Field(default=10, ge=0, le=1_000_000, description="Steps of the linear warm-up.")
     lora: bool = Field(default=True, description="LoRA adapters merged into the saved model; false: full fine-tuning.")
+    lora_rank: int = Field(default=16, ge=1, le=1024, description="Rank of the LoRA adapters.")
     on_policy_fraction: float = Field(
         default=0.0,
         ge=0,
         le=1,
-        description="Share of steps on the student's own samples, scored by the teacher server.",
+        description="Share of steps on the student's own samples, scored by the teacher (in process or its server).",
+    )
+    teacher_top_k: int = Field(
+        default=20,
+        ge=1,
+        le=256,
+        description="Entries per token a teacher in process or behind a server keeps (a vLLM server answers at "
+        "most its --max-logprobs, 20 by default).",
+    )
+    max_length: int = Field(default=512, ge=8, le=1_000_000, description="Most tokens per example, prompt and answer.")
+    max_new_tokens: int = Field(
+        default=64, ge=1, le=100_000, description="Length of on-policy samples and of generated held-out answers."
+    )
+    held_out: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Share of the examples kept apart to measure the student and judge the gate (a stable hash of each).",
+    )
+    eval_every: int = Field(
+        default=50, ge=1, le=1_000_000, description="Steps between held-out measurements (and checkpoints)."
+    )
+    eval_generate: int = Field(
+        default=32,
+        ge=0,
+        le=1_000_000,
+        description="Held-out answers generated to measure final-answer agreement (the gate's figure).",
     )
 
 

@@ -97,22 +97,24 @@ def run_kascade(folder: Path, steps: int, batch_size: int, learning_rate: float)
     from kascade.distillation.run import run_distill
     from kascade.distillation.settings import DistillSettings
 
-    settings = DistillSettings(
-        student=str(folder / "student"),
-        data=str(folder / "log"),
-        out=folder / "kascade-out",
-        steps=steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        warmup_steps=0,
-        alpha=1.0,
-        temperature=1.0,
-        lora=False,
-        held_out=0.0,
-        eval_every=steps,
-        eval_generate=0,
-        max_length=256,
-        device="cpu",
+    settings = DistillSettings.of_options(
+        dict(
+            student=str(folder / "student"),
+            data=str(folder / "log"),
+            out=folder / "kascade-out",
+            steps=steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            warmup_steps=0,
+            alpha=1.0,
+            temperature=1.0,
+            lora=False,
+            held_out=0.0,
+            eval_every=steps,
+            eval_generate=0,
+            max_length=256,
+            device="cpu",
+        )
     )
     stamps: list[float] = []
     run_distill(

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from kascade.distillation.examples import DistillExample, TeacherSignal
+from kascade.api.escalation_record import TeacherTokens
+from kascade.distillation.examples import DistillExample
 from kascade.distillation.losses import IGNORE_INDEX
 
 
@@ -49,14 +50,14 @@ def prompt_ids(tokenizer: Any, example: DistillExample) -> list[int]:
 class EncodedLm:
     prompt: list[int]
     answer: list[int]
-    signal: TeacherSignal | None  # aligned with `answer` when token level
+    signal: TeacherTokens | None  # aligned with `answer` when token level
 
     @property
     def token_level(self) -> bool:
         return self.signal is not None
 
 
-def encode_lm(tokenizer: Any, example: DistillExample, *, max_length: int, signal: TeacherSignal | None) -> EncodedLm:
+def encode_lm(tokenizer: Any, example: DistillExample, *, max_length: int, signal: TeacherTokens | None) -> EncodedLm:
     """Prompt and answer ids; the teacher's ids (token level) when `signal` is given, else the target tokenized."""
     prompt = prompt_ids(tokenizer, example)
     if signal is not None:
@@ -69,9 +70,7 @@ def encode_lm(tokenizer: Any, example: DistillExample, *, max_length: int, signa
     prompt = prompt[-room_for_prompt:]
     answer = answer[: max_length - len(prompt)]
     if signal is not None:
-        signal = TeacherSignal(
-            *(part[: len(answer)] for part in (signal.token_ids, signal.top_ids, signal.top_logprobs, signal.tail_mass))
-        )
+        signal = signal.first(len(answer))
     return EncodedLm(prompt, answer, signal)
 
 

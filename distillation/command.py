@@ -11,7 +11,8 @@ from rich.table import Table
 from kascade.api.distillation import REFUSED_EXIT_CODE, TRANSIENT_EXIT_CODE
 from kascade.distillation.examples import DistillDataError
 from kascade.distillation.report import DistillationReportConfig, DistillationReporter, ReportError
-from kascade.distillation.run import PROVENANCE, run_distill
+from kascade.distillation.result import PROVENANCE, DistillResult
+from kascade.distillation.run import run_distill
 from kascade.distillation.settings import DistillSettings
 from kascade.runtime.engines.transformers.loading import ModelLoadError
 from kascade.runtime.signals import interrupt_on_stop_signals
@@ -35,8 +36,8 @@ def run_distill_command(
         try:
             with interrupt_on_stop_signals():
                 if reporter:
-                    reporter.start(settings.steps)
-                provenance = _train(settings, resume, console, reporter)
+                    reporter.start(settings.training.steps)
+                result = _train(settings, resume, console, reporter)
         except KeyboardInterrupt:  # not the run's failure: nothing final is reported, the Job may retry and resume
             console.print("stopped; run the same command again to resume from the last checkpoint")
             return 130
@@ -50,10 +51,10 @@ def run_distill_command(
         except Exception as error:
             _report_failure(reporter, f"{type(error).__name__}: {error}", console)
             raise
-        _say_result(provenance, settings, console)
+        _say_result(result, settings, console)
         if reporter:
             try:
-                reporter.succeed(provenance, model=model_uri or str(settings.out.resolve()))
+                reporter.succeed(result, model=model_uri or str(settings.out.resolve()))
             except ReportError as error:
                 console.print(
                     f"[red]error:[/red] {error}; the student is in {settings.out}, its result is not reported"
@@ -67,7 +68,9 @@ def report_exit_code(error: ReportError) -> int:
     return TRANSIENT_EXIT_CODE if error.transient else REFUSED_EXIT_CODE
 
 
-def _train(settings: DistillSettings, resume: bool, console: Console, reporter: DistillationReporter | None) -> dict:
+def _train(
+    settings: DistillSettings, resume: bool, console: Console, reporter: DistillationReporter | None
+) -> DistillResult:
     columns = (
         TextColumn("distilling"),
         BarColumn(),
@@ -76,7 +79,7 @@ def _train(settings: DistillSettings, resume: bool, console: Console, reporter: 
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("steps", total=settings.steps, loss=0.0)
+        task = progress.add_task("steps", total=settings.training.steps, loss=0.0)
 
         def stepped(step: int, loss: float) -> None:
             progress.update(task, completed=step, loss=loss)
@@ -95,30 +98,33 @@ def _report_failure(reporter: DistillationReporter | None, message: str, console
         console.print(f"[red]error:[/red] {error}; the failure above is not reported")
 
 
-def _say_result(provenance: dict, settings: DistillSettings, console: Console) -> None:
-    console.print(figures_table(provenance))
-    gate = provenance["gate"]
-    if gate["passed"]:
-        console.print(f"promotion gate: [green]passed[/green] (agreement {gate['gain']:+.4f}, no slice worse)")
+def _say_result(result: DistillResult, settings: DistillSettings, console: Console) -> None:
+    console.print(figures_table(result))
+    gate = result.gate
+    if gate.passed and gate.gain is not None:
+        console.print(f"promotion gate: [green]passed[/green] (agreement {gate.gain:+.4f}, no slice worse)")
     else:
-        console.print("promotion gate: [red]failed[/red]: " + "; ".join(gate["reasons"]))
+        console.print("promotion gate: [red]failed[/red]: " + "; ".join(gate.reasons))
     console.print(
         f"student written to {settings.out} (point a tier's model.uri at it); provenance in "
-        f"{settings.out / PROVENANCE}; {provenance['train_seconds']} s training, peak {provenance['peak_memory_mib']} MiB"
+        f"{settings.out / PROVENANCE}; {result.train_seconds} s training, peak {result.peak_memory_mib} MiB"
     )
 
 
-def figures_table(provenance: dict) -> Table:
-    before, after = provenance["before"], provenance["after"]
+FIGURES = ("answer_agreement", "answer_accuracy", "token_agreement", "loss")
+
+
+def figures_table(result: DistillResult) -> Table:
     table = Table(
         "held-out figure",
         "before",
         "after",
-        title=f"{provenance['data']['held_out']} held-out examples; trained at {provenance['data']['levels']}",
+        title=f"{result.data.held_out} held-out examples; trained at {result.data.levels}",
     )
-    for name in ("answer_agreement", "answer_accuracy", "token_agreement", "loss"):
-        if name in before or name in after:
-            table.add_row(name, _figure(before.get(name)), _figure(after.get(name)))
+    for name in FIGURES:
+        before, after = getattr(result.before, name), getattr(result.after, name)
+        if before is not None or after is not None:
+            table.add_row(name, _figure(before), _figure(after))
     return table
 
 

@@ -3,7 +3,8 @@
 LM: token top-1 agreement (with the teacher's answer fed in, how often the
 student's most likely next token is the teacher's), the held-out loss, and
 final-answer agreement on up to `eval_generate` answers the student generates
-greedily (matched with the teacher's answer: same text, or same final number).
+greedily (matched with the teacher's answer by the run's matcher: the same
+text, the same final number, the same label).
 Classifier: agreement with the teacher's label and accuracy against the
 reference label.
 """
@@ -15,10 +16,12 @@ from typing import Any
 
 import torch
 
+from kascade.api.loop import AnswerMatcher
 from kascade.calibration.agreement import answers_agree
 from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.examples import DistillExample
 from kascade.distillation.losses import IGNORE_INDEX, hard_label_loss
+from kascade.distillation.result import HeldOutFigures
 from kascade.distillation.settings import DistillSettings
 
 
@@ -29,13 +32,12 @@ def answer_length_slice(answer_tokens: int) -> str:
     return "answer 17-64 tokens" if answer_tokens <= 64 else "answer>64 tokens"
 
 
-def slice_counts(keys: Sequence[str], agreed: Sequence[bool]) -> dict[str, list[int]]:
-    """Per slice: [agreeing, examples]."""
-    counts: dict[str, list[int]] = {}
+def slice_counts(keys: Sequence[str], agreed: Sequence[bool]) -> dict[str, tuple[int, int]]:
+    """Per slice: (agreeing, examples)."""
+    counts: dict[str, tuple[int, int]] = {}
     for key, same in zip(keys, agreed, strict=True):
-        entry = counts.setdefault(key, [0, 0])
-        entry[0] += int(same)
-        entry[1] += 1
+        agreeing, examples = counts.get(key, (0, 0))
+        counts[key] = (agreeing + int(same), examples + 1)
     return counts
 
 
@@ -51,12 +53,13 @@ def lm_metrics(
     encoded: Sequence[EncodedLm],
     settings: DistillSettings,
     pad_id: int,
-) -> dict[str, float | int]:
+) -> HeldOutFigures:
+    training = settings.training
     was_training = student.training
     student.eval()
     agreeing = positions = 0
     losses = []
-    for chunk in _chunks(list(encoded), settings.batch_size):
+    for chunk in _chunks(list(encoded), training.batch_size):
         batch = collate_lm(chunk, pad_id).to(student.device)
         logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
         labels = batch.labels[:, 1:]
@@ -67,27 +70,33 @@ def lm_metrics(
     generated = generate_answers(
         student,
         tokenizer,
-        [e.prompt for e in encoded[: settings.eval_generate]],
-        max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.batch_size,
+        [e.prompt for e in encoded[: training.eval_generate]],
+        max_new_tokens=training.max_new_tokens,
+        batch_size=training.batch_size,
         pad_id=pad_id,
     )
-    same = [answers_agree(settings.match, text, e.target) for text, e in zip(generated, examples, strict=False)]
-    right = [
-        answers_agree(settings.match, text, e.reference)
-        for text, e in zip(generated, examples, strict=False)
-        if e.reference is not None
-    ]
+    same, right = judged_answers(settings.matcher, generated, examples)
     student.train(was_training)
-    return {
-        "examples": len(examples),
-        "token_agreement": agreeing / positions if positions else 0.0,
-        "loss": sum(losses) / len(losses) if losses else 0.0,
-        "answers_generated": len(same),
-        "answer_agreement": sum(same) / len(same) if same else 0.0,
-        **({"answer_accuracy": sum(right) / len(right)} if right else {}),
-        "slices": slice_counts([answer_length_slice(len(e.answer)) for e in encoded[: len(same)]], same),
-    }
+    return HeldOutFigures(
+        examples=len(examples),
+        token_agreement=agreeing / positions if positions else 0.0,
+        loss=sum(losses) / len(losses) if losses else 0.0,
+        answers_generated=len(same),
+        answer_agreement=sum(same) / len(same) if same else 0.0,
+        answer_accuracy=sum(right) / len(right) if right else None,
+        slices=slice_counts([answer_length_slice(len(e.answer)) for e in encoded[: len(same)]], same),
+    )
+
+
+def judged_answers(
+    matcher: AnswerMatcher, generated: Sequence[str], examples: Sequence[DistillExample]
+) -> tuple[list[bool], list[bool]]:
+    """Of the generated answers (to the first examples): which agree with the teacher's, and, of those with a
+    reference, which are right; both judged by the run's matcher."""
+    pairs = list(zip(generated, examples, strict=False))
+    same = [answers_agree(matcher, text, e.target) for text, e in pairs]
+    right = [answers_agree(matcher, text, e.reference) for text, e in pairs if e.reference is not None]
+    return same, right
 
 
 def generate_answers(
@@ -117,13 +126,14 @@ def classify_metrics(
     examples: Sequence[DistillExample],
     label_ids: dict[str, int],
     settings: DistillSettings,
-) -> dict[str, float | int]:
+) -> HeldOutFigures:
     was_training = student.training
     student.eval()
     agree = right = labelled = 0
     agreed: list[bool] = []
-    for chunk in _chunks(list(examples), settings.batch_size):
-        batch = collate_classify(tokenizer, chunk, label_ids, max_length=settings.max_length).to(student.device)
+    for chunk in _chunks(list(examples), settings.training.batch_size):
+        batch = collate_classify(tokenizer, chunk, label_ids, max_length=settings.training.max_length)
+        batch = batch.to(student.device)
         predicted = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.argmax(-1).tolist()
         for example, index in zip(chunk, predicted, strict=True):
             agree += index == label_ids[example.target]
@@ -132,9 +142,9 @@ def classify_metrics(
                 labelled += 1
                 right += index == label_ids[example.reference]
     student.train(was_training)
-    return {
-        "examples": len(examples),
-        "answer_agreement": agree / len(examples) if examples else 0.0,
-        **({"answer_accuracy": right / labelled} if labelled else {}),
-        "slices": slice_counts([f"label={e.target}" for e in examples], agreed),
-    }
+    return HeldOutFigures(
+        examples=len(examples),
+        answer_agreement=agree / len(examples) if examples else 0.0,
+        answer_accuracy=right / labelled if labelled else None,
+        slices=slice_counts([f"label={e.target}" for e in examples], agreed),
+    )

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kascade.api.escalation_record import EscalationRecord
+from kascade.api.escalation_record import EscalationRecord, TeacherTokens
+from kascade.evaluation.datasets import DatasetError, jsonl_objects, seeded_sample, stable_fraction
 
 Kind = Literal["chat", "completion", "classify"]
 
@@ -31,22 +31,12 @@ class DistillDataError(ValueError):
 
 
 @dataclass(frozen=True)
-class TeacherSignal:
-    """The teacher's distribution at each answer position: its token, top-k ids and logprobs, and the tail."""
-
-    token_ids: tuple[int, ...]
-    top_ids: tuple[tuple[int, ...], ...]
-    top_logprobs: tuple[tuple[float, ...], ...]
-    tail_mass: tuple[float, ...]
-
-
-@dataclass(frozen=True)
 class DistillExample:
     id: str
     kind: Kind
     prompt: Any  # chat: a list of messages; completion and classify: a string
     target: str  # the teacher's answer (classify: its label)
-    signal: TeacherSignal | None = None  # token-level teacher signal, where known
+    signal: TeacherTokens | None = None  # token-level teacher signal, where known
     class_probs: tuple[float, ...] | None = None  # classify: the teacher's probabilities
     reference: str | None = None  # a dataset's reference answer or label (accuracy), where known
 
@@ -55,13 +45,12 @@ HELD_OUT_SALT = "kascade-distill-held-out:"
 
 
 def is_held_out(example_id: str, share: float) -> bool:
-    """Stable across runs and machines: the first 8 bytes of SHA-256 of the salted id, as a fraction, below `share`.
+    """Stable across runs and machines: the salted id's `stable_fraction` below `share`.
 
     Salted, so that it does not follow another split made by hashing the same ids (a dataset's own
-    train/test split by SHA-256 of the id would otherwise put a whole test part on one side).
+    train/test split by the stable fraction of the id would otherwise put a whole test part on one side).
     """
-    digest = hashlib.sha256((HELD_OUT_SALT + example_id).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < share
+    return stable_fraction(HELD_OUT_SALT + example_id) < share
 
 
 def split(examples: Sequence[DistillExample], share: float) -> tuple[list[DistillExample], list[DistillExample]]:
@@ -72,9 +61,10 @@ def split(examples: Sequence[DistillExample], share: float) -> tuple[list[Distil
 
 
 def sample(examples: Sequence[DistillExample], limit: int | None, seed: int) -> list[DistillExample]:
+    """A fixed seeded sample of `limit` examples (`seeded_sample`), ordered by id; all of them, in order, when None."""
     if limit is None or limit >= len(examples):
         return list(examples)
-    return sorted(random.Random(seed).sample(list(examples), limit), key=lambda e: e.id)
+    return sorted(seeded_sample(examples, limit, seed), key=lambda e: e.id)
 
 
 def example_of_record(record: EscalationRecord) -> DistillExample:
@@ -87,18 +77,9 @@ def example_of_record(record: EscalationRecord) -> DistillExample:
     else:
         kind, prompt = "classify", request.get("input")
         prompt = prompt[0] if isinstance(prompt, list) and prompt else prompt
-    signal = None
-    if record.tokens is not None:
-        tokens = record.tokens
-        signal = TeacherSignal(
-            tuple(tokens.token_ids),
-            tuple(map(tuple, tokens.top_ids)),
-            tuple(map(tuple, tokens.top_logprobs)),
-            tuple(tokens.tail_mass),
-        )
     probs = tuple(record.class_probs) if record.class_probs is not None else None
     return DistillExample(
-        id=record.id, kind=kind, prompt=prompt, target=record.answer, signal=signal, class_probs=probs
+        id=record.id, kind=kind, prompt=prompt, target=record.answer, signal=record.tokens, class_probs=probs
     )
 
 
@@ -134,19 +115,10 @@ def _line_id(line: dict[str, Any]) -> str:
 
 
 def examples_of_jsonl(path: Path) -> list[DistillExample]:
-    examples = []
-    with path.open(encoding="utf-8") as file:
-        for number, text in enumerate(file, 1):
-            if not text.strip():
-                continue
-            try:
-                line = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise DistillDataError(f"{path}:{number}: not JSON ({error.msg})") from None
-            if not isinstance(line, dict):
-                raise DistillDataError(f"{path}:{number}: each line must be a JSON object")
-            examples.append(_example_of_line(line, number, str(path)))
-    return examples
+    try:
+        return [_example_of_line(line, number, str(path)) for number, line in jsonl_objects(path)]
+    except DatasetError as error:
+        raise DistillDataError(str(error)) from None
 
 
 def load_examples(data: str) -> tuple[list[DistillExample], str]:

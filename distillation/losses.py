@@ -6,8 +6,8 @@ position t are scored against the label at position t (a causal LM's shift is
 the caller's). A label of `IGNORE_INDEX` (-100) masks its position out of
 every term, as in transformers and TRL.
 
-Divergences (per position, summed over the vocabulary; averaged over the
-positions that are not masked):
+Divergences (`kascade.api.loop.DistillationLoss`; per position, summed over
+the vocabulary; averaged over the positions that are not masked):
 
 - forward KL, KL(teacher ‖ student): mode-covering; Hinton's soft targets;
 - reverse KL, KL(student ‖ teacher): mode-seeking (MiniLLM, on-policy GKD);
@@ -35,22 +35,17 @@ equals the dense loss.
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
+
+from kascade.api.loop import DistillationLoss
 
 IGNORE_INDEX = -100
 _SMALLEST_TAIL = 1e-12  # the tail's floor: log(0) would make reverse KL infinite on rounding noise
 # A recorded tail below this is rounding noise of 1 − Σ top-k in float32, not mass: it is not softened by T
 # (T = 3 would lift a 6e-8 of noise to a 0.4% bucket).
 NEGLIGIBLE_TAIL = 1e-5
-
-
-class Divergence(StrEnum):
-    forward_kl = "forwardKL"
-    reverse_kl = "reverseKL"
-    jsd = "generalizedJSD"
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -61,12 +56,12 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 def divergence_per_position(
-    student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, divergence: Divergence, beta: float = 0.5
+    student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, divergence: DistillationLoss, beta: float = 0.5
 ) -> torch.Tensor:
     """The chosen divergence at each position: log-probabilities [..., V] → [...]."""
-    if divergence is Divergence.forward_kl or (divergence is Divergence.jsd and beta == 0):
+    if divergence is DistillationLoss.forward_kl or (divergence is DistillationLoss.jsd and beta == 0):
         return _kl(teacher_log_probs, student_log_probs)
-    if divergence is Divergence.reverse_kl or (divergence is Divergence.jsd and beta == 1):
+    if divergence is DistillationLoss.reverse_kl or (divergence is DistillationLoss.jsd and beta == 1):
         return _kl(student_log_probs, teacher_log_probs)
     mixture = torch.logsumexp(
         torch.stack([teacher_log_probs + math.log(beta), student_log_probs + math.log1p(-beta)]), dim=0
@@ -87,7 +82,7 @@ def dense_divergence(
     teacher_logits: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    divergence: Divergence = Divergence.forward_kl,
+    divergence: DistillationLoss = DistillationLoss.forward_kl,
     beta: float = 0.5,
     temperature: float = 1.0,
 ) -> torch.Tensor:
@@ -135,7 +130,7 @@ def sparse_divergence(
     teacher_tail: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    divergence: Divergence = Divergence.forward_kl,
+    divergence: DistillationLoss = DistillationLoss.forward_kl,
     beta: float = 0.5,
     temperature: float = 1.0,
 ) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from kascade.api.loop import Training
 from kascade.distillation.batches import ClassifyBatch, EncodedLm, LmBatch
 from kascade.distillation.losses import (
     IGNORE_INDEX,
@@ -24,10 +25,9 @@ from kascade.distillation.losses import (
     hard_label_loss,
     sparse_divergence,
 )
-from kascade.distillation.settings import DistillSettings
 
 
-def lm_loss(student: Any, batch: LmBatch, settings: DistillSettings) -> torch.Tensor:
+def lm_loss(student: Any, batch: LmBatch, training: Training) -> torch.Tensor:
     logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     labels = batch.labels[:, 1:]
     hard = hard_label_loss(logits, labels)
@@ -40,23 +40,23 @@ def lm_loss(student: Any, batch: LmBatch, settings: DistillSettings) -> torch.Te
         batch.top_logprobs[:, 1:],
         batch.tail[:, 1:],
         soft_labels,
-        divergence=settings.divergence,
-        beta=settings.beta,
-        temperature=settings.temperature,
+        divergence=training.loss,
+        beta=training.beta,
+        temperature=training.temperature,
     )
-    return distillation_loss(soft, hard, alpha=settings.alpha, temperature=settings.temperature)
+    return distillation_loss(soft, hard, alpha=training.alpha, temperature=training.temperature)
 
 
-def classify_loss(student: Any, batch: ClassifyBatch, settings: DistillSettings) -> torch.Tensor:
+def classify_loss(student: Any, batch: ClassifyBatch, training: Training) -> torch.Tensor:
     logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     hard = hard_label_loss(logits, batch.labels)
     if batch.teacher_probs is None:
         return hard
     teacher_logits = batch.teacher_probs.clamp_min(1e-12).log()
     soft = dense_divergence(
-        logits, teacher_logits, divergence=settings.divergence, beta=settings.beta, temperature=settings.temperature
+        logits, teacher_logits, divergence=training.loss, beta=training.beta, temperature=training.temperature
     )
-    return distillation_loss(soft, hard, alpha=settings.alpha, temperature=settings.temperature)
+    return distillation_loss(soft, hard, alpha=training.alpha, temperature=training.temperature)
 
 
 def sample_answers(
@@ -91,7 +91,7 @@ def sample_answers(
     return encoded
 
 
-def on_policy_loss(student: Any, teacher: Any, batch: LmBatch, settings: DistillSettings) -> torch.Tensor:
+def on_policy_loss(student: Any, teacher: Any, batch: LmBatch, training: Training) -> torch.Tensor:
     """The divergence between student and teacher on the student's own sampled tokens (full vocabulary)."""
     logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     with torch.no_grad():
@@ -101,14 +101,14 @@ def on_policy_loss(student: Any, teacher: Any, batch: LmBatch, settings: Distill
         logits[..., :vocabulary],
         teacher_logits[..., :vocabulary],
         batch.labels[:, 1:],
-        divergence=settings.divergence,
-        beta=settings.beta,
-        temperature=settings.temperature,
+        divergence=training.loss,
+        beta=training.beta,
+        temperature=training.temperature,
     )
-    return distillation_loss(soft, None, alpha=settings.alpha, temperature=settings.temperature)
+    return distillation_loss(soft, None, alpha=training.alpha, temperature=training.temperature)
 
 
-def scored_sample_loss(student: Any, batch: LmBatch, settings: DistillSettings) -> torch.Tensor:
+def scored_sample_loss(student: Any, batch: LmBatch, training: Training) -> torch.Tensor:
     """On-policy through a teacher server: the sparse divergence to its top-k + tail on the sampled tokens only."""
     logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     soft = sparse_divergence(
@@ -117,8 +117,8 @@ def scored_sample_loss(student: Any, batch: LmBatch, settings: DistillSettings) 
         batch.top_logprobs[:, 1:],
         batch.tail[:, 1:],
         batch.labels[:, 1:],
-        divergence=settings.divergence,
-        beta=settings.beta,
-        temperature=settings.temperature,
+        divergence=training.loss,
+        beta=training.beta,
+        temperature=training.temperature,
     )
-    return distillation_loss(soft, None, alpha=settings.alpha, temperature=settings.temperature)
+    return distillation_loss(soft, None, alpha=training.alpha, temperature=training.temperature)

@@ -16,8 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from kascade.api.escalation_record import TeacherTokens
 from kascade.distillation.batches import EncodedLm, encode_lm, ids_spell, shared_vocabulary
-from kascade.distillation.examples import DistillDataError, DistillExample, TeacherSignal
+from kascade.distillation.examples import DistillDataError, DistillExample
 from kascade.distillation.settings import DistillSettings
 from kascade.distillation.teacher import class_probabilities, score_targets
 from kascade.runtime.engines.transformers.loading import LoadedModel
@@ -36,7 +37,7 @@ def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _logged_signal(example: DistillExample, student: LoadedModel, same_vocabulary: bool | None) -> TeacherSignal | None:
+def _logged_signal(example: DistillExample, student: LoadedModel, same_vocabulary: bool | None) -> TeacherTokens | None:
     if example.signal is None or same_vocabulary is False:
         return None
     if not ids_spell(student.tokenizer, example.signal.token_ids, example.target):
@@ -59,7 +60,9 @@ def encode_lm_data(
     for examples, encoded in ((train, data.train_encoded), (held, data.held_encoded)):
         for example in examples:
             signal = _logged_signal(example, student, same)
-            encoded.append(encode_lm(student.tokenizer, example, max_length=settings.max_length, signal=signal))
+            encoded.append(
+                encode_lm(student.tokenizer, example, max_length=settings.training.max_length, signal=signal)
+            )
             levels[example.id] = "token level (log)" if signal is not None else "sequence level"
             if signal is None and same:
                 need_teacher.append((encoded, len(encoded) - 1, example))
@@ -69,9 +72,9 @@ def encode_lm_data(
             [x for _, _, x in need_teacher],
             [enc[i] for enc, i, _ in need_teacher],
             pad_id=pad_id(student.tokenizer),
-            top_k=settings.teacher_top_k,
+            top_k=settings.training.teacher_top_k,
             cache=settings.out / "teacher-signal.jsonl",
-            batch_size=settings.batch_size,
+            batch_size=settings.training.batch_size,
         )
         for encoded, index, example in need_teacher:
             old = encoded[index]
@@ -100,8 +103,8 @@ def prepare_classify(
             teacher.model,
             teacher.tokenizer,
             [e.prompt for e in examples],
-            max_length=settings.max_length,
-            batch_size=settings.batch_size,
+            max_length=settings.training.max_length,
+            batch_size=settings.training.batch_size,
         )
         names = {index: label for label, index in labels.items()}
         examples = [

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -29,6 +29,7 @@ from pydantic import Field
 
 from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL
 from kascade.distillation import status
+from kascade.distillation.result import DistillResult
 from kascade.runtime.cluster_status.subresource import StatusTarget, now_rfc3339
 
 log = logging.getLogger("kascade.distill.report")
@@ -96,8 +97,8 @@ class DistillationReporter:
         except ReportError as error:
             log.warning("%s; training goes on", error)
 
-    def succeed(self, provenance: Mapping[str, Any], *, model: str) -> None:
-        patch = status.succeeded(provenance, steps=self._steps, loss=self._loss, model=model, at=now_rfc3339())
+    def succeed(self, result: DistillResult, *, model: str) -> None:
+        patch = status.succeeded(result, steps=self._steps, loss=self._loss, model=model, at=now_rfc3339())
         self._write(patch, attempts=self.config.attempts)
 
     def fail(self, message: str) -> None:

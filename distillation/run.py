@@ -1,9 +1,10 @@
 """`kascade distill`: a student distilled from an escalation log or a dataset, saved as a model a tier can serve.
 
 The output folder holds the model (safetensors, LoRA merged in) and its
-tokenizer, `provenance.json` (data, settings, level, steps, figures before and
-after, time and memory), the resumable `checkpoint/`, and the in-process
-teacher's cached signal. Point a tier's `model.uri` at the folder to serve it.
+tokenizer, `provenance.json` (the run's `DistillResult`: data, settings,
+levels, steps, figures before and after, the gate's verdict, time and memory),
+the resumable `checkpoint/`, and the in-process teacher's cached signal. Point
+a tier's `model.uri` at the folder to serve it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import platform
 import time
 import warnings
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import torch
 
+from kascade.api.loop import Training
+from kascade.api.times import format_time, utc_now
 from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.evaluate import classify_metrics, lm_metrics
 from kascade.distillation.examples import DistillDataError, load_examples, sample, split
-from kascade.distillation.gate import GateSettings, promotion_gate
+from kascade.distillation.gate import promotion_gate
 from kascade.distillation.objective import (
     classify_loss,
     lm_loss,
@@ -30,6 +32,7 @@ from kascade.distillation.objective import (
     scored_sample_loss,
 )
 from kascade.distillation.preparation import encode_lm_data, label_ids_of, pad_id, prepare_classify
+from kascade.distillation.result import DistillResult, HeldOutFigures, RunData
 from kascade.distillation.settings import DistillSettings
 from kascade.distillation.teacher_server import TeacherServer
 from kascade.distillation.trainer import (
@@ -43,8 +46,6 @@ from kascade.distillation.trainer import (
 )
 from kascade.runtime.engines.transformers.loading import LoadedModel, load_model, without_progress_bars
 
-PROVENANCE = "provenance.json"
-
 
 def _load(uri: str, task: str, settings: DistillSettings) -> LoadedModel:
     from kascade.runtime.models.files import resolve_model_uri
@@ -54,16 +55,16 @@ def _load(uri: str, task: str, settings: DistillSettings) -> LoadedModel:
     return loaded
 
 
-def _with_lora(student: LoadedModel, settings: DistillSettings) -> Any:
-    if not settings.lora:
+def _with_lora(student: LoadedModel, training: Training) -> Any:
+    if not training.lora:
         return student.model
     from peft import LoraConfig, TaskType, get_peft_model
 
     task = TaskType.SEQ_CLS if student.task == "classify" else TaskType.CAUSAL_LM
     config = LoraConfig(
         task_type=task,
-        r=settings.lora_rank,
-        lora_alpha=2 * settings.lora_rank,
+        r=training.lora_rank,
+        lora_alpha=2 * training.lora_rank,
         lora_dropout=0.0,
         target_modules="all-linear",
     )
@@ -76,57 +77,57 @@ def _with_lora(student: LoadedModel, settings: DistillSettings) -> Any:
 def _lm_steps(
     model: Any, student: LoadedModel, teacher: LoadedModel | None, data: Any, settings: DistillSettings
 ) -> Steps:
-    pad = pad_id(student.tokenizer)
+    pad, training = pad_id(student.tokenizer), settings.training
     server = None
     if settings.teacher_url is not None and teacher is None:
         assert settings.teacher_model is not None
         server = TeacherServer(
             settings.teacher_url,
             settings.teacher_model,
-            top_k=settings.teacher_top_k,
+            top_k=training.teacher_top_k,
             student_tokenizer=student.tokenizer,
         )
 
     def train_loss(step: int, on_policy: bool) -> torch.Tensor:
         chosen = [
             data.train_encoded[i]
-            for i in batch_indices(len(data.train_encoded), settings.batch_size, step, settings.seed)
+            for i in batch_indices(len(data.train_encoded), training.batch_size, step, settings.seed)
         ]
         if not on_policy:
-            return lm_loss(model, collate_lm(chosen, pad).to(student.device), settings)
+            return lm_loss(model, collate_lm(chosen, pad).to(student.device), training)
         sampled = sample_answers(
             model,
             student.tokenizer,
             [e.prompt for e in chosen],
-            max_new_tokens=settings.max_new_tokens,
+            max_new_tokens=training.max_new_tokens,
             seed=settings.seed * 100_003 + step,
         )
         if teacher is not None:
-            return on_policy_loss(model, teacher.model, collate_lm(sampled, pad).to(student.device), settings)
+            return on_policy_loss(model, teacher.model, collate_lm(sampled, pad).to(student.device), training)
         assert server is not None
         scored = [
             EncodedLm(e.prompt, e.answer, signal) for e, signal in zip(sampled, server.signals(sampled), strict=True)
         ]
-        return scored_sample_loss(model, collate_lm(scored, pad).to(student.device), settings)
+        return scored_sample_loss(model, collate_lm(scored, pad).to(student.device), training)
 
-    def figures() -> dict[str, Any]:
+    def figures() -> HeldOutFigures:
         return lm_metrics(model, student.tokenizer, data.held, data.held_encoded, settings, pad)
 
     return Steps(train_loss, figures)
 
 
 def _classify_steps(model: Any, student: LoadedModel, train_set: list, held: list, settings: DistillSettings) -> Steps:
-    labels = label_ids_of(student)
+    labels, training = label_ids_of(student), settings.training
 
     def train_loss(step: int, on_policy: bool) -> torch.Tensor:
-        chosen = [train_set[i] for i in batch_indices(len(train_set), settings.batch_size, step, settings.seed)]
-        batch = collate_classify(student.tokenizer, chosen, labels, max_length=settings.max_length)
-        return classify_loss(model, batch.to(student.device), settings)
+        chosen = [train_set[i] for i in batch_indices(len(train_set), training.batch_size, step, settings.seed)]
+        batch = collate_classify(student.tokenizer, chosen, labels, max_length=training.max_length)
+        return classify_loss(model, batch.to(student.device), training)
 
     return Steps(train_loss, lambda: classify_metrics(model, student.tokenizer, held, labels, settings))
 
 
-def _prepare(settings: DistillSettings, say: Callable[[str], None]) -> tuple[LoadedModel, Any, Steps, dict[str, Any]]:
+def _prepare(settings: DistillSettings, say: Callable[[str], None]) -> tuple[LoadedModel, Any, Steps, RunData]:
     """Data, models and the step functions; what the report says about the data."""
     examples, source = load_examples(settings.data)
     examples = sample(examples, settings.limit, settings.seed)
@@ -141,28 +142,23 @@ def _prepare(settings: DistillSettings, say: Callable[[str], None]) -> tuple[Loa
     teacher = _load(settings.teacher, task, settings) if settings.teacher else None
     if task == "classify":
         examples, level = prepare_classify(examples, student, teacher, settings)
-        train_set, held = split(examples, settings.held_out)
-        model = _with_lora(student, settings)
+        train_set, held = split(examples, settings.training.held_out)
+        model = _with_lora(student, settings.training)
         steps = _classify_steps(model, student, train_set, held, settings)
         levels = {level: len(train_set)}
     else:
-        train_set, held = split(examples, settings.held_out)
+        train_set, held = split(examples, settings.training.held_out)
         data = encode_lm_data(train_set, held, student, teacher, settings)
-        model = _with_lora(student, settings)
+        model = _with_lora(student, settings.training)
         steps = _lm_steps(model, student, teacher, data, settings)
         levels = dict(data.levels)
     if not train_set:
         raise DistillDataError(
-            f"all {len(examples)} examples fell in the held-out share ({settings.held_out}); lower --held-out"
+            f"all {len(examples)} examples fell in the held-out share ({settings.training.held_out}); lower --held-out"
         )
-    about = {
-        "source": source,
-        "examples": len(examples),
-        "train": len(train_set),
-        "held_out": len(held),
-        "task": task,
-        "levels": levels,
-    }
+    about = RunData(
+        source=source, examples=len(examples), train=len(train_set), held_out=len(held), task=task, levels=levels
+    )
     return student, model, steps, about
 
 
@@ -172,41 +168,48 @@ def run_distill(
     resume: bool = True,
     say: Callable[[str], None] = print,
     progress: Callable[[int, float], None] = lambda step, loss: None,
-) -> dict[str, Any]:
-    """Train, save the student and its provenance; returns the provenance."""
+) -> DistillResult:
+    """Train, save the student and its provenance (the result, written once as `provenance.json`); return it."""
     started = time.monotonic()
     torch.manual_seed(settings.seed)
     settings.out.mkdir(parents=True, exist_ok=True)
     student, model, steps, about = _prepare(settings, say)
-    say(f"training at: {', '.join(f'{level} {count}' for level, count in about['levels'].items())}")
-    optimizer = torch.optim.AdamW(list(trainable(model).values()), lr=settings.learning_rate, weight_decay=0.0)
+    say(f"training at: {', '.join(f'{level} {count}' for level, count in about.levels.items())}")
+    optimizer = torch.optim.AdamW(list(trainable(model).values()), lr=settings.training.learning_rate, weight_decay=0.0)
     state = load_checkpoint(model, optimizer, settings.out, settings.fingerprint()) if resume else None
     if state is None:
         state = TrainState(fingerprint=settings.fingerprint())
         say("measuring the student on the held-out examples before training")
         state.before = steps.held_out_figures()
     else:
-        say(f"resuming at step {state.step} of {settings.steps}")
-    measure = steps.held_out_figures
+        say(f"resuming at step {state.step} of {settings.training.steps}")
+    steps = Steps(steps.train_loss, _saying(steps.held_out_figures, state, say))
+    state = train(model, steps, settings, state, optimizer, progress=progress)
+    _save_model(model, student, settings)
+    result = _result(settings, about, state, time.monotonic() - started)
+    result.write(settings.out)
+    return result
 
-    def measured_and_said() -> dict[str, Any]:
+
+def _saying(
+    measure: Callable[[], HeldOutFigures], state: TrainState, say: Callable[[str], None]
+) -> Callable[[], HeldOutFigures]:
+    """`measure`, saying what it measured at the training's step."""
+
+    def measured_and_said() -> HeldOutFigures:
         figures = measure()
+        said = figures.model_dump(exclude_none=True, exclude={"step"})
         say(
             f"step {state.step}: held out "
-            + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+            + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in said.items())
         )
         return figures
 
-    steps = Steps(steps.train_loss, measured_and_said)
-    state = train(model, steps, settings, state, optimizer, progress=progress)
-    _save_model(model, student, settings)
-    provenance = _provenance(settings, about, state, time.monotonic() - started)
-    (settings.out / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
-    return provenance
+    return measured_and_said
 
 
 def _save_model(model: Any, student: LoadedModel, settings: DistillSettings) -> None:
-    final = model.merge_and_unload() if settings.lora else model
+    final = model.merge_and_unload() if settings.training.lora else model
     final.eval()
     final.save_pretrained(settings.out)
     student.tokenizer.save_pretrained(settings.out)
@@ -250,26 +253,20 @@ def _start_end(losses: list[float]) -> list[float]:
     return [sum(losses[:width]) / width, sum(losses[-width:]) / width]
 
 
-def _provenance(settings: DistillSettings, about: dict[str, Any], state: TrainState, seconds: float) -> dict[str, Any]:
-    after = state.history[-1] if state.history else {}
-    return {
-        "kascade": "distill",
-        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "settings": settings.model_dump(mode="json"),
-        "data": about,
-        "steps": state.step,
-        "before": state.before,
-        "after": after,
-        "gate": promotion_gate(
-            state.before,
-            after,
-            GateSettings(settings.min_agreement_gain, settings.slice_tolerance, settings.min_slice_examples),
-        ),
-        "history": state.history,
-        # Training loss, mean of the first and of the last tenth of the steps (one step's loss is noisy).
-        "loss_start_end": _start_end(state.losses),
-        "seconds": round(seconds, 1),  # this run, loading and evaluation included
-        "train_seconds": round(state.train_seconds, 1),  # training steps, every run of a resumed training added up
-        "peak_memory_mib": round(max(state.peak_memory_mib, peak_memory_mib()), 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-    }
+def _result(settings: DistillSettings, about: RunData, state: TrainState, seconds: float) -> DistillResult:
+    after = state.history[-1] if state.history else HeldOutFigures()
+    return DistillResult(
+        written_at=format_time(utc_now()),
+        settings=settings,
+        data=about,
+        steps=state.step,
+        before=state.before,
+        after=after,
+        gate=promotion_gate(state.before, after, settings.gate),
+        history=state.history,
+        loss_start_end=_start_end(state.losses),
+        seconds=round(seconds, 1),
+        train_seconds=round(state.train_seconds, 1),
+        peak_memory_mib=round(max(state.peak_memory_mib, peak_memory_mib()), 1),
+        machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    )

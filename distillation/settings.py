@@ -1,18 +1,37 @@
-"""What one distillation run is: its settings, written into the output's provenance and checked on resume."""
+"""What one distillation run is: its settings, written into the output's provenance and checked on resume.
+
+One definition: the API's `Training` and `Gate` (what a cluster run's spec
+sets), the matcher, and the few fields only a run on a machine has (the paths,
+an in-process teacher, the device). `kascade distill`'s options are these
+fields by name (`of_options`); a cluster run's Job gets the whole settings as
+one JSON argument (`kascade.operator.build_distillation`), validated here.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
-from kascade.api.loop import AnswerMatcher
-from kascade.distillation.losses import Divergence
+from kascade.api.loop import AnswerMatcher, Gate, Training
+
+ON_POLICY_NEEDS_A_TEACHER = (
+    "on-policy steps need a teacher to score the student's samples: pass --teacher or --teacher-url"
+)
+TEACHER_URL_NEEDS_A_MODEL = "--teacher-url needs --teacher-model, the name the teacher server serves"
+GATE_JUDGES_BY_TEXT = (
+    "matcher {matcher} judges offline only (kascade eval/calibrate); the gate judges with label, number or exact"
+)
 
 
 class DistillSettings(BaseModel):
+    """Everything one run needs; `kascade distill` takes each field by name, those of `training` and `gate` too."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     student: str = Field(description="The student: a model URI (pkg://, hf://, a folder).")
@@ -21,65 +40,69 @@ class DistillSettings(BaseModel):
         description="An in-process teacher (model URI): scores answers the log has no token ids for, and on-policy samples.",
     )
     teacher_url: str | None = Field(
-        default=None, description="A teacher server's OpenAI base URL (vLLM, kascade serve): scores on-policy samples."
+        default=None,
+        description="A teacher server's OpenAI base URL (vLLM, kascade serve): scores on-policy samples by prompt_logprobs.",
     )
     teacher_model: str | None = Field(default=None, description="The model name the teacher server serves.")
     data: str = Field(description="An escalation log (folder, file://, s3://) or a dataset .jsonl file.")
     out: Path = Field(description="The output folder: the distilled model, servable as it is, with provenance.json.")
-    divergence: Divergence = Divergence.forward_kl
-    temperature: float = Field(default=2.0, gt=0)
-    alpha: float = Field(
-        default=0.5, ge=0, le=1, description="Weight of the soft (teacher) term; 1 - alpha: hard labels."
+    training: Training = Field(default_factory=Training)
+    gate: Gate = Field(default_factory=Gate)
+    matcher: AnswerMatcher = Field(
+        default=AnswerMatcher.exact,
+        description="How a generated held-out answer agrees with the teacher's: exact, number or label.",
     )
-    beta: float = Field(default=0.5, ge=0, le=1, description="Generalized JSD interpolation.")
-    on_policy_fraction: float = Field(
-        default=0.0, ge=0, le=1, description="Share of steps on the student's own samples, scored by the teacher."
-    )
-    lora: bool = Field(default=True, description="Train LoRA adapters (peft), merged into the saved model.")
-    lora_rank: int = Field(default=16, ge=1)
-    steps: int = Field(default=200, ge=1)
-    batch_size: int = Field(default=8, ge=1)
-    learning_rate: float = Field(default=2e-4, gt=0)
-    warmup_steps: int = Field(default=10, ge=0)
-    max_length: int = Field(default=512, ge=8, description="Most tokens per example, prompt and answer.")
-    max_new_tokens: int = Field(default=64, ge=1, description="Length of on-policy samples and of held-out answers.")
-    held_out: float = Field(default=0.1, ge=0, lt=1, description="Share of the data kept for evaluation (stable hash).")
-    eval_every: int = Field(default=50, ge=1)
-    eval_generate: int = Field(default=32, ge=0, description="Held-out examples whose final answers are generated.")
-    match: AnswerMatcher = AnswerMatcher.exact
-    teacher_top_k: int = Field(default=20, ge=1, le=256, description="Entries an in-process teacher keeps per token.")
     limit: int | None = Field(default=None, ge=1, description="Use at most this many examples (seeded sample).")
-    seed: int = 0
-    min_agreement_gain: float = Field(default=0.01, ge=0, le=1, description="Promotion gate: least overall gain.")
-    slice_tolerance: float = Field(default=0.02, ge=0, le=1, description="Promotion gate: most any slice may lose.")
-    min_slice_examples: int = Field(
-        default=20, ge=1, description="Promotion gate: smaller slices are shown, not judged."
-    )
+    seed: int = Field(default=0, description="Seed of the data order, on-policy sampling and the sample.")
     device: str = "auto"
+
+    @field_validator("matcher")
+    @classmethod
+    def _judges_by_text(cls, matcher: AnswerMatcher) -> AnswerMatcher:
+        if matcher.offline_only:
+            raise ValueError(GATE_JUDGES_BY_TEXT.format(matcher=matcher.value))
+        return matcher
 
     @model_validator(mode="after")
     def _on_policy_needs_a_teacher(self) -> DistillSettings:
-        if self.on_policy_fraction > 0 and self.teacher is None and self.teacher_url is None:
-            raise ValueError(
-                "on-policy steps need a teacher to score the student's samples: pass --teacher or --teacher-url"
-            )
+        if self.training.on_policy_fraction > 0 and self.teacher is None and self.teacher_url is None:
+            raise ValueError(ON_POLICY_NEEDS_A_TEACHER)
         if self.teacher_url is not None and not self.teacher_model:
-            raise ValueError("--teacher-url needs --teacher-model, the name the teacher server serves")
+            raise ValueError(TEACHER_URL_NEEDS_A_MODEL)
         return self
 
+    @classmethod
+    def of_options(cls, options: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> DistillSettings:
+        """From flat names, as the command line gives them, over `base` (nested, as `model_dump` writes it).
+
+        Each name is a field of these settings, of `Training` or of `Gate`
+        (`setting_field`); None means not given, so every default is the model's.
+        """
+        nested: dict[str, Any] = {**(base or {})}
+        for part in ("training", "gate"):
+            nested[part] = {**nested.get(part, {})}
+        for name, value in options.items():
+            if value is None:
+                continue
+            where, _ = setting_field(name)
+            (nested[where] if where else nested)[name] = value
+        return cls.model_validate(nested)
+
     def fingerprint(self) -> str:
-        """What a checkpoint must share with a run to be resumed by it (everything but the step count)."""
+        """What a checkpoint must share with a run to be resumed by it: everything that changes the training."""
         settings = self.model_dump(
             mode="json",
-            exclude={
-                "steps",
-                "out",
-                "eval_every",
-                "eval_generate",
-                "device",
-                "min_agreement_gain",
-                "slice_tolerance",
-                "min_slice_examples",
-            },
+            exclude={"out": True, "device": True, "gate": True, "training": {"steps", "eval_every", "eval_generate"}},
         )
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def setting_field(name: str) -> tuple[str | None, FieldInfo]:
+    """Where a flat setting name lives ("training", "gate", or None: the settings' own) and its field.
+
+    The three models share no field name, so a flat name (an option of `kascade distill`) is never ambiguous.
+    """
+    for part, model in (("training", Training), ("gate", Gate), (None, DistillSettings)):
+        if name in model.model_fields and name not in ("training", "gate"):
+            return part, model.model_fields[name]
+    raise ValueError(f"{name} is not a distillation setting")

@@ -9,7 +9,7 @@ operator's `job` and `promotion`) as they are.
 - progress: progress {step, steps, loss} and progressText, at most every interval (`Throttle`);
 - success: phase Succeeded, finishedAt, the final progress, examples, heldOut,
   the figures before and after, the gate's verdict, gainText, the model, and a
-  message with the verdict;
+  message with the verdict: the run's `DistillResult`, mapped here once;
 - failure: phase Failed, finishedAt, the error as the message.
 """
 
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kascade.api.distillation import DistillationPhase, DistillationStatus, Figures, GateVerdict, Progress
 from kascade.api.resources import DNS_LABEL_PATTERN
+from kascade.distillation.result import DistillResult, HeldOutFigures
 
 # A run's result: what a new attempt's start clears, so that a retried run never shows the last one's ending.
 RESULT_FIELDS = ("finished_at", "message", "examples", "held_out", "before", "after", "gate", "gain_text", "model")
@@ -82,35 +82,32 @@ def progressed(step: int, steps: int, loss: float | None) -> dict[str, Any]:
     return status_patch(DistillationStatus(**_progress(step, steps, loss)))
 
 
-def figures_of(measured: Mapping[str, Any]) -> Figures:
+def figures_of(measured: HeldOutFigures) -> Figures:
     """The figures the status shows, of those the run measured (a classifier has no token agreement)."""
     return Figures(
-        **{name: value for name in Figures.model_fields if (value := _finite(measured.get(name))) is not None}
+        **{name: value for name in Figures.model_fields if (value := _finite(getattr(measured, name))) is not None}
     )
 
 
-def verdict_message(gate: Mapping[str, Any]) -> str:
-    return (
-        "gate passed" if gate.get("passed") else "gate failed: " + "; ".join(gate.get("reasons") or ["no reason given"])
-    )
+def verdict_message(gate: GateVerdict) -> str:
+    return "gate passed" if gate.passed else "gate failed: " + "; ".join(gate.reasons or ["no reason given"])
 
 
-def succeeded(provenance: Mapping[str, Any], *, steps: int, loss: float | None, model: str, at: str) -> dict[str, Any]:
-    """The result: `provenance` as `run_distill` returns it; `loss`: the last step's; `model`: a tier's model.uri."""
-    gate = provenance["gate"]
-    gain = _finite(gate.get("gain"))
+def succeeded(result: DistillResult, *, steps: int, loss: float | None, model: str, at: str) -> dict[str, Any]:
+    """The result as `run_distill` returns it; `loss`: the last step's; `model`: the student as a tier's model.uri."""
+    gain = _finite(result.gate.gain)
     status = DistillationStatus(
         phase=DistillationPhase.succeeded,
         finished_at=at,
-        **_progress(provenance["steps"], steps, loss),
-        examples=provenance["data"]["train"],
-        held_out=provenance["data"]["held_out"],
-        before=figures_of(provenance["before"]),
-        after=figures_of(provenance["after"]),
-        gate=GateVerdict(passed=bool(gate["passed"]), gain=gain, reasons=list(gate.get("reasons") or [])),
+        **_progress(result.steps, steps, loss),
+        examples=result.data.train,
+        held_out=result.data.held_out,
+        before=figures_of(result.before),
+        after=figures_of(result.after),
+        gate=result.gate.model_copy(update={"gain": gain}),
         gain_text="" if gain is None else f"{gain:+.4f}",
         model=model,
-        message=verdict_message(gate),
+        message=verdict_message(result.gate),
     )
     return status_patch(status)
 

@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
+from kascade.api.escalation_record import TeacherTokens
 from kascade.distillation.batches import EncodedLm, collate_lm
-from kascade.distillation.examples import DistillExample, TeacherSignal
+from kascade.distillation.examples import DistillExample
 
 
-def _signals_of(teacher: Any, encoded: Sequence[EncodedLm], pad_id: int, top_k: int) -> list[TeacherSignal]:
+def _signals_of(teacher: Any, encoded: Sequence[EncodedLm], pad_id: int, top_k: int) -> list[TeacherTokens]:
     batch = collate_lm(encoded, pad_id)
     with torch.no_grad():
         logits = teacher(
@@ -32,11 +33,11 @@ def _signals_of(teacher: Any, encoded: Sequence[EncodedLm], pad_id: int, top_k: 
         # The token at position t is predicted by the logits at t - 1.
         positions = range(len(e.prompt) - 1, len(e.prompt) + len(e.answer) - 1)
         signals.append(
-            TeacherSignal(
-                token_ids=tuple(e.answer),
-                top_ids=tuple(tuple(ids[row, p].tolist()) for p in positions),
-                top_logprobs=tuple(tuple(values[row, p].tolist()) for p in positions),
-                tail_mass=tuple(tails[row, p].item() for p in positions),
+            TeacherTokens(
+                token_ids=list(e.answer),
+                top_ids=[ids[row, p].tolist() for p in positions],
+                top_logprobs=[values[row, p].tolist() for p in positions],
+                tail_mass=[tails[row, p].item() for p in positions],
             )
         )
     return signals
@@ -51,14 +52,12 @@ def score_targets(
     top_k: int,
     cache: Path,
     batch_size: int,
-) -> dict[str, TeacherSignal]:
+) -> dict[str, TeacherTokens]:
     """The teacher's signal on each example's target tokens (teacher forcing), from the cache or computed."""
     known = read_signal_cache(cache, top_k)
     # A cached signal counts only for the same answer tokens (another --max-length cuts them elsewhere).
     missing = [
-        (x, e)
-        for x, e in zip(examples, encoded, strict=True)
-        if x.id not in known or known[x.id].token_ids != tuple(e.answer)
+        (x, e) for x, e in zip(examples, encoded, strict=True) if x.id not in known or known[x.id].token_ids != e.answer
     ]
     cache.parent.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(missing), batch_size):
@@ -67,21 +66,12 @@ def score_targets(
         with cache.open("a", encoding="utf-8") as file:
             for (example, _), signal in zip(chunk, signals, strict=True):
                 known[example.id] = signal
-                file.write(json.dumps({"id": example.id, "top_k": top_k, **_signal_json(signal)}) + "\n")
+                file.write(json.dumps({"id": example.id, "top_k": top_k, **signal.model_dump()}) + "\n")
     return known
 
 
-def _signal_json(signal: TeacherSignal) -> dict[str, Any]:
-    return {
-        "token_ids": signal.token_ids,
-        "top_ids": signal.top_ids,
-        "top_logprobs": signal.top_logprobs,
-        "tail_mass": signal.tail_mass,
-    }
-
-
-def read_signal_cache(cache: Path, top_k: int) -> dict[str, TeacherSignal]:
-    known: dict[str, TeacherSignal] = {}
+def read_signal_cache(cache: Path, top_k: int) -> dict[str, TeacherTokens]:
+    known: dict[str, TeacherTokens] = {}
     if not cache.exists():
         return known
     for text in cache.read_text(encoding="utf-8").splitlines():
@@ -89,13 +79,8 @@ def read_signal_cache(cache: Path, top_k: int) -> dict[str, TeacherSignal]:
             line = json.loads(text)
         except json.JSONDecodeError:
             continue  # a line cut by an interruption: scored again
-        if line.get("top_k") == top_k:
-            known[line["id"]] = TeacherSignal(
-                tuple(line["token_ids"]),
-                tuple(map(tuple, line["top_ids"])),
-                tuple(map(tuple, line["top_logprobs"])),
-                tuple(line["tail_mass"]),
-            )
+        if line.pop("top_k", None) == top_k:
+            known[line.pop("id")] = TeacherTokens.model_validate(line)
     return known
 
 

@@ -11,15 +11,15 @@ mismatch stops the run with both spellings.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
+from kascade.api.escalation_record import TeacherTokens, tail_mass
 from kascade.distillation.batches import EncodedLm
-from kascade.distillation.examples import DistillDataError, TeacherSignal
+from kascade.distillation.examples import DistillDataError
 
 
 class TeacherServer:
@@ -34,10 +34,10 @@ class TeacherServer:
     def close(self) -> None:
         self._client.close()
 
-    def signals(self, encoded: Sequence[EncodedLm]) -> list[TeacherSignal]:
+    def signals(self, encoded: Sequence[EncodedLm]) -> list[TeacherTokens]:
         return [self._signal(e) for e in encoded]
 
-    def _signal(self, encoded: EncodedLm) -> TeacherSignal:
+    def _signal(self, encoded: EncodedLm) -> TeacherTokens:
         ids = encoded.prompt + encoded.answer
         body = {"model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": self.top_k}
         try:
@@ -51,15 +51,18 @@ class TeacherServer:
         scored = (response.json().get("choices") or [{}])[0].get("prompt_logprobs")
         if not isinstance(scored, list) or len(scored) != len(ids):
             raise DistillDataError("the teacher server gave no prompt_logprobs for every position (vLLM's parameter)")
-        top_ids, top_logprobs, tails = [], [], []
+        top_ids: list[list[int]] = []
+        top_logprobs: list[list[float]] = []
         for position in range(len(encoded.prompt), len(ids)):
             entries = {int(token): entry for token, entry in (scored[position] or {}).items()}
             self._check_spelling(ids[position], entries.get(ids[position]))
             best = sorted(entries.items(), key=lambda item: item[1]["logprob"], reverse=True)[: self.top_k]
-            top_ids.append(tuple(token for token, _ in best))
-            top_logprobs.append(tuple(float(entry["logprob"]) for _, entry in best))
-            tails.append(max(0.0, 1.0 - math.fsum(math.exp(lp) for lp in top_logprobs[-1])))
-        return TeacherSignal(tuple(encoded.answer), tuple(top_ids), tuple(top_logprobs), tuple(tails))
+            top_ids.append([token for token, _ in best])
+            top_logprobs.append([float(entry["logprob"]) for _, entry in best])
+        tails = [tail_mass(logprobs) for logprobs in top_logprobs]
+        return TeacherTokens(
+            token_ids=list(encoded.answer), top_ids=top_ids, top_logprobs=top_logprobs, tail_mass=tails
+        )
 
     def _check_spelling(self, token_id: int, entry: dict[str, Any] | None) -> None:
         if entry is None:

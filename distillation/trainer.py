@@ -11,32 +11,37 @@ fingerprint, the figures so far).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
+from kascade.api.loop import Training
+from kascade.distillation.result import HeldOutFigures
 from kascade.distillation.settings import DistillSettings
 
 CHECKPOINT = "checkpoint"
 
 
-@dataclass
-class TrainState:
+class TrainState(BaseModel):
+    """Where a training is: saved in each checkpoint (`state.json`), resumed from it."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")  # a diverged loss is kept as it was
+
     step: int = 0
     fingerprint: str = ""
-    before: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)  # held-out figures along the way
-    losses: list[float] = field(default_factory=list)  # training loss per step
-    train_seconds: float = 0.0  # time in the loop, every run of a resumed training added up
-    peak_memory_mib: float = 0.0  # the largest peak of any of those runs
+    before: HeldOutFigures = Field(default_factory=HeldOutFigures)
+    history: list[HeldOutFigures] = Field(default_factory=list, description="Held-out figures along the way.")
+    losses: list[float] = Field(default_factory=list, description="Training loss per step.")
+    train_seconds: float = Field(default=0.0, description="Time in the loop, every run of a resumed training added up.")
+    peak_memory_mib: float = Field(default=0.0, description="The largest peak of any of those runs.")
 
 
 @dataclass
@@ -44,7 +49,7 @@ class Steps:
     """What the loop needs from the run: how to make a step's loss, and how to measure the student."""
 
     train_loss: Callable[[int, bool], torch.Tensor]  # (step, on_policy) -> loss
-    held_out_figures: Callable[[], dict[str, Any]]
+    held_out_figures: Callable[[], HeldOutFigures]
 
 
 def batch_indices(count: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -57,19 +62,19 @@ def batch_indices(count: int, batch_size: int, step: int, seed: int) -> list[int
     return chosen or order[:batch_size]
 
 
-def is_on_policy(step: int, settings: DistillSettings) -> bool:
+def is_on_policy(step: int, training: Training, seed: int) -> bool:
     return (
-        settings.on_policy_fraction > 0
-        and random.Random(f"{settings.seed}:policy:{step}").random() < settings.on_policy_fraction
+        training.on_policy_fraction > 0
+        and random.Random(f"{seed}:policy:{step}").random() < training.on_policy_fraction
     )
 
 
-def learning_rate(step: int, settings: DistillSettings) -> float:
+def learning_rate(step: int, training: Training) -> float:
     """Linear warm-up, then cosine decay to a tenth."""
-    if step < settings.warmup_steps:
-        return settings.learning_rate * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(settings.steps - settings.warmup_steps, 1)
-    return settings.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    if step < training.warmup_steps:
+        return training.learning_rate * (step + 1) / training.warmup_steps
+    progress = (step - training.warmup_steps) / max(training.steps - training.warmup_steps, 1)
+    return training.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def trainable(model: Any) -> dict[str, torch.Tensor]:
@@ -87,7 +92,7 @@ def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, state: TrainSt
         temporary / "trainable.safetensors",
     )
     torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
-    (temporary / "state.json").write_text(json.dumps(state.__dict__, indent=1))
+    (temporary / "state.json").write_text(state.model_dump_json(indent=1))
     if final.exists():
         old = out / f".{CHECKPOINT}.old"
         final.rename(old)
@@ -106,7 +111,7 @@ def load_checkpoint(model: Any, optimizer: torch.optim.Optimizer, out: Path, fin
     folder = out / CHECKPOINT
     if not (folder / "state.json").exists():
         return None
-    state = TrainState(**json.loads((folder / "state.json").read_text()))
+    state = TrainState.model_validate_json((folder / "state.json").read_text())
     if state.fingerprint != fingerprint:
         raise ValueError(
             f"{out} holds a checkpoint of a run with other settings; pass another --out, or --no-resume to start over"
@@ -131,13 +136,14 @@ def train(
     *,
     progress: Callable[[int, float], None] = lambda step, loss: None,
 ) -> TrainState:
-    """Run from `state.step` to `settings.steps`; evaluate every `eval_every`; checkpoint at each evaluation."""
+    """Run from `state.step` to `training.steps`; evaluate every `eval_every`; checkpoint at each evaluation."""
+    training = settings.training
     model.train()
-    for step in range(state.step, settings.steps):
+    for step in range(state.step, training.steps):
         started = time.monotonic()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, settings)
-        loss = steps.train_loss(step, is_on_policy(step, settings))
+            group["lr"] = learning_rate(step, training)
+        loss = steps.train_loss(step, is_on_policy(step, training, settings.seed))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(trainable(model).values()), 1.0)
@@ -147,8 +153,8 @@ def train(
         state.train_seconds += time.monotonic() - started
         state.peak_memory_mib = max(state.peak_memory_mib, peak_memory_mib())
         progress(state.step, state.losses[-1])
-        if state.step % settings.eval_every == 0 or state.step == settings.steps:
-            state.history.append({"step": state.step, **steps.held_out_figures()})
+        if state.step % training.eval_every == 0 or state.step == training.steps:
+            state.history.append(steps.held_out_figures().model_copy(update={"step": state.step}))
             save_checkpoint(model, optimizer, state, settings.out)
     return state
 

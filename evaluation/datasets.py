@@ -21,9 +21,10 @@ import random
 import subprocess
 import tarfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -32,6 +33,8 @@ from kascade.api.loop import AnswerMatcher
 from kascade.evaluation.records import CodeTests, Example
 from kascade.runtime.models.catalog import ModelNotAvailable, PackagedPart, default_cache_dir
 from kascade.runtime.models.packaged import download_wheel
+
+T = TypeVar("T")
 
 
 class DatasetError(Exception):
@@ -49,25 +52,32 @@ class Dataset:
     stop: tuple[str, ...] = ()
 
 
-def read_jsonl(path: Path, *, kind: AnswerMatcher | None = None) -> Dataset:
-    """A dataset file; a line that is not a valid example fails with its line number and field."""
-    if not path.is_file():
-        raise DatasetError(f"no dataset file at {path}")
-    examples = []
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each JSON object of a JSONL file with its line number (blank lines skipped); DatasetError names a bad line."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                record.setdefault("id", str(number))
-                examples.append(Example.model_validate(record))
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            except ValidationError as exc:
-                raise DatasetError(f"{path}:{number}: " + "; ".join(validation_problems(exc))) from None
-            except AttributeError:
-                raise DatasetError(f"{path}:{number}: each line must be a JSON object") from None
+            if not isinstance(record, dict):
+                raise DatasetError(f"{path}:{number}: each line must be a JSON object")
+            yield number, record
+
+
+def read_jsonl(path: Path, *, kind: AnswerMatcher | None = None) -> Dataset:
+    """A dataset file; a line that is not a valid example fails with its line number and field."""
+    if not path.is_file():
+        raise DatasetError(f"no dataset file at {path}")
+    examples = []
+    for number, record in jsonl_objects(path):
+        record.setdefault("id", str(number))
+        try:
+            examples.append(Example.model_validate(record))
+        except ValidationError as exc:
+            raise DatasetError(f"{path}:{number}: " + "; ".join(validation_problems(exc))) from None
     if not examples:
         raise DatasetError(f"{path} holds no examples")
     if kind is None:
@@ -75,12 +85,19 @@ def read_jsonl(path: Path, *, kind: AnswerMatcher | None = None) -> Dataset:
     return Dataset(path.stem, examples, kind)
 
 
+def seeded_sample(items: Sequence[T], limit: int | None, seed: int) -> list[T]:
+    """A fixed seeded sample of `limit` items, in their order (all of them when None)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    keep = set(random.Random(seed).sample(range(len(items)), limit))
+    return [item for index, item in enumerate(items) if index in keep]
+
+
 def subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     """A fixed seeded sample of `limit` examples, in the dataset's order (all of them when None)."""
     if limit is None or limit >= len(dataset.examples):
         return dataset
-    keep = set(random.Random(seed).sample(range(len(dataset.examples)), limit))
-    chosen = [example for index, example in enumerate(dataset.examples) if index in keep]
+    chosen = seeded_sample(dataset.examples, limit, seed)
     return Dataset(dataset.name, chosen, dataset.kind, dataset.max_tokens, dataset.stop)
 
 
@@ -220,7 +237,8 @@ def _email_text(raw: str) -> str:
 
 
 def stable_fraction(example_id: str) -> float:
-    """A number in [0, 1) fixed by the example's id: splits by it agree across runs and machines."""
+    """A number in [0, 1) fixed by the example's id (the first 4 bytes of its SHA-256): splits by it agree across
+    runs and machines. Salt the id for a split that must not follow another made by the same ids."""
     return int(hashlib.sha256(example_id.encode()).hexdigest()[:8], 16) / 16**8
 
 

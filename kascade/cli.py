@@ -6,10 +6,16 @@ answers at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:  # imported when a command runs: `kascade --help` loads neither
+    from rich.console import Console
+
+    from kascade.evaluation.commands import EvalInputs
 
 app = typer.Typer(
     name="kascade",
@@ -136,7 +142,18 @@ _DATA = typer.Option(
 )
 
 
-def _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir, cached_only=False):  # type: ignore[no-untyped-def]
+def _inputs(
+    file: Path | None,
+    data: str,
+    limit: int | None,
+    seed: int,
+    match: str | None,
+    max_tokens: int | None,
+    batch_size: int,
+    answers: Path | None,
+    cache_dir: Path | None,
+    cached_only: bool = False,
+) -> EvalInputs:
     from kascade.evaluation.commands import EvalInputs
 
     return EvalInputs(
@@ -153,7 +170,7 @@ def _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cac
     )
 
 
-def _run_evaluation(run) -> int:  # type: ignore[no-untyped-def]
+def _run_evaluation(run: Callable[[Console], int]) -> int:
     """Run an evaluation command; what the user can fix ends as one message and exit code 2."""
     from rich.console import Console
 
@@ -280,133 +297,10 @@ def calibrate(
     )
 
 
-@app.command()
-def distill(
-    student: Annotated[str, typer.Option(help="The student: a model URI (pkg://, hf://, a folder).")],
-    data: Annotated[str, typer.Option(help="An escalation log (folder, file://, s3://) or a dataset .jsonl file.")],
-    out: Annotated[
-        Path, typer.Option(help="Output folder: the distilled model (servable as it is) and provenance.json.")
-    ],
-    teacher: Annotated[
-        str | None,
-        typer.Option(help="An in-process teacher: scores what the log has no ids for, and on-policy samples."),
-    ] = None,
-    teacher_url: Annotated[
-        str | None,
-        typer.Option(
-            help="A teacher server's base URL (vLLM, kascade serve) that scores on-policy samples by prompt_logprobs."
-        ),
-    ] = None,
-    teacher_model: Annotated[str | None, typer.Option(help="The model name the teacher server serves.")] = None,
-    teacher_top_k: Annotated[
-        int, typer.Option(help="Entries a teacher in process or behind a server keeps per token.")
-    ] = 20,
-    loss: Annotated[str, typer.Option(help="forwardKL, reverseKL or generalizedJSD.")] = "forwardKL",
-    temperature: Annotated[float, typer.Option(help="Softens teacher and student alike.")] = 2.0,
-    alpha: Annotated[float, typer.Option(help="Weight of the teacher's soft term (1 - alpha: hard labels).")] = 0.5,
-    beta: Annotated[float, typer.Option(help="Generalized JSD interpolation.")] = 0.5,
-    on_policy_fraction: Annotated[
-        float, typer.Option(help="Share of steps on the student's own samples (needs --teacher).")
-    ] = 0.0,
-    lora: Annotated[
-        bool, typer.Option(help="LoRA adapters, merged into the saved model (--no-lora: full fine-tuning).")
-    ] = True,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
-    learning_rate: Annotated[float, typer.Option(help="Peak learning rate (warm-up, then cosine).")] = 2e-4,
-    max_length: Annotated[int, typer.Option(help="Most tokens per example.")] = 512,
-    max_new_tokens: Annotated[int, typer.Option(help="Length of on-policy samples and held-out answers.")] = 64,
-    held_out: Annotated[float, typer.Option(help="Share kept for evaluation (stable hash of each record).")] = 0.1,
-    eval_every: Annotated[int, typer.Option(help="Steps between held-out evaluations (and checkpoints).")] = 50,
-    eval_generate: Annotated[
-        int, typer.Option(help="Held-out answers generated to measure final-answer agreement.")
-    ] = 32,
-    match: Annotated[str, typer.Option(help="How answers agree: exact or number.")] = "exact",
-    limit: Annotated[int | None, typer.Option(help="At most this many examples (seeded sample).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the data order, sampling and the sample.")] = 0,
-    min_agreement_gain: Annotated[float, typer.Option(help="Promotion gate: least gain in held-out agreement.")] = 0.01,
-    slice_tolerance: Annotated[float, typer.Option(help="Promotion gate: most any held-out slice may lose.")] = 0.02,
-    min_slice_examples: Annotated[int, typer.Option(help="Promotion gate: smaller slices are shown, not judged.")] = 20,
-    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out, if any.")] = True,
-    report_to: Annotated[
-        str | None,
-        typer.Option(
-            metavar="NAMESPACE/NAME",
-            help="A Distillation whose status this run writes: its progress and result (off by default).",
-        ),
-    ] = None,
-    model_uri: Annotated[
-        str | None,
-        typer.Option(
-            metavar="URI",
-            help="The output as a tier's model.uri says it (e.g. pvc://claim/path); reported as status.model. Default: the --out folder.",
-        ),
-    ] = None,
-    api_server: Annotated[
-        str | None,
-        typer.Option(
-            metavar="URL",
-            help="The API server --report-to writes to. Default: in-cluster (KUBERNETES_SERVICE_HOST/PORT).",
-        ),
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="Bearer token for --report-to (none when the file is missing). Default: the pod's service-account token."
-        ),
-    ] = None,
-    report_interval: Annotated[
-        float | None,
-        typer.Option(
-            min=0,
-            envvar="KASCADE_DISTILL_REPORT_INTERVAL_SECONDS",
-            help="Least seconds between two progress writes of --report-to. Default: 10.",
-        ),
-    ] = None,
-    ca_file: Annotated[
-        Path | None,
-        typer.Option(help="CA bundle of the API server --report-to writes to. Default: the pod's service-account CA."),
-    ] = None,
-) -> None:
-    """Distil a student from the escalation log (or a dataset): soft targets, temperature, LoRA; resumable."""
-    from pydantic import ValidationError
+def _add_distill_command() -> None:
+    from kascade.distill_command import distill
 
-    from kascade.distillation.command import run_distill_command
-
-    try:
-        settings = _distill_settings(locals())
-    except ValidationError as error:
-        raise typer.BadParameter("; ".join(e["msg"] for e in error.errors())) from None
-    report = _report_config(report_to, api_server, token_file, ca_file, report_interval) if report_to else None
-    raise typer.Exit(run_distill_command(settings, resume=resume, report=report, model_uri=model_uri))
-
-
-def _distill_settings(options: dict):  # noqa: ANN202 - a DistillSettings, imported lazily
-    from kascade.distillation.settings import DistillSettings
-
-    names = set(DistillSettings.model_fields) - {"divergence", "device"}
-    return DistillSettings(divergence=options["loss"], **{k: v for k, v in options.items() if k in names})
-
-
-def _report_config(
-    target: str, api_server: str | None, token_file: Path | None, ca_file: Path | None, interval: float | None
-):  # noqa: ANN202
-    """A DistillationReportConfig (imported lazily); the reporter's own defaults for what is not given."""
-    from kascade.distillation.report import DistillationReportConfig
-    from kascade.distillation.status import parse_report_target
-
-    try:
-        namespace, name = parse_report_target(target)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--report-to") from None
-    given = {
-        "api_server": api_server,
-        "token_file": str(token_file) if token_file else None,
-        "ca_file": str(ca_file) if ca_file else None,
-        "interval_seconds": interval,
-    }
-    return DistillationReportConfig(namespace=namespace, name=name, **{k: v for k, v in given.items() if v is not None})
+    app.command()(distill)
 
 
 def _add_log_commands() -> None:
@@ -415,6 +309,7 @@ def _add_log_commands() -> None:
     app.add_typer(log_app, name="log")
 
 
+_add_distill_command()
 _add_log_commands()
 
 

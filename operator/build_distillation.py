@@ -2,12 +2,15 @@
 
 - `build_distillation`: a `Distillation` for the cascade's student tier, from
   `spec.distillation` and the escalation log, starting from the model the tier
-  serves now; its output is a folder of its own under `outputUri`.
+  serves now, judged by the cascade's matcher; its output is a folder of its
+  own under `outputUri`.
 - `build_distillation_job`: the Job that runs `kascade distill` for it on a GPU
   node (the runtime's CUDA image), with the claims of the log, the student and
-  the output mounted, S3 credentials from a Secret, and `--report-to` so the
-  run writes its progress and result into the Distillation's status; Pod
-  Security "restricted", a deadline, and node drains that cost no retry.
+  the output mounted, S3 credentials from a Secret, the run's whole
+  `DistillSettings` as one `--settings` argument (`run_settings`: the spec,
+  paths as the pod sees them), and `--report-to` so the run writes its
+  progress and result into the Distillation's status; Pod Security
+  "restricted", a deadline, and node drains that cost no retry.
 - the ServiceAccount, Role and RoleBinding `{cascade}-distill`: the runs may
   get and patch the status of Distillations in the namespace, nothing else.
   They are children of the cascade while `spec.distillation` is set.
@@ -27,6 +30,7 @@ from kascade.api.distillation import (
 )
 from kascade.api.model_uri import ModelUri
 from kascade.api.modelcascade import API_VERSION, GROUP, ModelCascade
+from kascade.distillation.settings import DistillSettings
 from kascade.operator.build_tier import (
     cascade_namespace,
     tier_node_selector,
@@ -84,6 +88,7 @@ def build_distillation(
         teacher_model=teacher.served_name if on_policy else None,
         training=policy.training,
         gate=policy.gate,
+        matcher=cascade.spec.matcher,
         resources=policy.resources,
         tolerations=policy.tolerations,
         node_selector=policy.node_selector,
@@ -130,50 +135,36 @@ class _Claims:
         ]
 
 
+def run_settings(run: Distillation, claims: _Claims) -> DistillSettings:
+    """What the run's pod trains with: its spec, paths as the pod sees them (validated by the pod's own model)."""
+    spec = run.spec
+    teacher = spec.teacher_url is not None and spec.teacher_model is not None
+    return DistillSettings(
+        student=claims.path(spec.student),
+        data=claims.path(spec.data),
+        out=claims.path(spec.output),
+        teacher_url=spec.teacher_url if teacher else None,
+        teacher_model=spec.teacher_model if teacher else None,
+        training=spec.training,
+        gate=spec.gate,
+        matcher=spec.matcher,
+    )
+
+
 def distill_args(run: Distillation, claims: _Claims) -> list[str]:
-    """`kascade distill`'s command line for a run, paths as the pod sees them."""
-    spec, training, gate = run.spec, run.spec.training, run.spec.gate
+    """`kascade distill`'s command line for a run: its settings as one JSON argument, and where it reports."""
     namespace = run.metadata.namespace or "default"
-    args = [
+    settings = run_settings(run, claims).model_dump_json(exclude_none=True)
+    return [
         "kascade",
         "distill",
-        "--student",
-        claims.path(spec.student),
-        "--data",
-        claims.path(spec.data),
-        "--out",
-        claims.path(spec.output),
-        "--loss",
-        training.loss.value,
-        "--temperature",
-        f"{training.temperature:g}",
-        "--alpha",
-        f"{training.alpha:g}",
-        "--beta",
-        f"{training.beta:g}",
-        "--on-policy-fraction",
-        f"{training.on_policy_fraction:g}",
-        "--steps",
-        str(training.steps),
-        "--batch-size",
-        str(training.batch_size),
-        "--learning-rate",
-        f"{training.learning_rate:g}",
-        "--lora" if training.lora else "--no-lora",
-        "--min-agreement-gain",
-        f"{gate.min_agreement_gain:g}",
-        "--slice-tolerance",
-        f"{gate.slice_tolerance:g}",
-        "--min-slice-examples",
-        str(gate.min_slice_examples),
+        "--settings",
+        settings,
         "--report-to",
         f"{namespace}/{run.metadata.name}",
         "--model-uri",
-        spec.output,
+        run.spec.output,
     ]
-    if spec.teacher_url and spec.teacher_model:
-        args += ["--teacher-url", spec.teacher_url, "--teacher-model", spec.teacher_model]
-    return args
 
 
 def job_deadline_seconds(spec: DistillationSpec) -> int:

@@ -538,7 +538,7 @@ def main() -> int:
         print(f"{report.passed} passed, {report.failed} failed")
         return 1
     print(f"vllm {vllm.__version__} from {Path(vllm.__file__).parent}")
-    from kascade.distillation.settings import DistillSettings
+    from kascade.api.loop import Training
 
     # Each part runs even when another cannot (a part of vLLM that does not import here): its failure is a line.
     max_logprobs: dict[tuple[str, str], int] = {}
@@ -546,7 +546,7 @@ def main() -> int:
         max_logprobs = check_serve_args(report)
     except Exception as error:
         report.check("serve args (vLLM's parser)", _problem(error))
-    calls, teacher_answers = teacher_calls(DistillSettings.model_fields["teacher_top_k"].default)
+    calls, teacher_answers = teacher_calls(Training.model_fields["teacher_top_k"].default)
     try:
         check_requests(report, router_calls() + calls, max_logprobs)
     except ImportError as error:

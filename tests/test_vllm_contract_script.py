@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from kascade.api.loop import Training
 from kascade.api.modelcascade import EngineKind
-from kascade.distillation.settings import DistillSettings
 
 pytestmark = pytest.mark.slow  # real routers and tiers on loopback
 
@@ -84,8 +84,8 @@ def test_streams_are_asked_to_report_usage(contract, calls) -> None:
 
 
 def test_the_on_policy_teacher_asks_for_prompt_logprobs_and_gets_them_in_the_engines_layout(contract) -> None:
-    calls, answers = contract.teacher_calls(DistillSettings.model_fields["teacher_top_k"].default)
-    assert [call.body["prompt_logprobs"] for call in calls] == [DistillSettings.model_fields["teacher_top_k"].default]
+    calls, answers = contract.teacher_calls(Training.model_fields["teacher_top_k"].default)
+    assert [call.body["prompt_logprobs"] for call in calls] == [Training.model_fields["teacher_top_k"].default]
     assert calls[0].body["prompt"] == [11, 12, 13, 21, 22] and calls[0].body["max_tokens"] == 1
     assert answers[0]["choices"][0]["prompt_logprobs"][0] is None
 

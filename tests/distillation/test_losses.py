@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
+from kascade.api.loop import DistillationLoss
 from kascade.distillation.losses import (
     IGNORE_INDEX,
-    Divergence,
     dense_divergence,
     distillation_loss,
     hard_label_loss,
@@ -30,7 +30,7 @@ def test_forward_and_reverse_kl_match_the_formula_by_hand() -> None:
     forward = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
     reverse = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
     assert dense_divergence(student, teacher).item() == pytest.approx(forward, rel=1e-6)
-    assert dense_divergence(student, teacher, divergence=Divergence.reverse_kl).item() == pytest.approx(
+    assert dense_divergence(student, teacher, divergence=DistillationLoss.reverse_kl).item() == pytest.approx(
         reverse, rel=1e-6
     )
 
@@ -41,10 +41,10 @@ def test_jsd_matches_the_formula_by_hand_and_reaches_both_kls_at_the_ends() -> N
     mixture = (beta * 0.8 + 0.7 * 0.5, beta * 0.2 + 0.7 * 0.5)
     kl_t = 0.8 * math.log(0.8 / mixture[0]) + 0.2 * math.log(0.2 / mixture[1])
     kl_s = 0.5 * math.log(0.5 / mixture[0]) + 0.5 * math.log(0.5 / mixture[1])
-    jsd = dense_divergence(student, teacher, divergence=Divergence.jsd, beta=beta).item()
+    jsd = dense_divergence(student, teacher, divergence=DistillationLoss.jsd, beta=beta).item()
     assert jsd == pytest.approx(beta * kl_t + (1 - beta) * kl_s, rel=1e-6)
-    for beta, same_as in ((0.0, Divergence.forward_kl), (1.0, Divergence.reverse_kl)):
-        at_end = dense_divergence(student, teacher, divergence=Divergence.jsd, beta=beta)
+    for beta, same_as in ((0.0, DistillationLoss.forward_kl), (1.0, DistillationLoss.reverse_kl)):
+        at_end = dense_divergence(student, teacher, divergence=DistillationLoss.jsd, beta=beta)
         assert at_end.item() == pytest.approx(dense_divergence(student, teacher, divergence=same_as).item())
 
 
@@ -65,7 +65,7 @@ def test_masked_positions_add_nothing() -> None:
     labels = torch.tensor([[1, 2, IGNORE_INDEX, 3, IGNORE_INDEX], [IGNORE_INDEX] * 4 + [6]])
     scrambled_student = student.clone()
     scrambled_student[labels == IGNORE_INDEX] = torch.randn(int((labels == IGNORE_INDEX).sum()), 7) * 5
-    for divergence in Divergence:
+    for divergence in DistillationLoss:
         before = dense_divergence(student, teacher, labels, divergence=divergence)
         after = dense_divergence(scrambled_student, teacher, labels, divergence=divergence)
         assert before.item() == pytest.approx(after.item(), rel=1e-6)
@@ -83,7 +83,9 @@ def test_generalized_jsd_equals_trl_on_the_same_inputs(beta: float, temperature:
     student, teacher = torch.randn(3, 6, 11), torch.randn(3, 6, 11) * 2
     labels = torch.randint(0, 11, (3, 6))
     labels[0, :2] = IGNORE_INDEX
-    ours = dense_divergence(student, teacher, labels, divergence=Divergence.jsd, beta=beta, temperature=temperature)
+    ours = dense_divergence(
+        student, teacher, labels, divergence=DistillationLoss.jsd, beta=beta, temperature=temperature
+    )
     theirs = GKDTrainer.generalized_jsd_loss(student, teacher, labels, beta=beta, temperature=temperature)
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-7)
 
@@ -94,10 +96,10 @@ def _top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, to
     return ids, values, (1 - values.exp().sum(-1)).clamp_min(0)
 
 
-@pytest.mark.parametrize("divergence", list(Divergence))
+@pytest.mark.parametrize("divergence", list(DistillationLoss))
 @pytest.mark.parametrize("temperature", [1.0, 3.0])
 def test_sparse_loss_with_k_equal_to_the_vocabulary_equals_the_dense_one(
-    divergence: Divergence, temperature: float
+    divergence: DistillationLoss, temperature: float
 ) -> None:
     torch.manual_seed(2)
     student, teacher = torch.randn(2, 4, 9), torch.randn(2, 4, 9)
@@ -130,7 +132,7 @@ def test_gradients_are_finite_when_the_student_puts_all_mass_on_the_top_k() -> N
     teacher = torch.tensor([[[0.0, 0.0, -50.0]]])
     ids, logprobs, tail = _top_k(teacher, 2)
     student = torch.tensor([[[30.0, 30.0, -30.0]]], requires_grad=True)
-    for divergence in Divergence:
+    for divergence in DistillationLoss:
         loss = sparse_divergence(student, ids, logprobs, tail, divergence=divergence, temperature=2.0)
         (grad,) = torch.autograd.grad(loss, student)
         assert torch.isfinite(loss) and torch.isfinite(grad).all()

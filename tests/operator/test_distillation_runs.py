@@ -10,6 +10,7 @@ import pytest
 
 from kascade.api.distillation import Distillation, PromotionReason
 from kascade.api.modelcascade import ModelCascade
+from kascade.distillation.settings import DistillSettings
 from kascade.operator.build_distillation import (
     CLAIMS_ROOT,
     build_distillation,
@@ -162,9 +163,11 @@ def test_the_job_runs_kascade_distill_on_a_gpu_with_the_claims_mounted_and_repor
     container = pod["containers"][0]
     args = container["args"]
     assert args[0] == "distill" and container["image"] == SETTINGS.runtime_gpu_image
-    assert args[args.index("--student") + 1] == f"{CLAIMS_ROOT}/models/small-v1"
-    assert args[args.index("--data") + 1] == f"{CLAIMS_ROOT}/escalations/chat"
-    assert args[args.index("--out") + 1] == f"{CLAIMS_ROOT}/students/chat/chat-d1"
+    # The run's settings travel whole, as one argument the pod validates with the same model.
+    settings = DistillSettings.model_validate_json(args[args.index("--settings") + 1])
+    assert settings.student == f"{CLAIMS_ROOT}/models/small-v1"
+    assert settings.data == f"{CLAIMS_ROOT}/escalations/chat"
+    assert str(settings.out) == f"{CLAIMS_ROOT}/students/chat/chat-d1"
     assert args[args.index("--report-to") + 1] == "llm/chat-d1"
     assert args[args.index("--model-uri") + 1] == "pvc://students/chat/chat-d1"
     claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"] for v in pod["volumes"]}
@@ -176,6 +179,22 @@ def test_the_job_runs_kascade_distill_on_a_gpu_with_the_claims_mounted_and_repor
     # A refusal (bad data, a status it cannot write) fails the Job at once; anything else is retried, resumed.
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
     kubernetes_validate.validate(job, "1.30", strict=True)
+
+
+def test_every_setting_of_the_policy_reaches_the_runs_pod():
+    training = {"heldOut": 0.2, "maxLength": 256, "loraRank": 8, "evalEvery": 10, "evalGenerate": 5}
+    training |= {"maxNewTokens": 16, "teacherTopK": 10, "warmupSteps": 0, "temperature": 4.0, "loss": "reverseKL"}
+    gate = {"minAgreementGain": 0.05, "sliceTolerance": 0.1, "minSliceExamples": 5}
+    made = build_distillation(cascade(training=training, gate=gate), SETTINGS, name="chat-d1", log_records=0)
+    run = Distillation.model_validate(made)
+    spec, job = run.spec, build_distillation_job(run, SETTINGS)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    settings = DistillSettings.model_validate_json(args[args.index("--settings") + 1])
+    assert settings.training == spec.training and settings.gate == spec.gate and settings.matcher == spec.matcher
+    assert settings.training.model_dump(by_alias=True, include={"held_out", "max_length"}) == {
+        "heldOut": 0.2,
+        "maxLength": 256,
+    }
 
 
 def test_the_policys_tolerations_reach_the_runs_pod_whole():
