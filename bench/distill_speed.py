@@ -94,8 +94,8 @@ def build_fixture(folder: Path, examples: int, answer_tokens: int, top_k: int) -
 
 
 def run_kascade(folder: Path, steps: int, batch_size: int, learning_rate: float) -> dict:
+    from kascade.api.distill_settings import DistillSettings
     from kascade.distillation.run import run_distill
-    from kascade.distillation.settings import DistillSettings
 
     settings = DistillSettings.of_options(
         dict(

@@ -8,12 +8,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kascade.api.distill_settings import DistillSettings
 from kascade.api.distillation import REFUSED_EXIT_CODE, TRANSIENT_EXIT_CODE
 from kascade.distillation.examples import DistillDataError
 from kascade.distillation.report import DistillationReportConfig, DistillationReporter, ReportError
 from kascade.distillation.result import PROVENANCE, DistillResult
 from kascade.distillation.run import run_distill
-from kascade.distillation.settings import DistillSettings
 from kascade.runtime.engines.transformers.loading import ModelLoadError
 from kascade.runtime.signals import interrupt_on_stop_signals
 

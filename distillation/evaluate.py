@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
+from kascade.api.distill_settings import DistillSettings
 from kascade.api.loop import AnswerMatcher
 from kascade.calibration.agreement import answers_agree
 from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.examples import DistillExample
 from kascade.distillation.losses import IGNORE_INDEX, hard_label_loss
 from kascade.distillation.result import HeldOutFigures
-from kascade.distillation.settings import DistillSettings
 
 
 def answer_length_slice(answer_tokens: int) -> str:

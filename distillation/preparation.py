@@ -16,10 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from kascade.api.distill_settings import DistillSettings
 from kascade.api.escalation_record import TeacherTokens
 from kascade.distillation.batches import EncodedLm, encode_lm, ids_spell, shared_vocabulary
 from kascade.distillation.examples import DistillDataError, DistillExample
-from kascade.distillation.settings import DistillSettings
 from kascade.distillation.teacher import class_probabilities, score_targets
 from kascade.runtime.engines.transformers.loading import LoadedModel
 

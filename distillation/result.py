@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kascade.api.distill_settings import DistillSettings
 from kascade.api.distillation import Figures, GateVerdict
-from kascade.distillation.settings import DistillSettings
 
 PROVENANCE = "provenance.json"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from kascade.api.distill_settings import DistillSettings
 from kascade.api.loop import Training
 from kascade.api.times import format_time, utc_now
 from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
@@ -33,7 +34,6 @@ from kascade.distillation.objective import (
 )
 from kascade.distillation.preparation import encode_lm_data, label_ids_of, pad_id, prepare_classify
 from kascade.distillation.result import DistillResult, HeldOutFigures, RunData
-from kascade.distillation.settings import DistillSettings
 from kascade.distillation.teacher_server import TeacherServer
 from kascade.distillation.trainer import (
     Steps,

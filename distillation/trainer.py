@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from kascade.api.distill_settings import DistillSettings
 from kascade.api.loop import Training
 from kascade.distillation.result import HeldOutFigures
-from kascade.distillation.settings import DistillSettings
 
 CHECKPOINT = "checkpoint"
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from kascade.distillation.settings import DistillSettings, setting_field
+from kascade.api.distill_settings import DistillSettings, setting_field
 
 # An option whose name is not its field's.
 OPTION_OF_FIELD = {"matcher": "--match"}

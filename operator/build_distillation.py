@@ -21,6 +21,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from kascade.api.distill_settings import DistillSettings
 from kascade.api.distillation import (
     DISTILLATION_KIND,
     DISTILLATION_PLURAL,
@@ -30,7 +31,6 @@ from kascade.api.distillation import (
 )
 from kascade.api.model_uri import ModelUri
 from kascade.api.modelcascade import API_VERSION, GROUP, ModelCascade
-from kascade.distillation.settings import DistillSettings
 from kascade.operator.build_tier import (
     cascade_namespace,
     tier_node_selector,

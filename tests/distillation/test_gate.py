@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kascade.api.distill_settings import DistillSettings
 from kascade.api.distillation import Distillation, SliceChange
 from kascade.api.loop import AnswerMatcher, Gate
 from kascade.api.modelcascade import ModelCascade
@@ -9,7 +10,6 @@ from kascade.distillation.evaluate import judged_answers
 from kascade.distillation.examples import DistillExample
 from kascade.distillation.gate import promotion_gate
 from kascade.distillation.result import HeldOutFigures
-from kascade.distillation.settings import DistillSettings
 from kascade.operator.build_distillation import build_distillation, build_distillation_job
 from kascade.operator.settings import OperatorSettings
 

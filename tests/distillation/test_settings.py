@@ -8,10 +8,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from kascade.api.distill_settings import DistillSettings, setting_field
 from kascade.api.loop import Gate, Training
 from kascade.cli import app
 from kascade.distill_command import _NOT_SETTINGS, distill
-from kascade.distillation.settings import DistillSettings, setting_field
 
 OWN = set(DistillSettings.model_fields) - {"training", "gate"}
 BASE = {"student": "./student", "data": "./data.jsonl", "out": "./out"}

@@ -8,9 +8,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from kascade.api.distill_settings import DistillSettings
 from kascade.api.distillation import Distillation, PromotionReason
 from kascade.api.modelcascade import ModelCascade
-from kascade.distillation.settings import DistillSettings
 from kascade.operator.build_distillation import (
     CLAIMS_ROOT,
     build_distillation,

@@ -1,10 +1,12 @@
-"""What one distillation run is: its settings, written into the output's provenance and checked on resume.
+"""One distillation run's settings: the contract between the operator that renders a run's Job and its pod.
 
 One definition: the API's `Training` and `Gate` (what a cluster run's spec
 sets), the matcher, and the few fields only a run on a machine has (the paths,
 an in-process teacher, the device). `kascade distill`'s options are these
-fields by name (`of_options`); a cluster run's Job gets the whole settings as
-one JSON argument (`kascade.operator.build_distillation`), validated here.
+fields by name (`of_options`); a run's Job gets them whole as one JSON
+argument (`kascade.operator.build_distillation.run_settings`), validated by
+this model in the pod; the run writes them into its provenance and checks
+them on resume (`fingerprint`).
 """
 
 from __future__ import annotations
