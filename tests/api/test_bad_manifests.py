@@ -473,6 +473,16 @@ CASES = [
         "spec.distillation: 'outputUri' is a required property",
         "outputUri",
     ),
+    Case(
+        "distillation-holding-every-example-out",
+        lambda m: m["spec"].update(
+            escalationLog={"enabled": True, "uri": "pvc://log/chat"},
+            distillation={"outputUri": "pvc://students/chat", "training": {"heldOut": 1}},
+        ),
+        "schema",
+        "spec.distillation.training.heldOut: 1 is greater than or equal to the maximum of 1",
+        "Input should be less than 1",
+    ),
 ]
 
 
