@@ -16,17 +16,19 @@ its `model.uri` stays that; the cascade's spec is never written
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kascade.api.base import StatusModel
 from kascade.api.loop import ONLINE_MATCHERS, AnswerMatcher, Gate, RunPlacement, Training
-from kascade.api.modelcascade import GROUP, VERSION, ObjectMeta, SecretKeyRef
+from kascade.api.modelcascade import API_VERSION, ObjectMeta, SecretKeyRef
 from kascade.api.resources import DNS_LABEL_PATTERN
+from kascade.api.times import TimeError, parse_time
 
-DISTILLATION_KIND = "Distillation"
+DISTILLATION_KIND: Final = "Distillation"
 DISTILLATION_PLURAL = "distillations"
 
 # How `kascade distill` ends, as a run's Job reads it (its podFailurePolicy).
@@ -222,8 +224,48 @@ class DistillationStatus(StatusModel):
 class Distillation(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    api_version: Literal["kascade.dev/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", alias="apiVersion")
+    api_version: Literal["kascade.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
     kind: Literal["Distillation"] = DISTILLATION_KIND
     metadata: ObjectMeta
     spec: DistillationSpec
     status: DistillationStatus | None = None
+
+    @model_validator(mode="after")
+    def _creation_is_a_time(self) -> Distillation:
+        # The API server writes it; a run whose creation time cannot be read cannot be ordered among the others.
+        try:
+            _ = self.created_at
+        except TimeError as error:
+            raise ValueError(f"metadata.creationTimestamp: {error}") from None
+        return self
+
+    @property
+    def created_at(self) -> datetime | None:
+        """`metadata.creationTimestamp`; None for a manifest the API server has not created yet."""
+        stamp = (self.metadata.model_extra or {}).get("creationTimestamp")
+        return parse_time(stamp) if stamp is not None else None
+
+    @property
+    def resource_version(self) -> str | None:
+        """`metadata.resourceVersion` as read: a status write over exactly what was read is guarded by it."""
+        return (self.metadata.model_extra or {}).get("resourceVersion")
+
+    @property
+    def phase(self) -> DistillationPhase:
+        """The run's phase; Pending until its status says otherwise."""
+        return self.status.phase if self.status is not None else DistillationPhase.pending
+
+    @property
+    def promotion(self) -> Promotion | None:
+        """The operator's decision about the run's student; None until it is made."""
+        return self.status.promotion if self.status is not None else None
+
+    @property
+    def decided(self) -> bool:
+        """Finished and judged: a run the pod reported Failed is neither while its Job may still retry it."""
+        return self.promotion is not None
+
+    @property
+    def promoted(self) -> bool:
+        """Decided, and its student promoted (whether or not the promotion was withdrawn since)."""
+        return self.promotion is not None and self.promotion.promoted

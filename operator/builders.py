@@ -1,8 +1,9 @@
 """Every child of a ModelCascade, as plain manifests, in the order they are applied.
 
 Pure: a parsed `ModelCascade` and the `OperatorSettings` in, a list of dicts
-out; no kopf, no kubernetes client, no I/O. The handler adopts the children
-(`kopf.adopt`: owner references) and applies what `plan.plan_children` says.
+out; no kopf, no kubernetes client, no I/O. The reconcile adds the cascade's
+owner reference to each (`kopf.append_owner_reference`: controller, so that
+deleting the cascade removes them) and applies what `plan.plan_children` says.
 
 Each manifest carries the common labels (`labels.common_labels`) and the
 `kascade.dev/spec-hash` annotation, and holds no owner references.

@@ -239,6 +239,7 @@ def _ready_condition(
     if tiers.status == "True" and router.status == "True":
         return _condition(READY, True, "Ready", "the cascade serves at its endpoint", generation)
     waiting = [c.message for c in (tiers, router) if c.status != "True"]
+    reason: str
     if problems:
         reason = problems[0].reason
         waiting.append("; ".join(p.message for p in problems))

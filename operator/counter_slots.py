@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from kascade.api.counters import CounterFigures, CounterSlot, RetiredCounters, RetiredProcess
 from kascade.api.errors import field_path
 from kascade.api.status import REPLICA_COUNTERS
+from kascade.api.times import TimeError, parse_time
 
 RETIRED_COUNTERS = "retiredCounters"
 RETIRED_PROCESSES = "retiredProcesses"
@@ -72,20 +73,25 @@ def _leave_out(data: dict[str, Any], loc: tuple[int | str, ...]) -> None:
         node.pop(loc[-1], None)
 
 
-def parse_time(value: str | None) -> datetime | None:
-    """An RFC 3339 time with its offset, or None."""
+def read_time(value: str | None, where: str, warnings: list[str]) -> datetime | None:
+    """A time of the status; None when there is none, and when it is not a time (with a warning naming `where`).
+
+    The fold's times only order things (the newest process of a pod, the
+    oldest credit, the earliest start): a malformed one is read as no time,
+    which sorts oldest, rather than stopping the fold of every other slot.
+    """
     if not value:
         return None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
+        return parse_time(value)
+    except TimeError as error:
+        warnings.append(f"{where}: {error}; read as no time")
         return None
-    return moment if moment.tzinfo is not None else None
 
 
-def earliest(times: Sequence[str | None]) -> str | None:
-    """The earliest of RFC 3339 strings (unparseable ones ignored), as it was written."""
-    parsed = [(moment, value) for value in times if value and (moment := parse_time(value)) is not None]
+def earliest(times: Sequence[tuple[str, str | None]], warnings: list[str]) -> str | None:
+    """The earliest of (where, RFC 3339 string), as it was written; one that is not a time is left out (warned)."""
+    parsed = [(moment, value) for where, value in times if (moment := read_time(value, where, warnings)) is not None]
     return min(parsed)[1] if parsed else None
 
 
@@ -153,10 +159,10 @@ def read_slot(key: str, value: Any, warnings: list[str]) -> StoredSlot:
         warnings.append(f"{where}: not an object; retired with nothing counted")
         return StoredSlot(key, CounterSlot(), None, None)
     slot = read_leniently(CounterSlot, value, where, warnings)
-    started = parse_time(slot.started_at)
-    if started is None:
-        warnings.append(f"{where}.startedAt: {slot.started_at!r} is not an RFC 3339 time")
-    return StoredSlot(key, slot, started, parse_time(slot.updated_at))
+    started = read_time(slot.started_at, f"{where}.startedAt", warnings)
+    if slot.started_at is None:
+        warnings.append(f"{where}.startedAt: missing; read as no time")
+    return StoredSlot(key, slot, started, read_time(slot.updated_at, f"{where}.updatedAt", warnings))
 
 
 def read_reported(status: Mapping[str, Any]) -> CounterFigures:

@@ -52,8 +52,8 @@ from kascade.operator.counter_slots import (
     StoredCounters,
     StoredSlot,
     earliest,
-    parse_time,
     read_stored_counters,
+    read_time,
 )
 from kascade.operator.reservation import hold_gpu_hours, read_reservation
 
@@ -154,7 +154,7 @@ def fold_replica_counters(
     retiring = retiring_slots(stored.slots, set(live_pods))
     credits = credit_slots(stored, retiring, now)
     still_there = {slot.key for slot in stored.slots} - retiring
-    pruned = prune_credits(credits.processes, keep=still_there, limit=keep_retired)
+    pruned = prune_credits(credits.processes, warnings, keep=still_there, limit=keep_retired)
     money = currency_and_since(stored, retiring, warnings, declared=currency)
     folded, guarded = hold_up(credits.retired.plus(credits.live), stored.reported)
     traffic = traffic_of(folded)
@@ -234,9 +234,18 @@ def credit_slots(stored: StoredCounters, retiring: set[str], now: str) -> Credit
     return credits
 
 
-def prune_credits(processes: dict[str, RetiredProcess], *, keep: set[str], limit: int) -> tuple[str, ...]:
-    """Drop the oldest credits beyond `limit` (in place), never one in `keep` (its slot is still there)."""
-    by_age = sorted(processes, key=lambda key: (parse_time(processes[key].retired_at) or NEVER, key))
+def prune_credits(
+    processes: dict[str, RetiredProcess], warnings: list[str], *, keep: set[str], limit: int
+) -> tuple[str, ...]:
+    """Drop the oldest credits beyond `limit` (in place), never one in `keep` (its slot is still there).
+
+    A credit whose `retiredAt` is not a time sorts oldest, so it goes first (with a warning).
+    """
+    retired_at = {
+        key: read_time(entry.retired_at, f"{RETIRED_PROCESSES}.{key}.retiredAt", warnings) or NEVER
+        for key, entry in processes.items()
+    }
+    by_age = sorted(processes, key=lambda key: (retired_at[key], key))
     prunable = [key for key in by_age if key not in keep]
     pruned = tuple(prunable[: max(len(processes) - max(limit, 0), 0)])
     for key in pruned:
@@ -270,13 +279,26 @@ def currency_and_since(
         or stored.cost.get("currency")
         or Cost().currency
     )
-    retired_since = earliest([retired.since, *(slot.started_at for slot in slots if slot.key in retiring)])
+    retired_since = earliest(
+        [
+            (f"{RETIRED_COUNTERS}.since", retired.since),
+            *((f"{REPLICA_COUNTERS}.{slot.key}.startedAt", slot.started_at) for slot in slots if slot.key in retiring),
+        ],
+        warnings,
+    )
     retired_currency = retired.currency
     for slot in sorted((s for s in slots if s.key in retiring and s.currency), key=StoredSlot.recency):
         retired_currency = slot.currency
     return Money(
         currency=currency,
-        since=earliest([stored.cost.get("since"), retired_since, *(slot.started_at for slot in slots)]),
+        since=earliest(
+            [
+                ("cost.since", stored.cost.get("since")),
+                (f"{RETIRED_COUNTERS}.since", retired_since),
+                *((f"{REPLICA_COUNTERS}.{slot.key}.startedAt", slot.started_at) for slot in slots),
+            ],
+            warnings,
+        ),
         retired_currency=retired_currency or currency,
         retired_since=retired_since,
     )

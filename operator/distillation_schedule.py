@@ -21,35 +21,26 @@ from datetime import UTC, datetime
 
 from croniter import croniter
 
-from kascade.api.distillation import Distillation, DistillationPhase
+from kascade.api.distillation import Distillation
 from kascade.api.loop import DistillationPolicy
-from kascade.operator.counter_slots import parse_time
+from kascade.api.times import format_time
 from kascade.operator.labels import child_name
+
+_NOT_CREATED = datetime.min.replace(tzinfo=UTC)  # a manifest the API server has not created: first, and long ago
 
 
 @dataclass(frozen=True)
-class RunPlan:
+class Schedule:
+    """What the schedule says now."""
+
     start: str | None  # the name of the run to create now, or None
     waiting: str  # why no run starts now ("" when one does)
     delete: list[str] = field(default_factory=list)  # finished runs beyond the history limit
 
 
-def created_at(run: Distillation) -> datetime:
-    stamp = parse_time((run.metadata.model_extra or {}).get("creationTimestamp"))
-    return stamp or datetime.min.replace(tzinfo=UTC)
-
-
-def phase_of(run: Distillation) -> DistillationPhase:
-    return run.status.phase if run.status is not None else DistillationPhase.pending
-
-
-def decided(run: Distillation) -> bool:
-    """Finished and judged: a run the pod reported Failed is neither while its Job may still retry it."""
-    return run.status is not None and run.status.promotion is not None
-
-
-def promoted(run: Distillation) -> bool:
-    return run.status is not None and run.status.promotion is not None and run.status.promotion.promoted
+def creation_time(run: Distillation) -> datetime:
+    """Sort key: when the API server created the run."""
+    return run.created_at or _NOT_CREATED
 
 
 def run_name(cascade: str, now: datetime) -> str:
@@ -65,26 +56,26 @@ def plan_runs(
     cascade_created: datetime | None,
     logged: int,
     now: datetime,
-) -> RunPlan:
+) -> Schedule:
     """What to do about a cascade's runs now (`runs`: those naming it, in any order)."""
-    ordered = sorted(runs, key=created_at)
-    last_promoted = [run.metadata.name for run in ordered if promoted(run)][-1:]
+    ordered = sorted(runs, key=creation_time)
+    last_promoted = [run.metadata.name for run in ordered if run.promoted][-1:]
     kept = set(last_promoted)  # the record of what the tier serves
-    active = [run for run in ordered if not decided(run)]
-    finished = [run for run in ordered if decided(run) and run.metadata.name not in kept]
+    active = [run for run in ordered if not run.decided]
+    finished = [run for run in ordered if run.decided and run.metadata.name not in kept]
     delete = [run.metadata.name for run in finished[: max(0, len(finished) - policy.history_limit)]]
     if active:
-        return RunPlan(None, f"run {active[-1].metadata.name} is {phase_of(active[-1]).value}", delete)
+        return Schedule(None, f"run {active[-1].metadata.name} is {active[-1].phase.value}", delete)
     newest = ordered[-1] if ordered else None
-    since = created_at(newest) if newest is not None else (cascade_created or now)
+    since = creation_time(newest) if newest is not None else (cascade_created or now)
     if policy.schedule:
         tick = croniter(policy.schedule, now).get_prev(datetime)
         if tick <= since:
             following = croniter(policy.schedule, max(since, now)).get_next(datetime)
-            return RunPlan(None, f"next look at {following:%Y-%m-%dT%H:%M:%SZ} ({policy.schedule})", delete)
+            return Schedule(None, f"next look at {format_time(following)} ({policy.schedule})", delete)
     new_records = logged - (newest.spec.log_records if newest is not None else 0)
     if new_records < policy.min_samples:
-        return RunPlan(
+        return Schedule(
             None, f"{max(new_records, 0)} of {policy.min_samples} new escalation records since the last run", delete
         )
-    return RunPlan(run_name(cascade, now), "", delete)
+    return Schedule(run_name(cascade, now), "", delete)

@@ -157,6 +157,7 @@ async def refresh_cascade(memo: kopf.Memo, logger: kopf.Logger) -> None:
 async def check_run(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A run nobody would run (its cascade is missing, or does not distil) says so in its status, once.
 
-    The runs themselves are followed by their cascade's reconcile (`distillation_loop`).
+    The runs themselves are followed by their cascade's reconcile (`distillation_loop`: read, plan with
+    `run_plan`, apply).
     """
     await refuse_orphan_run(_operator(memo), body)

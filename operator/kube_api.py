@@ -10,7 +10,7 @@ Every call it makes is listed, with why, in `permissions.OPERATOR_RULES`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import quote
@@ -55,6 +55,12 @@ class ApiError(Exception):
     @property
     def forbidden(self) -> bool:
         return self.status in (401, 403)
+
+    @property
+    def transient(self) -> bool:
+        """The same call may succeed later: the server failed (5xx), or it was never reached (status 0: no
+        answer came, the connection failed or timed out). Anything else is the server's answer to this request."""
+        return self.status >= 500 or self.status == 0
 
 
 def resource_path(
@@ -226,7 +232,13 @@ class KubeApi:
         return True
 
     async def patch_json(
-        self, api_version: str, plural: str, name: str, *, namespace: str | None, operations: list[dict[str, Any]]
+        self,
+        api_version: str,
+        plural: str,
+        name: str,
+        *,
+        namespace: str | None,
+        operations: Sequence[Mapping[str, Any]],
     ) -> dict[str, Any]:
         """RFC 6902 JSON patch of the object (a failed `test` operation: 422, nothing changed)."""
         path = resource_path(api_version, plural, namespace=namespace, name=name)

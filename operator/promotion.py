@@ -36,7 +36,7 @@ from kascade.api.errors import validation_problems
 from kascade.api.loop import PromotionMode
 from kascade.api.modelcascade import ModelCascade
 from kascade.operator.build_distillation import student_tier
-from kascade.operator.distillation_schedule import created_at, promoted
+from kascade.operator.distillation_schedule import creation_time
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,13 @@ def spec_model(cascade: ModelCascade, tier: str) -> str | None:
 
 def last_promoted(runs: Sequence[Distillation], tier: str) -> Distillation | None:
     """The tier's newest promoted run: the only promotion that can be in effect (it supersedes the older ones)."""
-    return max((run for run in runs if run.spec.tier == tier and promoted(run)), key=created_at, default=None)
+    return max((run for run in runs if run.spec.tier == tier and run.promoted), key=creation_time, default=None)
 
 
 def _why_not_served(cascade: ModelCascade, run: Distillation) -> str | None:
     """Why a promotion no longer applies to the cascade as its spec is now; None: it does."""
-    assert run.status is not None and run.status.promotion is not None
-    policy, tier, replaces = cascade.spec.distillation, run.spec.tier, run.status.promotion.replaces
+    assert run.promotion is not None
+    policy, tier, replaces = cascade.spec.distillation, run.spec.tier, run.promotion.replaces
     current = spec_model(cascade, tier)
     if policy is None:
         return f"spec.distillation was removed: tier {tier} serves its model.uri"
@@ -86,7 +86,7 @@ def withdrawals(cascade: ModelCascade, runs: Sequence[Distillation]) -> list[tup
     ending = []
     for tier in sorted({run.spec.tier for run in runs}):
         last = last_promoted(runs, tier)
-        record = last.status.promotion if last is not None and last.status is not None else None
+        record = last.promotion if last is not None else None
         if last is not None and record is not None and record.in_force and (why := _why_not_served(cascade, last)):
             ending.append((last, why))
     return ending
@@ -191,9 +191,3 @@ def refusal(cascade: ModelCascade, served: Serving, model: str) -> str | None:
     except ValidationError as error:
         return "; ".join(validation_problems(error))
     return None
-
-
-def withdrawal_patch(run: Distillation, why: str, now: str) -> dict[str, object]:
-    """The run's status merge patch that withdraws its promotion (the rest of the record stays)."""
-    assert run.status is not None and run.status.promotion is not None
-    return {"promotion": {"withdrawnAt": now, "withdrawal": why}}

@@ -2,12 +2,19 @@
 
 1. parse the resource (a validation error: conditions Ready=False and
    Degraded=True with reason InvalidSpec, then `kopf.PermanentError`);
-2. observe (`observe.observe`): the cascade's children, the Secrets it
+2. the distillation runs (`distillation_loop.reconcile_distillations`): read
+   the runs naming the cascade and the Jobs of those it follows, plan
+   (`run_plan.plan_distillation`: Jobs, failed runs, withdrawn promotions,
+   decisions, old runs deleted, the next run) and apply the plan. It gives
+   the cascade as served (a promoted student tier serves its run's model; the
+   spec is never written), which every later step builds from, and
+   `status.distillation`;
+3. observe (`observe.observe`): the cascade's children, the Secrets it
    references, the GPU products nodes offer, the access modes of the claims
    its pods share;
-3. build the desired children (`builders.build_children`), add owner
+4. build the desired children (`builders.build_children`), add owner
    references, and plan (`plan.plan_children`: spec hashes decide);
-4. when the spec is semantically wrong (a missing Secret, a name taken by
+5. when the spec is semantically wrong (a missing Secret, a name taken by
    someone else) apply NOTHING and say so in the Degraded condition; otherwise
    create, replace and delete (`apply.apply_plan`). A GPU type no node offers
    yet is a wait, not a fault: the children are applied, their pods go Pending
@@ -15,10 +22,11 @@
    TiersReady says what the tier waits for; the node's arrival makes the
    cascade Ready with no edit. A ReadWriteOnce claim shared by pods that may
    run on several nodes is a warning (Degraded, ClaimNotShared), not a stop;
-5. write the status (`status_patch.compose_status`) as one merge patch on the
-   status subresource, only when it differs from what is there, with the
-   observed resourceVersion as a precondition so that stale data never lowers
-   a figure or retires a slot.
+6. write the status (`status_patch.compose_status`, with `status.distillation`)
+   as one merge patch on the status subresource, only when it differs from
+   what is there, with the observed resourceVersion as a precondition so that
+   stale data never lowers a figure or retires a slot. Its times are
+   `Operator.now` formatted once (`kascade.api.times.format_time`).
 
 A reconcile that finds nothing to change makes no write at all. The Kopf
 handlers (`handlers`) run it for create, update, resume and the drift loop.
@@ -29,12 +37,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NoReturn
 
 import kopf
 from pydantic import ValidationError
 
 from kascade.api.modelcascade import ModelCascade
+from kascade.api.times import format_time, utc_now
 from kascade.operator.apply import apply_plan
 from kascade.operator.builders import build_children
 from kascade.operator.cascade_resource import parse_cascade, validation_message
@@ -49,7 +59,7 @@ from kascade.operator.observe import GpuProducts, find_taken_names, live_router_
 from kascade.operator.plan import ChildKey, plan_children
 from kascade.operator.problems import Problem, ProblemReason, check_semantics, conflict_problems
 from kascade.operator.settings import OperatorSettings
-from kascade.operator.status_patch import compose_status, invalid_status, now_rfc3339
+from kascade.operator.status_patch import compose_status, invalid_status
 
 log = logging.getLogger("kascade.operator")
 
@@ -63,7 +73,7 @@ class Operator:
     api: KubeApi
     settings: OperatorSettings
     gpu_products: GpuProducts = field(default_factory=GpuProducts)
-    clock: Callable[[], str] = now_rfc3339  # RFC 3339 "now" of the status (conditions, GPU-hours)
+    now: Callable[[], datetime] = utc_now  # the time of a reconcile: status times, the distillation schedule
 
 
 async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
@@ -72,7 +82,7 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
     try:
         cascade = parse_cascade(body)
     except ValidationError as error:
-        await _report_invalid(operator.api, target, validation_message(error))
+        await _report_invalid(operator, target, validation_message(error))
     # From here on, the cascade as served: a promoted student tier's model comes from its run's status, the spec is
     # never written (a GitOps re-apply of the manifest neither conflicts with nor undoes a promotion).
     cascade, distillation = await reconcile_distillations(operator, cascade, target)
@@ -91,13 +101,14 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
         raise kopf.TemporaryError(failed.message, delay=10)
 
 
-async def _report_invalid(api: KubeApi, target: Target, message: str) -> NoReturn:
+async def _report_invalid(operator: Operator, target: Target, message: str) -> NoReturn:
     """Conditions InvalidSpec, then `kopf.PermanentError`: nothing to do until the spec changes."""
 
     async def compose(current: Mapping[str, Any]) -> dict[str, Any]:
-        return invalid_status(current, message=message, now=now_rfc3339(), generation=target.generation)
+        now = format_time(operator.now())
+        return invalid_status(current, message=message, now=now, generation=target.generation)
 
-    await write_status(api, target, compose)
+    await write_status(operator.api, target, compose)
     raise kopf.PermanentError(message)
 
 
@@ -155,7 +166,7 @@ async def _write_health(
             observed,
             problems=problems,
             live_pods=live_pods or [],
-            now=operator.clock(),
+            now=format_time(operator.now()),
             generation=target.generation,
         )
         folds.append(fold)

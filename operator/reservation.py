@@ -17,10 +17,14 @@ from the status the previous look wrote (`status.tiers[].readyGpus`,
 survive an operator restart: the next operator continues where the last write
 left off. Consequences, each chosen:
 
-- a first look (no `gpuHoursUntil`) starts the clock and adds nothing, and so
-  does a tier's first look: before it, the operator saw no GPU of it;
-- the clock going backwards (now before `gpuHoursUntil`) adds nothing and keeps
-  `gpuHoursUntil`: no figure goes down and no interval counts twice;
+- a first look (no `gpuHoursUntil`) starts the integration and adds nothing,
+  and so does a tier's first look: before it, the operator saw no GPU of it. A
+  `gpuHoursUntil` that is not a time (a status edited by hand) starts it again
+  the same way: that loses at most the interval since the last good look, and
+  counts none twice;
+- the operator's clock going backwards (now before `gpuHoursUntil`) adds
+  nothing and keeps `gpuHoursUntil`: no figure goes down and no interval counts
+  twice;
 - a long gap (the operator was down) is integrated at what was last seen, with
   no cap: Deployments keep their pods without the operator, and the GPUs stay
   paid for. A tier that scaled while the operator was down is billed at its old
@@ -48,12 +52,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from kascade.api.status import Cost, TierStatus
-from kascade.operator.counter_slots import parse_time
+from kascade.api.times import TimeError, parse_time
 
 _SECONDS_PER_HOUR = 3600.0
 
@@ -72,6 +77,16 @@ class StoredReservation:
     @property
     def ready_gpus(self) -> int:
         return sum(tier.ready_gpus for tier in self.tiers)
+
+    @property
+    def integrated_until(self) -> datetime | None:
+        """Up to when the GPU-hours are integrated; None: the integration has not started (see the module)."""
+        if self.until is None:
+            return None
+        try:
+            return parse_time(self.until)
+        except TimeError:
+            return None  # a hand-edited status: start the integration again rather than guess an interval
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,8 @@ class Reservation:
 
 def read_reservation(status: Mapping[str, Any]) -> StoredReservation:
     """The previous look from a raw `.status`; malformed figures read as 0 (and a malformed tier as none)."""
-    cost = status.get("cost") if isinstance(status.get("cost"), Mapping) else {}
+    raw_cost = status.get("cost")
+    cost: Mapping[str, Any] = raw_cost if isinstance(raw_cost, Mapping) else {}
     tiers = []
     for raw in status.get("tiers") or []:
         try:
@@ -132,10 +148,10 @@ def integrate_gpu_hours(stored: StoredReservation, tiers: Sequence[TierStatus], 
     set (`conditions.tier_statuses`). The interval since the previous look is
     charged at the previous look's GPUs and prices (see the module's docstring).
     """
-    start, moment = parse_time(stored.until), parse_time(now)
-    if start is None or moment is None:  # the first look (or an unreadable time): start the clock
+    start, moment = stored.integrated_until, parse_time(now)
+    if start is None:  # the first look: start the integration
         return _advanced(stored, tiers, hours=0.0, since=stored.since or now, until=now)
-    if moment <= start:  # the clock went backwards: nothing to add, and t0 stays
+    if moment <= start:  # the operator's clock went backwards: nothing to add, and t0 stays
         return _advanced(stored, tiers, hours=0.0, since=stored.since, until=stored.until)
     hours = (moment - start).total_seconds() / _SECONDS_PER_HOUR
     return _advanced(stored, tiers, hours=hours, since=stored.since or stored.until, until=now)
@@ -149,13 +165,18 @@ def hold_gpu_hours(stored: StoredReservation, tiers: Sequence[TierStatus]) -> Re
 def gpu_hours_due(stored: StoredReservation, now: str, interval_seconds: float) -> bool:
     """Whether to write the GPU-hours though nothing else in the status changed.
 
-    When the clock has not started yet, or when a tier held GPUs at the
-    previous look and `interval_seconds` have passed since it.
+    When the integration has not started yet, or when a tier held GPUs at the
+    previous look and `interval_seconds` have passed since it. A `now` that is
+    not a time is never due: there is nothing to integrate up to.
     """
-    start, moment = parse_time(stored.until), parse_time(now)
+    start = stored.integrated_until
     if start is None:
         return True
-    if moment is None or (moment - start).total_seconds() < interval_seconds:
+    try:
+        moment = parse_time(now)
+    except TimeError:
+        return False
+    if (moment - start).total_seconds() < interval_seconds:
         return False
     return stored.ready_gpus > 0
 

@@ -31,7 +31,6 @@ from kascade.operator.reservation import (
     read_reservation,
 )
 from kascade.operator.settings import OperatorSettings
-from kascade.runtime.cluster_status.subresource import now_rfc3339  # noqa: F401 - the operator imports it from here too
 from kascade.runtime.ledger import estimated_baseline
 
 

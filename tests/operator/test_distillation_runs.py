@@ -19,9 +19,9 @@ from kascade.operator.build_distillation import (
     distiller_name,
 )
 from kascade.operator.builders import build_children
-from kascade.operator.distillation_loop import summarize_runs
 from kascade.operator.distillation_schedule import plan_runs, run_name
 from kascade.operator.promotion import Serving, decide_promotion, served_cascade, serving, withdrawals
+from kascade.operator.run_plan import summarize_runs
 
 PROMOTED, GATE_FAILED = PromotionReason.promoted, PromotionReason.gate_failed
 RUN_FAILED, STUDENT_CHANGED = PromotionReason.run_failed, PromotionReason.student_changed

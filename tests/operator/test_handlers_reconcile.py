@@ -14,6 +14,7 @@ import yaml
 kopf = pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 
+from kascade.api.times import parse_time
 from kascade.operator.kube_api import KubeApi
 from kascade.operator.kube_credentials import Credentials
 from kascade.operator.observe import GpuProducts
@@ -50,7 +51,7 @@ def reconcile_once(credentials: Credentials, body: dict[str, Any], now: str | No
         async with KubeApi(credentials) as api:
             operator = Operator(api=api, settings=OperatorSettings(), gpu_products=GpuProducts())
             if now is not None:
-                operator.clock = lambda: now
+                operator.now = lambda: parse_time(now)
             await reconcile(operator, body, LOGGER)
 
     asyncio.run(run())
