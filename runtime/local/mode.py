@@ -93,6 +93,26 @@ def run_local(manifest: Path | None, port: int, host: str, demo: bool, cache_dir
         return _run_local(console, manifest, port=port, host=host, demo=demo, cache_dir=cache_dir)
 
 
+def _run_demo_requests(cascade: ModelCascade, base_url: str, console: Console, *, api_key: str, started: float) -> None:
+    """`kascade up --demo`: the demo's requests through the cascade, then its ledger and timings."""
+    demo_started = time.monotonic()
+    try:
+        run_demo(cascade, base_url, console, api_key=api_key)
+    except LocalModeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - openai.APIError, httpx errors: the cascade failed
+        raise LocalModeError(f"a demo request failed: {type(exc).__name__}: {exc}", exit_code=1) from None
+    with httpx.Client() as client:
+        stats = fetch_stats(client, base_url)
+    console.print()
+    if stats is not None:
+        console.print(summary_table(stats, [tier.name for tier in cascade.spec.tiers]))
+    console.print(
+        f"\ndemo requests took {time.monotonic() - demo_started:.1f} s; whole run {time.monotonic() - started:.1f} s",
+        highlight=False,
+    )
+
+
 def _run_local(
     console: Console, manifest: Path | None, *, port: int, host: str, demo: bool, cache_dir: Path | None
 ) -> int:
@@ -115,30 +135,11 @@ def _run_local(
                 )
                 router_secret = cascade.spec.router.api_key_secret
                 api_key = os.environ[secret_env_var(router_secret)].split(",")[0].strip() if router_secret else "local"
-                if not demo:
-                    watch(cascade, base_url, console)  # until Ctrl-C
-                    return 0
+                if demo:
+                    _run_demo_requests(cascade, base_url, console, api_key=api_key, started=started)
                 else:
-                    demo_started = time.monotonic()
-                    try:
-                        run_demo(cascade, base_url, console, api_key=api_key)
-                    except LocalModeError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - openai.APIError, httpx errors: the cascade failed
-                        raise LocalModeError(
-                            f"a demo request failed: {type(exc).__name__}: {exc}", exit_code=1
-                        ) from None
-                    with httpx.Client() as client:
-                        stats = fetch_stats(client, base_url)
-                    console.print()
-                    if stats is not None:
-                        console.print(summary_table(stats, [tier.name for tier in cascade.spec.tiers]))
-                    console.print(
-                        f"\ndemo requests took {time.monotonic() - demo_started:.1f} s; "
-                        f"whole run {time.monotonic() - started:.1f} s",
-                        highlight=False,
-                    )
-                    return 0
+                    watch(cascade, base_url, console)  # until Ctrl-C
+                return 0
             except KeyboardInterrupt:
                 # Caught here, around everything that runs while the router serves: Ctrl-C may come
                 # at any moment, and the final ledger is printed while the router still answers.
