@@ -25,6 +25,9 @@ PURE_MODULES = [
     "kascade.operator.notices",
     "kascade.operator.replacement",
     "kascade.operator.permissions",
+    "kascade.operator.run_plan",
+    "kascade.operator.distillation_schedule",
+    "kascade.operator.promotion",
 ]
 FORBIDDEN = [
     "kopf",
