@@ -22,6 +22,7 @@ from typing import Any
 
 from kascade.api.counters import CounterSlot, SlotCost, TierCounters
 from kascade.api.modelcascade import Price, currency_conflict
+from kascade.api.times import format_time_precise
 
 _PER_MILLION = 1_000_000
 
@@ -136,12 +137,6 @@ def estimated_baseline(
     return BaselineEstimate(baseline=max(baseline + extra, 0.0), input_ratio=ratios[0], output_ratio=ratios[1])
 
 
-def _iso_utc(timestamp: float) -> str:
-    """ISO-8601 in UTC with a `Z`, the way Kubernetes writes times."""
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class Ledger:
     """Running totals of one router process: calls, tokens and cost per tier, savings overall.
 
@@ -156,7 +151,7 @@ class Ledger:
         tier_prices: dict[str, Price],
         *,
         process_id: str | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time,  # seconds since the epoch: the slot's startedAt and updatedAt
     ) -> None:
         if not tier_prices:
             raise ValueError("a ledger needs at least one tier price")
@@ -192,10 +187,10 @@ class Ledger:
 
     def _check(self, outcome: RequestOutcome) -> None:
         """Refuse an outcome before any total changes, so a bad one leaves no half-record."""
-        unknown = sorted(
-            {call.tier for call in outcome.calls if call.tier not in self._prices}
-            | ({outcome.answered_by} if outcome.answered_by not in (None, *self._prices) else set())
-        )
+        named = {call.tier for call in outcome.calls}
+        if outcome.answered_by is not None:
+            named.add(outcome.answered_by)
+        unknown = sorted(named - self._prices.keys())
         if unknown:
             raise ValueError(f"unknown tier(s) {unknown}; the ledger knows {list(self._prices)}")
         for call in outcome.calls:
@@ -281,7 +276,7 @@ class Ledger:
         return cost
 
     def note_agreement(self, bin_key: str, *, agreed: bool) -> None:
-        """One (score, agreed?) pair of a tier, counted in its score bin (`online_calibration.bin_key`)."""
+        """One (score, agreed?) pair of a tier, counted in its score bin (`kascade.calibration.online.bin_key`)."""
         with self._lock:
             self._calibration_samples[bin_key] = self._calibration_samples.get(bin_key, 0) + 1
             if agreed:
@@ -306,8 +301,8 @@ class Ledger:
             saved = self._baseline - self._actual
             return CounterSlot(
                 process_id=self._process_id,
-                started_at=_iso_utc(self._started_at),
-                updated_at=_iso_utc(self._updated_at),
+                started_at=_slot_time(self._started_at),
+                updated_at=_slot_time(self._updated_at),
                 currency=self._currency,
                 requests=self._requests,
                 failed=self._failed,
@@ -342,3 +337,8 @@ class Ledger:
     def snapshot(self) -> dict[str, Any]:
         """`counter_slot()` as JSON, with camelCase keys (the `/stats` body)."""
         return self.counter_slot().to_wire()
+
+
+def _slot_time(epoch_seconds: float) -> str:
+    """A counter slot's time, to the millisecond (`kascade.api.times`)."""
+    return format_time_precise(datetime.fromtimestamp(epoch_seconds, tz=UTC))

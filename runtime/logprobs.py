@@ -5,6 +5,10 @@ sends them, and never raises on an odd shape: an engine that answers with a
 missing or malformed `logprobs` block simply yields no evidence, and no
 evidence scores 0 (the request escalates) instead of failing.
 
+This is the one reader of the layout: the scores take each token's evidence
+(`token_evidence`), the escalation log the names of the top entries too
+(`choice_token_evidence(..., with_names=True)`: teacher tokens by id).
+
 Layouts (choice 0 of a response or of one SSE chunk):
 
 - chat: `choices[0]["logprobs"]["content"] = [{"token", "logprob", "bytes",
@@ -37,6 +41,9 @@ class TokenEvidence:
     logprob: float
     top_logprobs: tuple[float, ...] = ()
     text: str = field(default="", compare=False)  # equal evidence scores alike, whatever the token's spelling
+    # The names of the `top_logprobs` entries, in the same order: read only when asked (`with_names`), for the
+    # escalation log's teacher tokens; scores never need them.
+    top_tokens: tuple[str, ...] = field(default=(), compare=False)
 
 
 def _as_number(value: Any) -> float | None:
@@ -64,7 +71,7 @@ def _as_count(value: Any) -> int | None:
     return max(value, 0)
 
 
-def _first_choice(body: Any) -> Mapping[str, Any] | None:
+def first_choice(body: Any) -> Mapping[str, Any] | None:
     """Choice 0 of a response or chunk.
 
     Stream chunks of an `n > 1` request carry one choice each, not always
@@ -87,7 +94,7 @@ def _first_choice(body: Any) -> Mapping[str, Any] | None:
     return None
 
 
-def _chat_evidence(logprobs: Any) -> list[TokenEvidence]:
+def _chat_evidence(logprobs: Any, with_names: bool) -> list[TokenEvidence]:
     if not isinstance(logprobs, Mapping):
         return []
     content = logprobs.get("content")
@@ -102,18 +109,22 @@ def _chat_evidence(logprobs: Any) -> list[TokenEvidence]:
             continue
         top = entry.get("top_logprobs")
         alternatives: list[float] = []
+        names: list[str] | None = [] if with_names else None
         if isinstance(top, list):
             for candidate in top:
                 if isinstance(candidate, Mapping):
                     value = _as_number(candidate.get("logprob"))
                     if value is not None:
                         alternatives.append(value)
+                        if names is not None:
+                            names.append(_name(candidate.get("token")))
         token = entry.get("token")
-        evidence.append(TokenEvidence(logprob, tuple(alternatives), token if isinstance(token, str) else ""))
+        text = token if isinstance(token, str) else ""
+        evidence.append(TokenEvidence(logprob, tuple(alternatives), text, tuple(names) if names else ()))
     return evidence
 
 
-def _completion_evidence(logprobs: Any) -> list[TokenEvidence]:
+def _completion_evidence(logprobs: Any, with_names: bool) -> list[TokenEvidence]:
     if not isinstance(logprobs, Mapping):
         return []
     token_logprobs = logprobs.get("token_logprobs")
@@ -134,30 +145,45 @@ def _completion_evidence(logprobs: Any) -> list[TokenEvidence]:
             continue
         top = tops[position] if position < len(tops) else None
         alternatives: list[float] = []
+        names: list[str] | None = [] if with_names else None
         if isinstance(top, Mapping):
-            for value in top.values():
+            for name, value in top.items():
                 number = _as_number(value)
                 if number is not None:
                     alternatives.append(number)
+                    if names is not None:
+                        names.append(_name(name))
         text = texts[position] if position < len(texts) else ""
-        evidence.append(TokenEvidence(logprob, tuple(alternatives), text if isinstance(text, str) else ""))
+        text = text if isinstance(text, str) else ""
+        evidence.append(TokenEvidence(logprob, tuple(alternatives), text, tuple(names) if names else ()))
     return evidence
 
 
-def token_evidence(endpoint: Endpoint, response: dict[str, Any]) -> list[TokenEvidence]:
-    """Per-token evidence of choice 0 of a non-streaming chat or completion response.
+def _name(token: Any) -> str:
+    """A token's name as the engine spells it; "" for one that is not a string."""
+    return token if isinstance(token, str) else ""
+
+
+def choice_token_evidence(
+    endpoint: Endpoint, choice: Mapping[str, Any], *, with_names: bool = False
+) -> list[TokenEvidence]:
+    """Per-token evidence of one choice (of a whole response or of a chunk's delta).
 
     Positions whose logprob is None are skipped; a missing or malformed
-    logprobs block gives an empty list. Classify responses carry no tokens.
+    logprobs block gives an empty list; classify answers carry no tokens.
+    `with_names` also reads the names of the top entries (`top_tokens`).
     """
-    choice = _first_choice(response)
-    if choice is None:
-        return []
     if endpoint is Endpoint.chat:
-        return _chat_evidence(choice.get("logprobs"))
+        return _chat_evidence(choice.get("logprobs"), with_names)
     if endpoint is Endpoint.completion:
-        return _completion_evidence(choice.get("logprobs"))
+        return _completion_evidence(choice.get("logprobs"), with_names)
     return []
+
+
+def token_evidence(endpoint: Endpoint, response: dict[str, Any]) -> list[TokenEvidence]:
+    """Per-token evidence of choice 0 of a non-streaming chat or completion response (`choice_token_evidence`)."""
+    choice = first_choice(response)
+    return [] if choice is None else choice_token_evidence(endpoint, choice)
 
 
 def chunk_token_evidence(endpoint: Endpoint, chunk: dict[str, Any]) -> list[TokenEvidence]:
@@ -168,7 +194,7 @@ def chunk_token_evidence(endpoint: Endpoint, chunk: dict[str, Any]) -> list[Toke
     return token_evidence(endpoint, chunk)
 
 
-def class_probs(response: dict[str, Any]) -> list[float]:
+def class_probs(response: Mapping[str, Any]) -> list[float]:
     """The label probabilities of the first input of a vLLM classify response.
 
     Entries that are not numbers are dropped; a missing `data` gives [].

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import ssl
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kascade.api.modelcascade import GROUP, VERSION
+from kascade.api.times import format_time, utc_now
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MERGE_PATCH = "application/merge-patch+json"
@@ -73,5 +73,5 @@ class StatusTarget(BaseModel):
 
 
 def now_rfc3339() -> str:
-    """Now, in UTC, as Kubernetes writes times (RFC 3339, seconds)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Now, as Kubernetes writes status times (`kascade.api.times.format_time`): a run's report stamps its phases."""
+    return format_time(utc_now())

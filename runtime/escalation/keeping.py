@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from kascade.api.escalation_record import ModelIdentity, RecordKind
 from kascade.runtime.engines.base import Endpoint
-from kascade.runtime.escalation.records import DeclinedSeen, EscalationSeen, TierAnswer
+from kascade.runtime.escalation.records import AnswerSeen, DeclinedSeen, EscalationSeen
 from kascade.runtime.logprobs import caller_logprobs_request, with_logprobs_requested
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class EscalationKeeper:
         body: dict[str, Any],
         asked: Sequence[DeclinedSeen],
         answered_by: ModelIdentity,
-        answer: TierAnswer,
+        answer: AnswerSeen,
         tokens: tuple[int, int],
         *,
         agreed: bool | None = None,

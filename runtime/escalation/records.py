@@ -26,6 +26,7 @@ from kascade.api.escalation_record import (
 )
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.escalation.redaction import Redactor
+from kascade.runtime.logprobs import TokenEvidence, choice_token_evidence, class_probs, first_choice
 from kascade.runtime.scoring.policy import Decision
 
 if TYPE_CHECKING:
@@ -33,17 +34,17 @@ if TYPE_CHECKING:
 
 TOKEN_ID_PREFIX = "token_id:"
 
-# One generated position: the token's name and its top entries (name, logprob).
-Position = tuple[str, list[tuple[str, float]]]
-
 
 @dataclass(frozen=True)
-class TierAnswer:
-    """A tier's answer as the log keeps it: text (or label), finish reason, positions, class probabilities."""
+class AnswerSeen:
+    """A tier's answer as the router saw it: text (or label), finish reason, each token's evidence, class probabilities.
+
+    `evidence` carries the names of the top entries (`TokenEvidence.top_tokens`): the teacher tokens are read from it.
+    """
 
     text: str
     finish_reason: str | None = None
-    positions: tuple[Position, ...] = ()
+    evidence: tuple[TokenEvidence, ...] = ()
     class_probs: tuple[float, ...] | None = None
 
 
@@ -55,84 +56,47 @@ def token_id_of(name: Any) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def _chat_positions(logprobs: Any) -> list[Position]:
-    content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
-    positions: list[Position] = []
-    for entry in content if isinstance(content, list) else []:
-        if not isinstance(entry, Mapping):
-            continue
-        tops = entry.get("top_logprobs") if isinstance(entry.get("top_logprobs"), list) else []
-        top = [
-            (t.get("token"), float(t["logprob"]))
-            for t in tops
-            if isinstance(t, Mapping) and isinstance(t.get("logprob"), int | float)
-        ]
-        positions.append((entry.get("token"), top))
-    return positions
-
-
-def _completion_positions(logprobs: Any) -> list[Position]:
-    if not isinstance(logprobs, Mapping) or not isinstance(logprobs.get("tokens"), list):
-        return []
-    tops = logprobs.get("top_logprobs") if isinstance(logprobs.get("top_logprobs"), list) else []
-    positions: list[Position] = []
-    for index, token in enumerate(logprobs["tokens"]):
-        top = tops[index] if index < len(tops) and isinstance(tops[index], Mapping) else {}
-        positions.append((token, [(name, float(lp)) for name, lp in top.items() if isinstance(lp, int | float)]))
-    return positions
-
-
-def _choice_part(endpoint: Endpoint, choice: Mapping[str, Any]) -> tuple[str, list[Position]]:
+def _choice_part(endpoint: Endpoint, choice: Mapping[str, Any]) -> tuple[str, list[TokenEvidence]]:
+    evidence = choice_token_evidence(endpoint, choice, with_names=True)
     if endpoint is Endpoint.chat:
         message = choice.get("message") or choice.get("delta") or {}
         text = message.get("content") if isinstance(message, Mapping) else None
-        return text if isinstance(text, str) else "", _chat_positions(choice.get("logprobs"))
-    text = choice.get("text")
-    return text if isinstance(text, str) else "", _completion_positions(choice.get("logprobs"))
+    else:
+        text = choice.get("text")
+    return text if isinstance(text, str) else "", evidence
 
 
-def _first_choice(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    choices = body.get("choices")
-    if not isinstance(choices, list):
-        return None
-    return next((c for c in choices if isinstance(c, Mapping) and c.get("index", 0) == 0), None)
-
-
-def answer_of_response(endpoint: Endpoint, response: Mapping[str, Any]) -> TierAnswer:
+def answer_of_response(endpoint: Endpoint, response: Mapping[str, Any]) -> AnswerSeen:
     """Choice 0 of a whole response (or the first input of a classify response)."""
     if endpoint is Endpoint.classify:
         data = response.get("data")
         first = data[0] if isinstance(data, list) and data and isinstance(data[0], Mapping) else {}
-        probs = first.get("probs")
         label = first.get("label")
-        return TierAnswer(
-            text="" if label is None else str(label),
-            class_probs=tuple(float(p) for p in probs) if isinstance(probs, list) else None,
-        )
-    choice = _first_choice(response)
+        return AnswerSeen(text="" if label is None else str(label), class_probs=tuple(class_probs(response)) or None)
+    choice = first_choice(response)
     if choice is None:
-        return TierAnswer(text="")
-    text, positions = _choice_part(endpoint, choice)
-    return TierAnswer(text=text, finish_reason=choice.get("finish_reason"), positions=tuple(positions))
+        return AnswerSeen(text="")
+    text, evidence = _choice_part(endpoint, choice)
+    return AnswerSeen(text=text, finish_reason=choice.get("finish_reason"), evidence=tuple(evidence))
 
 
-def answer_of_chunks(endpoint: Endpoint, chunks: Sequence[Mapping[str, Any]]) -> TierAnswer:
+def answer_of_chunks(endpoint: Endpoint, chunks: Sequence[Mapping[str, Any]]) -> AnswerSeen:
     """Choice 0 of a stream, its deltas joined."""
     texts: list[str] = []
-    positions: list[Position] = []
+    evidence: list[TokenEvidence] = []
     finish_reason = None
     for chunk in chunks:
-        choice = _first_choice(chunk)
+        choice = first_choice(chunk)
         if choice is None:
             continue
-        text, chunk_positions = _choice_part(endpoint, choice)
+        text, chunk_evidence = _choice_part(endpoint, choice)
         texts.append(text)
-        positions.extend(chunk_positions)
+        evidence.extend(chunk_evidence)
         finish_reason = choice.get("finish_reason") or finish_reason
-    return TierAnswer(text="".join(texts), finish_reason=finish_reason, positions=tuple(positions))
+    return AnswerSeen(text="".join(texts), finish_reason=finish_reason, evidence=tuple(evidence))
 
 
-def answer_of(endpoint: Endpoint, answered: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> TierAnswer:
+def answer_of(endpoint: Endpoint, answered: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> AnswerSeen:
     """A tier's answer from its whole response, or from the chunks of its stream."""
     return (
         answer_of_response(endpoint, answered)
@@ -141,19 +105,19 @@ def answer_of(endpoint: Endpoint, answered: Mapping[str, Any] | Sequence[Mapping
     )
 
 
-def teacher_tokens(positions: Sequence[Position]) -> TeacherTokens | None:
-    """The positions as ids with their top-k and tail; None when any name is not a `token_id:<id>`."""
-    if not positions:
+def teacher_tokens(evidence: Sequence[TokenEvidence]) -> TeacherTokens | None:
+    """The tokens as ids with their top-k and tail; None when any name is not a `token_id:<id>`."""
+    if not evidence:
         return None
     token_ids, top_ids, top_logprobs, tails = [], [], [], []
-    for name, top in positions:
-        token_id = token_id_of(name)
-        ids = [token_id_of(top_name) for top_name, _ in top]
+    for token in evidence:
+        token_id = token_id_of(token.text)
+        ids = [token_id_of(name) for name in token.top_tokens]
         if token_id is None or any(i is None for i in ids):
             return None
         token_ids.append(token_id)
         top_ids.append(ids)
-        top_logprobs.append([logprob for _, logprob in top])
+        top_logprobs.append(list(token.top_logprobs))
         tails.append(tail_mass(top_logprobs[-1]))
     return TeacherTokens(token_ids=token_ids, top_ids=top_ids, top_logprobs=top_logprobs, tail_mass=tails)
 
@@ -175,7 +139,7 @@ class DeclinedSeen:
     threshold: float
 
 
-def declined_seen(model: ModelIdentity, decision: Decision, answer: TierAnswer) -> DeclinedSeen:
+def declined_seen(model: ModelIdentity, decision: Decision, answer: AnswerSeen) -> DeclinedSeen:
     return DeclinedSeen(
         model=model,
         text=answer.text,
@@ -194,7 +158,7 @@ class EscalationSeen:
     body: Mapping[str, Any]
     declined: Sequence[DeclinedSeen]
     answered_by: ModelIdentity
-    answer: TierAnswer
+    answer: AnswerSeen
     input_tokens: int
     output_tokens: int
     at: datetime | None = None  # when the answer was complete (the record is built later, off the event loop)
@@ -221,7 +185,7 @@ def build_record(seen: EscalationSeen, redactor: Redactor, *, now: datetime | No
         answered_by=seen.answered_by,
         answer=answer,
         finish_reason=seen.answer.finish_reason,
-        tokens=None if answer_changed else teacher_tokens(seen.answer.positions),
+        tokens=None if answer_changed else teacher_tokens(seen.answer.evidence),
         class_probs=list(seen.answer.class_probs) if seen.answer.class_probs is not None else None,
         input_tokens=seen.input_tokens,
         output_tokens=seen.output_tokens,

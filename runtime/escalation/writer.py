@@ -70,7 +70,7 @@ class FrameReader:
             end = FRAME_HEADER.size + size
             if len(self._buffer) < end:
                 break
-            seen.extend(pickle.loads(bytes(self._buffer[FRAME_HEADER.size : end])))  # noqa: S301 - our own router
+            seen.extend(pickle.loads(bytes(self._buffer[FRAME_HEADER.size : end])))  # our own router
             del self._buffer[:end]
         return seen
 
@@ -84,20 +84,20 @@ class SegmentWriter:
         *,
         writer_id: str,
         store: SegmentStore | None = None,
-        clock: Callable[[], float] = time.time,
+        epoch_seconds: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.store = store or SegmentStore(config.uri)
         self.redactor = Redactor.with_built_ins(config.redact)
         self.writer_id = writer_id
-        self.clock = clock
+        self.epoch_seconds = epoch_seconds  # wall time: segment names, flush deadlines, retention
         self.pending: list[EscalationSeen] = []
         self._oldest_pending_at: float | None = None
         self.segments = 0
 
     def add(self, seen: EscalationSeen) -> None:
         if not self.pending:
-            self._oldest_pending_at = self.clock()
+            self._oldest_pending_at = self.epoch_seconds()
         self.pending.append(seen)
 
     def seconds_until_due(self) -> float | None:
@@ -106,22 +106,22 @@ class SegmentWriter:
             return None
         if len(self.pending) >= self.config.segment_records:
             return 0.0
-        return max(0.0, self._oldest_pending_at + self.config.flush_seconds - self.clock())
+        return max(0.0, self._oldest_pending_at + self.config.flush_seconds - self.epoch_seconds())
 
     def write_segment(self) -> int:
         """Build and write one segment of the oldest pending records, then expire old segments; how many were written."""
         batch = self.pending[: self.config.segment_records]
-        stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.fromtimestamp(self.epoch_seconds(), UTC).strftime("%Y%m%dT%H%M%SZ")
         name = f"escalations-{stamp}-{self.writer_id}-{self.segments:06d}.parquet"
         self.store.write(name, records_table([build_record(seen, self.redactor) for seen in batch]))
         del self.pending[: len(batch)]
         self.segments += 1
-        self._oldest_pending_at = self.clock() if self.pending else None
+        self._oldest_pending_at = self.epoch_seconds() if self.pending else None
         self.remove_expired()
         return len(batch)
 
     def remove_expired(self) -> None:
-        cutoff = datetime.fromtimestamp(self.clock(), UTC) - timedelta(days=self.config.retention_days)
+        cutoff = datetime.fromtimestamp(self.epoch_seconds(), UTC) - timedelta(days=self.config.retention_days)
         removed = self.store.remove_older_than(cutoff)
         if removed:
             logger.info("escalation log: %d segments past %d days removed", removed, self.config.retention_days)
@@ -135,7 +135,7 @@ def _report(out: IO[str], outcome: str, count: int) -> None:
 def _try_write(writer: SegmentWriter, out: IO[str]) -> bool:
     try:
         written = writer.write_segment()
-    except Exception:  # noqa: BLE001 - any storage failure (disk full, S3 down): keep the records, retry
+    except Exception:  # any storage failure (disk full, S3 down): keep the records, retry
         logger.exception("escalation log: a write failed; %d records kept for a retry", len(writer.pending))
         _report(out, "write_failed", min(len(writer.pending), writer.config.segment_records))
         return False
@@ -150,7 +150,7 @@ def serve(writer: SegmentWriter, source: int, out: IO[str], *, sleep: Callable[[
     while True:
         due_in = writer.seconds_until_due()
         if retry_at is not None:
-            due_in = max(0.0, retry_at - writer.clock())
+            due_in = max(0.0, retry_at - writer.epoch_seconds())
         readable, _, _ = select.select([source], [], [], due_in)
         if readable:
             data = os.read(source, 1 << 20)
@@ -159,8 +159,8 @@ def serve(writer: SegmentWriter, source: int, out: IO[str], *, sleep: Callable[[
             for seen in frames.feed(data):
                 writer.add(seen)
         waiting = writer.seconds_until_due()
-        if waiting == 0.0 and (retry_at is None or writer.clock() >= retry_at):
-            retry_at = None if _try_write(writer, out) else writer.clock() + RETRY_SECONDS
+        if waiting == 0.0 and (retry_at is None or writer.epoch_seconds() >= retry_at):
+            retry_at = None if _try_write(writer, out) else writer.epoch_seconds() + RETRY_SECONDS
     _flush_at_the_end(writer, out, sleep)
 
 

@@ -16,7 +16,7 @@ from kascade.api.modelcascade import Accept, Price, StreamingMode
 from kascade.runtime.config import EscalationLogConfig
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.escalation.log import EscalationLog
-from kascade.runtime.escalation.records import EscalationSeen, TierAnswer
+from kascade.runtime.escalation.records import AnswerSeen, EscalationSeen
 from kascade.runtime.escalation.segments import SegmentStore, arrow_schema
 from kascade.runtime.escalation.writer import SegmentWriter, encode_frame, serve
 from kascade.runtime.ledger import Ledger
@@ -125,12 +125,13 @@ def _seen(index: int = 0) -> EscalationSeen:
         body={"messages": [{"role": "user", "content": f"q{index}"}]},
         declined=(),
         answered_by=ModelIdentity(tier="large", served_model="large-model"),
-        answer=TierAnswer(text=f"a{index}"),
+        answer=AnswerSeen(text=f"a{index}"),
         input_tokens=3,
         output_tokens=1,
     )
 
 
+@pytest.mark.slow  # the writer process
 def test_segments_rotate_and_a_clean_stop_writes_what_is_queued(tmp_path: Path) -> None:
     async def run() -> EscalationLog:
         log = EscalationLog(_log_config(tmp_path, segment_records=4, flush_seconds=30), process_id="router-a")
@@ -156,6 +157,14 @@ async def _until(condition: Any, seconds: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def _ignores_sigint(pid: int) -> bool:
+    """Whether the process has set SIGINT to ignored (Linux: the SigIgn mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(mask, 16) & (1 << (2 - 1)))  # SIGINT is signal 2
+
+
+@pytest.mark.slow  # the writer process
 def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
     ledger = Ledger({"small": Price(), "large": Price()})
 
@@ -173,6 +182,7 @@ def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
     assert len(_records(tmp_path)) == 3
 
 
+@pytest.mark.slow  # the writer process
 def test_a_writer_that_dies_is_counted_and_replaced_and_a_ctrl_c_does_not_reach_it(tmp_path: Path) -> None:
     import os
     import signal
@@ -184,8 +194,8 @@ def test_a_writer_that_dies_is_counted_and_replaced_and_a_ctrl_c_does_not_reach_
         await log.start()
         assert log.offer(_seen(0)) and log.offer(_seen(1))
         first = log.writer_pid
-        await asyncio.sleep(0.5)
         assert first is not None
+        await _until(lambda: _ignores_sigint(first))  # the writer is up (its imports take a while on a busy machine)
         os.kill(first, signal.SIGINT)  # a Ctrl-C in the terminal: the writer ignores it
         await asyncio.sleep(0.3)
         assert log.writer_pid == first
@@ -251,7 +261,7 @@ def test_segments_past_the_retention_are_removed_by_the_writer(tmp_path: Path) -
         (tmp_path / f"escalations-{stamp}-{name}-000000.parquet").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("not a segment: left alone")
 
-    writer = SegmentWriter(_log_config(tmp_path, retention_days=30), writer_id="p", clock=now.timestamp)
+    writer = SegmentWriter(_log_config(tmp_path, retention_days=30), writer_id="p", epoch_seconds=now.timestamp)
     writer.add(_seen())
     writer.write_segment()
     names = sorted(path.name for path in tmp_path.iterdir())

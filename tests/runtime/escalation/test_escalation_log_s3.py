@@ -11,8 +11,10 @@ from kascade.api.escalation_record import ModelIdentity
 from kascade.runtime.config import EscalationLogConfig
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.escalation.log import EscalationLog
-from kascade.runtime.escalation.records import EscalationSeen, TierAnswer
+from kascade.runtime.escalation.records import AnswerSeen, EscalationSeen
 from kascade.runtime.escalation.segments import SegmentStore
+
+pytestmark = pytest.mark.slow  # an S3 server on loopback
 
 
 @pytest.fixture
@@ -50,7 +52,7 @@ def _seen(index: int) -> EscalationSeen:
         body={"prompt": f"call me at +44 20 7946 0958 ({index})"},
         declined=(),
         answered_by=ModelIdentity(tier="large", served_model="large-model"),
-        answer=TierAnswer(text=f"answer {index}"),
+        answer=AnswerSeen(text=f"answer {index}"),
         input_tokens=5,
         output_tokens=2,
     )
