@@ -4,7 +4,11 @@ The tier loop in `cascade.py` calls three hooks, and only when a cascade has a
 log or shadow sampling: the last tier's body (teacher logprobs for the log),
 each declined answer, and each answer handed to the caller. Everything here
 is cheap on the request's task; the log's writing and the shadow calls happen
-elsewhere (`escalation_log`, `shadow_sampling`).
+elsewhere (`escalation.log`, `online.shadow_sampling`).
+
+The router's lifespan builds the keeper, the sampler and a watch over them,
+and hands the watch to the `Cascade`: the cascade calls the watch, the watch
+the keeper and the sampler, the sampler the keeper; nothing calls back.
 """
 
 from __future__ import annotations
@@ -13,28 +17,27 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kascade.api.escalation_record import ModelIdentity
-from kascade.runtime.attempts import usage_of
 from kascade.runtime.engines.base import Endpoint
-from kascade.runtime.escalation.records import DeclinedSeen, answer_of, declined_seen, model_identity
+from kascade.runtime.escalation.records import answer_of, declined_seen, model_identity
 
 if TYPE_CHECKING:
     from kascade.runtime.attempts import Attempts
-    from kascade.runtime.config import RouterConfig, TierConfig
+    from kascade.runtime.config import TierConfig
     from kascade.runtime.escalation.keeping import EscalationKeeper
-    from kascade.runtime.escalation.log import EscalationLog
-    from kascade.runtime.ledger import Ledger
-    from kascade.runtime.online.shadow_sampling import AskLastTier, ShadowSampler
+    from kascade.runtime.online.shadow_sampling import ShadowSampler
     from kascade.runtime.scoring.policy import Decision
 
 Answered = Mapping[str, Any] | Sequence[Mapping[str, Any]]  # a whole response, or a stream's chunks
 
 
 class AnswerWatch:
+    """`last_tier`: the cascade's last tier, which answers after escalations and is asked for teacher tokens."""
+
     def __init__(self, keeper: EscalationKeeper | None, sampler: ShadowSampler | None, last_tier: TierConfig) -> None:
         self.keeper = keeper
         self.sampler = sampler
         self._last_tier = last_tier
-        self._identities: dict[str, ModelIdentity] = {}  # one per tier: records and samples share it
+        self._identities: dict[str, ModelIdentity] = {}  # one per tier, built once
 
     def identity(self, tier: TierConfig) -> ModelIdentity:
         identity = self._identities.get(tier.name)
@@ -85,45 +88,3 @@ class AnswerWatch:
         elif self.sampler is not None and self.sampler.drawn():
             accepted = declined_seen(self.identity(tier), decision, answer_of(endpoint, answered))
             self.sampler.accepted(endpoint, body, [*attempts.declined, accepted], attempts.answering_tokens(tier.name))
-
-    def shadow_answered(
-        self,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        response: Mapping[str, Any],
-        asked: Sequence[DeclinedSeen],
-        agreed: bool,
-    ) -> None:
-        """A shadow call's answer: teacher data too, labelled, when the cascade keeps a log."""
-        if self.keeper is not None:
-            self.keeper.keep(
-                endpoint,
-                body,
-                asked,
-                self.identity(self._last_tier),
-                answer_of(endpoint, response),
-                usage_of(response),
-                agreed=agreed,
-            )
-
-
-def watch_for(
-    config: RouterConfig, ledger: Ledger, escalation_log: EscalationLog | None, ask_last_tier: AskLastTier
-) -> AnswerWatch | None:
-    """The watch a cascade needs: None without a log or shadow sampling, or with a single tier."""
-    if len(config.tiers) < 2 or (escalation_log is None and config.shadow_sampling is None):
-        return None
-    from kascade.runtime.escalation.keeping import EscalationKeeper
-    from kascade.runtime.online.shadow_sampling import ShadowSampler
-
-    keeper = EscalationKeeper(escalation_log, config.cascade) if escalation_log is not None else None
-    watch = AnswerWatch(keeper, None, config.tiers[-1])
-    if config.shadow_sampling is not None:
-        watch.sampler = ShadowSampler(
-            config.shadow_sampling,
-            ledger,
-            last_tier=config.tiers[-1].name,
-            ask_last_tier=ask_last_tier,
-            on_shadow=watch.shadow_answered,
-        )
-    return watch

@@ -15,31 +15,32 @@ differs is how a tier is called:
 
 Rules, in order of the tiers (cheapest first), are `tier_step`'s; a failed call
 (timeout, refused connection, 5xx, 429) is retried within the router's budget
-first (`tier_step.retry_delay`), and every call is counted in the ledger, the
-wasted ones included.
+first (`tier_call`), and every call is counted in the ledger, the wasted ones
+included. What watches the answers (escalation log, shadow samples) is handed
+in (`answer_watch.AnswerWatch`); thresholds move in place (`set_thresholds`).
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kascade.api.modelcascade import StreamingMode
-from kascade.runtime.answer_watch import watch_for
-from kascade.runtime.attempts import Attempts, usage_of
+from kascade.runtime.attempts import Attempts
 from kascade.runtime.config import RouterConfig, TierConfig
 from kascade.runtime.engines.base import Endpoint, Engine, TierError
-from kascade.runtime.ledger import Ledger, TierCall
+from kascade.runtime.ledger import Ledger
 from kascade.runtime.logprobs import TokenEvidence, chunk_token_evidence, with_logprobs_requested
 from kascade.runtime.metrics import RouterMetrics
 from kascade.runtime.presentation import present, replay_as_chunks
 from kascade.runtime.scoring.confidence import required_top_logprobs
 from kascade.runtime.scoring.policy import Decision, judge, judge_tokens
 from kascade.runtime.sse import aclose_quietly
-from kascade.runtime.tier_step import Step, Verdict, as_tier_error, failure_of, next_step, retry_delay
+from kascade.runtime.tier_call import RetryBudget, call_whole, open_stream
+from kascade.runtime.tier_step import Step, Verdict, failure_of, next_step
 from kascade.runtime.tier_stream import (
     Chunks,
     OpenStream,
@@ -50,9 +51,10 @@ from kascade.runtime.tier_stream import (
 )
 
 if TYPE_CHECKING:
-    from kascade.runtime.escalation.log import EscalationLog
+    from kascade.runtime.answer_watch import AnswerWatch
 
-_Result = TypeVar("_Result")
+log = logging.getLogger("kascade.router.calibration")
+
 _Answer = TypeVar("_Answer", bound="Answer")
 
 
@@ -120,9 +122,10 @@ class Cascade:
         ledger: Ledger,
         metrics: RouterMetrics | None = None,
         *,
-        escalation_log: EscalationLog | None = None,
-        clock: Callable[[], float] = time.perf_counter,
+        watch: AnswerWatch | None = None,
+        latency_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """`watch`: what watches the answers (escalation log, shadow samples), built by the router's lifespan."""
         missing = [tier.name for tier in config.tiers if tier.name not in engines]
         if missing:
             raise ValueError(f"no engine for tier(s): {', '.join(missing)}")
@@ -133,14 +136,34 @@ class Cascade:
         ]
         self.ledger = ledger
         self.metrics = metrics
-        self.escalation_log = escalation_log
-        self._clock = clock
-        self._watch = watch_for(config, ledger, escalation_log, self._ask_last_tier)
-        self.shadow_sampler = self._watch.sampler if self._watch is not None else None
+        self._watch = watch
+        self._budget = RetryBudget(
+            config.timeout_seconds, config.retries, config.retry_backoff_seconds, latency_clock=latency_clock
+        )
 
     @property
     def last_tier(self) -> Tier:
         return self.tiers[-1]
+
+    def set_thresholds(self, thresholds: Mapping[str, float]) -> dict[str, float]:
+        """Put new thresholds in force on the scored tiers, without a restart; the ones that changed.
+
+        A request already in its tier loop keeps the thresholds it started with.
+        """
+        changed: dict[str, float] = {}
+        tiers = list(self.tiers)
+        for index, tier in enumerate(tiers):
+            accept = tier.config.accept
+            wanted = thresholds.get(tier.name)
+            if accept is None or wanted is None or wanted == accept.threshold:
+                continue
+            config = tier.config.model_copy(update={"accept": accept.model_copy(update={"threshold": wanted})})
+            tiers[index] = Tier(config=config, engine=tier.engine, is_last=tier.is_last)
+            changed[tier.name] = wanted
+        if changed:
+            self.tiers = tiers
+            log.info("thresholds in force: %s", ", ".join(f"{name}={value:g}" for name, value in changed.items()))
+        return changed
 
     # `answer` and `answer_streaming` are not async themselves: one coroutine less per request.
     def answer(self, endpoint: Endpoint, body: dict[str, Any]) -> Awaitable[CompleteAnswer]:
@@ -264,7 +287,7 @@ class Cascade:
         self, tier: Tier, endpoint: Endpoint, tier_body: dict[str, Any], attempts: Attempts
     ) -> _Called:
         try:
-            response = await self._call(tier, endpoint, tier_body, attempts)
+            response = await call_whole(self._budget, tier.name, tier.engine, endpoint, tier_body, attempts)
         except TierError as error:
             return _Called(error=error)
         if tier.is_last:
@@ -276,7 +299,7 @@ class Cascade:
         """Open the tier's stream; a tier other than the last is scored on its first N tokens (early mode)."""
         tier_body = self._tier_body(tier, endpoint, body, streaming_overrides(body))
         try:
-            chunks, first = await self._open_stream(tier, endpoint, tier_body, attempts)
+            chunks, first = await open_stream(self._budget, tier.name, tier.engine, endpoint, tier_body, attempts)
         except TierError as error:
             return _Called(error=error)
         if tier.is_last:
@@ -336,71 +359,6 @@ class Cascade:
         """`answer`: the answering tier's whole response, or every chunk of its stream."""
         if self._watch is not None:
             self._watch.answered(tier.config, endpoint, body, answer, attempts, decision)
-
-    async def _ask_last_tier(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        """A shadow call: the last tier's whole answer to the caller's `body`, within the timeout, no retries."""
-        tier = self.last_tier
-        whole = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
-        async with asyncio.timeout(self.config.timeout_seconds):
-            return await tier.engine.call(endpoint, self._tier_body(tier, endpoint, whole))
-
-    async def _call(self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts) -> dict[str, Any]:
-        """One tier call within the retry budget; every attempt is accounted."""
-
-        async def call_once() -> dict[str, Any]:
-            async with asyncio.timeout(self.config.timeout_seconds):
-                return await tier.engine.call(endpoint, body)
-
-        response, latency = await self._retrying(tier, attempts, call_once)
-        input_tokens, output_tokens = usage_of(response)
-        attempts.add(TierCall(tier.name, input_tokens, output_tokens, latency, ok=True))
-        return response
-
-    async def _open_stream(
-        self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
-    ) -> tuple[Chunks, dict[str, Any]]:
-        """Open a tier's stream and read its first chunk, within the retry budget.
-
-        Waiting for the first chunk means a tier that refuses or fails at once
-        is handled before the caller has been sent anything. The call's tokens
-        are filled in when the stream ends.
-        """
-
-        async def open_once() -> tuple[Chunks, dict[str, Any]]:
-            chunks = aiter(tier.engine.stream(endpoint, body))
-            try:
-                async with asyncio.timeout(self.config.timeout_seconds):
-                    first = await anext(chunks)
-            except StopAsyncIteration:
-                first = {}
-            except BaseException:
-                await aclose_quietly(chunks)
-                raise
-            return chunks, first
-
-        opened, latency = await self._retrying(tier, attempts, open_once)
-        attempts.add(TierCall(tier.name, 0, 0, latency, ok=True))
-        return opened
-
-    async def _retrying(
-        self, tier: Tier, attempts: Attempts, once: Callable[[], Awaitable[_Result]]
-    ) -> tuple[_Result, float]:
-        """Run `once` until it succeeds or the budget is spent; failed attempts are accounted here."""
-        attempt = 0
-        while True:
-            started = self._clock()
-            try:
-                return await once(), self._clock() - started
-            except (TierError, TimeoutError) as caught:
-                error = as_tier_error(caught, self.config.timeout_seconds)
-                attempts.add(TierCall(tier.name, 0, 0, self._clock() - started, ok=False))
-                delay = retry_delay(
-                    error, attempt, retries=self.config.retries, backoff_seconds=self.config.retry_backoff_seconds
-                )
-                if delay is None:
-                    raise error from caught
-                await asyncio.sleep(delay)
-                attempt += 1
 
     def _record(self, attempts: Attempts, answered_by: str | None, *, escalated: bool) -> None:
         outcome = attempts.outcome(answered_by, escalated=escalated)

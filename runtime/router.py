@@ -27,12 +27,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kascade.api.modelcascade import Task
+from kascade.runtime.answer_watch import AnswerWatch
 from kascade.runtime.cascade import Answer, Cascade, CascadeFailed
 from kascade.runtime.cluster_status.report import StatusReporter
 from kascade.runtime.config import RouterConfig
 from kascade.runtime.engines.base import Endpoint, Engine
 from kascade.runtime.engines.http import HttpEngine, new_pooled_session
 from kascade.runtime.errors import error_response
+from kascade.runtime.escalation.keeping import EscalationKeeper
 from kascade.runtime.escalation.log import EscalationLog
 from kascade.runtime.http_request import (
     CLIENT_CLOSED_REQUEST,
@@ -42,7 +44,8 @@ from kascade.runtime.http_request import (
 )
 from kascade.runtime.ledger import Ledger
 from kascade.runtime.metrics import RouterMetrics
-from kascade.runtime.online.calibration_loop import InProcessCalibrator, apply_thresholds, thresholds_from_status
+from kascade.runtime.online.calibration_loop import InProcessCalibrator, thresholds_from_status
+from kascade.runtime.online.shadow_sampling import ShadowSampler
 from kascade.runtime.sse import SSE_DONE, sse_event
 from kascade.runtime.wire import InvalidRequest, parse_request
 
@@ -59,13 +62,15 @@ _READY_CACHE_SECONDS = 2.0
 
 @dataclass
 class RouterState:
-    """What one router process holds: the cascade, its books, and the engines it owns."""
+    """What one router process holds: the cascade, its books, and what watches its answers."""
 
     config: RouterConfig
     cascade: Cascade
     ledger: Ledger
     registry: CollectorRegistry
     client_api_keys: frozenset[str]
+    escalation_log: EscalationLog | None = None
+    shadow_sampler: ShadowSampler | None = None
     calibrator: InProcessCalibrator | None = None  # local mode with online calibration
     started: float = field(default_factory=time.time)
     ready_checked_at: float = 0.0
@@ -96,7 +101,7 @@ def create_router_app(
             app.state.router = state = _router_state(config, given, ledger, session)
             async with (
                 _status_reporting(config, ledger, state.cascade),
-                _escalation_logging(state.cascade.escalation_log),
+                _escalation_logging(state.escalation_log),
                 _online_calibration(state),
             ):
                 yield
@@ -139,7 +144,8 @@ def _router_state(
         if config.escalation_log is not None
         else None
     )
-    cascade = Cascade(config, tier_engines, ledger, metrics, escalation_log=escalation_log)
+    watch = _answer_watch(config, ledger, escalation_log, tier_engines[config.tiers[-1].name])
+    cascade = Cascade(config, tier_engines, ledger, metrics, watch=watch)
     in_process = config.shadow_sampling.calibrate_in_process if config.shadow_sampling is not None else None
     return RouterState(
         config=config,
@@ -147,8 +153,34 @@ def _router_state(
         ledger=ledger,
         registry=registry,
         client_api_keys=config.read_client_api_keys(),
+        escalation_log=escalation_log,
+        shadow_sampler=watch.sampler if watch is not None else None,
         calibrator=InProcessCalibrator(in_process, cascade, ledger.counter_slot) if in_process is not None else None,
     )
+
+
+def _answer_watch(
+    config: RouterConfig, ledger: Ledger, escalation_log: EscalationLog | None, last_engine: Engine
+) -> AnswerWatch | None:
+    """The keeper (with a log) and the shadow sampler (with online calibration), and the watch the cascade calls
+    them through; None with neither, or with a single tier (nothing is ever declined)."""
+    if len(config.tiers) < 2 or (escalation_log is None and config.shadow_sampling is None):
+        return None
+    last_tier = config.tiers[-1]
+    keeper = EscalationKeeper(escalation_log, config.cascade) if escalation_log is not None else None
+    sampler = (
+        ShadowSampler(
+            config.shadow_sampling,
+            ledger,
+            last_tier=last_tier,
+            engine=last_engine,
+            timeout_seconds=config.timeout_seconds,
+            keeper=keeper,
+        )
+        if config.shadow_sampling is not None
+        else None
+    )
+    return AnswerWatch(keeper, sampler, last_tier)
 
 
 @contextlib.asynccontextmanager
@@ -161,7 +193,7 @@ async def _status_reporting(config: RouterConfig, ledger: Ledger, cascade: Casca
     reporter = StatusReporter(
         config.status_report,
         ledger.counter_slot,
-        on_status=lambda status: apply_thresholds(cascade, thresholds_from_status(status)),
+        on_status=lambda status: cascade.set_thresholds(thresholds_from_status(status)),
     )
     async with _running(reporter.run()):
         yield
@@ -170,7 +202,7 @@ async def _status_reporting(config: RouterConfig, ledger: Ledger, cascade: Casca
 @contextlib.asynccontextmanager
 async def _online_calibration(state: RouterState) -> AsyncIterator[None]:
     """Shadow samples while the app runs (cancelled at the end); in local mode, the calibration step in process."""
-    sampler = state.cascade.shadow_sampler
+    sampler = state.shadow_sampler
     try:
         if state.calibrator is not None:
             async with _running(state.calibrator.run()):
@@ -323,9 +355,9 @@ async def stats(request: Request) -> Response:
     state = _state(request)
     snapshot = state.ledger.snapshot()
     snapshot["cascade"] = state.config.cascade
-    if state.cascade.escalation_log is not None:
-        snapshot["escalationLog"] = state.cascade.escalation_log.stats()
-    sampler = state.cascade.shadow_sampler
+    if state.escalation_log is not None:
+        snapshot["escalationLog"] = state.escalation_log.stats()
+    sampler = state.shadow_sampler
     if sampler is not None:
         snapshot["shadowSampling"] = {"rate": sampler.config.rate, "skipped": sampler.skipped, "failed": sampler.failed}
     if state.calibrator is not None and state.calibrator.status is not None:

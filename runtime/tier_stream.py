@@ -31,8 +31,8 @@ class OpenStream:
 
 def streaming_overrides(body: dict[str, Any]) -> dict[str, Any]:
     """Ask the tier to stream and to report usage, whatever the caller asked (the ledger needs it)."""
-    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
-    return {"stream": True, "stream_options": {**options, "include_usage": True}}
+    options = body.get("stream_options")
+    return {"stream": True, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
 
 
 async def relay(

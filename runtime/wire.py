@@ -62,7 +62,9 @@ class ClassificationRequest(WireModel):
     input: str | list[str]
 
 
-REQUEST_MODELS: dict[Endpoint, type[WireModel]] = {
+RouterRequest = ChatCompletionRequest | CompletionRequest | ClassificationRequest  # each names its `model`
+
+REQUEST_MODELS: dict[Endpoint, type[RouterRequest]] = {
     Endpoint.chat: ChatCompletionRequest,
     Endpoint.completion: CompletionRequest,
     Endpoint.classify: ClassificationRequest,
@@ -100,5 +102,5 @@ def validate_body(model: type[RequestModel], body: Any) -> RequestModel:
         raise InvalidRequest(message, param) from error
 
 
-def parse_request(endpoint: Endpoint, body: Any) -> WireModel:
+def parse_request(endpoint: Endpoint, body: Any) -> RouterRequest:
     return validate_body(REQUEST_MODELS[endpoint], body)

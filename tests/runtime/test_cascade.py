@@ -186,3 +186,13 @@ def test_the_learned_rule_and_a_span_score_the_live_answer_with_its_request() ->
     answer = asyncio.run(runner.answer(Endpoint.chat, ASK))
     expected = 1 / (1 + math.exp(-(4.0 * 0.9 - math.log(4))))  # minProb 0.9; 3 prompt tokens
     assert answer.tier == "small" and answer.trail == f"small={expected:.4f}"
+
+
+def test_new_thresholds_are_in_force_for_the_next_request_without_a_restart() -> None:
+    runner, ledger = cascade(FakeEngine(0.7), FakeEngine())
+    assert asyncio.run(runner.answer(Endpoint.chat, ASK)).tier == "small"  # 0.7 >= 0.5
+    assert runner.set_thresholds({"small": 0.8, "large": 0.1, "absent": 0.3}) == {"small": 0.8}
+    assert runner.set_thresholds({"small": 0.8}) == {}  # already in force: nothing changes
+    assert asyncio.run(runner.answer(Endpoint.chat, ASK)).tier == "large"  # 0.7 < 0.8
+    assert runner.last_tier.config.accept is None  # the last tier is never scored, whatever is asked
+    assert [outcome.answered_by for outcome in ledger.outcomes] == ["small", "large"]

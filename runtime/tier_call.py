@@ -1,0 +1,95 @@
+"""One call to a tier within the router's retry budget: a whole answer, or a stream opened to its first chunk.
+
+A failed attempt (timeout, refused connection, 5xx, 429) is retried after
+`tier_step.retry_delay` while the budget lasts. Every attempt is accounted in
+the request's `Attempts`, the failed ones included, with its latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kascade.runtime.attempts import Attempts, usage_of
+from kascade.runtime.engines.base import Endpoint, Engine, TierError
+from kascade.runtime.ledger import TierCall
+from kascade.runtime.sse import aclose_quietly
+from kascade.runtime.tier_step import as_tier_error, retry_delay
+from kascade.runtime.tier_stream import Chunks
+
+_Result = TypeVar("_Result")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """How long one attempt may take, how many retries follow a failure, and the backoff between them."""
+
+    timeout_seconds: float
+    retries: int
+    backoff_seconds: float
+    latency_clock: Callable[[], float] = time.perf_counter  # monotonic seconds: an attempt's latency
+
+
+async def call_whole(
+    budget: RetryBudget, tier: str, engine: Engine, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
+) -> dict[str, Any]:
+    """The tier's whole answer; its tokens are accounted with the call."""
+
+    async def call_once() -> dict[str, Any]:
+        async with asyncio.timeout(budget.timeout_seconds):
+            return await engine.call(endpoint, body)
+
+    response, latency = await _retrying(budget, tier, attempts, call_once)
+    input_tokens, output_tokens = usage_of(response)
+    attempts.add(TierCall(tier, input_tokens, output_tokens, latency, ok=True))
+    return response
+
+
+async def open_stream(
+    budget: RetryBudget, tier: str, engine: Engine, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
+) -> tuple[Chunks, dict[str, Any]]:
+    """Open a tier's stream and read its first chunk.
+
+    Waiting for the first chunk means a tier that refuses or fails at once
+    is handled before the caller has been sent anything. The call's tokens
+    are filled in when the stream ends.
+    """
+
+    async def open_once() -> tuple[Chunks, dict[str, Any]]:
+        chunks = aiter(engine.stream(endpoint, body))
+        try:
+            async with asyncio.timeout(budget.timeout_seconds):
+                first = await anext(chunks)
+        except StopAsyncIteration:
+            first = {}
+        except BaseException:
+            await aclose_quietly(chunks)
+            raise
+        return chunks, first
+
+    opened, latency = await _retrying(budget, tier, attempts, open_once)
+    attempts.add(TierCall(tier, 0, 0, latency, ok=True))
+    return opened
+
+
+async def _retrying(
+    budget: RetryBudget, tier: str, attempts: Attempts, once: Callable[[], Awaitable[_Result]]
+) -> tuple[_Result, float]:
+    """Run `once` until it succeeds or the budget is spent; failed attempts are accounted here."""
+    clock = budget.latency_clock
+    attempt = 0
+    while True:
+        started = clock()
+        try:
+            return await once(), clock() - started
+        except (TierError, TimeoutError) as caught:
+            error = as_tier_error(caught, budget.timeout_seconds)
+            attempts.add(TierCall(tier, 0, 0, clock() - started, ok=False))
+            delay = retry_delay(error, attempt, retries=budget.retries, backoff_seconds=budget.backoff_seconds)
+            if delay is None:
+                raise error from caught
+            await asyncio.sleep(delay)
+            attempt += 1
