@@ -11,7 +11,9 @@ import httpx
 
 from kascade.api.modelcascade import Tier
 from kascade.evaluation.records import Example, TierAnswer
+from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.local.manifest import secret_env_var
+from kascade.runtime.logprobs import choice_token_evidence
 
 if TYPE_CHECKING:
     from kascade.evaluation.collect import GenerationSettings
@@ -68,18 +70,17 @@ def _answer(body: dict[str, Any], *, classify: bool) -> TierAnswer:
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
         )
     choice = body["choices"][0]
-    logprobs = choice.get("logprobs") or {}
-    if "content" in logprobs:  # chat
-        entries = logprobs.get("content") or []
-        tokens = tuple(str(e.get("token", "")) for e in entries)
-        chosen = tuple(float(e["logprob"]) for e in entries)
-        tops = tuple(tuple(float(t["logprob"]) for t in e.get("top_logprobs") or []) for e in entries)
+    # The router's own reader of vLLM's logprobs layout (malformed positions dropped, as the router drops them).
+    if "message" in choice:  # chat
+        evidence = choice_token_evidence(Endpoint.chat, choice)
         text = (choice.get("message") or {}).get("content") or ""
+        tops = tuple(e.top_logprobs for e in evidence)
     else:
-        tokens = tuple(logprobs.get("tokens") or ())
-        chosen = tuple(float(v) for v in logprobs.get("token_logprobs") or ())
-        tops = tuple(tuple(sorted((t or {}).values(), reverse=True)) for t in logprobs.get("top_logprobs") or ())
+        evidence = choice_token_evidence(Endpoint.completion, choice)
         text = choice.get("text") or ""
+        tops = tuple(tuple(sorted(e.top_logprobs, reverse=True)) for e in evidence)
+    tokens = tuple(e.text for e in evidence)
+    chosen = tuple(e.logprob for e in evidence)
     return TierAnswer(
         text=text,
         tokens=tokens,

@@ -92,13 +92,13 @@ class _ModelServer:
             card["max_model_len"] = max_model_len
         return JSONResponse({"object": "list", "data": [card]})
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def chat_completions(self, request: Request) -> Response | EventStreamResponse:
         return await self._handle(request, Endpoint.chat)
 
-    async def completions(self, request: Request) -> Response:
+    async def completions(self, request: Request) -> Response | EventStreamResponse:
         return await self._handle(request, Endpoint.completion)
 
-    async def classify(self, request: Request) -> Response:
+    async def classify(self, request: Request) -> Response | EventStreamResponse:
         return await self._handle(request, Endpoint.classify)
 
     async def metrics(self, request: Request) -> Response:
@@ -111,7 +111,7 @@ class _ModelServer:
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
-    async def _handle(self, request: Request, endpoint: Endpoint) -> Response:
+    async def _handle(self, request: Request, endpoint: Endpoint) -> Response | EventStreamResponse:
         try:
             body = await read_json_object(request, self.max_body_bytes)
         except BodyError as exc:
@@ -128,7 +128,7 @@ class _ModelServer:
         except Exception as exc:  # noqa: BLE001 - a bug or a broken model, never the client's input
             return error_response(500, f"The model server failed: {type(exc).__name__}: {exc}")
 
-    async def _stream(self, endpoint: Endpoint, body: dict[str, Any]) -> Response:
+    async def _stream(self, endpoint: Endpoint, body: dict[str, Any]) -> Response | EventStreamResponse:
         chunks = self.engine.stream(endpoint, body)
         # Wait for the first chunk before answering 200: request errors (bad
         # parameters, prompt too long) surface there and deserve a real 4xx.
@@ -139,7 +139,7 @@ class _ModelServer:
         except TierError as exc:
             await aclose_quietly(chunks)
             return _tier_error_response(exc)
-        except Exception as exc:  # noqa: BLE001 - as above
+        except Exception as exc:  # noqa: BLE001 - a bug or a broken model, never the client's input
             await aclose_quietly(chunks)
             return error_response(500, f"The model server failed: {type(exc).__name__}: {exc}")
         return EventStreamResponse(_events(first, chunks))

@@ -42,7 +42,7 @@ async def iter_sse_json(lines: AsyncIterable[str | bytes]) -> AsyncIterator[dict
             raise ValueError(f"unreadable SSE event (not JSON): {payload[:200]!r}") from exc
         if not isinstance(value, dict):
             # ValueError, not TypeError: an unreadable answer, like the JSON error above.
-            raise ValueError(f"unreadable SSE event (not a JSON object): {payload[:200]!r}")  # noqa: TRY004
+            raise ValueError(f"unreadable SSE event (not a JSON object): {payload[:200]!r}")
         return value
 
     async for raw in lines:
