@@ -28,9 +28,10 @@ import httpx
 from pydantic import Field
 
 from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL
+from kascade.api.times import format_time, utc_now
 from kascade.distillation import status
 from kascade.distillation.result import DistillResult
-from kascade.runtime.cluster_status.subresource import StatusTarget, now_rfc3339
+from kascade.runtime.cluster_status.subresource import StatusTarget
 
 log = logging.getLogger("kascade.distill.report")
 
@@ -85,7 +86,7 @@ class DistillationReporter:
 
     def start(self, steps: int) -> None:
         self._steps = steps
-        self._write(status.started(steps, now_rfc3339()), attempts=self.config.attempts)
+        self._write(status.started(steps, format_time(utc_now())), attempts=self.config.attempts)
         self._throttle.due(self._clock())  # the start is the first write the interval counts from
 
     def progress(self, step: int, loss: float) -> None:
@@ -98,11 +99,11 @@ class DistillationReporter:
             log.warning("%s; training goes on", error)
 
     def succeed(self, result: DistillResult, *, model: str) -> None:
-        patch = status.succeeded(result, steps=self._steps, loss=self._loss, model=model, at=now_rfc3339())
+        patch = status.succeeded(result, steps=self._steps, loss=self._loss, model=model, at=format_time(utc_now()))
         self._write(patch, attempts=self.config.attempts)
 
     def fail(self, message: str) -> None:
-        self._write(status.failed(message, now_rfc3339()), attempts=self.config.attempts)
+        self._write(status.failed(message, format_time(utc_now())), attempts=self.config.attempts)
 
     def _write(self, patch: dict[str, Any], *, attempts: int) -> None:
         """One merge patch, tried up to `attempts` times; ReportError says why the last try failed."""

@@ -18,7 +18,6 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from kascade.api.modelcascade import GROUP, VERSION
-from kascade.api.times import format_time, utc_now
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MERGE_PATCH = "application/merge-patch+json"
@@ -70,8 +69,3 @@ class StatusTarget(BaseModel):
         if token_path.exists():
             headers["Authorization"] = f"Bearer {token_path.read_text().strip()}"
         return headers
-
-
-def now_rfc3339() -> str:
-    """Now, as Kubernetes writes status times (`kascade.api.times.format_time`): a run's report stamps its phases."""
-    return format_time(utc_now())
