@@ -9,18 +9,26 @@
   `.kill()`, `.stop()`); everything it started is stopped after the test.
 - `start_shared_model_server(...)`: the same, but one process per
   (folder, name, task) for the whole session; never kill those.
+
+The `slow` mark (its rule is in pyproject's marker list) is kept honest here,
+so it stays right as tests are added: a test that uses a fixture of
+`SLOW_FIXTURES` is marked at collection, and a test left unmarked that starts a
+process or binds a socket fails and says which mark it needs.
 """
 
 from __future__ import annotations
 
+import _posixsubprocess
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,6 +37,62 @@ from kascade.runtime.serving import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT_S = 90.0
+
+# Fixtures whose users are slow by the marker's rule, wherever the test lives.
+SLOW_FIXTURES = {
+    "_tiny_torch": "loads a tiny model (every tiny_*_dir fixture depends on it)",
+    "start_model_server": "starts `kascade serve` processes",
+    "start_shared_model_server": "starts `kascade serve` processes",
+    "start_upstream": "serves fixed-answer tiers on loopback (tests/runtime/conftest.py)",
+    "start_router": "serves a router on loopback (tests/runtime/conftest.py)",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+class SlowWorkWithoutTheMark(Exception):
+    """A test outside the `slow` mark did what the mark's rule reserves for slow tests."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Refuse processes and sockets in a test without the `slow` mark, so `-m "not slow"` stays fast.
+
+    The refusal spans the test's whole setup, call and teardown, so the module- and session-scoped
+    fixtures it sets up are held to the rule too. Every process start goes through
+    `subprocess.Popen._execute_child` (asyncio's subprocesses included), `_posixsubprocess.fork_exec`
+    (multiprocessing's spawn and forkserver), `os.fork` (multiprocessing's fork) or `os.posix_spawn[p]`;
+    every server, stand-in or `free_port` binds a socket.
+    """
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*_: object, **__: object) -> Any:
+            raise SlowWorkWithoutTheMark(
+                f"{item.nodeid} {what} but is not marked slow: add `@pytest.mark.slow` to it "
+                "(or `pytestmark = pytest.mark.slow` to its module); the rule is in pyproject.toml's markers"
+            )
+
+        return refused
+
+    with pytest.MonkeyPatch.context() as patch:
+        process_starts = [
+            (subprocess.Popen, "_execute_child"),
+            (_posixsubprocess, "fork_exec"),
+            (os, "fork"),
+            (os, "posix_spawn"),
+            (os, "posix_spawnp"),
+        ]
+        for owner, name in process_starts:
+            patch.setattr(owner, name, refuse("starts a process"))
+        patch.setattr(socket.socket, "bind", refuse("binds a socket (a server on loopback)"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import kascade
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +33,7 @@ def test_the_running_install_maps_the_folders_under_kascade():
     assert hasattr(operator, "itemgetter")  # the standard library's operator is untouched
 
 
+@pytest.mark.slow  # builds and installs a wheel
 def test_a_wheel_install_gives_a_working_command(tmp_path: Path):
     target = tmp_path / "site"
     build = subprocess.run(
@@ -73,6 +76,7 @@ def test_a_wheel_install_gives_a_working_command(tmp_path: Path):
         assert subcommand in command.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_editable_install_points_at_the_repository():
     if "site-packages" in kascade.__file__:
         import pytest

@@ -7,6 +7,7 @@ upgrades it; `crds.manage=true` renders the same CRDs as templates instead
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from chart_testkit import CHART, CRDS, by_kind, render, render_values
 
@@ -22,6 +23,7 @@ def test_the_charts_crds_are_byte_identical_to_the_generated_ones():
     assert stale == [], f"charts/kascade/crds/ is stale: run `kascade crds --out charts/kascade/crds` ({stale})"
 
 
+@pytest.mark.slow  # helm
 def test_helm_installs_the_crds_from_the_crds_folder():
     crds = by_kind(render("defaults", "--include-crds"), "CustomResourceDefinition")
     expected = [yaml.safe_load(path.read_text()) for path in sorted(CHART_CRDS.glob("*.yaml"))]
@@ -29,6 +31,7 @@ def test_helm_installs_the_crds_from_the_crds_folder():
     assert by_kind(render("defaults"), "CustomResourceDefinition") == []
 
 
+@pytest.mark.slow  # helm
 def test_managed_crds_are_the_same_crds_kept_on_uninstall():
     crds = by_kind(render_values({"crds": {"manage": True}}), "CustomResourceDefinition")
     expected = [yaml.safe_load(path.read_text()) for path in sorted(CHART_CRDS.glob("*.yaml"))]
@@ -39,6 +42,7 @@ def test_managed_crds_are_the_same_crds_kept_on_uninstall():
         assert crd == original
 
 
+@pytest.mark.slow  # helm
 def test_the_documented_crd_upgrade_command_prints_the_crds():
     """`helm show crds <chart> | kubectl apply --server-side -f -` (NOTES.txt, docs/install.md) applies exactly crds/."""
     from chart_testkit import helm

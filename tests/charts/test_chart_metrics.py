@@ -43,11 +43,13 @@ def service_monitor(objects: list[dict[str, Any]]) -> dict[str, Any]:
 # --- ServiceMonitor ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # helm template
 def test_no_service_monitor_or_dashboard_by_default():
     assert by_kind(render("defaults"), "ServiceMonitor") == []
     assert by_kind(render("defaults"), "ConfigMap") == []
 
 
+@pytest.mark.slow  # helm template
 def test_the_service_monitor_selects_the_router_services_the_operator_builds():
     monitor = service_monitor(render("metrics"))
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -61,18 +63,21 @@ def test_the_service_monitor_selects_the_router_services_the_operator_builds():
     assert endpoint["path"] == "/metrics"
 
 
+@pytest.mark.slow  # helm template
 def test_the_service_monitor_does_not_select_the_tier_services():
     selector = service_monitor(render("metrics"))["spec"]["selector"]["matchLabels"]
     tier_labels = {"app.kubernetes.io/component": "tier", "app.kubernetes.io/part-of": "kascade"}
     assert not selector.items() <= tier_labels.items()
 
 
+@pytest.mark.slow  # helm template
 def test_the_service_monitor_looks_in_the_watched_namespaces():
     assert service_monitor(render("metrics"))["spec"]["namespaceSelector"] == {"any": True}
     assert service_monitor(render("customised"))["spec"]["namespaceSelector"] == {"matchNames": ["ml"]}
 
 
 @pytest.mark.parametrize("value_set", ["metrics", "customised"])
+@pytest.mark.slow  # helm template
 def test_the_service_monitor_uses_only_fields_the_prometheus_operator_knows(value_set: str):
     """kubernetes-validate has no ServiceMonitor schema; the fields used here are the Prometheus Operator's v1 API."""
     monitor = service_monitor(render(value_set))
@@ -84,6 +89,7 @@ def test_the_service_monitor_uses_only_fields_the_prometheus_operator_knows(valu
         assert PROMETHEUS_DURATION.match(endpoint["interval"]) and PROMETHEUS_DURATION.match(endpoint["scrapeTimeout"])
 
 
+@pytest.mark.slow  # helm template
 def test_service_monitor_labels_and_namespace_are_configurable():
     monitor = service_monitor(render("metrics"))
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -117,6 +123,7 @@ def expressions() -> list[tuple[str, str]]:
     return [(panel["title"], target["expr"]) for panel in dashboard()["panels"] for target in panel["targets"]]
 
 
+@pytest.mark.slow  # helm template
 def test_the_dashboard_configmap_is_labelled_for_the_grafana_sidecar():
     (configmap,) = by_kind(render("metrics"), "ConfigMap")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"

@@ -124,6 +124,7 @@ def test_the_list_agrees_with_the_operators_own_rules():
 # --- namespaced mode: Roles only ---------------------------------------------------------
 
 
+@pytest.mark.slow  # helm template
 def test_namespaced_mode_grants_exactly_the_listed_calls_in_each_watched_namespace():
     objects = render("namespaced")
     assert by_kind(objects, "ClusterRole") == [] and by_kind(objects, "ClusterRoleBinding") == []
@@ -132,12 +133,14 @@ def test_namespaced_mode_grants_exactly_the_listed_calls_in_each_watched_namespa
     assert_exact(check_rbac(requests, roles_of(objects)))
 
 
+@pytest.mark.slow  # helm template
 def test_namespaced_mode_grants_nothing_outside_the_watched_namespaces():
     calls = calls_in("somewhere-else", mode="namespaced")
     report = check_rbac(calls, roles_of(render("namespaced")))
     assert report.not_allowed == sorted(calls)
 
 
+@pytest.mark.slow  # helm template
 def test_namespaced_mode_makes_cluster_reads_only_on_request():
     """Nodes, CRDs and Namespaces are cluster-scoped: reading them needs a ClusterRole, made only when asked."""
     cluster_calls = calls_in("team-a", mode="namespaced", scopes=("cluster",))
@@ -154,6 +157,7 @@ def test_namespaced_mode_makes_cluster_reads_only_on_request():
 
 
 @pytest.mark.parametrize("value_set", ["defaults", "cluster-wide"])
+@pytest.mark.slow  # helm template
 def test_cluster_wide_mode_grants_exactly_the_listed_calls_everywhere(value_set: str):
     objects = render(value_set)
     assert by_kind(objects, "Role") == [] and by_kind(objects, "RoleBinding") == []
@@ -163,6 +167,7 @@ def test_cluster_wide_mode_grants_exactly_the_listed_calls_everywhere(value_set:
     assert_exact(check_rbac(requests, [cluster_role]))
 
 
+@pytest.mark.slow  # helm template
 def test_cluster_wide_mode_without_the_cluster_reads():
     objects = render_values({"rbac": {"clusterReads": False}})
     assert_exact(check_rbac(calls_in("ns", mode="cluster-wide", scopes=("namespaced",)), roles_of(objects)))
@@ -170,6 +175,7 @@ def test_cluster_wide_mode_without_the_cluster_reads():
     assert check_rbac(cluster_calls, roles_of(objects)).not_allowed == sorted(cluster_calls)
 
 
+@pytest.mark.slow  # helm template
 def test_no_rbac_objects_when_rbac_create_is_false():
     objects = render_values({"rbac": {"create": False}})
     assert not [obj for obj in objects if obj["kind"].endswith(("Role", "RoleBinding"))]
@@ -179,6 +185,7 @@ def test_no_rbac_objects_when_rbac_create_is_false():
 
 
 @pytest.mark.parametrize("value_set", ["defaults", "namespaced", "cluster-wide", "customised"])
+@pytest.mark.slow  # helm template
 def test_no_wildcards_escalation_or_secret_enumeration(value_set: str):
     children = {child.plural for child in CHILD_KINDS}
     for grant in grants(roles_of(render(value_set))):
@@ -221,6 +228,7 @@ def test_the_rbac_template_holds_no_rule_of_its_own():
 
 
 @pytest.mark.parametrize("value_set", ["defaults", "namespaced", "customised"])
+@pytest.mark.slow  # helm template
 def test_bindings_bind_the_operators_service_account(value_set: str):
     objects = render(value_set)
     pod = operator_deployment(objects)["spec"]["template"]["spec"]
@@ -245,6 +253,7 @@ def example_cascade(namespace: str) -> ModelCascade:
 @pytest.mark.parametrize(
     ("value_set", "namespace"), [("defaults", "team-a"), ("namespaced", "team-b"), ("customised", "ml")]
 )
+@pytest.mark.slow  # helm template
 def test_the_operator_holds_every_permission_it_grants_a_router(value_set: str, namespace: str):
     """RBAC refuses a Role granting more than its creator holds: the router's Role must fit in the operator's."""
     router_role = build_router_role(example_cascade(namespace), OperatorSettings())

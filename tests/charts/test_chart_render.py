@@ -37,6 +37,8 @@ from kascade.operator.settings import (
     OperatorSettings,
 )
 
+pytestmark = pytest.mark.slow  # helm template and lint
+
 # The drift reconcile's interval is an operator setting like the others.
 RECONCILE_INTERVAL_ENV = "KASCADE_RECONCILE_INTERVAL_SECONDS"
 DEFAULT_RECONCILE_INTERVAL_S = OperatorSettings().reconcile_interval_seconds

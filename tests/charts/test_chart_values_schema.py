@@ -130,5 +130,6 @@ def test_every_key_of_values_yaml_has_a_comment_above_it():
         ({"serviceAccount": {"create": False}}, "serviceAccount.name: name the existing ServiceAccount"),
     ],
 )
+@pytest.mark.slow  # helm template
 def test_bad_values_fail_with_a_message_naming_the_key(values: dict[str, Any], message: str):
     assert message in template_error(values)

@@ -57,6 +57,7 @@ def deploy_objects() -> list[dict]:
     return [doc for doc in yaml.safe_load_all(DEPLOY.read_text()) if doc]
 
 
+@pytest.mark.slow  # helm template
 def test_deploy_manifest_is_up_to_date_with_the_chart():
     stale = "deploy/kascade.yaml is stale: run `python scripts/render_deploy.py`"
     assert DEPLOY.read_text() == render_script().render(), stale
@@ -68,6 +69,7 @@ def test_the_render_script_needs_no_kascade_package():
     assert not re.search(r"^\s*(from|import)\s+kascade\b", source, re.M)
 
 
+@pytest.mark.slow  # helm template
 def test_deploy_manifest_is_the_chart_defaults_behind_a_namespace():
     objects = deploy_objects()
     assert objects[0] == {
@@ -115,6 +117,7 @@ def test_the_documented_kubectl_install_is_the_tested_one():
     ]
 
 
+@pytest.mark.slow  # helm template
 def test_the_documented_helm_install_renders_the_chart_defaults_with_your_registry():
     """`helm install` as docs/install.md writes it, run client-side (no cluster): the defaults, with the images
     under the registry you pushed them to ($REGISTRY, as a shell would expand it)."""
@@ -127,6 +130,7 @@ def test_the_documented_helm_install_renders_the_chart_defaults_with_your_regist
     assert [doc for doc in yaml.safe_load_all(manifest) if doc] == render_values({"imageRegistry": registry})
 
 
+@pytest.mark.slow  # kubectl, the API-server stand-in
 def test_kubectl_apply_installs_kascade(cluster: StandinApiServer):
     kubeconfig = cluster.kubeconfig_path
     assert "modelcascades.kascade.dev created" in kubectl("apply", "-f", str(CRDS), kubeconfig=kubeconfig).stdout
@@ -153,12 +157,14 @@ def test_kubectl_apply_installs_kascade(cluster: StandinApiServer):
     assert re.search(r"^demo\s", listed, re.M), listed
 
 
+@pytest.mark.slow  # kubectl, the API-server stand-in
 def test_applying_the_deploy_manifest_again_changes_nothing(cluster: StandinApiServer):
     kubectl("apply", "-f", str(DEPLOY), kubeconfig=cluster.kubeconfig_path)
     again = kubectl("apply", "-f", str(DEPLOY), kubeconfig=cluster.kubeconfig_path).stdout
     assert again.count("unchanged") == len(deploy_objects()), again
 
 
+@pytest.mark.slow  # helm, kubectl, the API-server stand-in
 def test_the_namespaced_chart_applies_to_an_api_server(cluster: StandinApiServer, tmp_path: Path):
     """`helm template` of the namespaced value set, applied: Roles land in the watched namespaces."""
     kubeconfig = cluster.kubeconfig_path

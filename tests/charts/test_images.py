@@ -147,6 +147,7 @@ def test_the_runtime_image_installs_the_torch_the_local_extra_pins():
 # --- entrypoints -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # helm template
 def test_the_entrypoints_are_what_the_chart_and_the_operator_run():
     operator_entrypoint = exec_form(parse(OPERATOR_DOCKERFILE).final.all("ENTRYPOINT")[-1])
     assert operator_entrypoint == ["kascade", "operator"] == operator_container(render("defaults"))["command"]
@@ -174,6 +175,7 @@ def _subcommands() -> set[str]:
 
 
 @pytest.mark.parametrize("command", [["route", "--help"], ["serve", "--help"], ["image-cmd"]])
+@pytest.mark.slow  # starts the commands
 def test_the_runtime_images_commands_start(command: list[str]):
     """`kascade route|serve --help` and the image's default CMD answer at once."""
     if command == ["image-cmd"]:
@@ -184,6 +186,7 @@ def test_the_runtime_images_commands_start(command: list[str]):
 
 
 @pytest.mark.parametrize("source", ["chart", "image"])
+@pytest.mark.slow  # starts the command
 def test_the_operator_command_accepts_the_arguments_it_is_given(source: str):
     """`kascade operator ARGS --help`: click refuses unknown options before it prints help, so this checks ARGS."""
     assert "operator" in _subcommands()
@@ -244,6 +247,7 @@ def test_the_operator_extra_pulls_no_torch():
     assert "torch" in resolved_dependencies("kascade", frozenset({"local"}))
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_importing_the_operator_and_the_cli_loads_no_torch():
     """Every module of kascade.operator imports without torch or transformers (lazy imports stay lazy)."""
     code = (
@@ -265,6 +269,7 @@ def built_tags(path: Path) -> list[str]:
     return re.findall(r"docker build .*?-t (\S+) \.$", path.read_text(), re.M)
 
 
+@pytest.mark.slow  # helm template
 def test_image_names_match_the_chart_and_the_operators_defaults():
     values = values_yaml()
     (operator_tag,) = built_tags(OPERATOR_DOCKERFILE)

@@ -56,6 +56,7 @@ PROBLEM = Example(
 )
 
 
+@pytest.mark.slow  # runs the code in a process
 def test_code_passes_only_when_its_tests_do() -> None:
     assert passes(PROBLEM, "def add(a, b):\n    return a + b\n")
     assert not passes(PROBLEM, "def add(a, b):\n    return a - b\n")
@@ -66,6 +67,7 @@ def test_code_passes_only_when_its_tests_do() -> None:
     )
 
 
+@pytest.mark.slow  # runs the code in a process
 def test_code_runs_outside_this_process_with_limits(tmp_path) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "written"
     escape = f"open({str(marker)!r}, 'w').write('x')\ndef add(a, b):\n    return a + b\n"
@@ -75,6 +77,7 @@ def test_code_runs_outside_this_process_with_limits(tmp_path) -> None:  # type: 
     assert not passes(PROBLEM, "x = bytearray(8 * 1024**3)\ndef add(a, b):\n    return a + b\n")  # the memory limit
 
 
+@pytest.mark.slow  # runs the code in a process
 def test_code_agreement_compares_test_outcomes() -> None:
     matcher = Matcher(AnswerMatcher.code)
     right = _answer("```python\ndef add(a, b):\n    return a + b\n```")

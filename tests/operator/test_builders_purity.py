@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # imports in a fresh interpreter
+
 PURE_MODULES = [
     "kascade.operator.settings",
     "kascade.operator.labels",

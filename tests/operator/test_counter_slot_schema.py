@@ -18,6 +18,8 @@ from kascade.runtime.cluster_status.report import replica_slot_patch
 from kascade.runtime.ledger import Ledger, RequestOutcome, TierCall
 from kascade.testing import StandinApiServer
 
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
+
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 MC = "/apis/kascade.dev/v1alpha1/namespaces/default/modelcascades"
 MERGE = {"Content-Type": "application/merge-patch+json"}

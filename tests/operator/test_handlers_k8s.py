@@ -73,12 +73,14 @@ def test_paths_follow_the_api_layout():
     )
 
 
+@pytest.mark.slow  # the API-server stand-in
 def test_credentials_come_from_the_kubeconfig_named_at_call_time(server: StandinApiServer, credentials: Credentials):
     assert credentials.host == server.url
     assert credentials.headers == {"Authorization": "Bearer kascade-standin-token"}
     assert credentials.ssl is False
 
 
+@pytest.mark.slow  # the API-server stand-in
 def test_apply_creates_then_replaces_so_removed_fields_go_away(server: StandinApiServer, credentials: Credentials):
     body = cascade_body(server, "apply-a")
 
@@ -150,6 +152,7 @@ def test_a_replace_keeps_what_other_controllers_and_users_added():
     assert desired["metadata"]["annotations"] == {"kascade.dev/spec-hash": "new"}  # not changed in place
 
 
+@pytest.mark.slow  # the API-server stand-in
 def test_a_stale_observation_is_a_race_not_a_failure(server: StandinApiServer, credentials: Credentials):
     body = cascade_body(server, "race-a")
 
@@ -177,6 +180,7 @@ def test_a_stale_observation_is_a_race_not_a_failure(server: StandinApiServer, c
     run(scenario())
 
 
+@pytest.mark.slow  # the API-server stand-in
 def test_refused_writes_are_failures_with_the_servers_reason(server: StandinApiServer, credentials: Credentials):
     body = cascade_body(server, "refused-a")
 
@@ -195,6 +199,7 @@ def test_refused_writes_are_failures_with_the_servers_reason(server: StandinApiS
     run(scenario())
 
 
+@pytest.mark.slow  # the API-server stand-in
 def test_delete_and_list_pages(server: StandinApiServer, credentials: Credentials, monkeypatch: pytest.MonkeyPatch):
     for index in range(5):
         server.create(
@@ -228,6 +233,7 @@ def test_delete_and_list_pages(server: StandinApiServer, credentials: Credential
     ] == ["2"] * 3
 
 
+@pytest.mark.slow  # the API-server stand-in
 def test_status_patches_are_preconditioned_on_the_resource_version(server: StandinApiServer, credentials: Credentials):
     body = cascade_body(server, "status-a")
 

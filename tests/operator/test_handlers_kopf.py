@@ -42,6 +42,7 @@ def wait_for(condition, timeout: float = 20.0):  # type: ignore[no-untyped-def]
     return value
 
 
+@pytest.mark.slow  # Kopf against the API-server stand-in
 def test_kopf_runs_the_handlers_to_ready_and_reports_a_conflict(server: StandinApiServer):
     """Under Kopf's runner: a cascade becomes Ready; another whose router name is taken is Degraded, untouched."""
     server.add_node("gpu-l4", labels={"nvidia.com/gpu.product": "NVIDIA-L4"})
@@ -88,6 +89,7 @@ def test_kopf_runs_the_handlers_to_ready_and_reports_a_conflict(server: StandinA
     assert "kopf" not in cascade["status"]  # kopf keeps its progress in annotations, not in the schema'd status
 
 
+@pytest.mark.slow  # Kopf against the API-server stand-in
 def test_the_drift_loop_needs_no_finalizer_and_an_uninstall_does_not_hang(
     server: StandinApiServer, monkeypatch: pytest.MonkeyPatch
 ):
@@ -172,6 +174,7 @@ def test_kopf_run_arguments():
         (["-n", "a"], {"KASCADE_ROUTER_PORT": "0"}, "KASCADE_ROUTER_PORT"),
     ],
 )
+@pytest.mark.slow  # starts the command
 def test_kascade_operator_refuses_bad_options_in_one_line(args: list[str], env: dict[str, str], message: str):
     done = subprocess.run(
         [sys.executable, "-m", "kascade", "operator", *args],

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
+
 kopf = pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
+
+pytestmark = pytest.mark.slow  # the stand-in's command in a process
 
 REPO = Path(__file__).resolve().parents[2]
 

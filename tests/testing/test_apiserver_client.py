@@ -10,6 +10,8 @@ from kubernetes.client.rest import ApiException
 
 from kascade.testing import StandinApiServer
 
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
+
 GROUP, VERSION, PLURAL = "kascade.dev", "v1alpha1", "modelcascades"
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from kascade.testing import StandinApiServer
 
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
+
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
 MERGE = {"Content-Type": "application/merge-patch+json"}
 

@@ -8,6 +8,8 @@ import pytest
 from kascade.testing import StandinApiServer
 from kascade.testing.tables import human_age, jsonpath
 
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
+
 MC = "/apis/kascade.dev/v1alpha1/namespaces/default/modelcascades"
 TABLE = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
 MERGE = {"Content-Type": "application/merge-patch+json"}

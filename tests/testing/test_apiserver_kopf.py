@@ -13,6 +13,8 @@ from kopf.testing import KopfRunner
 
 from kascade.testing import StandinApiServer
 
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
+
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 

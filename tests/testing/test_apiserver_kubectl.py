@@ -17,6 +17,8 @@ import yaml
 from kascade.testing import StandinApiServer
 from kascade.testing.kubetools import KubetoolsUnavailable, kubectl_path
 
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback, kubectl
+
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 CASCADE = """

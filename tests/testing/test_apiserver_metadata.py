@@ -6,6 +6,9 @@ import re
 import uuid
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
 
 MC = "/apis/kascade.dev/v1alpha1/namespaces/default/modelcascades"
 CM = "/api/v1/namespaces/default/configmaps"

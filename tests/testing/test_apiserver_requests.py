@@ -10,6 +10,8 @@ import pytest
 
 from kascade.testing import StandinApiServer
 
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
+
 CM = "/api/v1/namespaces/default/configmaps"
 
 

@@ -12,6 +12,8 @@ import pytest
 from kascade.testing import StandinApiServer
 from kascade.testing.selectors import parse_label_selector
 
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
+
 CM = "/api/v1/namespaces/default/configmaps"
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from kascade.testing.quantity import canonical_quantity
 
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
+
 MC = "/apis/kascade.dev/v1alpha1/namespaces/default/modelcascades"
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
 CM = "/api/v1/namespaces/default/configmaps"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from kascade.testing import StandinApiServer
+
+pytestmark = pytest.mark.slow  # the API-server stand-in on loopback
 
 MC = "/apis/kascade.dev/v1alpha1/namespaces/default/modelcascades"
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"

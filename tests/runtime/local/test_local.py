@@ -264,6 +264,7 @@ def test_an_invalid_manifest_exits_2_with_the_field_paths(
     assert "Traceback" not in out
 
 
+@pytest.mark.slow  # takes a loopback port
 def test_a_cross_field_rule_is_reported_in_words(write_manifest, capsys: pytest.CaptureFixture[str]) -> None:
     document = manifest([transformers_tier("small", Path("/x")), transformers_tier("large", Path("/y"))])
     code = run_local(manifest=write_manifest(document), port=free_port(), host="127.0.0.1", demo=False, cache_dir=None)
@@ -272,6 +273,7 @@ def test_a_cross_field_rule_is_reported_in_words(write_manifest, capsys: pytest.
     assert "tier 'small' is not the last tier and needs an accept rule" in out
 
 
+@pytest.mark.slow  # starts the command
 def test_the_cli_reports_a_bad_manifest_without_a_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: kascade.dev/v1alpha1\nkind: ModelCascade\nmetadata: {name: x}\nspec: {tiers: []}\n")
@@ -337,6 +339,7 @@ def test_a_missing_secret_names_the_variable_to_set(
     assert "export OPENAI_KEY_API_KEY=" in out
 
 
+@pytest.mark.slow  # takes a loopback port
 def test_cluster_only_model_uris_are_refused_before_loading(write_manifest, capsys) -> None:
     document = manifest(
         [
@@ -349,6 +352,7 @@ def test_cluster_only_model_uris_are_refused_before_loading(write_manifest, caps
     assert "lives in the cluster" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # takes a loopback port
 def test_scheduled_distillation_is_refused_in_local_mode(write_manifest, capsys) -> None:
     document = manifest([transformers_tier("small", Path("/x"), threshold=0.5), transformers_tier("large", Path("/y"))])
     document["spec"]["escalationLog"] = {"enabled": True, "uri": "/tmp/escalations"}
