@@ -4,30 +4,38 @@ The stand-in API server has no kubelet: where a Job's pod would run, the test
 runs the pod's own command line (`kascade distill …` from the Job the operator
 made) as a real process, with the claims it mounts mapped to folders here and
 its status reports aimed at the stand-in; then it sets the Job's status as the
-Job controller would. In order:
+Job controller would.
 
-1. a classify cascade with the escalation log and `spec.distillation` waits
-   for records (`status.distillation.waiting`);
-2. a router slot reports 40 logged escalations: a Distillation and its Job
-   appear; the run trains on the log, passes the gate and is promoted: the
-   tier's Deployment serves the new student while the spec keeps the user's
-   `model.uri` (the operator never writes it), and the model it replaced is
-   the rollback target;
-3. the user's unchanged manifest re-applied (client-side and server-side)
-   neither undoes the promotion nor restarts the tier;
-4. the next run starts from the promoted student and has nothing left to
-   learn: the gate fails, the Deployment is untouched and the run says why;
-5. a rollback is one field of the manifest: `spec.distillation.promotion:
-   Manual` serves `model.uri` again, and setting Automatic back does not
-   bring the withdrawn promotion back;
-6. a run whose Job fails is Failed with the Job's reason, never promoted; a run
-   the pod reported Failed is decided only once its Job stops retrying;
-7. every call the operator made is in its RBAC rules, none wrote the cascade's
-   spec; every call the run made is in the Role the operator gave it.
+One stand-in and one operator serve the module; every test applies a cascade
+of its own (its own name, escalation log and students; deleted when the test
+ends), so each passes alone and in any order. A scenario whose steps build on
+each other is one test that calls its steps in order:
+
+- a classify cascade with the escalation log and `spec.distillation` waits
+  for records (`status.distillation.waiting`);
+- a promotion, step by step: a router slot reports 40 logged escalations, a
+  Distillation and its Job appear; the run trains on the log, passes the gate
+  and is promoted: the tier's Deployment serves the new student while the spec
+  keeps the user's `model.uri` (the operator never writes it), and the model it
+  replaced is the rollback target; the user's unchanged manifest re-applied
+  (client-side and server-side) neither undoes the promotion nor restarts the
+  tier; the next run starts from the promoted student and has nothing left to
+  learn: the gate fails, the Deployment is untouched and the run says why; a
+  rollback is one field of the manifest: `spec.distillation.promotion: Manual`
+  serves `model.uri` again, and setting Automatic back does not bring the
+  withdrawn promotion back;
+- a run whose Job fails is Failed with the Job's reason, never promoted; a run
+  the pod reported Failed is decided only once its Job stops retrying, and the
+  runs beyond the history limit go while the rollback target's run stays;
+- every call the operator made is in its RBAC rules, none wrote the cascade's
+  spec, and every call a run made is in the Role the operator gave it: checked
+  after every test for the calls it caused, and over a whole run history
+  (promotion, failures, a deletion) by a test of its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -57,7 +65,7 @@ from kascade.testing.tiny_models import build_tiny_classifier
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-NS, NAME = "llm", "reviews"
+NS = "llm"
 SERVING = "pvc://models/small-v1"
 REVIEWS = [
     ("This movie was great, I loved it.", "positive", [0.05, 0.95]),
@@ -65,11 +73,11 @@ REVIEWS = [
 ]
 
 
-def cascade(**distillation: Any) -> dict[str, Any]:
+def cascade(name: str, **distillation: Any) -> dict[str, Any]:
     return {
         "apiVersion": "kascade.dev/v1alpha1",
         "kind": "ModelCascade",
-        "metadata": {"name": NAME, "namespace": NS},
+        "metadata": {"name": name, "namespace": NS},
         "spec": {
             "task": "classify",
             "tiers": [
@@ -81,9 +89,9 @@ def cascade(**distillation: Any) -> dict[str, Any]:
                 },
                 {"name": "large", "engine": "transformers", "model": {"uri": "pvc://models/large"}},
             ],
-            "escalationLog": {"enabled": True, "uri": f"pvc://escalations/{NAME}"},
+            "escalationLog": {"enabled": True, "uri": f"pvc://escalations/{name}"},
             "distillation": {
-                "outputUri": f"pvc://students/{NAME}",
+                "outputUri": f"pvc://students/{name}",
                 "minSamples": 30,
                 "historyLimit": 1,
                 "training": {"steps": 30, "batchSize": 8, "learningRate": 0.01, "temperature": 1},
@@ -94,14 +102,15 @@ def cascade(**distillation: Any) -> dict[str, Any]:
     }
 
 
-def write_log(folder: Path) -> None:
-    """40 classify escalations, as the routers' writer keeps them: the large tier's label and probabilities."""
+def write_log(folder: Path, name: str) -> None:
+    """40 classify escalations of cascade `name`, as the routers' writer keeps them: the large tier's label and
+    probabilities."""
     large = ModelIdentity(tier="large", served_model="large", uri="pvc://models/large")
     small = ModelIdentity(tier="small", served_model="small", uri=SERVING)
     records = [
         EscalationRecord(
             id=f"r{i}-{n}",
-            cascade=NAME,
+            cascade=name,
             recorded_at=datetime.now(UTC),
             endpoint="classify",
             request=json.dumps({"input": text}),
@@ -119,11 +128,12 @@ def write_log(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def claims(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The claims the runs mount, as folders: models (the serving student, the teacher), the log, the students."""
+    """The claims the runs mount, as folders: models (the serving student, the teacher), the students; each test's
+    cascade writes its own escalation log (`reviews`)."""
     root = tmp_path_factory.mktemp("claims")
     build_tiny_classifier(root / "models" / "small-v1", seed=3)
     build_tiny_classifier(root / "models" / "large", seed=7)
-    write_log(root / "escalations" / NAME)
+    (root / "escalations").mkdir()
     (root / "students").mkdir()
     return root
 
@@ -132,7 +142,7 @@ def claims(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("e2e-distillation")
     with StandinApiServer(controller_delay=0.2) as server:
-        running = Cluster(server=server, tmp=tmp, namespace=NS, name=NAME)
+        running = Cluster(server=server, tmp=tmp, namespace=NS)
         running.kubectl("apply", "-f", str(Path(__file__).resolve().parents[2] / "crds"))
         for crd in ("modelcascades.kascade.dev", "distillations.kascade.dev"):
             wait_for(
@@ -152,33 +162,55 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             running.stop_operator()
 
 
+@pytest.fixture
+def reviews(cluster: Cluster, claims: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The module's cluster, looking at this test's own cascade (a name of its own, with its escalation log).
+
+    The cascade is applied by the test; when it ends, the cascade goes with its runs and Jobs, and every call the
+    test caused is checked against the permissions of whoever made it.
+    """
+    cluster.name = "reviews-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
+    write_log(claims / "escalations" / cluster.name, cluster.name)
+    mark = cluster.server.mark()
+    yield cluster
+    cluster.kubectl("delete", "modelcascade", cluster.name, "-n", NS, "--ignore-not-found", "--timeout=30s")
+    for pod in cluster.server.objects("pods", NS, label_selector=f"kascade.dev/cascade={cluster.name}"):
+        cluster.server.delete("pods", pod["metadata"]["name"], namespace=NS)
+    wait_for(lambda: not distillations(cluster), what=f"the runs of {cluster.name} to be garbage-collected")
+    assert_every_call_allowed(cluster, cluster.server.requests[mark:])
+
+
 # --- helpers ------------------------------------------------------------------------------
 
 
 def log_escalations(cluster: Cluster, count: int) -> None:
     """A router replica's slot with `count` logged escalations, written as the router writes it."""
-    if cluster.server.get("pods", "reviews-router-a", NS) is None:
+    pod = f"{cluster.name}-router-a"
+    if cluster.server.get("pods", pod, NS) is None:
         cluster.server.create(
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {
-                    "name": "reviews-router-a",
-                    "namespace": NS,
-                    "labels": selector_labels(NAME, COMPONENT_ROUTER),
-                },
+                "metadata": {"name": pod, "namespace": NS, "labels": selector_labels(cluster.name, COMPONENT_ROUTER)},
                 "spec": {"containers": [{"name": "router", "image": "kascade-runtime"}]},
             }
         )
     slot = CounterSlot(process_id="router-a-1", escalations_logged=count)
-    patch = replica_slot_patch(slot, "reviews-router-a")
+    patch = replica_slot_patch(slot, pod)
     cluster.kubectl(
-        "patch", "modelcascade", NAME, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
+        "patch", "modelcascade", cluster.name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
     )
 
 
 def distillations(cluster: Cluster) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in cluster.server.objects("distillations", NS)}
+    """The runs of the test's cascade."""
+    runs = cluster.server.objects("distillations", NS)
+    return {d["metadata"]["name"]: d for d in runs if d["spec"]["cascade"] == cluster.name}
+
+
+def decided_runs(cluster: Cluster) -> set[str]:
+    """The runs with a decision in their status (one at a time runs: any other is the next one)."""
+    return {name for name, run in distillations(cluster).items() if (run.get("status") or {}).get("promotion")}
 
 
 def new_run(cluster: Cluster, known: set[str]) -> dict[str, Any]:
@@ -246,7 +278,7 @@ def small_tier_uri(cluster: Cluster) -> str:
 
 
 def small_deployment(cluster: Cluster) -> dict[str, Any]:
-    found = cluster.server.get("deployments", "reviews-small", NS)
+    found = cluster.server.get("deployments", f"{cluster.name}-small", NS)
     assert found is not None
     return found
 
@@ -256,181 +288,33 @@ def served_claim(deployment: dict[str, Any]) -> str:
     return next(v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v)
 
 
-# --- the story ----------------------------------------------------------------------------
+def apply(cluster: Cluster, **distillation: Any) -> None:
+    """`kubectl apply` of the user's manifest for the test's cascade."""
+    cluster.kubectl("apply", "-f", "-", input=manifests(cascade(cluster.name, **distillation)))
 
 
-def test_a_cascade_waits_for_enough_new_escalations(cluster: Cluster, claims: Path):
-    cluster.kubectl("apply", "-f", "-", input=manifests(cascade()))
-    waiting = wait_for(
-        lambda: (cluster.status().get("distillation") or {}).get("waiting"),
-        context=cluster.log_tail,
-        what="status.distillation.waiting",
-    )
-    assert waiting == "0 of 30 new escalation records since the last run"
-    assert cluster.server.get("serviceaccounts", "reviews-distill", NS) is not None
-    assert distillations(cluster) == {}
-
-
-def test_a_run_that_passes_the_gate_is_promoted_and_the_tier_rolls_out(cluster: Cluster, claims: Path):
-    log_escalations(cluster, 40)
-    run = new_run(cluster, set())
-    name = run["metadata"]["name"]
-    assert run["spec"]["student"] == SERVING and run["spec"]["output"] == f"pvc://students/{NAME}/{name}"
-    assert run["metadata"]["ownerReferences"][0]["name"] == NAME
-    done = run_pod(cluster, claims, name)
-    assert done.returncode == 0, done.stdout + done.stderr
-    status = distillations(cluster)[name]["status"]
-    assert status["phase"] == "Succeeded" and status["gate"]["passed"] and status["after"]["answerAgreement"] == 1.0
-    log_escalations(cluster, 80)  # enough for the next run already: it must start from the promoted student
-    finish_job(cluster, name, "Complete")
-    decided = promotion(cluster, name)
-    assert decided["promoted"] and decided["reason"] == "Promoted" and decided["previousModel"] == SERVING
-    assert decided["replaces"] == SERVING
-    wait_for(
-        lambda: served_claim(small_deployment(cluster)) == "students",
-        what="the tier serving the new student",
-        context=cluster.log_tail,
-    )
-    assert small_tier_uri(cluster) == SERVING, "the spec is the user's: the promotion lives in the run's status"
-    summary = wait_for(
-        lambda: (
-            (cluster.status().get("distillation") or {}).get("lastPromoted") == name
-            and cluster.status()["distillation"]
-        ),
-        what="status.distillation",
-    )
-    assert summary["rollbackTarget"] == SERVING and summary["serving"] == f"pvc://students/{NAME}/{name}"
-    assert summary["specModel"] == SERVING and summary["promoted"]["run"] == name
-    assert summary["promoted"]["replaces"] == SERVING
-    table = cluster.kubectl("get", "distillations", "-n", NS)
-    assert name in table and "Succeeded" in table and "Promoted" in table and "+1.0000" in table
-
-
-def test_a_reapply_of_the_users_manifest_keeps_the_promotion(cluster: Cluster, claims: Path):
-    promoted = cluster.status()["distillation"]["serving"]
-    generation = small_deployment(cluster)["metadata"].get("generation")
-    cluster.kubectl("apply", "-f", "-", input=manifests(cascade()))  # client-side, as the user applied it first
-    cluster.kubectl("apply", "--server-side", "--field-manager=gitops", "-f", "-", input=manifests(cascade()))
-    time.sleep(4 * cluster.interval_s)  # reconciles, drift loop included
-    assert small_tier_uri(cluster) == SERVING
-    assert served_claim(small_deployment(cluster)) == "students"
-    assert small_deployment(cluster)["metadata"].get("generation") == generation, "the tier did not roll"
-    assert cluster.status()["distillation"]["serving"] == promoted
-
-
-def test_a_run_that_fails_the_gate_leaves_the_deployment_untouched(cluster: Cluster, claims: Path):
-    serving = cluster.status()["distillation"]["serving"]
-    before = small_deployment(cluster)["metadata"]["resourceVersion"]
-    first = cluster.status()["distillation"]["lastPromoted"]
-    run = new_run(cluster, {first})  # 80 were logged before the promotion: it is due already
-    name = run["metadata"]["name"]
-    assert run["spec"]["student"] == serving, "the next run starts from the promoted student"
-    assert len(distillations(cluster)) == 2, "one run after the promotion, not one from the old student too"
-    done = run_pod(cluster, claims, name)
-    assert done.returncode == 0, done.stdout + done.stderr
-    finish_job(cluster, name, "Complete")
-    decided = promotion(cluster, name)
-    assert not decided["promoted"] and decided["reason"] == "GateFailed" and "needs at least" in decided["message"]
-    assert small_tier_uri(cluster) == SERVING and cluster.status()["distillation"]["serving"] == serving
-    assert small_deployment(cluster)["metadata"]["resourceVersion"] == before
-    events = cluster.kubectl("get", "events", "-n", NS, "-o", "json")
-    assert "NotPromoted" in events
-
-
-def test_a_rollback_is_one_field(cluster: Cluster, claims: Path):
-    # Was: the tier's model.uri patched back to the rollback target. The spec still holds it, so the edit is the
-    # one field a manifest in git can carry: promotion Manual serves model.uri.
-    first = cluster.status()["distillation"]["lastPromoted"]
-    cluster.kubectl("apply", "-f", "-", input=manifests(cascade(promotion="Manual")))
-    wait_for(
-        lambda: served_claim(small_deployment(cluster)) == "models",
-        what="the tier back on the old model",
-        context=cluster.log_tail,
-    )
-    wait_for(lambda: cluster.status()["distillation"]["serving"] == SERVING, what="status.distillation.serving")
-    withdrawn = distillations(cluster)[first]["status"]["promotion"]
-    assert withdrawn["withdrawnAt"] and withdrawn["withdrawal"].startswith("spec.distillation.promotion is Manual")
-    assert "was withdrawn" in cluster.status()["distillation"]["message"]
-    cluster.kubectl("apply", "-f", "-", input=manifests(cascade()))  # Automatic again: promotes the next passed run
-    time.sleep(4 * cluster.interval_s)
-    assert served_claim(small_deployment(cluster)) == "models", "a withdrawn promotion never comes back"
-
-
-def test_a_run_whose_job_fails_is_failed_and_never_promoted(cluster: Cluster, claims: Path):
-    log_escalations(cluster, 120)
-    name = new_run(cluster, set(distillations(cluster)))["metadata"]["name"]
+def fail_a_run(cluster: Cluster, logged: int) -> tuple[str, dict[str, Any]]:
+    """`logged` escalations make a run due; its Job fails for good. Returns the run's name and the decision."""
+    log_escalations(cluster, logged)
+    name = new_run(cluster, decided_runs(cluster))["metadata"]["name"]  # it may have started before this count
     finish_job(cluster, name, "Failed", "BackoffLimitExceeded")
-    decided = promotion(cluster, name)
-    assert decided["reason"] == "RunFailed" and "BackoffLimitExceeded" in decided["message"]
-    assert distillations(cluster)[name]["status"]["phase"] == "Failed"
-    assert small_tier_uri(cluster) == SERVING
+    return name, promotion(cluster, name)
 
 
-def test_a_run_that_failed_is_decided_only_once_its_job_stops_retrying(cluster: Cluster, claims: Path):
-    log_escalations(cluster, 160)
-    name = new_run(cluster, set(distillations(cluster)))["metadata"]["name"]
-    failed = {"status": {"phase": "Failed", "message": "RuntimeError: CUDA out of memory"}}  # what the pod reports
-    cluster.kubectl(
-        "patch", "distillation", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(failed)
-    )
-    log_escalations(cluster, 200)  # due again: yet no run starts, and none is deleted, while this one may be retried
-    runs_before = set(distillations(cluster))
-    time.sleep(6 * cluster.interval_s)
-    assert "promotion" not in distillations(cluster)[name]["status"] and set(distillations(cluster)) == runs_before
-    finish_job(cluster, name, "Failed", "BackoffLimitExceeded")
-    decided = promotion(cluster, name)
-    assert decided["reason"] == "RunFailed" and "CUDA out of memory" in decided["message"]
-    newer = new_run(cluster, runs_before)["metadata"]["name"]  # decided now: the next run may start
-    kept = wait_for(
-        lambda: len(distillations(cluster)) == 3 and set(distillations(cluster)),
-        what="runs beyond the history limit deleted",
-    )
-    assert {name, newer, cluster.status()["distillation"]["lastPromoted"]} == kept, "the rollback target's run stays"
-
-
-def test_a_run_made_by_hand_for_no_distilling_cascade_says_why_it_never_runs(cluster: Cluster, claims: Path):
-    run = {
-        "apiVersion": "kascade.dev/v1alpha1",
-        "kind": "Distillation",
-        "metadata": {"name": "by-hand", "namespace": NS},
-        "spec": {
-            "cascade": "nowhere",
-            "tier": "small",
-            "student": SERVING,
-            "data": f"pvc://escalations/{NAME}",
-            "output": "pvc://students/by-hand",
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=manifests(run))
-    status = wait_for(
-        lambda: (distillations(cluster)["by-hand"].get("status") or {}).get("phase"),
-        what="the run's status",
-        context=cluster.log_tail,
-    )
-    assert status == "Failed"
-    assert distillations(cluster)["by-hand"]["status"]["message"] == "cascade nowhere does not exist in namespace llm"
-    assert cluster.server.get("jobs", "by-hand", NS) is None
-
-
-def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Path, monkeypatch: pytest.MonkeyPatch):
-    requests = [r for r in cluster.server.requests if r.resource is not None]
+def assert_every_call_allowed(cluster: Cluster, requests: list[Any]) -> None:
+    """The operator's calls are in its rules and in the Helm chart's Roles (namespaced mode, as installed), none
+    writes a cascade's spec; the runs' calls are in the Role the operator gives them."""
+    requests = [r for r in requests if r.resource is not None]
     operator = [r for r in requests if r.user_agent.startswith(OPERATOR_AGENTS)]
     for request in operator:
         resource = request.resource if request.subresource is None else f"{request.resource}/{request.subresource}"
         assert rule_allows(OPERATOR_RULES, verb=request.verb, group=request.group or "", resource=resource), request
-    called = {(r.verb, r.resource, r.subresource) for r in operator}
-    assert {
-        ("create", "distillations", None),
-        ("delete", "distillations", None),
-        ("create", "jobs", None),
-        ("patch", "distillations", "status"),
-        ("patch", "modelcascades", None),
-    } <= called
-    # The Helm chart's Roles grant them too (namespaced mode, as installed).
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "charts"))
-    from chart_testkit import by_kind, render_values
-    from rbac_coverage import check_rbac
-
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "charts"))
+    try:
+        from chart_testkit import by_kind, render_values
+        from rbac_coverage import check_rbac
+    finally:
+        sys.path.pop(0)
     objects = render_values({"watch": {"namespaces": [NS]}, "rbac": {"clusterReads": True}})
     report = check_rbac(operator, by_kind(objects, "Role") + by_kind(objects, "ClusterRole"))
     assert report.not_allowed == [], report.explain()
@@ -440,18 +324,216 @@ def test_every_call_was_allowed_to_whoever_made_it(cluster: Cluster, claims: Pat
         if r.resource == "modelcascades" and r.subresource is None and r.is_write and _touches_spec(r.body)
     ]
     assert spec_writes == [], "the operator never writes a cascade's spec"
-    role = next(c for c in build_distiller_children(_parsed()) if c["kind"] == "Role")
-    runs = [
+    rule = next(c for c in build_distiller_children(_parsed(cluster.name)) if c["kind"] == "Role")["rules"][0]
+    for request in run_calls(requests):
+        assert f"{request.resource}/{request.subresource}" in rule["resources"] and request.verb in rule["verbs"]
+
+
+def run_calls(requests: list[Any]) -> list[Any]:
+    """What the runs (`kascade distill --report-to`) called: neither the operator nor kubectl."""
+    return [
         r
         for r in requests
         if r.resource == "distillations"
         and not r.user_agent.startswith(OPERATOR_AGENTS)
         and not r.user_agent.startswith("kubectl")
     ]
-    assert runs, "the runs reported into their Distillations"
-    for request in runs:
-        rule = role["rules"][0]
-        assert f"{request.resource}/{request.subresource}" in rule["resources"] and request.verb in rule["verbs"]
+
+
+# --- the steps and the scenarios ------------------------------------------------------------------------
+
+
+def test_a_cascade_waits_for_enough_new_escalations(reviews: Cluster):
+    apply(reviews)
+    waiting = wait_for(
+        lambda: (reviews.status().get("distillation") or {}).get("waiting"),
+        context=reviews.log_tail,
+        what="status.distillation.waiting",
+    )
+    assert waiting == "0 of 30 new escalation records since the last run"
+    assert reviews.server.get("serviceaccounts", f"{reviews.name}-distill", NS) is not None
+    assert distillations(reviews) == {}
+
+
+def a_run_that_passes_the_gate_is_promoted_and_the_tier_rolls_out(reviews: Cluster, claims: Path) -> str:
+    """The cascade applied, 40 escalations logged: the first run trains, passes the gate and is promoted (80 are
+    logged by then, so the next run is due at once). Returns the promoted run's name."""
+    apply(reviews)
+    log_escalations(reviews, 40)
+    run = new_run(reviews, set())
+    name = run["metadata"]["name"]
+    assert run["spec"]["student"] == SERVING and run["spec"]["output"] == f"pvc://students/{reviews.name}/{name}"
+    assert run["metadata"]["ownerReferences"][0]["name"] == reviews.name
+    done = run_pod(reviews, claims, name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = distillations(reviews)[name]["status"]
+    assert status["phase"] == "Succeeded" and status["gate"]["passed"] and status["after"]["answerAgreement"] == 1.0
+    log_escalations(reviews, 80)  # enough for the next run already: it must start from the promoted student
+    finish_job(reviews, name, "Complete")
+    decided = promotion(reviews, name)
+    assert decided["promoted"] and decided["reason"] == "Promoted" and decided["previousModel"] == SERVING
+    assert decided["replaces"] == SERVING
+    wait_for(
+        lambda: served_claim(small_deployment(reviews)) == "students",
+        what="the tier serving the new student",
+        context=reviews.log_tail,
+    )
+    assert small_tier_uri(reviews) == SERVING, "the spec is the user's: the promotion lives in the run's status"
+    summary = wait_for(
+        lambda: (
+            (reviews.status().get("distillation") or {}).get("lastPromoted") == name
+            and reviews.status()["distillation"]
+        ),
+        what="status.distillation",
+    )
+    assert summary["rollbackTarget"] == SERVING and summary["serving"] == f"pvc://students/{reviews.name}/{name}"
+    assert summary["specModel"] == SERVING and summary["promoted"]["run"] == name
+    assert summary["promoted"]["replaces"] == SERVING
+    table = reviews.kubectl("get", "distillations", "-n", NS)
+    assert name in table and "Succeeded" in table and "Promoted" in table and "+1.0000" in table
+    return name
+
+
+def a_reapply_of_the_users_manifest_keeps_the_promotion(reviews: Cluster) -> None:
+    promoted = reviews.status()["distillation"]["serving"]
+    generation = small_deployment(reviews)["metadata"].get("generation")
+    apply(reviews)  # client-side, as the user applied it first
+    reviews.kubectl(
+        "apply", "--server-side", "--field-manager=gitops", "-f", "-", input=manifests(cascade(reviews.name))
+    )
+    time.sleep(4 * reviews.interval_s)  # reconciles, drift loop included
+    assert small_tier_uri(reviews) == SERVING
+    assert served_claim(small_deployment(reviews)) == "students"
+    assert small_deployment(reviews)["metadata"].get("generation") == generation, "the tier did not roll"
+    assert reviews.status()["distillation"]["serving"] == promoted
+
+
+def the_next_run_fails_the_gate_and_leaves_the_deployment_untouched(reviews: Cluster, claims: Path, first: str) -> None:
+    serving = reviews.status()["distillation"]["serving"]
+    before = small_deployment(reviews)["metadata"]["resourceVersion"]
+    run = new_run(reviews, {first})  # 80 were logged before the promotion: it is due already
+    name = run["metadata"]["name"]
+    assert run["spec"]["student"] == serving, "the next run starts from the promoted student"
+    assert len(distillations(reviews)) == 2, "one run after the promotion, not one from the old student too"
+    done = run_pod(reviews, claims, name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    finish_job(reviews, name, "Complete")
+    decided = promotion(reviews, name)
+    assert not decided["promoted"] and decided["reason"] == "GateFailed" and "needs at least" in decided["message"]
+    assert small_tier_uri(reviews) == SERVING and reviews.status()["distillation"]["serving"] == serving
+    assert small_deployment(reviews)["metadata"]["resourceVersion"] == before
+    events = reviews.kubectl("get", "events", "-n", NS, "-o", "json")
+    assert "NotPromoted" in events
+
+
+def a_rollback_is_one_field(reviews: Cluster, first: str) -> None:
+    # The spec still holds the user's model.uri, so the rollback is the one field a manifest in git can carry:
+    # promotion Manual serves model.uri.
+    apply(reviews, promotion="Manual")
+    wait_for(
+        lambda: served_claim(small_deployment(reviews)) == "models",
+        what="the tier back on the old model",
+        context=reviews.log_tail,
+    )
+    wait_for(lambda: reviews.status()["distillation"]["serving"] == SERVING, what="status.distillation.serving")
+    withdrawn = distillations(reviews)[first]["status"]["promotion"]
+    assert withdrawn["withdrawnAt"] and withdrawn["withdrawal"].startswith("spec.distillation.promotion is Manual")
+    assert "was withdrawn" in reviews.status()["distillation"]["message"]
+    apply(reviews)  # Automatic again: promotes the next passed run
+    time.sleep(4 * reviews.interval_s)
+    assert served_claim(small_deployment(reviews)) == "models", "a withdrawn promotion never comes back"
+
+
+def test_a_promotion_survives_a_reapply_and_the_next_run_and_is_rolled_back_by_one_field(
+    reviews: Cluster, claims: Path
+):
+    """One scenario, its steps in order: each needs the promotion the first one made."""
+    first = a_run_that_passes_the_gate_is_promoted_and_the_tier_rolls_out(reviews, claims)
+    a_reapply_of_the_users_manifest_keeps_the_promotion(reviews)
+    the_next_run_fails_the_gate_and_leaves_the_deployment_untouched(reviews, claims, first)
+    a_rollback_is_one_field(reviews, first)
+
+
+def test_a_run_whose_job_fails_is_failed_and_never_promoted(reviews: Cluster):
+    apply(reviews)
+    name, decided = fail_a_run(reviews, 120)
+    assert decided["reason"] == "RunFailed" and "BackoffLimitExceeded" in decided["message"]
+    assert distillations(reviews)[name]["status"]["phase"] == "Failed"
+    assert small_tier_uri(reviews) == SERVING
+
+
+def test_a_run_that_failed_is_decided_only_once_its_job_stops_retrying(reviews: Cluster, claims: Path):
+    promoted = a_run_that_passes_the_gate_is_promoted_and_the_tier_rolls_out(reviews, claims)
+    fail_a_run(reviews, 120)  # a decided run that the history limit will remove
+    log_escalations(reviews, 160)
+    name = new_run(reviews, decided_runs(reviews))["metadata"]["name"]
+    failed = {"status": {"phase": "Failed", "message": "RuntimeError: CUDA out of memory"}}  # what the pod reports
+    reviews.kubectl(
+        "patch", "distillation", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(failed)
+    )
+    log_escalations(reviews, 200)  # due again: yet no run starts, and none is deleted, while this one may be retried
+    runs_before = set(distillations(reviews))
+    time.sleep(6 * reviews.interval_s)
+    assert "promotion" not in distillations(reviews)[name]["status"] and set(distillations(reviews)) == runs_before
+    finish_job(reviews, name, "Failed", "BackoffLimitExceeded")
+    decided = promotion(reviews, name)
+    assert decided["reason"] == "RunFailed" and "CUDA out of memory" in decided["message"]
+    newer = new_run(reviews, runs_before)["metadata"]["name"]  # decided now: the next run may start
+    kept = wait_for(
+        lambda: len(distillations(reviews)) == 3 and set(distillations(reviews)),
+        what="runs beyond the history limit deleted",
+    )
+    assert promoted == reviews.status()["distillation"]["lastPromoted"]
+    assert {name, newer, promoted} == kept, "the rollback target's run stays"
+
+
+def test_a_run_made_by_hand_for_no_distilling_cascade_says_why_it_never_runs(reviews: Cluster):
+    cluster = reviews  # no cascade of its own: the run names one that does not exist
+    run = {
+        "apiVersion": "kascade.dev/v1alpha1",
+        "kind": "Distillation",
+        "metadata": {"name": "by-hand", "namespace": NS},
+        "spec": {
+            "cascade": "nowhere",
+            "tier": "small",
+            "student": SERVING,
+            "data": "pvc://escalations/nowhere",
+            "output": "pvc://students/by-hand",
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=manifests(run))
+    try:
+        status = wait_for(
+            lambda: ((cluster.server.get("distillations", "by-hand", NS) or {}).get("status") or {}).get("phase"),
+            what="the run's status",
+            context=cluster.log_tail,
+        )
+        assert status == "Failed"
+        found = cluster.server.get("distillations", "by-hand", NS)
+        assert found is not None
+        assert found["status"]["message"] == "cascade nowhere does not exist in namespace llm"
+        assert cluster.server.get("jobs", "by-hand", NS) is None
+    finally:
+        cluster.kubectl("delete", "distillation", "by-hand", "-n", NS, "--ignore-not-found")
+
+
+def test_every_call_was_allowed_to_whoever_made_it(reviews: Cluster, claims: Path):
+    """A whole run history (a promotion, failed runs, one deleted past the history limit), then every call so far."""
+    a_run_that_passes_the_gate_is_promoted_and_the_tier_rolls_out(reviews, claims)
+    second, _ = fail_a_run(reviews, 120)
+    fail_a_run(reviews, 160)
+    wait_for(lambda: second not in distillations(reviews), what="the run beyond the history limit deleted")
+    requests = [r for r in reviews.server.requests if r.resource is not None]
+    called = {(r.verb, r.resource, r.subresource) for r in requests if r.user_agent.startswith(OPERATOR_AGENTS)}
+    assert {
+        ("create", "distillations", None),
+        ("delete", "distillations", None),
+        ("create", "jobs", None),
+        ("patch", "distillations", "status"),
+        ("patch", "modelcascades", None),
+    } <= called
+    assert run_calls(requests), "the runs reported into their Distillations"
+    assert_every_call_allowed(reviews, requests)
 
 
 def _touches_spec(body: Any) -> bool:
@@ -460,7 +542,7 @@ def _touches_spec(body: Any) -> bool:
     return isinstance(body, dict) and "spec" in body
 
 
-def _parsed() -> Any:
+def _parsed(name: str) -> Any:
     from kascade.api.modelcascade import ModelCascade
 
-    return ModelCascade.model_validate(cascade())
+    return ModelCascade.model_validate(cascade(name))

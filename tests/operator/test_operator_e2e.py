@@ -1,28 +1,30 @@
 """End to end: the real operator process, the API-server stand-in, the real kubectl, real routers.
 
-One cluster for the whole module, driven in order, as a user would:
+One cluster serves the module: `kubectl apply -f crds/`, a namespace, GPU nodes and the
+Secrets the example needs; `kascade operator --namespace llm --standalone` as a subprocess.
+Every test applies the example (`examples/chat-vllm-gpu.yaml`) under a name of its own and
+deletes it when it ends, so each passes alone and in any order; a test that restarts the
+operator or holds a Deployment back puts them as they were. The scenarios, as a user drives them:
 
-1. `kubectl apply -f crds/`, a namespace, GPU nodes and the Secrets the example needs;
-   `kascade operator --namespace llm --standalone` starts as a subprocess;
-2. `kubectl apply -f examples/chat-vllm-gpu.yaml`: the children appear with GPU
-   requests, node selectors and tolerations; every stored child passes
-   `kubernetes-validate --strict`; the stand-in's Deployment controller makes
-   them ready and the status turns Ready with observedGeneration;
-3. two `kascade route` processes, their config rendered from the ConfigMap the operator wrote (tiers
-   replaced by local fixed-answer upstreams, status reports aimed at the stand-in)
-   take traffic from the official openai client; their counters show in the
-   status and in `kubectl get modelcascades`;
-4. a router restarts (new process id) and a router pod goes away mid-traffic:
-   the totals never go down and end equal to what the clients got answered;
-5. a reconcile with nothing to do writes nothing, and neither does an operator restart;
-   GPU-hours grow with the ready GPUs, and an operator restart carries them over;
-6. a missing Secret sets Degraded with a clear message and leaves the children
-   untouched; a GPU type no node offers yet is applied, TiersReady says the tier
-   waits for such a node, and the node's arrival brings Ready with no edit;
-7. online calibration: shadow samples move the threshold, `Calibrated` turns
-   True and a running router takes the new threshold without a restart;
-8. deleting the cascade removes the children; every API call the operator made
-   is covered by the RBAC rules documented in docs/operator.md.
+- the children appear with GPU requests, node selectors and tolerations; every stored child
+  passes `kubernetes-validate --strict`; the stand-in's Deployment controller makes them ready
+  and the status turns Ready with observedGeneration;
+- `kascade route` processes, their config rendered from the ConfigMap the operator wrote (tiers
+  replaced by local fixed-answer upstreams, status reports aimed at the stand-in) take traffic
+  from the official openai client; their counters show in the status and in `kubectl get
+  modelcascades`; a router restarts (new process id) and a router pod goes away mid-traffic:
+  the totals never go down and end equal to what the clients got answered;
+- a reconcile with nothing to do writes nothing, and neither does an operator restart;
+  GPU-hours grow with the ready GPUs, and an operator restart carries them over;
+- a spec change replaces only the children it changes; the timer corrects drift;
+- a missing Secret sets Degraded with a clear message and leaves the children untouched; a GPU
+  type no node offers yet is applied, TiersReady says the tier waits for such a node, and the
+  node's arrival brings Ready with no edit;
+- online calibration: shadow samples move the threshold, `Calibrated` turns True and a running
+  router takes the new threshold without a restart;
+- deleting the cascade removes the children; every API call the operator made is covered by the
+  RBAC rules documented in docs/operator.md (after every test, for the calls it caused) and by
+  the Helm chart's Roles.
 
 Timers are short (KASCADE_RECONCILE_INTERVAL_SECONDS=0.5; routers report every 0.3 s).
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import itertools
 import os
 import re
@@ -65,7 +68,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "chat-vllm-gpu.yaml"
-NS, NAME = "llm", "chat"
+NS = "llm"
 CLIENT_KEY = "e2e-client-key"
 INTERVAL_S = 0.5
 
@@ -79,7 +82,7 @@ CHILD_RESOURCES = ("serviceaccounts", "roles", "rolebindings", "configmaps", "se
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("e2e-operator")
     with StandinApiServer(controller_delay=0.2) as server:
-        running = Cluster(server=server, tmp=tmp, namespace=NS, name=NAME, child_resources=CHILD_RESOURCES)
+        running = Cluster(server=server, tmp=tmp, namespace=NS, child_resources=CHILD_RESOURCES)
         running.kubectl("apply", "-f", str(REPO / "crds"))
         wait_for(lambda: server.get("customresourcedefinitions", "modelcascades.kascade.dev"), what="the CRD")
         wait_for(
@@ -115,34 +118,90 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             running.stop_operator()
 
 
-def hf_token_secret() -> dict[str, Any]:
+def hf_token_secret(name: str = "hf-token") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "hf-token", "namespace": NS},
+        "metadata": {"name": name, "namespace": NS},
         "stringData": {"token": "hf_e2e"},
     }
 
 
-# --- 2. apply the example ----------------------------------------------------------------------
+@pytest.fixture
+def chat(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The module's cluster, looking at this test's own cascade: the example under a name of its own.
+
+    When the test ends the cascade is deleted, its children are gone, and every call the operator made meanwhile
+    is allowed by its documented rules.
+    """
+    cluster.name = "chat-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
+    mark = cluster.server.mark()
+    yield cluster
+    cluster.kubectl("delete", "modelcascade", cluster.name, "-n", NS, "--ignore-not-found", "--timeout=30s")
+    wait_for(lambda: not cluster.children(), what=f"the children of {cluster.name} to be garbage-collected")
+    for pod in cluster.server.objects("pods", NS, label_selector=f"kascade.dev/cascade={cluster.name}"):
+        cluster.server.delete("pods", pod["metadata"]["name"], namespace=NS)
+    assert calls_outside_the_rules(cluster.server.requests[mark:]) == []
+
+
+def example(name: str) -> dict[str, Any]:
+    """The example's manifest, named `name`."""
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["metadata"]["name"] = name
+    return document
+
+
+def apply_example(cluster: Cluster, document: dict[str, Any] | None = None) -> None:
+    """`kubectl apply` of the example (or `document`) as the test's cascade."""
+    cluster.kubectl("apply", "-f", "-", input=manifests(document or example(cluster.name)))
+
+
+def ready_example(cluster: Cluster, document: dict[str, Any] | None = None) -> None:
+    """The example (or `document`) applied, Ready for its generation and not Degraded."""
+    apply_example(cluster, document)
+    wait_for(
+        lambda: (
+            cluster.condition("Ready").get("status") == "True"
+            and cluster.condition("Ready").get("observedGeneration") == cluster.cascade()["metadata"]["generation"]
+            and cluster.condition("Degraded").get("status") == "False"
+        ),
+        what="Ready and not Degraded",
+        context=lambda: f"{cluster.status()}\n{cluster.log_tail()}",
+    )
+
+
+def calls_outside_the_rules(requests: list[Any]) -> list[tuple[str, str, str]]:
+    """The operator's calls among `requests` that its documented RBAC rules do not allow."""
+    calls = {
+        (r.verb, r.group or "", r.resource if r.subresource is None else f"{r.resource}/{r.subresource}")
+        for r in requests
+        if r.user_agent.startswith(OPERATOR_AGENTS) and r.resource is not None
+    }
+    return sorted(
+        call for call in calls if not rule_allows(OPERATOR_RULES, verb=call[0], group=call[1], resource=call[2])
+    )
+
+
+# --- apply the example ----------------------------------------------------------------------
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
     return deployment["spec"]["template"]["spec"]["containers"][0]
 
 
-def test_kubectl_apply_creates_the_children_with_gpu_requests(cluster: Cluster):
+def test_kubectl_apply_creates_the_children_with_gpu_requests(chat: Cluster):
     """The example's tiers become Deployments asking for nvidia.com/gpu on nodes of the right GPU product."""
-    cluster.kubectl("apply", "-f", str(EXAMPLE))
-    expected = {("deployments", f"{NAME}-{c}") for c in ("small", "large", "router")}
-    expected |= {("services", f"{NAME}-{c}") for c in ("small", "large", "router")}
-    expected |= {(r, f"{NAME}-router") for r in ("serviceaccounts", "roles", "rolebindings", "configmaps")}
-    expected |= {(r, f"{NAME}-distill") for r in ("serviceaccounts", "roles", "rolebindings")}  # the runs' identity
+    cluster, name = chat, chat.name
+    apply_example(cluster)
+    expected = {("deployments", f"{name}-{c}") for c in ("small", "large", "router")}
+    expected |= {("services", f"{name}-{c}") for c in ("small", "large", "router")}
+    expected |= {(r, f"{name}-router") for r in ("serviceaccounts", "roles", "rolebindings", "configmaps")}
+    expected |= {(r, f"{name}-distill") for r in ("serviceaccounts", "roles", "rolebindings")}  # the runs' identity
     wait_for(lambda: expected <= set(cluster.children()), what="the children", context=cluster.log_tail)
     children = cluster.children()
     assert set(children) == expected
 
-    small, large = children[("deployments", "chat-small")], children[("deployments", "chat-large")]
+    small, large = children[("deployments", f"{name}-small")], children[("deployments", f"{name}-large")]
     assert container(small)["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert container(large)["resources"]["limits"] == {"nvidia.com/gpu": "4"}
     assert small["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
@@ -161,12 +220,14 @@ def test_kubectl_apply_creates_the_children_with_gpu_requests(cluster: Cluster):
     for key, child in children.items():
         refs = child["metadata"].get("ownerReferences") or []
         assert [(r["kind"], r["name"], r["uid"], r.get("controller")) for r in refs] == [
-            ("ModelCascade", NAME, owner["uid"], True)
+            ("ModelCascade", name, owner["uid"], True)
         ], key
 
 
-def test_every_stored_child_passes_kubernetes_validate_strict(cluster: Cluster, tmp_path: Path):
+def test_every_stored_child_passes_kubernetes_validate_strict(chat: Cluster, tmp_path: Path):
     """The children as the API server stored them (defaults and server metadata included) pass the real schemas."""
+    cluster = chat
+    ready_example(cluster)
     files = []
     for (resource, name), obj in sorted(cluster.children().items()):
         path = tmp_path / f"{resource}-{name}.yaml"
@@ -184,8 +245,10 @@ def test_every_stored_child_passes_kubernetes_validate_strict(cluster: Cluster, 
     assert done.stdout.count("INFO") == len(files), done.stdout
 
 
-def test_the_status_turns_ready_with_observed_generation(cluster: Cluster):
+def test_the_status_turns_ready_with_observed_generation(chat: Cluster):
     """Once the Deployments are ready, Ready=True for the cascade's current generation, and the endpoint is set."""
+    cluster = chat
+    apply_example(cluster)
     wait_for(
         lambda: (
             cluster.condition("Ready").get("status") == "True"
@@ -197,23 +260,33 @@ def test_the_status_turns_ready_with_observed_generation(cluster: Cluster):
     status, generation = cluster.status(), cluster.cascade()["metadata"]["generation"]
     assert status["observedGeneration"] == generation
     assert {c["type"]: (c["status"], c["observedGeneration"]) for c in status["conditions"]} == {
-        "Ready": ("True", generation), "TiersReady": ("True", generation),
-        "RouterReady": ("True", generation), "Degraded": ("False", generation),
-        "Calibrated": ("False", generation)}  # fmt: skip  # the example calibrates online: collecting samples
-    assert status["endpoint"] == "http://chat-router.llm.svc:8000/v1"
+        "Ready": ("True", generation),
+        "TiersReady": ("True", generation),
+        "RouterReady": ("True", generation),
+        "Degraded": ("False", generation),
+        "Calibrated": ("False", generation),  # the example calibrates online: collecting samples
+    }
+    assert status["endpoint"] == f"http://{cluster.name}-router.llm.svc:8000/v1"
     assert [(t["name"], t["readyReplicas"], t["replicas"]) for t in status["tiers"]] == [
         ("small", 2, 2),
         ("large", 1, 1),
     ]
     assert status["summary"]["tiers"] == "2/2"
     ready_event = wait_for(
-        lambda: next((e for e in cluster.server.objects("events", NS) if e.get("reason") == "Ready"), None),
+        lambda: next(
+            (
+                e
+                for e in cluster.server.objects("events", NS)
+                if e.get("reason") == "Ready" and e["involvedObject"]["name"] == cluster.name
+            ),
+            None,
+        ),
         what="the Ready event",
     )
-    assert ready_event["type"] == "Normal" and ready_event["involvedObject"]["name"] == NAME
+    assert ready_event["type"] == "Normal" and ready_event["involvedObject"]["name"] == cluster.name
 
 
-# --- 3. routers and their counters ----------------------------------------------------------------
+# --- routers and their counters ----------------------------------------------------------------
 
 
 class RouterProcess:
@@ -286,7 +359,7 @@ class Traffic:
 
     def router_config(self, pod: str) -> RouterConfig:
         """The ConfigMap's config with the tiers on loopback and status reports going to the stand-in."""
-        configmap = self.cluster.server.get("configmaps", "chat-router", NS)
+        configmap = self.cluster.server.get("configmaps", f"{self.cluster.name}-router", NS)
         assert configmap is not None
         config = RouterConfig.model_validate(yaml.safe_load(configmap["data"]["router.yaml"]))
         assert config.status_report is not None and config.status_report.interval_seconds == 0.3
@@ -307,9 +380,13 @@ class Traffic:
                 {
                     "apiVersion": "v1",
                     "kind": "Pod",
-                    "metadata": {"name": pod, "namespace": NS, "labels": selector_labels(NAME, COMPONENT_ROUTER)},
+                    "metadata": {
+                        "name": pod,
+                        "namespace": NS,
+                        "labels": selector_labels(self.cluster.name, COMPONENT_ROUTER),
+                    },
                     "spec": {
-                        "serviceAccountName": "chat-router",
+                        "serviceAccountName": f"{self.cluster.name}-router",
                         "containers": [{"name": "router", "image": "ghcr.io/kascade-dev/kascade-runtime:0.1.0"}],
                     },
                 }
@@ -318,7 +395,8 @@ class Traffic:
         config_path = self.tmp / f"{pod}.yaml"
         config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
         # The pod name comes the way the Deployment gives it: the downward API's POD_NAME.
-        env = {**os.environ, config.status_report.pod_env: pod}  # type: ignore[union-attr]
+        assert config.status_report is not None
+        env = {**os.environ, config.status_report.pod_env: pod}
         server = RouterProcess(config_path, env, self.tmp / f"{pod}.{time.monotonic_ns()}.log")
         router = Router(pod, server, openai.OpenAI(base_url=f"{server.url}/v1", api_key=CLIENT_KEY, max_retries=0))
         with self.lock:
@@ -339,7 +417,7 @@ class Traffic:
             with self.one_at_a_time:  # the small tier's confidence is set per request
                 self.small.token_prob = 0.9 if confident else 0.2
                 raw = router.client.with_raw_response.chat.completions.create(
-                    model=NAME, messages=[{"role": "user", "content": "hello"}]
+                    model=self.cluster.name, messages=[{"role": "user", "content": "hello"}]
                 )
                 answer = raw.parse()
                 escalated = raw.headers.get("x-kascade-escalated") == "true"
@@ -369,10 +447,15 @@ class Traffic:
             self.stop_router(pod)
         self.stack.close()
 
+    def pod(self, suffix: str) -> str:
+        """A router pod's name, as the cascade's router Deployment names them."""
+        return f"{self.cluster.name}-router-{suffix}"
 
-@pytest.fixture(scope="module")
-def traffic(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
-    running = Traffic(cluster=cluster, tmp=tmp_path_factory.mktemp("e2e-routers"))
+
+@pytest.fixture
+def traffic(chat: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
+    """Local tiers for the test's cascade, and its router processes (stopped when the test ends)."""
+    running = Traffic(cluster=chat, tmp=tmp_path_factory.mktemp("e2e-routers"))
     running.start_tiers()
     try:
         yield running
@@ -386,33 +469,44 @@ def kubectl_table(cluster: Cluster) -> dict[str, str]:
     return dict(zip(header, row, strict=True))
 
 
-def test_router_counters_fold_into_the_status_and_kubectl_shows_them(cluster: Cluster, traffic: Traffic):
-    """Two routers take traffic from the openai client; the operator folds their slots into traffic and cost."""
-    traffic.start_router("chat-router-7d9f-a")
-    traffic.start_router("chat-router-7d9f-b")
+def two_routers_take_traffic(cluster: Cluster, traffic: Traffic) -> None:
+    """The example Ready; routers A and B answer 40 requests, a quarter of them escalated; the status counts them."""
+    ready_example(cluster)
+    traffic.start_router(traffic.pod("7d9f-a"))
+    traffic.start_router(traffic.pod("7d9f-b"))
     traffic.send(40)
-
     wait_for(
         lambda: cluster.status().get("traffic", {}).get("requests") == 40,
         what="40 requests in the status",
         context=lambda: str(cluster.status().get("traffic")) + "\n" + cluster.log_tail(),
     )
+
+
+def test_router_counters_fold_into_the_status_and_kubectl_shows_them(chat: Cluster, traffic: Traffic):
+    """Two routers take traffic from the openai client; the operator folds their slots into traffic and cost."""
+    cluster = chat
+    two_routers_take_traffic(cluster, traffic)
     status = cluster.status()
     assert status["traffic"]["escalations"] == 10
     assert status["traffic"]["answeredBy"] == {"small": 30, "large": 10}
     assert status["cost"]["saved"] > 0 and status["cost"]["currency"] == "USD"
     assert set(status["replicaCounters"]) == {slot["processId"] for slot in status["replicaCounters"].values()}
-    assert {slot["pod"] for slot in status["replicaCounters"].values()} == {"chat-router-7d9f-a", "chat-router-7d9f-b"}
+    assert {slot["pod"] for slot in status["replicaCounters"].values()} == {
+        traffic.pod("7d9f-a"),
+        traffic.pod("7d9f-b"),
+    }
 
     row = kubectl_table(cluster)
-    assert row["NAME"] == NAME and row["READY"] == "True" and row["TIERS"] == "2/2"
+    assert row["NAME"] == cluster.name and row["READY"] == "True" and row["TIERS"] == "2/2"
     assert row["ESCALATION"] == "25.0%" == status["summary"]["escalation"]
     assert row["SAVED"] == status["summary"]["saved"]
     assert re.fullmatch(r"USD [0-9.]+ \([0-9.]+%\)", row["SAVED"]), row["SAVED"]
 
 
-def test_restarts_and_removed_pods_neither_drop_nor_double_count(cluster: Cluster, traffic: Traffic):
+def test_restarts_and_removed_pods_neither_drop_nor_double_count(chat: Cluster, traffic: Traffic):
     """Router A restarts (a new process id) and pod B goes away while traffic flows: totals only grow, and end exact."""
+    cluster = chat
+    two_routers_take_traffic(cluster, traffic)
     seen: list[int] = []
     stop = threading.Event()
 
@@ -438,20 +532,20 @@ def test_restarts_and_removed_pods_neither_drop_nor_double_count(cluster: Cluste
     try:
         time.sleep(0.5)
         # Router A restarts: same pod, new process.
-        traffic.stop_router("chat-router-7d9f-a")
-        traffic.start_router("chat-router-7d9f-a")
+        traffic.stop_router(traffic.pod("7d9f-a"))
+        traffic.start_router(traffic.pod("7d9f-a"))
         time.sleep(0.8)
         # Pod B is deleted; its process finishes a few in-flight requests after the operator retired its slot,
         # then stops and writes its slot one last time.
         retired_before = cluster.status().get("retiredCounters", {}).get("processes", 0)
-        cluster.server.delete("pods", "chat-router-7d9f-b", namespace=NS)
+        cluster.server.delete("pods", traffic.pod("7d9f-b"), namespace=NS)
         wait_for(
             lambda: cluster.status().get("retiredCounters", {}).get("processes", 0) > retired_before,
             what="the operator to retire pod B's slot",
             context=cluster.log_tail,
         )
-        traffic.send(3, pods=["chat-router-7d9f-b"])
-        traffic.stop_router("chat-router-7d9f-b")
+        traffic.send(3, pods=[traffic.pod("7d9f-b")])
+        traffic.stop_router(traffic.pod("7d9f-b"))
         time.sleep(0.5)
     finally:
         flowing.set()
@@ -475,16 +569,18 @@ def test_restarts_and_removed_pods_neither_drop_nor_double_count(cluster: Cluste
     assert status["traffic"]["escalations"] == traffic.escalated
     assert sum(status["traffic"]["answeredBy"].values()) == traffic.answered
     assert status["retiredCounters"]["processes"] == 2  # the first process of A, and B
-    assert [slot["pod"] for slot in status["replicaCounters"].values()] == ["chat-router-7d9f-a"]
+    assert [slot["pod"] for slot in status["replicaCounters"].values()] == [traffic.pod("7d9f-a")]
     assert all(later >= earlier for earlier, later in itertools.pairwise(seen)), "a cumulative figure went down"
     assert seen[-1] == traffic.answered
 
 
-# --- 5. no-op reconciles write nothing ------------------------------------------------------------------
+# --- no-op reconciles write nothing ------------------------------------------------------------------
 
 
-def test_a_reconcile_with_nothing_to_change_writes_nothing(cluster: Cluster):
+def test_a_reconcile_with_nothing_to_change_writes_nothing(chat: Cluster):
     """Timer reconciles of a settled cascade, and an update that changes no child, write nothing to the API."""
+    cluster = chat
+    ready_example(cluster)
     time.sleep(2 * INTERVAL_S)
     mark = cluster.server.mark()
     time.sleep(8 * INTERVAL_S)
@@ -498,7 +594,7 @@ def test_a_reconcile_with_nothing_to_change_writes_nothing(cluster: Cluster):
 
     # A label on the cascade is an update that no child depends on: kopf records it, the reconcile writes nothing.
     mark = cluster.server.mark()
-    cluster.kubectl("label", "modelcascade", NAME, "-n", NS, "team=ml")
+    cluster.kubectl("label", "modelcascade", cluster.name, "-n", NS, "team=ml")
     time.sleep(6 * INTERVAL_S)
     writes = cluster.operator_writes(since=mark)
     assert [(w.verb, w.resource, w.subresource) for w in writes] == [("patch", "modelcascades", None)], [
@@ -507,8 +603,11 @@ def test_a_reconcile_with_nothing_to_change_writes_nothing(cluster: Cluster):
     assert set(writes[0].body["metadata"]) == {"annotations"}  # kopf's last-handled-configuration, nothing else
 
 
-def test_an_operator_restart_writes_nothing(cluster: Cluster):
+def test_an_operator_restart_writes_nothing(chat: Cluster):
     """Resuming a settled cascade after the operator restarts changes nothing."""
+    cluster = chat
+    ready_example(cluster)
+    time.sleep(2 * INTERVAL_S)  # settled
     cluster.stop_operator()
     mark = cluster.server.mark()
     cluster.start_operator()
@@ -535,12 +634,15 @@ def gpu_look(cluster: Cluster, after: str, *, seconds: float = 1) -> dict[str, A
     )
 
 
-def test_reserved_gpu_hours_grow_with_the_ready_gpus_and_survive_an_operator_restart(cluster: Cluster):
+def test_reserved_gpu_hours_grow_with_the_ready_gpus_and_survive_an_operator_restart(chat: Cluster):
     """2 L4s at 0.80 and 4 H100s at 3.00 an hour: GPU-hours, written every second, grow at 6 GPUs across a restart."""
+    cluster = chat
+    ready_example(cluster)
     cluster.stop_operator()
     cluster.start_operator(KASCADE_GPU_HOURS_INTERVAL_SECONDS="1")
     try:
-        first = gpu_look(cluster, cluster.status()["cost"]["gpuHoursUntil"])
+        counted = wait_for(lambda: cluster.status().get("cost", {}).get("gpuHoursUntil"), what="GPU-hours counted")
+        first = gpu_look(cluster, counted)
         second = gpu_look(cluster, first["cost"]["gpuHoursUntil"], seconds=2)
         assert [(t["name"], t["readyGpus"]) for t in second["tiers"]] == [("small", 2), ("large", 4)]
         hours = seconds_between(first["cost"]["gpuHoursUntil"], second["cost"]["gpuHoursUntil"]) / 3600
@@ -573,9 +675,11 @@ def child_writes(cluster: Cluster, since: int) -> list[tuple[str | None, str | N
     ]
 
 
-def test_a_spec_change_replaces_only_the_children_it_changes(cluster: Cluster):
+def test_a_spec_change_replaces_only_the_children_it_changes(chat: Cluster):
     """More replicas for the small tier: one PUT of its Deployment; the status follows the new generation."""
-    document = yaml.safe_load(EXAMPLE.read_text())
+    cluster, small = chat, f"{chat.name}-small"
+    ready_example(cluster)
+    document = example(cluster.name)
     document["spec"]["tiers"][0]["replicas"] = 3
     mark = cluster.server.mark()
     cluster.kubectl("apply", "-f", "-", input=manifests(document))
@@ -588,53 +692,58 @@ def test_a_spec_change_replaces_only_the_children_it_changes(cluster: Cluster):
         what="3 ready replicas of the small tier",
         context=lambda: str(cluster.status().get("tiers")) + cluster.log_tail(),
     )
-    assert cluster.server.get("deployments", "chat-small", NS)["spec"]["replicas"] == 3
-    assert child_writes(cluster, mark) == [("update", "deployments", "chat-small")]
+    assert cluster.server.get("deployments", small, NS)["spec"]["replicas"] == 3
+    assert child_writes(cluster, mark) == [("update", "deployments", small)]
     puts = [w for w in cluster.operator_writes(since=mark) if w.verb == "update"]
     assert puts[0].method == "PUT" and puts[0].body["metadata"]["resourceVersion"]
 
     mark = cluster.server.mark()
-    cluster.kubectl("apply", "-f", str(EXAMPLE))
-    wait_for(
-        lambda: cluster.server.get("deployments", "chat-small", NS)["spec"]["replicas"] == 2, what="2 replicas again"
-    )
+    apply_example(cluster)
+    wait_for(lambda: cluster.server.get("deployments", small, NS)["spec"]["replicas"] == 2, what="2 replicas again")
     wait_for(
         lambda: (
             cluster.condition("Degraded").get("status") == "False" and cluster.status()["tiers"][0]["replicas"] == 2
         ),
         what="the status of 2 replicas",
     )
-    assert child_writes(cluster, mark) == [("update", "deployments", "chat-small")]
+    assert child_writes(cluster, mark) == [("update", "deployments", small)]
 
 
-def test_the_timer_corrects_drift(cluster: Cluster):
+def test_the_timer_corrects_drift(chat: Cluster):
     """A deleted child comes back, and a widened router Role is narrowed again, without any change to the cascade."""
-    role_rules = cluster.server.get("roles", "chat-router", NS)["rules"]
+    cluster, large, router = chat, f"{chat.name}-large", f"{chat.name}-router"
+    ready_example(cluster)
+    role_rules = cluster.server.get("roles", router, NS)["rules"]
     mark = cluster.server.mark()
-    cluster.server.delete("deployments", "chat-large", namespace=NS)
+    cluster.server.delete("deployments", large, namespace=NS)
     cluster.server.patch(
-        "roles", "chat-router", {"rules": [{**role_rules[0], "verbs": ["get", "patch", "delete"]}]}, namespace=NS
+        "roles", router, {"rules": [{**role_rules[0], "verbs": ["get", "patch", "delete"]}]}, namespace=NS
     )
-    wait_for(lambda: cluster.server.get("deployments", "chat-large", NS) is not None, what="chat-large to come back")
-    wait_for(lambda: cluster.server.get("roles", "chat-router", NS)["rules"] == role_rules, what="the Role restored")
+    wait_for(lambda: cluster.server.get("deployments", large, NS) is not None, what=f"{large} to come back")
+    wait_for(lambda: cluster.server.get("roles", router, NS)["rules"] == role_rules, what="the Role restored")
     assert sorted(child_writes(cluster, mark)) == [
-        ("create", "deployments", "chat-large"),
-        ("update", "roles", "chat-router"),
+        ("create", "deployments", large),
+        ("update", "roles", router),
     ]
     wait_for(lambda: cluster.condition("Ready").get("status") == "True", what="Ready again")
 
 
-# --- 6. semantic problems ----------------------------------------------------------------------------------
+# --- semantic problems ----------------------------------------------------------------------------------
 
 
 def fingerprint(cluster: Cluster) -> dict[tuple[str, str], str]:
     return {key: obj["metadata"]["resourceVersion"] for key, obj in cluster.children().items()}
 
 
-def test_a_missing_secret_degrades_and_leaves_the_children_untouched(cluster: Cluster):
+def test_a_missing_secret_degrades_and_leaves_the_children_untouched(chat: Cluster):
+    cluster, secret = chat, f"{chat.name}-hf-token"  # a Secret of its own: the other cascades keep theirs
+    document = example(cluster.name)
+    document["spec"]["tiers"][1]["model"]["hubTokenSecret"]["name"] = secret
+    cluster.kubectl("apply", "-f", "-", input=manifests(hf_token_secret(secret)))
+    ready_example(cluster, document)
     before = fingerprint(cluster)
     mark = cluster.server.mark()
-    cluster.kubectl("delete", "secret", "hf-token", "-n", NS)
+    cluster.kubectl("delete", "secret", secret, "-n", NS)
     degraded = wait_for(
         lambda: (c := cluster.condition("Degraded")).get("status") == "True" and c,
         what="Degraded",
@@ -642,31 +751,51 @@ def test_a_missing_secret_degrades_and_leaves_the_children_untouched(cluster: Cl
     )
     assert degraded["reason"] == "MissingSecret"
     assert (
-        'Secret "hf-token" used by tier "large" (model.hubTokenSecret) does not exist in namespace "llm"'
+        f'Secret "{secret}" used by tier "large" (model.hubTokenSecret) does not exist in namespace "llm"'
         in (degraded["message"])
     )
     time.sleep(4 * INTERVAL_S)
     assert fingerprint(cluster) == before
     assert not [w for w in cluster.operator_writes(since=mark) if w.resource in CHILD_RESOURCES]
     warning = wait_for(
-        lambda: next((e for e in cluster.server.objects("events", NS) if e.get("reason") == "MissingSecret"), None),
+        lambda: next(
+            (
+                e
+                for e in cluster.server.objects("events", NS)
+                if e.get("reason") == "MissingSecret" and e["involvedObject"]["name"] == cluster.name
+            ),
+            None,
+        ),
         what="the MissingSecret event",
     )
-    assert warning["type"] == "Warning" and 'Secret "hf-token"' in warning["message"]
+    assert warning["type"] == "Warning" and f'Secret "{secret}"' in warning["message"]
 
-    cluster.kubectl("apply", "-f", "-", input=manifests(hf_token_secret()))
+    cluster.kubectl("apply", "-f", "-", input=manifests(hf_token_secret(secret)))
     wait_for(lambda: cluster.condition("Degraded").get("status") == "False", what="recovery", context=cluster.log_tail)
     assert fingerprint(cluster) == before
+    cluster.kubectl("delete", "secret", secret, "-n", NS)
 
 
-def test_a_gpu_type_no_node_offers_yet_is_applied_and_waits_for_such_a_node(cluster: Cluster):
+def test_a_gpu_type_no_node_offers_yet_is_applied_and_waits_for_such_a_node(chat: Cluster):
     """Scale from zero: the change is applied although no node has the GPU type (the Pending pods are what makes a
     pool add a node); TiersReady names the wait, Degraded stays False, and the node's arrival brings Ready, no edit.
-    (It used to be Degraded NoMatchingNodes with nothing applied: on such clusters the cascade never started.)"""
-    document = yaml.safe_load(EXAMPLE.read_text())
-    changed = copy.deepcopy(document)
+    """
+    cluster, large_name = chat, f"{chat.name}-large"
+    ready_example(cluster)
+    changed = copy.deepcopy(example(cluster.name))
     changed["spec"]["tiers"][1]["resources"]["gpuType"] = "NVIDIA-A100-SXM4-80GB"
-    cluster.server.hold_unready(NS, "chat-large")  # the stand-in schedules nothing: no node, no ready pod
+    cluster.server.hold_unready(NS, large_name)  # the stand-in schedules nothing: no node, no ready pod
+    try:
+        a_node_of_the_new_type_brings_ready(cluster, changed)
+    finally:
+        cluster.server.release(NS, large_name)
+        if cluster.server.get("nodes", "gpu-a100-1") is not None:
+            cluster.server.delete("nodes", "gpu-a100-1")
+
+
+def a_node_of_the_new_type_brings_ready(cluster: Cluster, changed: dict[str, Any]) -> None:
+    """`changed` asks the large tier (held unready) for a GPU type no node offers, until a node with it joins."""
+    large_name = f"{cluster.name}-large"
     cluster.kubectl("apply", "-f", "-", input=manifests(changed))
     generation = cluster.cascade()["metadata"]["generation"]
     waiting = wait_for(
@@ -685,13 +814,13 @@ def test_a_gpu_type_no_node_offers_yet_is_applied_and_waits_for_such_a_node(clus
     assert "nodes offer: NVIDIA-H100-80GB-HBM3, NVIDIA-L4" in waiting["message"]
     assert cluster.condition("Ready")["reason"] == "WaitingForGpuNodes"
     assert cluster.condition("Degraded")["status"] == "False"
-    large = cluster.server.get("deployments", "chat-large", NS)
+    large = cluster.server.get("deployments", large_name, NS)
     assert large["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
 
     cluster.server.add_node(
         "gpu-a100-1", labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, capacity={"nvidia.com/gpu": "8"}
     )
-    cluster.server.release(NS, "chat-large")
+    cluster.server.release(NS, large_name)
     wait_for(
         lambda: cluster.condition("Ready").get("status") == "True",
         what="Ready with the new node",
@@ -699,10 +828,10 @@ def test_a_gpu_type_no_node_offers_yet_is_applied_and_waits_for_such_a_node(clus
     )
     assert cluster.cascade()["metadata"]["generation"] == generation  # nobody edited the cascade
 
-    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    apply_example(cluster)
     wait_for(
         lambda: (
-            cluster.server.get("deployments", "chat-large", NS)["spec"]["template"]["spec"]["nodeSelector"]
+            cluster.server.get("deployments", large_name, NS)["spec"]["template"]["spec"]["nodeSelector"]
             == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
         ),
         what="the example's GPU type again",
@@ -710,31 +839,29 @@ def test_a_gpu_type_no_node_offers_yet_is_applied_and_waits_for_such_a_node(clus
     wait_for(lambda: cluster.condition("Ready").get("status") == "True", what="Ready again", context=cluster.log_tail)
 
 
-# --- 6b. online calibration -------------------------------------------------------------------------------
+# --- online calibration -------------------------------------------------------------------------------
 
 
-def test_shadow_samples_move_the_threshold_and_the_routers_take_it_without_a_restart(
-    cluster: Cluster, traffic: Traffic
-):
+def test_shadow_samples_move_the_threshold_and_the_routers_take_it_without_a_restart(chat: Cluster, traffic: Traffic):
     """Every request measured (rate 1); the small tier always agrees: the operator moves its threshold down to the
     bound, Calibrated turns True, and the running router answers a 0.2-confident request from the small tier."""
-    document = yaml.safe_load(EXAMPLE.read_text())
+    cluster = chat
+    ready_example(cluster)
+    document = example(cluster.name)
     document["spec"]["calibration"].update(minAgreement=0.9, shadowSampleRate=1.0, minSamples=20, minThreshold=0.1)
     cluster.kubectl("apply", "-f", "-", input=manifests(document))
 
     def sample_rate() -> float | None:
-        configmap = cluster.server.get("configmaps", "chat-router", NS)
+        configmap = cluster.server.get("configmaps", f"{cluster.name}-router", NS)
         sampling = RouterConfig.model_validate(yaml.safe_load(configmap["data"]["router.yaml"])).shadow_sampling
         return sampling.rate if sampling is not None else None
 
     wait_for(lambda: sample_rate() == 1.0, what="the router config with every request sampled")
-    for pod in list(traffic.routers):
-        traffic.stop_router(pod)
-    router = traffic.start_router("chat-router-8c1e-a")
+    router = traffic.start_router(traffic.pod("8c1e-a"))
     for index in range(40):  # 30 confident, 10 not: every one measured against the large tier
         with traffic.one_at_a_time:
             traffic.small.token_prob = 0.9 if index % 4 else 0.2
-            router.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hello"}])
+            router.client.chat.completions.create(model=cluster.name, messages=[{"role": "user", "content": "hello"}])
     calibrated = wait_for(
         lambda: (c := cluster.condition("Calibrated")).get("status") == "True" and c,
         what="Calibrated",
@@ -750,13 +877,13 @@ def test_shadow_samples_move_the_threshold_and_the_routers_take_it_without_a_res
         with traffic.one_at_a_time:
             traffic.small.token_prob = 0.2
             raw = router.client.with_raw_response.chat.completions.create(
-                model=NAME, messages=[{"role": "user", "content": "hello"}]
+                model=cluster.name, messages=[{"role": "user", "content": "hello"}]
             )
         return raw.headers.get("x-kascade-tier") == "small"
 
     wait_for(answered_by_small, what="the router to take the calibrated threshold")
     traffic.stop_router(router.pod)
-    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    apply_example(cluster)
     wait_for(
         lambda: (
             cluster.status().get("calibration", {}).get("tiers", [{}])[0].get("declared") == 0.35
@@ -766,31 +893,34 @@ def test_shadow_samples_move_the_threshold_and_the_routers_take_it_without_a_res
     )
 
 
-# --- 7. deletion, and what the operator may call -------------------------------------------------------------
+# --- deletion, and what the operator may call -------------------------------------------------------------
 
 
-def test_deleting_the_cascade_removes_the_children(cluster: Cluster, traffic: Traffic):
-    traffic.close()  # the routers' pods would outlive nothing: they are not children here
-    cluster.kubectl("delete", "modelcascade", NAME, "-n", NS, "--timeout=30s")
-    assert cluster.server.get("modelcascades", NAME, NS) is None
+def a_cascade_deleted(cluster: Cluster) -> None:
+    """The test's cascade deleted with kubectl: it is gone at once, its children once they are garbage-collected."""
+    cluster.kubectl("delete", "modelcascade", cluster.name, "-n", NS, "--timeout=30s")
+    assert cluster.server.get("modelcascades", cluster.name, NS) is None
     wait_for(lambda: not cluster.children(), what="the children to be garbage-collected")
 
 
-def test_every_call_the_operator_made_is_allowed_by_its_documented_rbac(cluster: Cluster):
-    calls = {
-        (r.verb, r.group or "", r.resource if r.subresource is None else f"{r.resource}/{r.subresource}")
-        for r in cluster.server.requests
-        if r.user_agent.startswith(OPERATOR_AGENTS) and r.resource is not None
-    }
-    assert calls, "no operator requests were recorded"
-    missing = sorted(
-        call for call in calls if not rule_allows(OPERATOR_RULES, verb=call[0], group=call[1], resource=call[2])
-    )
-    assert missing == []
+def test_deleting_the_cascade_removes_the_children(chat: Cluster):
+    ready_example(chat)
+    a_cascade_deleted(chat)
 
 
-def test_the_charts_roles_allow_every_call_the_operator_made(cluster: Cluster, monkeypatch: pytest.MonkeyPatch):
-    """The Helm chart's Roles (namespaced mode, cluster reads on) would have allowed every recorded operator call."""
+def test_every_call_the_operator_made_is_allowed_by_its_documented_rbac(chat: Cluster):
+    """Over a cascade's life (applied, Ready, deleted) and whatever else ran before in this cluster."""
+    ready_example(chat)
+    a_cascade_deleted(chat)
+    operator = [r for r in chat.server.requests if r.user_agent.startswith(OPERATOR_AGENTS) and r.resource is not None]
+    assert operator, "no operator requests were recorded"
+    assert calls_outside_the_rules(operator) == []
+
+
+def test_the_charts_roles_allow_every_call_the_operator_made(chat: Cluster, monkeypatch: pytest.MonkeyPatch):
+    """The Helm chart's Roles (namespaced mode, cluster reads on) would have allowed every recorded operator call:
+    over a cascade's life (applied, Ready, deleted) and whatever else ran before in this cluster."""
+    cluster = chat
     charts = REPO / "tests" / "charts"
     if not (charts / "rbac_coverage.py").exists() or not (REPO / "charts" / "kascade").is_dir():
         pytest.skip("no Helm chart or RBAC checker in this checkout")
@@ -798,6 +928,8 @@ def test_the_charts_roles_allow_every_call_the_operator_made(cluster: Cluster, m
     from chart_testkit import by_kind, render_values
     from rbac_coverage import check_rbac
 
+    ready_example(cluster)
+    a_cascade_deleted(cluster)
     objects = render_values({"watch": {"namespaces": [NS]}, "rbac": {"clusterReads": True}})
     roles = by_kind(objects, "Role") + by_kind(objects, "ClusterRole")
     requests = [r for r in cluster.server.requests if r.user_agent.startswith(OPERATOR_AGENTS)]
