@@ -29,7 +29,7 @@ from kascade.distillation.status import Throttle, parse_report_target
 from kascade.runtime.serving import BackgroundServer
 
 pytest.importorskip("kmock")
-from kascade.testing import StandinApiServer  # noqa: E402
+from kascade.testing import StandinApiServer
 
 pytestmark = pytest.mark.slow
 
