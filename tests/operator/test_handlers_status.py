@@ -135,8 +135,12 @@ def test_the_status_of_a_ready_cascade():
     assert patch["observedGeneration"] == 3
     assert patch["endpoint"] == "http://chat-router.llm.svc:8000/v1"
     assert {c["type"]: c["status"] for c in patch["conditions"]} == {
-        "Ready": "True", "TiersReady": "True", "RouterReady": "True", "Degraded": "False",
-        "Calibrated": "False"}  # fmt: skip  # online calibration is collecting samples
+        "Ready": "True",
+        "TiersReady": "True",
+        "RouterReady": "True",
+        "Degraded": "False",
+        "Calibrated": "False",  # online calibration is collecting samples
+    }
     assert [(t["name"], t["readyReplicas"]) for t in patch["tiers"]] == [("small", 2), ("large", 1)]
     assert patch["summary"]["tiers"] == "2/2"
     assert fold.retired == ()
