@@ -17,18 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
 
-from kascade.api.loop import AnswerMatcher, Gate, Training
+from kascade.api.loop import AnswerMatcher, Gate, OnlineMatcher, Training
 
 ON_POLICY_NEEDS_A_TEACHER = (
     "on-policy steps need a teacher to score the student's samples: pass --teacher or --teacher-url"
 )
 TEACHER_URL_NEEDS_A_MODEL = "--teacher-url needs --teacher-model, the name the teacher server serves"
-GATE_JUDGES_BY_TEXT = (
-    "matcher {matcher} judges offline only (kascade eval/calibrate); the gate judges with label, number or exact"
-)
 
 
 class DistillSettings(BaseModel):
@@ -50,20 +47,13 @@ class DistillSettings(BaseModel):
     out: Path = Field(description="The output folder: the distilled model, servable as it is, with provenance.json.")
     training: Training = Field(default_factory=Training)
     gate: Gate = Field(default_factory=Gate)
-    matcher: AnswerMatcher = Field(
+    matcher: OnlineMatcher = Field(
         default=AnswerMatcher.exact,
         description="How a generated held-out answer agrees with the teacher's: exact, number or label.",
     )
     limit: int | None = Field(default=None, ge=1, description="Use at most this many examples (seeded sample).")
     seed: int = Field(default=0, description="Seed of the data order, on-policy sampling and the sample.")
     device: str = "auto"
-
-    @field_validator("matcher")
-    @classmethod
-    def _judges_by_text(cls, matcher: AnswerMatcher) -> AnswerMatcher:
-        if matcher.offline_only:
-            raise ValueError(GATE_JUDGES_BY_TEXT.format(matcher=matcher.value))
-        return matcher
 
     @model_validator(mode="after")
     def _on_policy_needs_a_teacher(self) -> DistillSettings:

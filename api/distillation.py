@@ -20,10 +20,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kascade.api.base import StatusModel
-from kascade.api.loop import ONLINE_MATCHERS, AnswerMatcher, Gate, RunPlacement, Training
+from kascade.api.loop import AnswerMatcher, Gate, OnlineMatcher, RunPlacement, Training
 from kascade.api.modelcascade import API_VERSION, ObjectMeta, SecretKeyRef
 from kascade.api.resources import DNS_LABEL_PATTERN
 from kascade.api.times import TimeError, parse_time
@@ -38,7 +38,6 @@ TRANSIENT_EXIT_CODE = 3  # the API server could not be reached or was busy: run 
 OUTPUT_IS_NOT_THE_STUDENT = (
     "spec.output must differ from spec.student: a run never writes over the model it starts from"
 )
-GATE_JUDGES_BY_TEXT = "spec.matcher {matcher} judges offline only (kascade eval/calibrate); a run's gate judges with label, number or exact"
 ON_POLICY_NEEDS_A_TEACHER = "spec.training.onPolicyFraction > 0 needs spec.teacherUrl and spec.teacherModel: a teacher server scores the samples"
 
 
@@ -83,25 +82,16 @@ class DistillationSpec(RunPlacement):
     )
     training: Training = Field(default_factory=Training)
     gate: Gate = Field(default_factory=Gate)
-    matcher: AnswerMatcher = Field(
+    matcher: OnlineMatcher = Field(
         default=AnswerMatcher.exact,
         description="How a held-out answer of the student agrees with the teacher's (the gate's agreement); the "
         "operator sets the cascade's (spec.calibration.matcher, else label for classify, exact otherwise).",
-        json_schema_extra={"enum": list(ONLINE_MATCHERS)},
     )
     log_records: int = Field(
         default=0,
         ge=0,
         description="Escalations the cascade had logged when the run was created (the next counts from it).",
     )
-
-    @field_validator("matcher")
-    @classmethod
-    def _judges_by_text(cls, matcher: AnswerMatcher) -> AnswerMatcher:
-        # The CRD lists only the online matchers, so the API server refuses the rest too.
-        if matcher.offline_only:
-            raise ValueError(GATE_JUDGES_BY_TEXT.format(matcher=matcher.value))
-        return matcher
 
     @model_validator(mode="after")
     def _fits(self) -> DistillationSpec:

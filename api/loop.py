@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Annotated
 
 from croniter import croniter
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from kascade.api.base import SpecModel
 from kascade.api.resources import Resources, Toleration
@@ -38,8 +39,8 @@ ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS = (
 THRESHOLD_BOUNDS_IN_ORDER = "spec.calibration.minThreshold must not exceed spec.calibration.maxThreshold"
 CALIBRATION_NEEDS_A_GOAL = "spec.calibration needs a goal: minAgreement, minAccuracy or maxEscalationRate"
 OFFLINE_ONLY_MATCHER = (
-    "spec.calibration.matcher {matcher} judges offline only (kascade eval/calibrate); "
-    "online calibration judges with label, number or exact"
+    "matcher {matcher} judges offline only (kascade eval/calibrate); "
+    "online calibration and a run's gate judge with label, number or exact"
 )
 ESCALATION_LOG_NEEDS_A_PLACE = (
     "spec.escalationLog.enabled needs spec.escalationLog.uri: where the records go "
@@ -87,6 +88,19 @@ OFFLINE_ONLY_MATCHERS = frozenset({AnswerMatcher.code, AnswerMatcher.text})
 ONLINE_MATCHERS: tuple[str, ...] = tuple(matcher.value for matcher in AnswerMatcher if not matcher.offline_only)
 
 
+def _judges_online(matcher: AnswerMatcher) -> AnswerMatcher:
+    if matcher.offline_only:
+        raise ValueError(OFFLINE_ONLY_MATCHER.format(matcher=matcher.value))
+    return matcher
+
+
+# A matcher the router and a run's gate can judge with: the model refuses the offline-only ones, and the CRD lists
+# only the others, so the API server refuses them too. Online calibration, a Distillation and its settings use it.
+OnlineMatcher = Annotated[
+    AnswerMatcher, AfterValidator(_judges_online), WithJsonSchema({"type": "string", "enum": list(ONLINE_MATCHERS)})
+]
+
+
 class Calibration(SpecModel):
     """The quality goal the thresholds are set from, with a finite-sample guarantee.
 
@@ -125,10 +139,8 @@ class Calibration(SpecModel):
             "sent to the last tier (off the response path), escalated ones already have its answer. 0: offline only."
         ),
     )
-    matcher: AnswerMatcher | None = Field(
-        default=None,
-        description="How agreement is judged online; default: label for classify, exact otherwise.",
-        json_schema_extra={"enum": list(ONLINE_MATCHERS)},
+    matcher: OnlineMatcher | None = Field(
+        default=None, description="How agreement is judged online; default: label for classify, exact otherwise."
     )
     min_samples: int = Field(
         default=200, ge=10, le=1_000_000, description="Samples a tier needs before its threshold moves."
@@ -157,14 +169,6 @@ class Calibration(SpecModel):
         if self.min_threshold > self.max_threshold:
             raise ValueError(THRESHOLD_BOUNDS_IN_ORDER)
         return self
-
-    @field_validator("matcher")
-    @classmethod
-    def _judges_online(cls, matcher: AnswerMatcher | None) -> AnswerMatcher | None:
-        # The CRD lists only the online matchers (`ONLINE_MATCHERS`), so the API server refuses the rest too.
-        if matcher is not None and matcher.offline_only:
-            raise ValueError(OFFLINE_ONLY_MATCHER.format(matcher=matcher.value))
-        return matcher
 
     @property
     def online(self) -> bool:
