@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -209,6 +209,15 @@ class DistillationStatus(StatusModel):
     gain_text: str = Field(default="", description="For kubectl: the agreement gain.")
     model: str | None = Field(default=None, description="The new student, as a tier's model.uri.")
     promotion: Promotion | None = None
+
+    @classmethod
+    def failed(cls, message: str, at: str) -> DistillationStatus:
+        """A run that ended as Failed: why, and when (the pod's report and the operator's ending alike)."""
+        return cls(phase=DistillationPhase.failed, finished_at=at, message=message)
+
+    def merge_patch_body(self) -> dict[str, Any]:
+        """The fields set here, as a status merge patch writes them (what was not set stays as it is)."""
+        return self.model_dump(by_alias=True, exclude_none=True, exclude_unset=True, mode="json")
 
 
 class Distillation(BaseModel):

@@ -56,7 +56,7 @@ class Throttle:
 
 def status_patch(status: DistillationStatus, *, cleared: tuple[str, ...] = ()) -> dict[str, Any]:
     """The merge patch that writes the fields set on `status`, and removes the `cleared` ones."""
-    body = status.model_dump(by_alias=True, exclude_none=True, exclude_unset=True, mode="json")
+    body = status.merge_patch_body()
     for field in cleared:
         body[DistillationStatus.model_fields[field].alias or field] = None
     return {"status": body}
@@ -113,4 +113,4 @@ def succeeded(result: DistillResult, *, steps: int, loss: float | None, model: s
 
 
 def failed(message: str, at: str) -> dict[str, Any]:
-    return status_patch(DistillationStatus(phase=DistillationPhase.failed, finished_at=at, message=message))
+    return status_patch(DistillationStatus.failed(message, at))

@@ -189,7 +189,7 @@ class DistillationPlan:
 
 def failed_patch(message: str, at: str) -> dict[str, Any]:
     """The status merge patch that ends a run as Failed."""
-    return {"phase": DistillationPhase.failed.value, "message": message, "finishedAt": at}
+    return DistillationStatus.failed(message, at).merge_patch_body()
 
 
 # --- the plan ---------------------------------------------------------------------------------
