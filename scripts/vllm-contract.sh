@@ -10,7 +10,7 @@
 # (KASCADE_VLLM_VERSION picks another release): it pins its own CUDA torch, which cannot share an environment
 # with the project's pinned CPU torch (it runs on the CPU here; nothing is served). The project goes in with
 # its core dependencies and the `log` extra only (no torch pin); being editable, it is re-pointed at this
-# checkout when the cached environment was built from another one (CI clones afresh).
+# checkout when the cached environment was built from another one or another package list (CI clones afresh).
 set -euo pipefail
 
 VLLM_VERSION="${KASCADE_VLLM_VERSION:-0.33.0}"
@@ -41,10 +41,13 @@ if [ "$(cat "$VENV/.recipe" 2>/dev/null)" != "$RECIPE" ]; then
   echo "built in $((SECONDS - started)) s" >&2
 fi
 
-# The editable install points at the checkout it was made from: re-point it when that is not this one.
-installed_from="$("$py" -c 'import pathlib, kascade; print(pathlib.Path(kascade.__file__).resolve().parents[1])' 2>/dev/null || true)"
-if [ "$installed_from" != "$(cd "$REPO" && pwd -P)" ]; then
+# The editable install maps each package to a folder of the checkout it was made from, as pyproject.toml
+# listed them then: re-point it when the checkout or its package list is not this one (a cached environment
+# built before a package was added cannot import it).
+install_key="$(cd "$REPO" && pwd -P) $(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+if [ "$(cat "$VENV/.kascade-install" 2>/dev/null)" != "$install_key" ]; then
   "$py" -m pip install --quiet --no-build-isolation --no-deps -e "$REPO"
+  echo "$install_key" >"$VENV/.kascade-install"
 fi
 
 exec "$py" "$REPO/scripts/vllm_contract.py" "$@"
