@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kascade.api.agreement import JUDGE_URL_NEEDS_A_MODEL
 from kascade.api.loop import (
     CALIBRATION_NEEDS_A_GOAL,
     DISTILLATION_NEEDS_THE_LOG,
@@ -46,6 +47,7 @@ from kascade.api.modelcascade import (
     Task,
 )
 from kascade.api.openapi import to_structural
+from kascade.api.pre_route import LAST_TIER_IS_NOT_PRE_ROUTED, PRE_ROUTE_WEIGHTS_PER_DIMENSION
 from kascade.api.status import ModelCascadeStatus
 
 SINGULAR = "modelcascade"
@@ -74,6 +76,10 @@ SPEC_RULES: list[dict[str, str]] = [
     {
         "rule": f"size(self.tiers) == 0 || !has({_LAST_TIER}.accept)",
         "message": "the last tier always answers and takes no accept rule",
+    },
+    {
+        "rule": f"size(self.tiers) == 0 || !has({_LAST_TIER}.preRoute)",
+        "message": f"the last tier {LAST_TIER_IS_NOT_PRE_ROUTED}",
     },
     {
         "rule": f"self.tiers.all(t, has(t.accept) || t.name == {_LAST_TIER}.name)",
@@ -114,6 +120,14 @@ SPEC_RULES: list[dict[str, str]] = [
         ),
         "message": EARLY_MODE_SCORES_A_PREFIX,
     },
+]
+
+# CEL rules on `spec.calibration.judge`, mirroring Judge's validator.
+JUDGE_RULES: list[dict[str, str]] = [{"rule": "has(self.url) == has(self.model)", "message": JUDGE_URL_NEEDS_A_MODEL}]
+
+# CEL rules on `spec.tiers[].preRoute`, mirroring PreRoute's validator: the base64 length of 4-byte weights.
+PRE_ROUTE_RULES: list[dict[str, str]] = [
+    {"rule": "size(self.weights) == 4 * ((4 * self.dimensions + 2) / 3)", "message": PRE_ROUTE_WEIGHTS_PER_DIMENSION}
 ]
 
 # CEL rules on `spec.tiers[].accept`, mirroring Accept's and LearnedScore's validators.
@@ -277,12 +291,14 @@ def build_openapi_schema() -> dict[str, Any]:
     spec["x-kubernetes-validations"] = SPEC_RULES
     spec["properties"]["tiers"]["items"]["x-kubernetes-validations"] = TIER_RULES
     spec["properties"]["tiers"]["items"]["properties"]["accept"]["x-kubernetes-validations"] = ACCEPT_RULES
+    spec["properties"]["tiers"]["items"]["properties"]["preRoute"]["x-kubernetes-validations"] = PRE_ROUTE_RULES
     spec["properties"]["tiers"]["items"]["properties"]["tolerations"]["items"]["x-kubernetes-validations"] = (
         TOLERATION_RULES
     )
     spec["properties"]["distillation"]["properties"]["tolerations"]["items"]["x-kubernetes-validations"] = (
         TOLERATION_RULES
     )
+    spec["properties"]["calibration"]["properties"]["judge"]["x-kubernetes-validations"] = JUDGE_RULES
     status = to_structural(ModelCascadeStatus.model_json_schema(by_alias=True))
     description = (
         "A model cascade: a small model answers first; when it is not confident, "

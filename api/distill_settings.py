@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
 
-from kascade.api.loop import AnswerMatcher, Gate, OnlineMatcher, Training
+from kascade.api.agreement import AnswerMatcher, OnlineMatcher
+from kascade.api.loop import Gate, Training
 
 ON_POLICY_NEEDS_A_TEACHER = (
     "on-policy steps need a teacher to score the student's samples: pass --teacher or --teacher-url"

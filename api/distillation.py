@@ -22,8 +22,9 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kascade.api.agreement import AnswerMatcher, OnlineMatcher
 from kascade.api.base import StatusModel
-from kascade.api.loop import AnswerMatcher, Gate, OnlineMatcher, RunPlacement, Training
+from kascade.api.loop import Gate, RunPlacement, Training
 from kascade.api.modelcascade import API_VERSION, ObjectMeta, SecretKeyRef
 from kascade.api.resources import DNS_LABEL_PATTERN
 from kascade.api.times import TimeError, parse_time

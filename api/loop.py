@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated
 
 from croniter import croniter
-from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from kascade.api.agreement import SEMANTIC_CUTOFF, Judge, OnlineMatcher
 from kascade.api.base import SpecModel
 from kascade.api.resources import Resources, Toleration
 
@@ -38,10 +38,6 @@ ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS = (
 )
 THRESHOLD_BOUNDS_IN_ORDER = "spec.calibration.minThreshold must not exceed spec.calibration.maxThreshold"
 CALIBRATION_NEEDS_A_GOAL = "spec.calibration needs a goal: minAgreement, minAccuracy or maxEscalationRate"
-OFFLINE_ONLY_MATCHER = (
-    "matcher {matcher} judges offline only (kascade eval/calibrate); "
-    "online calibration and a run's gate judge with label, number or exact"
-)
 ESCALATION_LOG_NEEDS_A_PLACE = (
     "spec.escalationLog.enabled needs spec.escalationLog.uri: where the records go "
     "(pvc://claim/path or s3://bucket/prefix in a cluster; a folder, file:// or s3:// in local mode)"
@@ -61,44 +57,6 @@ STUDENT_MUST_BE_TRAINABLE = (
     "load (hf://, pvc://, pkg:// or a path; not s3://)"
 )
 DISTILLATION_TIER_NOT_LAST = "spec.distillation.tier must name a tier of the cascade that is not the last"
-
-
-class AnswerMatcher(StrEnum):
-    """How an answer is judged against a reference or another tier's answer: one list for every judge.
-
-    Online calibration, the escalation log's `agreed`, the promotion gate and
-    `kascade eval`/`calibrate` all name their matcher from here. The cheap,
-    pure ones (`kascade.calibration.agreement`) run anywhere; the offline-only
-    ones need resources only `kascade eval` has (`kascade.evaluation.matchers`).
-    """
-
-    label = "label"  # the same class label (case and surrounding spaces ignored)
-    number = "number"  # the same final number (integers, decimals, fractions)
-    exact = "exact"  # the same text, whitespace collapsed
-    code = "code"  # offline only: a program, right when the example's tests pass (a sandboxed process)
-    text = "text"  # offline only: free text, embedding similarity (the packaged MiniLM) above a cutoff
-
-    @property
-    def offline_only(self) -> bool:
-        """Whether only `kascade eval`/`calibrate` can judge with it (tests to run, an encoder to load)."""
-        return self in OFFLINE_ONLY_MATCHERS
-
-
-OFFLINE_ONLY_MATCHERS = frozenset({AnswerMatcher.code, AnswerMatcher.text})
-ONLINE_MATCHERS: tuple[str, ...] = tuple(matcher.value for matcher in AnswerMatcher if not matcher.offline_only)
-
-
-def _judges_online(matcher: AnswerMatcher) -> AnswerMatcher:
-    if matcher.offline_only:
-        raise ValueError(OFFLINE_ONLY_MATCHER.format(matcher=matcher.value))
-    return matcher
-
-
-# A matcher the router and a run's gate can judge with: the model refuses the offline-only ones, and the CRD lists
-# only the others, so the API server refuses them too. Online calibration, a Distillation and its settings use it.
-OnlineMatcher = Annotated[
-    AnswerMatcher, AfterValidator(_judges_online), WithJsonSchema({"type": "string", "enum": list(ONLINE_MATCHERS)})
-]
 
 
 class Calibration(SpecModel):
@@ -140,7 +98,22 @@ class Calibration(SpecModel):
         ),
     )
     matcher: OnlineMatcher | None = Field(
-        default=None, description="How agreement is judged online; default: label for classify, exact otherwise."
+        default=None,
+        description=(
+            "How agreement is judged (online calibration, the escalation log's agreed, the promotion gate); "
+            "default: label for classify; for chat and completion, judge, or semantic where no judge can be asked "
+            "(an external last tier and no judge.url)."
+        ),
+    )
+    semantic_cutoff: float = Field(
+        default=SEMANTIC_CUTOFF,
+        gt=0,
+        le=1,
+        description="matcher semantic: two answers agree when their embeddings' cosine is at least this.",
+    )
+    judge: Judge = Field(
+        default_factory=lambda: Judge(),
+        description="matcher judge: who judges and how many judge calls may be in flight.",
     )
     min_samples: int = Field(
         default=200, ge=10, le=1_000_000, description="Samples a tier needs before its threshold moves."

@@ -36,6 +36,7 @@ from kascade.api.accept import (  # noqa: F401 - the accept rule's types are imp
     check_fits_task,
     needs_whole_answer,
 )
+from kascade.api.agreement import AnswerMatcher
 from kascade.api.base import SpecModel, StatusModel  # noqa: F401 - StatusModel: imported from here too
 from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from here too
     DISTILLATION_NEEDS_THE_LOG,
@@ -43,13 +44,14 @@ from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from h
     ON_POLICY_NEEDS_A_SCORING_TEACHER,
     ONLINE_CALIBRATION_NEEDS_WHOLE_ANSWERS,
     STUDENT_MUST_BE_TRAINABLE,
-    AnswerMatcher,
     Calibration,
     DistillationLoss,
     DistillationPolicy,
     EscalationLog,
 )
 from kascade.api.model_uri import ModelUri
+from kascade.api.parts import Price, SecretKeyRef
+from kascade.api.pre_route import LAST_TIER_IS_NOT_PRE_ROUTED, PreRoute
 from kascade.api.resources import (  # noqa: F401 - imported from here too
     DNS_LABEL_PATTERN,
     LABEL_VALUE_PATTERN,
@@ -80,13 +82,6 @@ class EngineKind(StrEnum):
     external = "external"
 
 
-class SecretKeyRef(SpecModel):
-    """A key of a Secret in the resource's namespace."""
-
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
-    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
-
-
 class ModelSource(SpecModel):
     """Which model a tier serves."""
 
@@ -111,29 +106,6 @@ class ModelSource(SpecModel):
     def location(self) -> ModelUri:
         """`uri`, parsed."""
         return ModelUri.parse(self.uri)
-
-
-class Price(SpecModel):
-    """What a tier costs: per token (usage, drives `saved`) and per GPU-hour (the reservation, `reservationCost`)."""
-
-    currency: str = Field(
-        default="USD",
-        min_length=3,
-        max_length=3,
-        pattern=r"^[A-Z]{3}$",
-        description="ISO 4217 code; every tier of a cascade should use the same one.",
-    )
-    input_per_million: float = Field(default=0.0, ge=0, description="Price per million input tokens.")
-    output_per_million: float = Field(default=0.0, ge=0, description="Price per million output tokens.")
-    per_gpu_hour: float = Field(
-        default=0.0,
-        ge=0,
-        description=(
-            "Price of one GPU for one hour: the operator charges it for every GPU of the tier's ready replicas "
-            "(status.cost.reservationCost). For a tier on your own GPUs this is the real bill. Local mode "
-            "reserves nothing and reports usage cost only."
-        ),
-    )
 
 
 def currency_conflict(prices: Mapping[str, Price]) -> str | None:
@@ -182,6 +154,11 @@ class Tier(SpecModel):
     price: Price = Field(default_factory=Price)
     accept: Accept | None = Field(
         default=None, description="Confidence rule; required on every tier but the last, refused on the last."
+    )
+    pre_route: PreRoute | None = Field(
+        default=None,
+        description="Skips this tier before it is asked when the prompt predicts it would not keep the request "
+        "(not on the last tier, which answers whatever reaches it).",
     )
 
     @property
@@ -247,11 +224,21 @@ class ModelCascadeSpec(SpecModel):
 
     @property
     def matcher(self) -> AnswerMatcher:
-        """How this cascade judges agreement (online calibration, the log's `agreed`, the promotion gate):
-        the calibration's matcher, else the task's default: label for classify, exact otherwise."""
+        """How this cascade judges agreement (online calibration, the log's `agreed`, the promotion gate): the
+        calibration's matcher, else the task's default: label for classify; for chat and completion, an LLM judge
+        (the last tier, or the calibration's judge.url), or semantic where no judge can be asked (an external last
+        tier, whose logprobs Kascade cannot count on, and no judge.url)."""
         if self.calibration is not None and self.calibration.matcher is not None:
             return self.calibration.matcher
-        return AnswerMatcher.label if self.task is Task.classify else AnswerMatcher.exact
+        if self.task is Task.classify:
+            return AnswerMatcher.label
+        return AnswerMatcher.judge if self.judge_can_be_asked else AnswerMatcher.semantic
+
+    @property
+    def judge_can_be_asked(self) -> bool:
+        """Whether `matcher: judge` has an LLM to ask: a judge.url, or a last tier Kascade deploys."""
+        judge = self.calibration.judge if self.calibration is not None else None
+        return (judge is not None and judge.external) or self.tiers[-1].engine is not EngineKind.external
 
     @model_validator(mode="after")
     def _check_tiers(self) -> ModelCascadeSpec:
@@ -262,6 +249,8 @@ class ModelCascadeSpec(SpecModel):
         *front, last = self.tiers
         if last.accept is not None:
             raise ValueError(f"the last tier ({last.name!r}) always answers and takes no accept rule")
+        if last.pre_route is not None:
+            raise ValueError(f"the last tier ({last.name!r}) {LAST_TIER_IS_NOT_PRE_ROUTED}")
         for tier in front:
             if tier.accept is None:
                 raise ValueError(f"tier {tier.name!r} is not the last tier and needs an accept rule")

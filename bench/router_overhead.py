@@ -358,7 +358,7 @@ def write_router_config(
     """
     import yaml
 
-    from kascade.api.loop import AnswerMatcher
+    from kascade.api.agreement import AnswerMatcher
     from kascade.api.modelcascade import Accept
     from kascade.runtime.config import EscalationLogConfig, RouterConfig, ShadowSamplingConfig, TierConfig
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from kascade.api.agreement import AnswerMatcher
 from kascade.api.distill_settings import DistillSettings
-from kascade.api.loop import AnswerMatcher
 from kascade.calibration.agreement import answers_agree
 from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.examples import DistillExample

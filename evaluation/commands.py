@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from kascade.api.loop import AnswerMatcher
+from kascade.api.agreement import AnswerMatcher
 from kascade.api.modelcascade import ModelCascade, ScoredSpan, Task
 from kascade.evaluation.collect import GenerationSettings, answered_by_every_tier, collect_answers
 from kascade.evaluation.datasets import Dataset, DatasetError, load_dataset, subset

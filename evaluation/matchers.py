@@ -6,7 +6,7 @@
 - number: the final number of a chat answer, normalised (integers, decimals,
   fractions, thousands separators: 1/2 == 0.5 == 0.50).
 - exact: the same text once whitespace is collapsed.
-- text: embedding similarity (the packaged MiniLM encoder, cosine of mean-pooled
+- semantic: embedding similarity (the packaged MiniLM encoder, cosine of mean-pooled
   embeddings) at or above `TEXT_SIMILARITY_CUTOFF`.
 
 Every figure of a report names the matcher that produced it.
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kascade.api.loop import AnswerMatcher
+from kascade.api.agreement import AnswerMatcher
 from kascade.calibration.agreement import answers_agree, same_text
 from kascade.evaluation.records import Example, TierAnswer
 from kascade.runtime.scoring.spans import final_code_block
@@ -48,7 +48,7 @@ class Matcher:
             AnswerMatcher.code: "the problem's tests pass (separate process, time and memory limits)",
             AnswerMatcher.number: "same final number (integers, decimals, fractions)",
             AnswerMatcher.exact: "same text, whitespace collapsed",
-            AnswerMatcher.text: f"MiniLM embedding cosine >= {TEXT_SIMILARITY_CUTOFF}",
+            AnswerMatcher.semantic: f"MiniLM embedding cosine >= {TEXT_SIMILARITY_CUTOFF}",
         }[self.kind]
         return f"{self.kind.value}: {detail}"
 
@@ -66,7 +66,7 @@ class Matcher:
                 if reference is None
                 else self._same(answer.text if answer.label is None else answer.label, reference)
             )
-        if self.kind is AnswerMatcher.text:
+        if self.kind is AnswerMatcher.semantic:
             return self._similar_pairs(answers, [e.answer for e in examples], results)
         return results
 
@@ -81,12 +81,12 @@ class Matcher:
         """Whether each pair of answers agrees; code compares test outcomes, which the caller passes."""
         if self.kind is AnswerMatcher.code:
             return [a == b for a, b in zip(left_correct, right_correct, strict=True)]
-        if self.kind is AnswerMatcher.text:
+        if self.kind is AnswerMatcher.semantic:
             return [bool(x) for x in self._similar_pairs(left, [a.text for a in right], [False] * len(left))]
         return [self._same(a.label or a.text, b.label or b.text) for a, b in zip(left, right, strict=True)]
 
     def _same(self, answer: str, reference: str) -> bool:
-        if self.kind in (AnswerMatcher.code, AnswerMatcher.text):
+        if self.kind in (AnswerMatcher.code, AnswerMatcher.semantic):
             return same_text(answer, reference)  # the first guess; tests or embeddings decide after
         return answers_agree(self.kind, answer, reference)
 

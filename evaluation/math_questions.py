@@ -17,7 +17,7 @@ import sys
 import venv
 from pathlib import Path
 
-from kascade.api.loop import AnswerMatcher
+from kascade.api.agreement import AnswerMatcher
 from kascade.evaluation.datasets import Dataset, DatasetError
 from kascade.evaluation.records import Example
 from kascade.runtime.models.catalog import default_cache_dir

@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kascade.api.loop import AnswerMatcher, Calibration
+from kascade.api.agreement import AnswerMatcher
+from kascade.api.loop import Calibration
 from kascade.api.model_uri import ModelUri
 from kascade.api.modelcascade import (
     DEFAULT_MAX_BODY_BYTES,

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from kascade.api.modelcascade import ModelCascade
+from kascade.api.pre_route import PreRoute
 
 GOOD: dict[str, Any] = {
     "apiVersion": "kascade.dev/v1alpha1",
@@ -327,8 +328,37 @@ CASES = [
         "online-calibration-with-an-offline-matcher",
         _set(_spec, "calibration", {"minAgreement": 0.9, "shadowSampleRate": 0.05, "matcher": "code"}),
         "schema",
-        "spec.calibration.matcher: 'code' is not one of ['label', 'number', 'exact']",
+        "spec.calibration.matcher: 'code' is not one of ['label', 'number', 'exact', 'semantic', 'judge']",
         "judges offline only",
+    ),
+    Case(
+        "a-judge-url-without-a-model",
+        _set(_spec, "calibration", {"minAgreement": 0.9, "judge": {"url": "https://judge.example/v1"}}),
+        "cel",
+        "spec.calibration.judge: calibration.judge: url and model go together",
+        "url and model go together",
+    ),
+    Case(
+        "pre-route-weights-of-another-dimension",
+        _set(
+            _tier(0),
+            "preRoute",
+            {"dimensions": 16, "weights": PreRoute.encode_weights([0.5] * 8), "bias": 0.0, "skipBelow": 0.2},
+        ),
+        "cel",
+        "spec.tiers[0].preRoute: preRoute.weights must be base64 of `dimensions`",
+        "got 8 values for 16 dimensions",
+    ),
+    Case(
+        "pre-route-on-the-last-tier",
+        _set(
+            _tier(-1),
+            "preRoute",
+            {"dimensions": 16, "weights": PreRoute.encode_weights([0.5] * 16), "bias": 0.0, "skipBelow": 0.2},
+        ),
+        "cel",
+        "spec: the last tier answers whatever reaches it and takes no preRoute",
+        "takes no preRoute",
     ),
     Case(
         "threshold-bounds-reversed",

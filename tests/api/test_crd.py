@@ -278,16 +278,19 @@ def test_cel_rules_are_attached_where_they_belong() -> None:
     places = sorted({path for path, _ in cel_rules()})
     assert places == [
         ".spec",
+        ".spec.calibration.judge",
         ".spec.distillation.tolerations[]",
         ".spec.tiers[]",
         ".spec.tiers[].accept",
+        ".spec.tiers[].preRoute",
         ".spec.tiers[].tolerations[]",
     ]
     # 7 cross-field on spec, 4 on calibration (a goal, no minAccuracy online, bounds in order, whole answers
     # online), 1 escalation log with a place, 1 external URL per tier, 2 on accept, 1 toleration,
     # 4 on distillation (needs the log, a student tier that is not the last, on-policy needs a scoring teacher,
-    # a student a run can train), 1 toleration of its runs.
-    assert len(cel_rules()) == 21
+    # a student a run can train), 1 toleration of its runs; 1 on the judge (url with a model), 2 on pre-routing
+    # (not on the last tier, weights of its dimensions).
+    assert len(cel_rules()) == 24
 
 
 # --- the converter refuses what it cannot express -----------------------------

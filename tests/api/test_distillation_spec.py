@@ -10,8 +10,8 @@ import yaml
 from crd_testkit import CRDS, to_jsonschema
 from pydantic import ValidationError
 
+from kascade.api.agreement import ONLINE_MATCHERS
 from kascade.api.distillation import Distillation
-from kascade.api.loop import ONLINE_MATCHERS
 
 
 def run(**spec: Any) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from kascade.api.agreement import AnswerMatcher
 from kascade.api.distill_settings import DistillSettings
 from kascade.api.distillation import Distillation, SliceChange
-from kascade.api.loop import AnswerMatcher, Gate
+from kascade.api.loop import Gate
 from kascade.api.modelcascade import ModelCascade
 from kascade.distillation.evaluate import judged_answers
 from kascade.distillation.examples import DistillExample

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kascade.api.loop import AnswerMatcher
+from kascade.api.agreement import AnswerMatcher
 from kascade.evaluation import datasets
 from kascade.evaluation.datasets import Dataset, DatasetError, load_dataset, split_part, subset
 from kascade.evaluation.records import Example

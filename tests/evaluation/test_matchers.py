@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from kascade.api.loop import AnswerMatcher
+from kascade.api.agreement import AnswerMatcher
 from kascade.calibration.agreement import normalised_number
 from kascade.evaluation.code_tests import passes
 from kascade.evaluation.matchers import Matcher, program_of

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from kascade.api.loop import AnswerMatcher, Calibration
+from kascade.api.agreement import AnswerMatcher
+from kascade.api.loop import Calibration
 from kascade.runtime.config import EscalationLogConfig, ShadowSamplingConfig
 from kascade.runtime.escalation.segments import SegmentStore
 from kascade.runtime.router import create_router_app
