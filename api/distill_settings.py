@@ -20,13 +20,33 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
 
-from kascade.api.agreement import AnswerMatcher, OnlineMatcher
+from kascade.api.agreement import SEMANTIC_CUTOFF, AnswerMatcher, OnlineMatcher
 from kascade.api.loop import Gate, Training
 
 ON_POLICY_NEEDS_A_TEACHER = (
     "on-policy steps need a teacher to score the student's samples: pass --teacher or --teacher-url"
 )
 TEACHER_URL_NEEDS_A_MODEL = "--teacher-url needs --teacher-model, the name the teacher server serves"
+JUDGE_URL_NEEDS_A_MODEL = "--judge-url needs --judge-model, the model to ask at that endpoint"
+JUDGE_NEEDS_AN_ENDPOINT = (
+    "matcher judge needs an LLM to ask: --judge-url with --judge-model, the teacher server (--teacher-url), "
+    "or a teacher in process (--teacher)"
+)
+# What a run measures and decides after training, not what it trains: a checkpoint resumes across them.
+EVALUATION_SETTINGS = frozenset(
+    {
+        "semantic_cutoff",
+        "semantic_encoder",
+        "judge_url",
+        "judge_model",
+        "judge_min_probability",
+        "judge_concurrency",
+        "pre_route_tier",
+        "pre_route_dimensions",
+        "max_kept_skipped",
+        "confidence",
+    }
+)
 
 
 class DistillSettings(BaseModel):
@@ -50,7 +70,46 @@ class DistillSettings(BaseModel):
     gate: Gate = Field(default_factory=Gate)
     matcher: OnlineMatcher = Field(
         default=AnswerMatcher.exact,
-        description="How a generated held-out answer agrees with the teacher's: exact, number or label.",
+        description="How a generated held-out answer agrees with the teacher's: label, number, exact, semantic or judge.",
+    )
+    semantic_cutoff: float = Field(
+        default=SEMANTIC_CUTOFF,
+        gt=0,
+        le=1,
+        description="matcher semantic: two answers agree when their embeddings' cosine is at least this.",
+    )
+    semantic_encoder: str | None = Field(
+        default=None,
+        description="matcher semantic: the exported encoder's folder (model.onnx, tokenizer.json); default: the "
+        "runtime image's, else the packaged MiniLM exported into the cache on first use.",
+    )
+    judge_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="matcher judge: the OpenAI base URL of the LLM judge (bearer key: KASCADE_JUDGE_API_KEY); "
+        "default: the teacher server.",
+    )
+    judge_model: str | None = Field(default=None, description="matcher judge: the model to ask at --judge-url.")
+    judge_min_probability: float = Field(
+        default=0.5, gt=0, lt=1, description="matcher judge: the answers agree when P(yes) is at least this."
+    )
+    judge_concurrency: int = Field(default=4, ge=1, le=256, description="matcher judge: judge calls in flight.")
+    pre_route_tier: str | None = Field(
+        default=None,
+        description="Refit this tier's pre-route score from the escalation log (the tier's name in its records); "
+        "none: no refit.",
+    )
+    pre_route_dimensions: int | None = Field(
+        default=None, ge=16, le=1 << 16, description="Hash buckets of the refitted pre-route score; default: the fit's."
+    )
+    max_kept_skipped: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="The refitted pre-route score sends at most this share of the requests the tier keeps past it.",
+    )
+    confidence: float = Field(
+        default=0.95, gt=0, lt=1, description="The confidence the refitted pre-route score's bound is certified at."
     )
     limit: int | None = Field(default=None, ge=1, description="Use at most this many examples (seeded sample).")
     seed: int = Field(default=0, description="Seed of the data order, on-policy sampling and the sample.")
@@ -62,7 +121,20 @@ class DistillSettings(BaseModel):
             raise ValueError(ON_POLICY_NEEDS_A_TEACHER)
         if self.teacher_url is not None and not self.teacher_model:
             raise ValueError(TEACHER_URL_NEEDS_A_MODEL)
+        if (self.judge_url is None) != (self.judge_model is None):
+            raise ValueError(JUDGE_URL_NEEDS_A_MODEL)
+        if self.matcher is AnswerMatcher.judge and self.judge_endpoint is None and self.teacher is None:
+            raise ValueError(JUDGE_NEEDS_AN_ENDPOINT)
         return self
+
+    @property
+    def judge_endpoint(self) -> tuple[str, str] | None:
+        """(base URL, model) of the LLM judge: --judge-url, else the teacher server; None: neither is given."""
+        if self.judge_url is not None and self.judge_model is not None:
+            return self.judge_url, self.judge_model
+        if self.teacher_url is not None and self.teacher_model is not None:
+            return self.teacher_url, self.teacher_model
+        return None
 
     @classmethod
     def of_options(cls, options: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> DistillSettings:
@@ -85,7 +157,13 @@ class DistillSettings(BaseModel):
         """What a checkpoint must share with a run to be resumed by it: everything that changes the training."""
         settings = self.model_dump(
             mode="json",
-            exclude={"out": True, "device": True, "gate": True, "training": {"steps", "eval_every", "eval_generate"}},
+            exclude={
+                "out": True,
+                "device": True,
+                "gate": True,
+                "training": {"steps", "eval_every", "eval_generate"},
+                **dict.fromkeys(EVALUATION_SETTINGS, True),
+            },
         )
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -3,8 +3,10 @@
 LM: token top-1 agreement (with the teacher's answer fed in, how often the
 student's most likely next token is the teacher's), the held-out loss, and
 final-answer agreement on up to `eval_generate` answers the student generates
-greedily (matched with the teacher's answer by the run's matcher: the same
-text, the same final number, the same label).
+greedily (judged against the teacher's answer by the run's matcher,
+`kascade.distillation.held_out_judge`: the same label, number or text, an
+embedding cosine, an LLM judge's verdict). An answer the matcher could not
+judge is counted (`answers_unjudged`) and left out of the agreement.
 Classifier: agreement with the teacher's label and accuracy against the
 reference label.
 """
@@ -12,17 +14,19 @@ reference label.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from kascade.api.agreement import AnswerMatcher
 from kascade.api.distill_settings import DistillSettings
-from kascade.calibration.agreement import answers_agree
 from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.examples import DistillExample
+from kascade.distillation.held_out_judge import HeldOutJudge, TextJudge, request_body
 from kascade.distillation.losses import IGNORE_INDEX, hard_label_loss
 from kascade.distillation.result import HeldOutFigures
+from kascade.runtime.online.agreement import AgreementQuestion
 
 
 def answer_length_slice(answer_tokens: int) -> str:
@@ -32,10 +36,12 @@ def answer_length_slice(answer_tokens: int) -> str:
     return "answer 17-64 tokens" if answer_tokens <= 64 else "answer>64 tokens"
 
 
-def slice_counts(keys: Sequence[str], agreed: Sequence[bool]) -> dict[str, tuple[int, int]]:
-    """Per slice: (agreeing, examples)."""
+def slice_counts(keys: Sequence[str], agreed: Sequence[bool | None]) -> dict[str, tuple[int, int]]:
+    """Per slice: (agreeing, examples judged); an unjudged example counts in none."""
     counts: dict[str, tuple[int, int]] = {}
     for key, same in zip(keys, agreed, strict=True):
+        if same is None:
+            continue
         agreeing, examples = counts.get(key, (0, 0))
         counts[key] = (agreeing + int(same), examples + 1)
     return counts
@@ -53,6 +59,7 @@ def lm_metrics(
     encoded: Sequence[EncodedLm],
     settings: DistillSettings,
     pad_id: int,
+    judge: HeldOutJudge,
 ) -> HeldOutFigures:
     training = settings.training
     was_training = student.training
@@ -75,27 +82,46 @@ def lm_metrics(
         batch_size=training.batch_size,
         pad_id=pad_id,
     )
-    same, right = judged_answers(settings.matcher, generated, examples)
+    same, right = judged_answers(judge, generated, examples)
     student.train(was_training)
+    return answer_figures(same, right, [len(e.answer) for e in encoded[: len(same)]]).model_copy(
+        update={
+            "examples": len(examples),
+            "token_agreement": agreeing / positions if positions else 0.0,
+            "loss": sum(losses) / len(losses) if losses else 0.0,
+        }
+    )
+
+
+def answer_figures(
+    same: Sequence[bool | None], right: Sequence[bool | None], answer_tokens: Sequence[int]
+) -> HeldOutFigures:
+    """The figures of generated answers judged against the teacher's (`same`) and the references (`right`):
+    agreement and accuracy among those judged, the unjudged counted; slices by the teacher's answer length."""
+    agreed, judged = [x for x in same if x is not None], [x for x in right if x is not None]
     return HeldOutFigures(
-        examples=len(examples),
-        token_agreement=agreeing / positions if positions else 0.0,
-        loss=sum(losses) / len(losses) if losses else 0.0,
+        examples=len(same),
         answers_generated=len(same),
-        answer_agreement=sum(same) / len(same) if same else 0.0,
-        answer_accuracy=sum(right) / len(right) if right else None,
-        slices=slice_counts([answer_length_slice(len(e.answer)) for e in encoded[: len(same)]], same),
+        answers_unjudged=len(same) - len(agreed),
+        answer_agreement=sum(agreed) / len(agreed) if agreed else 0.0,
+        answer_accuracy=sum(judged) / len(judged) if judged else None,
+        slices=slice_counts([answer_length_slice(tokens) for tokens in answer_tokens], same),
     )
 
 
 def judged_answers(
-    matcher: AnswerMatcher, generated: Sequence[str], examples: Sequence[DistillExample]
-) -> tuple[list[bool], list[bool]]:
+    judge: AnswerMatcher | HeldOutJudge, generated: Sequence[str], examples: Sequence[DistillExample]
+) -> tuple[list[bool | None], list[bool | None]]:
     """Of the generated answers (to the first examples): which agree with the teacher's, and, of those with a
-    reference, which are right; both judged by the run's matcher."""
+    reference, which are right; both judged by the run's matcher (a pure one by name), None where it could not."""
+    judging = TextJudge(judge) if isinstance(judge, AnswerMatcher) else judge
     pairs = list(zip(generated, examples, strict=False))
-    same = [answers_agree(matcher, text, e.target) for text, e in pairs]
-    right = [answers_agree(matcher, text, e.reference) for text, e in pairs if e.reference is not None]
+    questions = [AgreementQuestion(request_body(e.kind, e.prompt), text, e.target) for text, e in pairs]
+    # A reference that is the teacher's answer (a dataset's) is the same question: asked once.
+    other = {i: e.reference for i, (_, e) in enumerate(pairs) if e.reference is not None and e.reference != e.target}
+    asked = judging.agree(questions + [replace(questions[i], reference=ref) for i, ref in other.items()])
+    same, by_reference = asked[: len(questions)], dict(zip(other, asked[len(questions) :], strict=True))
+    right = [by_reference.get(i, same[i]) for i, (_, e) in enumerate(pairs) if e.reference is not None]
     return same, right
 
 

@@ -27,6 +27,11 @@ class HeldOutFigures(Figures):
     step: int | None = Field(default=None, description="The step it was measured after; none: before training.")
     examples: int = 0
     answers_generated: int | None = Field(default=None, description="Language models: held-out answers generated.")
+    answers_unjudged: int | None = Field(
+        default=None,
+        description="Of those, the ones the matcher could not judge (a judge with no verdict or unreachable, an "
+        "encoder that failed): left out of answer_agreement, and counted by the gate.",
+    )
     slices: dict[str, tuple[int, int]] = Field(
         default_factory=dict, description="Per slice (a label, an answer length): (agreeing, examples)."
     )
@@ -35,6 +40,11 @@ class HeldOutFigures(Figures):
     def answers_compared(self) -> int:
         """The answers `answer_agreement` is measured on."""
         return self.answers_generated if self.answers_generated is not None else self.examples
+
+    @property
+    def answers_judged(self) -> int:
+        """Of the answers compared, those the matcher judged: what `answer_agreement` is the share of."""
+        return self.answers_compared - (self.answers_unjudged or 0)
 
 
 class RunData(BaseModel):

@@ -25,6 +25,7 @@ from kascade.distillation.batches import EncodedLm, collate_classify, collate_lm
 from kascade.distillation.evaluate import classify_metrics, lm_metrics
 from kascade.distillation.examples import DistillDataError, load_examples, sample, split
 from kascade.distillation.gate import promotion_gate
+from kascade.distillation.held_out_judge import HeldOutJudge, held_out_judge
 from kascade.distillation.objective import (
     classify_loss,
     lm_loss,
@@ -75,7 +76,12 @@ def _with_lora(student: LoadedModel, training: Training) -> Any:
 
 
 def _lm_steps(
-    model: Any, student: LoadedModel, teacher: LoadedModel | None, data: Any, settings: DistillSettings
+    model: Any,
+    student: LoadedModel,
+    teacher: LoadedModel | None,
+    data: Any,
+    settings: DistillSettings,
+    judge: HeldOutJudge,
 ) -> Steps:
     pad, training = pad_id(student.tokenizer), settings.training
     server = None
@@ -111,7 +117,7 @@ def _lm_steps(
         return scored_sample_loss(model, collate_lm(scored, pad).to(student.device), training)
 
     def figures() -> HeldOutFigures:
-        return lm_metrics(model, student.tokenizer, data.held, data.held_encoded, settings, pad)
+        return lm_metrics(model, student.tokenizer, data.held, data.held_encoded, settings, pad, judge)
 
     return Steps(train_loss, figures)
 
@@ -150,7 +156,7 @@ def _prepare(settings: DistillSettings, say: Callable[[str], None]) -> tuple[Loa
         train_set, held = split(examples, settings.training.held_out)
         data = encode_lm_data(train_set, held, student, teacher, settings)
         model = _with_lora(student, settings.training)
-        steps = _lm_steps(model, student, teacher, data, settings)
+        steps = _lm_steps(model, student, teacher, data, settings, held_out_judge(settings, say))
         levels = dict(data.levels)
     if not train_set:
         raise DistillDataError(
