@@ -28,6 +28,7 @@ from kascade.calibration.prompt_text import request_text
 
 CHAR_WINDOW = 1024
 CHAR_GRAM = 4
+DEFAULT_DIMENSIONS = 4096  # what a fit uses unless told: 16 KiB of weights (about 22 KB of base64 in the manifest)
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
