@@ -33,6 +33,8 @@ class EvalInputs:
     answers_dir: Path | None = None
     cache_dir: Path | None = None
     cached_only: bool = False  # only the examples every tier has answered already; nothing is generated
+    judge_url: str | None = None  # matcher judge: an OpenAI-compatible endpoint instead of calibration.judge/last tier
+    judge_model: str | None = None
 
 
 @contextlib.contextmanager
@@ -80,8 +82,26 @@ def prepare(inputs: EvalInputs, console: Console) -> tuple[ModelCascade, Dataset
             model_cache_dir=inputs.cache_dir,
             progress=report,
         )
+    judge = None
+    if dataset.kind is AnswerMatcher.judge:
+        from kascade.evaluation.judge_answers import judge_for
+
+        judge = judge_for(
+            cascade,
+            url=inputs.judge_url,
+            model=inputs.judge_model,
+            verdicts_dir=answers_dir,  # verdicts are cached beside the answers
+            cache_dir=inputs.cache_dir,
+            batch_size=inputs.batch_size,
+        )
     with console.status("judging the answers"):
-        pair = judge_pair(cascade, dataset.examples, answers, Matcher(dataset.kind, cache_dir=inputs.cache_dir))
+        matcher = Matcher(dataset.kind, cache_dir=inputs.cache_dir, judge=judge)
+        pair = judge_pair(cascade, dataset.examples, answers, matcher)
+    if judge is not None and judge.unjudged:
+        console.print(
+            f"[yellow]the judge gave no verdict on {judge.unjudged} of {judge.asked} questions: "
+            "counted as disagreement (and as wrong against a reference)[/yellow]"
+        )
     return cascade, dataset, pair
 
 

@@ -79,7 +79,7 @@ def judge_pair(
     small, last = answers[small_tier.name], answers[last_tier.name]
     small_correct = matcher.correct(examples, small)
     last_correct = matcher.correct(examples, last)
-    agrees = matcher.agree(small, last, left_correct=small_correct, right_correct=last_correct)
+    agrees = matcher.agree(small, last, left_correct=small_correct, right_correct=last_correct, examples=examples)
     return JudgedPair(
         examples=tuple(examples),
         small=tuple(small),

@@ -6,6 +6,9 @@
 - number: the final number of a chat answer, normalised (integers, decimals,
   fractions, thousands separators: 1/2 == 0.5 == 0.50).
 - exact: the same text once whitespace is collapsed.
+- judge: an LLM judge (`judge_answers.AnswerJudge`: by default the last tier)
+  says the answer is as correct and complete as the reference; a pair it
+  could not judge is counted and reported, never counted as agreement.
 - semantic: embedding similarity (the packaged MiniLM encoder, cosine of mean-pooled
   embeddings) at or above `TEXT_SIMILARITY_CUTOFF`.
 
@@ -16,12 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kascade.api.agreement import AnswerMatcher
 from kascade.calibration.agreement import answers_agree, same_text
 from kascade.evaluation.records import Example, TierAnswer
 from kascade.runtime.scoring.spans import final_code_block
+
+if TYPE_CHECKING:
+    from kascade.evaluation.judge_answers import AnswerJudge
 
 TEXT_SIMILARITY_CUTOFF = 0.8
 
@@ -35,14 +41,24 @@ def program_of(answer: str) -> str:
 class Matcher:
     """Correctness and agreement for one kind of answer; code and text need resources, made once here."""
 
-    def __init__(self, kind: AnswerMatcher, *, cache_dir: Path | None = None, workers: int = 2) -> None:
+    def __init__(
+        self,
+        kind: AnswerMatcher,
+        *,
+        cache_dir: Path | None = None,
+        workers: int = 2,
+        judge: AnswerJudge | None = None,
+    ) -> None:
         self.kind = kind
+        self._judge = judge  # matcher judge: the LLM asked, its verdicts cached
         self._cache_dir = cache_dir
         self._workers = workers
         self._encoder: tuple[Any, Any] | None = None  # the MiniLM tokenizer and model, loaded at the first use
 
     @property
     def name(self) -> str:
+        if self.kind is AnswerMatcher.judge:
+            return f"judge: {self._judge.description if self._judge is not None else 'no judge given'}"
         detail = {
             AnswerMatcher.label: "same class label",
             AnswerMatcher.code: "the problem's tests pass (separate process, time and memory limits)",
@@ -58,6 +74,8 @@ class Matcher:
             from kascade.evaluation.code_tests import run_tests
 
             return run_tests(examples, [program_of(a.text) for a in answers], workers=self._workers)
+        if self.kind is AnswerMatcher.judge:
+            return self._judged(examples, [a.text for a in answers], [e.answer or e.label for e in examples])
         results: list[bool | None] = []
         for example, answer in zip(examples, answers, strict=True):
             reference = example.label if example.label is not None else example.answer
@@ -77,13 +95,36 @@ class Matcher:
         *,
         left_correct: Sequence[bool | None] = (),
         right_correct: Sequence[bool | None] = (),
+        examples: Sequence[Example] = (),
     ) -> list[bool]:
-        """Whether each pair of answers agrees; code compares test outcomes, which the caller passes."""
+        """Whether each pair of answers agrees; code compares test outcomes, which the caller passes.
+
+        The judge reads each pair's request from `examples`; a pair it could not judge is a disagreement.
+        """
         if self.kind is AnswerMatcher.code:
             return [a == b for a, b in zip(left_correct, right_correct, strict=True)]
+        if self.kind is AnswerMatcher.judge:
+            return [bool(x) for x in self._judged(examples, [a.text for a in left], [b.text for b in right])]
         if self.kind is AnswerMatcher.semantic:
             return [bool(x) for x in self._similar_pairs(left, [a.text for a in right], [False] * len(left))]
         return [self._same(a.label or a.text, b.label or b.text) for a, b in zip(left, right, strict=True)]
+
+    def _judged(
+        self, examples: Sequence[Example], candidates: Sequence[str], references: Sequence[str | None]
+    ) -> list[bool | None]:
+        """The judge's verdict on each candidate against its reference; None: no reference. No verdict: False."""
+        from kascade.evaluation.judge_answers import question_of
+
+        if self._judge is None:
+            raise ValueError("matcher judge needs a judge to ask (kascade.evaluation.judge_answers.judge_for)")
+        if len(examples) != len(candidates):
+            raise ValueError(f"matcher judge needs each pair's request: {len(examples)} for {len(candidates)} pairs")
+        asked = [i for i, reference in enumerate(references) if reference is not None]
+        questions = [question_of(examples[i], candidates[i], references[i] or "") for i in asked]
+        results: list[bool | None] = [None] * len(candidates)
+        for index, agreed in zip(asked, self._judge.agree(questions), strict=True):
+            results[index] = bool(agreed)  # no verdict: never agreement (the judge counts it, the name reports it)
+        return results
 
     def _same(self, answer: str, reference: str) -> bool:
         if self.kind in (AnswerMatcher.code, AnswerMatcher.semantic):

@@ -142,6 +142,22 @@ _DATA = typer.Option(
 )
 
 
+_JUDGE_URL = typer.Option(
+    help="matcher judge: an OpenAI-compatible /v1 URL to ask (default: spec.calibration.judge, else the last tier)."
+)
+_JUDGE_MODEL = typer.Option(help="matcher judge: the model to ask at --judge-url.")
+
+
+def _pre_route_option(field: str) -> typer.models.OptionInfo:
+    """A `--pre-route` option: its help is the PreRoute field's description (the API's words), and its default."""
+    from kascade.api.pre_route import PreRoute
+    from kascade.runtime.scoring.pre_route import DEFAULT_DIMENSIONS
+
+    info = PreRoute.model_fields[field]
+    default = DEFAULT_DIMENSIONS if info.is_required() else info.default
+    return typer.Option(help=f"--pre-route: {info.description} Default: {default:g}.", show_default=False)
+
+
 def _inputs(
     file: Path | None,
     data: str,
@@ -153,6 +169,7 @@ def _inputs(
     answers: Path | None,
     cache_dir: Path | None,
     cached_only: bool = False,
+    judge: tuple[str | None, str | None] = (None, None),
 ) -> EvalInputs:
     from kascade.evaluation.commands import EvalInputs
 
@@ -167,6 +184,8 @@ def _inputs(
         answers_dir=answers,
         cache_dir=cache_dir,
         cached_only=cached_only,
+        judge_url=judge[0],
+        judge_model=judge[1],
     )
 
 
@@ -177,6 +196,7 @@ def _run_evaluation(run: Callable[[Console], int]) -> int:
     from kascade.evaluation.collect import EvaluationError
     from kascade.evaluation.datasets import DatasetError
     from kascade.evaluation.goals import GoalError
+    from kascade.evaluation.judge_answers import JudgeError
     from kascade.evaluation.judging import TooManyTiers
     from kascade.runtime.engines.transformers.loading import ModelLoadError
     from kascade.runtime.local.manifest import LocalModeError
@@ -189,7 +209,7 @@ def _run_evaluation(run: Callable[[Console], int]) -> int:
     try:
         with interrupt_on_stop_signals():
             return run(console)
-    except (EvaluationError, DatasetError, GoalError, TooManyTiers, ModelLoadError) as exc:
+    except (EvaluationError, DatasetError, GoalError, TooManyTiers, ModelLoadError, JudgeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
     except (ModelNotAvailable, LocalModeError) as exc:
         console.print(f"[red]error:[/red] {exc.message}")
@@ -206,7 +226,8 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="A fixed seeded sample of this many examples.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample and of the random splits.")] = 0,
     match: Annotated[
-        str | None, typer.Option(help="Matcher: label, code, number, exact or text (default: the dataset's).")
+        str | None,
+        typer.Option(help="Matcher: label, code, number, exact, semantic or judge (default: the dataset's)."),
     ] = None,
     span: Annotated[list[str] | None, typer.Option(help="Scored span(s) to compare (default: all four).")] = None,
     goal: Annotated[
@@ -227,6 +248,8 @@ def evaluate(
     cached_only: Annotated[
         bool, typer.Option(help="Only the examples every tier has answered already (generate nothing).")
     ] = False,
+    judge_url: Annotated[str | None, _JUDGE_URL] = None,
+    judge_model: Annotated[str | None, _JUDGE_MODEL] = None,
 ) -> None:
     """Every confidence method's cost–quality curve on a dataset, beside random routing and the oracle.
 
@@ -235,7 +258,19 @@ def evaluate(
     """
     from kascade.evaluation.eval_command import run_eval
 
-    inputs = _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir, cached_only)
+    inputs = _inputs(
+        file,
+        data,
+        limit,
+        seed,
+        match,
+        max_tokens,
+        batch_size,
+        answers,
+        cache_dir,
+        cached_only,
+        (judge_url, judge_model),
+    )
     raise typer.Exit(
         _run_evaluation(
             lambda console: run_eval(
@@ -268,7 +303,7 @@ def calibrate(
     ] = False,
     limit: Annotated[int | None, typer.Option(help="A fixed seeded sample of this many examples.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
-    match: Annotated[str | None, typer.Option(help="Matcher: label, code, number, exact or text.")] = None,
+    match: Annotated[str | None, typer.Option(help="Matcher: label, code, number, exact, semantic or judge.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens per answer (default: the dataset's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples generated together.")] = 8,
     answers: Annotated[Path | None, typer.Option(help="Answer cache (default ./kascade-eval/answers).")] = None,
@@ -276,11 +311,37 @@ def calibrate(
     cached_only: Annotated[
         bool, typer.Option(help="Only the examples every tier has answered already (generate nothing).")
     ] = False,
+    judge_url: Annotated[str | None, _JUDGE_URL] = None,
+    judge_model: Annotated[str | None, _JUDGE_MODEL] = None,
+    pre_route: Annotated[
+        bool,
+        typer.Option(
+            help="Also fit the first tier's pre-route score (from the prompt alone, whether the tier keeps it) on the "
+            "calibration part, choose its skipBelow with the bound, report it held out; --write writes preRoute."
+        ),
+    ] = False,
+    max_kept_skipped: Annotated[float | None, _pre_route_option("max_kept_skipped")] = None,
+    pre_route_dimensions: Annotated[int | None, _pre_route_option("dimensions")] = None,
+    probe_rate: Annotated[float | None, _pre_route_option("probe_rate")] = None,
 ) -> None:
     """Set the first tier's threshold from a quality goal, with a finite-sample guarantee, and report it on held-out data."""
     from kascade.evaluation.calibrate_command import run_calibrate
+    from kascade.evaluation.pre_route_fit import PreRouteOptions
 
-    inputs = _inputs(file, data, limit, seed, match, max_tokens, batch_size, answers, cache_dir, cached_only)
+    inputs = _inputs(
+        file,
+        data,
+        limit,
+        seed,
+        match,
+        max_tokens,
+        batch_size,
+        answers,
+        cache_dir,
+        cached_only,
+        (judge_url, judge_model),
+    )
+    fit_pre_route = PreRouteOptions(pre_route_dimensions, max_kept_skipped, probe_rate) if pre_route else None
     raise typer.Exit(
         _run_evaluation(
             lambda console: run_calibrate(
@@ -292,6 +353,7 @@ def calibrate(
                 held_out_share=held_out,
                 write=write,
                 console=console,
+                pre_route=fit_pre_route,
             )
         )
     )
