@@ -1,8 +1,8 @@
-"""Writing a calibrated accept rule back into the user's manifest, keeping its comments and layout.
+"""Writing a calibrated accept rule (and a fitted pre-route score) back into the user's manifest, keeping its layout.
 
 ruamel.yaml's round-trip mode keeps comments, key order, quoting and the
-other documents of the file; only the first tier's `accept` block changes,
-and a comment above it says where the numbers came from. The file is
+other documents of the file; only the first tier's `accept` block (and its
+`preRoute`) changes, and a comment above it says where the numbers came from. The file is
 replaced atomically: a failed write leaves the old one whole.
 """
 
@@ -13,23 +13,35 @@ import itertools
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from kascade.api.modelcascade import Accept
+from kascade.api.pre_route import PreRoute
 
 
-def write_accept(path: Path, tier_name: str, accept: Accept, note: str) -> None:
-    """Set tier `tier_name`'s accept rule in the ModelCascade document of `path` to `accept`."""
+def _load(path: Path) -> tuple[Any, list[Any]]:
+    """The round-trip loader (the file's own indentation) and the file's documents."""
     from ruamel.yaml import YAML
-    from ruamel.yaml.comments import CommentedMap
 
     text = path.read_text(encoding="utf-8")
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
     yaml.indent(**_indentation(text))
-    documents = list(yaml.load_all(text))
+    return yaml, list(yaml.load_all(text))
+
+
+def _tier(documents: list[Any], tier_name: str) -> Any:
     cascade = next(d for d in documents if isinstance(d, dict) and d.get("kind") == "ModelCascade")
-    tier = next(t for t in cascade["spec"]["tiers"] if t.get("name") == tier_name)
+    return next(t for t in cascade["spec"]["tiers"] if t.get("name") == tier_name)
+
+
+def write_accept(path: Path, tier_name: str, accept: Accept, note: str) -> None:
+    """Set tier `tier_name`'s accept rule in the ModelCascade document of `path` to `accept`."""
+    from ruamel.yaml.comments import CommentedMap
+
+    yaml, documents = _load(path)
+    tier = _tier(documents, tier_name)
     block = tier.get("accept")
     rule = accept.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
     # Method and threshold are always spelled out, and a key the user wrote stays written, even at its default.
@@ -53,6 +65,30 @@ def write_accept(path: Path, tier_name: str, accept: Accept, note: str) -> None:
     for key, value in rule.items():
         block[key] = value
     tier.yaml_set_comment_before_after_key("accept", before=note, indent=_indent_of(tier))
+    out = io.StringIO()
+    yaml.dump_all(documents, out)
+    _replace(path, _without_stale_notes(out.getvalue(), note))
+
+
+def write_pre_route(path: Path, tier_name: str, pre_route: PreRoute, note: str) -> None:
+    """Set tier `tier_name`'s `preRoute` in the ModelCascade document of `path` (after its accept rule when new).
+
+    Every field is spelt out, the long `weights` last, on one line (base64 has
+    no space to fold at)."""
+    from ruamel.yaml.comments import CommentedMap
+
+    yaml, documents = _load(path)
+    tier = _tier(documents, tier_name)
+    fields = pre_route.model_dump(mode="json", by_alias=True, exclude_none=True)
+    block = CommentedMap((key, value) for key, value in fields.items() if key != "weights")
+    block["weights"] = fields["weights"]
+    if "preRoute" in tier:
+        tier["preRoute"] = block
+    else:
+        keys = list(tier)
+        after = keys.index("accept") + 1 if "accept" in keys else len(keys)
+        tier.insert(after, "preRoute", block)
+    tier.yaml_set_comment_before_after_key("preRoute", before=note, indent=_indent_of(tier))
     out = io.StringIO()
     yaml.dump_all(documents, out)
     _replace(path, _without_stale_notes(out.getvalue(), note))

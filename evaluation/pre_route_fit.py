@@ -53,7 +53,7 @@ def request_body(example: Example) -> dict[str, Any]:
     """The request an example stands for, as the router receives it (what `request_text` reads)."""
     if example.messages is not None:
         return {"messages": list(example.messages)}
-    return {"prompt": example.prompt if example.prompt is not None else example.input}
+    return {"prompt": example.prompt} if example.prompt is not None else {"input": example.input}
 
 
 def prompt_texts(examples: Sequence[Example]) -> tuple[str, ...]:
@@ -170,3 +170,23 @@ def _held_out(pre_route: PreRoute, data: KeptPrompts, skip_below: float) -> Held
         kept_skipped=sum(b and k for b, k in zip(below, data.kept, strict=True)),
         auroc=kept_auroc(probabilities, data.kept),
     )
+
+
+@dataclass(frozen=True)
+class PreRouteOptions:
+    """What `kascade calibrate --pre-route` is asked to fit (None: the PreRoute's defaults)."""
+
+    dimensions: int | None = None
+    max_kept_skipped: float | None = None
+    probe_rate: float | None = None
+
+    def fit(
+        self, fit: KeptPrompts, choose: KeptPrompts, held_out: KeptPrompts | None, *, confidence: float, source: str
+    ) -> FittedPreRoute:
+        given: dict[str, Any] = {
+            "dimensions": self.dimensions,
+            "max_kept_skipped": self.max_kept_skipped,
+            "probe_rate": self.probe_rate,
+        }
+        chosen = {name: value for name, value in given.items() if value is not None}
+        return fit_pre_route(fit, choose, held_out, confidence=confidence, source=source, **chosen)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from kascade.api.pre_route import PRE_ROUTE_WEIGHTS_PER_DIMENSION, PreRoute
+from kascade.cli import app
+from kascade.evaluation.answer_cache import AnswerFile
+from kascade.evaluation.collect import GenerationSettings, model_identity
 from kascade.evaluation.pre_route_fit import (
     KeptPrompts,
     fit_pre_route,
@@ -18,7 +26,8 @@ from kascade.evaluation.pre_route_fit import (
     request_body,
     split_fit_and_choice,
 )
-from kascade.evaluation.records import Example
+from kascade.evaluation.records import Example, TierAnswer
+from kascade.runtime.local.manifest import load_manifest
 from kascade.runtime.scoring.pre_route import PreRouteScorer
 
 _WORDS = ["apple", "river", "stone", "cloud", "green", "quiet", "paper", "light", "sharp", "ocean"]
@@ -98,3 +107,115 @@ def test_weights_whose_count_is_not_the_dimensions_are_refused() -> None:
     assert PRE_ROUTE_WEIGHTS_PER_DIMENSION in str(refused.value)
     with pytest.raises(ValueError, match="prompts for"):
         KeptPrompts(("a",), (True, False))
+
+
+def _chat_cascade(path: Path) -> Path:
+    path.write_text("""\
+apiVersion: kascade.dev/v1alpha1
+kind: ModelCascade
+metadata:
+  name: pre-routed
+spec:
+  task: chat
+  tiers:
+    # the small one answers first
+    - name: small
+      model:
+        uri: http://127.0.0.1:9/v1
+        servedName: small-model
+      engine: external
+      price: {currency: USD, inputPerMillion: 0.1, outputPerMillion: 0.2}
+      accept:
+        method: geometricMean
+        threshold: 0.5
+    - name: large
+      model:
+        uri: http://127.0.0.1:9/v1
+        servedName: large-model
+      engine: external
+      price: {currency: USD, inputPerMillion: 1, outputPerMillion: 2}
+""")
+    return path
+
+
+def _answer(text: str, logprob: float) -> TierAnswer:
+    return TierAnswer(
+        text=text,
+        tokens=(text, "."),
+        logprobs=(logprob, logprob),
+        top_logprobs=((logprob, -6.0), (logprob, -6.0)),
+        prompt_tokens=12,
+        completion_tokens=2,
+    )
+
+
+def _cached_chat_case(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """600 prompts answered by both tiers (cached): the small tier is sure and right on the translations only."""
+    manifest = _chat_cascade(tmp_path / "cascade.yaml")
+    data, answers = tmp_path / "prompts.jsonl", tmp_path / "answers"
+    cascade = load_manifest(manifest)
+    settings = {"task": "chat"} | GenerationSettings().as_dict()
+    small, large = (
+        AnswerFile(answers, tier.served_name, model_identity(tier, None), settings) for tier in cascade.spec.tiers
+    )
+    examples = []
+    for example in _separable(600, seed=5).texts:
+        examples.append(Example(id=str(len(examples)), messages=({"role": "user", "content": example[6:]},)))
+    small.put_many(
+        [(e, _answer("oui", -0.01) if "French" in prompt_texts([e])[0] else _answer("42", -2.5)) for e in examples]
+    )
+    large.put_many([(e, _answer("oui" if "French" in prompt_texts([e])[0] else "7", -0.01)) for e in examples])
+    data.write_text("".join(e.model_dump_json(exclude_none=True) + "\n" for e in examples))
+    return manifest, data, answers
+
+
+def _crd_refusals(document: dict[str, Any]) -> list[str]:
+    """What the API server would refuse in `document` (the CRD's schema and CEL rules: tests/api's kit)."""
+    location = Path(__file__).resolve().parents[1] / "api" / "crd_testkit.py"
+    spec = importlib.util.spec_from_file_location("crd_testkit", location)
+    assert spec is not None and spec.loader is not None
+    kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kit)
+    return list(kit.refusals(document))
+
+
+def test_calibrate_fits_the_pre_route_score_and_writes_a_manifest_the_crd_accepts(tmp_path: Path) -> None:
+    manifest, data, answers = _cached_chat_case(tmp_path)
+    common = ["calibrate", "-f", str(manifest), "--data", str(data), "--match", "exact", "--answers", str(answers)]
+    result = CliRunner().invoke(app, [*common, "--cached-only", "--goal", "minAgreement=0.9", "--pre-route", "--write"])
+    assert result.exit_code == 0, result.output
+    assert "pre-route score (hashedNgrams, 4096 dimensions) fitted on" in result.output
+    assert "skipBelow" in result.output and "held out (" in result.output and "AUROC 1.000" in result.output
+    written = manifest.read_text()
+    assert "# the small one answers first" in written and "Fitted by `kascade calibrate --pre-route`" in written
+    cascade = load_manifest(manifest)
+    pre_route = cascade.spec.tiers[0].pre_route
+    assert pre_route is not None and pre_route.skip_below > 0 and pre_route.fitted is not None
+    assert pre_route.fitted.kept_skipped_bound is not None and pre_route.fitted.kept_skipped_bound <= 0.05
+    assert written.index("accept:") < written.index("preRoute:")  # a new preRoute goes after the accept rule
+    (document,) = [d for d in yaml.safe_load_all(written) if d]
+    assert _crd_refusals(document) == []
+    # Calibrating again replaces the score and its note: one preRoute, one note.
+    again = CliRunner().invoke(
+        app, [*common, "--cached-only", "--goal", "minAgreement=0.9", "--pre-route", "--write", "--probe-rate", "0.1"]
+    )
+    assert again.exit_code == 0, again.output
+    rewritten = manifest.read_text()
+    assert rewritten.count("preRoute:") == 1 and rewritten.count("Fitted by `kascade calibrate --pre-route`") == 1
+    assert load_manifest(manifest).spec.tiers[0].pre_route.probe_rate == 0.1  # type: ignore[union-attr]
+
+
+def test_calibrate_says_when_no_skip_is_certified_and_leaves_the_manifest_alone(tmp_path: Path) -> None:
+    manifest, data, answers = _cached_chat_case(tmp_path)
+    args = ["calibrate", "-f", str(manifest), "--data", str(data), "--match", "exact", "--answers", str(answers)]
+    result = CliRunner().invoke(
+        app,
+        [*args, "--cached-only", "--goal", "minAgreement=0.9", "--pre-route", "--max-kept-skipped", "0.001", "--write"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "no skipBelow is certified" in result.output and "skipBelow 0 (never skip)" in result.output
+    assert load_manifest(manifest).spec.tiers[0].pre_route is None
+    refused = CliRunner().invoke(
+        app, [*args, "--goal", "minAgreement=0.9", "--pre-route", "--pre-route-dimensions", "8"]
+    )
+    assert refused.exit_code != 0
