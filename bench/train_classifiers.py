@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kascade.evaluation.datasets import load_dataset
-from kascade.evaluation.encoders import MINILM, MPNET, encoder_folder
+from kascade.runtime.models.packaged_encoders import MINILM, MPNET, encoder_folder
 
 TRAIN_SIZE = {"bbc": 2000, "spam": 2000, "tweets": 2000}  # the train part's size caps bbc (~1,445)
 

