@@ -25,6 +25,7 @@ from kascade.api.modelcascade import (
     Task,
 )
 from kascade.runtime.cluster_status.report import StatusReportConfig
+from kascade.runtime.models.encoder import IMAGE_ENCODER_DIR, onnx_encoder_dir
 
 
 class ConfigModel(BaseModel):
@@ -71,6 +72,20 @@ class EscalationLogConfig(ConfigModel):
     flush_seconds: float = Field(default=60.0, gt=0, description="A segment is written at least this often.")
 
 
+class SemanticConfig(ConfigModel):
+    """matcher semantic: the exported sentence encoder and the cutoff (from `spec.calibration.semanticCutoff`)."""
+
+    model_dir: str = Field(
+        default=IMAGE_ENCODER_DIR,
+        description="The exported encoder's folder (model.onnx, tokenizer.json); the runtime image carries it here.",
+    )
+    cutoff: float = Field(gt=0, le=1, description="Two answers agree when their embeddings' cosine is at least this.")
+    threads: int = Field(default=1, ge=1, le=64, description="ONNX Runtime's intra-op threads for the encoder.")
+    export_if_missing: bool = Field(
+        default=False, description="Local mode: export the packaged encoder into model_dir on first use (torch)."
+    )
+
+
 class ShadowSamplingConfig(ConfigModel):
     """Online calibration's measurements in the router (rendered from `spec.calibration`, rate > 0)."""
 
@@ -82,6 +97,13 @@ class ShadowSamplingConfig(ConfigModel):
     calibrate_in_process: Calibration | None = Field(
         default=None, description="Local mode: the goal, applied by this router itself (in a cluster, the operator)."
     )
+    semantic: SemanticConfig | None = Field(default=None, description="matcher semantic: the encoder that judges.")
+
+    @model_validator(mode="after")
+    def _encoder_for_matcher_semantic(self) -> ShadowSamplingConfig:
+        if (self.matcher is AnswerMatcher.semantic) != (self.semantic is not None):
+            raise ValueError("shadow_sampling.semantic is set with matcher semantic, and only then")
+        return self
 
 
 class RouterConfig(ConfigModel):
@@ -208,4 +230,17 @@ def shadow_sampling_of(cascade: ModelCascade, *, calibrate_in_process: bool) -> 
         matcher=spec.matcher,
         concurrency=calibration.shadow_concurrency,
         calibrate_in_process=calibration if calibrate_in_process else None,
+        semantic=semantic_of(cascade, local_mode=calibrate_in_process),
     )
+
+
+def semantic_of(cascade: ModelCascade, *, local_mode: bool) -> SemanticConfig | None:
+    """The encoder of `matcher: semantic` (None for any other matcher): in a cluster the image's folder; in local
+    mode the cache's, exported there on first use."""
+    spec = cascade.spec
+    if spec.matcher is not AnswerMatcher.semantic or spec.calibration is None:
+        return None
+    cutoff = spec.calibration.semantic_cutoff
+    if local_mode:
+        return SemanticConfig(model_dir=str(onnx_encoder_dir()), cutoff=cutoff, export_if_missing=True)
+    return SemanticConfig(cutoff=cutoff)
