@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from kascade.api.agreement import AnswerMatcher
+from kascade.api.agreement import SEMANTIC_CUTOFF, AnswerMatcher
 from kascade.api.modelcascade import ModelCascade, ScoredSpan, Task
 from kascade.evaluation.collect import GenerationSettings, answered_by_every_tier, collect_answers
 from kascade.evaluation.datasets import Dataset, DatasetError, load_dataset, subset
@@ -95,7 +95,8 @@ def prepare(inputs: EvalInputs, console: Console) -> tuple[ModelCascade, Dataset
             batch_size=inputs.batch_size,
         )
     with console.status("judging the answers"):
-        matcher = Matcher(dataset.kind, cache_dir=inputs.cache_dir, judge=judge)
+        cutoff = cascade.spec.calibration.semantic_cutoff if cascade.spec.calibration else SEMANTIC_CUTOFF
+        matcher = Matcher(dataset.kind, cache_dir=inputs.cache_dir, judge=judge, semantic_cutoff=cutoff)
         pair = judge_pair(cascade, dataset.examples, answers, matcher)
     if judge is not None and judge.unjudged:
         console.print(

@@ -9,8 +9,9 @@
 - judge: an LLM judge (`judge_answers.AnswerJudge`: by default the last tier)
   says the answer is as correct and complete as the reference; a pair it
   could not judge is counted and reported, never counted as agreement.
-- semantic: embedding similarity (the packaged MiniLM encoder, cosine of mean-pooled
-  embeddings) at or above `TEXT_SIMILARITY_CUTOFF`.
+- semantic: embedding similarity (the packaged MiniLM encoder on ONNX Runtime, the
+  router's own: cosine of mean-pooled embeddings) at or above the cutoff
+  (`semantic_cutoff`, by default `SEMANTIC_CUTOFF`).
 
 Every figure of a report names the matcher that produced it.
 """
@@ -19,17 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from kascade.api.agreement import AnswerMatcher
+from kascade.api.agreement import SEMANTIC_CUTOFF, AnswerMatcher
 from kascade.calibration.agreement import answers_agree, same_text
 from kascade.evaluation.records import Example, TierAnswer
+from kascade.runtime.models.encoder import SentenceEncoder, ensure_onnx_encoder
 from kascade.runtime.scoring.spans import final_code_block
 
 if TYPE_CHECKING:
     from kascade.evaluation.judge_answers import AnswerJudge
-
-TEXT_SIMILARITY_CUTOFF = 0.8
 
 
 def program_of(answer: str) -> str:
@@ -47,13 +47,15 @@ class Matcher:
         *,
         cache_dir: Path | None = None,
         workers: int = 2,
+        semantic_cutoff: float = SEMANTIC_CUTOFF,
         judge: AnswerJudge | None = None,
     ) -> None:
         self.kind = kind
         self._judge = judge  # matcher judge: the LLM asked, its verdicts cached
         self._cache_dir = cache_dir
         self._workers = workers
-        self._encoder: tuple[Any, Any] | None = None  # the MiniLM tokenizer and model, loaded at the first use
+        self.semantic_cutoff = semantic_cutoff  # matcher semantic: agreed at a cosine at least this
+        self._encoder: SentenceEncoder | None = None  # the exported MiniLM, loaded at the first use
 
     @property
     def name(self) -> str:
@@ -64,7 +66,7 @@ class Matcher:
             AnswerMatcher.code: "the problem's tests pass (separate process, time and memory limits)",
             AnswerMatcher.number: "same final number (integers, decimals, fractions)",
             AnswerMatcher.exact: "same text, whitespace collapsed",
-            AnswerMatcher.semantic: f"MiniLM embedding cosine >= {TEXT_SIMILARITY_CUTOFF}",
+            AnswerMatcher.semantic: f"MiniLM embedding cosine >= {self.semantic_cutoff:g}",
         }[self.kind]
         return f"{self.kind.value}: {detail}"
 
@@ -140,37 +142,11 @@ class Matcher:
         similarity = self._cosines([p[1] for p in pairs], [p[2] for p in pairs])
         results = list(fallback)
         for (index, _, _), value in zip(pairs, similarity, strict=True):
-            results[index] = value >= TEXT_SIMILARITY_CUTOFF
+            results[index] = value >= self.semantic_cutoff
         return results
 
     def _cosines(self, left: Sequence[str], right: Sequence[str]) -> list[float]:
-        import torch
-
+        """The router's own encoder (ONNX Runtime), exported into the cache on first use."""
         if self._encoder is None:
-            from transformers import AutoModel, AutoTokenizer
-
-            from kascade.evaluation.encoders import MINILM, encoder_folder
-            from kascade.runtime.engines.transformers.loading import without_progress_bars
-
-            folder = encoder_folder(MINILM, self._cache_dir)
-            with without_progress_bars():
-                self._encoder = (AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval())
-        tokenizer, model = self._encoder
-
-        def embed(texts: Sequence[str]) -> torch.Tensor:
-            rows = []
-            with torch.inference_mode():
-                for start in range(0, len(texts), 32):
-                    batch = tokenizer(
-                        list(texts[start : start + 32]),
-                        padding=True,
-                        truncation=True,
-                        max_length=256,
-                        return_tensors="pt",
-                    )
-                    hidden = model(**batch).last_hidden_state
-                    mask = batch["attention_mask"].unsqueeze(-1).float()
-                    rows.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-            return torch.cat(rows)
-
-        return (embed(left) * embed(right)).sum(-1).tolist()
+            self._encoder = SentenceEncoder(ensure_onnx_encoder(self._cache_dir), threads=self._workers)
+        return self._encoder.cosines(left, right)

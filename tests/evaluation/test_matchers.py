@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
-from kascade.api.agreement import AnswerMatcher
+from kascade.api.agreement import SEMANTIC_CUTOFF, AnswerMatcher
 from kascade.calibration.agreement import normalised_number
 from kascade.evaluation.code_tests import passes
 from kascade.evaluation.matchers import Matcher, program_of
@@ -88,3 +89,67 @@ def test_code_agreement_compares_test_outcomes() -> None:
         True,
         False,
     ]
+
+
+def _cache_with_encoder(tiny_encoder_onnx_dir: Path, cache: Path) -> Path:
+    """A model cache holding the exported encoder, as `kascade eval` leaves it after its first semantic run."""
+    import shutil
+
+    from kascade.runtime.models.encoder import onnx_encoder_dir
+
+    shutil.copytree(tiny_encoder_onnx_dir, onnx_encoder_dir(cache))
+    return cache
+
+
+@pytest.mark.slow  # loads a model
+def test_semantic_agreement_is_the_routers_encoder_at_the_given_cutoff(
+    tiny_encoder_onnx_dir: Path, tmp_path: Path
+) -> None:
+    from kascade.runtime.models.encoder import SentenceEncoder
+
+    cache = _cache_with_encoder(tiny_encoder_onnx_dir, tmp_path)
+    same, other = "The cat sat on the mat.", "def add(a, b):\n    return a + b"
+    cosine = SentenceEncoder(tiny_encoder_onnx_dir).cosines([same], [other])[0]
+    assert cosine < 0.999
+    strict = Matcher(AnswerMatcher.semantic, cache_dir=cache, semantic_cutoff=0.999)
+    loose = Matcher(AnswerMatcher.semantic, cache_dir=cache, semantic_cutoff=cosine - 1e-3)
+    assert strict.agree([_answer(same), _answer(same)], [_answer(same), _answer(other)]) == [True, False]
+    assert loose.agree([_answer(same)], [_answer(other)]) == [True]
+    examples = [Example(id="1", prompt="q", answer=same), Example(id="2", prompt="q")]
+    assert strict.correct(examples, [_answer(same), _answer(other)]) == [True, None]  # None: no reference
+    assert strict.name == "semantic: MiniLM embedding cosine >= 0.999"
+    assert Matcher(AnswerMatcher.semantic).semantic_cutoff == SEMANTIC_CUTOFF
+
+
+@pytest.mark.slow  # loads models
+def test_kascade_eval_matches_semantically(
+    tiny_encoder_onnx_dir: Path, tiny_small_lm_dir: Path, tiny_large_lm_dir: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from kascade.cli import app
+
+    cache = _cache_with_encoder(tiny_encoder_onnx_dir, tmp_path / "cache")
+    manifest = tmp_path / "chat.yaml"
+    tiers = "".join(
+        f"    - name: {name}\n      model:\n        uri: {folder}\n      engine: transformers\n{accept}"
+        for name, folder, accept in (
+            ("small", tiny_small_lm_dir, "      accept:\n        method: quantile\n        threshold: 0.5\n"),
+            ("large", tiny_large_lm_dir, ""),
+        )
+    )
+    manifest.write_text(
+        "apiVersion: kascade.dev/v1alpha1\nkind: ModelCascade\nmetadata:\n  name: tiny-chat\n"
+        f"spec:\n  task: chat\n  tiers:\n{tiers}"
+    )
+    data = tmp_path / "chat.jsonl"
+    data.write_text(
+        "".join(json.dumps({"messages": [{"role": "user", "content": f"count to {i}"}]}) + "\n" for i in range(12))
+    )
+    arguments = ["eval", "-f", str(manifest), "--data", str(data), "--match", "semantic", "--max-tokens", "4"]
+    arguments += ["--splits", "2", "--cache-dir", str(cache), "--answers", str(tmp_path / "answers")]
+    result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "matcher — semantic: MiniLM embedding cosine >= 0.8" in result.output
