@@ -7,6 +7,12 @@ threshold in force in `status.tiers[].threshold` (routers read it from the
 answers to their status writes), and the `Calibrated` condition. With online
 calibration off (no `spec.calibration`, or `shadowSampleRate` 0) the spec's
 thresholds are pinned: no `status.calibration`, no `Calibrated` condition.
+
+A tier whose samples rarely agree at all under a pure matcher on free text
+(`exact`, or `number` on chat: answers that say the same thing in other words
+count as disagreeing) can be certified only at a threshold where it keeps
+almost nothing, or not at all: the condition's message says so and names the
+matchers to use instead (`FREE_TEXT_MATCHERS`).
 """
 
 from __future__ import annotations
@@ -15,12 +21,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kascade.api.agreement import FREE_TEXT_MATCHERS, AnswerMatcher
 from kascade.api.counters import CounterFigures
-from kascade.api.modelcascade import Condition, ModelCascade, TierStatus
-from kascade.api.status import CalibrationStatus
-from kascade.calibration.online import calibrate_tiers, window_samples_of
+from kascade.api.modelcascade import Condition, ModelCascade, Task, TierStatus
+from kascade.api.status import CalibrationStatus, TierCalibration
+from kascade.calibration.online import calibrate_tiers, tier_bins, window_samples_of
 
 CALIBRATED = "Calibrated"
+# Below this share of agreeing samples in its window, a tier that misses its goal under a pure matcher on free text
+# is told that the matcher, not the tier, is the likely reason (chat answers agree as text ~13% of the time).
+RARE_AGREEMENT = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,27 +61,70 @@ def calibrate(
     status = calibrate_tiers(
         calibration, declared, folded, before, now=now, window_samples=window_samples_of(calibration), models=models
     )
-    return CalibrationOutcome(status, calibrated_condition(status, generation))
+    advice = matcher_advice(cascade, status, folded)
+    return CalibrationOutcome(status, calibrated_condition(status, generation, advice=advice))
 
 
-def calibrated_condition(status: CalibrationStatus, generation: int | None) -> Condition:
-    """True when every scored tier meets the goal at its threshold in force; otherwise the first tier's reason."""
+def matcher_advice(cascade: ModelCascade, status: CalibrationStatus, folded: CounterFigures) -> dict[str, str]:
+    """Per tier whose samples rarely agree under a pure matcher on free text: why, and what to use instead.
+
+    Free text: `exact` on any task, or any pure matcher on chat and completion.
+    Rarely: under `RARE_AGREEMENT` of the samples in the tier's window agree,
+    once the window has the samples a move needs (not while collecting them).
+    """
+    spec = cascade.spec
+    matcher = spec.matcher
+    if not (matcher is AnswerMatcher.exact or (matcher.pure and spec.task is not Task.classify)):
+        return {}
+    instead = " or ".join(m.value for m in FREE_TEXT_MATCHERS)
+    if not spec.judge_can_be_asked:
+        instead = f"{AnswerMatcher.semantic.value} (or {AnswerMatcher.judge.value} with spec.calibration.judge.url)"
+    advice = {}
+    for tier in status.tiers:
+        samples, agreed = _window_counts(tier, folded)
+        if tier.reason == "CollectingSamples" or samples == 0 or agreed >= RARE_AGREEMENT * samples:
+            continue
+        advice[tier.name] = (
+            f"only {agreed} of its {samples} samples ({agreed / samples:.0%}) agree under matcher {matcher.value}, "
+            "so no threshold can be certified but where the tier keeps almost nothing: answers in free text "
+            f"rarely agree as text; set spec.calibration.matcher to {instead}"
+        )
+    return advice
+
+
+def _window_counts(tier: TierCalibration, folded: CounterFigures) -> tuple[int, int]:
+    """(samples, agreed) in the tier's window: the cumulative counts less those at the window's start."""
+    samples = sum(tier_bins(folded.calibration_samples, tier.name).values()) - sum(tier.window_older.samples.values())
+    agreed = sum(tier_bins(folded.calibration_agreed, tier.name).values()) - sum(tier.window_older.agreed.values())
+    return max(samples, 0), max(agreed, 0)
+
+
+def calibrated_condition(
+    status: CalibrationStatus, generation: int | None, *, advice: Mapping[str, str] | None = None
+) -> Condition:
+    """True when every scored tier meets the goal at its threshold in force; otherwise the first tier's reason.
+
+    `advice`: per tier, what to change beyond the goal's own reason (`matcher_advice`), added to its message.
+    """
+    advice = advice or {}
     unmet = [tier for tier in status.tiers if not tier.met]
     if not unmet:
         parts = "; ".join(f"{t.name} at {t.threshold:g} ({t.samples} samples)" for t in status.tiers)
+        notes = "".join(f'; tier "{t.name}": {advice[t.name]}' for t in status.tiers if t.name in advice)
         return Condition(
             type=CALIBRATED,
             status="True",
             reason="GoalMet",
-            message=f"{status.goal} at {status.confidence:g} confidence: {parts}",
+            message=f"{status.goal} at {status.confidence:g} confidence: {parts}{notes}",
             observed_generation=generation,
         )
     first = unmet[0]
+    extra = advice.get(first.name)
     return Condition(
         type=CALIBRATED,
         status="False",
         reason=first.reason,
-        message=f'tier "{first.name}": {first.message}',
+        message=f'tier "{first.name}": {first.message}' + (f"; {extra}" if extra else ""),
         observed_generation=generation,
     )
 
