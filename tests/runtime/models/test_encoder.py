@@ -103,3 +103,10 @@ def test_an_export_in_the_cache_is_used_as_it_is(tiny_encoder_onnx_dir: Path, tm
     marker = json.loads((cached / ENCODER_MARKER).read_text())
     assert marker == {"source": "source", "max_tokens": 24, "hidden_size": 32}
     assert SentenceEncoder(cached).cosines(["a"], ["a"]) == [pytest.approx(1.0, abs=1e-5)]
+
+
+def test_the_runtime_image_exports_the_encoder_where_the_router_looks_for_it() -> None:
+    dockerfile = (Path(__file__).resolve().parents[3] / "images" / "runtime.Dockerfile").read_text()
+    assert "export_packaged_encoder(Path(IMAGE_ENCODER_DIR))" in dockerfile  # exported at build time, by torch
+    copied = [line.split()[-1] for line in dockerfile.splitlines() if line.startswith("COPY --from=encoder ")]
+    assert copied and any(IMAGE_ENCODER_DIR.startswith(f"{folder.rstrip('/')}/") for folder in copied)
