@@ -34,7 +34,7 @@ PRE_ROUTE_WEIGHTS_PER_DIMENSION = (
 class PreRouteFeatures(StrEnum):
     """What the pre-route score reads of the prompt."""
 
-    hashed_ngrams = "hashedNgrams"  # word 1-2-grams and character 3-5-grams, hashed into `dimensions` buckets
+    hashed_ngrams = "hashedNgrams"  # word 1-2-grams and character 4-grams, hashed into `dimensions` buckets
 
 
 class PreRouteFit(SpecModel):
