@@ -7,7 +7,8 @@ from typing import Any
 
 
 def request_text(body: Mapping[str, Any]) -> str:
-    """What the caller asked, as text: a chat's messages as `role: content` lines, or a completion's prompt."""
+    """What the caller asked, as text: a chat's messages as `role: content` lines, a completion's prompt, or a
+    classification's input."""
     messages = body.get("messages")
     if isinstance(messages, Sequence) and not isinstance(messages, str):
         lines = []
@@ -19,7 +20,7 @@ def request_text(body: Mapping[str, Any]) -> str:
                 content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
             lines.append(f"{message.get('role', 'user')}: {content if content is not None else ''}")
         return "\n".join(lines)
-    prompt = body.get("prompt")
+    prompt = body.get("prompt", body.get("input"))
     if isinstance(prompt, list):
         return "\n".join(str(part) for part in prompt)
     return "" if prompt is None else str(prompt)

@@ -13,6 +13,7 @@ from kascade.runtime.ledger import RequestOutcome, TierCall
 
 if TYPE_CHECKING:
     from kascade.runtime.escalation.records import DeclinedSeen
+    from kascade.runtime.pre_routing import PassedOver
 
 
 class Attempts:
@@ -21,6 +22,7 @@ class Attempts:
     def __init__(self) -> None:
         self.calls: list[TierCall] = []
         self.declined: list[DeclinedSeen] = []  # kept only when the cascade keeps an escalation log
+        self.passed_over: list[PassedOver] = []  # tiers skipped on their pre-route score (`pre_routing`)
 
     def add(self, call: TierCall) -> None:
         self.calls.append(call)
@@ -49,15 +51,22 @@ class Attempts:
         return RequestOutcome(answered_by=answered_by, calls=tuple(self.calls), escalated=escalated)
 
     def trail(self) -> str:
-        """Each tier tried, in order: its score, `error` if every attempt failed, or just its name."""
+        """Each tier tried, in order: its score, `error` if every attempt failed, or just its name; a tier passed
+        over on its pre-route score as `skipped(probability)`."""
         steps: dict[str, str] = {}
-        for call in self.calls:
+        skipped = list(self.passed_over)  # in order, each before the calls made after it
+        for index, call in enumerate(self.calls):
+            while skipped and skipped[0].position <= index:
+                passed = skipped.pop(0)
+                steps[passed.tier] = f"{passed.tier}=skipped({passed.probability:.4f})"
             if call.confidence is not None:
                 steps[call.tier] = f"{call.tier}={call.confidence:.4f}"
             elif call.ok:
                 steps[call.tier] = call.tier
             else:
                 steps.setdefault(call.tier, f"{call.tier}=error")
+        for passed in skipped:
+            steps[passed.tier] = f"{passed.tier}=skipped({passed.probability:.4f})"
         return ",".join(steps.values())
 
 

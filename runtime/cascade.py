@@ -13,16 +13,17 @@ differs is how a tier is called:
   tokens are scored before the caller is sent anything;
 - streaming, last tier: its stream is relayed as it comes.
 
-Rules, in order of the tiers (cheapest first), are `tier_step`'s; a failed call
-(timeout, refused connection, 5xx, 429) is retried within the router's budget
-first (`tier_call`), and every call is counted in the ledger, the wasted ones
-included. What watches the answers (escalation log, shadow samples) is handed
-in (`answer_watch.AnswerWatch`); thresholds move in place (`set_thresholds`).
+Rules, in order of the tiers (cheapest first), are `tier_step`'s; a failed call (timeout, refused
+connection, 5xx, 429) is retried within the router's budget first (`tier_call`), and every call is
+counted in the ledger, the wasted ones included. What watches the answers (escalation log, shadow
+samples) is handed in (`answer_watch.AnswerWatch`); thresholds move in place (`set_thresholds`). A
+tier with a pre-route score may be passed over before it is asked (`pre_routing`).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from kascade.runtime.engines.base import Endpoint, Engine, TierError
 from kascade.runtime.ledger import Ledger
 from kascade.runtime.logprobs import TokenEvidence, chunk_token_evidence, with_logprobs_requested
 from kascade.runtime.metrics import RouterMetrics
+from kascade.runtime.pre_routing import PreRouting
 from kascade.runtime.presentation import present, replay_as_chunks
 from kascade.runtime.scoring.confidence import required_top_logprobs
 from kascade.runtime.scoring.policy import Decision, judge, judge_tokens
@@ -124,8 +126,9 @@ class Cascade:
         *,
         watch: AnswerWatch | None = None,
         latency_clock: Callable[[], float] = time.perf_counter,
+        probe_draw: Callable[[], float] = random.random,
     ) -> None:
-        """`watch`: what watches the answers (escalation log, shadow samples), built by the router's lifespan."""
+        """`watch`: what watches the answers (log, shadow samples), built by the lifespan; `probe_draw`: pre-routing's."""
         missing = [tier.name for tier in config.tiers if tier.name not in engines]
         if missing:
             raise ValueError(f"no engine for tier(s): {', '.join(missing)}")
@@ -137,6 +140,9 @@ class Cascade:
         self.ledger = ledger
         self.metrics = metrics
         self._watch = watch
+        self._pre_routing = PreRouting.of(
+            config, engines, ledger, metrics, watch.sampler if watch else None, draw=probe_draw
+        )
         self._budget = RetryBudget(
             config.timeout_seconds, config.retries, config.retry_backoff_seconds, latency_clock=latency_clock
         )
@@ -144,6 +150,11 @@ class Cascade:
     @property
     def last_tier(self) -> Tier:
         return self.tiers[-1]
+
+    async def close(self) -> None:
+        """Stop the background work the cascade started itself: pre-routing's probes."""
+        if self._pre_routing is not None:
+            await self._pre_routing.close()
 
     def set_thresholds(self, thresholds: Mapping[str, float]) -> dict[str, float]:
         """Put new thresholds in force on the scored tiers, without a restart; the ones that changed.
@@ -188,6 +199,8 @@ class Cascade:
         handed_over = False
         try:
             for index, tier in enumerate(self.tiers):
+                if self._pre_routing and self._pre_routing.passes_over(tier.config, endpoint, body, attempts):
+                    continue
                 called = await call_tier(tier, endpoint, body, attempts)
                 step = next_step(
                     is_last=tier.is_last,
@@ -198,7 +211,7 @@ class Cascade:
                 self._note_step(tier, endpoint, step, called, attempts)
                 if step.verdict is Verdict.accept:
                     handed_over = True
-                    return hand_over(tier, endpoint, body, called, attempts, index > 0)
+                    return hand_over(tier, endpoint, body, called, attempts, index > len(attempts.passed_over))
                 if step.verdict is Verdict.fail:
                     assert called.error is not None
                     failure = failure_of(tier.name, called.error)
@@ -357,11 +370,15 @@ class Cascade:
         decision: Decision | None,
     ) -> None:
         """`answer`: the answering tier's whole response, or every chunk of its stream."""
+        if self._pre_routing is not None:
+            self._pre_routing.answered(tier.config, endpoint, attempts, answer)
         if self._watch is not None:
             self._watch.answered(tier.config, endpoint, body, answer, attempts, decision)
 
     def _record(self, attempts: Attempts, answered_by: str | None, *, escalated: bool) -> None:
         outcome = attempts.outcome(answered_by, escalated=escalated)
+        if answered_by is None and self._pre_routing is not None:
+            self._pre_routing.unanswered(attempts)
         cost = self.ledger.record(outcome)
         if self.metrics is not None:
             self.metrics.observe(outcome, cost)

@@ -35,6 +35,11 @@ def summary_table(slot: CounterSlot, tier_names: Sequence[str], *, title: str = 
     rate = f"{100.0 * slot.escalations / requests:.0f}%" if requests else "-"
     table.add_row("escalated", f"{slot.escalations} ({rate})")
     cost = slot.cost
+    for name, skipped in slot.routed_past.items():  # pre-routing: skipped before they were asked
+        table.add_row(f"routed past {name}", f"{skipped} ({100.0 * skipped / requests:.0f}%)" if requests else "-")
+    if slot.routed_past:
+        probes = f"; probes {slot.probe_calls}, {_money(slot.probe_cost, currency)}" if slot.probe_calls else ""
+        table.add_row("skipping saved", f"~{_money(slot.routed_past_saved, currency)} (estimated){probes}")
     table.add_row("actual cost", _money(cost.actual, currency))
     table.add_row("all-largest baseline", _money(cost.baseline, currency))
     table.add_row("saved", f"{_money(cost.saved, currency)} ({cost.saved_percent:.1f}%)")
