@@ -20,6 +20,13 @@ printed with their min-max.
     python bench/router_overhead.py            # full run, about 9 minutes
     python bench/router_overhead.py --quick    # about 1 minute
 
+`--pre-routing DIMS` adds `kascade-preroute`: the `kascade` router with a
+hashed pre-route score of DIMS dimensions on tier 0 that keeps the bench's
+prompt (so it still answers from tier 0 after one upstream call): the
+difference is what scoring the prompt costs on the hot path. The footer also
+gives the score's own CPU time per request, in process, at several prompt
+lengths.
+
 This file is also the entry of the upstream process and of the Python load
 generator (the `_upstream` and `_load` subcommands), so that no two parts share
 an event loop.
@@ -349,12 +356,19 @@ def run_upstream(port: int) -> None:
 
 
 def write_router_config(
-    path: Path, upstream: str, *, threshold: float = 0.5, log_dir: Path | None = None, shadow_rate: float | None = None
+    path: Path,
+    upstream: str,
+    *,
+    threshold: float = 0.5,
+    log_dir: Path | None = None,
+    shadow_rate: float | None = None,
+    pre_route_dimensions: int | None = None,
 ) -> None:
     """Two tiers on the one upstream; its tokens have p=0.9, so tier 0 accepts at threshold 0.5, escalates at 0.95.
 
     `log_dir`: keep every escalation in an escalation log there (the large tier names its tokens by id).
     `shadow_rate`: online calibration's shadow sampling at that rate (accepted answers also asked of the large tier).
+    `pre_route_dimensions`: a pre-route score of that size on tier 0, which keeps the bench's prompt.
     """
     import yaml
 
@@ -370,6 +384,7 @@ def write_router_config(
                 served_model="small-model",
                 url=f"{upstream}/v1",
                 accept=Accept(method="geometricMean", threshold=threshold),
+                pre_route=bench_pre_route(pre_route_dimensions) if pre_route_dimensions is not None else None,
             ),
             TierConfig(name="large", served_model="large-model", url=f"{upstream}/v1", returns_token_ids=True),
         ],
@@ -381,6 +396,44 @@ def write_router_config(
     )
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True)))
     RouterConfig.from_yaml(path)  # what `kascade route` will read must load
+
+
+def bench_pre_route(dimensions: int) -> Any:
+    """A fitted-size pre-route score (seeded weights in +-0.05, bias 3) that keeps the bench's prompt."""
+    import random
+
+    from kascade.api.pre_route import PreRoute
+    from kascade.runtime.scoring.pre_route import PreRouteScorer
+
+    rng = random.Random(19)
+    weights = [rng.uniform(-0.05, 0.05) for _ in range(dimensions)]
+    pre_route = PreRoute(
+        dimensions=dimensions, weights=PreRoute.encode_weights(weights), bias=3.0, skip_below=0.5, probe_rate=0.05
+    )
+    scorer = PreRouteScorer(pre_route)
+    if scorer.skips(scorer.probability({"messages": MESSAGES})):
+        raise SystemExit("the bench's pre-route score would skip the bench's prompt")
+    return pre_route
+
+
+def pre_route_cpu(dimensions: int, *, repeats: int = 2000) -> str:
+    """The score's CPU time per request, in process (hashed features and the logistic head), by prompt length."""
+    from kascade.runtime.scoring.pre_route import PreRouteScorer
+
+    scorer = PreRouteScorer(bench_pre_route(dimensions))
+    sentence = "Explain how a binary search finds an item in a sorted list, step by step. "
+    cells = []
+    for chars in (len(MESSAGES[0]["content"]), 300, 1000, 4000):
+        text = MESSAGES[0]["content"] if chars == len(MESSAGES[0]["content"]) else (sentence * chars)[:chars]
+        body = {"messages": [{"role": "user", "content": text}]}
+        timings = []
+        for _ in range(5):
+            started = time.process_time()
+            for _ in range(repeats // 5):
+                scorer.probability(body)
+            timings.append((time.process_time() - started) / (repeats // 5))
+        cells.append(f"{chars} chars {statistics.median(timings) * 1e3:.3f} ms")
+    return f"{dimensions} dimensions, CPU ms per request (median of 5 batches): " + ", ".join(cells)
 
 
 def write_litellm_config(path: Path, upstream: str) -> None:
@@ -429,6 +482,7 @@ def start_targets(
     baseline_python: str | None,
     escalation_log: bool = False,
     shadow_rate: float | None = None,
+    pre_route_dimensions: int | None = None,
 ) -> list[Target]:
     from kascade.runtime.serving import free_port
 
@@ -454,6 +508,9 @@ def start_targets(
     if shadow_rate is not None:  # the same router as "kascade", measuring agreement on a share of its requests
         write_router_config(work / "shadow.yaml", upstream, shadow_rate=shadow_rate)
         targets.append(start_router(processes, "kascade-shadow", sys.executable, work / "shadow.yaml"))
+    if pre_route_dimensions is not None:  # the same router as "kascade", scoring every prompt before tier 0
+        write_router_config(work / "preroute.yaml", upstream, pre_route_dimensions=pre_route_dimensions)
+        targets.append(start_router(processes, "kascade-preroute", sys.executable, work / "preroute.yaml"))
 
     if litellm is not None:
         litellm_port = free_port()
@@ -726,6 +783,18 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
             f"goal shadow sampling costs <= 10% more added latency: {'met' if ratio <= 1.10 else 'NOT met'} "
             f"(added p50 {added:.2f} ms without, {shadow:.2f} ms with: {ratio:.2f}×)"
         )
+    if "kascade-preroute" in summary:
+        routed = summary["kascade-preroute"]
+        extra = routed["added_p50_ms"].median - added
+        cpu = (
+            f"; CPU ms/req {kascade['front_cpu_ms']:.2f} without, {routed['front_cpu_ms']:.2f} with"
+            if kascade["front_cpu_ms"] is not None and routed["front_cpu_ms"] is not None
+            else ""
+        )
+        lines.append(
+            f"goal hashed pre-route adds < 0.2 ms at p50: {'met' if extra < 0.2 else 'NOT met'} "
+            f"(added p50 {added:.2f} ms without, {routed['added_p50_ms'].median:.2f} ms with: {extra:+.2f} ms{cpu})"
+        )
     if "kascade-baseline" in summary:
         baseline = summary["kascade-baseline"]
         lines.append(
@@ -877,6 +946,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="also measure the router with online calibration's shadow sampling at RATE (e.g. 0.05)",
     )
     parser.add_argument(
+        "--pre-routing",
+        type=int,
+        metavar="DIMS",
+        help="also measure the router with a hashed pre-route score of DIMS dimensions on tier 0 (e.g. 4096)",
+    )
+    parser.add_argument(
         "--load-generator",
         choices=("auto", "wrk", "python"),
         default="auto",
@@ -956,7 +1031,13 @@ def main(argv: Sequence[str]) -> int:
                 "starting the upstream, the Kascade router" + ("" if args.litellm is None else " and the LiteLLM proxy")
             )
             targets = start_targets(
-                processes, work, args.litellm, args.kascade_baseline, args.escalation_log, args.shadow_sampling
+                processes,
+                work,
+                args.litellm,
+                args.kascade_baseline,
+                args.escalation_log,
+                args.shadow_sampling,
+                args.pre_routing,
             )
             load = choose_load(args.load_generator, work)
             for target in targets:
@@ -966,6 +1047,8 @@ def main(argv: Sequence[str]) -> int:
             for target in targets:  # still answering correctly after the load
                 target.checks.append(check_answers(target))
             environment = describe_environment(load, targets, args)
+            if args.pre_routing is not None:
+                environment["pre-route score"] = pre_route_cpu(args.pre_routing)
         finally:
             processes.stop_all()
     summary = summarize(targets)
