@@ -49,10 +49,18 @@ Amount = Annotated[float, Field(ge=0, allow_inf_nan=False), BeforeValidator(_jso
 
 
 class LoopCounts(StatusModel):
-    """What online calibration counts, in a router's slot and in the fold alike."""
+    """What online calibration and pre-routing count, in a router's slot and in the fold alike."""
 
     shadow_calls: Count = Field(default=0, description="Shadow calls to the last tier (online calibration).")
     shadow_cost: Amount = Field(default=0.0, description="What they cost (included in cost.actual).")
+    judge_calls: Count = Field(default=0, description="Calls to the LLM judge (matcher judge), failed ones included.")
+    judge_cost: Amount = Field(default=0.0, description="What they cost (included in cost.actual).")
+    judge_failures: Count = Field(
+        default=0, description="Judge calls that gave no verdict (an error, no logprobs, neither yes nor no)."
+    )
+    judge_skipped: Count = Field(
+        default=0, description="Agreement questions not asked: judge.concurrency calls were in flight already."
+    )
     calibration_samples: dict[str, Count] = Field(
         default_factory=dict, description="Agreement samples per tier and score bin (`<tier>@<bin edge>`)."
     )
@@ -61,8 +69,20 @@ class LoopCounts(StatusModel):
     )
     baseline_tokens: dict[str, Count] = Field(
         default_factory=dict,
-        description="Token counts that correct the savings baseline (`ledger.estimated_baseline`).",
+        description="Token counts that correct the savings baseline (`baseline_estimate.estimated_baseline`).",
     )
+    routed_past: dict[str, Count] = Field(
+        default_factory=dict, description="Requests that skipped each tier on its pre-route score (tiers[].preRoute)."
+    )
+    routed_past_saved: Amount = Field(
+        default=0.0,
+        description="What the skipped calls would have cost, estimated at each tier's mean call cost then "
+        "(already out of cost.actual).",
+    )
+    probe_calls: Count = Field(
+        default=0, description="Skipped requests still asked of the skipped tier, off the response path."
+    )
+    probe_cost: Amount = Field(default=0.0, description="What they cost (included in cost.actual).")
 
 
 class CounterFigures(LoopCounts):

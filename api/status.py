@@ -58,6 +58,15 @@ class Traffic(StatusModel):
     shadow_calls: int = Field(
         default=0, description="Accepted requests also sent to the last tier (online calibration)."
     )
+    judge_calls: int = Field(default=0, description="Calls to the LLM judge (matcher judge), failed ones included.")
+    judge_failures: int = Field(default=0, description="Judge calls that gave no verdict (the sample lost).")
+    judge_skipped: int = Field(default=0, description="Agreement questions not asked: the judge was at concurrency.")
+    routed_past: dict[str, int] = Field(
+        default_factory=dict, description="Requests that skipped each tier on its pre-route score (tiers[].preRoute)."
+    )
+    probe_calls: int = Field(
+        default=0, description="Skipped requests still asked of the skipped tier, off the response path (pre-routing)."
+    )
 
 
 class Cost(StatusModel):
@@ -75,6 +84,13 @@ class Cost(StatusModel):
     saved: float = Field(default=0.0, description="baseline - actual.")
     saved_percent: float = Field(default=0.0, description="100 * saved / baseline.")
     shadow_cost: float = Field(default=0.0, description="What shadow calls cost (online calibration), in actual.")
+    judge_cost: float = Field(default=0.0, description="What the LLM judge's calls cost (matcher judge), in actual.")
+    probe_cost: float = Field(default=0.0, description="What pre-routing's probe calls cost, in actual.")
+    routed_past_saved: float = Field(
+        default=0.0,
+        description="What the calls skipped by pre-routing would have cost (each at its tier's mean call cost "
+        "then): an estimate, already in saved.",
+    )
     estimated_baseline: float | None = Field(
         default=None,
         description="baseline with the last tier's token counts measured by shadow samples (an estimate: it moves "

@@ -33,7 +33,7 @@ from kascade.operator.labels import (
 from kascade.operator.pod_security import restricted
 from kascade.operator.settings import OperatorSettings
 from kascade.runtime.cluster_status.report import StatusReportConfig
-from kascade.runtime.config import RouterConfig, router_config_from_cascade
+from kascade.runtime.config import RouterConfig, judge_api_key_secret, router_config_from_cascade
 
 CONFIG_DIR = "/etc/kascade"
 CONFIG_FILE = "router.yaml"
@@ -43,6 +43,9 @@ CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 SECRETS_DIR = "/var/run/kascade/secrets"
 CLIENT_KEYS_VOLUME = "client-api-keys"
 CLIENT_KEYS_FILE = f"{SECRETS_DIR}/clients/keys"
+# The judge.url's API key (matcher judge with an external judge).
+JUDGE_KEY_VOLUME = "judge-api-key"
+JUDGE_KEY_FILE = f"{SECRETS_DIR}/judge/api-key"
 PORT_NAME = "http"
 # The escalation log's claim (spec.escalationLog.uri pvc://claim/path), mounted read-write.
 ESCALATION_LOG_VOLUME = "escalation-log"
@@ -91,6 +94,7 @@ def build_router_config(cascade: ModelCascade, settings: OperatorSettings) -> Ro
         },
         api_keys_file=CLIENT_KEYS_FILE if spec.router.api_key_secret is not None else None,
         escalation_log_uri=router_escalation_log_uri(cascade),
+        judge_api_key_file=JUDGE_KEY_FILE,
     )
     report = StatusReportConfig(
         namespace=cascade_namespace(cascade),
@@ -144,6 +148,15 @@ def _secret_volumes(cascade: ModelCascade) -> tuple[list[dict[str, Any]], list[d
             }
         )
         mounts.append({"name": CLIENT_KEYS_VOLUME, "mountPath": f"{SECRETS_DIR}/clients", "readOnly": True})
+    ref = judge_api_key_secret(cascade)
+    if ref is not None:
+        volumes.append(
+            {
+                "name": JUDGE_KEY_VOLUME,
+                "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "api-key"}]},
+            }
+        )
+        mounts.append({"name": JUDGE_KEY_VOLUME, "mountPath": f"{SECRETS_DIR}/judge", "readOnly": True})
     return volumes, mounts
 
 

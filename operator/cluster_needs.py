@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kascade.api.modelcascade import ModelCascade, SecretKeyRef
 from kascade.operator.build_tier import deploys_pods
+from kascade.runtime.config import judge_api_key_secret
 
 
 def secret_refs(cascade: ModelCascade) -> list[tuple[str, SecretKeyRef]]:
@@ -20,6 +21,9 @@ def secret_refs(cascade: ModelCascade) -> list[tuple[str, SecretKeyRef]]:
             refs.append((f'tier "{tier.name}" (apiKeySecret)', tier.api_key_secret))
     if cascade.spec.router.api_key_secret is not None:
         refs.append(("the router (router.apiKeySecret)", cascade.spec.router.api_key_secret))
+    judge_key = judge_api_key_secret(cascade)
+    if judge_key is not None:
+        refs.append(("the judge (calibration.judge.apiKeySecret)", judge_key))
     return refs
 
 

@@ -94,7 +94,18 @@ class FoldResult:
             "cost": self.cost.model_dump(
                 mode="json",
                 by_alias=True,
-                include={"currency", "actual", "baseline", "saved", "saved_percent", "shadow_cost", "since"},
+                include={
+                    "currency",
+                    "actual",
+                    "baseline",
+                    "saved",
+                    "saved_percent",
+                    "shadow_cost",
+                    "judge_cost",
+                    "probe_cost",
+                    "routed_past_saved",
+                    "since",
+                },
             ),
             "summary": self.summary.model_dump(mode="json", by_alias=True),
             RETIRED_COUNTERS: self.retired_counters.model_dump(mode="json", by_alias=True, exclude_none=True),
@@ -340,6 +351,11 @@ def traffic_of(folded: CounterFigures) -> Traffic:
         escalations_logged=folded.escalations_logged,
         escalation_log_dropped=folded.escalation_log_dropped,
         shadow_calls=folded.shadow_calls,
+        judge_calls=folded.judge_calls,
+        judge_failures=folded.judge_failures,
+        judge_skipped=folded.judge_skipped,
+        routed_past=dict(sorted(folded.routed_past.items())),
+        probe_calls=folded.probe_calls,
     )
 
 
@@ -350,6 +366,9 @@ def cost_of(folded: CounterFigures, money: Money, previous: Mapping[str, Any]) -
         actual=folded.actual,
         baseline=folded.baseline,
         shadow_cost=folded.shadow_cost,
+        judge_cost=folded.judge_cost,
+        probe_cost=folded.probe_cost,
+        routed_past_saved=folded.routed_past_saved,
         since=money.since,
     )
     return hold_gpu_hours(read_reservation({"cost": previous}), tiers=()).costed(usage)

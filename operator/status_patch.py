@@ -31,7 +31,7 @@ from kascade.operator.reservation import (
     read_reservation,
 )
 from kascade.operator.settings import OperatorSettings
-from kascade.runtime.ledger import estimated_baseline
+from kascade.runtime.baseline_estimate import estimated_baseline
 
 
 def compose_status(

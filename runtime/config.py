@@ -24,6 +24,8 @@ from kascade.api.modelcascade import (
     Streaming,
     Task,
 )
+from kascade.api.parts import SecretKeyRef
+from kascade.api.pre_route import LAST_TIER_IS_NOT_PRE_ROUTED, PreRoute
 from kascade.runtime.cluster_status.report import StatusReportConfig
 from kascade.runtime.models.encoder import IMAGE_ENCODER_DIR, onnx_encoder_dir
 
@@ -49,15 +51,23 @@ class TierConfig(ConfigModel):
         default=False,
         description="The tier honours vLLM's return_tokens_as_token_ids (vllm and transformers engines do).",
     )
+    pre_route: PreRoute | None = Field(
+        default=None, description="Skip the tier before it is asked when the prompt predicts it keeps no answer."
+    )
 
     def read_api_key(self) -> str | None:
-        import os
+        return read_api_key(file=self.api_key_file, env=self.api_key_env)
 
-        if self.api_key_file:
-            return Path(self.api_key_file).read_text().strip() or None
-        if self.api_key_env:
-            return os.environ.get(self.api_key_env) or None
-        return None
+
+def read_api_key(*, file: str | None, env: str | None) -> str | None:
+    """An API key from a file (a mounted Secret) or else an environment variable; None when neither holds one."""
+    import os
+
+    if file:
+        return Path(file).read_text().strip() or None
+    if env:
+        return os.environ.get(env) or None
+    return None
 
 
 class EscalationLogConfig(ConfigModel):
@@ -70,6 +80,23 @@ class EscalationLogConfig(ConfigModel):
     queue_size: int = Field(default=10_000, ge=1, description="Records waiting at most; beyond, dropped and counted.")
     segment_records: int = Field(default=1000, ge=1, description="Records per segment at most.")
     flush_seconds: float = Field(default=60.0, gt=0, description="A segment is written at least this often.")
+
+
+class JudgeConfig(ConfigModel):
+    """matcher judge: the LLM asked whether two answers agree (rendered from `spec.calibration.judge`)."""
+
+    url: str | None = Field(
+        default=None, description="OpenAI base URL of the judge; None: the last tier, through the router's engine."
+    )
+    model: str = Field(description="The model asked: judge.model at url, else the last tier's served model.")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the judge's API key.")
+    api_key_file: str | None = Field(default=None, description="File holding the judge's API key (a mounted Secret).")
+    price: Price = Field(description="What a judge call costs: judge.price, else the last tier's price.")
+    concurrency: int = Field(default=4, ge=1, description="Judge calls in flight at most; beyond, a sample is lost.")
+    min_probability: float = Field(default=0.5, gt=0, lt=1, description="Agreed when P(yes) is at least this.")
+
+    def read_api_key(self) -> str | None:
+        return read_api_key(file=self.api_key_file, env=self.api_key_env)
 
 
 class SemanticConfig(ConfigModel):
@@ -105,6 +132,14 @@ class ShadowSamplingConfig(ConfigModel):
             raise ValueError("shadow_sampling.semantic is set with matcher semantic, and only then")
         return self
 
+    judge: JudgeConfig | None = Field(default=None, description="matcher judge: the LLM that judges.")
+
+    @model_validator(mode="after")
+    def _judge_for_matcher_judge(self) -> ShadowSamplingConfig:
+        if (self.matcher is AnswerMatcher.judge) != (self.judge is not None):
+            raise ValueError("shadow_sampling.judge is set with matcher judge, and only then")
+        return self
+
 
 class RouterConfig(ConfigModel):
     cascade: str = Field(description="The model name clients ask for: the ModelCascade's name.")
@@ -137,6 +172,8 @@ class RouterConfig(ConfigModel):
                 raise ValueError(f"tier {tier.name!r} is not the last tier and needs an accept rule")
         if self.tiers[-1].accept is not None:
             raise ValueError("the last tier always answers and takes no accept rule")
+        if self.tiers[-1].pre_route is not None:
+            raise ValueError(f"the last tier {LAST_TIER_IS_NOT_PRE_ROUTED}")
         return self
 
     @classmethod
@@ -165,6 +202,8 @@ def router_config_from_cascade(
     api_keys_env: str | None = None,
     escalation_log_uri: str | None = None,
     calibrate_in_process: bool = False,
+    judge_api_key_env: str | None = None,
+    judge_api_key_file: str | None = None,
 ) -> RouterConfig:
     """Render the router's config from a ModelCascade and where each tier is reachable.
 
@@ -174,6 +213,7 @@ def router_config_from_cascade(
     the spec enables it (the operator's mount of a pvc:// URI); by default the
     spec's own URI. `calibrate_in_process`: local mode, where the router moves
     its own thresholds (in a cluster the operator does, for every replica).
+    `judge_api_key_env`/`judge_api_key_file`: where an external judge's API key is (`judge_of`).
     """
     spec = cascade.spec
     tier_api_key_envs = tier_api_key_envs or {}
@@ -190,6 +230,7 @@ def router_config_from_cascade(
             model_uri=tier.model.uri,
             model_revision=ModelUri.parse(tier.model.uri).hf_revision,
             returns_token_ids=tier.engine is not EngineKind.external,
+            pre_route=tier.pre_route,
         )
         for tier in spec.tiers
     ]
@@ -205,7 +246,11 @@ def router_config_from_cascade(
         api_keys_file=api_keys_file,
         api_keys_env=api_keys_env,
         escalation_log=escalation_log_of(cascade, escalation_log_uri),
-        shadow_sampling=shadow_sampling_of(cascade, calibrate_in_process=calibrate_in_process),
+        shadow_sampling=shadow_sampling_of(
+            cascade,
+            calibrate_in_process=calibrate_in_process,
+            judge=judge_of(cascade, api_key_env=judge_api_key_env, api_key_file=judge_api_key_file),
+        ),
     )
 
 
@@ -219,7 +264,9 @@ def escalation_log_of(cascade: ModelCascade, uri: str | None) -> EscalationLogCo
     )
 
 
-def shadow_sampling_of(cascade: ModelCascade, *, calibrate_in_process: bool) -> ShadowSamplingConfig | None:
+def shadow_sampling_of(
+    cascade: ModelCascade, *, calibrate_in_process: bool, judge: JudgeConfig | None = None
+) -> ShadowSamplingConfig | None:
     """What the router measures for online calibration; None when it is off (or there is nothing to escalate to)."""
     spec = cascade.spec
     calibration = spec.calibration
@@ -231,6 +278,28 @@ def shadow_sampling_of(cascade: ModelCascade, *, calibrate_in_process: bool) -> 
         concurrency=calibration.shadow_concurrency,
         calibrate_in_process=calibration if calibrate_in_process else None,
         semantic=semantic_of(cascade, local_mode=calibrate_in_process),
+        judge=judge,
+    )
+
+
+def judge_of(
+    cascade: ModelCascade, *, api_key_env: str | None = None, api_key_file: str | None = None
+) -> JudgeConfig | None:
+    """The judge of `matcher: judge` (None for any other matcher): `spec.calibration.judge`, defaulting to the
+    last tier's served model and price. The key (env or file) is the judge's own, for a judge.url only."""
+    spec = cascade.spec
+    if spec.matcher is not AnswerMatcher.judge or spec.calibration is None:
+        return None
+    judge, last = spec.calibration.judge, spec.tiers[-1]
+    keyed = judge_api_key_secret(cascade) is not None
+    return JudgeConfig(
+        url=judge.url,
+        model=judge.model or last.served_name,
+        api_key_env=api_key_env if keyed else None,
+        api_key_file=api_key_file if keyed else None,
+        price=judge.price or last.price,
+        concurrency=judge.concurrency,
+        min_probability=judge.min_probability,
     )
 
 
@@ -244,3 +313,12 @@ def semantic_of(cascade: ModelCascade, *, local_mode: bool) -> SemanticConfig | 
     if local_mode:
         return SemanticConfig(model_dir=str(onnx_encoder_dir()), cutoff=cutoff, export_if_missing=True)
     return SemanticConfig(cutoff=cutoff)
+
+
+def judge_api_key_secret(cascade: ModelCascade) -> SecretKeyRef | None:
+    """The Secret of the judge.url's API key, where the routers ask that judge (online calibration, matcher judge)."""
+    spec = cascade.spec
+    calibration = spec.calibration
+    if calibration is None or not calibration.online or len(spec.tiers) < 2 or spec.matcher is not AnswerMatcher.judge:
+        return None
+    return calibration.judge.api_key_secret if calibration.judge.external else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -92,6 +92,8 @@ class _TierTotals:
     output_tokens: int = 0
     cost: float = 0.0
     latency_seconds_sum: float = 0.0
+    routed_past: int = 0  # requests that skipped the tier (pre-routing)
+    routed_past_saved: float = 0.0
 
 
 BASELINE_TOKEN_KEYS = (
@@ -102,39 +104,6 @@ BASELINE_TOKEN_KEYS = (
     "shadowLastInput",
     "shadowLastOutput",  # the last tier's own tokens on the same requests
 )
-MIN_SHADOW_SAMPLES_FOR_AN_ESTIMATE = 30
-
-
-@dataclass(frozen=True)
-class BaselineEstimate:
-    baseline: float  # the savings baseline with the last tier's measured token counts
-    input_ratio: float  # the last tier's tokens per token of the accepted answers (ratio of sums)
-    output_ratio: float
-
-
-def estimated_baseline(
-    baseline: float, tokens: Mapping[str, int], shadow_calls: int, last: Price
-) -> BaselineEstimate | None:
-    """The baseline corrected by what shadow samples measure of the last tier's token counts; None with too few.
-
-    The ledger's baseline prices an accepted answer's own tokens at the last
-    tier's price, as if the last tier would have answered at the same length.
-    Shadow samples measure how long its answers really are on the same
-    requests: r = Σ last tier's tokens / Σ the accepted answers' tokens (a
-    ratio estimator, per input and output), and the accepted part of the
-    baseline is scaled by r: baseline + (r_in - 1)·p_in·A_in + (r_out - 1)·p_out·A_out,
-    with A the accepted answers' tokens and p the last tier's per-token prices.
-    """
-    if shadow_calls < MIN_SHADOW_SAMPLES_FOR_AN_ESTIMATE:
-        return None
-    ratios = []
-    for side in ("Input", "Output"):
-        answered, measured = tokens.get(f"shadowAnswered{side}", 0), tokens.get(f"shadowLast{side}", 0)
-        ratios.append(measured / answered if answered > 0 else 1.0)
-    extra = (ratios[0] - 1) * usage_cost(last, tokens.get("acceptedInput", 0), 0) + (ratios[1] - 1) * usage_cost(
-        last, 0, tokens.get("acceptedOutput", 0)
-    )
-    return BaselineEstimate(baseline=max(baseline + extra, 0.0), input_ratio=ratios[0], output_ratio=ratios[1])
 
 
 class Ledger:
@@ -177,9 +146,15 @@ class Ledger:
         self._log_dropped = 0
         self._shadow_calls = 0
         self._shadow_cost = 0.0
+        self._judge_calls = 0
+        self._judge_cost = 0.0
+        self._judge_failures = 0
+        self._judge_skipped = 0
         self._calibration_samples: dict[str, int] = {}
         self._calibration_agreed: dict[str, int] = {}
         self._baseline_tokens = dict.fromkeys(BASELINE_TOKEN_KEYS, 0)
+        self._probe_calls = 0
+        self._probe_cost = 0.0
 
     @property
     def process_id(self) -> str:
@@ -275,6 +250,48 @@ class Ledger:
             self._updated_at = max(self._updated_at, self._clock())
         return cost
 
+    def record_judge_call(self, cost: float, *, verdict: bool) -> None:
+        """One call to the LLM judge (matcher judge), priced by the caller at the judge's price.
+
+        Its cost is real spend, so it goes into `actual` (which lowers `saved`),
+        and apart into `judgeCost`; it is in no tier's totals, since the judge
+        answers no caller (and may be no tier at all). `verdict` False: the call
+        gave none (an error, no logprobs, neither yes nor no), a `judgeFailures`.
+        """
+        if cost < 0:
+            raise ValueError(f"a judge call cannot cost less than 0: {cost}")
+        with self._lock:
+            self._judge_calls += 1
+            self._judge_failures += 0 if verdict else 1
+            self._judge_cost += cost
+            self._actual += cost
+            self._updated_at = max(self._updated_at, self._clock())
+
+    def note_judge_skipped(self) -> None:
+        """An agreement question not put to the judge: its concurrency was taken (the sample is lost)."""
+        with self._lock:
+            self._judge_skipped += 1
+
+    def note_routed_past(self, tier: str) -> float:
+        """A request skipped `tier` (pre-routing); its call's estimated cost: the tier's mean answered call's so far."""
+        with self._lock:
+            totals = self._tiers[tier]
+            answered = totals.calls - totals.errors
+            saved = totals.cost / answered if answered > 0 else 0.0
+            totals.routed_past += 1
+            totals.routed_past_saved += saved
+        return saved
+
+    def record_probe(self, call: TierCall) -> float:
+        """A skipped tier asked anyway, off the response path (pre-routing): in its tier, `actual` and `probeCost`."""
+        with self._lock:
+            cost = self._add_call(call)
+            self._probe_calls += 1
+            self._probe_cost += cost
+            self._actual += cost
+            self._updated_at = max(self._updated_at, self._clock())
+        return cost
+
     def note_agreement(self, bin_key: str, *, agreed: bool) -> None:
         """One (score, agreed?) pair of a tier, counted in its score bin (`kascade.calibration.online.bin_key`)."""
         with self._lock:
@@ -329,9 +346,17 @@ class Ledger:
                 escalation_log_dropped=self._log_dropped,
                 shadow_calls=self._shadow_calls,
                 shadow_cost=self._shadow_cost,
+                judge_calls=self._judge_calls,
+                judge_cost=self._judge_cost,
+                judge_failures=self._judge_failures,
+                judge_skipped=self._judge_skipped,
                 calibration_samples=dict(self._calibration_samples),
                 calibration_agreed=dict(self._calibration_agreed),
                 baseline_tokens=dict(self._baseline_tokens),
+                routed_past={tier: totals.routed_past for tier, totals in self._tiers.items() if totals.routed_past},
+                routed_past_saved=sum(totals.routed_past_saved for totals in self._tiers.values()),
+                probe_calls=self._probe_calls,
+                probe_cost=self._probe_cost,
             )
 
     def snapshot(self) -> dict[str, Any]:

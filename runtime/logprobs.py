@@ -7,7 +7,8 @@ evidence scores 0 (the request escalates) instead of failing.
 
 This is the one reader of the layout: the scores take each token's evidence
 (`token_evidence`), the escalation log the names of the top entries too
-(`choice_token_evidence(..., with_names=True)`: teacher tokens by id).
+(`choice_token_evidence(..., with_names=True)`: teacher tokens by id), an LLM
+judge's verdict its first token's alternatives (`first_token_alternatives`).
 
 Layouts (choice 0 of a response or of one SSE chunk):
 
@@ -184,6 +185,32 @@ def token_evidence(endpoint: Endpoint, response: dict[str, Any]) -> list[TokenEv
     """Per-token evidence of choice 0 of a non-streaming chat or completion response (`choice_token_evidence`)."""
     choice = first_choice(response)
     return [] if choice is None else choice_token_evidence(endpoint, choice)
+
+
+def first_token_alternatives(response: Mapping[str, Any]) -> dict[str, float]:
+    """The first token of choice 0 of a chat response and its top alternatives, token text -> logprob.
+
+    What an LLM judge's verdict is read from (`kascade.calibration.judge.verdict`);
+    {} for a response without logprobs. Entries that decode to the same text (two
+    token ids for one spelling) add up: log(exp(a) + exp(b)).
+    """
+    choice = first_choice(response)
+    evidence = [] if choice is None else choice_token_evidence(Endpoint.chat, choice, with_names=True)
+    if not evidence:
+        return {}
+    first = evidence[0]
+    alternatives: dict[str, float] = {}
+    for name, logprob in zip(first.top_tokens, first.top_logprobs, strict=True):
+        seen = alternatives.get(name)
+        alternatives[name] = logprob if seen is None else _log_add(seen, logprob)
+    alternatives.setdefault(first.text, first.logprob)  # the chosen token, where the top list left it out
+    return alternatives
+
+
+def _log_add(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)), without overflow."""
+    high, low = max(a, b), min(a, b)
+    return high if low == -math.inf else high + math.log1p(math.exp(low - high))
 
 
 def chunk_token_evidence(endpoint: Endpoint, chunk: dict[str, Any]) -> list[TokenEvidence]:

@@ -25,6 +25,12 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 # answered_by label of a request no tier answered.
 FAILED_LABEL = "none"
 
+# What became of an agreement question put to the LLM judge (matcher judge).
+JUDGE_OUTCOMES = ("verdict", "no_verdict", "skipped")
+
+# What became of a probe (pre-routing: a skipped tier asked anyway, off the response path).
+PROBE_OUTCOMES = ("kept", "declined", "error", "dropped", "unpaired")
+
 
 class RouterMetrics:
     """The router's Prometheus series for one cascade, registered on `registry`."""
@@ -81,7 +87,38 @@ class RouterMetrics:
             ["cascade", "tier", "direction"],
             registry=registry,
         )
+        self._register_loop_series(registry)
         self._preinitialise(list(tiers))
+
+    def _register_loop_series(self, registry: CollectorRegistry) -> None:
+        """The series of what the router does off the response path: the LLM judge, pre-routing's skips and probes."""
+        self.judge_questions = Counter(
+            "kascade_judge_questions",
+            "Agreement questions for the LLM judge: verdict, no_verdict (a call that failed or said neither yes nor "
+            "no), skipped (judge.concurrency calls in flight already; not asked).",
+            ["cascade", "outcome"],
+            registry=registry,
+        )
+        self.judge_cost = Counter(
+            "kascade_judge_cost",
+            "What the LLM judge's calls cost (also in the ledger's actual).",
+            ["cascade"],
+            registry=registry,
+        )
+        self.routed_past = Counter(
+            "kascade_routed_past",
+            "Requests that skipped a tier on its pre-route score (tiers[].preRoute), and so never paid its call.",
+            ["cascade", "tier"],
+            registry=registry,
+        )
+        self.probes = Counter(
+            "kascade_probes",
+            "Skipped requests still asked of the tier, off the response path: kept or declined (by the tier's "
+            "threshold), error, dropped (too many in flight; not asked); and again as unpaired when drawn for "
+            "calibration but no last tier's answer came to compare with.",
+            ["cascade", "tier", "outcome"],
+            registry=registry,
+        )
 
     def _preinitialise(self, tiers: list[str]) -> None:
         for answered_by in [*tiers, FAILED_LABEL]:
@@ -98,9 +135,28 @@ class RouterMetrics:
                 self.tokens.labels(self.cascade, tier, direction)
         for kind in ("actual", "baseline"):
             self.cost.labels(self.cascade, kind)
+        for outcome in JUDGE_OUTCOMES:
+            self.judge_questions.labels(self.cascade, outcome)
+        self.judge_cost.labels(self.cascade)
+        for tier in tiers[:-1]:
+            self.routed_past.labels(self.cascade, tier)
+            for outcome in PROBE_OUTCOMES:
+                self.probes.labels(self.cascade, tier, outcome)
 
     def observe_escalation_log(self, outcome: str, count: int = 1) -> None:
         self.escalation_log.labels(self.cascade, outcome).inc(count)
+
+    def observe_routed_past(self, tier: str) -> None:
+        self.routed_past.labels(self.cascade, tier).inc()
+
+    def observe_probe(self, tier: str, outcome: str) -> None:
+        """One probe of a skipped tier (`PROBE_OUTCOMES`)."""
+        self.probes.labels(self.cascade, tier, outcome).inc()
+
+    def observe_judge(self, outcome: str, cost: float = 0.0) -> None:
+        """One agreement question for the LLM judge (`JUDGE_OUTCOMES`), and what its call cost."""
+        self.judge_questions.labels(self.cascade, outcome).inc()
+        self.judge_cost.labels(self.cascade).inc(max(cost, 0.0))
 
     def observe(self, outcome: RequestOutcome, cost: RequestCost) -> None:
         """Count one finished request: its answer, every tier call, and its cost.

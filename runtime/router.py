@@ -27,14 +27,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kascade.api.modelcascade import Task
-from kascade.runtime.answer_watch import AnswerWatch
+from kascade.runtime.answer_watch import watch_answers
 from kascade.runtime.cascade import Answer, Cascade, CascadeFailed
 from kascade.runtime.cluster_status.report import StatusReporter
 from kascade.runtime.config import RouterConfig
 from kascade.runtime.engines.base import Endpoint, Engine
 from kascade.runtime.engines.http import HttpEngine, new_pooled_session
 from kascade.runtime.errors import error_response
-from kascade.runtime.escalation.keeping import EscalationKeeper
 from kascade.runtime.escalation.log import EscalationLog
 from kascade.runtime.http_request import (
     CLIENT_CLOSED_REQUEST,
@@ -144,7 +143,8 @@ def _router_state(
         if config.escalation_log is not None
         else None
     )
-    watch = _answer_watch(config, ledger, escalation_log, tier_engines[config.tiers[-1].name])
+    last_engine = tier_engines[config.tiers[-1].name]
+    watch = watch_answers(config, ledger, escalation_log, last_engine, metrics=metrics, session=session)
     cascade = Cascade(config, tier_engines, ledger, metrics, watch=watch)
     in_process = config.shadow_sampling.calibrate_in_process if config.shadow_sampling is not None else None
     return RouterState(
@@ -157,30 +157,6 @@ def _router_state(
         shadow_sampler=watch.sampler if watch is not None else None,
         calibrator=InProcessCalibrator(in_process, cascade, ledger.counter_slot) if in_process is not None else None,
     )
-
-
-def _answer_watch(
-    config: RouterConfig, ledger: Ledger, escalation_log: EscalationLog | None, last_engine: Engine
-) -> AnswerWatch | None:
-    """The keeper (with a log) and the shadow sampler (with online calibration), and the watch the cascade calls
-    them through; None with neither, or with a single tier (nothing is ever declined)."""
-    if len(config.tiers) < 2 or (escalation_log is None and config.shadow_sampling is None):
-        return None
-    last_tier = config.tiers[-1]
-    keeper = EscalationKeeper(escalation_log, config.cascade) if escalation_log is not None else None
-    sampler = (
-        ShadowSampler(
-            config.shadow_sampling,
-            ledger,
-            last_tier=last_tier,
-            engine=last_engine,
-            timeout_seconds=config.timeout_seconds,
-            keeper=keeper,
-        )
-        if config.shadow_sampling is not None
-        else None
-    )
-    return AnswerWatch(keeper, sampler, last_tier)
 
 
 @contextlib.asynccontextmanager
@@ -359,7 +335,7 @@ async def stats(request: Request) -> Response:
         snapshot["escalationLog"] = state.escalation_log.stats()
     sampler = state.shadow_sampler
     if sampler is not None:
-        snapshot["shadowSampling"] = {"rate": sampler.config.rate, "skipped": sampler.skipped, "failed": sampler.failed}
+        snapshot["shadowSampling"] = sampler.stats()
     if state.calibrator is not None and state.calibrator.status is not None:
         snapshot["calibration"] = state.calibrator.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     return JSONResponse(snapshot)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from kascade.api.errors import validation_problems
 from kascade.api.modelcascade import EngineKind, ModelCascade, SecretKeyRef
+from kascade.runtime.config import judge_api_key_secret
 
 DEMO_MANIFEST = "demo.yaml"
 
@@ -109,5 +110,8 @@ def check_runnable(cascade: ModelCascade) -> None:
             )
     if cascade.spec.router.api_key_secret is not None:
         _read_secret(cascade.spec.router.api_key_secret, "the router's client API key")
+    judge_key = judge_api_key_secret(cascade)
+    if judge_key is not None:
+        _read_secret(judge_key, "the judge's API key (calibration.judge.apiKeySecret)")
     if cascade.spec.distillation is not None:
         raise LocalModeError(LOCAL_DISTILLATION)

@@ -30,7 +30,7 @@ from rich.console import Console
 
 from kascade.api.model_uri import ModelUri
 from kascade.api.modelcascade import EngineKind, ModelCascade, Task, Tier
-from kascade.runtime.config import RouterConfig, router_config_from_cascade
+from kascade.runtime.config import RouterConfig, judge_api_key_secret, router_config_from_cascade
 from kascade.runtime.local.manifest import LocalModeError, secret_env_var
 from kascade.runtime.models.files import resolve_model_uri
 from kascade.runtime.serving import free_port
@@ -178,6 +178,7 @@ def build_router_config(cascade: ModelCascade, tiers: LocalTiers) -> RouterConfi
         api_keys_env=secret_env_var(router_secret) if router_secret is not None else None,
         escalation_log_uri=local_escalation_log_uri(cascade),
         calibrate_in_process=True,  # one router and no operator: it moves its own thresholds
+        judge_api_key_env=secret_env_var(judge_key) if (judge_key := judge_api_key_secret(cascade)) else None,
     )
 
 

@@ -3,17 +3,24 @@
 A request is drawn (`drawn`) with probability `rate` (`kascade.calibration.online`
 says why a draw independent of the score is what the threshold selection
 needs). A drawn request that reached the last tier already has both answers:
-each declined tier's answer is judged against the last tier's at once
-(`note_pairs`). A drawn
-request that a tier before the last accepted is also sent to the last tier, as
-a background task: at most `concurrency` in flight (beyond, the sample is
-skipped and counted), never awaited by the request, its answer never shown to
-the caller. Its cost is recorded in the ledger (`record_shadow`: in the last
+each declined tier's answer is judged against the last tier's (`judge_pairs`). A
+drawn request that a tier before the last accepted is also sent to the last
+tier, as a background task: at most `concurrency` in flight (beyond, the sample
+is skipped and counted), never awaited by the request, its answer never shown
+to the caller. Its cost is recorded in the ledger (`record_shadow`: in the last
 tier's calls and in `actual`, and apart as `shadowCost`); with an escalation
 log on, it is also kept there as a `shadow` record with its `agreed` label.
 
-The sampler calls the last tier's engine itself and hands shadow records to
-the log's keeper: it calls back into nothing that holds it.
+Agreement is judged by the router's `AgreementJudge` (`kascade.runtime.online.judges`),
+always in a background task: the caller has its answer before any judging
+starts. Each verdict is counted in the tier's score bin; a question the judge
+could not answer (None) is lost and counted (`unjudged`, and by the judge
+itself), never counted as agreement. A shadow record's `agreed` is the same
+verdict (every tier asked agreed); a shadow sample with no verdict keeps no
+record, since its label is what makes it one.
+
+The sampler calls the last tier's engine and the judge itself and hands shadow
+records to the log's keeper: it calls back into nothing that holds it.
 """
 
 from __future__ import annotations
@@ -25,12 +32,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kascade.calibration.agreement import answers_agree
 from kascade.calibration.online import bin_key
 from kascade.runtime.attempts import usage_of
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.escalation.records import DeclinedSeen, answer_of, model_identity
 from kascade.runtime.ledger import Ledger, TierCall
+from kascade.runtime.online.agreement import AgreementJudge, AgreementQuestion
 
 if TYPE_CHECKING:
     from kascade.runtime.config import ShadowSamplingConfig, TierConfig
@@ -41,7 +48,8 @@ log = logging.getLogger("kascade.router.shadow")
 
 
 class ShadowSampler:
-    """`last_tier` and its `engine` answer the shadow calls within `timeout_seconds`; `keeper` (with a log) keeps them."""
+    """`last_tier` and its `engine` answer the shadow calls within `timeout_seconds`; `judge` judges every pair
+    (the sampler closes it); `keeper` (with a log) keeps the shadow samples."""
 
     def __init__(
         self,
@@ -50,13 +58,14 @@ class ShadowSampler:
         *,
         last_tier: TierConfig,
         engine: Engine,
+        judge: AgreementJudge,
         timeout_seconds: float,
         keeper: EscalationKeeper | None = None,
         draw: Callable[[], float] = random.random,
         latency_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.config = config
-        self._kind = config.matcher
+        self.judge = judge
         self._ledger = ledger
         self._last_tier = last_tier
         self._last_identity = model_identity(last_tier)
@@ -65,23 +74,43 @@ class ShadowSampler:
         self._keeper = keeper
         self._draw = draw
         self._latency_clock = latency_clock
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Task[None]] = set()  # shadow calls (each judges its own pairs)
+        self._judging: set[asyncio.Task[bool | None]] = set()  # pairs of drawn escalated requests
         self.skipped = 0  # drawn, but `concurrency` shadow calls were already in flight
         self.failed = 0  # shadow calls the last tier did not answer
+        self.unjudged = 0  # pairs the judge gave no verdict on (lost)
 
     def drawn(self) -> bool:
         return self._draw() < self.config.rate
 
-    def agrees(self, answer: str, last_answer: str) -> bool:
-        return answers_agree(self._kind, answer, last_answer)
+    def stats(self) -> dict[str, float | int]:
+        """What `/stats` shows of the sampling (`shadowSampling`)."""
+        return {"rate": self.config.rate, "skipped": self.skipped, "failed": self.failed, "unjudged": self.unjudged}
 
-    def note_pairs(self, asked: Sequence[DeclinedSeen], last_answer: str) -> dict[str, bool]:
-        """Count each tier's answer against the last tier's, in the tier's score bin; whether each agreed."""
-        agreed = {}
-        for answer in asked:
-            agreed[answer.model.tier] = self.agrees(answer.text, last_answer)
-            self._ledger.note_agreement(bin_key(answer.model.tier, answer.score), agreed=agreed[answer.model.tier])
-        return agreed
+    def judge_pairs(self, body: Mapping[str, Any], asked: Sequence[DeclinedSeen], reference: str) -> None:
+        """Judge each answer in `asked` against `reference`, the last tier's answer to the same request `body`, in
+        the background, each verdict counted in its tier's score bin; the caller never waits. Bounded by the
+        judge: the pure matchers decide at once, an LLM judge skips beyond its concurrency."""
+        task = asyncio.get_running_loop().create_task(self._note_pairs(dict(body), asked, reference))
+        self._judging.add(task)
+        task.add_done_callback(self._judging.discard)
+
+    async def _note_pairs(self, body: Mapping[str, Any], asked: Sequence[DeclinedSeen], reference: str) -> bool | None:
+        """Judge and count each pair; whether every tier agreed (None: one was not judged and none disagreed)."""
+        questions = [AgreementQuestion(body=body, answer=answer.text, reference=reference) for answer in asked]
+        try:
+            verdicts = await self.judge.agree(questions)
+        except Exception as error:  # noqa: BLE001 - a judge that breaks loses its samples, never an answer
+            log.warning("the agreement judge failed: %s", error)
+            verdicts = [None] * len(questions)
+        for answer, agreed in zip(asked, verdicts, strict=True):
+            if agreed is None:
+                self.unjudged += 1
+            else:
+                self._ledger.note_agreement(bin_key(answer.model.tier, answer.score), agreed=agreed)
+        if False in verdicts:
+            return False
+        return None if None in verdicts else True
 
     def accepted(
         self, endpoint: Endpoint, body: Mapping[str, Any], asked: Sequence[DeclinedSeen], answered: tuple[int, int]
@@ -109,9 +138,9 @@ class ShadowSampler:
         call = TierCall(self._last_tier.name, *tokens, self._latency_clock() - started, ok=True)
         self._ledger.record_shadow(call, answered)
         last = answer_of(endpoint, response)
-        agreed = self.note_pairs(asked, last.text)
-        if self._keeper is not None:  # teacher data too, labelled
-            self._keeper.keep(endpoint, body, asked, self._last_identity, last, tokens, agreed=all(agreed.values()))
+        agreed = await self._note_pairs(body, asked, last.text)
+        if self._keeper is not None and agreed is not None:  # teacher data too, labelled
+            self._keeper.keep(endpoint, body, asked, self._last_identity, last, tokens, agreed=agreed)
 
     async def _ask_last_tier(self, endpoint: Endpoint, body: Mapping[str, Any]) -> dict[str, Any]:
         """The last tier's whole answer to the caller's `body`, within the timeout, no retries.
@@ -127,7 +156,10 @@ class ShadowSampler:
             return await self._engine.call(endpoint, whole)
 
     async def close(self) -> None:
-        """Stop: shadow calls still in flight are cancelled (a sample lost; the caller was answered long ago)."""
-        for task in list(self._in_flight):
+        """Stop: shadow calls and judging still in flight are cancelled (samples lost; the callers were answered
+        long ago); then the judge is closed."""
+        running = [*self._in_flight, *self._judging]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
+        await self.judge.close()

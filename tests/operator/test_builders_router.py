@@ -239,10 +239,40 @@ def test_without_an_escalation_log_the_router_config_has_none() -> None:
 
 
 def test_online_calibration_is_rendered_for_the_routers_and_left_to_the_operator() -> None:
-    config = read_config(build_router_configmap(example("chat-vllm-gpu.yaml"), SETTINGS))
+    exact = with_spec(example("chat-vllm-gpu.yaml"), calibration__matcher="exact")
+    config = read_config(build_router_configmap(exact, SETTINGS))
     assert config.shadow_sampling is not None and config.shadow_sampling.rate == 0.05
     assert config.shadow_sampling.matcher.value == "exact" and config.shadow_sampling.calibrate_in_process is None
     pinned = with_spec(example("chat-vllm-gpu.yaml"), calibration__shadowSampleRate=0)
     assert read_config(build_router_configmap(pinned, SETTINGS)).shadow_sampling is None
     classify = read_config(build_router_configmap(example("classify.yaml"), SETTINGS))
     assert classify.shadow_sampling is not None and classify.shadow_sampling.matcher.value == "label"
+
+
+def test_the_flagship_judges_with_its_last_tier_and_an_external_judge_gets_its_key_mounted() -> None:
+    flagship = read_config(build_router_configmap(example("chat-vllm-gpu.yaml"), SETTINGS)).shadow_sampling
+    assert flagship is not None and flagship.matcher.value == "judge" and flagship.judge is not None
+    assert flagship.judge.url is None and flagship.judge.model == "llama-3.1-70b-instruct"  # the last tier
+    assert flagship.judge.price.input_per_million == 0.88 and flagship.judge.api_key_file is None
+    external = with_spec(
+        example("chat-vllm-gpu.yaml"),
+        calibration__judge={
+            "url": "https://judge.example/v1",
+            "model": "judge-model",
+            "apiKeySecret": {"name": "judge-key", "key": "token"},
+            "price": {"currency": "USD", "inputPerMillion": 0.1, "outputPerMillion": 0.2},
+        },
+    )
+    judge = read_config(build_router_configmap(external, SETTINGS)).shadow_sampling.judge
+    assert judge is not None and judge.url == "https://judge.example/v1" and judge.model == "judge-model"
+    assert judge.price.output_per_million == 0.2
+    pod = build_router_deployment(external, SETTINGS)["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "judge-key"]
+    assert volume["secret"]["items"] == [{"key": "token", "path": "api-key"}]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert judge.api_key_file == f"{mount['mountPath']}/api-key"
+    pinned = with_spec(external, calibration__shadowSampleRate=0)  # no router asks the judge: nothing mounted
+    assert all(
+        v["name"] != volume["name"]
+        for v in build_router_deployment(pinned, SETTINGS)["spec"]["template"]["spec"]["volumes"]
+    )

@@ -848,7 +848,9 @@ def test_shadow_samples_move_the_threshold_and_the_routers_take_it_without_a_res
     cluster = chat
     ready_example(cluster)
     document = example(cluster.name)
-    document["spec"]["calibration"].update(minAgreement=0.9, shadowSampleRate=1.0, minSamples=20, minThreshold=0.1)
+    document["spec"]["calibration"].update(
+        minAgreement=0.9, shadowSampleRate=1.0, minSamples=20, minThreshold=0.1, matcher="exact"
+    )
     cluster.kubectl("apply", "-f", "-", input=manifests(document))
 
     def sample_rate() -> float | None:

@@ -8,7 +8,8 @@ from datetime import datetime
 import pytest
 
 from kascade.api.modelcascade import Price
-from kascade.runtime.ledger import Ledger, RequestCost, RequestOutcome, TierCall, estimated_baseline, usage_cost
+from kascade.runtime.baseline_estimate import estimated_baseline
+from kascade.runtime.ledger import Ledger, RequestCost, RequestOutcome, TierCall, usage_cost
 
 # small: $0.10 / $0.20 per million in/out; large: $1 / $2.
 SMALL = Price(input_per_million=0.1, output_per_million=0.2)
@@ -152,6 +153,8 @@ def test_snapshot_keys_are_exactly_as_specified() -> None:
         "calibrationSamples",
         "calibrationAgreed",
         "baselineTokens",
+        *("routedPast", "routedPastSaved", "probeCalls", "probeCost"),  # pre-routing
+        *("judgeCalls", "judgeCost", "judgeFailures", "judgeSkipped"),  # matcher judge
     }
     assert set(snapshot["tiers"]) == {"small", "large"}
     for tier in snapshot["tiers"].values():
@@ -292,3 +295,22 @@ def test_agreement_pairs_are_counted_per_score_bin() -> None:
     ledger.note_agreement("small@0.2", agreed=False)
     slot = ledger.counter_slot()
     assert slot.calibration_samples == {"small@0.9": 2, "small@0.2": 1} and slot.calibration_agreed == {"small@0.9": 1}
+
+
+def test_judge_calls_are_paid_in_actual_apart_from_the_tiers_and_their_failures_counted() -> None:
+    ledger = make_ledger()
+    ledger.record(accepted_by_small())
+    before = ledger.counter_slot()
+    judged = usage_cost(LARGE, 300, 1)
+    ledger.record_judge_call(judged, verdict=True)
+    ledger.record_judge_call(judged, verdict=False)  # answered, but neither yes nor no: paid, and a failure
+    ledger.record_judge_call(0.0, verdict=False)  # unreachable: nothing to pay
+    ledger.note_judge_skipped()
+    slot = ledger.counter_slot()
+    assert slot.judge_calls == 3 and slot.judge_failures == 2 and slot.judge_skipped == 1
+    assert slot.judge_cost == pytest.approx(2 * judged)
+    assert slot.cost.actual == pytest.approx(before.cost.actual + 2 * judged)  # real spend: saved is net of it
+    assert slot.cost.baseline == before.cost.baseline and slot.tiers == before.tiers and slot.shadow_calls == 0
+    assert slot.figures().judge_cost == slot.judge_cost  # folded by the operator like every loop count
+    with pytest.raises(ValueError, match="less than 0"):
+        ledger.record_judge_call(-1.0, verdict=True)

@@ -42,6 +42,9 @@ def test_series_exist_at_zero_before_any_request(registry: CollectorRegistry, me
     assert value(registry, "kascade_escalations_total", from_tier="large") is None
     assert value(registry, "kascade_cost_total", kind="actual") == 0.0
     assert value(registry, "kascade_cost_total", kind="baseline") == 0.0
+    for outcome in ("verdict", "no_verdict", "skipped"):
+        assert value(registry, "kascade_judge_questions_total", outcome=outcome) == 0.0
+    assert value(registry, "kascade_judge_cost_total") == 0.0
 
 
 def test_exposition_names(registry: CollectorRegistry, metrics: RouterMetrics) -> None:
@@ -172,3 +175,15 @@ def test_two_routers_on_separate_registries_do_not_share_counters() -> None:
     RouterMetrics(second, "demo", TIERS)
     assert value(first, "kascade_requests_total", answered_by="small") == 1.0
     assert value(second, "kascade_requests_total", answered_by="small") == 0.0
+
+
+def test_judge_questions_are_counted_by_outcome_with_their_cost(
+    registry: CollectorRegistry, metrics: RouterMetrics
+) -> None:
+    metrics.observe_judge("verdict", 0.002)
+    metrics.observe_judge("no_verdict", 0.001)
+    metrics.observe_judge("skipped")
+    assert value(registry, "kascade_judge_questions_total", outcome="verdict") == 1.0
+    assert value(registry, "kascade_judge_questions_total", outcome="no_verdict") == 1.0
+    assert value(registry, "kascade_judge_questions_total", outcome="skipped") == 1.0
+    assert value(registry, "kascade_judge_cost_total") == pytest.approx(0.003)

@@ -61,7 +61,7 @@ def test_an_escalated_request_is_a_pair_already_and_a_disagreement_is_counted(
     router = start_router(two_tier_config(small.url, large.url, shadow_sampling=_sampling()))
     response = httpx.post(f"{router.url}/v1/chat/completions", json=CHAT)
     assert response.headers["x-kascade-tier"] == "large"
-    stats = httpx.get(f"{router.url}/stats").json()
+    stats = _stats_when(router.url, lambda s: s["calibrationSamples"])  # judged off the response path
     assert stats["calibrationSamples"] == {"small@0.3": 1} and stats["calibrationAgreed"] == {}
     assert stats["shadowCalls"] == 0 and large.behaviour.requests == 1  # no extra call for it
 
@@ -117,6 +117,7 @@ def test_local_mode_calibrates_in_process_and_the_new_threshold_is_in_force_with
             httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).headers["x-kascade-tier"] for _ in range(40)
         ]
         assert set(tiers) == {"large"}  # 0.9 < 0.95: everything escalates, and every escalation is a pair
+        _stats_when(router.url, lambda s: s["calibrationSamples"].get("small@0.9") == 40)
         status = app.state.router.calibrator.step()
         (tier,) = status.tiers
         assert tier.met and tier.threshold <= 0.9 and tier.samples == 40
