@@ -28,6 +28,7 @@ ON_POLICY_NEEDS_A_TEACHER = (
 )
 TEACHER_URL_NEEDS_A_MODEL = "--teacher-url needs --teacher-model, the name the teacher server serves"
 JUDGE_URL_NEEDS_A_MODEL = "--judge-url needs --judge-model, the model to ask at that endpoint"
+JUDGE_API_KEY_ENV = "KASCADE_JUDGE_API_KEY"  # the bearer key of --judge-url (a run's Job sets it from a Secret)
 JUDGE_NEEDS_AN_ENDPOINT = (
     "matcher judge needs an LLM to ask: --judge-url with --judge-model, the teacher server (--teacher-url), "
     "or a teacher in process (--teacher)"

@@ -22,10 +22,11 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kascade.api.agreement import AnswerMatcher, OnlineMatcher
+from kascade.api.agreement import SEMANTIC_CUTOFF, AnswerMatcher, Judge, OnlineMatcher
 from kascade.api.base import StatusModel
 from kascade.api.loop import Gate, RunPlacement, Training
 from kascade.api.modelcascade import API_VERSION, ObjectMeta, SecretKeyRef
+from kascade.api.pre_route import PreRoute
 from kascade.api.resources import DNS_LABEL_PATTERN
 from kascade.api.times import TimeError, parse_time
 
@@ -86,7 +87,30 @@ class DistillationSpec(RunPlacement):
     matcher: OnlineMatcher = Field(
         default=AnswerMatcher.exact,
         description="How a held-out answer of the student agrees with the teacher's (the gate's agreement); the "
-        "operator sets the cascade's (spec.calibration.matcher, else label for classify, exact otherwise).",
+        "operator sets the cascade's (spec.calibration.matcher, else the task's default).",
+    )
+    semantic_cutoff: float = Field(
+        default=SEMANTIC_CUTOFF,
+        gt=0,
+        le=1,
+        description="matcher semantic: two answers agree when their embeddings' cosine is at least this.",
+    )
+    judge: Judge | None = Field(
+        default=None,
+        description="matcher judge: the LLM the run asks (url and model: the cascade's judge.url, else its last tier).",
+    )
+    pre_route_dimensions: int | None = Field(
+        default=None,
+        ge=16,
+        le=1 << 16,
+        description="The student tier's preRoute dimensions: the run refits the pre-route score for the new student "
+        "(none: the tier has no preRoute, nothing is refitted).",
+    )
+    max_kept_skipped: float = Field(
+        default=0.05, gt=0, lt=1, description="The refitted pre-route score's goal (the tier's preRoute's)."
+    )
+    confidence: float = Field(
+        default=0.95, gt=0, lt=1, description="The confidence its bound is certified at (the calibration's)."
     )
     log_records: int = Field(
         default=0,
@@ -146,6 +170,11 @@ class GateVerdict(StatusModel):
     gain: float | None = Field(default=None, description="The held-out agreement gain; none: nothing to compare.")
     reasons: list[str] = Field(default_factory=list, description="Each reason it failed.")
     slices: dict[str, SliceChange] = Field(default_factory=dict, description="Every slice's change, judged or not.")
+    pre_route: str = Field(
+        default="",
+        description="The refitted pre-route score: certified and served with the student (status.preRoute), or why "
+        "the tier keeps its own; empty when the run refitted none.",
+    )
 
 
 class PromotionReason(StrEnum):
@@ -209,6 +238,11 @@ class DistillationStatus(StatusModel):
     gate: GateVerdict | None = None
     gain_text: str = Field(default="", description="For kubectl: the agreement gain.")
     model: str | None = Field(default=None, description="The new student, as a tier's model.uri.")
+    pre_route: PreRoute | None = Field(
+        default=None,
+        description="The tier's pre-route score refitted for the new student, certified on held-out prompts: a "
+        "promotion serves it with the model (none: the tier keeps its own).",
+    )
     promotion: Promotion | None = None
 
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kascade.api.crd import TOLERATION_RULES, custom_resource_definition, resource_schema
+from kascade.api.crd import JUDGE_RULES, TOLERATION_RULES, custom_resource_definition, resource_schema
 from kascade.api.distillation import (
     DISTILLATION_KIND,
     DISTILLATION_PLURAL,
@@ -75,6 +75,7 @@ def build_distillation_schema() -> dict[str, Any]:
     spec = to_structural(DistillationSpec.model_json_schema(by_alias=True))
     spec["x-kubernetes-validations"] = DISTILLATION_SPEC_RULES
     spec["properties"]["tolerations"]["items"]["x-kubernetes-validations"] = TOLERATION_RULES
+    spec["properties"]["judge"]["x-kubernetes-validations"] = JUDGE_RULES
     status = to_structural(DistillationStatus.model_json_schema(by_alias=True))
     description = "One distillation run: a student taught from a cascade's escalations, judged by a promotion gate."
     return resource_schema(kind=DISTILLATION_KIND, description=description, spec=spec, status=status)

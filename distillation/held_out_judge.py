@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kascade.api.agreement import AnswerMatcher
-from kascade.api.distill_settings import DistillSettings
+from kascade.api.distill_settings import JUDGE_API_KEY_ENV, DistillSettings
 from kascade.calibration.agreement import answers_agree
 from kascade.runtime.online.agreement import AgreementQuestion
-
-JUDGE_API_KEY_ENV = "KASCADE_JUDGE_API_KEY"  # the bearer key of --judge-url (a run's Job sets it from a Secret)
 
 
 class HeldOutJudge(Protocol):

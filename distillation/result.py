@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kascade.api.distill_settings import DistillSettings
 from kascade.api.distillation import Figures, GateVerdict
+from kascade.api.pre_route import PreRoute
 
 PROVENANCE = "provenance.json"
 
@@ -60,6 +61,21 @@ class RunData(BaseModel):
     levels: dict[str, int] = Field(description="How many training examples train at each level.")
 
 
+class PreRouteRefit(BaseModel):
+    """The student tier's pre-route score refitted from the log (`pre_route_refit`), and whether it is written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tier: str
+    pre_route: PreRoute | None = Field(
+        default=None, description="The refitted score, certified; None: not written, the tier keeps its own."
+    )
+    fitted_on: int = Field(default=0, description="Prompts the score was fitted on.")
+    certified_on: int = Field(default=0, description="Prompts, never fitted on, skipBelow was chosen and certified on.")
+    kept: int = Field(default=0, description="Of those, the ones the tier kept (the bound's sample).")
+    message: str = Field(description="What was refitted and certified, or why nothing is written.")
+
+
 class DistillResult(BaseModel):
     """A run's provenance: its settings and data, the figures before and after and along the way, the verdict."""
 
@@ -73,6 +89,9 @@ class DistillResult(BaseModel):
     before: HeldOutFigures
     after: HeldOutFigures
     gate: GateVerdict
+    pre_route: PreRouteRefit | None = Field(
+        default=None, description="The pre-route score refit, when the run made one."
+    )
     history: list[HeldOutFigures]
     loss_start_end: list[float] = Field(
         description="Training loss, mean of the first and of the last tenth of the steps (one step's loss is noisy)."

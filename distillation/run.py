@@ -33,8 +33,9 @@ from kascade.distillation.objective import (
     sample_answers,
     scored_sample_loss,
 )
+from kascade.distillation.pre_route_refit import refit_from_log
 from kascade.distillation.preparation import encode_lm_data, label_ids_of, pad_id, prepare_classify
-from kascade.distillation.result import DistillResult, HeldOutFigures, RunData
+from kascade.distillation.result import DistillResult, HeldOutFigures, PreRouteRefit, RunData
 from kascade.distillation.teacher_server import TeacherServer
 from kascade.distillation.trainer import (
     Steps,
@@ -192,7 +193,10 @@ def run_distill(
     steps = Steps(steps.train_loss, _saying(steps.held_out_figures, state, say))
     state = train(model, steps, settings, state, optimizer, progress=progress)
     _save_model(model, student, settings)
-    result = _result(settings, about, state, time.monotonic() - started)
+    refit = refit_from_log(settings)
+    if refit is not None:
+        say(refit.message)
+    result = _result(settings, about, state, time.monotonic() - started, refit)
     result.write(settings.out)
     return result
 
@@ -259,8 +263,12 @@ def _start_end(losses: list[float]) -> list[float]:
     return [sum(losses[:width]) / width, sum(losses[-width:]) / width]
 
 
-def _result(settings: DistillSettings, about: RunData, state: TrainState, seconds: float) -> DistillResult:
+def _result(
+    settings: DistillSettings, about: RunData, state: TrainState, seconds: float, refit: PreRouteRefit | None
+) -> DistillResult:
+    """The run's result; the gate's verdict covers the refitted pre-route score too (written only when certified)."""
     after = state.history[-1] if state.history else HeldOutFigures()
+    gate = promotion_gate(state.before, after, settings.gate)
     return DistillResult(
         written_at=format_time(utc_now()),
         settings=settings,
@@ -268,7 +276,8 @@ def _result(settings: DistillSettings, about: RunData, state: TrainState, second
         steps=state.step,
         before=state.before,
         after=after,
-        gate=promotion_gate(state.before, after, settings.gate),
+        gate=gate if refit is None else gate.model_copy(update={"pre_route": refit.message}),
+        pre_route=refit,
         history=state.history,
         loss_start_end=_start_end(state.losses),
         seconds=round(seconds, 1),

@@ -8,8 +8,9 @@ operator's `job` and `promotion`) as they are.
 - start: phase Running, startedAt, progress 0/N; a previous attempt's result is cleared;
 - progress: progress {step, steps, loss} and progressText, at most every interval (`Throttle`);
 - success: phase Succeeded, finishedAt, the final progress, examples, heldOut,
-  the figures before and after, the gate's verdict, gainText, the model, and a
-  message with the verdict: the run's `DistillResult`, mapped here once;
+  the figures before and after, the gate's verdict, gainText, the model, the
+  refitted pre-route score where it was certified (`preRoute`), and a message
+  with the verdict and the refit's: the run's `DistillResult`, mapped here once;
 - failure: phase Failed, finishedAt, the error as the message.
 """
 
@@ -25,7 +26,18 @@ from kascade.api.resources import DNS_LABEL_PATTERN
 from kascade.distillation.result import DistillResult, HeldOutFigures
 
 # A run's result: what a new attempt's start clears, so that a retried run never shows the last one's ending.
-RESULT_FIELDS = ("finished_at", "message", "examples", "held_out", "before", "after", "gate", "gain_text", "model")
+RESULT_FIELDS = (
+    "finished_at",
+    "message",
+    "examples",
+    "held_out",
+    "before",
+    "after",
+    "gate",
+    "gain_text",
+    "model",
+    "pre_route",
+)
 _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # a DNS subdomain, as metadata.name
 
 
@@ -90,7 +102,9 @@ def figures_of(measured: HeldOutFigures) -> Figures:
 
 
 def verdict_message(gate: GateVerdict) -> str:
-    return "gate passed" if gate.passed else "gate failed: " + "; ".join(gate.reasons or ["no reason given"])
+    """The gate's verdict in words, with what became of the refitted pre-route score where there is one."""
+    said = "gate passed" if gate.passed else "gate failed: " + "; ".join(gate.reasons or ["no reason given"])
+    return f"{said}; {gate.pre_route}" if gate.pre_route else said
 
 
 def succeeded(result: DistillResult, *, steps: int, loss: float | None, model: str, at: str) -> dict[str, Any]:
@@ -107,6 +121,7 @@ def succeeded(result: DistillResult, *, steps: int, loss: float | None, model: s
         gate=result.gate.model_copy(update={"gain": gain}),
         gain_text="" if gain is None else f"{gain:+.4f}",
         model=model,
+        pre_route=result.pre_route.pre_route if result.pre_route is not None else None,
         message=verdict_message(result.gate),
     )
     return status_patch(status)

@@ -3,7 +3,9 @@
 - `build_distillation`: a `Distillation` for the cascade's student tier, from
   `spec.distillation` and the escalation log, starting from the model the tier
   serves now, judged by the cascade's matcher; its output is a folder of its
-  own under `outputUri`.
+  own under `outputUri`; the judge its gate asks (matcher judge: the cascade's
+  judge.url, else the last tier's Service) and, for a tier with a preRoute,
+  the goal its refitted pre-route score is certified for.
 - `build_distillation_job`: the Job that runs `kascade distill` for it on a GPU
   node (the runtime's CUDA image), with the claims of the log, the student and
   the output mounted, S3 credentials from a Secret, the run's whole
@@ -21,7 +23,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from kascade.api.distill_settings import DistillSettings
+from kascade.api.agreement import SEMANTIC_CUTOFF, AnswerMatcher, Judge
+from kascade.api.distill_settings import JUDGE_API_KEY_ENV, DistillSettings
 from kascade.api.distillation import (
     DISTILLATION_KIND,
     DISTILLATION_PLURAL,
@@ -30,7 +33,7 @@ from kascade.api.distillation import (
     DistillationSpec,
 )
 from kascade.api.model_uri import ModelUri
-from kascade.api.modelcascade import API_VERSION, GROUP, ModelCascade
+from kascade.api.modelcascade import API_VERSION, GROUP, ModelCascade, Tier
 from kascade.operator.build_tier import (
     cascade_namespace,
     tier_node_selector,
@@ -89,6 +92,8 @@ def build_distillation(
         training=policy.training,
         gate=policy.gate,
         matcher=cascade.spec.matcher,
+        **_judging(cascade, settings),
+        **_pre_route_refit(cascade, tier),
         resources=policy.resources,
         tolerations=policy.tolerations,
         node_selector=policy.node_selector,
@@ -104,6 +109,32 @@ def build_distillation(
         },
         "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
+
+
+def _judging(cascade: ModelCascade, settings: OperatorSettings) -> dict[str, Any]:
+    """How the run's gate judges held-out answers: the semantic cutoff, and for matcher judge the LLM to ask (the
+    cascade's judge.url, else its last tier's Service, with the served name)."""
+    calibration = cascade.spec.calibration
+    judge = calibration.judge if calibration is not None else Judge()
+    fields: dict[str, Any] = {"semantic_cutoff": calibration.semantic_cutoff if calibration else SEMANTIC_CUTOFF}
+    if cascade.spec.matcher is AnswerMatcher.judge:
+        last = cascade.spec.tiers[-1]
+        asked = (
+            judge
+            if judge.external
+            else judge.model_copy(update={"url": tier_service_url(cascade, last, settings), "model": last.served_name})
+        )
+        fields["judge"] = asked
+    return fields
+
+
+def _pre_route_refit(cascade: ModelCascade, tier: Tier) -> dict[str, Any]:
+    """A student tier with a preRoute gets it refitted by the run, for the same goal and dimensions."""
+    if tier.pre_route is None:
+        return {}
+    calibration = cascade.spec.calibration
+    goal = {"pre_route_dimensions": tier.pre_route.dimensions, "max_kept_skipped": tier.pre_route.max_kept_skipped}
+    return goal | ({"confidence": calibration.confidence} if calibration is not None else {})
 
 
 class _Claims:
@@ -148,6 +179,15 @@ def run_settings(run: Distillation, claims: _Claims) -> DistillSettings:
         training=spec.training,
         gate=spec.gate,
         matcher=spec.matcher,
+        semantic_cutoff=spec.semantic_cutoff,
+        judge_url=spec.judge.url if spec.judge is not None else None,
+        judge_model=spec.judge.model if spec.judge is not None else None,
+        judge_min_probability=spec.judge.min_probability if spec.judge is not None else 0.5,
+        judge_concurrency=spec.judge.concurrency if spec.judge is not None else 4,
+        pre_route_tier=spec.tier if spec.pre_route_dimensions is not None else None,
+        pre_route_dimensions=spec.pre_route_dimensions,
+        max_kept_skipped=spec.max_kept_skipped,
+        confidence=spec.confidence,
     )
 
 
@@ -193,6 +233,9 @@ def build_distillation_job(run: Distillation, settings: OperatorSettings) -> dic
     if spec.hub_token_secret is not None:
         secret = {"name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}
         container["env"].append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": secret}})
+    if spec.judge is not None and spec.judge.api_key_secret is not None:
+        secret = {"name": spec.judge.api_key_secret.name, "key": spec.judge.api_key_secret.key}
+        container["env"].append({"name": JUDGE_API_KEY_ENV, "valueFrom": {"secretKeyRef": secret}})
     if spec.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.credentials_secret}}]
     pod: dict[str, Any] = {

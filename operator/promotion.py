@@ -7,7 +7,9 @@ the user's manifest would undo it. A promotion is a record in the status of
 the run that made it (`Promotion`: the model, `replaces` = the tier's
 `model.uri` in the spec then, `previousModel` = the model served before). The
 tier serves (`served_cascade`, what the builders build) the model of the tier's
-**last** promoted run while all of these hold (`_why_not_served`):
+**last** promoted run, with the pre-route score the run refitted for it where
+it certified one (`status.preRoute`; the tier's own `probeRate` kept), while all
+of these hold (`_why_not_served`):
 - spec.distillation is there, names that tier, and its promotion is Automatic;
 - the tier's `model.uri` still equals the promotion's `replaces`;
 - the promotion was not withdrawn.
@@ -34,7 +36,8 @@ from pydantic import ValidationError
 from kascade.api.distillation import Distillation, DistillationPhase, Promotion, PromotionReason
 from kascade.api.errors import validation_problems
 from kascade.api.loop import PromotionMode
-from kascade.api.modelcascade import ModelCascade
+from kascade.api.modelcascade import ModelCascade, Tier
+from kascade.api.pre_route import PreRoute
 from kascade.operator.build_distillation import student_tier
 from kascade.operator.distillation_schedule import creation_time
 
@@ -48,6 +51,7 @@ class Serving:
     model: str | None  # what it serves: the promotion in effect's model, else spec_model
     promotion: Distillation | None  # the run whose promotion is in effect
     message: str
+    pre_route: PreRoute | None = None  # the promoted run's refitted pre-route score; None: the tier keeps its own
 
 
 def tier_index(cascade: ModelCascade, tier: str) -> int | None:
@@ -107,7 +111,9 @@ def serving(cascade: ModelCascade, runs: Sequence[Distillation]) -> Serving:
     if record.in_force and why is None:
         model = status.model
         message = f"tier {tier} serves {model}, promoted by {last.metadata.name} in place of its model.uri {current}"
-        return Serving(tier, current, model, last, message)
+        if status.pre_route is not None:
+            message += ", with the pre-route score refitted for it"
+        return Serving(tier, current, model, last, message, status.pre_route)
     if record.withdrawn_at is not None:
         why = f"the promotion of {last.metadata.name} was withdrawn at {record.withdrawn_at}: {record.withdrawal}"
     return Serving(tier, current, current, None, why or f"tier {tier} serves its model.uri")
@@ -118,12 +124,19 @@ def served_cascade(cascade: ModelCascade, served: Serving) -> ModelCascade:
     if served.promotion is None or served.model is None:
         return cascade
     tiers = [
-        tier.model_copy(update={"model": tier.model.model_copy(update={"uri": served.model})})
-        if tier.name == served.tier
-        else tier
+        with_promoted(tier, served.model, served.pre_route) if tier.name == served.tier else tier
         for tier in cascade.spec.tiers
     ]
     return cascade.model_copy(update={"spec": cascade.spec.model_copy(update={"tiers": tiers})})
+
+
+def with_promoted(tier: Tier, model: str, pre_route: PreRoute | None) -> Tier:
+    """The tier on the promoted `model`, with the pre-route score refitted for it (the tier's own probeRate kept)."""
+    update: dict[str, object] = {"model": tier.model.model_copy(update={"uri": model})}
+    if pre_route is not None:
+        own = tier.pre_route
+        update["pre_route"] = pre_route.model_copy(update={"probe_rate": own.probe_rate}) if own else pre_route
+    return tier.model_copy(update=update)
 
 
 def decide_promotion(run: Distillation, cascade: ModelCascade, served: Serving, *, now: str) -> Promotion | None:
@@ -161,9 +174,11 @@ def decide_promotion(run: Distillation, cascade: ModelCascade, served: Serving, 
             reason=PromotionReason.manual,
             at=now,
             message=f"the gate passed{shown}; spec.distillation.promotion is Manual: set tier {tier}'s "
-            f"model.uri to {status.model} to serve it",
+            f"model.uri to {status.model}"
+            + (" and its preRoute to this run's status.preRoute" if status.pre_route else "")
+            + " to serve it",
         )
-    if (problem := refusal(cascade, served, status.model)) is not None:
+    if (problem := refusal(cascade, served, status.model, status.pre_route)) is not None:
         return Promotion(
             promoted=False,
             reason=PromotionReason.spec_refused,
@@ -176,16 +191,20 @@ def decide_promotion(run: Distillation, cascade: ModelCascade, served: Serving, 
         previous_model=run.spec.student,
         replaces=served.spec_model,
         at=now,
-        message=f"tier {tier}: {run.spec.student} -> {status.model}{shown}",
+        message=f"tier {tier}: {run.spec.student} -> {status.model}{shown}"
+        + (", with its refitted pre-route score" if status.pre_route else ""),
     )
 
 
-def refusal(cascade: ModelCascade, served: Serving, model: str) -> str | None:
-    """Why the cascade with the student tier on `model` would not validate (the types' rules); None: it would."""
-    document = cascade.model_dump(mode="json", by_alias=True, exclude_unset=True)
+def refusal(cascade: ModelCascade, served: Serving, model: str, pre_route: PreRoute | None = None) -> str | None:
+    """Why the cascade with the student tier on `model` (and `pre_route`) would not validate (the types' rules);
+    None: it would."""
     index = tier_index(cascade, served.tier or "")
     assert index is not None
-    document["spec"]["tiers"][index].setdefault("model", {})["uri"] = model
+    tiers = list(cascade.spec.tiers)
+    tiers[index] = with_promoted(tiers[index], model, pre_route)
+    promoted = cascade.model_copy(update={"spec": cascade.spec.model_copy(update={"tiers": tiers})})
+    document = promoted.model_dump(mode="json", by_alias=True, exclude_unset=True)
     try:
         ModelCascade.model_validate(document)
     except ValidationError as error:
