@@ -7,7 +7,7 @@ counted, and the gate refuses when fewer than 90% of the held-out answers were j
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -186,3 +186,25 @@ def test_the_run_judges_semantic_with_the_exported_encoder_it_is_given(tiny_enco
     assert same == [True, False] and right == []  # the same text has cosine 1; another is below the cutoff
     loose = held_out_judge(settings.model_copy(update={"semantic_cutoff": 0.0001}))
     assert judged_answers(loose, ["Paris.", "Paris!"], held_out)[0] == [True, True]
+
+
+@pytest.mark.slow
+def test_a_run_judged_by_a_judge_answering_garbage_counts_it_and_its_gate_refuses(
+    garbage_judge_server: str, tiny_small_lm_dir: Path, tmp_path: Path, answers_file: Callable[[int], Path]
+) -> None:
+    from typer.testing import CliRunner
+
+    from kascade.cli import app
+    from kascade.distillation.result import DistillResult
+
+    out = tmp_path / "student"
+    args = ["--student", str(tiny_small_lm_dir), "--data", str(answers_file(12)), "--out", str(out)]
+    args += ["--steps", "2", "--batch-size", "4", "--eval-generate", "3", "--max-new-tokens", "3", "--held-out", "0.5"]
+    args += ["--match", "judge", "--judge-url", garbage_judge_server, "--judge-model", "judge"]
+    result = CliRunner().invoke(app, ["distill", *args], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    provenance = DistillResult.model_validate_json((out / "provenance.json").read_text())
+    judged = provenance.after.answers_generated
+    assert judged and provenance.after.answers_unjudged == judged and provenance.before.answers_unjudged == judged
+    assert not provenance.gate.passed and provenance.gate.reasons[0].startswith(f"the matcher judged 0 of {judged}")
+    assert "promotion gate: failed" in result.output
