@@ -40,6 +40,9 @@ def summary_table(slot: CounterSlot, tier_names: Sequence[str], *, title: str = 
     if slot.routed_past:
         probes = f"; probes {slot.probe_calls}, {_money(slot.probe_cost, currency)}" if slot.probe_calls else ""
         table.add_row("skipping saved", f"~{_money(slot.routed_past_saved, currency)} (estimated){probes}")
+    if slot.judge_calls or slot.judge_skipped:  # matcher judge: paid apart, in actual
+        unjudged = f"{slot.judge_failures} without a verdict, {slot.judge_skipped} skipped"
+        table.add_row("judge calls", f"{slot.judge_calls} ({unjudged}); {_money(slot.judge_cost, currency)}")
     table.add_row("actual cost", _money(cost.actual, currency))
     table.add_row("all-largest baseline", _money(cost.baseline, currency))
     table.add_row("saved", f"{_money(cost.saved, currency)} ({cost.saved_percent:.1f}%)")

@@ -22,6 +22,7 @@ from kascade.operator.build_router import (
     endpoint_url,
 )
 from kascade.operator.builders import build_children
+from kascade.operator.cluster_needs import referenced_secrets
 from kascade.operator.labels import CONFIG_HASH_ANNOTATION, selector_labels
 from kascade.operator.settings import OperatorSettings
 from kascade.runtime.config import RouterConfig
@@ -271,6 +272,7 @@ def test_the_flagship_judges_with_its_last_tier_and_an_external_judge_gets_its_k
     assert volume["secret"]["items"] == [{"key": "token", "path": "api-key"}]
     (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
     assert judge.api_key_file == f"{mount['mountPath']}/api-key"
+    assert referenced_secrets(external)["judge-key"] == {"token"}  # the operator checks that it exists
     pinned = with_spec(external, calibration__shadowSampleRate=0)  # no router asks the judge: nothing mounted
     assert all(
         v["name"] != volume["name"]

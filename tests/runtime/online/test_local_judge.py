@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from rich.console import Console
 
 from kascade.api.modelcascade import ModelCascade
@@ -19,8 +18,6 @@ from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.local.tiers import serve_cascade
 from kascade.runtime.logprobs import first_token_alternatives
 from kascade.runtime.serving import free_port
-
-pytestmark = pytest.mark.slow  # tiny models, a router on loopback
 
 
 def _tier(name: str, path: Path, threshold: float | None = None) -> dict[str, Any]:
@@ -79,3 +76,21 @@ def test_kascade_up_with_matcher_judge_asks_the_last_tier_and_counts_its_calls(
     # A random tiny model says neither yes nor no: counted as no verdict, or judged; never lost silently.
     judged = sum(stats["calibrationSamples"].values())
     assert judged + stats["judgeFailures"] == 1 and stats["shadowSampling"]["unjudged"] == stats["judgeFailures"]
+
+
+def test_kascade_ups_ledger_view_shows_the_judges_calls_apart() -> None:
+    from kascade.api.counters import CounterSlot
+    from kascade.api.modelcascade import Price
+    from kascade.runtime.ledger import Ledger
+    from kascade.runtime.local.ledger_view import summary_table
+
+    ledger = Ledger({"small": Price(), "large": Price(input_per_million=10.0)})
+    ledger.record_judge_call(0.002, verdict=True)
+    ledger.record_judge_call(0.0, verdict=False)
+    ledger.note_judge_skipped()
+    shown = io.StringIO()
+    Console(file=shown, width=200).print(
+        summary_table(CounterSlot.model_validate(ledger.snapshot()), ["small", "large"])
+    )
+    text = " ".join(shown.getvalue().split())
+    assert "judge calls 2 (1 without a verdict, 1 skipped); 0.002000 USD" in text
