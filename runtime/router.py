@@ -177,7 +177,7 @@ async def _status_reporting(config: RouterConfig, ledger: Ledger, cascade: Casca
 
 @contextlib.asynccontextmanager
 async def _online_calibration(state: RouterState) -> AsyncIterator[None]:
-    """Shadow samples while the app runs (cancelled at the end); in local mode, the calibration step in process."""
+    """Shadow samples and probes while the app runs (cancelled at the end); in local mode, the calibration step."""
     sampler = state.shadow_sampler
     try:
         if state.calibrator is not None:
@@ -186,6 +186,7 @@ async def _online_calibration(state: RouterState) -> AsyncIterator[None]:
         else:
             yield
     finally:
+        await state.cascade.close()  # pre-routing's probes first: they hand their pairs to the sampler
         if sampler is not None:
             await sampler.close()
 
