@@ -45,7 +45,7 @@ ONNX_ENCODER = f"{MINILM}-onnx"
 IMAGE_ENCODER_DIR = f"/opt/kascade/models/{ONNX_ENCODER}"
 ENCODER_MARKER = "kascade-encoder.json"
 MAX_TOKENS = 256  # MiniLM's max_seq_length as sentence-transformers uses it; longer answers are truncated
-BATCH_SIZE = 32
+BATCH_TOKENS = 1024  # padded tokens per run at most: 4 texts at the cap, ~40 short answers; bounds its memory
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -178,7 +178,7 @@ class SentenceEncoder:
     nothing on this path imports it.
     """
 
-    def __init__(self, folder: Path, *, threads: int = 1, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(self, folder: Path, *, threads: int = 1, batch_tokens: int = BATCH_TOKENS) -> None:
         folder = Path(folder)
         if not is_exported(folder):
             raise ModelNotAvailable(
@@ -202,26 +202,33 @@ class SentenceEncoder:
         unknown = sorted(set(self._inputs) - set(_INPUTS))
         if unknown:
             raise ModelNotAvailable(f"{folder / 'model.onnx'} asks for inputs {unknown}; an encoder takes {_INPUTS}")
-        self._batch_size = batch_size
+        self._batch_tokens = batch_tokens
         self.folder = folder
         self.dimensions = int(json.loads((folder / ENCODER_MARKER).read_text())["hidden_size"])
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """One unit-length row per text, shape (len(texts), hidden): mean over the attention mask, L2-normalised.
 
-        Texts are embedded in batches of similar length (less padding), returned in the order given.
+        Tokenized once; run in groups of similar length (less padding) of at
+        most `batch_tokens` padded tokens each, which bounds the memory a run
+        takes; returned in the order given.
         """
         import numpy as np
 
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        rows: list[npt.NDArray[np.float32]] = []
-        for start in range(0, len(order), self._batch_size):
-            rows.append(self._embed_batch([texts[i] for i in order[start : start + self._batch_size]]))
-        if not rows:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        embedded = np.concatenate(rows)
-        result = np.empty_like(embedded)
-        result[order] = embedded
+        result = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        if not texts:
+            return result
+        encodings = self._tokenizer.encode_batch(list(texts))  # padded on the right to the longest
+        columns = {
+            "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.asarray([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        lengths = columns["attention_mask"].sum(axis=1)
+        for group in self._groups([int(i) for i in np.argsort(lengths, kind="stable")], lengths):
+            width = int(lengths[group].max())
+            if width > 0:  # else nothing to embed (a tokenizer that adds no special tokens): zero rows
+                result[group] = self._embed_run({name: columns[name][group, :width] for name in columns})
         return result
 
     def cosines(self, left: Sequence[str], right: Sequence[str]) -> list[float]:
@@ -233,20 +240,23 @@ class SentenceEncoder:
         embedded = self.embed([*left, *right])
         return [float(value) for value in (embedded[: len(left)] * embedded[len(left) :]).sum(axis=1)]
 
-    def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
+    def _groups(self, order: list[int], lengths: npt.NDArray[np.int64]) -> list[list[int]]:
+        """Consecutive runs of `order` (shortest first) whose padded size, rows x longest, fits `batch_tokens`."""
+        groups: list[list[int]] = []
+        for index in order:
+            longest = int(lengths[index])  # the longest so far: `order` is sorted by length
+            if groups and (len(groups[-1]) + 1) * longest <= self._batch_tokens:
+                groups[-1].append(index)
+            else:
+                groups.append([index])
+        return groups
+
+    def _embed_run(self, columns: dict[str, npt.NDArray[np.int64]]) -> npt.NDArray[np.float32]:
         import numpy as np
 
-        encodings = self._tokenizer.encode_batch(texts)
-        if not any(e.ids for e in encodings):  # nothing to embed (a tokenizer that adds no special tokens)
-            return np.zeros((len(texts), self.dimensions), dtype=np.float32)
-        columns = {
-            "input_ids": [e.ids for e in encodings],
-            "attention_mask": [e.attention_mask for e in encodings],
-            "token_type_ids": [e.type_ids for e in encodings],
-        }
-        feed = {name: np.asarray(columns[name], dtype=np.int64) for name in self._inputs}
+        feed = {name: columns[name] for name in self._inputs}
         hidden = np.asarray(self._session.run(None, feed)[0], dtype=np.float32)
-        mask = np.asarray(columns["attention_mask"], dtype=np.float32)[:, :, None]
+        mask = columns["attention_mask"].astype(np.float32)[:, :, None]
         pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -53,7 +53,7 @@ def test_onnx_cosines_match_torch_mean_pooled_cosines(tiny_encoder_onnx_dir: Pat
     left, right = TEXTS, list(reversed(TEXTS))
     nonempty = [i for i, (a, b) in enumerate(zip(left, right, strict=True)) if a and b]
     expected = _torch_cosines(source, [left[i] for i in nonempty], [right[i] for i in nonempty], max_tokens=24)
-    encoder = SentenceEncoder(tiny_encoder_onnx_dir, batch_size=2)  # several batches, sorted by length
+    encoder = SentenceEncoder(tiny_encoder_onnx_dir, batch_tokens=48)  # several runs, sorted by length
     got = encoder.cosines(left, right)
     assert [got[i] for i in nonempty] == pytest.approx(expected, abs=1e-4)
     assert all(-1.0 - 1e-6 <= value <= 1.0 + 1e-6 for value in got)
@@ -63,7 +63,7 @@ def test_onnx_cosines_match_torch_mean_pooled_cosines(tiny_encoder_onnx_dir: Pat
 def test_embeddings_are_unit_rows_in_the_order_given(tiny_encoder_onnx_dir: Path) -> None:
     import numpy as np
 
-    encoder = SentenceEncoder(tiny_encoder_onnx_dir, batch_size=4)
+    encoder = SentenceEncoder(tiny_encoder_onnx_dir, batch_tokens=60)
     rows = encoder.embed(TEXTS)
     assert rows.shape == (len(TEXTS), 32) and rows.dtype == np.float32
     assert np.allclose(np.linalg.norm(rows[[i for i, text in enumerate(TEXTS) if text]], axis=1), 1.0, atol=1e-5)
