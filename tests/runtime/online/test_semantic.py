@@ -183,3 +183,19 @@ def test_the_router_config_names_the_encoder_and_the_spec_cutoff(
     assert local.semantic.model_dir == str(onnx_encoder_dir(tmp_path)) and local.semantic.export_if_missing
     exact = router_config_from_cascade(_chat_cascade(matcher="exact"), urls).shadow_sampling
     assert exact is not None and exact.semantic is None
+
+
+def test_kascade_route_refuses_to_start_without_the_encoder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kascade.runtime.router import run_router
+
+    missing = tmp_path / "encoder"
+    config = tmp_path / "router.yaml"
+    config.write_text(
+        "cascade: chat\ntiers:\n"
+        "  - {name: small, served_model: small, url: 'http://127.0.0.1:9/v1', accept: {threshold: 0.5}}\n"
+        "  - {name: large, served_model: large, url: 'http://127.0.0.1:9/v1'}\n"
+        f"shadow_sampling: {{rate: 0.5, matcher: semantic, semantic: {{model_dir: '{missing}', cutoff: 0.8}}}}\n"
+    )
+    assert run_router(config_path=config, port=0, host="127.0.0.1") == 2  # before it binds anything
+    said = capsys.readouterr().out
+    assert f"kascade route: matcher semantic: no exported sentence encoder in {missing}" in said
