@@ -260,7 +260,7 @@ def encoder_comparison(fit: Sequence[Request], held: Sequence[Request], encoder_
 
     from kascade.runtime.models.encoder import SentenceEncoder
 
-    encoder = SentenceEncoder(encoder_dir, threads=1, batch_size=1)
+    encoder = SentenceEncoder(encoder_dir, threads=1)
     train = encoder.embed([r.text for r in fit])
     labels = np.array([r.kept for r in fit])
     start = time.process_time()
