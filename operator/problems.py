@@ -190,7 +190,11 @@ def _tier_problems(tier: Tier) -> list[str]:
 
 def _spec_problems(cascade: ModelCascade) -> list[Problem]:
     messages: list[str] = list(name_collisions(cascade))
-    conflict = currency_conflict({tier.name: tier.price for tier in cascade.spec.tiers})
+    prices = {tier.name: tier.price for tier in cascade.spec.tiers}
+    judge = cascade.spec.calibration.judge if cascade.spec.calibration is not None else None
+    if judge is not None and judge.price is not None:  # judge calls are added to the tiers' cost
+        prices["calibration.judge"] = judge.price
+    conflict = currency_conflict(prices)
     if conflict is not None:
         messages.append(conflict)
     for tier in cascade.spec.tiers:

@@ -326,3 +326,27 @@ def test_an_escalation_log_on_the_pods_own_disk_is_refused_in_a_cluster() -> Non
     body["spec"]["escalationLog"] = {"enabled": True, "uri": "/tmp/logs"}
     problems = check_semantics(ModelCascade.model_validate(body), secrets={}, gpu_products=None)
     assert any("in a cluster the log goes to pvc://claim/path or s3://bucket/prefix" in p.message for p in problems)
+
+
+def test_a_judge_priced_in_another_currency_is_an_invalid_spec() -> None:
+    cascade = ModelCascade.model_validate(
+        {
+            "apiVersion": "kascade.dev/v1alpha1",
+            "kind": "ModelCascade",
+            "metadata": {"name": "c", "namespace": "n"},
+            "spec": {
+                "tiers": [
+                    {"name": "small", "model": {"uri": "hf://o/s"}, "accept": {"threshold": 0.5}},
+                    {"name": "large", "model": {"uri": "hf://o/l"}},
+                ],
+                "calibration": {
+                    "minAgreement": 0.9,
+                    "shadowSampleRate": 0.1,
+                    "judge": {"url": "https://judge.example/v1", "model": "j", "price": {"currency": "EUR"}},
+                },
+            },
+        }
+    )
+    problems = check_semantics(cascade, secrets=set(), gpu_products=None)
+    assert [p.reason for p in problems] == ["InvalidSpec"]
+    assert "calibration.judge: EUR" in problems[0].message
