@@ -1,9 +1,11 @@
 """One record of the escalation log: the contract between the router that writes it and what reads it.
 
-The router writes one per escalated request (`kascade.runtime.escalation.log`);
-`kascade log` shows them and `kascade distill` trains on them. Readers check
-`schema_version` and refuse a newer one. The Parquet columns are these fields,
-nested as here (`kascade.runtime.escalation.log.ARROW_SCHEMA`, tested equal).
+The router writes one per escalated request (`kascade.runtime.escalation.log`),
+one per shadow sample with a verdict, and one per probe of a tier a request was
+routed past (`RecordKind`); `kascade log` shows them and `kascade distill`
+trains on them. Readers check `schema_version` and refuse a newer one. The
+Parquet columns are these fields, nested as here
+(`kascade.runtime.escalation.segments.arrow_schema`, tested equal).
 
 The answering tier's tokens are kept as ids, not strings, with the top-k
 logprobs per position (ids too) and the probability mass outside them (the
@@ -21,12 +23,20 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the `probe` kind and column (a reader of 2 reads 1 alike)
 
 
 class RecordKind(StrEnum):
     escalation = "escalation"  # the first tiers declined; a later tier answered
     shadow = "shadow"  # an accepted request also asked of the last tier (online calibration; `agreed` set)
+    probe = "probe"  # a request routed past a tier on its pre-route score, that tier asked off the path (`probe` set)
+
+
+class ProbeDraw(StrEnum):
+    """Which share of a tier's skipped requests a probe was drawn in (one uniform draw u per skipped request)."""
+
+    calibration = "calibration"  # u < shadowSampleRate: drawn for online calibration like every request; judged
+    record = "record"  # shadowSampleRate <= u < probeRate: probed for the record (and the probe counts) only
 
 
 class _Record(BaseModel):
@@ -48,6 +58,25 @@ class DeclinedAnswer(_Record):
     score: float = Field(description="The confidence score it was declined on.")
     method: str
     threshold: float
+
+
+class Probe(_Record):
+    """What a probe record adds: the skipped tier's decision on its answer, its pre-route score, how it was drawn.
+
+    The probed tier's answer is the record's only `declined` entry (its score,
+    method and threshold), whichever the decision; `answered_by` and `answer`
+    are the last tier's, which the caller got. The calibration draws are a
+    uniform sample of the tier's skipped requests at the share online
+    calibration draws every request (`rate` = shadowSampleRate), so with the
+    shadow records they are a uniform sample of all its traffic; the record
+    draws add `rate` = probeRate − shadowSampleRate more (all probes together:
+    probeRate, or shadowSampleRate where larger).
+    """
+
+    kept: bool = Field(description="The tier's accept rule kept its answer: the tier would have answered the caller.")
+    keep_probability: float = Field(description="The pre-route score's keep-probability: below skipBelow.")
+    draw: ProbeDraw
+    rate: float = Field(ge=0, le=1, description="The share of the tier's skipped requests this draw probes.")
 
 
 class TeacherTokens(_Record):
@@ -101,8 +130,13 @@ class EscalationRecord(_Record):
     output_tokens: int = 0
     redacted: bool = Field(default=False, description="Something was removed from the request or the answer.")
     agreed: bool | None = Field(
-        default=None, description="Shadow samples: the accepted answer agreed with the last tier."
+        default=None,
+        description=(
+            "Shadow samples: the accepted answer agreed with the last tier. Probes drawn for calibration: the "
+            "probed answer did (None when it was not judged)."
+        ),
     )
+    probe: Probe | None = Field(default=None, description="Probe records: the probed tier's decision and draw.")
 
     @model_validator(mode="after")
     def _known_version(self) -> EscalationRecord:
@@ -110,6 +144,8 @@ class EscalationRecord(_Record):
             raise ValueError(
                 f"record schema version {self.schema_version} is newer than this Kascade reads ({SCHEMA_VERSION})"
             )
+        if (self.kind is RecordKind.probe) != (self.probe is not None):
+            raise ValueError("a probe record, and only one, carries `probe`")
         return self
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kascade.api.escalation_record import EscalationRecord, TeacherTokens
+from kascade.api.escalation_record import EscalationRecord, RecordKind, TeacherTokens
 from kascade.evaluation.datasets import DatasetError, jsonl_objects, seeded_sample, stable_fraction
 
 Kind = Literal["chat", "completion", "classify"]
@@ -84,8 +84,24 @@ def example_of_record(record: EscalationRecord) -> DistillExample:
 
 
 def examples_of_log(records: Iterable[EscalationRecord]) -> list[DistillExample]:
-    """One example per escalation record (shadow samples too: they are teacher answers as well)."""
-    return [example_of_record(record) for record in records]
+    """One example per record: the last tier's answer to a real request is a teacher answer, whatever the kind.
+
+    Shadow samples and probes are included with escalations: a probe holds the
+    last tier's answer to a request the student's tier was routed past, the
+    requests its pre-route score finds hardest, which no escalation record
+    holds once pre-routing is on. A probe whose request and answer an
+    escalation (or shadow) record of the log holds already (in a cascade of
+    three or more tiers, a request routed past the first tier that a middle
+    tier declined is both) is left out: one request, one example, on one side
+    of the held-out split.
+    """
+    kept = list(records)
+    others = {(record.request, record.answer) for record in kept if record.kind is not RecordKind.probe}
+    return [
+        example_of_record(record)
+        for record in kept
+        if record.kind is not RecordKind.probe or (record.request, record.answer) not in others
+    ]
 
 
 def _example_of_line(line: dict[str, Any], number: int, where: str) -> DistillExample:

@@ -52,18 +52,18 @@ def show(
     limit: int = typer.Option(5, help="How many records (oldest first)."),
 ) -> None:
     """A few records: when, the prompt, what the first tiers said and scored, what the answering tier said."""
-    from kascade.runtime.escalation.view import prompt_of
+    from kascade.runtime.escalation.view import decided_on, kind_note, prompt_of
 
     console = Console()
     _, records = _records(uri)
     for record in islice(records, limit):
-        console.rule(f"{record.recorded_at:%Y-%m-%d %H:%M:%S} {record.endpoint} {record.id[:8]}")
+        console.rule(f"{record.recorded_at:%Y-%m-%d %H:%M:%S} {record.endpoint} {record.kind.value} {record.id[:8]}")
+        if kind_note(record):
+            console.print(kind_note(record), highlight=False)
         console.print(f"[bold]prompt[/bold]: {prompt_of(record)}", markup=True, highlight=False)
         for declined in record.declined:
             console.print(
-                f"[yellow]{declined.model.tier}[/yellow] ({declined.method} {declined.score:.3f} < "
-                f"{declined.threshold:g}): {declined.text}",
-                highlight=False,
+                f"[yellow]{declined.model.tier}[/yellow] ({decided_on(declined)}): {declined.text}", highlight=False
             )
         tokens = f", {len(record.tokens.token_ids)} token ids" if record.tokens is not None else ", no token ids"
         console.print(

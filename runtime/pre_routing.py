@@ -36,6 +36,16 @@ by the tier's own threshold (the share of skipped requests the tier would have
 kept: `maxKeptSkipped` measured online), error, dropped, or unpaired (drawn for
 calibration, but the last tier gave no answer to compare with: the request
 failed, or in a cascade of three or more tiers a middle tier answered it).
+
+With an escalation log on, every probe whose request the last tier answered
+is also kept there, as a `probe` record (`kascade.api.escalation_record.Probe`):
+the request, the probed tier's answer with its score and decision (kept or
+declined), the pre-route probability, the draw (`calibration` at rate r, with
+its verdict as `agreed`; `record` at rate probeRate − r), and the last
+tier's answer the caller got, with its teacher tokens. So the log holds the
+tier's decisions on the requests it was routed past too, at a known rate:
+what a distillation run's refit of the score needs to stay unbiased
+(`kascade.distillation.pre_route_refit`), and teacher data like an escalation.
 """
 
 from __future__ import annotations
@@ -48,8 +58,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kascade.api.escalation_record import Probe, ProbeDraw
 from kascade.runtime.attempts import usage_of
-from kascade.runtime.escalation.records import answer_of, declined_seen, model_identity
+from kascade.runtime.escalation.records import AnswerSeen, answer_of, declined_seen, model_identity
 from kascade.runtime.ledger import TierCall
 from kascade.runtime.logprobs import with_logprobs_requested
 from kascade.runtime.scoring.confidence import required_top_logprobs
@@ -60,14 +71,32 @@ if TYPE_CHECKING:
     from kascade.runtime.attempts import Attempts
     from kascade.runtime.config import RouterConfig, TierConfig
     from kascade.runtime.engines.base import Endpoint, Engine
+    from kascade.runtime.escalation.keeping import EscalationKeeper
     from kascade.runtime.ledger import Ledger
     from kascade.runtime.metrics import RouterMetrics
     from kascade.runtime.online.shadow_sampling import ShadowSampler
+    from kascade.runtime.scoring.policy import Decision
 
 log = logging.getLogger("kascade.router.pre_routing")
 
 DEFAULT_PROBE_CONCURRENCY = 4  # without online calibration; with it, its shadowConcurrency
 REFERENCE_WAIT_TIMEOUTS = 10  # a probe waits at most this many router timeouts for the caller's answer
+
+
+@dataclass(frozen=True, slots=True)
+class LastAnswer:
+    """The last tier's answer to a request that skipped a tier, and its (input, output) tokens."""
+
+    answer: AnswerSeen
+    tokens: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeDrawn:
+    """Which draw a probe was made in, and the share of the tier's skipped requests that draw probes."""
+
+    draw: ProbeDraw
+    rate: float
 
 
 @dataclass(slots=True)
@@ -77,14 +106,15 @@ class PassedOver:
     tier: str
     probability: float
     position: int  # calls the request had made when it skipped the tier
-    reference: asyncio.Future[str | None] | None = None  # the last tier's answer, for a probe drawn for calibration
+    reference: asyncio.Future[LastAnswer | None] | None = None  # for a probe that is paired or kept in the log
 
 
 class PreRouting:
     """The tiers with a pre-route score: which a request passes over, and their probes.
 
     `engines` answer the probes; `sampler` (online calibration, if on) takes
-    the probes' pairs; `draw` is the probe's uniform draw.
+    the probes' pairs; `keeper` (an escalation log, if on) keeps the probes'
+    records; `draw` is the probe's uniform draw.
     """
 
     def __init__(
@@ -96,6 +126,7 @@ class PreRouting:
         timeout_seconds: float,
         metrics: RouterMetrics | None = None,
         sampler: ShadowSampler | None = None,
+        keeper: EscalationKeeper | None = None,
         concurrency: int = DEFAULT_PROBE_CONCURRENCY,
         draw: Callable[[], float] = random.random,
         latency_clock: Callable[[], float] = time.perf_counter,
@@ -103,11 +134,13 @@ class PreRouting:
         self._scorers = {tier.name: PreRouteScorer(tier.pre_route) for tier in tiers[:-1] if tier.pre_route is not None}
         self._identities = {tier.name: model_identity(tier) for tier in tiers if tier.name in self._scorers}
         self._last_tier = tiers[-1].name
+        self._last_identity = model_identity(tiers[-1])
         self._engines = engines
         self._ledger = ledger
         self._timeout_seconds = timeout_seconds
         self._metrics = metrics
         self._sampler = sampler
+        self._keeper = keeper
         self._concurrency = concurrency
         self._draw = draw
         self._latency_clock = latency_clock
@@ -123,6 +156,8 @@ class PreRouting:
         metrics: RouterMetrics | None,
         sampler: ShadowSampler | None,
         draw: Callable[[], float] = random.random,
+        *,
+        keeper: EscalationKeeper | None = None,
     ) -> PreRouting | None:
         """The cascade's pre-routing; None when no tier has a pre-route score (nothing to do per request)."""
         if not any(tier.pre_route is not None for tier in config.tiers):
@@ -135,6 +170,7 @@ class PreRouting:
             timeout_seconds=config.timeout_seconds,
             metrics=metrics,
             sampler=sampler,
+            keeper=keeper,
             concurrency=sampling.concurrency if sampling is not None else DEFAULT_PROBE_CONCURRENCY,
             draw=draw,
         )
@@ -159,10 +195,12 @@ class PreRouting:
         """The caller got `tier`'s answer (a whole response or a stream's chunks): the probes' reference, if last."""
         waiting = [passed.reference for passed in attempts.passed_over if passed.reference is not None]
         if waiting:
-            text = answer_of(endpoint, answer).text if tier.name == self._last_tier else None
+            last = None
+            if tier.name == self._last_tier:
+                last = LastAnswer(answer_of(endpoint, answer), attempts.answering_tokens(tier.name))
             for reference in waiting:
                 if not reference.done():
-                    reference.set_result(text)
+                    reference.set_result(last)
 
     def unanswered(self, attempts: Attempts) -> None:
         """The request failed: its probes drawn for calibration have nothing to be compared with."""
@@ -189,28 +227,55 @@ class PreRouting:
     ) -> None:
         """Probe on the draw (see the module's docstring), within the concurrency bound."""
         draw = self._draw()
-        paired = self._sampler is not None and draw < self._sampler.config.rate
-        if not paired and draw >= scorer.pre_route.probe_rate:
+        calibration_rate = self._sampler.config.rate if self._sampler is not None else 0.0
+        if draw < calibration_rate:
+            drawn = ProbeDrawn(ProbeDraw.calibration, calibration_rate)
+        elif draw < scorer.pre_route.probe_rate:
+            drawn = ProbeDrawn(ProbeDraw.record, scorer.pre_route.probe_rate - calibration_rate)
+        else:
             return
         if self._calling >= self._concurrency:
             self._observe(tier.name, "dropped")
             return
         loop = asyncio.get_running_loop()
-        if paired:
+        if drawn.draw is ProbeDraw.calibration or self._keeper is not None:
             passed.reference = loop.create_future()
         self._calling += 1
-        task = loop.create_task(self._probe(tier, endpoint, dict(body), passed.reference))
+        task = loop.create_task(self._probe(tier, endpoint, dict(body), passed, drawn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _probe(
-        self,
-        tier: TierConfig,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        reference: asyncio.Future[str | None] | None,
+        self, tier: TierConfig, endpoint: Endpoint, body: dict[str, Any], passed: PassedOver, drawn: ProbeDrawn
     ) -> None:
-        """Ask the skipped tier, pay for it, score it; drawn for calibration, pair it with the caller's answer."""
+        """Ask the skipped tier; drawn for calibration, pair its answer with the last tier's; keep the record."""
+        asked = await self._ask(tier, endpoint, body)
+        if asked is None or passed.reference is None:
+            return
+        response, decision = asked
+        try:
+            async with asyncio.timeout(REFERENCE_WAIT_TIMEOUTS * self._timeout_seconds):
+                last = await passed.reference
+        except TimeoutError:
+            last = None
+        if last is None:
+            if drawn.draw is ProbeDraw.calibration:
+                self._observe(tier.name, "unpaired")
+            return
+        seen = declined_seen(self._identities[tier.name], decision, answer_of(endpoint, response))
+        agreed = None
+        if drawn.draw is ProbeDraw.calibration and self._sampler is not None:
+            agreed = await self._sampler.judge_pairs(body, [seen], last.answer.text)
+        if self._keeper is not None:
+            probe = Probe(kept=decision.accept, keep_probability=passed.probability, draw=drawn.draw, rate=drawn.rate)
+            self._keeper.keep(
+                endpoint, body, [seen], self._last_identity, last.answer, last.tokens, agreed=agreed, probe=probe
+            )
+
+    async def _ask(
+        self, tier: TierConfig, endpoint: Endpoint, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], Decision] | None:
+        """The skipped tier's whole answer and its decision, paid and counted; None when the call failed."""
         tier_body = probe_body(tier, endpoint, body)
         started = self._latency_clock()
         try:
@@ -222,25 +287,14 @@ class PreRouting:
             self._ledger.record_probe(TierCall(tier.name, 0, 0, self._latency_clock() - started, ok=False))
             self._observe(tier.name, "error")
             log.debug("a probe of tier %r failed: %s", tier.name, error)
-            return
+            return None
         finally:
             self._calling -= 1
         latency = self._latency_clock() - started
         call = TierCall(tier.name, *usage_of(response), latency, ok=True, confidence=decision.confidence)
         self._ledger.record_probe(call)
         self._observe(tier.name, "kept" if decision.accept else "declined")
-        if reference is None or self._sampler is None:
-            return
-        try:
-            async with asyncio.timeout(REFERENCE_WAIT_TIMEOUTS * self._timeout_seconds):
-                last_answer = await reference
-        except TimeoutError:
-            last_answer = None
-        if last_answer is None:
-            self._observe(tier.name, "unpaired")
-            return
-        seen = declined_seen(self._identities[tier.name], decision, answer_of(endpoint, response))
-        self._sampler.judge_pairs(body, [seen], last_answer)
+        return response, decision
 
     def _observe(self, tier: str, outcome: str) -> None:
         if self._metrics is not None:

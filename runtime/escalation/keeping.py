@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kascade.api.escalation_record import ModelIdentity, RecordKind
+from kascade.api.escalation_record import ModelIdentity, Probe, RecordKind
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.escalation.records import AnswerSeen, DeclinedSeen, EscalationSeen
 from kascade.runtime.logprobs import caller_logprobs_request, with_logprobs_requested
@@ -46,12 +46,15 @@ class EscalationKeeper:
         tokens: tuple[int, int],
         *,
         agreed: bool | None = None,
+        probe: Probe | None = None,
     ) -> None:
         """Offer an answer of the last tier to the log; never blocks.
 
-        An escalation (`agreed` None): `asked` holds the declined answers. A
-        shadow sample (`agreed` set): `asked` holds the answers of the tiers
-        asked, the accepted one last.
+        An escalation (`agreed` and `probe` None): `asked` holds the declined
+        answers. A shadow sample (`agreed` set): `asked` holds the answers of
+        the tiers asked, the accepted one last. A probe (`probe` set): `asked`
+        holds the answer of the tier the request was routed past, and `agreed`
+        its verdict when it was drawn for calibration and judged.
         """
         self.log.offer(
             EscalationSeen(
@@ -64,7 +67,15 @@ class EscalationKeeper:
                 input_tokens=tokens[0],
                 output_tokens=tokens[1],
                 at=datetime.now(UTC),
-                kind=RecordKind.escalation if agreed is None else RecordKind.shadow,
+                kind=record_kind(agreed, probe),
                 agreed=agreed,
+                probe=probe,
             )
         )
+
+
+def record_kind(agreed: bool | None, probe: Probe | None) -> RecordKind:
+    """A probe when it carries one; else a shadow sample when it has a verdict; else an escalation."""
+    if probe is not None:
+        return RecordKind.probe
+    return RecordKind.escalation if agreed is None else RecordKind.shadow

@@ -20,6 +20,7 @@ from kascade.api.escalation_record import (
     DeclinedAnswer,
     EscalationRecord,
     ModelIdentity,
+    Probe,
     RecordKind,
     TeacherTokens,
     tail_mass,
@@ -151,7 +152,7 @@ def declined_seen(model: ModelIdentity, decision: Decision, answer: AnswerSeen) 
 
 @dataclass(frozen=True)
 class EscalationSeen:
-    """Everything one escalated request showed the router, before redaction."""
+    """Everything one escalated (shadow-sampled, probed) request showed the router, before redaction."""
 
     cascade: str
     endpoint: Endpoint
@@ -164,6 +165,7 @@ class EscalationSeen:
     at: datetime | None = None  # when the answer was complete (the record is built later, off the event loop)
     kind: RecordKind = RecordKind.escalation
     agreed: bool | None = None  # a shadow sample: whether every asked tier agreed with the last tier
+    probe: Probe | None = None  # a probe: the probed tier's decision and draw (`declined` holds its answer)
 
 
 def build_record(seen: EscalationSeen, redactor: Redactor, *, now: datetime | None = None) -> EscalationRecord:
@@ -192,4 +194,5 @@ def build_record(seen: EscalationSeen, redactor: Redactor, *, now: datetime | No
         redacted=request_changed or answer_changed or declined_changed,
         kind=seen.kind,
         agreed=seen.agreed,
+        probe=seen.probe,
     )

@@ -47,6 +47,9 @@ def arrow_schema() -> pa.Schema:
             ("tail_mass", pa.list_(pa.float32())),
         ]
     )
+    probe = pa.struct(
+        [("kept", pa.bool_()), ("keep_probability", pa.float64()), ("draw", pa.string()), ("rate", pa.float64())]
+    )
     return pa.schema(
         [
             ("schema_version", pa.int16()),
@@ -66,6 +69,7 @@ def arrow_schema() -> pa.Schema:
             ("output_tokens", pa.int32()),
             ("redacted", pa.bool_()),
             ("agreed", pa.bool_()),
+            ("probe", probe),
         ]
     )
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kascade.api.escalation_record import EscalationRecord, RecordKind
+from kascade.api.escalation_record import DeclinedAnswer, EscalationRecord, RecordKind
 
 
 @dataclass
@@ -33,6 +33,10 @@ class LogStats:
         self.answered_by[record.answered_by.tier] += 1
         if record.kind is RecordKind.shadow:  # an accepted answer also asked of the last tier: no escalation reason
             self.reasons[f"shadow sample, {'agreed' if record.agreed else 'disagreed'} with the last tier"] += 1
+        elif record.probe is not None:  # a tier the request was routed past, asked off the path
+            for probed in record.declined:
+                decided = "kept" if record.probe.kept else "declined"
+                self.reasons[f"{probed.model.tier}: routed past, probed ({record.probe.draw.value}): {decided}"] += 1
         else:
             for declined in record.declined:
                 self.reasons[
@@ -50,6 +54,26 @@ def escalation_reason(tier: str, method: str, score: float, threshold: float) ->
     gap = threshold - score
     band = "just below" if gap <= 0.1 else "well below" if gap <= 0.3 else "far below"
     return f"{tier}: {method} {band} {threshold:g}"
+
+
+def decided_on(answer: DeclinedAnswer) -> str:
+    """A tier's answer's score against its threshold: `<` when it was declined, `≥` when it stood (a shadow
+    sample's accepted answer, a probe the tier would have kept)."""
+    kept = answer.score >= answer.threshold
+    return f"{answer.method} {answer.score:.3f} {'≥' if kept else '<'} {answer.threshold:g}"
+
+
+def kind_note(record: EscalationRecord) -> str:
+    """What kind of record it is, for `kascade log show`: nothing for an escalation."""
+    if record.kind is RecordKind.shadow:
+        return f"shadow sample, {'agreed' if record.agreed else 'disagreed'} with the last tier"
+    if record.probe is not None:
+        verdict = "" if record.agreed is None else f", {'agreed' if record.agreed else 'disagreed'} with the last tier"
+        return (
+            f"probe: routed past at pre-route probability {record.probe.keep_probability:.4f}, drawn for "
+            f"{record.probe.draw.value} at {record.probe.rate:g}{verdict}"
+        )
+    return ""
 
 
 def log_stats(records: Iterable[EscalationRecord]) -> LogStats:

@@ -87,13 +87,18 @@ class ShadowSampler:
         """What `/stats` shows of the sampling (`shadowSampling`)."""
         return {"rate": self.config.rate, "skipped": self.skipped, "failed": self.failed, "unjudged": self.unjudged}
 
-    def judge_pairs(self, body: Mapping[str, Any], asked: Sequence[DeclinedSeen], reference: str) -> None:
+    def judge_pairs(
+        self, body: Mapping[str, Any], asked: Sequence[DeclinedSeen], reference: str
+    ) -> asyncio.Task[bool | None]:
         """Judge each answer in `asked` against `reference`, the last tier's answer to the same request `body`, in
         the background, each verdict counted in its tier's score bin; the caller never waits. Bounded by the
-        judge: the pure matchers decide at once, an LLM judge skips beyond its concurrency."""
+        judge: the pure matchers decide at once, an LLM judge skips beyond its concurrency. The task's result:
+        whether every answer agreed (None: one was not judged and none disagreed), for a background task that
+        keeps a record with it (a probe)."""
         task = asyncio.get_running_loop().create_task(self._note_pairs(dict(body), asked, reference))
         self._judging.add(task)
         task.add_done_callback(self._judging.discard)
+        return task
 
     async def _note_pairs(self, body: Mapping[str, Any], asked: Sequence[DeclinedSeen], reference: str) -> bool | None:
         """Judge and count each pair; whether every tier agreed (None: one was not judged and none disagreed)."""

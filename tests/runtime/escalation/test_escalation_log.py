@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kascade.api.escalation_record import EscalationRecord, ModelIdentity
+from kascade.api.escalation_record import SCHEMA_VERSION, EscalationRecord, ModelIdentity
 from kascade.api.modelcascade import Accept, Price, StreamingMode
 from kascade.runtime.config import EscalationLogConfig
 from kascade.runtime.engines.base import Endpoint
@@ -270,8 +270,9 @@ def test_segments_past_the_retention_are_removed_by_the_writer(tmp_path: Path) -
 
 
 def test_a_schema_newer_than_this_reader_is_refused_with_its_version() -> None:
-    with pytest.raises(ValueError, match="schema version 2 is newer"):
-        EscalationRecord.model_validate({**_record_fields(), "schema_version": 2})
+    newer = SCHEMA_VERSION + 1
+    with pytest.raises(ValueError, match=f"schema version {newer} is newer"):
+        EscalationRecord.model_validate({**_record_fields(), "schema_version": newer})
 
 
 def _record_fields() -> dict[str, Any]:
