@@ -3,15 +3,37 @@
 What the score predicts is whether the tier keeps a request (its accept rule
 accepts the answer). The log says so per request, by the tier's name in each
 record's answers (`kept_by`):
-- an escalation record whose answers include the tier's: declined (every
-  escalation is logged: the declined class);
-- a shadow record (a drawn share of the requests a tier before the last
-  accepted, also asked of the last tier) whose last answer is the tier's: kept;
-  one whose earlier answers include the tier's: declined.
-So the kept class is a uniform sample of the requests the tier keeps, which is
-what the bound on kept requests skipped needs; the declined class is all of
-them (the fit's intercept leans towards declining, and skipBelow, chosen on
-the kept alone, corrects for it).
+- an escalation record whose answers include the tier's: declined;
+- a shadow record (a drawn share r, online calibration's shadowSampleRate, of
+  the requests a tier before the last accepted, also asked of the last tier)
+  whose last answer is the tier's: kept; one whose earlier answers include
+  the tier's: declined;
+- a probe record (a request routed past the tier on its pre-route score,
+  the tier asked off the response path): the tier's own decision on it.
+
+The kept class must be a uniform sample of the requests the tier keeps,
+across the whole score range: the bound on kept requests skipped is a
+share of them. So it is the shadow records and the probes drawn for
+calibration with a verdict, both drawn at the same rate r and kept under the
+same condition (a verdict), the ones above the serving skipBelow and the
+ones below it (`in_calibration_sample`). A kept probe of the record draw
+(rate probeRate − r, taken only below skipBelow) would over-represent the
+skipped region and is left out. Without probes (a log written while the tier
+was skipped, or a router without them) the kept class misses every request
+the serving score skipped; a refit certified on it would skip more of the
+kept requests than it says, since those are the prompts a score learned from
+the same data ranks lowest.
+
+The declined class is every declined record: all the escalations (above the
+serving skipBelow, rate 1), the shadow records the tier declined (rate r)
+and the declined probes of both draws (below it, at probeRate or r, where
+larger). That mixture over-represents the declined requests the serving
+score let through: it shapes the fit (its intercept leans towards
+declining, and the skipped region weighs less in its weights, so the ranking,
+and with it what skipBelow saves, can be a little worse than a uniform
+sample's) and nothing else: skipBelow and its bound are read on the kept
+class alone. The skipped share in the message is a share of the labelled
+prompts, not of traffic.
 
 The labels are the decisions of the student that served when the log was
 written: the run does not score the new student's own accept decisions (that
@@ -33,7 +55,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kascade.api.distill_settings import DistillSettings
-from kascade.api.escalation_record import EscalationRecord, RecordKind
+from kascade.api.escalation_record import EscalationRecord, ProbeDraw, RecordKind
 from kascade.calibration.prompt_text import request_text
 from kascade.distillation.result import PreRouteRefit
 
@@ -43,14 +65,33 @@ def kept_by(record: EscalationRecord, tier: str) -> bool | None:
     answered = [answer.model.tier for answer in record.declined]
     if tier not in answered:
         return None
+    if record.probe is not None:
+        return record.probe.kept
     return record.kind is RecordKind.shadow and answered[-1] == tier
 
 
+def in_calibration_sample(record: EscalationRecord) -> bool:
+    """Whether the record is one of online calibration's uniform draws at rate r, kept with a verdict: a shadow
+    record, or a probe drawn for calibration whose pair was judged."""
+    if record.probe is not None:
+        return record.probe.draw is ProbeDraw.calibration and record.agreed is not None
+    return record.kind is RecordKind.shadow
+
+
+def refit_label(record: EscalationRecord, tier: str) -> bool | None:
+    """The record's label in the refit (see the module's docstring): kept only from the calibration draws,
+    declined from every record; None when the tier gave no answer or a kept answer outside those draws."""
+    kept = kept_by(record, tier)
+    if kept and not in_calibration_sample(record):
+        return None
+    return kept
+
+
 def labelled_prompts(records: Iterable[EscalationRecord], tier: str) -> tuple[list[str], list[str], list[bool]]:
-    """(record ids, prompt texts, kept) of the records the tier answered."""
+    """(record ids, prompt texts, kept) of the records the refit labels for the tier (`refit_label`)."""
     ids, texts, kept = [], [], []
     for record in records:
-        label = kept_by(record, tier)
+        label = refit_label(record, tier)
         if label is None:
             continue
         try:
