@@ -71,7 +71,7 @@ def send_traffic(
                 await asyncio.gather(*(one(body) for body in bodies))
 
         asyncio.run(client())
-        stats = httpx.get(f"{router.url}/stats").json()
+        stats = httpx.get(f"{router.metrics_url}/stats").json()
     for engine in engines.values():
         asyncio.run(engine.aclose())
     return {

@@ -456,10 +456,20 @@ def write_litellm_config(path: Path, upstream: str) -> None:
 
 
 def start_router(processes: Processes, name: str, python: str, config: Path) -> Target:
-    """`kascade route` run by `python` (this checkout's, or another checkout's environment)."""
+    """`kascade route` run by `python` (this checkout's, or another checkout's environment).
+
+    This checkout's router gets a copy of `config` with a free metrics port of its own (the routers of one run
+    would otherwise all take the default); another checkout's reads `config` as it is.
+    """
+    import yaml
+
     from kascade.runtime.serving import free_port
 
     port = free_port()
+    if python == sys.executable:
+        own = config.with_name(f"{name}.yaml")
+        own.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "metrics_port": free_port()}))
+        config = own
     router = processes.start(
         name,
         [python, "-m", "kascade", "route", "--config", str(config), "--port", str(port), "--host", "127.0.0.1"],

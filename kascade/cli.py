@@ -33,6 +33,9 @@ def up(
     ] = None,
     port: Annotated[int, typer.Option(help="Port of the router on localhost.")] = 8000,
     host: Annotated[str, typer.Option(help="Address the router binds.")] = "127.0.0.1",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Port of the router's /metrics and /stats. Default: a free port, printed.")
+    ] = None,
     demo: Annotated[
         bool, typer.Option(help="Send a few requests through the cascade, print the summary and exit.")
     ] = False,
@@ -49,7 +52,9 @@ def up(
     """
     from kascade.runtime.local.mode import run_local
 
-    raise typer.Exit(run_local(manifest=file, port=port, host=host, demo=demo, cache_dir=cache_dir))
+    raise typer.Exit(
+        run_local(manifest=file, port=port, host=host, demo=demo, cache_dir=cache_dir, metrics_port=metrics_port)
+    )
 
 
 @app.command()

@@ -141,8 +141,17 @@ class ShadowSamplingConfig(ConfigModel):
         return self
 
 
+DEFAULT_METRICS_PORT = 9090
+
+
 class RouterConfig(ConfigModel):
     cascade: str = Field(description="The model name clients ask for: the ModelCascade's name.")
+    metrics_port: int = Field(
+        default=DEFAULT_METRICS_PORT,
+        ge=1,
+        le=65535,
+        description="The port of /metrics and /stats, apart from the API's, which the cascade's Service exposes.",
+    )
     task: Task = Task.chat
     tiers: list[TierConfig] = Field(min_length=1)
     timeout_seconds: float = Field(default=60.0, gt=0)

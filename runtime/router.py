@@ -1,9 +1,10 @@
 """The router: an ASGI app speaking the OpenAI API in front of the tiers.
 
 Routes: POST /v1/chat/completions, POST /v1/completions (both also as SSE
-streams), GET /v1/models, POST /classify (vLLM's classify API), GET /healthz,
-/readyz, /metrics (Prometheus) and /stats (the ledger's absolute snapshot,
-which the operator folds into the ModelCascade's status).
+streams), GET /v1/models, POST /classify (vLLM's classify API), GET /healthz
+and /readyz. On the metrics port of its own (`metrics_port.py`): /metrics
+(Prometheus) and /stats (the ledger's absolute snapshot, the same figures the
+router writes into the ModelCascade's status).
 
 Everything the app needs is created in `create_router_app` or its lifespan:
 no module-level state, so tests and local mode can run several side by side.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -43,8 +44,10 @@ from kascade.runtime.http_request import (
 )
 from kascade.runtime.ledger import Ledger
 from kascade.runtime.metrics import RouterMetrics
+from kascade.runtime.metrics_port import create_metrics_app
 from kascade.runtime.online.calibration_loop import InProcessCalibrator, thresholds_from_status
 from kascade.runtime.online.shadow_sampling import ShadowSampler
+from kascade.runtime.serving import AppWithMetricsPort, serve
 from kascade.runtime.sse import SSE_DONE, sse_event
 from kascade.runtime.wire import InvalidRequest, parse_request
 
@@ -81,23 +84,25 @@ def create_router_app(
     *,
     engines: Mapping[str, Engine] | None = None,
     ledger: Ledger | None = None,
-) -> Starlette:
-    """Build the router app.
+) -> AppWithMetricsPort:
+    """Build the router app: the API (`main`, whose lifespan owns the state) and the metrics port's app.
 
     Tiers with a `url` in the config get an `HttpEngine` over one pooled client
     that the app's lifespan opens and closes. Tiers without a url must be given
     in `engines` (local mode's in-process models); the app does not close those.
+    Serve it with `serving.serve` or `serving.BackgroundServer` (two ports).
     """
     given = dict(engines or {})
     missing = [tier.name for tier in config.tiers if tier.url is None and tier.name not in given]
     if missing:
         raise ValueError(f"tier(s) {', '.join(missing)} have no url and no in-process engine")
     ledger = ledger or Ledger({tier.name: tier.price for tier in config.tiers})
+    metrics = create_metrics_app()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with new_pooled_session() as session:
-            app.state.router = state = _router_state(config, given, ledger, session)
+            app.state.router = metrics.state.router = state = _router_state(config, given, ledger, session)
             async with (
                 _status_reporting(config, ledger, state.cascade),
                 _escalation_logging(state.escalation_log),
@@ -105,11 +110,12 @@ def create_router_app(
             ):
                 yield
 
-    return Starlette(
+    api = Starlette(
         routes=_routes(),
         lifespan=lifespan,
         exception_handlers={404: _not_found, 405: _method_not_allowed},
     )
+    return AppWithMetricsPort(main=api, metrics=metrics)
 
 
 def _routes() -> list[Route]:
@@ -120,8 +126,6 @@ def _routes() -> list[Route]:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route("/stats", stats, methods=["GET"]),
     ]
 
 
@@ -324,24 +328,6 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"ready": ready, "tiers": state.ready_report}, status_code=200 if ready else 503)
 
 
-async def metrics_endpoint(request: Request) -> Response:
-    return Response(generate_latest(_state(request).registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def stats(request: Request) -> Response:
-    state = _state(request)
-    snapshot = state.ledger.snapshot()
-    snapshot["cascade"] = state.config.cascade
-    if state.escalation_log is not None:
-        snapshot["escalationLog"] = state.escalation_log.stats()
-    sampler = state.shadow_sampler
-    if sampler is not None:
-        snapshot["shadowSampling"] = sampler.stats()
-    if state.calibrator is not None and state.calibrator.status is not None:
-        snapshot["calibration"] = state.calibrator.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return JSONResponse(snapshot)
-
-
 async def _not_found(request: Request, exc: Exception) -> Response:
     return error_response(404, f"no route {request.url.path}")
 
@@ -351,8 +337,7 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 
 def run_router(*, config_path: Path, port: int, host: str) -> int:
-    """`kascade route`: load the config, serve until stopped."""
-    import uvicorn
+    """`kascade route`: load the config, serve the API on `port` and /metrics, /stats on its metrics_port."""
     from pydantic import ValidationError
 
     from kascade.api.errors import validation_problems
@@ -366,6 +351,9 @@ def run_router(*, config_path: Path, port: int, host: str) -> int:
         problems = "\n".join(f"  {problem}" for problem in validation_problems(error))
         print(f"kascade route: the config in {config_path} is invalid:\n{problems}")
         return 2
+    if config.metrics_port == port:
+        print(f"kascade route: --port {port} is the config's metrics_port; give the API another port")
+        return 2
     if any(tier.url is None for tier in config.tiers):
         print("kascade route: every tier needs a url (in-process tiers exist only in local mode, `kascade up`)")
         return 2
@@ -378,5 +366,8 @@ def run_router(*, config_path: Path, port: int, host: str) -> int:
         except ModelNotAvailable as error:
             print(f"kascade route: matcher semantic: {error.message}")
             return 2
-    uvicorn.run(create_router_app(config), host=host, port=port, log_level="warning", access_log=False)
+    try:
+        serve(create_router_app(config), host=host, port=port, metrics_port=config.metrics_port)
+    except SystemExit as exc:  # uvicorn exits when it cannot bind a port, after logging why
+        return int(exc.code or 1)
     return 0

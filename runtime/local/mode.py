@@ -27,33 +27,35 @@ from kascade.api.modelcascade import ModelCascade
 from kascade.runtime.local.demo import run_demo
 from kascade.runtime.local.ledger_view import ledger_view, summary_table
 from kascade.runtime.local.manifest import LocalModeError, check_runnable, load_manifest, secret_env_var
-from kascade.runtime.local.tiers import ensure_port_free, serve_cascade
+from kascade.runtime.local.tiers import LocalRouter, ensure_port_free, serve_cascade
 from kascade.runtime.models.catalog import ModelNotAvailable
 from kascade.runtime.signals import interrupt_on_stop_signals
 
 # --- what the user sees ------------------------------------------------------
 
 
-def fetch_stats(client: httpx.Client, base_url: str) -> CounterSlot | None:
-    """The router's ledger, or None while it does not answer (or answers something else)."""
+def fetch_stats(client: httpx.Client, metrics_url: str) -> CounterSlot | None:
+    """The router's ledger (`/stats` on its metrics port), or None while it does not answer (or answers something
+    else)."""
     try:
-        response = client.get(f"{base_url}/stats", timeout=2.0)
+        response = client.get(f"{metrics_url}/stats", timeout=2.0)
         response.raise_for_status()
         return CounterSlot.model_validate(response.json())
     except (httpx.HTTPError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
 
 
-def watch(cascade: ModelCascade, base_url: str, console: Console) -> None:
+def watch(cascade: ModelCascade, router: LocalRouter, console: Console) -> None:
     """Refresh the ledger summary about once a second until Ctrl-C."""
     from rich.live import Live
 
     names = [tier.name for tier in cascade.spec.tiers]
+    base_url = router.url
     header = Text.assemble(
         ("Kascade local mode", "bold"),
         (
             f": cascade {cascade.metadata.name!r}, OpenAI base URL {base_url}/v1, model {cascade.metadata.name!r}. "
-            "Ctrl-C stops.\nTry: "
+            f"Ledger {router.metrics_url}/stats, metrics {router.metrics_url}/metrics. Ctrl-C stops.\nTry: "
         ),
         (
             (
@@ -71,14 +73,14 @@ def watch(cascade: ModelCascade, base_url: str, console: Console) -> None:
         # Transient: the live table goes when stopped; the caller prints the final one once.
         with Live(Text("waiting for the ledger…"), console=screen, refresh_per_second=4, transient=True) as live:
             while True:
-                stats = fetch_stats(client, base_url)
+                stats = fetch_stats(client, router.metrics_url)
                 live.update(ledger_view(stats, names))
                 time.sleep(1.0)
 
 
-def print_final_ledger(cascade: ModelCascade, base_url: str, console: Console) -> None:
+def print_final_ledger(cascade: ModelCascade, router: LocalRouter, console: Console) -> None:
     with httpx.Client() as client:
-        stats = fetch_stats(client, base_url)
+        stats = fetch_stats(client, router.metrics_url)
     names = [tier.name for tier in cascade.spec.tiers]
     Console(file=console.file).print(ledger_view(stats, names, title="Cascade ledger (final)"))
 
@@ -86,24 +88,36 @@ def print_final_ledger(cascade: ModelCascade, base_url: str, console: Console) -
 # --- the command ----------------------------------------------------------------
 
 
-def run_local(manifest: Path | None, port: int, host: str, demo: bool, cache_dir: Path | None) -> int:
-    """`kascade up`: run a ModelCascade here; returns the process exit code."""
+def run_local(
+    manifest: Path | None,
+    port: int,
+    host: str,
+    demo: bool,
+    cache_dir: Path | None,
+    metrics_port: int | None = None,
+) -> int:
+    """`kascade up`: run a ModelCascade here (/metrics and /stats on `metrics_port`, default a free port);
+    returns the process exit code."""
     console = Console(soft_wrap=True)  # long paths and messages stay whole in logs and pipes
     with interrupt_on_stop_signals():
-        return _run_local(console, manifest, port=port, host=host, demo=demo, cache_dir=cache_dir)
+        return _run_local(
+            console, manifest, port=port, host=host, demo=demo, cache_dir=cache_dir, metrics_port=metrics_port
+        )
 
 
-def _run_demo_requests(cascade: ModelCascade, base_url: str, console: Console, *, api_key: str, started: float) -> None:
+def _run_demo_requests(
+    cascade: ModelCascade, router: LocalRouter, console: Console, *, api_key: str, started: float
+) -> None:
     """`kascade up --demo`: the demo's requests through the cascade, then its ledger and timings."""
     demo_started = time.monotonic()
     try:
-        run_demo(cascade, base_url, console, api_key=api_key)
+        run_demo(cascade, router.url, console, api_key=api_key)
     except LocalModeError:
         raise
     except Exception as exc:  # noqa: BLE001 - openai.APIError, httpx errors: the cascade failed
         raise LocalModeError(f"a demo request failed: {type(exc).__name__}: {exc}", exit_code=1) from None
     with httpx.Client() as client:
-        stats = fetch_stats(client, base_url)
+        stats = fetch_stats(client, router.metrics_url)
     console.print()
     if stats is not None:
         console.print(summary_table(stats, [tier.name for tier in cascade.spec.tiers]))
@@ -114,12 +128,21 @@ def _run_demo_requests(cascade: ModelCascade, base_url: str, console: Console, *
 
 
 def _run_local(
-    console: Console, manifest: Path | None, *, port: int, host: str, demo: bool, cache_dir: Path | None
+    console: Console,
+    manifest: Path | None,
+    *,
+    port: int,
+    host: str,
+    demo: bool,
+    cache_dir: Path | None,
+    metrics_port: int | None,
 ) -> int:
     try:
         cascade = load_manifest(manifest)
         check_runnable(cascade)
         ensure_port_free(host, port)
+        if metrics_port is not None:
+            ensure_port_free(host, metrics_port, option="--metrics-port")
         source = str(manifest) if manifest is not None else "the embedded default manifest"
         console.print(
             f"[bold]kascade up[/bold]: cascade {cascade.metadata.name!r} from {source}, "
@@ -127,24 +150,27 @@ def _run_local(
             + " → ".join(f"{tier.name} ({tier.engine.value}, {tier.model.uri})" for tier in cascade.spec.tiers)
         )
         started = time.monotonic()
-        with serve_cascade(cascade, host=host, port=port, cache_dir=cache_dir, console=console) as base_url:
+        served = serve_cascade(
+            cascade, host=host, port=port, cache_dir=cache_dir, console=console, metrics_port=metrics_port
+        )
+        with served as router:
             try:
                 console.print(
-                    f"router ready at [bold]{base_url}/v1[/bold] after {time.monotonic() - started:.1f} s; "
+                    f"router ready at [bold]{router.url}/v1[/bold] after {time.monotonic() - started:.1f} s; "
                     f"ask for model {cascade.metadata.name!r}"
                 )
                 router_secret = cascade.spec.router.api_key_secret
                 api_key = os.environ[secret_env_var(router_secret)].split(",")[0].strip() if router_secret else "local"
                 if demo:
-                    _run_demo_requests(cascade, base_url, console, api_key=api_key, started=started)
+                    _run_demo_requests(cascade, router, console, api_key=api_key, started=started)
                 else:
-                    watch(cascade, base_url, console)  # until Ctrl-C
+                    watch(cascade, router, console)  # until Ctrl-C
                 return 0
             except KeyboardInterrupt:
                 # Caught here, around everything that runs while the router serves: Ctrl-C may come
                 # at any moment, and the final ledger is printed while the router still answers.
                 console.print("\nstopping…")
-                print_final_ledger(cascade, base_url, console)
+                print_final_ledger(cascade, router, console)
                 return 0
     except LocalModeError as exc:
         console.print(f"[red]kascade up:[/red] {exc.message}", highlight=False)

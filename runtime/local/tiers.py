@@ -156,7 +156,7 @@ def _stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def ensure_port_free(host: str, port: int) -> None:
+def ensure_port_free(host: str, port: int, *, option: str = "--port") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -165,7 +165,7 @@ def ensure_port_free(host: str, port: int) -> None:
         except OSError as exc:
             raise LocalModeError(
                 f"cannot listen on {host}:{port} ({exc.strerror or exc}); another process may use it: "
-                "pass --port with a free port"
+                f"pass {option} with a free port"
             ) from None
 
 
@@ -204,26 +204,44 @@ def client_base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+@dataclass(frozen=True)
+class LocalRouter:
+    """Where a client on this machine reaches the local router: the API, and /metrics and /stats."""
+
+    url: str
+    metrics_url: str
+
+
 @contextlib.contextmanager
 def serve_cascade(
-    cascade: ModelCascade, *, host: str, port: int, cache_dir: Path | None, console: Console
-) -> Iterator[str]:
-    """Start every tier and the router; yields the router's base URL; stops everything on exit."""
+    cascade: ModelCascade,
+    *,
+    host: str,
+    port: int,
+    cache_dir: Path | None,
+    console: Console,
+    metrics_port: int | None = None,
+) -> Iterator[LocalRouter]:
+    """Start every tier and the router (its metrics on `metrics_port`, default a free one); yields where it
+    answers; stops everything on exit."""
     from kascade.runtime.router import create_router_app
     from kascade.runtime.serving import BackgroundServer
 
     with contextlib.ExitStack() as stack:
         tiers = start_tiers(cascade, cache_dir=cache_dir, console=console, stack=stack)
         app = create_router_app(build_router_config(cascade, tiers), engines=tiers.engines)
-        server: BackgroundServer = BackgroundServer(app, host=host, port=port)
+        server: BackgroundServer = BackgroundServer(app, host=host, port=port, metrics_port=metrics_port)
         try:
             server.start()
         except (RuntimeError, TimeoutError) as exc:
-            raise LocalModeError(f"the router could not start on {host}:{port}: {exc}") from None
+            raise LocalModeError(
+                f"the router could not start on {host}:{port} (metrics on port {server.metrics_port}): {exc}"
+            ) from None
         stack.callback(server.stop)  # registered last, so it stops before the engines close
-        base_url = client_base_url(host, port)
-        _wait_ready(base_url, console)
-        yield base_url
+        assert server.metrics_port is not None  # the router's app has a metrics port
+        router = LocalRouter(client_base_url(host, port), client_base_url(host, server.metrics_port))
+        _wait_ready(router.url, console)
+        yield router
 
 
 def _wait_ready(base_url: str, console: Console) -> None:

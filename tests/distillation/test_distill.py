@@ -44,8 +44,8 @@ def escalation_log(
         }
     )
     console = Console(file=io.StringIO())
-    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=folder.parent, console=console) as url:
-        client = OpenAI(base_url=f"{url}/v1", api_key="none")
+    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=folder.parent, console=console) as router:
+        client = OpenAI(base_url=f"{router.url}/v1", api_key="none")
         for prompt in prompts:
             answer = client.chat.completions.with_raw_response.create(
                 model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=6, temperature=0

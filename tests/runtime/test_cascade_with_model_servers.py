@@ -79,7 +79,7 @@ def test_the_router_decides_on_the_small_models_real_confidence(tiers, start_rou
         assert answer.choices[0].logprobs is None
         if expected == "small":
             assert float(raw.headers["x-kascade-confidence"]) == pytest.approx(confidence, rel=1e-3)
-        books = httpx.get(f"{router.url}/stats").json()
+        books = httpx.get(f"{router.metrics_url}/stats").json()
         assert books["answeredBy"][expected] == 1
         assert books["tiers"]["small"]["calls"] == 1
 
@@ -129,7 +129,7 @@ def test_a_small_tier_killed_mid_test_sends_traffic_to_the_large_one(own_tiers, 
 
     assert second.headers["x-kascade-tier"] == "large"
     assert second.headers["x-kascade-escalated"] == "true"
-    books = httpx.get(f"{router.url}/stats").json()
+    books = httpx.get(f"{router.metrics_url}/stats").json()
     assert books["requests"] == 2 and books["failed"] == 0
     assert books["tiers"]["small"]["errors"] == 2  # the call and its retry
     ready = httpx.get(f"{router.url}/readyz").json()
@@ -139,7 +139,7 @@ def test_a_small_tier_killed_mid_test_sends_traffic_to_the_large_one(own_tiers, 
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="tiny-cascade", messages=CHAT, **GREEDY)
     assert caught.value.status_code == 503
-    assert httpx.get(f"{router.url}/stats").json()["failed"] == 1
+    assert httpx.get(f"{router.metrics_url}/stats").json()["failed"] == 1
 
 
 def test_a_classify_cascade_over_real_classifier_servers(start_shared_model_server, tiny_classifier_dir, start_router):

@@ -23,7 +23,7 @@ def client_for(router, api_key: str = "none", **kwargs) -> openai.OpenAI:
 
 
 def stats(router) -> dict:
-    return httpx.get(f"{router.url}/stats").json()
+    return httpx.get(f"{router.metrics_url}/stats").json()
 
 
 def test_a_confident_small_tier_answers_and_says_so(start_upstream, start_router, two_tier_config):
@@ -422,7 +422,7 @@ def test_models_health_metrics_and_stats(start_upstream, start_router, two_tier_
 
     assert httpx.get(f"{router.url}/healthz").status_code == 200
     assert httpx.get(f"{router.url}/readyz").json() == {"ready": True, "tiers": {"small": True, "large": True}}
-    metrics = httpx.get(f"{router.url}/metrics").text
+    metrics = httpx.get(f"{router.metrics_url}/metrics").text
     assert 'kascade_requests_total{answered_by="small",cascade="demo"} 3.0' in metrics
     assert 'kascade_requests_total{answered_by="large",cascade="demo"} 1.0' in metrics
     assert "kascade_tier_latency_seconds_bucket" in metrics

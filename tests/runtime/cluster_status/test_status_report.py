@@ -70,7 +70,7 @@ def test_a_router_reports_its_counters_and_a_final_report_on_shutdown(
         with BackgroundServer(create_router_app(config)) as router:
             for _ in range(3):
                 assert httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).status_code == 200
-            process_id = httpx.get(f"{router.url}/stats").json()["processId"]
+            process_id = httpx.get(f"{router.metrics_url}/stats").json()["processId"]
 
     assert len(patches) >= 2  # one at start, one at shutdown
     last = patches[-1]

@@ -48,7 +48,7 @@ def test_an_escalated_chat_request_is_kept_with_the_teachers_token_ids_and_tail(
         response = httpx.post(f"{router.url}/v1/chat/completions", json=CHAT)
         assert response.status_code == 200
         assert "logprobs" not in response.json()["choices"][0] or response.json()["choices"][0]["logprobs"] is None
-        stats = httpx.get(f"{router.url}/stats").json()
+        stats = httpx.get(f"{router.metrics_url}/stats").json()
         assert stats["escalationsLogged"] == 1 and stats["escalationLogDropped"] == 0
     assert large.behaviour.last_body["return_tokens_as_token_ids"] is True
     (record,) = _records(tmp_path)

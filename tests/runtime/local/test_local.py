@@ -95,14 +95,14 @@ def test_two_in_process_tiers_answer_through_the_openai_client(
             ]
         )
     )
-    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=quiet()) as url:
-        client = OpenAI(base_url=f"{url}/v1", api_key="local", max_retries=0)
+    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=quiet()) as router:
+        client = OpenAI(base_url=f"{router.url}/v1", api_key="local", max_retries=0)
         for prompt in ("Hello!", "What is the capital of France?"):
             raw = ask(client, "tiny-cascade", prompt)
             assert raw.headers["x-kascade-tier"] == answering_tier
             assert raw.headers["x-kascade-escalated"] == escalated
             assert raw.parse().model == f"{answering_tier}-model"
-        stats = httpx.get(f"{url}/stats").json()
+        stats = httpx.get(f"{router.metrics_url}/stats").json()
 
     assert stats["requests"] == 2
     assert stats["answeredBy"].get(answering_tier) == 2
@@ -147,8 +147,10 @@ def test_an_external_tier_gets_its_key_from_the_secret_stand_in(
     )
     sampling = build_router_config(online, LocalTiers(urls={"small": None, "hosted": upstream.url})).shadow_sampling
     assert sampling is not None and sampling.calibrate_in_process is not None  # local mode calibrates in process
-    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=quiet()) as url:
-        raw = ask(OpenAI(base_url=f"{url}/v1", api_key="local", max_retries=0), "tiny-cascade", "Capital of France?")
+    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=quiet()) as router:
+        raw = ask(
+            OpenAI(base_url=f"{router.url}/v1", api_key="local", max_retries=0), "tiny-cascade", "Capital of France?"
+        )
         assert raw.headers["x-kascade-tier"] == "hosted"
         assert raw.parse().choices[0].message.content == "Paris."
     assert upstream.behaviour.requests == 1
@@ -203,8 +205,9 @@ def test_the_router_keeps_serving_until_interrupted(
             ]
         )
     )
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     command = [sys.executable, "-m", "kascade", "up", "-f", str(path), "--port", str(port)]
+    command += ["--metrics-port", str(metrics_port)]
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=started_from
     )
@@ -219,7 +222,7 @@ def test_the_router_keeps_serving_until_interrupted(
                     OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0), "tiny-cascade", "Hi"
                 )
                 assert response.headers["x-kascade-tier"] == "small"
-                stats = httpx.get(f"http://127.0.0.1:{port}/stats").json()
+                stats = httpx.get(f"http://127.0.0.1:{metrics_port}/stats").json()
                 break
             if process.poll() is not None:
                 break

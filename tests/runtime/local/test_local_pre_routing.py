@@ -76,16 +76,16 @@ def test_kascade_up_skips_the_pre_routed_tier_for_the_prompts_it_would_not_keep(
         }
     )
     console = Console(file=io.StringIO(), width=120)
-    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=console) as url:
-        client = OpenAI(base_url=f"{url}/v1", api_key="local", max_retries=0)
+    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=console) as router:
+        client = OpenAI(base_url=f"{router.url}/v1", api_key="local", max_retries=0)
         kept = client.chat.completions.with_raw_response.create(
             model="routed", messages=[{"role": "user", "content": "an easy question"}], max_tokens=8
         )
         skipped = client.chat.completions.with_raw_response.create(
             model="routed", messages=[{"role": "user", "content": "a hard question"}], max_tokens=8
         )
-        stats = httpx.get(f"{url}/stats").json()
-        metrics = httpx.get(f"{url}/metrics").text
+        stats = httpx.get(f"{router.metrics_url}/stats").json()
+        metrics = httpx.get(f"{router.metrics_url}/metrics").text
 
     assert (kept.headers["x-kascade-tier"], kept.headers["x-kascade-trail"]) == ("small", "small=0.9000")
     assert skipped.headers["x-kascade-tier"] == "large"

@@ -50,15 +50,15 @@ def _calibrated_share(cascade: ModelCascade, small_url: str, large_url: str, log
         for _ in range(REQUESTS):
             assert httpx.post(f"{router.url}/v1/chat/completions", json=chat, timeout=10.0).status_code == 200
         deadline = time.monotonic() + 20.0
-        while sum(app.state.router.ledger.counter_slot().calibration_samples.values()) < REQUESTS:
-            assert time.monotonic() < deadline, app.state.router.ledger.counter_slot()
+        while sum(app.main.state.router.ledger.counter_slot().calibration_samples.values()) < REQUESTS:
+            assert time.monotonic() < deadline, app.main.state.router.ledger.counter_slot()
             time.sleep(0.05)
-        (tier,) = app.state.router.calibrator.step().tiers
+        (tier,) = app.main.state.router.calibrator.step().tiers
         after = [
             httpx.post(f"{router.url}/v1/chat/completions", json=chat, timeout=10.0).headers["x-kascade-tier"]
             for _ in range(10)
         ]
-        stats = httpx.get(f"{router.url}/stats").json()
+        stats = httpx.get(f"{router.metrics_url}/stats").json()
     return after.count("small") / len(after), (tier, stats)
 
 

@@ -56,8 +56,8 @@ def test_the_last_tier_judges_a_paraphrase_as_agreement_off_the_response_path(
         response = _ask(router)
         assert response.headers["x-kascade-tier"] == "small"
         assert response.json()["choices"][0]["message"]["content"] == "The capital is Paris."
-    assert httpx.get(f"{router.url}/stats").json()["judgeCalls"] == 0  # the answers did not wait for the judge
-    stats = _stats_when(router.url, lambda s: s["judgeCalls"] == 3)
+    assert httpx.get(f"{router.metrics_url}/stats").json()["judgeCalls"] == 0  # the answers did not wait for the judge
+    stats = _stats_when(router.metrics_url, lambda s: s["judgeCalls"] == 3)
     assert stats["calibrationSamples"] == {"small@0.9": 3} and stats["calibrationAgreed"] == {"small@0.9": 3}
     assert stats["judgeFailures"] == 0 and stats["shadowCalls"] == 3
     judge_cost = 3 * (100 * 10.0 + 1 * 20.0) / 1e6  # the judge's usage at the last tier's price
@@ -66,7 +66,7 @@ def test_the_last_tier_judges_a_paraphrase_as_agreement_off_the_response_path(
     assert stats["tiers"]["large"]["calls"] == 3  # the shadow calls; the judge's are apart
     (question, *_) = large.judge.questions
     assert question["model"] == "large-model" and "The capital is Paris." in question["messages"][1]["content"]
-    metrics = httpx.get(f"{router.url}/metrics").text
+    metrics = httpx.get(f"{router.metrics_url}/metrics").text
     assert 'kascade_judge_questions_total{cascade="demo",outcome="verdict"} 3.0' in metrics
 
 
@@ -79,7 +79,7 @@ def test_an_escalated_pair_is_judged_too_and_a_no_is_a_disagreement(
     )
     router = start_router(two_tier_config(small.url, large.url, shadow_sampling=_judged()))
     assert _ask(router).headers["x-kascade-tier"] == "large"
-    stats = _stats_when(router.url, lambda s: s["judgeCalls"] == 1)
+    stats = _stats_when(router.metrics_url, lambda s: s["judgeCalls"] == 1)
     assert stats["calibrationSamples"] == {"small@0.3": 1} and stats["calibrationAgreed"] == {}
     assert stats["shadowCalls"] == 0 and large.behaviour.requests == 1 and len(large.judge.questions) == 1
 
@@ -97,7 +97,7 @@ def test_a_judge_without_a_verdict_is_counted_and_never_agreement(
     router = start_router(two_tier_config(small.url, large.url, shadow_sampling=_judged()))
     for _ in range(2):
         assert _ask(router).json()["choices"][0]["message"]["content"] == "Paris"
-    stats = _stats_when(router.url, lambda s: s["judgeFailures"] == 2)
+    stats = _stats_when(router.metrics_url, lambda s: s["judgeFailures"] == 2)
     assert stats["judgeCalls"] == 2 and stats["judgeFailures"] == 2
     assert stats["calibrationSamples"] == {} and stats["shadowSampling"]["unjudged"] == 2
 
@@ -113,7 +113,7 @@ def test_an_unreachable_judge_url_is_counted_and_the_answers_flow(
     )
     for _ in range(3):
         assert _ask(router).headers["x-kascade-tier"] == "small"
-    stats = _stats_when(router.url, lambda s: s["judgeFailures"] == 3)
+    stats = _stats_when(router.metrics_url, lambda s: s["judgeFailures"] == 3)
     assert stats["judgeFailures"] == 3 and stats["calibrationSamples"] == {} and stats["judgeCost"] == 0
     assert stats["shadowCalls"] == 3  # the last tier still answered the shadow calls
 
@@ -130,7 +130,7 @@ def test_an_external_judge_is_asked_with_its_model_and_key(
     sampling = _judged(url=judge.url, model="judge-model", api_key_file=str(key), price=price)
     router = start_router(two_tier_config(small.url, large.url, shadow_sampling=sampling))
     _ask(router)
-    stats = _stats_when(router.url, lambda s: s["judgeCalls"] == 1)
+    stats = _stats_when(router.metrics_url, lambda s: s["judgeCalls"] == 1)
     assert stats["calibrationAgreed"] == {"small@0.9": 1} and stats["judgeCost"] == pytest.approx(101 / 1e6)
     (question,) = judge.judge.questions
     assert question["model"] == "judge-model"
@@ -145,7 +145,7 @@ def test_judge_calls_beyond_the_concurrency_are_skipped_and_counted(
     router = start_router(two_tier_config(small.url, large.url, shadow_sampling=_judged(concurrency=1)))
     for _ in range(3):
         _ask(router)
-    stats = _stats_when(router.url, lambda s: s["judgeCalls"] == 1)
+    stats = _stats_when(router.metrics_url, lambda s: s["judgeCalls"] == 1)
     assert stats["judgeSkipped"] == 2 and stats["judgeCalls"] == 1
     assert sum(stats["calibrationSamples"].values()) == 1
 
@@ -159,10 +159,10 @@ def test_a_shadow_record_is_labelled_by_the_judges_verdict_and_kept_only_with_on
     config = two_tier_config(small.url, large.url, shadow_sampling=_judged(), escalation_log=log)
     with BackgroundServer(create_router_app(config)) as router:
         _ask(router)
-        _stats_when(router.url, lambda s: s["judgeCalls"] == 1)
+        _stats_when(router.metrics_url, lambda s: s["judgeCalls"] == 1)
         large.judge.alternatives = {"Paris": 1.0}  # no verdict: the next sample has no label
         _ask(router)
-        _stats_when(router.url, lambda s: s["judgeCalls"] == 2)
+        _stats_when(router.metrics_url, lambda s: s["judgeCalls"] == 2)
     (record,) = SegmentStore(str(tmp_path)).records()
     assert record.kind == "shadow" and record.agreed is True  # "yes" on a paraphrase, where exact says no
     assert record.answer == "Paris is the capital." and [d.text for d in record.declined] == ["The capital is Paris."]

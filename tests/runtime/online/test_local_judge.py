@@ -65,12 +65,12 @@ def test_kascade_up_with_matcher_judge_asks_the_last_tier_and_counts_its_calls(
         }
     )
     console = Console(file=io.StringIO())
-    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=console) as url:
+    with serve_cascade(cascade, host="127.0.0.1", port=free_port(), cache_dir=tmp_path, console=console) as router:
         chat = {"model": "tiny-cascade", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
-        response = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60.0)
+        response = httpx.post(f"{router.url}/v1/chat/completions", json=chat, timeout=60.0)
         assert response.status_code == 200 and response.headers["x-kascade-tier"] == "small"
-        deadline = time.monotonic() + 60.0
-        while (stats := httpx.get(f"{url}/stats").json())["judgeCalls"] < 1 and time.monotonic() < deadline:
+        deadline, stats_url = time.monotonic() + 60.0, f"{router.metrics_url}/stats"
+        while (stats := httpx.get(stats_url).json())["judgeCalls"] < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
     assert stats["shadowCalls"] == 1 and stats["judgeCalls"] == 1
     # A random tiny model says neither yes nor no: counted as no verdict, or judged; never lost silently.

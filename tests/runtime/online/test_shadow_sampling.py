@@ -43,8 +43,8 @@ def test_accepted_answers_are_asked_of_the_last_tier_too_and_counted_by_score_bi
         assert response.status_code == 200 and response.headers["x-kascade-tier"] == "small"
         assert response.json()["choices"][0]["message"]["content"] == "Paris"
     # The callers had their answers while the last tier was still thinking about the shadow calls.
-    assert httpx.get(f"{router.url}/stats").json()["shadowCalls"] == 0
-    stats = _stats_when(router.url, lambda s: s["shadowCalls"] == 3)
+    assert httpx.get(f"{router.metrics_url}/stats").json()["shadowCalls"] == 0
+    stats = _stats_when(router.metrics_url, lambda s: s["shadowCalls"] == 3)
     assert stats["shadowCalls"] == 3 and large.behaviour.requests == 3
     assert stats["calibrationSamples"] == {"small@0.9": 3} and stats["calibrationAgreed"] == {"small@0.9": 3}
     assert stats["answeredBy"] == {"small": 3, "large": 0}  # shadow calls answer nobody
@@ -61,7 +61,7 @@ def test_an_escalated_request_is_a_pair_already_and_a_disagreement_is_counted(
     router = start_router(two_tier_config(small.url, large.url, shadow_sampling=_sampling()))
     response = httpx.post(f"{router.url}/v1/chat/completions", json=CHAT)
     assert response.headers["x-kascade-tier"] == "large"
-    stats = _stats_when(router.url, lambda s: s["calibrationSamples"])  # judged off the response path
+    stats = _stats_when(router.metrics_url, lambda s: s["calibrationSamples"])  # judged off the response path
     assert stats["calibrationSamples"] == {"small@0.3": 1} and stats["calibrationAgreed"] == {}
     assert stats["shadowCalls"] == 0 and large.behaviour.requests == 1  # no extra call for it
 
@@ -74,7 +74,7 @@ def test_shadow_calls_beyond_the_concurrency_are_skipped_and_counted(
     router = start_router(two_tier_config(small.url, large.url, shadow_sampling=_sampling(concurrency=1)))
     for _ in range(3):
         assert httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).status_code == 200
-    stats = _stats_when(router.url, lambda s: s["shadowCalls"] == 1)
+    stats = _stats_when(router.metrics_url, lambda s: s["shadowCalls"] == 1)
     assert stats["shadowSampling"]["skipped"] == 2 and stats["shadowCalls"] == 1
 
 
@@ -88,7 +88,7 @@ def test_with_an_escalation_log_a_shadow_sample_is_kept_labelled(
         create_router_app(two_tier_config(small.url, large.url, shadow_sampling=_sampling(), escalation_log=log))
     ) as router:
         assert httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).headers["x-kascade-tier"] == "small"
-        _stats_when(router.url, lambda s: s["shadowCalls"] == 1)
+        _stats_when(router.metrics_url, lambda s: s["shadowCalls"] == 1)
     (record,) = SegmentStore(str(tmp_path)).records()
     assert record.kind == "shadow" and record.agreed is False
     assert record.answer == "Paris" and [d.text for d in record.declined] == ["Lyon"]
@@ -117,13 +117,13 @@ def test_local_mode_calibrates_in_process_and_the_new_threshold_is_in_force_with
             httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).headers["x-kascade-tier"] for _ in range(40)
         ]
         assert set(tiers) == {"large"}  # 0.9 < 0.95: everything escalates, and every escalation is a pair
-        _stats_when(router.url, lambda s: s["calibrationSamples"].get("small@0.9") == 40)
-        status = app.state.router.calibrator.step()
+        _stats_when(router.metrics_url, lambda s: s["calibrationSamples"].get("small@0.9") == 40)
+        status = app.main.state.router.calibrator.step()
         (tier,) = status.tiers
         assert tier.met and tier.threshold <= 0.9 and tier.samples == 40
         response = httpx.post(f"{router.url}/v1/chat/completions", json=CHAT)
         assert response.headers["x-kascade-tier"] == "small"  # the same process, a bolder threshold
-        stats = httpx.get(f"{router.url}/stats").json()
+        stats = httpx.get(f"{router.metrics_url}/stats").json()
         assert stats["calibration"]["tiers"][0]["threshold"] == tier.threshold
 
 
@@ -147,6 +147,6 @@ def test_in_a_three_tier_cascade_every_tier_asked_gives_its_pair(start_upstream:
     )
     router = start_router(config)
     assert httpx.post(f"{router.url}/v1/chat/completions", json=CHAT).headers["x-kascade-tier"] == "medium"
-    stats = _stats_when(router.url, lambda s: s["shadowCalls"] == 1)
+    stats = _stats_when(router.metrics_url, lambda s: s["shadowCalls"] == 1)
     assert stats["calibrationSamples"] == {"small@0.3": 1, "medium@0.9": 1}
     assert stats["calibrationAgreed"] == {"medium@0.9": 1}  # Lyon is not Paris; the medium tier's Paris is
