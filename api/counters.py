@@ -83,6 +83,21 @@ class LoopCounts(StatusModel):
         default=0, description="Skipped requests still asked of the skipped tier, off the response path."
     )
     probe_cost: Amount = Field(default=0.0, description="What they cost (included in cost.actual).")
+    admitted: dict[str, Count] = Field(
+        default_factory=dict, description="Requests given a slot at each tier (admission control), waiting or not."
+    )
+    rejected: dict[str, Count] = Field(
+        default_factory=dict,
+        description="Requests refused with 429 at each tier, the first they asked: no slot in time.",
+    )
+    rejected_at_escalation: dict[str, Count] = Field(
+        default_factory=dict,
+        description="Escalated requests refused with 503 at each tier: no slot (onEscalationFull).",
+    )
+    kept_under_load: dict[str, Count] = Field(
+        default_factory=dict,
+        description="Escalated requests answered by the tier before, because each tier had no slot (keepSmall).",
+    )
 
 
 class CounterFigures(LoopCounts):

@@ -36,6 +36,7 @@ from kascade.api.accept import (  # noqa: F401 - the accept rule's types are imp
     check_fits_task,
     needs_whole_answer,
 )
+from kascade.api.admission import Admission, TierAdmission
 from kascade.api.agreement import AnswerMatcher
 from kascade.api.base import SpecModel, StatusModel  # noqa: F401 - StatusModel: imported from here too
 from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from here too
@@ -160,6 +161,9 @@ class Tier(SpecModel):
         description="Skips this tier before it is asked when the prompt predicts it would not keep the request "
         "(not on the last tier, which answers whatever reaches it).",
     )
+    admission: TierAdmission | None = Field(
+        default=None, description="This tier's bounds on calls in flight and queued, in place of the router's."
+    )
 
     @property
     def served_name(self) -> str:
@@ -207,6 +211,10 @@ class Router(SpecModel):
     )
     streaming: Streaming = Field(default_factory=Streaming)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body accepted.")
+    admission: Admission = Field(
+        default_factory=Admission,
+        description="Calls in flight and queued per tier, and what a request that finds a tier full gets.",
+    )
 
 
 class ModelCascadeSpec(SpecModel):

@@ -67,6 +67,21 @@ class Traffic(StatusModel):
     probe_calls: int = Field(
         default=0, description="Skipped requests still asked of the skipped tier, off the response path (pre-routing)."
     )
+    admitted: dict[str, int] = Field(
+        default_factory=dict, description="Requests given a slot at each tier (admission control), waiting or not."
+    )
+    rejected: dict[str, int] = Field(
+        default_factory=dict,
+        description="Requests refused with 429 at each tier, the first they asked: no slot in time.",
+    )
+    rejected_at_escalation: dict[str, int] = Field(
+        default_factory=dict,
+        description="Escalated requests refused with 503 at each tier: no slot (onEscalationFull).",
+    )
+    kept_under_load: dict[str, int] = Field(
+        default_factory=dict,
+        description="Escalated requests answered by the tier before, because each tier had no slot (keepSmall).",
+    )
 
 
 class Cost(StatusModel):

@@ -356,6 +356,10 @@ def traffic_of(folded: CounterFigures) -> Traffic:
         judge_skipped=folded.judge_skipped,
         routed_past=dict(sorted(folded.routed_past.items())),
         probe_calls=folded.probe_calls,
+        admitted=dict(sorted(folded.admitted.items())),
+        rejected=dict(sorted(folded.rejected.items())),
+        rejected_at_escalation=dict(sorted(folded.rejected_at_escalation.items())),
+        kept_under_load=dict(sorted(folded.kept_under_load.items())),
     )
 
 

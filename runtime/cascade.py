@@ -17,7 +17,9 @@ Rules, in order of the tiers (cheapest first), are `tier_step`'s; a failed call 
 connection, 5xx, 429) is retried within the router's budget first (`tier_call`), and every call is
 counted in the ledger, the wasted ones included. What watches the answers (escalation log, shadow
 samples) is handed in (`answer_watch.AnswerWatch`); thresholds move in place (`set_thresholds`). A
-tier with a pre-route score may be passed over before it is asked (`pre_routing`).
+tier with a pre-route score may be passed over before it is asked (`pre_routing`). A tier admits a
+request before it is called, within its bounds on calls in flight and queued (`admission`); a stream
+holds its tier's slot until it ends.
 """
 
 from __future__ import annotations
@@ -25,30 +27,30 @@ from __future__ import annotations
 import logging
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kascade.api.modelcascade import StreamingMode
+from kascade.runtime.admission import Admission, Slot
+from kascade.runtime.answers import Answer, CascadeFailed, CompleteAnswer, StreamingAnswer
 from kascade.runtime.attempts import Attempts
 from kascade.runtime.config import RouterConfig, TierConfig
 from kascade.runtime.engines.base import Endpoint, Engine, TierError
 from kascade.runtime.ledger import Ledger
-from kascade.runtime.logprobs import TokenEvidence, chunk_token_evidence, with_logprobs_requested
+from kascade.runtime.logprobs import with_logprobs_requested
 from kascade.runtime.metrics import RouterMetrics
 from kascade.runtime.pre_routing import PreRouting
 from kascade.runtime.presentation import present, replay_as_chunks
 from kascade.runtime.scoring.confidence import required_top_logprobs
-from kascade.runtime.scoring.policy import Decision, judge, judge_tokens
-from kascade.runtime.sse import aclose_quietly
-from kascade.runtime.tier_call import RetryBudget, call_whole, open_stream
+from kascade.runtime.scoring.policy import Decision, judge
+from kascade.runtime.tier_call import Called, RetryBudget, call_whole, open_stream
 from kascade.runtime.tier_step import Step, Verdict, failure_of, next_step
 from kascade.runtime.tier_stream import (
-    Chunks,
     OpenStream,
-    discard,
-    empty_stream,
     relay,
+    score_prefix,
     streaming_overrides,
 )
 
@@ -71,49 +73,17 @@ class Tier:
         return self.config.name
 
 
-class CascadeFailed(Exception):
-    """No tier could answer. `status` and `body` are what the caller gets."""
+@dataclass(frozen=True, slots=True)
+class _Escalation:
+    """An answer declined (or a call failed) at `tier`: the next tier must admit the request before it goes on."""
 
-    def __init__(self, status: int, message: str, *, body: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.body = body
+    tier: Tier
+    called: Called
 
 
-@dataclass(frozen=True)
-class Answer:
-    """Who answered and how sure it was; `confidence` is None for the last tier, which is not scored."""
-
-    tier: str
-    served_model: str
-    confidence: float | None
-    escalated: bool
-    trail: str  # every tier tried, with its score: "small=0.4123,large"
-
-
-@dataclass(frozen=True)
-class CompleteAnswer(Answer):
-    response: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class StreamingAnswer(Answer):
-    chunks: Chunks
-
-
-@dataclass(slots=True)
-class _Called:
-    """What calling one tier gave: the error it gave up with, or its answer (whole or streamed) and its score."""
-
-    error: TierError | None = None
-    decision: Decision | None = None  # None for the last tier, which is not scored
-    response: dict[str, Any] | None = None
-    stream: OpenStream | None = None
-
-
-_CallTier = Callable[[Tier, Endpoint, dict[str, Any], Attempts], Awaitable[_Called]]
-_HandOver = Callable[[Tier, Endpoint, dict[str, Any], _Called, Attempts, bool], _Answer]
+_CallTier = Callable[[Tier, Endpoint, dict[str, Any], Attempts], Awaitable[Called]]
+# (tier, endpoint, body, called, attempts, escalated, kept_under_load) -> the answer
+_HandOver = Callable[[Tier, Endpoint, dict[str, Any], Called, Attempts, bool, bool], _Answer]
 
 
 class Cascade:
@@ -145,6 +115,13 @@ class Cascade:
         )
         self._budget = RetryBudget(
             config.timeout_seconds, config.retries, config.retry_backoff_seconds, latency_clock=latency_clock
+        )
+        self.admission = Admission(
+            config.tiers,
+            queue_timeout_seconds=config.queue_timeout_seconds,
+            on_escalation_full=config.on_escalation_full,
+            ledger=ledger,
+            metrics=metrics,
         )
 
     @property
@@ -194,14 +171,24 @@ class Cascade:
     async def _cascade(
         self, endpoint: Endpoint, body: dict[str, Any], call_tier: _CallTier, hand_over: _HandOver[_Answer]
     ) -> _Answer:
-        """Call each tier in turn until a step accepts its answer or fails the request."""
+        """Call each tier in turn, once it admits the request, until a step accepts its answer or fails it."""
         attempts = Attempts()
         handed_over = False
+        escalation: _Escalation | None = None
+        slot: Slot | None = None
         try:
             for index, tier in enumerate(self.tiers):
                 if self._pre_routing and self._pre_routing.passes_over(tier.config, endpoint, body, attempts):
                     continue
+                slot = await self._admit(tier, escalation, attempts)
+                if slot is None:  # keepSmall: the declined answer in hand is returned
+                    assert escalation is not None
+                    handed_over = True
+                    return hand_over(escalation.tier, endpoint, body, escalation.called, attempts, False, True)
                 called = await call_tier(tier, endpoint, body, attempts)
+                if called.stream is None:
+                    slot.release()
+                called.slot = slot
                 step = next_step(
                     is_last=tier.is_last,
                     on_tier_error=self.config.on_tier_error,
@@ -211,19 +198,38 @@ class Cascade:
                 self._note_step(tier, endpoint, step, called, attempts)
                 if step.verdict is Verdict.accept:
                     handed_over = True
-                    return hand_over(tier, endpoint, body, called, attempts, index > len(attempts.passed_over))
+                    return hand_over(tier, endpoint, body, called, attempts, index > len(attempts.passed_over), False)
                 if step.verdict is Verdict.fail:
                     assert called.error is not None
                     failure = failure_of(tier.name, called.error)
                     raise CascadeFailed(failure.status, failure.message, body=failure.body)
-                if called.stream is not None:
-                    await discard(called.stream, attempts)
+                escalation = _Escalation(tier, called)
             raise AssertionError("the last tier always answers or fails")  # pragma: no cover
         finally:
-            if not handed_over:  # failed, or cancelled because the client went away
+            if not handed_over:  # failed, refused, or cancelled because the client went away
+                if slot is not None:
+                    slot.release()
+                if escalation is not None:
+                    await escalation.called.set_aside(attempts)
                 self._record(attempts, None, escalated=len(attempts.calls) > 1)
 
-    def _note_step(self, tier: Tier, endpoint: Endpoint, step: Step, called: _Called, attempts: Attempts) -> None:
+    async def _admit(self, tier: Tier, escalation: _Escalation | None, attempts: Attempts) -> Slot | None:
+        """A slot at `tier` (`admission`); None: keep the declined answer. A refusal (429, 503) is a CascadeFailed.
+
+        A declined stream is closed before the request waits for the next tier, or once it is admitted there
+        (keepSmall, which never waits, may return it).
+        """
+        keepable = escalation is not None and escalation.called.decision is not None
+        if escalation is not None and not (keepable and self.admission.keeps_small):
+            await escalation.called.set_aside(attempts)
+        slot = await self.admission.admit(
+            tier.name, escalated_from=escalation.tier.name if escalation else None, keepable=keepable
+        )
+        if slot is not None and escalation is not None:
+            await escalation.called.set_aside(attempts)
+        return slot
+
+    def _note_step(self, tier: Tier, endpoint: Endpoint, step: Step, called: Called, attempts: Attempts) -> None:
         """Every decided step passes here: the score joins the tier's call, for the trail and the ledger.
 
         The hook for what watches the decisions (escalation log, shadow
@@ -242,53 +248,61 @@ class Cascade:
         tier: Tier,
         endpoint: Endpoint,
         body: dict[str, Any],
-        called: _Called,
+        called: Called,
         attempts: Attempts,
         escalated: bool,
+        kept: bool,
     ) -> CompleteAnswer:
         assert called.response is not None
         self._record(attempts, tier.name, escalated=escalated)
-        self._watch_answer(tier, endpoint, body, attempts, called.response, called.decision)
+        self._watch_answer(tier, endpoint, body, attempts, called.response, called.decision, kept)
         response = present(endpoint, body, tier.config.served_model, called.response)
-        return CompleteAnswer(**_attribution(tier, called, attempts, escalated), response=response)
+        return CompleteAnswer(**_attribution(tier, called, attempts, escalated, kept), response=response)
 
     def _streaming_answer(
         self,
         tier: Tier,
         endpoint: Endpoint,
         body: dict[str, Any],
-        called: _Called,
+        called: Called,
         attempts: Attempts,
         escalated: bool,
+        kept: bool,
     ) -> StreamingAnswer:
-        """A tier's stream is relayed (accounted when it ends); a whole answer is accounted now and replayed."""
+        """A tier's stream is relayed (accounted, and its slot given back, when it ends); a whole answer is
+        accounted now and replayed."""
         if called.stream is not None:
+            slot = called.slot
 
             def record(answered_by: str | None, seen: list[dict[str, Any]]) -> None:
+                if slot is not None:
+                    slot.release()
                 self._record(attempts, answered_by, escalated=escalated)
                 if answered_by is not None:
-                    self._watch_answer(tier, endpoint, body, attempts, seen, called.decision)
+                    self._watch_answer(tier, endpoint, body, attempts, seen, called.decision, kept)
 
             chunks = relay(endpoint, body, tier.name, tier.config.served_model, called.stream, attempts, record)
+            if slot is not None:  # a stream dropped before its first chunk was asked for never runs `record`
+                weakref.finalize(chunks, slot.release)
         else:
             assert called.response is not None
             self._record(attempts, tier.name, escalated=escalated)
-            self._watch_answer(tier, endpoint, body, attempts, called.response, called.decision)
+            self._watch_answer(tier, endpoint, body, attempts, called.response, called.decision, kept)
             presented = present(endpoint, body, tier.config.served_model, called.response)
             chunks = replay_as_chunks(endpoint, body, presented)
-        return StreamingAnswer(**_attribution(tier, called, attempts, escalated), chunks=chunks)
+        return StreamingAnswer(**_attribution(tier, called, attempts, escalated, kept), chunks=chunks)
 
     # -- calling a tier ----------------------------------------------------------------------
 
     def _call_whole(
         self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
-    ) -> Awaitable[_Called]:
+    ) -> Awaitable[Called]:
         # Not async itself: one coroutine less per tier call on the hot path.
         return self._whole_answer(tier, endpoint, self._tier_body(tier, endpoint, body), attempts)
 
     async def _call_for_stream(
         self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
-    ) -> _Called:
+    ) -> Called:
         """The last tier and early mode stream; buffer mode asks a tier other than the last for a whole answer."""
         if tier.is_last or self.config.streaming.mode is StreamingMode.early:
             return await self._call_streamed(tier, endpoint, body, attempts)
@@ -298,56 +312,33 @@ class Cascade:
 
     async def _whole_answer(
         self, tier: Tier, endpoint: Endpoint, tier_body: dict[str, Any], attempts: Attempts
-    ) -> _Called:
+    ) -> Called:
         try:
             response = await call_whole(self._budget, tier.name, tier.engine, endpoint, tier_body, attempts)
         except TierError as error:
-            return _Called(error=error)
+            return Called(error=error)
         if tier.is_last:
-            return _Called(response=response)
+            return Called(response=response)
         assert tier.config.accept is not None
-        return _Called(response=response, decision=judge(tier.config.accept, endpoint, response, tier_body))
+        return Called(response=response, decision=judge(tier.config.accept, endpoint, response, tier_body))
 
-    async def _call_streamed(self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts) -> _Called:
+    async def _call_streamed(self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts) -> Called:
         """Open the tier's stream; a tier other than the last is scored on its first N tokens (early mode)."""
         tier_body = self._tier_body(tier, endpoint, body, streaming_overrides(body))
         try:
             chunks, first = await open_stream(self._budget, tier.name, tier.engine, endpoint, tier_body, attempts)
         except TierError as error:
-            return _Called(error=error)
+            return Called(error=error)
         if tier.is_last:
-            return _Called(stream=OpenStream(buffered=[first], rest=chunks))
-        return await self._score_prefix(tier, endpoint, chunks, first, attempts, tier_body)
-
-    async def _score_prefix(
-        self,
-        tier: Tier,
-        endpoint: Endpoint,
-        chunks: Chunks,
-        first: dict[str, Any],
-        attempts: Attempts,
-        tier_body: dict[str, Any],
-    ) -> _Called:
-        """Read the stream until the first `early_tokens` tokens are in (or it ends), then score them."""
+            return Called(stream=OpenStream(buffered=[first], rest=chunks))
         assert tier.config.accept is not None
-        buffered = [first]
-        evidence: list[TokenEvidence] = list(chunk_token_evidence(endpoint, first))
-        rest = chunks
+        early_tokens = self.config.streaming.early_tokens
         try:
-            while len(evidence) < self.config.streaming.early_tokens:
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    rest = empty_stream()
-                    break
-                buffered.append(chunk)
-                evidence.extend(chunk_token_evidence(endpoint, chunk))
+            decision, opened = await score_prefix(tier.config.accept, endpoint, chunks, first, early_tokens, tier_body)
         except TierError as error:
-            await aclose_quietly(chunks)
             attempts.mark_last_failed()
-            return _Called(error=error)
-        decision = judge_tokens(tier.config.accept, evidence, tier_body)
-        return _Called(decision=decision, stream=OpenStream(buffered=buffered, rest=rest, evidence=evidence))
+            return Called(error=error)
+        return Called(decision=decision, stream=opened)
 
     def _tier_body(
         self, tier: Tier, endpoint: Endpoint, body: dict[str, Any], overrides: Mapping[str, Any] | None = None
@@ -368,11 +359,16 @@ class Cascade:
         attempts: Attempts,
         answer: Any,
         decision: Decision | None,
+        kept: bool,
     ) -> None:
-        """`answer`: the answering tier's whole response, or every chunk of its stream."""
+        """`answer`: the answering tier's whole response, or every chunk of its stream.
+
+        A declined answer kept under load is neither teacher data nor a shadow sample (whose call would load the
+        tier that was full).
+        """
         if self._pre_routing is not None:
             self._pre_routing.answered(tier.config, endpoint, attempts, answer)
-        if self._watch is not None:
+        if self._watch is not None and not kept:
             self._watch.answered(tier.config, endpoint, body, answer, attempts, decision)
 
     def _record(self, attempts: Attempts, answered_by: str | None, *, escalated: bool) -> None:
@@ -384,16 +380,13 @@ class Cascade:
             self.metrics.observe(outcome, cost)
 
 
-def _attribution(tier: Tier, called: _Called, attempts: Attempts, escalated: bool) -> dict[str, Any]:
+def _attribution(tier: Tier, called: Called, attempts: Attempts, escalated: bool, kept: bool) -> dict[str, Any]:
     """Who answered and how sure it was: the fields every answer carries, complete or streamed."""
     return {
         "tier": tier.name,
         "served_model": tier.config.served_model,
-        "confidence": _confidence(called),
+        "confidence": called.confidence,
         "escalated": escalated,
         "trail": attempts.trail(),
+        "kept_under_load": kept,
     }
-
-
-def _confidence(called: _Called) -> float | None:
-    return None if called.decision is None else called.decision.confidence

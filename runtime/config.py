@@ -11,6 +11,14 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kascade.api.admission import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_QUEUE_TIMEOUT_SECONDS,
+    Admission,
+    OnEscalationFull,
+    tier_limits,
+)
 from kascade.api.agreement import AnswerMatcher
 from kascade.api.loop import Calibration
 from kascade.api.model_uri import ModelUri
@@ -23,6 +31,7 @@ from kascade.api.modelcascade import (
     Price,
     Streaming,
     Task,
+    Tier,
 )
 from kascade.api.parts import SecretKeyRef
 from kascade.api.pre_route import LAST_TIER_IS_NOT_PRE_ROUTED, PreRoute
@@ -54,6 +63,10 @@ class TierConfig(ConfigModel):
     pre_route: PreRoute | None = Field(
         default=None, description="Skip the tier before it is asked when the prompt predicts it keeps no answer."
     )
+    max_in_flight: int = Field(
+        default=DEFAULT_MAX_IN_FLIGHT, ge=1, description="Calls this router sends the tier at once (admission)."
+    )
+    max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0, description="Requests waiting for one of those slots.")
 
     def read_api_key(self) -> str | None:
         return read_api_key(file=self.api_key_file, env=self.api_key_env)
@@ -160,6 +173,12 @@ class RouterConfig(ConfigModel):
     on_tier_error: OnTierError = OnTierError.escalate
     streaming: Streaming = Field(default_factory=Streaming)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    queue_timeout_seconds: float = Field(
+        default=DEFAULT_QUEUE_TIMEOUT_SECONDS, gt=0, description="A request's wait for a tier's slot at most."
+    )
+    on_escalation_full: OnEscalationFull = Field(
+        default=OnEscalationFull.wait, description="What an escalated request that finds the next tier full gets."
+    )
     api_keys_file: str | None = Field(default=None, description="Client API keys, one per line (a mounted Secret).")
     api_keys_env: str | None = Field(
         default=None, description="Environment variable with comma-separated client API keys."
@@ -228,18 +247,12 @@ def router_config_from_cascade(
     tier_api_key_envs = tier_api_key_envs or {}
     tier_api_key_files = tier_api_key_files or {}
     tiers = [
-        TierConfig(
-            name=tier.name,
-            served_model=tier.served_name,
+        _tier_config(
+            tier,
+            spec.router.admission,
             url=tier_urls.get(tier.name),
             api_key_env=tier_api_key_envs.get(tier.name),
             api_key_file=tier_api_key_files.get(tier.name),
-            price=tier.price,
-            accept=tier.accept,
-            model_uri=tier.model.uri,
-            model_revision=ModelUri.parse(tier.model.uri).hf_revision,
-            returns_token_ids=tier.engine is not EngineKind.external,
-            pre_route=tier.pre_route,
         )
         for tier in spec.tiers
     ]
@@ -252,6 +265,8 @@ def router_config_from_cascade(
         on_tier_error=spec.router.on_tier_error,
         streaming=spec.router.streaming,
         max_body_bytes=spec.router.max_body_bytes,
+        queue_timeout_seconds=spec.router.admission.queue_timeout_seconds,
+        on_escalation_full=spec.router.admission.on_escalation_full,
         api_keys_file=api_keys_file,
         api_keys_env=api_keys_env,
         escalation_log=escalation_log_of(cascade, escalation_log_uri),
@@ -260,6 +275,30 @@ def router_config_from_cascade(
             calibrate_in_process=calibrate_in_process,
             judge=judge_of(cascade, api_key_env=judge_api_key_env, api_key_file=judge_api_key_file),
         ),
+    )
+
+
+def _tier_config(
+    tier: Tier, admission: Admission, *, url: str | None, api_key_env: str | None, api_key_file: str | None
+) -> TierConfig:
+    """One tier as the router calls it; its admission bounds are `kascade.api.admission.tier_limits`."""
+    limits = tier_limits(
+        admission, tier.admission, one_at_a_time=tier.engine is EngineKind.transformers, replicas=tier.replicas
+    )
+    return TierConfig(
+        name=tier.name,
+        served_model=tier.served_name,
+        url=url,
+        api_key_env=api_key_env,
+        api_key_file=api_key_file,
+        price=tier.price,
+        accept=tier.accept,
+        model_uri=tier.model.uri,
+        model_revision=ModelUri.parse(tier.model.uri).hf_revision,
+        returns_token_ids=tier.engine is not EngineKind.external,
+        pre_route=tier.pre_route,
+        max_in_flight=limits.max_in_flight,
+        max_queue=limits.max_queue,
     )
 
 

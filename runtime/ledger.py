@@ -16,10 +16,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kascade.api.admission import AdmissionOutcome
 from kascade.api.counters import CounterSlot, SlotCost, TierCounters
 from kascade.api.modelcascade import Price, currency_conflict
 from kascade.api.times import format_time_precise
@@ -94,6 +95,7 @@ class _TierTotals:
     latency_seconds_sum: float = 0.0
     routed_past: int = 0  # requests that skipped the tier (pre-routing)
     routed_past_saved: float = 0.0
+    admission: dict[AdmissionOutcome, int] = field(default_factory=dict)  # requests at the tier's gate, by outcome
 
 
 BASELINE_TOKEN_KEYS = (
@@ -282,6 +284,12 @@ class Ledger:
             totals.routed_past_saved += saved
         return saved
 
+    def note_admission(self, tier: str, outcome: AdmissionOutcome) -> None:
+        """One request at `tier`'s gate (admission control): admitted, rejected, or turned away on escalation."""
+        with self._lock:
+            counts = self._tiers[tier].admission
+            counts[outcome] = counts.get(outcome, 0) + 1
+
     def record_probe(self, call: TierCall) -> float:
         """A skipped tier asked anyway, off the response path (pre-routing): in its tier, `actual` and `probeCost`."""
         with self._lock:
@@ -357,7 +365,12 @@ class Ledger:
                 routed_past_saved=sum(totals.routed_past_saved for totals in self._tiers.values()),
                 probe_calls=self._probe_calls,
                 probe_cost=self._probe_cost,
+                **{outcome.value: self._admission_counts(outcome) for outcome in AdmissionOutcome},
             )
+
+    def _admission_counts(self, outcome: AdmissionOutcome) -> dict[str, int]:
+        """Under the lock: the tiers that saw `outcome` at their gate, with their counts."""
+        return {tier: totals.admission[outcome] for tier, totals in self._tiers.items() if outcome in totals.admission}
 
     def snapshot(self) -> dict[str, Any]:
         """`counter_slot()` as JSON, with camelCase keys (the `/stats` body)."""

@@ -8,10 +8,11 @@ an error ratio) need the series to exist at 0 before the first event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kascade.api.admission import AdmissionOutcome
 from kascade.runtime.ledger import RequestCost, RequestOutcome
 
 # 0.05, 0.10, ..., 1.00: confidence scores live in [0, 1] and thresholds are
@@ -25,11 +26,18 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 # answered_by label of a request no tier answered.
 FAILED_LABEL = "none"
 
+# The series an autoscaler reads a tier's load from (operator/build_autoscaling.py), by these names.
+TIER_IN_FLIGHT = "kascade_tier_in_flight"
+TIER_QUEUED = "kascade_tier_queued"
+
 # What became of an agreement question put to the LLM judge (matcher judge).
 JUDGE_OUTCOMES = ("verdict", "no_verdict", "skipped")
 
 # What became of a probe (pre-routing: a skipped tier asked anyway, off the response path).
 PROBE_OUTCOMES = ("kept", "declined", "error", "dropped", "unpaired")
+
+# What became of a request at a tier's gate; the last two only on a tier reached by escalation.
+ADMISSION_OUTCOMES = tuple(outcome.value for outcome in AdmissionOutcome)
 
 
 class RouterMetrics:
@@ -88,7 +96,31 @@ class RouterMetrics:
             registry=registry,
         )
         self._register_loop_series(registry)
+        self._register_admission_series(registry)
         self._preinitialise(list(tiers))
+
+    def _register_admission_series(self, registry: CollectorRegistry) -> None:
+        """Admission control: each tier's load as the router holds it (an autoscaler's signal), and the outcomes."""
+        self.tier_in_flight = Gauge(
+            TIER_IN_FLIGHT,
+            "Calls this router has in flight to each tier (at most its maxInFlight).",
+            ["cascade", "tier"],
+            registry=registry,
+        )
+        self.tier_queued = Gauge(
+            TIER_QUEUED,
+            "Requests waiting in this router for a slot of each tier (at most its maxQueue).",
+            ["cascade", "tier"],
+            registry=registry,
+        )
+        self.admission = Counter(
+            "kascade_tier_admission",
+            "What requests got at each tier's gate: admitted (a slot, at once or after waiting), rejected (429: the "
+            "first tier asked had no slot in time), rejected_at_escalation (503: escalated to a tier with no slot), "
+            "kept_under_load (escalated to a tier with no slot; the declined answer was returned, keepSmall).",
+            ["cascade", "tier", "outcome"],
+            registry=registry,
+        )
 
     def _register_loop_series(self, registry: CollectorRegistry) -> None:
         """The series of what the router does off the response path: the LLM judge, pre-routing's skips and probes."""
@@ -142,9 +174,21 @@ class RouterMetrics:
             self.routed_past.labels(self.cascade, tier)
             for outcome in PROBE_OUTCOMES:
                 self.probes.labels(self.cascade, tier, outcome)
+        for index, tier in enumerate(tiers):
+            for outcome in ADMISSION_OUTCOMES if index > 0 else ADMISSION_OUTCOMES[:2]:
+                self.admission.labels(self.cascade, tier, outcome)
 
     def observe_escalation_log(self, outcome: str, count: int = 1) -> None:
         self.escalation_log.labels(self.cascade, outcome).inc(count)
+
+    def watch_tier_load(self, tier: str, *, in_flight: Callable[[], float], queued: Callable[[], float]) -> None:
+        """The tier's gauges read these when scraped: the calls in flight and the requests queued for the tier."""
+        self.tier_in_flight.labels(self.cascade, tier).set_function(in_flight)
+        self.tier_queued.labels(self.cascade, tier).set_function(queued)
+
+    def observe_admission(self, tier: str, outcome: AdmissionOutcome) -> None:
+        """One request at a tier's gate."""
+        self.admission.labels(self.cascade, tier, outcome.value).inc()
 
     def observe_routed_past(self, tier: str) -> None:
         self.routed_past.labels(self.cascade, tier).inc()

@@ -265,10 +265,10 @@ async def handle_request(request: Request, endpoint: Endpoint) -> Response:
                 _sse(streamed.chunks), media_type="text/event-stream", headers=_attribution(streamed)
             )
         answered = await unless_disconnected(request, state.cascade.answer(endpoint, body))
-    except CascadeFailed as failure:
+    except CascadeFailed as failure:  # every tier failed, or admission control refused (Retry-After)
         if failure.body is not None and isinstance(failure.body.get("error"), dict):
-            return JSONResponse(failure.body, status_code=failure.status)
-        return error_response(failure.status, failure.message)
+            return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
+        return error_response(failure.status, failure.message, headers=failure.headers)
     if answered is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return JSONResponse(answered.response, headers=_attribution(answered))
@@ -278,6 +278,8 @@ def _attribution(answer: Answer) -> dict[str, str]:
     headers = {"x-kascade-tier": answer.tier, "x-kascade-escalated": "true" if answer.escalated else "false"}
     if answer.confidence is not None:
         headers["x-kascade-confidence"] = f"{answer.confidence:.4f}"
+    if answer.kept_under_load:  # a declined answer, returned because the next tier was full (keepSmall)
+        headers["x-kascade-kept-under-load"] = "true"
     if answer.trail:
         headers["x-kascade-trail"] = answer.trail
     return headers

@@ -11,14 +11,18 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kascade.runtime.attempts import Attempts, usage_of
 from kascade.runtime.engines.base import Endpoint, Engine, TierError
 from kascade.runtime.ledger import TierCall
 from kascade.runtime.sse import aclose_quietly
 from kascade.runtime.tier_step import as_tier_error, retry_delay
-from kascade.runtime.tier_stream import Chunks
+from kascade.runtime.tier_stream import Chunks, OpenStream, discard
+
+if TYPE_CHECKING:
+    from kascade.runtime.admission import Slot
+    from kascade.runtime.scoring.policy import Decision
 
 _Result = TypeVar("_Result")
 
@@ -31,6 +35,29 @@ class RetryBudget:
     retries: int
     backoff_seconds: float
     latency_clock: Callable[[], float] = time.perf_counter  # monotonic seconds: an attempt's latency
+
+
+@dataclass(slots=True)
+class Called:
+    """What calling one tier gave: the error it gave up with, or its answer (whole or streamed) and its score."""
+
+    error: TierError | None = None
+    decision: Decision | None = None  # None for the last tier, which is not scored
+    response: dict[str, Any] | None = None
+    stream: OpenStream | None = None
+    slot: Slot | None = None  # the tier's admission slot, held by a stream until it is closed
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.decision is None else self.decision.confidence
+
+    async def set_aside(self, attempts: Attempts) -> None:
+        """An answer that will not be returned: its stream closed (its tokens counted), its slot given back."""
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            await discard(stream, attempts)
+        if self.slot is not None:
+            self.slot.release()
 
 
 async def call_whole(

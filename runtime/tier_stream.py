@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kascade.api.accept import Accept
 from kascade.runtime.attempts import Attempts, usage_of_chunks
 from kascade.runtime.engines.base import Endpoint, TierError
-from kascade.runtime.logprobs import TokenEvidence
+from kascade.runtime.logprobs import TokenEvidence, chunk_token_evidence
 from kascade.runtime.presentation import caller_wants_usage, present_chunk
+from kascade.runtime.scoring.policy import Decision, judge_tokens
 from kascade.runtime.sse import aclose_quietly
 
 Chunks = AsyncIterator[dict[str, Any]]
@@ -77,6 +79,37 @@ async def relay(
         await aclose_quietly(opened.rest)
         _count_tokens(attempts, seen, opened.evidence, ok=completed)
         record(tier if completed else None, seen)
+
+
+async def score_prefix(
+    accept: Accept,
+    endpoint: Endpoint,
+    chunks: Chunks,
+    first: dict[str, Any],
+    early_tokens: int,
+    tier_body: dict[str, Any],
+) -> tuple[Decision, OpenStream]:
+    """Read a stream until its first `early_tokens` tokens are in (or it ends), then score them (early mode).
+
+    A stream that fails on the way is closed, and its `TierError` raised.
+    """
+    buffered = [first]
+    evidence: list[TokenEvidence] = list(chunk_token_evidence(endpoint, first))
+    rest = chunks
+    try:
+        while len(evidence) < early_tokens:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                rest = empty_stream()
+                break
+            buffered.append(chunk)
+            evidence.extend(chunk_token_evidence(endpoint, chunk))
+    except TierError:
+        await aclose_quietly(chunks)
+        raise
+    decision = judge_tokens(accept, evidence, tier_body)
+    return decision, OpenStream(buffered=buffered, rest=rest, evidence=evidence)
 
 
 async def discard(opened: OpenStream, attempts: Attempts) -> None:

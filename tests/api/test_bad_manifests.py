@@ -374,6 +374,34 @@ CASES = [
         "spec: spec.calibration needs a goal",
         "spec.calibration needs a goal",
     ),
+    Case(
+        "admission-without-a-slot",
+        _set(lambda m: m["spec"]["router"], "admission", {"maxInFlightPerTier": 0}),
+        "schema",
+        "spec.router.admission.maxInFlightPerTier: 0 is less than the minimum of 1",
+        "greater than or equal to 1",
+    ),
+    Case(
+        "admission-a-negative-queue-on-a-tier",
+        _set(_tier(-1), "admission", {"maxQueue": -1}),
+        "schema",
+        "spec.tiers.1.admission.maxQueue: -1 is less than the minimum of 0",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "admission-no-queue-deadline",
+        _set(lambda m: m["spec"]["router"], "admission", {"queueTimeoutSeconds": 0}),
+        "schema",
+        "spec.router.admission.queueTimeoutSeconds: 0 is less than or equal to the minimum of 0",
+        "greater than 0",
+    ),
+    Case(
+        "admission-an-unknown-policy",
+        _set(lambda m: m["spec"]["router"], "admission", {"onEscalationFull": "drop"}),
+        "schema",
+        "spec.router.admission.onEscalationFull: 'drop' is not one of ['wait', 'keepSmall', 'reject']",
+        "'wait', 'keepSmall' or 'reject'",
+    ),
     # The learned score and the scored span.
     Case(
         "learned-without-parameters",
