@@ -256,3 +256,31 @@ def test_the_openai_clients_own_retry_honours_retry_after(start_upstream, start_
     slot = ledger.counter_slot()
     assert slot.rejected == {"small": 2}
     assert slot.admitted == {"small": 3}
+
+
+def test_metrics_export_each_tiers_load_and_what_requests_got(
+    start_upstream, start_router, two_tier_config, background
+):
+    small, _, router, _ = router_with(
+        start_upstream,
+        start_router,
+        two_tier_config,
+        small={"delay_seconds": 1.5},
+        limits={"small": (1, 1), "large": (4, 4)},
+    )
+    held = hold(background, router, small)
+    queued = background.submit(post, router)
+    time.sleep(0.2)
+    assert post(router).status_code == 429
+
+    metrics = httpx.get(f"{router.metrics_url}/metrics").text
+
+    assert 'kascade_tier_in_flight{cascade="demo",tier="small"} 1.0' in metrics
+    assert 'kascade_tier_queued{cascade="demo",tier="small"} 1.0' in metrics
+    assert 'kascade_tier_in_flight{cascade="demo",tier="large"} 0.0' in metrics
+    assert 'kascade_tier_admission_total{cascade="demo",outcome="rejected",tier="small"} 1.0' in metrics
+    assert 'kascade_tier_admission_total{cascade="demo",outcome="kept_under_load",tier="large"} 0.0' in metrics
+    assert held.result().status_code == 200 and queued.result().status_code == 200
+    after = httpx.get(f"{router.metrics_url}/metrics").text
+    assert 'kascade_tier_in_flight{cascade="demo",tier="small"} 0.0' in after
+    assert 'kascade_tier_admission_total{cascade="demo",outcome="admitted",tier="small"} 2.0' in after
