@@ -5,6 +5,9 @@ resume; a drift loop per cascade runs the same reconcile every
 `OperatorSettings.reconcile_interval_seconds` (`KASCADE_RECONCILE_INTERVAL_SECONDS`,
 default 15) to correct drift, refresh tier readiness and fold the router
 replicas' counters into the status. A per-cascade lock keeps the two apart.
+The children come from the operator's watches (`watch_cache.WatchCache`, made
+at startup with the API client, closed at cleanup), so a drift reconcile in
+steady state makes no request to the API server.
 
 No handler needs a finalizer, so Kopf adds none: children go with their
 cascade by owner references (the garbage collector), and the drift loop is a
@@ -34,8 +37,10 @@ from kascade.api.modelcascade import GROUP, PLURAL, VERSION
 from kascade.operator.distillation_loop import refuse_orphan_run
 from kascade.operator.kube_api import KubeApi
 from kascade.operator.kube_credentials import Credentials
+from kascade.operator.observe import FoundByName
 from kascade.operator.reconcile import Operator, reconcile
 from kascade.operator.settings import OperatorSettings, SettingsError
+from kascade.operator.watch_cache import WatchCache
 
 # No handler adds it any more; named so that Kopf removes it from cascades an older operator marked.
 FINALIZER = "kascade.dev/operator"
@@ -75,7 +80,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     except SettingsError as error:
         raise kopf.PermanentError(str(error)) from None
     credentials = await asyncio.to_thread(Credentials.from_environment)
-    memo["kascade"] = Operator(api=await KubeApi(credentials).open(), settings=operator_settings)
+    api = await KubeApi(credentials).open()
+    memo["kascade"] = Operator(
+        api=api,
+        settings=operator_settings,
+        cache=WatchCache(api),
+        by_name=FoundByName(ttl_s=operator_settings.reconcile_interval_seconds),
+    )
     memo[_REFRESHERS] = set()
     logger.info(
         "kascade operator: API %s, reconcile every %g s", credentials.host, operator_settings.reconcile_interval_seconds
@@ -90,7 +101,22 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     await asyncio.gather(*loops, return_exceptions=True)
     operator = memo.get("kascade")
     if operator is not None:
+        if operator.cache is not None:
+            await operator.cache.close()
         await operator.api.close()
+
+
+@kopf.on.probe(id="reconciles")
+def count_reconciles(memo: kopf.Memo, **_: Any) -> int:
+    """Reconciles begun since the operator started (the liveness endpoint's JSON, refreshed every 10 s)."""
+    return _operator(memo).reconciles
+
+
+@kopf.on.probe(id="watchedObjects")
+def count_watched_objects(memo: kopf.Memo, **_: Any) -> int:
+    """Objects the operator's watches hold: the children and router pods of every namespace with cascades."""
+    cache = _operator(memo).cache
+    return cache.size() if cache is not None else 0
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -3,14 +3,15 @@
 Kopf watches the ModelCascades and calls the handlers; everything the handlers
 read or write besides that goes through `KubeApi`: plain `aiohttp` on kopf's
 event loop (no thread pool, no blocking calls), JSON in and out, one pooled
-session per operator. Credentials and TLS come from `kube_credentials`.
+session per operator for short calls and one for watches (`watch_cache` keeps
+the children from them). Credentials and TLS come from `kube_credentials`.
 Every call it makes is listed, with why, in `permissions.OPERATOR_RULES`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import quote
@@ -26,6 +27,9 @@ from kascade.operator.kube_credentials import Credentials
 USER_AGENT = f"kascade-operator/{__version__}"
 _REQUEST_TIMEOUT_S = 30.0
 _LIST_PAGE_SIZE = 500
+_WATCH_SILENCE_S = 60.0  # a watch that sends nothing this long past its timeout is broken
+
+Objects = list[dict[str, Any]]  # what a list answers (named here: inside KubeApi, `list` is the verb)
 
 PLURALS: dict[tuple[str, str], str] = {
     **{(kind.api_version, kind.kind): kind.plural for kind in CHILD_KINDS},
@@ -63,6 +67,13 @@ class ApiError(Exception):
         return self.status >= 500 or self.status == 0
 
 
+def _answer_error(status: int, payload: Any, text: str, *, method: str, path: str) -> ApiError:
+    """The `ApiError` of a non-2xx answer: the Status object's reason and message, else the body's start."""
+    reason = payload.get("reason", "") if isinstance(payload, dict) else ""
+    message = payload.get("message", text[:300]) if isinstance(payload, dict) else text[:300]
+    return ApiError(status, reason, message, method=method, path=path)
+
+
 def resource_path(
     api_version: str,
     plural: str,
@@ -84,6 +95,20 @@ def resource_path(
     return "/".join(parts)
 
 
+async def _json_lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The non-empty lines of a watch stream, whatever their length (an event is one JSON document per line)."""
+    buffer = bytearray()
+    async for chunk in content.iter_any():
+        buffer.extend(chunk)
+        while (end := buffer.find(b"\n")) >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            if line.strip():
+                yield line
+    if buffer.strip():
+        yield bytes(buffer)
+
+
 def plural_of(api_version: str, kind: str) -> str:
     try:
         return PLURALS[(api_version, kind)]
@@ -99,6 +124,7 @@ class KubeApi:
     user_agent: str = USER_AGENT
     timeout_s: float = _REQUEST_TIMEOUT_S
     _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+    _watch_session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
     async def open(self) -> Self:
         if self._session is None:
@@ -108,12 +134,18 @@ class KubeApi:
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                 headers={"User-Agent": self.user_agent, "Accept": "application/json"},
             )
+        if self._watch_session is None:
+            self._watch_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=self.credentials.ssl),
+                headers={"User-Agent": self.user_agent, "Accept": "application/json"},
+            )
         return self
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -155,9 +187,7 @@ class KubeApi:
         except ValueError:
             payload = None
         if status >= 400:
-            reason = payload.get("reason", "") if isinstance(payload, dict) else ""
-            message = payload.get("message", text[:300]) if isinstance(payload, dict) else text[:300]
-            raise ApiError(status, reason, message, method=method, path=path)
+            raise _answer_error(status, payload, text, method=method, path=path)
         return payload
 
     # --- verbs ----------------------------------------------------------------------------
@@ -172,11 +202,27 @@ class KubeApi:
         kind: str | None = None,
     ) -> list[dict[str, Any]]:
         """Every object (all pages). Items get `apiVersion` and `kind` back (typed lists leave them out)."""
+        items, _ = await self.list_versioned(
+            api_version, plural, namespace=namespace, label_selector=label_selector, kind=kind
+        )
+        return items
+
+    async def list_versioned(
+        self,
+        api_version: str,
+        plural: str,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        kind: str | None = None,
+    ) -> tuple[Objects, str]:
+        """`list`, and the list's resourceVersion: a watch from it sees every change after the list."""
         query: dict[str, str] = {"limit": str(_LIST_PAGE_SIZE)}
         if label_selector:
             query["labelSelector"] = label_selector
-        items: list[dict[str, Any]] = []
+        items: Objects = []
         path = resource_path(api_version, plural, namespace=namespace)
+        version = ""
         while True:
             page = await self.request("GET", path, query=query)
             item_kind = kind or str(page.get("kind", "")).removesuffix("List")
@@ -185,10 +231,61 @@ class KubeApi:
                 if item_kind:
                     item.setdefault("kind", item_kind)
                 items.append(item)
-            token = (page.get("metadata") or {}).get("continue")
+            metadata = page.get("metadata") or {}
+            version = version or str(metadata.get("resourceVersion") or "")  # the first page's: the snapshot's
+            token = metadata.get("continue")
             if not token:
-                return items
+                return items, version
             query["continue"] = token
+
+    async def watch(
+        self,
+        api_version: str,
+        plural: str,
+        *,
+        namespace: str | None,
+        label_selector: str | None,
+        resource_version: str,
+        timeout_s: float,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events after `resource_version` (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR), as the server sends them,
+        until it ends the watch (after `timeout_s`). Raises `ApiError` when the watch is refused or the stream breaks.
+
+        Watches hold their connection for minutes: they have a session of their own, so that they never take the
+        pooled connections of the short calls.
+        """
+        if self._watch_session is None:
+            raise RuntimeError("KubeApi is not open")
+        query = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(max(int(timeout_s), 1)),
+        }
+        if label_selector:
+            query["labelSelector"] = label_selector
+        path = resource_path(api_version, plural, namespace=namespace)
+        headers = dict(await self.credentials.auth_headers())
+        extra: dict[str, Any] = {}
+        if self.credentials.server_hostname:
+            extra["server_hostname"] = self.credentials.server_hostname
+        # No total timeout: the server ends the watch. A silent stream (no event, no bookmark) is a broken one.
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_read=timeout_s + _WATCH_SILENCE_S)
+        try:
+            async with self._watch_session.get(
+                self.credentials.host + path, params=query, headers=headers, timeout=timeout, **extra
+            ) as response:
+                if response.status >= 400:
+                    text = await response.text()
+                    try:
+                        payload = json.loads(text) if text else None
+                    except ValueError:
+                        payload = None
+                    raise _answer_error(response.status, payload, text, method="GET", path=path)
+                async for line in _json_lines(response.content):
+                    yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ApiError(0, "Unreachable", f"{type(error).__name__}: {error}", method="WATCH", path=path) from error
 
     async def get(
         self, api_version: str, plural: str, name: str, *, namespace: str | None = None

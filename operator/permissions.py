@@ -64,8 +64,13 @@ class RbacRule:
 
 # The life cycle of a child, verb by verb (operator/observe.py, operator/apply.py).
 CHILD_VERBS: Mapping[str, str] = {
-    "get": "find_taken_names reads each desired name the list did not return (someone else's object).",
-    "list": "observe lists each child kind with the label selector labels.owned_selector (every reconcile).",
+    "get": "find_taken_names reads each desired name the children did not include (someone else's object, or a "
+    "child whose watch event has not arrived yet).",
+    "list": "The operator's watches (operator/watch_cache.py) list each child kind with the managed-by label once "
+    "per namespace with cascades, and again when a watch expires; observe lists a cascade's children with "
+    "labels.owned_selector only while the watches cannot answer.",
+    "watch": "The operator's watches follow each child kind from that list (every reconcile reads the children "
+    "from them).",
     "create": "apply_plan creates a missing child, with owner references to the cascade.",
     "update": "apply_plan replaces a child whose kascade.dev/spec-hash drifted (PUT with its resourceVersion).",
     "delete": "apply_plan deletes a child no longer desired, e.g. the Deployment and Service of a removed tier.",
@@ -82,7 +87,7 @@ def child_rules(kinds: Iterable[ChildKind] = CHILD_KINDS) -> tuple[RbacRule, ...
             group,
             tuple(kind.plural for kind in members),
             CHILD_VERBS,
-            f"children of a cascade ({', '.join(kind.kind for kind in members)}): observe (list), "
+            f"children of a cascade ({', '.join(kind.kind for kind in members)}): observe (list, watch), "
             "find a name someone else holds (get), create, replace (PUT), remove",
         )
         for group, members in by_group.items()
@@ -195,9 +200,11 @@ OPERATOR_RULES: tuple[RbacRule, ...] = (
         ("pods",),
         {
             "list": "The router pods that exist now (the router's selector labels), so that the counter slot of a "
-            "pod that is gone is retired into status.retiredCounters (operator/counters.py).",
+            "pod that is gone is retired into status.retiredCounters (operator/counters.py): listed once per "
+            "namespace by the operator's watch, and by observe only while the watch cannot answer.",
+            "watch": "The operator's watch of the router pods (operator/watch_cache.py) follows them from that list.",
         },
-        "which router pods exist, to retire the counter slots of gone ones",
+        "which router pods exist, to retire the counter slots of gone ones (listed, then watched)",
     ),
     RbacRule(
         "",

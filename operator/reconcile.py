@@ -11,7 +11,8 @@
    `status.distillation`;
 3. observe (`observe.observe`): the cascade's children, the Secrets it
    references, the GPU products nodes offer, the access modes of the claims
-   its pods share;
+   its pods share; a running operator reads the children from its watches
+   (`watch_cache`), so that a drift reconcile in steady state makes no request;
 4. build the desired children (`builders.build_children`), add owner
    references, and plan (`plan.plan_children`: spec hashes decide);
 5. when the spec is semantically wrong (a missing Secret, a name taken by
@@ -55,11 +56,12 @@ from kascade.operator.drift import mark_edited
 from kascade.operator.kube_api import KubeApi
 from kascade.operator.labels import label_value
 from kascade.operator.notices import Notice
-from kascade.operator.observe import GpuProducts, find_taken_names, live_router_pods, observe
+from kascade.operator.observe import FoundByName, GpuProducts, find_taken_names, live_router_pods, observe
 from kascade.operator.plan import ChildKey, plan_children
 from kascade.operator.problems import Problem, ProblemReason, check_semantics, conflict_problems
 from kascade.operator.settings import OperatorSettings
 from kascade.operator.status_patch import compose_status, invalid_status
+from kascade.operator.watch_cache import WatchCache
 
 log = logging.getLogger("kascade.operator")
 
@@ -73,11 +75,15 @@ class Operator:
     api: KubeApi
     settings: OperatorSettings
     gpu_products: GpuProducts = field(default_factory=GpuProducts)
+    cache: WatchCache | None = None  # the children and router pods from watches; None: list them each time
+    by_name: FoundByName = field(default_factory=FoundByName)  # Secrets' keys and claims' modes, found by name
+    reconciles: int = 0  # reconciles begun, shown by the liveness endpoint
     now: Callable[[], datetime] = utc_now  # the time of a reconcile: status times, the distillation schedule
 
 
 async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
     """Bring the children and the status of one ModelCascade to what its spec asks. Idempotent."""
+    operator.reconciles += 1
     target = Target.of(body)
     try:
         cascade = parse_cascade(body)
@@ -86,7 +92,9 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
     # From here on, the cascade as served: a promoted student tier's model comes from its run's status, the spec is
     # never written (a GitOps re-apply of the manifest neither conflicts with nor undoes a promotion).
     cascade, distillation = await reconcile_distillations(operator, cascade, target)
-    observation = await observe(operator.api, cascade, operator.gpu_products)
+    observation = await observe(
+        operator.api, cascade, operator.gpu_products, cache=operator.cache, by_name=operator.by_name
+    )
     problems = check_semantics(
         cascade, secrets=observation.secrets, gpu_products=observation.gpu_products, claim_modes=observation.claim_modes
     )
@@ -158,7 +166,7 @@ async def _write_health(
     async def compose(current: Mapping[str, Any]) -> dict[str, Any]:
         nonlocal live_pods
         if current.get(REPLICA_COUNTERS) and live_pods is None:
-            live_pods = await live_router_pods(operator.api, cascade)
+            live_pods = await live_router_pods(operator.api, cascade, operator.cache)
         patch, fold = compose_status(
             cascade,
             operator.settings,

@@ -49,30 +49,31 @@ edit: change the table and run `python scripts/render_permissions.py`.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# children of a cascade (ServiceAccount, ConfigMap, Service): observe (list),
-# find a name someone else holds (get), create, replace (PUT), remove.
+# children of a cascade (ServiceAccount, ConfigMap, Service): observe (list,
+# watch), find a name someone else holds (get), create, replace (PUT), remove.
 - apiGroups: [""]
   resources: ["serviceaccounts", "configmaps", "services"]
-  verbs: ["get", "list", "create", "update", "delete"]
-# children of a cascade (Role, RoleBinding): observe (list), find a name
-# someone else holds (get), create, replace (PUT), remove.
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
+# children of a cascade (Role, RoleBinding): observe (list, watch), find a
+# name someone else holds (get), create, replace (PUT), remove.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "list", "create", "update", "delete"]
-# children of a cascade (Deployment): observe (list), find a name someone else
-# holds (get), create, replace (PUT), remove.
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
+# children of a cascade (Deployment): observe (list, watch), find a name
+# someone else holds (get), create, replace (PUT), remove.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "create", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
 # the Secrets a cascade names exist and hold their keys (values unread); never
 # list.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# which router pods exist, to retire the counter slots of gone ones.
+# which router pods exist, to retire the counter slots of gone ones (listed,
+# then watched).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # the access modes of the claims a cascade's pods share (the escalation log's,
 # the students'); optional.
 - apiGroups: [""]
