@@ -83,6 +83,14 @@ class LoopCounts(StatusModel):
         default=0, description="Skipped requests still asked of the skipped tier, off the response path."
     )
     probe_cost: Amount = Field(default=0.0, description="What they cost (included in cost.actual).")
+    skipped_no_replica: dict[str, Count] = Field(
+        default_factory=dict,
+        description="Requests that skipped each tier scaled to zero: it had no ready replica (autoscaling).",
+    )
+    cold_start_waits: dict[str, Count] = Field(
+        default_factory=dict, description="Requests that waited for the last tier, scaled to zero, to come back."
+    )
+    cold_start_wait_seconds: Amount = Field(default=0.0, description="The seconds they waited, added up.")
     admitted: dict[str, Count] = Field(
         default_factory=dict, description="Requests given a slot at each tier (admission control), waiting or not."
     )

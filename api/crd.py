@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from kascade.api.agreement import JUDGE_URL_NEEDS_A_MODEL
+from kascade.api.autoscaling import AUTOSCALING_RULES, AUTOSCALING_SPEC_RULES, EXTERNAL_TIER_IS_NOT_SCALED
 from kascade.api.loop import (
     CALIBRATION_NEEDS_A_GOAL,
     DISTILLATION_NEEDS_THE_LOG,
@@ -221,8 +222,14 @@ TOLERATION_RULES: list[dict[str, str]] = [
     },
 ]
 
+SPEC_RULES += AUTOSCALING_SPEC_RULES
+
 # CEL rules on each item of `spec.tiers`.
 TIER_RULES: list[dict[str, str]] = [
+    {
+        "rule": f"!has(self.autoscaling) || !has(self.engine) || self.engine != '{EngineKind.external.value}'",
+        "message": EXTERNAL_TIER_IS_NOT_SCALED,
+    },
     {
         "rule": (
             f"!has(self.engine) || self.engine != '{EngineKind.external.value}' || "
@@ -292,6 +299,7 @@ def build_openapi_schema() -> dict[str, Any]:
     spec["properties"]["tiers"]["items"]["x-kubernetes-validations"] = TIER_RULES
     spec["properties"]["tiers"]["items"]["properties"]["accept"]["x-kubernetes-validations"] = ACCEPT_RULES
     spec["properties"]["tiers"]["items"]["properties"]["preRoute"]["x-kubernetes-validations"] = PRE_ROUTE_RULES
+    spec["properties"]["tiers"]["items"]["properties"]["autoscaling"]["x-kubernetes-validations"] = AUTOSCALING_RULES
     spec["properties"]["tiers"]["items"]["properties"]["tolerations"]["items"]["x-kubernetes-validations"] = (
         TOLERATION_RULES
     )

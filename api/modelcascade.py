@@ -38,6 +38,12 @@ from kascade.api.accept import (  # noqa: F401 - the accept rule's types are imp
 )
 from kascade.api.admission import Admission, TierAdmission
 from kascade.api.agreement import AnswerMatcher
+from kascade.api.autoscaling import (
+    COLD_START_WAIT_ONLY_ON_LAST_AT_ZERO,
+    EXTERNAL_TIER_IS_NOT_SCALED,
+    LAST_TIER_ZERO_NEEDS_A_WAIT,
+    Autoscaling,
+)
 from kascade.api.base import SpecModel, StatusModel  # noqa: F401 - StatusModel: imported from here too
 from kascade.api.loop import (  # noqa: F401 - DistillationLoss: imported from here too
     DISTILLATION_NEEDS_THE_LOG,
@@ -137,7 +143,16 @@ class Tier(SpecModel):
             "(CPU or GPU); external: an OpenAI-compatible API at model.uri, nothing is deployed."
         ),
     )
-    replicas: int = Field(default=1, ge=0, le=1000, description="Pods of this tier (ignored for engine external).")
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Pods of this tier (ignored for engine external, and when autoscaling is set).",
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Replicas moved by an autoscaler from the load the routers send the tier (replaces replicas).",
+    )
     resources: Resources = Field(default_factory=Resources)
     node_selector: dict[str, str] = Field(
         default_factory=dict, max_length=32, description="Node labels the tier's pods must run on."
@@ -276,7 +291,22 @@ class ModelCascadeSpec(SpecModel):
         for tier in self.tiers:
             if tier.engine is EngineKind.external and not tier.model.uri.startswith(("http://", "https://")):
                 raise ValueError(f"tier {tier.name!r}: engine external needs an http(s) URL as model.uri")
+        self._check_autoscaling()
         return self
+
+    def _check_autoscaling(self) -> None:
+        """Restated in CEL in the CRD (`kascade.api.crd.TIER_RULES`, `SPEC_RULES`)."""
+        for index, tier in enumerate(self.tiers):
+            scaling = tier.autoscaling
+            if scaling is None:
+                continue
+            if tier.engine is EngineKind.external:
+                raise ValueError(f"tier {tier.name!r}: {EXTERNAL_TIER_IS_NOT_SCALED}")
+            last = index == len(self.tiers) - 1
+            if last and scaling.scales_to_zero and scaling.cold_start_wait_seconds is None:
+                raise ValueError(f"tier {tier.name!r}: {LAST_TIER_ZERO_NEEDS_A_WAIT}")
+            if scaling.cold_start_wait_seconds is not None and not (last and scaling.scales_to_zero):
+                raise ValueError(f"tier {tier.name!r}: {COLD_START_WAIT_ONLY_ON_LAST_AT_ZERO}")
 
     @model_validator(mode="after")
     def _loop_parts_fit(self) -> ModelCascadeSpec:

@@ -32,7 +32,10 @@ class TierStatus(StatusModel):
     replicas: int = 0
     ready: bool | None = Field(
         default=None,
-        description="Set for tiers without pods (engine external); unset: ready when a replica is ready.",
+        description=(
+            "Set for tiers without pods (engine external) and for tiers their autoscaler scaled to zero "
+            "(the routers skip them); unset: ready when a replica is ready."
+        ),
     )
     threshold: float | None = Field(default=None, description="The threshold in force (calibrated or declared).")
     ready_gpus: int = Field(
@@ -67,6 +70,14 @@ class Traffic(StatusModel):
     probe_calls: int = Field(
         default=0, description="Skipped requests still asked of the skipped tier, off the response path (pre-routing)."
     )
+    skipped_no_replica: dict[str, int] = Field(
+        default_factory=dict,
+        description="Requests that skipped each tier scaled to zero: it had no ready replica (autoscaling).",
+    )
+    cold_start_waits: dict[str, int] = Field(
+        default_factory=dict, description="Requests that waited for the last tier, scaled to zero, to come back."
+    )
+    cold_start_wait_seconds: float = Field(default=0.0, description="The seconds they waited, added up.")
     admitted: dict[str, int] = Field(
         default_factory=dict, description="Requests given a slot at each tier (admission control), waiting or not."
     )

@@ -299,7 +299,8 @@ def build_tier_deployment(cascade: ModelCascade, tier: Tier, settings: OperatorS
             "labels": common_labels(name, COMPONENT_TIER, tier.name),
         },
         "spec": {
-            "replicas": tier.replicas,
+            # An autoscaled tier's replicas are its autoscaler's: left out, and kept as they are on a replace.
+            **({} if tier.autoscaling is not None else {"replicas": tier.replicas}),
             "selector": {"matchLabels": selector},
             **({"strategy": strategy} if strategy else {}),
             "template": {

@@ -9,9 +9,10 @@ Each manifest carries the common labels (`labels.common_labels`) and the
 `kascade.dev/spec-hash` annotation, and holds no owner references.
 
 The builders themselves live in `build_tier` (a tier's Deployment and
-Service; engine specifics in `engine_vllm` and `engine_transformers`) and
-`build_router` (the router's ConfigMap, Deployment, Service and RBAC); they
-are re-exported here.
+Service; engine specifics in `engine_vllm` and `engine_transformers`),
+`build_autoscaling` (an autoscaled tier's ScaledObject or HPA),
+`build_disruption` (the PodDisruptionBudgets) and `build_router` (the
+router's ConfigMap, Deployment, Service and RBAC); they are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from kascade.api.modelcascade import ModelCascade
+from kascade.operator.build_autoscaling import KEDA_API_VERSION, Autoscaler, build_tier_autoscaler, choose_autoscaler
+from kascade.operator.build_disruption import build_router_disruption_budget, build_tier_disruption_budget
 from kascade.operator.build_distillation import build_distiller_children
 from kascade.operator.build_router import (
     build_router_config,
@@ -42,6 +45,8 @@ from kascade.operator.settings import OperatorSettings
 
 __all__ = [
     "CHILD_KINDS",
+    "KEDA_CHILD_KINDS",
+    "Autoscaler",
     "ChildKind",
     "build_children",
     "build_router_config",
@@ -77,7 +82,12 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     ChildKind("v1", "ConfigMap", "configmaps"),
     ChildKind("v1", "Service", "services"),
     ChildKind("apps/v1", "Deployment", "deployments"),
+    ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+    ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
 )
+
+# Kinds of an optional API: listed (and so owned) only where the cluster serves it (KEDA's CRDs installed).
+KEDA_CHILD_KINDS: tuple[ChildKind, ...] = (ChildKind(KEDA_API_VERSION, "ScaledObject", "scaledobjects"),)
 
 
 def name_collisions(cascade: ModelCascade) -> list[str]:
@@ -97,18 +107,25 @@ def name_collisions(cascade: ModelCascade) -> list[str]:
     return problems
 
 
-def build_children(cascade: ModelCascade, settings: OperatorSettings) -> list[dict[str, Any]]:
+def build_children(
+    cascade: ModelCascade, settings: OperatorSettings, *, autoscaler: Autoscaler | None = None
+) -> list[dict[str, Any]]:
     """All children of `cascade`, in apply order.
 
     ServiceAccount, Role, RoleBinding, ConfigMap (router config), then per tier
-    that deploys pods its Service and Deployment (none for engine external),
-    then the router's Service and Deployment. Raises ValueError when two
-    children would share a name (see `name_collisions`; `problems.check_semantics`
-    reports it as InvalidSpec first).
+    that deploys pods its Service, Deployment, PodDisruptionBudget and, when
+    autoscaled, what scales it (`autoscaler`: a ScaledObject or an HPA; None:
+    what `choose_autoscaler` picks on a cluster that serves neither KEDA nor
+    external metrics), then the router's Service, Deployment and
+    PodDisruptionBudget. Raises ValueError when two children would share a
+    name (see `name_collisions`; `problems.check_semantics` reports it as
+    InvalidSpec first).
     """
     collisions = name_collisions(cascade)
     if collisions:
         raise ValueError("; ".join(collisions))
+    if autoscaler is None:
+        autoscaler = choose_autoscaler(settings, keda=False, external_metrics=False)
     configmap = build_router_configmap(cascade, settings)
     children: list[dict[str, Any]] = [
         build_router_service_account(cascade, settings),
@@ -121,6 +138,10 @@ def build_children(cascade: ModelCascade, settings: OperatorSettings) -> list[di
         if deploys_pods(tier):
             children.append(build_tier_service(cascade, tier, settings))
             children.append(build_tier_deployment(cascade, tier, settings))
+            children.append(build_tier_disruption_budget(cascade, tier))
+            if tier.autoscaling is not None:
+                children.append(build_tier_autoscaler(cascade, tier, settings, autoscaler))
     children.append(build_router_service(cascade, settings))
     children.append(build_router_deployment(cascade, settings, configmap=configmap))
+    children.append(build_router_disruption_budget(cascade))
     return children

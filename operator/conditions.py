@@ -75,10 +75,21 @@ def _ready_replicas(observed: Mapping[ChildKey, Mapping[str, Any]], name: str) -
     return value if isinstance(value, int) and value > 0 else 0
 
 
+def _autoscaled_replicas(observed: Mapping[ChildKey, Mapping[str, Any]], name: str) -> int:
+    """The replicas an autoscaler asked of a Deployment (its live spec.replicas; 1, the API's default, if unset)."""
+    deployment = observed.get(("Deployment", name))
+    if deployment is None:
+        return 1
+    value = (deployment.get("spec") or {}).get("replicas", 1)
+    return value if isinstance(value, int) and value >= 0 else 1
+
+
 def tier_statuses(cascade: ModelCascade, observed: Mapping[ChildKey, Mapping[str, Any]]) -> list[TierStatus]:
     """One `TierStatus` per tier, in spec order: ready/desired replicas of its Deployment; external tiers ready.
 
-    `threshold` is the declared accept threshold (calibration may later report another).
+    `threshold` is the declared accept threshold (calibration may later report another). An autoscaled
+    tier's desired replicas are its autoscaler's (the Deployment's live `spec.replicas`); scaled to zero,
+    it counts as serving (`ready`): the routers skip it, or wait for it when it is the last.
     `readyGpus` (ready replicas x `resources.gpus`) and `perGpuHour` are what
     the GPU-hours are integrated from (`reservation.integrate_gpu_hours`).
     """
@@ -89,12 +100,17 @@ def tier_statuses(cascade: ModelCascade, observed: Mapping[ChildKey, Mapping[str
         if not deploys_pods(tier):
             result.append(TierStatus(name=tier.name, ready=True, threshold=threshold, per_gpu_hour=price))
             continue
-        ready = _ready_replicas(observed, tier_child_name(cascade.metadata.name, tier.name))
+        name = tier_child_name(cascade.metadata.name, tier.name)
+        ready = _ready_replicas(observed, name)
+        desired = tier.replicas if tier.autoscaling is None else _autoscaled_replicas(observed, name)
+        # A tier its autoscaler scaled to zero serves as designed: the routers skip it (or wait for it, the last).
+        scaled_to_zero = tier.autoscaling is not None and tier.autoscaling.scales_to_zero and desired == 0
         result.append(
             TierStatus(
                 name=tier.name,
                 ready_replicas=ready,
-                replicas=tier.replicas,
+                replicas=desired,
+                ready=True if scaled_to_zero and ready == 0 else None,
                 threshold=threshold,
                 ready_gpus=ready * tier.resources.gpus,
                 per_gpu_hour=price,

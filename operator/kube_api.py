@@ -21,7 +21,7 @@ import aiohttp
 from kascade import __version__
 from kascade.api.distillation import DISTILLATION_KIND, DISTILLATION_PLURAL
 from kascade.api.modelcascade import API_VERSION
-from kascade.operator.builders import CHILD_KINDS
+from kascade.operator.builders import CHILD_KINDS, KEDA_CHILD_KINDS
 from kascade.operator.kube_credentials import Credentials
 
 USER_AGENT = f"kascade-operator/{__version__}"
@@ -32,7 +32,7 @@ _WATCH_SILENCE_S = 60.0  # a watch that sends nothing this long past its timeout
 Objects = list[dict[str, Any]]  # what a list answers (named here: inside KubeApi, `list` is the verb)
 
 PLURALS: dict[tuple[str, str], str] = {
-    **{(kind.api_version, kind.kind): kind.plural for kind in CHILD_KINDS},
+    **{(kind.api_version, kind.kind): kind.plural for kind in (*CHILD_KINDS, *KEDA_CHILD_KINDS)},
     ("batch/v1", "Job"): "jobs",  # a distillation run's
     (API_VERSION, DISTILLATION_KIND): DISTILLATION_PLURAL,  # the runs a cascade's schedule creates
 }

@@ -23,7 +23,7 @@ from enum import StrEnum
 
 from kascade.api.distillation import DISTILLATION_PLURAL
 from kascade.api.modelcascade import GROUP, PLURAL
-from kascade.operator.builders import CHILD_KINDS, ChildKind
+from kascade.operator.builders import CHILD_KINDS, KEDA_CHILD_KINDS, ChildKind
 
 
 class Scope(StrEnum):
@@ -77,7 +77,7 @@ CHILD_VERBS: Mapping[str, str] = {
 }
 
 
-def child_rules(kinds: Iterable[ChildKind] = CHILD_KINDS) -> tuple[RbacRule, ...]:
+def child_rules(kinds: Iterable[ChildKind] = (*CHILD_KINDS, *KEDA_CHILD_KINDS)) -> tuple[RbacRule, ...]:
     """One rule per API group of the child kinds, granting the whole life cycle of a child."""
     by_group: dict[str, list[ChildKind]] = {}
     for kind in kinds:

@@ -13,8 +13,10 @@
    references, the GPU products nodes offer, the access modes of the claims
    its pods share; a running operator reads the children from its watches
    (`watch_cache`), so that a drift reconcile in steady state makes no request;
-4. build the desired children (`builders.build_children`), add owner
-   references, and plan (`plan.plan_children`: spec hashes decide);
+4. build the desired children (`builders.build_children`; an autoscaled
+   tier's ScaledObject where the cluster serves KEDA, else its HPA:
+   `autoscaling_apis`), add owner references, and plan (`plan.plan_children`:
+   spec hashes decide);
 5. when the spec is semantically wrong (a missing Secret, a name taken by
    someone else) apply NOTHING and say so in the Degraded condition; otherwise
    create, replace and delete (`apply.apply_plan`). A GPU type no node offers
@@ -47,7 +49,8 @@ from pydantic import ValidationError
 from kascade.api.modelcascade import ModelCascade
 from kascade.api.times import format_time, utc_now
 from kascade.operator.apply import apply_plan
-from kascade.operator.builders import build_children
+from kascade.operator.autoscaling_apis import AutoscalingApis
+from kascade.operator.builders import Autoscaler, build_children
 from kascade.operator.cascade_resource import parse_cascade, validation_message
 from kascade.operator.cascade_writes import Target, post, write_status
 from kascade.operator.counters import REPLICA_COUNTERS, FoldResult
@@ -78,6 +81,7 @@ class Operator:
     cache: WatchCache | None = None  # the children and router pods from watches; None: list them each time
     by_name: FoundByName = field(default_factory=FoundByName)  # Secrets' keys and claims' modes, found by name
     reconciles: int = 0  # reconciles begun, shown by the liveness endpoint
+    autoscaling_apis: AutoscalingApis = field(default_factory=AutoscalingApis)  # KEDA? external metrics?
     now: Callable[[], datetime] = utc_now  # the time of a reconcile: status times, the distillation schedule
 
 
@@ -92,8 +96,14 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
     # From here on, the cascade as served: a promoted student tier's model comes from its run's status, the spec is
     # never written (a GitOps re-apply of the manifest neither conflicts with nor undoes a promotion).
     cascade, distillation = await reconcile_distillations(operator, cascade, target)
+    served = await operator.autoscaling_apis.get(operator.api)
     observation = await observe(
-        operator.api, cascade, operator.gpu_products, cache=operator.cache, by_name=operator.by_name
+        operator.api,
+        cascade,
+        operator.gpu_products,
+        cache=operator.cache,
+        by_name=operator.by_name,
+        kinds=served.child_kinds,
     )
     problems = check_semantics(
         cascade, secrets=observation.secrets, gpu_products=observation.gpu_products, claim_modes=observation.claim_modes
@@ -101,7 +111,9 @@ async def reconcile(operator: Operator, body: Any, logger: kopf.Logger) -> None:
     observed = observation.children
     if not any(problem.blocking for problem in problems):
         waits = problems
-        observed, problems = await _apply(operator, cascade, target, observed, logger)
+        observed, problems = await _apply(
+            operator, cascade, target, observed, logger, served.autoscaler(operator.settings)
+        )
         problems += waits
     await _write_health(operator, cascade, target, observed, problems, logger, extra=distillation)
     failed = next((p for p in problems if p.reason == ProblemReason.apply_failed), None)
@@ -126,9 +138,11 @@ async def _apply(
     target: Target,
     observed: dict[ChildKey, dict[str, Any]],
     logger: kopf.Logger,
+    autoscaler: Autoscaler,
 ) -> tuple[dict[ChildKey, dict[str, Any]], list[Problem]]:
-    """Plan and apply the children; (what was observed, taken names included; the problems found)."""
-    desired = build_children(cascade, operator.settings)
+    """Plan and apply the children (`autoscaler`: what scales an autoscaled tier); (what was observed, taken names
+    included; the problems found)."""
+    desired = build_children(cascade, operator.settings, autoscaler=autoscaler)
     kopf.append_owner_reference(
         desired, owner=target.body
     )  # controller, blockOwnerDeletion: deleting the cascade removes them

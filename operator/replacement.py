@@ -18,7 +18,9 @@ def replacement(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> dict
     ours to drop: the observed resourceVersion (optimistic concurrency),
     finalizers, other owners' references, and labels and annotations under
     other prefixes than kascade.dev/ and app.kubernetes.io/ (e.g. the
-    Deployment controller's `deployment.kubernetes.io/revision`).
+    Deployment controller's `deployment.kubernetes.io/revision`), and the
+    live `spec.replicas` of a Deployment built without it (an autoscaled tier:
+    an autoscaler owns the figure; a PUT without it would reset it to 1).
     """
     body = copy.deepcopy(dict(desired))
     meta = body.setdefault("metadata", {})
@@ -31,8 +33,16 @@ def replacement(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> dict
             meta[key] = merged
     if seen.get("finalizers"):
         meta["finalizers"] = list(seen["finalizers"])
+    _keep_scaled_replicas(body, observed)
     ours = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
     others = [ref for ref in seen.get("ownerReferences") or [] if ref.get("uid") not in ours]
     if others:
         meta["ownerReferences"] = [*others, *(meta.get("ownerReferences") or [])]
     return body
+
+
+def _keep_scaled_replicas(body: dict[str, Any], observed: Mapping[str, Any]) -> None:
+    spec = body.get("spec")
+    live = (observed.get("spec") or {}).get("replicas")
+    if body.get("kind") == "Deployment" and isinstance(spec, dict) and "replicas" not in spec and live is not None:
+        spec["replicas"] = live

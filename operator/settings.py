@@ -112,6 +112,32 @@ class OperatorSettings(BaseModel):
         default=15.0, gt=0, description="How often each router replica writes its counters into the status."
     )
 
+    # Autoscaled tiers (tiers[].autoscaling; operator/build_autoscaling.py)
+    autoscaler: Literal["auto", "keda", "hpa"] = Field(
+        default="auto",
+        description=(
+            "What scales an autoscaled tier: auto: a KEDA ScaledObject when the cluster serves keda.sh/v1alpha1, "
+            "else an autoscaling/v2 HorizontalPodAutoscaler; keda or hpa: that one, whatever is installed."
+        ),
+    )
+    prometheus_address: str = Field(
+        default="http://prometheus-operated.monitoring.svc:9090",
+        min_length=1,
+        description=(
+            "The Prometheus that scrapes the routers' metrics (the chart's ServiceMonitor): KEDA's prometheus "
+            "trigger asks it for each tier's requests in flight and queued."
+        ),
+    )
+    hpa_cpu_utilization: int = Field(
+        default=70,
+        ge=1,
+        le=100,
+        description=(
+            "The CPU utilization an HPA aims at when the cluster serves no external metrics API "
+            "(external.metrics.k8s.io) to read the routers' load from."
+        ),
+    )
+
     # The drift reconcile
     reconcile_interval_seconds: float = Field(
         default=15.0,

@@ -23,6 +23,13 @@ class Attempts:
         self.calls: list[TierCall] = []
         self.declined: list[DeclinedSeen] = []  # kept only when the cascade keeps an escalation log
         self.passed_over: list[PassedOver] = []  # tiers skipped on their pre-route score (`pre_routing`)
+        self.without_replica: list[str] = []  # tiers skipped: scaled to zero, no ready replica (`replica_absence`)
+        self.cold_start_waits: list[tuple[str, float]] = []  # (tier, seconds) waited for the last tier's replica
+
+    @property
+    def tiers_skipped(self) -> int:
+        """Tiers passed over before they were asked: on their pre-route score, or without a replica."""
+        return len(self.passed_over) + len(self.without_replica)
 
     def add(self, call: TierCall) -> None:
         self.calls.append(call)

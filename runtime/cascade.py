@@ -43,6 +43,7 @@ from kascade.runtime.logprobs import with_logprobs_requested
 from kascade.runtime.metrics import RouterMetrics
 from kascade.runtime.pre_routing import PreRouting
 from kascade.runtime.presentation import present, replay_as_chunks
+from kascade.runtime.replica_absence import NoReplica, note_replica_absences
 from kascade.runtime.scoring.confidence import required_top_logprobs
 from kascade.runtime.scoring.policy import Decision, judge
 from kascade.runtime.tier_call import Called, RetryBudget, call_whole, open_stream
@@ -189,6 +190,8 @@ class Cascade:
                 if called.stream is None:
                     slot.release()
                 called.slot = slot
+                if isinstance(called.error, NoReplica):  # scaled to zero: the next tier answers (`replica_absence`)
+                    continue
                 step = next_step(
                     is_last=tier.is_last,
                     on_tier_error=self.config.on_tier_error,
@@ -198,7 +201,7 @@ class Cascade:
                 self._note_step(tier, endpoint, step, called, attempts)
                 if step.verdict is Verdict.accept:
                     handed_over = True
-                    return hand_over(tier, endpoint, body, called, attempts, index > len(attempts.passed_over), False)
+                    return hand_over(tier, endpoint, body, called, attempts, index > attempts.tiers_skipped, False)
                 if step.verdict is Verdict.fail:
                     assert called.error is not None
                     failure = failure_of(tier.name, called.error)
@@ -314,7 +317,7 @@ class Cascade:
         self, tier: Tier, endpoint: Endpoint, tier_body: dict[str, Any], attempts: Attempts
     ) -> Called:
         try:
-            response = await call_whole(self._budget, tier.name, tier.engine, endpoint, tier_body, attempts)
+            response = await call_whole(self._budget, tier.config, tier.engine, endpoint, tier_body, attempts)
         except TierError as error:
             return Called(error=error)
         if tier.is_last:
@@ -326,7 +329,7 @@ class Cascade:
         """Open the tier's stream; a tier other than the last is scored on its first N tokens (early mode)."""
         tier_body = self._tier_body(tier, endpoint, body, streaming_overrides(body))
         try:
-            chunks, first = await open_stream(self._budget, tier.name, tier.engine, endpoint, tier_body, attempts)
+            chunks, first = await open_stream(self._budget, tier.config, tier.engine, endpoint, tier_body, attempts)
         except TierError as error:
             return Called(error=error)
         if tier.is_last:
@@ -372,6 +375,7 @@ class Cascade:
             self._watch.answered(tier.config, endpoint, body, answer, attempts, decision)
 
     def _record(self, attempts: Attempts, answered_by: str | None, *, escalated: bool) -> None:
+        note_replica_absences(attempts, self.ledger, self.metrics)
         outcome = attempts.outcome(answered_by, escalated=escalated)
         if answered_by is None and self._pre_routing is not None:
             self._pre_routing.unanswered(attempts)

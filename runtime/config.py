@@ -7,6 +7,7 @@ it in memory. Config models forbid unknown fields (a typo must fail loudly).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -67,6 +68,13 @@ class TierConfig(ConfigModel):
         default=DEFAULT_MAX_IN_FLIGHT, ge=1, description="Calls this router sends the tier at once (admission)."
     )
     max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0, description="Requests waiting for one of those slots.")
+    skip_without_replica: bool = Field(
+        default=False,
+        description="Scales to zero (not the last tier): while it refuses connections (no ready replica) it is skipped.",
+    )
+    cold_start_wait_seconds: float | None = Field(
+        default=None, gt=0, description="The last tier scaled to zero: how long a request waits for a replica."
+    )
 
     def read_api_key(self) -> str | None:
         return read_api_key(file=self.api_key_file, env=self.api_key_env)
@@ -253,6 +261,7 @@ def router_config_from_cascade(
             url=tier_urls.get(tier.name),
             api_key_env=tier_api_key_envs.get(tier.name),
             api_key_file=tier_api_key_files.get(tier.name),
+            last=tier is spec.tiers[-1],
         )
         for tier in spec.tiers
     ]
@@ -279,7 +288,13 @@ def router_config_from_cascade(
 
 
 def _tier_config(
-    tier: Tier, admission: Admission, *, url: str | None, api_key_env: str | None, api_key_file: str | None
+    tier: Tier,
+    admission: Admission,
+    *,
+    url: str | None,
+    api_key_env: str | None,
+    api_key_file: str | None,
+    last: bool = False,
 ) -> TierConfig:
     """One tier as the router calls it; its admission bounds are `kascade.api.admission.tier_limits`."""
     limits = tier_limits(
@@ -299,7 +314,16 @@ def _tier_config(
         pre_route=tier.pre_route,
         max_in_flight=limits.max_in_flight,
         max_queue=limits.max_queue,
+        **_scale_to_zero_of(tier, last=last),
     )
+
+
+def _scale_to_zero_of(tier: Tier, *, last: bool) -> dict[str, Any]:
+    """How the router treats the tier while it has no ready replica (`replica_absence`): skip it, or wait."""
+    scaling = tier.autoscaling
+    if scaling is None or not scaling.scales_to_zero:
+        return {}
+    return {"cold_start_wait_seconds": scaling.cold_start_wait_seconds} if last else {"skip_without_replica": True}
 
 
 def escalation_log_of(cascade: ModelCascade, uri: str | None) -> EscalationLogConfig | None:

@@ -24,6 +24,7 @@ from kascade.api.admission import AdmissionOutcome
 from kascade.api.counters import CounterSlot, SlotCost, TierCounters
 from kascade.api.modelcascade import Price, currency_conflict
 from kascade.api.times import format_time_precise
+from kascade.runtime.replica_absence import ReplicaAbsenceCounts
 
 _PER_MILLION = 1_000_000
 
@@ -137,6 +138,7 @@ class Ledger:
         self._started_at = clock()
         self._updated_at = self._started_at
         self._lock = threading.Lock()
+        self.absences = ReplicaAbsenceCounts()  # tiers without a replica: skips, waits for the last
         self._requests = 0
         self._failed = 0
         self._escalations = 0
@@ -365,6 +367,7 @@ class Ledger:
                 routed_past_saved=sum(totals.routed_past_saved for totals in self._tiers.values()),
                 probe_calls=self._probe_calls,
                 probe_cost=self._probe_cost,
+                **self.absences.slot_fields(),
                 **{outcome.value: self._admission_counts(outcome) for outcome in AdmissionOutcome},
             )
 

@@ -29,6 +29,7 @@ FAILED_LABEL = "none"
 # The series an autoscaler reads a tier's load from (operator/build_autoscaling.py), by these names.
 TIER_IN_FLIGHT = "kascade_tier_in_flight"
 TIER_QUEUED = "kascade_tier_queued"
+TIER_SKIPPED_NO_REPLICA = "kascade_tier_skipped_no_replica"
 
 # What became of an agreement question put to the LLM judge (matcher judge).
 JUDGE_OUTCOMES = ("verdict", "no_verdict", "skipped")
@@ -151,6 +152,13 @@ class RouterMetrics:
             ["cascade", "tier", "outcome"],
             registry=registry,
         )
+        self.skipped_no_replica = Counter(
+            TIER_SKIPPED_NO_REPLICA,
+            "Requests that skipped a tier scaled to zero (autoscaling.minReplicas 0): it had no ready replica, and "
+            "the next tier was asked. Demand that wakes the tier.",
+            ["cascade", "tier"],
+            registry=registry,
+        )
 
     def _preinitialise(self, tiers: list[str]) -> None:
         for answered_by in [*tiers, FAILED_LABEL]:
@@ -172,6 +180,7 @@ class RouterMetrics:
         self.judge_cost.labels(self.cascade)
         for tier in tiers[:-1]:
             self.routed_past.labels(self.cascade, tier)
+            self.skipped_no_replica.labels(self.cascade, tier)
             for outcome in PROBE_OUTCOMES:
                 self.probes.labels(self.cascade, tier, outcome)
         for index, tier in enumerate(tiers):
@@ -189,6 +198,9 @@ class RouterMetrics:
     def observe_admission(self, tier: str, outcome: AdmissionOutcome) -> None:
         """One request at a tier's gate."""
         self.admission.labels(self.cascade, tier, outcome.value).inc()
+
+    def observe_skipped_no_replica(self, tier: str) -> None:
+        self.skipped_no_replica.labels(self.cascade, tier).inc()
 
     def observe_routed_past(self, tier: str) -> None:
         self.routed_past.labels(self.cascade, tier).inc()

@@ -1,7 +1,8 @@
 """One call to a tier within the router's retry budget: a whole answer, or a stream opened to its first chunk.
 
 A failed attempt (timeout, refused connection, 5xx, 429) is retried after
-`tier_step.retry_delay` while the budget lasts. Every attempt is accounted in
+`tier_step.retry_delay` while the budget lasts; a refused connection to a tier
+that scales to zero is skipped or waited for instead (`replica_absence`). Every attempt is accounted in
 the request's `Attempts`, the failed ones included, with its latency.
 """
 
@@ -16,12 +17,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from kascade.runtime.attempts import Attempts, usage_of
 from kascade.runtime.engines.base import Endpoint, Engine, TierError
 from kascade.runtime.ledger import TierCall
+from kascade.runtime.replica_absence import ALWAYS_SERVED, NoReplica, ReplicaAbsence
 from kascade.runtime.sse import aclose_quietly
 from kascade.runtime.tier_step import as_tier_error, retry_delay
 from kascade.runtime.tier_stream import Chunks, OpenStream, discard
 
 if TYPE_CHECKING:
     from kascade.runtime.admission import Slot
+    from kascade.runtime.config import TierConfig
     from kascade.runtime.scoring.policy import Decision
 
 _Result = TypeVar("_Result")
@@ -61,7 +64,7 @@ class Called:
 
 
 async def call_whole(
-    budget: RetryBudget, tier: str, engine: Engine, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
+    budget: RetryBudget, tier: TierConfig, engine: Engine, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
 ) -> dict[str, Any]:
     """The tier's whole answer; its tokens are accounted with the call."""
 
@@ -69,14 +72,14 @@ async def call_whole(
         async with asyncio.timeout(budget.timeout_seconds):
             return await engine.call(endpoint, body)
 
-    response, latency = await _retrying(budget, tier, attempts, call_once)
+    response, latency = await _retrying(budget, tier.name, attempts, call_once, ReplicaAbsence.of(tier))
     input_tokens, output_tokens = usage_of(response)
-    attempts.add(TierCall(tier, input_tokens, output_tokens, latency, ok=True))
+    attempts.add(TierCall(tier.name, input_tokens, output_tokens, latency, ok=True))
     return response
 
 
 async def open_stream(
-    budget: RetryBudget, tier: str, engine: Engine, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
+    budget: RetryBudget, tier: TierConfig, engine: Engine, endpoint: Endpoint, body: dict[str, Any], attempts: Attempts
 ) -> tuple[Chunks, dict[str, Any]]:
     """Open a tier's stream and read its first chunk.
 
@@ -97,26 +100,51 @@ async def open_stream(
             raise
         return chunks, first
 
-    opened, latency = await _retrying(budget, tier, attempts, open_once)
-    attempts.add(TierCall(tier, 0, 0, latency, ok=True))
+    opened, latency = await _retrying(budget, tier.name, attempts, open_once, ReplicaAbsence.of(tier))
+    attempts.add(TierCall(tier.name, 0, 0, latency, ok=True))
     return opened
 
 
 async def _retrying(
-    budget: RetryBudget, tier: str, attempts: Attempts, once: Callable[[], Awaitable[_Result]]
+    budget: RetryBudget,
+    tier: str,
+    attempts: Attempts,
+    once: Callable[[], Awaitable[_Result]],
+    absence: ReplicaAbsence = ALWAYS_SERVED,
 ) -> tuple[_Result, float]:
-    """Run `once` until it succeeds or the budget is spent; failed attempts are accounted here."""
+    """Run `once` until it succeeds or the budget is spent; failed attempts are accounted here.
+
+    A tier that scales to zero and refuses the connection (`absence`): skipped at once (`NoReplica`), or asked
+    again until a replica answers within its cold-start wait, which is noted on `attempts`.
+    """
     clock = budget.latency_clock
     attempt = 0
-    while True:
-        started = clock()
-        try:
-            return await once(), clock() - started
-        except (TierError, TimeoutError) as caught:
-            error = as_tier_error(caught, budget.timeout_seconds)
-            attempts.add(TierCall(tier, 0, 0, clock() - started, ok=False))
-            delay = retry_delay(error, attempt, retries=budget.retries, backoff_seconds=budget.backoff_seconds)
-            if delay is None:
-                raise error from caught
-            await asyncio.sleep(delay)
-            attempt += 1
+    refused_at: float | None = None
+    try:
+        while True:
+            started = clock()
+            try:
+                return await once(), clock() - started
+            except (TierError, TimeoutError) as caught:
+                error = as_tier_error(caught, budget.timeout_seconds)
+                if absence.skips(error):
+                    attempts.without_replica.append(tier)
+                    raise NoReplica(tier, error) from caught
+                refused_at = started if refused_at is None and error.no_connection else refused_at
+                pause = absence.pause(error, 0.0 if refused_at is None else clock() - refused_at)
+                if pause is not None:
+                    await asyncio.sleep(pause)
+                    continue
+                _account_failure(budget, tier, attempts, started)
+                delay = retry_delay(error, attempt, retries=budget.retries, backoff_seconds=budget.backoff_seconds)
+                if delay is None:
+                    raise error from caught
+                await asyncio.sleep(delay)
+                attempt += 1
+    finally:
+        if refused_at is not None and absence.wait_seconds > 0:
+            attempts.cold_start_waits.append((tier, clock() - refused_at))
+
+
+def _account_failure(budget: RetryBudget, tier: str, attempts: Attempts, started: float) -> None:
+    attempts.add(TierCall(tier, 0, 0, budget.latency_clock() - started, ok=False))

@@ -41,12 +41,16 @@ class TierError(Exception):
         *,
         status: int | None = None,
         body: dict[str, Any] | None = None,
+        no_connection: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status
         self.body = body
+        # No connection could be made (refused, no route): nothing listens behind the address, which is what a
+        # Service with no ready endpoint gives (kube-proxy rejects its connections). A tier scaled to zero.
+        self.no_connection = no_connection
 
     @property
     def retryable(self) -> bool:

@@ -77,7 +77,7 @@ class HttpEngine:
         except (TimeoutError, aiohttp.ServerTimeoutError) as error:
             raise TierError(TierErrorKind.timeout, f"timed out: {error!r}") from error
         except aiohttp.ClientError as error:
-            raise TierError(TierErrorKind.unavailable, f"unreachable: {error!r}") from error
+            raise unreachable(error) from error
         raise_for_tier_status(status, content)
         try:
             answer = json.loads(content)
@@ -95,7 +95,7 @@ class HttpEngine:
         except (TimeoutError, aiohttp.ServerTimeoutError) as error:
             raise TierError(TierErrorKind.timeout, f"timed out: {error!r}") from error
         except aiohttp.ClientError as error:
-            raise TierError(TierErrorKind.unavailable, f"unreachable: {error!r}") from error
+            raise unreachable(error) from error
         try:
             if response.status >= 400:
                 raise_for_tier_status(response.status, await response.read())
@@ -123,6 +123,16 @@ class HttpEngine:
     async def aclose(self) -> None:
         if self._owns_session and self._session is not None:
             await self._session.close()
+
+
+def unreachable(error: aiohttp.ClientError) -> TierError:
+    """A call that got no answer: `no_connection` when no connection could be made at all (refused, no route)."""
+    return TierError(
+        TierErrorKind.unavailable,
+        f"unreachable: {error!r}",
+        no_connection=isinstance(error, aiohttp.ClientConnectorError)
+        and not isinstance(error, aiohttp.ClientConnectorDNSError | aiohttp.ClientSSLError),
+    )
 
 
 def raise_for_tier_status(status: int, content: bytes) -> None:

@@ -361,6 +361,49 @@ CASES = [
         "takes no preRoute",
     ),
     Case(
+        "autoscaling-min-above-max",
+        _set(_tier(0), "autoscaling", {"minReplicas": 3, "maxReplicas": 2, "targetPerReplica": 8}),
+        "cel",
+        "spec.tiers[0].autoscaling: autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+        "minReplicas must not exceed",
+    ),
+    Case(
+        "autoscaling-without-a-target",
+        _set(_tier(0), "autoscaling", {"maxReplicas": 2}),
+        "schema",
+        "spec.tiers.0.autoscaling: 'targetPerReplica' is a required property",
+        "targetPerReplica",
+    ),
+    Case(
+        "autoscaling-an-external-tier",
+        lambda m: m["spec"]["tiers"][0].update(
+            engine="external",
+            model={"uri": "https://api.example.com/v1"},
+            autoscaling={"maxReplicas": 2, "targetPerReplica": 8},
+        ),
+        "cel",
+        "spec.tiers[0]: engine external deploys nothing to scale",
+        "takes no autoscaling",
+    ),
+    Case(
+        "the-last-tier-to-zero-without-a-wait",
+        _set(_tier(-1), "autoscaling", {"minReplicas": 0, "maxReplicas": 2, "targetPerReplica": 8}),
+        "cel",
+        "spec: the last tier answers whatever reaches it: autoscaling.minReplicas 0 on it needs",
+        "needs autoscaling.coldStartWaitSeconds",
+    ),
+    Case(
+        "a-cold-start-wait-before-the-last-tier",
+        _set(
+            _tier(0),
+            "autoscaling",
+            {"minReplicas": 0, "maxReplicas": 2, "targetPerReplica": 8, "coldStartWaitSeconds": 60},
+        ),
+        "cel",
+        "spec: autoscaling.coldStartWaitSeconds is for the last tier at minReplicas 0 only",
+        "for the last tier at minReplicas 0 only",
+    ),
+    Case(
         "threshold-bounds-reversed",
         _set(_spec, "calibration", {"minAgreement": 0.9, "minThreshold": 0.8, "maxThreshold": 0.5}),
         "cel",
@@ -568,6 +611,18 @@ def test_what_is_off_or_zero_is_accepted() -> None:
     ModelCascade.model_validate(manifest)
 
 
+def test_autoscaled_tiers_are_accepted() -> None:
+    """A tier before the last scales to zero; the last scales to zero only with its cold-start wait."""
+    manifest = copy.deepcopy(GOOD)
+    manifest["spec"]["tiers"][0]["autoscaling"] = {"minReplicas": 0, "maxReplicas": 4, "targetPerReplica": 8}
+    manifest["spec"]["tiers"][1]["autoscaling"] = {"maxReplicas": 2, "targetPerReplica": 16}
+    assert refusals(manifest) == []
+    ModelCascade.model_validate(manifest)
+    manifest["spec"]["tiers"][1]["autoscaling"].update(minReplicas=0, coldStartWaitSeconds=120)
+    assert refusals(manifest) == []
+    ModelCascade.model_validate(manifest)
+
+
 def test_distillation_with_its_log_and_defaults_is_accepted() -> None:
     """A distilling cascade with its log, and onPolicyFraction 0 or left to its default, passes every rule."""
     manifest = copy.deepcopy(GOOD)
@@ -660,6 +715,13 @@ def _tier_manifest(draw: st.DrawFn) -> dict[str, Any]:
     accept = draw(_accept())
     if accept is not None:
         tier["accept"] = accept
+    if draw(st.integers(0, 3)) == 0:
+        scaling: dict[str, Any] = {"maxReplicas": draw(st.sampled_from([1, 2])), "targetPerReplica": 8}
+        if (low := draw(st.sampled_from([None, 0, 1, 3]))) is not None:
+            scaling["minReplicas"] = low
+        if draw(st.booleans()):
+            scaling["coldStartWaitSeconds"] = 60
+        tier["autoscaling"] = scaling
     return tier
 
 

@@ -282,6 +282,7 @@ def test_cel_rules_are_attached_where_they_belong() -> None:
         ".spec.distillation.tolerations[]",
         ".spec.tiers[]",
         ".spec.tiers[].accept",
+        ".spec.tiers[].autoscaling",
         ".spec.tiers[].preRoute",
         ".spec.tiers[].tolerations[]",
     ]
@@ -290,7 +291,7 @@ def test_cel_rules_are_attached_where_they_belong() -> None:
     # 4 on distillation (needs the log, a student tier that is not the last, on-policy needs a scoring teacher,
     # a student a run can train), 1 toleration of its runs; 1 on the judge (url with a model), 2 on pre-routing
     # (not on the last tier, weights of its dimensions).
-    assert len(cel_rules()) == 24
+    assert len(cel_rules()) == 28
 
 
 # --- the converter refuses what it cannot express -----------------------------

@@ -21,7 +21,7 @@ from chart_testkit import REPO, by_kind, operator_deployment, render, render_val
 from rbac_coverage import ApiCall, api_call, check_rbac, grants
 
 from kascade.api.modelcascade import ModelCascade
-from kascade.operator.builders import CHILD_KINDS, build_router_role
+from kascade.operator.builders import CHILD_KINDS, KEDA_CHILD_KINDS, build_router_role
 from kascade.operator.permissions import OPERATOR_RULES
 from kascade.operator.settings import OperatorSettings
 from kascade.testing import RecordedRequest
@@ -99,7 +99,7 @@ def test_every_listed_call_says_why():
 def test_every_child_kind_of_the_operator_has_its_whole_life_cycle_listed():
     """A kind added to CHILD_KINDS without RBAC would fail on the first cascade; this catches it first."""
     listed = {(entry["group"], entry["resource"]): set(entry["verbs"]) for entry in listed_calls()}
-    for child in CHILD_KINDS:
+    for child in (*CHILD_KINDS, *KEDA_CHILD_KINDS):
         group = child.api_version.rpartition("/")[0]
         verbs = listed.get((group, child.plural))
         assert verbs is not None, f"{child.kind} ({child.plural}) is a child kind but not in {TABLE}"
@@ -187,7 +187,7 @@ def test_no_rbac_objects_when_rbac_create_is_false():
 @pytest.mark.parametrize("value_set", ["defaults", "namespaced", "cluster-wide", "customised"])
 @pytest.mark.slow  # helm template
 def test_no_wildcards_escalation_or_secret_enumeration(value_set: str):
-    children = {child.plural for child in CHILD_KINDS}
+    children = {child.plural for child in (*CHILD_KINDS, *KEDA_CHILD_KINDS)}
     for grant in grants(roles_of(render(value_set))):
         assert "*" not in (grant.verb, grant.group, grant.resource), grant
         assert grant.verb not in ("escalate", "bind", "impersonate", "deletecollection"), grant

@@ -187,10 +187,13 @@ def test_build_children_in_apply_order() -> None:
         ("ConfigMap", "support-bot-router"),
         ("Service", "support-bot-small"),
         ("Deployment", "support-bot-small"),
+        ("PodDisruptionBudget", "support-bot-small"),
         ("Service", "support-bot-medium"),
         ("Deployment", "support-bot-medium"),
+        ("PodDisruptionBudget", "support-bot-medium"),
         ("Service", "support-bot-router"),
         ("Deployment", "support-bot-router"),
+        ("PodDisruptionBudget", "support-bot-router"),
     ]
 
 

@@ -93,10 +93,16 @@ def test_the_first_reconcile_creates_and_the_next_ones_write_nothing(
     reconcile_once(credentials, server.get("modelcascades", "steady", "default"))
     assert server.writes(since=mark) == []
     reads = [r for r in server.requests[mark:] if r.user_agent.startswith("kascade-operator/")]
+    discovery = [r for r in reads if r.resource is None]  # is KEDA served? an external metrics API?
+    reads = [r for r in reads if r.resource is not None]
+    assert sorted(r.path for r in discovery) == [
+        *2 * ["/apis/external.metrics.k8s.io/v1beta1"],
+        *2 * ["/apis/keda.sh/v1alpha1"],
+    ]
     assert {r.verb for r in reads} == {"list", "get"}
-    # Per reconcile: 6 child lists, 2 Secret gets, 1 node list (a running operator lists nodes at most every 10 s),
+    # Per reconcile: 8 child lists, 2 Secret gets, 1 node list (a running operator lists nodes at most every 10 s),
     # 1 list of the distillation runs (the example distils), 2 claim gets (the log's and the students' access modes).
-    assert len(reads) == 2 * (6 + 2 + 1 + 1 + 2)
+    assert len(reads) == 2 * (8 + 2 + 1 + 1 + 2)
 
 
 def test_a_gpu_type_no_node_offers_yet_is_applied_and_ready_once_such_a_node_joins(

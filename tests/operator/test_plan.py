@@ -109,6 +109,7 @@ def test_a_removed_tier_deletes_its_children() -> None:
     assert set(plan.delete) == {
         ChildRef("apps/v1", "Deployment", "support-bot-medium"),
         ChildRef("v1", "Service", "support-bot-medium"),
+        ChildRef("policy/v1", "PodDisruptionBudget", "support-bot-medium"),
     }
     assert not plan.create
 

@@ -156,6 +156,7 @@ def test_snapshot_keys_are_exactly_as_specified() -> None:
         *("routedPast", "routedPastSaved", "probeCalls", "probeCost"),  # pre-routing
         *("judgeCalls", "judgeCost", "judgeFailures", "judgeSkipped"),  # matcher judge
         *("admitted", "rejected", "rejectedAtEscalation", "keptUnderLoad"),  # admission control
+        *("skippedNoReplica", "coldStartWaits", "coldStartWaitSeconds"),  # tiers scaled to zero
     }
     assert set(snapshot["tiers"]) == {"small", "large"}
     for tier in snapshot["tiers"].values():

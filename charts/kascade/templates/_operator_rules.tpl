@@ -64,6 +64,21 @@ edit: change the table and run `python scripts/render_permissions.py`.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "update", "delete"]
+# children of a cascade (HorizontalPodAutoscaler): observe (list, watch), find
+# a name someone else holds (get), create, replace (PUT), remove.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
+# children of a cascade (PodDisruptionBudget): observe (list, watch), find a
+# name someone else holds (get), create, replace (PUT), remove.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
+# children of a cascade (ScaledObject): observe (list, watch), find a name
+# someone else holds (get), create, replace (PUT), remove.
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
 # the Secrets a cascade names exist and hold their keys (values unread); never
 # list.
 - apiGroups: [""]
