@@ -111,9 +111,8 @@ class Cascade:
         self.ledger = ledger
         self.metrics = metrics
         self._watch = watch
-        self._pre_routing = PreRouting.of(
-            config, engines, ledger, metrics, watch.sampler if watch else None, draw=probe_draw
-        )
+        sampler, keeper = (watch.sampler, watch.keeper) if watch else (None, None)
+        self._pre_routing = PreRouting.of(config, engines, ledger, metrics, sampler, draw=probe_draw, keeper=keeper)
         self._budget = RetryBudget(
             config.timeout_seconds, config.retries, config.retry_backoff_seconds, latency_clock=latency_clock
         )

@@ -17,7 +17,9 @@ from test_pre_routing import PromptEngine, ask, config, fixed, in_loop, settle, 
 from kascade.api.agreement import AnswerMatcher
 from kascade.api.escalation_record import ModelIdentity, ProbeDraw, RecordKind
 from kascade.api.pre_route import PreRoute
+from kascade.runtime.answer_watch import AnswerWatch
 from kascade.runtime.attempts import Attempts, usage_of
+from kascade.runtime.cascade import Cascade
 from kascade.runtime.config import EscalationLogConfig, RouterConfig
 from kascade.runtime.engines.base import Endpoint
 from kascade.runtime.escalation.keeping import EscalationKeeper
@@ -171,3 +173,23 @@ async def test_without_a_log_a_probe_for_the_record_waits_for_no_answer() -> Non
     await settle()
     assert router.ledger.counter_slot().probe_calls == 1 and router.log.offered == []
     assert attempts.passed_over[0].reference is None  # the probe ended with its call: no answer was waited for
+
+
+@in_loop
+async def test_a_cascade_with_a_log_keeps_its_probes_whole_and_streamed() -> None:
+    cfg = config(skipping("hard", probe_rate=1.0))
+    small, large = _answers(small=0.9)
+    ledger = Ledger({tier.name: tier.price for tier in cfg.tiers})
+    log = CollectingLog()
+    watch = AnswerWatch(EscalationKeeper(log, "demo"), None, cfg.tiers[-1])
+    cascade = Cascade(cfg, {"small": small, "large": large}, ledger, watch=watch)
+    await cascade.answer(Endpoint.chat, ask("a hard question"))
+    streamed = await cascade.answer_streaming(Endpoint.chat, {**ask("another hard one"), "stream": True})
+    async for _ in streamed.chunks:
+        pass
+    await cascade.answer(Endpoint.chat, ask("an easy question"))  # not skipped: no probe
+    await settle()
+    await cascade.close()
+    probes = [seen for seen in log.offered if seen.kind is RecordKind.probe]
+    assert [seen.body["messages"][0]["content"] for seen in probes] == ["a hard question", "another hard one"]
+    assert all(seen.answered_by == LARGE and seen.answer.text for seen in probes)
