@@ -298,7 +298,11 @@ def _tier_config(
 ) -> TierConfig:
     """One tier as the router calls it; its admission bounds are `kascade.api.admission.tier_limits`."""
     limits = tier_limits(
-        admission, tier.admission, one_at_a_time=tier.engine is EngineKind.transformers, replicas=tier.replicas
+        admission,
+        tier.admission,
+        one_at_a_time=tier.engine is EngineKind.transformers,
+        # an autoscaled tier may grow to maxReplicas: the bound must not hold it below what it can serve
+        replicas=tier.autoscaling.max_replicas if tier.autoscaling is not None else tier.replicas,
     )
     return TierConfig(
         name=tier.name,

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kascade.api.admission import AdmissionOutcome, OnEscalationFull
+from kascade.api.autoscaling import Autoscaling
 from kascade.api.modelcascade import Accept, ModelCascade, StreamingMode
 from kascade.api.pre_route import PreRoute
 from kascade.runtime.admission import Admission, QueueFull, Refused, TierGate
@@ -428,3 +429,13 @@ def test_the_router_config_carries_each_tiers_bounds_and_the_policy() -> None:
     assert (small.max_in_flight, small.max_queue) == (6, 4)
     assert (large.max_in_flight, large.max_queue) == (3, 0)
     assert (config.queue_timeout_seconds, config.on_escalation_full) == (2.5, OnEscalationFull.keep_small)
+
+
+def test_an_autoscaled_tier_is_bounded_by_what_its_most_replicas_serve() -> None:
+    spec = _cascade()
+    small = spec.spec.tiers[0].model_copy(
+        update={"autoscaling": Autoscaling(min_replicas=0, max_replicas=5, target_per_replica=2)}
+    )
+    spec.spec.tiers[0] = small
+    (config_small, _) = router_config_from_cascade(spec, {"small": None, "large": None}).tiers
+    assert config_small.max_in_flight == 10  # engine transformers: 2 per replica, at maxReplicas, not at `replicas`
