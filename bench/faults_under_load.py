@@ -392,7 +392,8 @@ class LoadClient:
             record.outcome, record.latency = "hung", time.monotonic() - due
             return
         except httpx.HTTPError as error:
-            record.outcome, record.detail = "transport", f"{type(error).__name__}: {error}"
+            record.outcome, record.latency = "transport", time.monotonic() - due
+            record.detail = f"{type(error).__name__}({error}) {record.replica} sent at {record.sent_at:.2f} s"
             return
         record.latency = time.monotonic() - due
         record.status = response.status_code
@@ -727,7 +728,7 @@ def summarize(result: PhaseResult, settings: Settings) -> dict[str, Any]:
         window = [r for r in sent if result.fault_began <= r.sent_at < result.fault_ended]
     else:
         window = sent
-    latencies = [r.latency * 1000 for r in window if r.latency is not None and r.outcome != "hung"]
+    latencies = [r.latency * 1000 for r in window if r.latency is not None and r.outcome not in ("hung", "transport")]
     lost = {
         key: result.router_counted.get(key, 0) - count
         for key, count in result.client_counted.items()
