@@ -24,12 +24,19 @@ class Attempts:
         self.declined: list[DeclinedSeen] = []  # kept only when the cascade keeps an escalation log
         self.passed_over: list[PassedOver] = []  # tiers skipped on their pre-route score (`pre_routing`)
         self.without_replica: list[str] = []  # tiers skipped: scaled to zero, no ready replica (`replica_absence`)
+        # Where each of those skips falls in the trail: (calls made before it, pre-route skips before it).
+        self._without_replica_at: list[tuple[int, int]] = []
         self.cold_start_waits: list[tuple[str, float]] = []  # (tier, seconds) waited for the last tier's replica
 
     @property
     def tiers_skipped(self) -> int:
         """Tiers passed over before they were asked: on their pre-route score, or without a replica."""
         return len(self.passed_over) + len(self.without_replica)
+
+    def skip_without_replica(self, tier: str) -> None:
+        """`tier` had no ready replica and is skipped: counted, and `tier=skipped(no-replica)` in the trail."""
+        self.without_replica.append(tier)
+        self._without_replica_at.append((len(self.calls), len(self.passed_over)))
 
     def add(self, call: TierCall) -> None:
         self.calls.append(call)
@@ -59,22 +66,39 @@ class Attempts:
 
     def trail(self) -> str:
         """Each tier tried, in order: its score, `error` if every attempt failed, or just its name; a tier passed
-        over on its pre-route score as `skipped(probability)`."""
+        over on its pre-route score as `skipped(probability)`, one without a ready replica as
+        `skipped(no-replica)`."""
         steps: dict[str, str] = {}
-        skipped = list(self.passed_over)  # in order, each before the calls made after it
+        skipped = self._skips_in_order()
         for index, call in enumerate(self.calls):
-            while skipped and skipped[0].position <= index:
-                passed = skipped.pop(0)
-                steps[passed.tier] = f"{passed.tier}=skipped({passed.probability:.4f})"
+            while skipped and skipped[0][0] <= index:
+                _, tier, step = skipped.pop(0)
+                steps[tier] = step
             if call.confidence is not None:
                 steps[call.tier] = f"{call.tier}={call.confidence:.4f}"
             elif call.ok:
                 steps[call.tier] = call.tier
             else:
                 steps.setdefault(call.tier, f"{call.tier}=error")
-        for passed in skipped:
-            steps[passed.tier] = f"{passed.tier}=skipped({passed.probability:.4f})"
+        for _, tier, step in skipped:
+            steps[tier] = step
         return ",".join(steps.values())
+
+    def _skips_in_order(self) -> list[tuple[int, str, str]]:
+        """(calls made before it, tier, trail step) of every tier skipped before it was asked, in the order the
+        request skipped them: pre-route skips and skips without a replica interleaved as they happened."""
+        ordered: list[tuple[int, str, str]] = []
+        taken = 0
+        for tier, (position, passed_before) in zip(self.without_replica, self._without_replica_at, strict=True):
+            ordered.extend(_passed_over_step(passed) for passed in self.passed_over[taken:passed_before])
+            taken = max(taken, passed_before)
+            ordered.append((position, tier, f"{tier}=skipped(no-replica)"))
+        ordered.extend(_passed_over_step(passed) for passed in self.passed_over[taken:])
+        return ordered
+
+
+def _passed_over_step(passed: PassedOver) -> tuple[int, str, str]:
+    return passed.position, passed.tier, f"{passed.tier}=skipped({passed.probability:.4f})"
 
 
 def usage_of(response: dict[str, Any]) -> tuple[int, int]:

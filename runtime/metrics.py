@@ -31,6 +31,10 @@ TIER_IN_FLIGHT = "kascade_tier_in_flight"
 TIER_QUEUED = "kascade_tier_queued"
 TIER_SKIPPED_NO_REPLICA = "kascade_tier_skipped_no_replica"
 
+# A cold start (pull, load, warm-up) takes from seconds (a cached small model) to many minutes (a large one
+# pulled anew); autoscaling.coldStartWaitSeconds is at most an hour.
+COLD_START_WAIT_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
 # What became of an agreement question put to the LLM judge (matcher judge).
 JUDGE_OUTCOMES = ("verdict", "no_verdict", "skipped")
 
@@ -159,6 +163,14 @@ class RouterMetrics:
             ["cascade", "tier"],
             registry=registry,
         )
+        self.cold_start_wait = Histogram(
+            "kascade_tier_cold_start_wait_seconds",
+            "How long requests waited for the last tier scaled to zero (autoscaling.coldStartWaitSeconds) to have a "
+            "replica again, from the first refused connection to an answer or the end of the wait (then 503).",
+            ["cascade", "tier"],
+            buckets=COLD_START_WAIT_BUCKETS,
+            registry=registry,
+        )
 
     def _preinitialise(self, tiers: list[str]) -> None:
         for answered_by in [*tiers, FAILED_LABEL]:
@@ -183,6 +195,8 @@ class RouterMetrics:
             self.skipped_no_replica.labels(self.cascade, tier)
             for outcome in PROBE_OUTCOMES:
                 self.probes.labels(self.cascade, tier, outcome)
+        if tiers:
+            self.cold_start_wait.labels(self.cascade, tiers[-1])  # only the last tier is waited for
         for index, tier in enumerate(tiers):
             for outcome in ADMISSION_OUTCOMES if index > 0 else ADMISSION_OUTCOMES[:2]:
                 self.admission.labels(self.cascade, tier, outcome)
@@ -201,6 +215,10 @@ class RouterMetrics:
 
     def observe_skipped_no_replica(self, tier: str) -> None:
         self.skipped_no_replica.labels(self.cascade, tier).inc()
+
+    def observe_cold_start_wait(self, tier: str, seconds: float) -> None:
+        """One request's wait for the last tier to have a replica again."""
+        self.cold_start_wait.labels(self.cascade, tier).observe(max(seconds, 0.0))
 
     def observe_routed_past(self, tier: str) -> None:
         self.routed_past.labels(self.cascade, tier).inc()

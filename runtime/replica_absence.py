@@ -11,12 +11,14 @@ as before: retried within the budget, then `onTierError`.
 - A tier before the last (`skip`): the request skips it at once, no retry,
   no call accounted, and the next tier answers; the skip is counted
   (`skippedNoReplica` in `/stats` and the status,
-  `kascade_tier_skipped_no_replica_total`), and that count is the demand that
-  wakes the tier (`operator/build_autoscaling.py`).
+  `kascade_tier_skipped_no_replica_total`; `small=skipped(no-replica)` in
+  the trail header), and that count is the demand that wakes the tier
+  (`operator/build_autoscaling.py`).
 - The last tier (`wait_seconds`, its `autoscaling.coldStartWaitSeconds`): the
   request asks again every `poll_seconds` until a replica answers or the wait
   is spent (then 503, as any unreachable last tier); each wait is counted with
-  its seconds (`coldStartWaits`, `coldStartWaitSeconds`).
+  its seconds (`coldStartWaits`, `coldStartWaitSeconds`; the histogram
+  `kascade_tier_cold_start_wait_seconds`).
 
 Pure: the decisions; `tier_call` acts on them.
 """
@@ -112,3 +114,5 @@ def note_replica_absences(attempts: Attempts, ledger: Ledger, metrics: RouterMet
     if metrics is not None:
         for tier in attempts.without_replica:
             metrics.observe_skipped_no_replica(tier)
+        for tier, seconds in attempts.cold_start_waits:
+            metrics.observe_cold_start_wait(tier, seconds)

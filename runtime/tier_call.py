@@ -128,7 +128,7 @@ async def _retrying(
             except (TierError, TimeoutError) as caught:
                 error = as_tier_error(caught, budget.timeout_seconds)
                 if absence.skips(error):
-                    attempts.without_replica.append(tier)
+                    attempts.skip_without_replica(tier)
                     raise NoReplica(tier, error) from caught
                 refused_at = started if refused_at is None and error.no_connection else refused_at
                 pause = absence.pause(error, 0.0 if refused_at is None else clock() - refused_at)

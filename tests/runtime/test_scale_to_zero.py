@@ -16,12 +16,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kascade.api.modelcascade import Accept, ModelCascade, OnTierError
+from kascade.runtime.attempts import Attempts
 from kascade.runtime.cascade import Cascade, CascadeFailed
 from kascade.runtime.config import RouterConfig, TierConfig, router_config_from_cascade
 from kascade.runtime.engines.base import Endpoint, TierError, TierErrorKind
 from kascade.runtime.engines.http import HttpEngine
-from kascade.runtime.ledger import Ledger
+from kascade.runtime.ledger import Ledger, TierCall
 from kascade.runtime.metrics import RouterMetrics
+from kascade.runtime.pre_routing import PassedOver
 from kascade.runtime.replica_absence import ReplicaAbsence
 
 ASK = {"model": "demo", "messages": [{"role": "user", "content": "Hi"}]}
@@ -80,13 +82,35 @@ def test_a_tier_without_a_replica_is_skipped_at_once_and_counted_and_the_next_an
     small = Tier(refusals=10)
     runner, ledger, metrics = cascade(small, Tier())
     answer = asyncio.run(runner.answer(Endpoint.chat, ASK))
-    assert (answer.tier, answer.escalated, answer.trail) == ("large", False, "large")
+    assert (answer.tier, answer.escalated, answer.trail) == ("large", False, "small=skipped(no-replica),large")
     assert small.calls == 1  # no retry: a refused connection to a tier at zero is its state, not a blip
     slot = ledger.counter_slot()
     assert slot.skipped_no_replica == {"small": 1}
     assert slot.tiers["small"].calls == 0 and slot.tiers["small"].errors == 0  # nothing was called, nothing paid
     assert slot.escalations == 0
     assert metrics.skipped_no_replica.labels("demo", "small")._value.get() == 1
+
+
+def test_the_trail_shows_each_skip_where_the_request_met_it() -> None:
+    """Skips without a replica and pre-route skips interleave in the order the request skipped them."""
+    first_at_zero = Attempts()
+    first_at_zero.skip_without_replica("small")
+    first_at_zero.passed_over.append(PassedOver("medium", 0.12345, position=0))
+    first_at_zero.add(TierCall("large", 3, 1, 0.1, ok=True))
+    assert first_at_zero.trail() == "small=skipped(no-replica),medium=skipped(0.1235),large"
+
+    second_at_zero = Attempts()
+    second_at_zero.passed_over.append(PassedOver("small", 0.5, position=0))
+    second_at_zero.skip_without_replica("medium")
+    second_at_zero.add(TierCall("large", 3, 1, 0.1, ok=True))
+    assert second_at_zero.trail() == "small=skipped(0.5000),medium=skipped(no-replica),large"
+
+    asked_then_gone = Attempts()
+    asked_then_gone.add(TierCall("small", 3, 1, 0.1, ok=True, confidence=0.2))
+    asked_then_gone.skip_without_replica("medium")
+    asked_then_gone.add(TierCall("large", 3, 1, 0.1, ok=True))
+    assert asked_then_gone.trail() == "small=0.2000,medium=skipped(no-replica),large"
+    assert asked_then_gone.without_replica == ["medium"] and asked_then_gone.tiers_skipped == 1
 
 
 def test_the_skip_holds_whatever_on_tier_error_says() -> None:
@@ -130,6 +154,28 @@ def test_the_last_tier_at_zero_is_waited_for_within_its_cold_start_wait() -> Non
     assert slot.cold_start_waits == {"large": 1}
     assert 0.9 <= slot.cold_start_wait_seconds < 5.0  # two polls of 0.5 s
     assert slot.tiers["large"].errors == 0  # the refusals while waiting are no failed calls
+
+
+def cold_start_waits(metrics: RouterMetrics, tier: str) -> tuple[float, float]:
+    """(count, sum) of the tier's cold-start waits in the router's histogram."""
+    (family,) = metrics.cold_start_wait.collect()
+    values = {
+        sample.name.removeprefix(family.name): sample.value
+        for sample in family.samples
+        if sample.labels["tier"] == tier
+    }
+    return values["_count"], values["_sum"]
+
+
+def test_each_wait_for_the_last_tier_is_observed_in_the_cold_start_histogram() -> None:
+    runner, _, metrics = cascade(Tier(0.1), Tier(refusals=2), wait=5.0)
+    assert cold_start_waits(metrics, "large") == (0, 0)  # the series exists before the first wait
+    answer = asyncio.run(runner.answer(Endpoint.chat, ASK))
+    count, seconds = cold_start_waits(metrics, "large")
+    assert count == 1 and 0.9 <= seconds < 5.0  # two polls of 0.5 s
+    assert answer.trail == "small=0.1000,large"  # waited for, then asked: no skip
+    asyncio.run(runner.answer(Endpoint.chat, ASK))  # a replica answers at once: no wait
+    assert cold_start_waits(metrics, "large")[0] == 1
 
 
 def test_a_wait_past_the_cold_start_wait_fails_with_503() -> None:
