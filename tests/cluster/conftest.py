@@ -37,6 +37,7 @@ MODULE_ORDER = (
     "test_cascades.py",
     "test_distillation.py",
     "test_refused_manifests.py",
+    "test_autoscaling.py",
     "test_uninstall.py",
 )
 # GPU types the examples ask for, and how many GPUs a node of each offers.

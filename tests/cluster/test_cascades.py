@@ -71,6 +71,7 @@ def test_the_chart_installs_into_a_restricted_namespace(installed: Installed) ->
 # --- 3. every example, restricted namespaces ----------------------------------------------------------------
 
 EXAMPLE_NEEDS: dict[str, Callable[[str], list[dict[str, Any]]]] = {
+    "autoscaled-chat.yaml": lambda ns: [],
     "chat-vllm-gpu.yaml": lambda ns: [
         secret("hf-token", ns, token="hf_test"),
         secret("chat-client-keys", ns, keys="test-key\n"),
