@@ -16,6 +16,8 @@ PURE_MODULES = [
     "kascade.operator.engine_transformers",
     "kascade.operator.build_tier",
     "kascade.operator.build_router",
+    "kascade.operator.build_autoscaling",
+    "kascade.operator.build_disruption",
     "kascade.operator.pod_security",
     "kascade.operator.builders",
     "kascade.operator.plan",
