@@ -1,6 +1,11 @@
-"""The router's children: ConfigMap, Deployment, Service, and its least-privilege RBAC.
+"""The router's children: ConfigMap, Deployment, Services, and its least-privilege RBAC.
 
-All are named `{cascade}-router` (see `labels.router_child_name`). The router
+All are named `{cascade}-router` (see `labels.router_child_name`), but for the
+metrics Service, `{cascade}-router-metrics`. The router serves the API on the
+port named `http`, which the cascade's Service exposes, and /metrics and /stats
+on the port named `metrics`, which only the headless metrics Service names (the
+chart's ServiceMonitor scrapes it; its optional NetworkPolicy lets only the
+monitoring namespace reach it). The router
 reads its config from the ConfigMap (rendered from the ModelCascade by
 `kascade.runtime.config.router_config_from_cascade`), reaches the tiers through
 their Services, reads API keys from mounted Secret files, and writes its own
@@ -24,6 +29,7 @@ from kascade.operator.labels import (
     MANAGED_BY_LABEL,
     PART_OF,
     PART_OF_LABEL,
+    child_name,
     common_labels,
     router_child_name,
     selector_labels,
@@ -33,7 +39,7 @@ from kascade.operator.labels import (
 from kascade.operator.pod_security import restricted
 from kascade.operator.settings import OperatorSettings
 from kascade.runtime.cluster_status.report import StatusReportConfig
-from kascade.runtime.config import RouterConfig, judge_api_key_secret, router_config_from_cascade
+from kascade.runtime.config import DEFAULT_METRICS_PORT, RouterConfig, judge_api_key_secret, router_config_from_cascade
 
 CONFIG_DIR = "/etc/kascade"
 CONFIG_FILE = "router.yaml"
@@ -47,6 +53,9 @@ CLIENT_KEYS_FILE = f"{SECRETS_DIR}/clients/keys"
 JUDGE_KEY_VOLUME = "judge-api-key"
 JUDGE_KEY_FILE = f"{SECRETS_DIR}/judge/api-key"
 PORT_NAME = "http"
+# /metrics and /stats: a port of their own, which the cascade's Service does not expose.
+METRICS_PORT_NAME = "metrics"
+METRICS_PORT = DEFAULT_METRICS_PORT
 # The escalation log's claim (spec.escalationLog.uri pvc://claim/path), mounted read-write.
 ESCALATION_LOG_VOLUME = "escalation-log"
 ESCALATION_LOG_DIR = "/var/lib/kascade/escalation-log"
@@ -73,6 +82,11 @@ def _metadata(cascade: ModelCascade) -> dict[str, Any]:
         "namespace": cascade_namespace(cascade),
         "labels": common_labels(name, COMPONENT_ROUTER),
     }
+
+
+def router_metrics_service_name(cascade: str) -> str:
+    """Name of the Service that names the routers' metrics port (for the ServiceMonitor): `{cascade}-router-metrics`."""
+    return child_name(cascade, "router-metrics")
 
 
 def endpoint_url(cascade: ModelCascade, settings: OperatorSettings) -> str:
@@ -102,7 +116,7 @@ def build_router_config(cascade: ModelCascade, settings: OperatorSettings) -> Ro
         pod_env=ENV_POD_NAME,
         interval_seconds=settings.router_status_report_interval_seconds,
     )
-    return config.model_copy(update={"status_report": report})
+    return config.model_copy(update={"status_report": report, "metrics_port": METRICS_PORT})
 
 
 def render_router_config(config: RouterConfig) -> str:
@@ -197,7 +211,10 @@ def _router_container(settings: OperatorSettings, secret_mounts: list[dict[str, 
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["kascade", "route"],
         "args": ["--config", CONFIG_PATH, "--port", str(settings.router_port)],
-        "ports": [{"name": PORT_NAME, "containerPort": settings.router_port, "protocol": "TCP"}],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": settings.router_port, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         "env": [
             {"name": ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": ENV_POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -285,6 +302,29 @@ def build_router_service(cascade: ModelCascade, settings: OperatorSettings) -> d
             "type": "ClusterIP",
             "selector": selector_labels(cascade.metadata.name, COMPONENT_ROUTER),
             "ports": [{"name": PORT_NAME, "port": settings.router_port, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+    return with_spec_hash(manifest)
+
+
+def build_router_metrics_service(cascade: ModelCascade, settings: OperatorSettings) -> dict[str, Any]:
+    """Headless Service `{cascade}-router-metrics`: names the routers' metrics port for the ServiceMonitor.
+
+    Headless (no virtual IP): Prometheus scrapes each pod, and the cascade's
+    endpoint stays the one Service that clients reach, without the metrics port.
+    """
+    del settings
+    name = cascade.metadata.name
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {**_metadata(cascade), "name": router_metrics_service_name(name)},
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(name, COMPONENT_ROUTER),
+            "ports": [
+                {"name": METRICS_PORT_NAME, "port": METRICS_PORT, "targetPort": METRICS_PORT_NAME, "protocol": "TCP"}
+            ],
         },
     }
     return with_spec_hash(manifest)

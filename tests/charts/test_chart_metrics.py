@@ -1,6 +1,6 @@
 """The optional ServiceMonitor finds the routers, and the Grafana dashboard asks for series the routers export.
 
-The router Service is built by the operator's own builder and the series come
+The router Services are built by the operator's own builders and the series come
 from the router's own `RouterMetrics`, so a renamed label, port or metric
 breaks these tests rather than a dashboard in production.
 """
@@ -17,7 +17,7 @@ from chart_testkit import CHART, VALUE_SETS, by_kind, render, render_values
 from prometheus_client import CollectorRegistry
 
 from kascade.api.modelcascade import ModelCascade
-from kascade.operator.builders import build_router_service
+from kascade.operator.builders import build_router_metrics_service, build_router_service
 from kascade.operator.settings import OperatorSettings
 from kascade.runtime.metrics import RouterMetrics
 
@@ -29,10 +29,15 @@ PROMETHEUS_DURATION = re.compile(
 TARGET_LABELS = {"namespace", "service", "pod", "container", "endpoint", "job", "instance"}
 
 
-def router_service(namespace: str = "ml") -> dict[str, Any]:
+def local_demo(namespace: str = "ml") -> ModelCascade:
     manifest = yaml.safe_load((CHART.parents[1] / "examples" / "local-demo.yaml").read_text())
     manifest["metadata"]["namespace"] = namespace
-    return build_router_service(ModelCascade.model_validate(manifest), OperatorSettings())
+    return ModelCascade.model_validate(manifest)
+
+
+def router_service(namespace: str = "ml") -> dict[str, Any]:
+    """The Service that names the routers' metrics port: the one the ServiceMonitor scrapes through."""
+    return build_router_metrics_service(local_demo(namespace), OperatorSettings())
 
 
 def service_monitor(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -61,6 +66,17 @@ def test_the_service_monitor_selects_the_router_services_the_operator_builds():
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in [port["name"] for port in service["spec"]["ports"]]
     assert endpoint["path"] == "/metrics"
+
+
+@pytest.mark.slow  # helm template
+def test_the_service_monitor_scrapes_a_port_the_cascades_own_service_does_not_expose():
+    monitor = service_monitor(render("metrics"))
+    (endpoint,) = monitor["spec"]["endpoints"]
+    endpoint_service = build_router_service(local_demo(), OperatorSettings())
+    assert endpoint["port"] == "metrics"
+    assert endpoint["port"] not in [port["name"] for port in endpoint_service["spec"]["ports"]]
+    # Selected too, by the same labels, but with no port of that name it gives Prometheus no target.
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= endpoint_service["metadata"]["labels"].items()
 
 
 @pytest.mark.slow  # helm template

@@ -192,6 +192,7 @@ def test_build_children_in_apply_order() -> None:
         ("Deployment", "support-bot-medium"),
         ("PodDisruptionBudget", "support-bot-medium"),
         ("Service", "support-bot-router"),
+        ("Service", "support-bot-router-metrics"),
         ("Deployment", "support-bot-router"),
         ("PodDisruptionBudget", "support-bot-router"),
     ]

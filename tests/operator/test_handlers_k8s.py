@@ -89,7 +89,7 @@ def test_apply_creates_then_replaces_so_removed_fields_go_away(server: StandinAp
             desired = desired_children(body)
             plan = plan_children(desired, await observe(api, "apply-a"), cascade=label_value("apply-a"))
             report = await apply_plan(api, plan, {}, namespace="default")
-            assert not report.failures and len(report.created) == len(desired) == 13  # with the runs' identity
+            assert not report.failures and len(report.created) == len(desired) == 17  # with the runs' identity
             observed = await observe(api, "apply-a")
             assert plan_children(desired, observed, cascade=label_value("apply-a")).empty
 

@@ -77,7 +77,7 @@ def test_the_first_reconcile_creates_and_the_next_ones_write_nothing(
 ):
     body = create_cascade(server, "steady")
     reconcile_once(credentials, body)
-    assert len(children(server, "steady")) == 13  # the example distils: its runs' identity too
+    assert len(children(server, "steady")) == 14  # the example distils: its runs' identity too
     server.wait_for(
         lambda: all(
             (server.get("deployments", f"steady-{c}", "default").get("status") or {}).get("readyReplicas")
@@ -116,7 +116,7 @@ def test_a_gpu_type_no_node_offers_yet_is_applied_and_ready_once_such_a_node_joi
     server.hold_unready("default", "scaling-large")  # no node to run on: its pods stay Pending
     created = server.create(body)
     reconcile_once(credentials, created)
-    assert len(children(server, "scaling")) == 13
+    assert len(children(server, "scaling")) == 14
     large = server.get("deployments", "scaling-large", "default")
     assert large["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-B200"}
     server.wait_for(
@@ -317,5 +317,5 @@ def test_a_distilling_cascade_without_the_distillation_crd_says_how_to_install_i
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         reconcile_once(Credentials.from_environment(), create_cascade(alone, "no-crd"))
         status = alone.get("modelcascades", "no-crd", "default")["status"]
-        assert len(children(alone, "no-crd")) == 13, "the cascade itself is served"
+        assert len(children(alone, "no-crd")) == 14, "the cascade itself is served"
     assert status["distillation"]["waiting"].startswith("the Distillation CRD is not installed: kubectl apply -f crds/")

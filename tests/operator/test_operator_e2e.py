@@ -194,7 +194,7 @@ def test_kubectl_apply_creates_the_children_with_gpu_requests(chat: Cluster):
     cluster, name = chat, chat.name
     apply_example(cluster)
     expected = {("deployments", f"{name}-{c}") for c in ("small", "large", "router")}
-    expected |= {("services", f"{name}-{c}") for c in ("small", "large", "router")}
+    expected |= {("services", f"{name}-{c}") for c in ("small", "large", "router", "router-metrics")}
     expected |= {(r, f"{name}-router") for r in ("serviceaccounts", "roles", "rolebindings", "configmaps")}
     expected |= {(r, f"{name}-distill") for r in ("serviceaccounts", "roles", "rolebindings")}  # the runs' identity
     wait_for(lambda: expected <= set(cluster.children()), what="the children", context=cluster.log_tail)
@@ -372,7 +372,15 @@ class Traffic:
             update={"api_server": self.cluster.server.url, "token_file": str(token), "ca_file": None}
         )
         tiers = [tier.model_copy(update={"url": urls[tier.name]}) for tier in config.tiers]
-        return config.model_copy(update={"tiers": tiers, "api_keys_file": str(keys), "status_report": report})
+        # Each replica a metrics port of its own: on one machine they cannot all take the pods' 9090.
+        return config.model_copy(
+            update={
+                "tiers": tiers,
+                "api_keys_file": str(keys),
+                "status_report": report,
+                "metrics_port": free_port(),
+            }
+        )
 
     def start_router(self, pod: str) -> Router:
         if self.cluster.server.get("pods", pod, NS) is None:
