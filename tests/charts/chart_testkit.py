@@ -86,6 +86,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "modelCache": {"size": "500Gi", "storageClass": "fast-ssd"},
             "shmSize": "16Gi",
             "router": {"cpu": 1, "memory": "1Gi", "statusReportIntervalSeconds": 5},
+            "autoscaling": {
+                "autoscaler": "hpa",
+                "prometheusAddress": "http://prometheus.observability.svc:9090",
+                "hpaCpuUtilization": 60,
+            },
         },
         "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "5s"}},
     },

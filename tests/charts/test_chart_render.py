@@ -190,6 +190,8 @@ def test_customised_values_reach_the_operator():
     assert settings.shm_size == "16Gi"
     assert (settings.router_cpu, settings.router_memory) == ("1", "1Gi")
     assert settings.router_status_report_interval_seconds == 5
+    assert settings.autoscaler == "hpa" and settings.hpa_cpu_utilization == 60
+    assert settings.prometheus_address == "http://prometheus.observability.svc:9090"
     assert settings.startup_probe_failure_threshold == 360  # through operator.extraEnv
     assert reconcile_interval(operator_env(render("customised"))) == 30
 

@@ -125,6 +125,12 @@ def test_every_key_of_values_yaml_has_a_comment_above_it():
             "at '/cascades/router/statusReportIntervalSeconds'",
         ),
         ({"cascades": {"tierNodeSelector": {"pool": 3}}}, "at '/cascades/tierNodeSelector/pool'"),
+        ({"cascades": {"autoscaling": {"autoscaler": "kubeai"}}}, "at '/cascades/autoscaling/autoscaler'"),
+        ({"cascades": {"autoscaling": {"hpaCpuUtilization": 150}}}, "at '/cascades/autoscaling/hpaCpuUtilization'"),
+        (
+            {"cascades": {"autoscaling": {"prometheusAddress": "prometheus:9090"}}},
+            "at '/cascades/autoscaling/prometheusAddress'",
+        ),
         ({"dashboard": {"labels": {"grafana_dashboard": 1}}}, "at '/dashboard/labels/grafana_dashboard'"),
         ({"rbac": {"clusterReads": "auto"}}, "at '/rbac/clusterReads'"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name: name the existing ServiceAccount"),
