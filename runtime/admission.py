@@ -106,7 +106,8 @@ class TierGate:
                 self.leave()  # the slot came as the wait ended: hand it on
             else:
                 waiter.cancel()
-                self._waiters.remove(waiter)
+                if waiter in self._waiters:  # a slot freed as the wait ended may have passed over it already
+                    self._waiters.remove(waiter)
             raise
         return Slot(self)
 

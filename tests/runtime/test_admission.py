@@ -114,6 +114,20 @@ async def test_a_waiter_that_goes_away_leaves_the_queue_and_a_slot_it_was_given_
 
 
 @in_loop
+async def test_a_waiter_whose_wait_ends_as_a_slot_frees_fails_with_its_own_error() -> None:
+    gate = TierGate(max_in_flight=1, max_queue=1)
+    held = gate.try_enter()
+    assert held is not None
+    waiting = asyncio.create_task(gate.enter(timeout_seconds=5))
+    await settle()
+    waiting.cancel()  # its wait ends (a deadline does the same) ...
+    held.release()  # ... and the freed slot passes over it before it runs
+    (outcome,) = await asyncio.gather(waiting, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)  # not a ValueError from a queue it has already left
+    assert (gate.in_flight, gate.queued) == (0, 0)
+
+
+@in_loop
 async def test_retry_after_is_the_queue_ahead_at_the_recent_release_rate() -> None:
     now = [100.0]
     gate = TierGate(max_in_flight=1, max_queue=8, clock=lambda: now[0])
