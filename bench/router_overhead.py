@@ -394,7 +394,8 @@ def write_router_config(
             ShadowSamplingConfig(rate=shadow_rate, matcher=AnswerMatcher.exact) if shadow_rate is not None else None
         ),
     )
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    # Only what differs from the defaults: a baseline from an older checkout must read it too.
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_defaults=True)))
     RouterConfig.from_yaml(path)  # what `kascade route` will read must load
 
 

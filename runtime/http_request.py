@@ -8,12 +8,13 @@ cancelled (and with it the tiers' generation) rather than finished for nobody.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
+
+from kascade.runtime.wire import decode_json
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's "client closed request"; nobody reads it
 
@@ -43,7 +44,7 @@ async def read_json_object(request: Request, max_body_bytes: int) -> dict[str, A
     except ClientDisconnect as exc:
         raise BodyError(CLIENT_CLOSED_REQUEST, "the client went away while sending the body") from exc
     try:
-        body = json.loads(received)
+        body = decode_json(received)
     except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
         raise BodyError(400, f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):

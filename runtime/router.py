@@ -49,7 +49,7 @@ from kascade.runtime.online.calibration_loop import InProcessCalibrator, thresho
 from kascade.runtime.online.shadow_sampling import ShadowSampler
 from kascade.runtime.serving import AppWithMetricsPort, serve
 from kascade.runtime.sse import SSE_DONE, sse_event
-from kascade.runtime.wire import InvalidRequest, parse_request
+from kascade.runtime.wire import InvalidRequest, JsonResponse, parse_request
 
 if TYPE_CHECKING:
     import aiohttp
@@ -271,7 +271,7 @@ async def handle_request(request: Request, endpoint: Endpoint) -> Response:
         return error_response(failure.status, failure.message, headers=failure.headers)
     if answered is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    return JSONResponse(answered.response, headers=_attribution(answered))
+    return JsonResponse(answered.response, headers=_attribution(answered))
 
 
 def _attribution(answer: Answer) -> dict[str, str]:

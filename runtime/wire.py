@@ -1,16 +1,22 @@
-"""The request bodies the router accepts, as the OpenAI and vLLM APIs define them.
+"""What the router reads and writes on the wire: the request bodies it accepts, and JSON itself.
 
 Wire models allow extra fields (the OpenAI API grows; tiers may accept
 engine-specific parameters) but refuse wrong types, so a bad body gets a clear
 error at the router instead of a confusing one from a tier. The router forwards
-the caller's original JSON, not a re-serialisation, so nothing is lost.
+the caller's original JSON object, not the validated model, so nothing is lost.
+
+JSON on the hot path (a request's body, the call to a tier and its answer, the
+answer to the caller) goes through `decode_json`, `encode_json` and
+`JsonResponse`: orjson, several times faster than the standard library's.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
 
 from kascade.api.errors import field_path, validation_problems
 from kascade.runtime.engines.base import Endpoint
@@ -104,3 +110,26 @@ def validate_body(model: type[RequestModel], body: Any) -> RequestModel:
 
 def parse_request(endpoint: Endpoint, body: Any) -> RouterRequest:
     return validate_body(REQUEST_MODELS[endpoint], body)
+
+
+def decode_json(data: bytes | bytearray | memoryview | str) -> Any:
+    """JSON text as Python values; ValueError when it is not JSON.
+
+    Strict JSON: NaN, Infinity and lone UTF-16 surrogates are refused, and an
+    integer beyond 64 bits is read as a float.
+    """
+    return orjson.loads(data)
+
+
+def encode_json(value: Any) -> bytes:
+    """`value` as compact UTF-8 JSON (NaN and infinities as null); TypeError for what JSON cannot hold."""
+    return orjson.dumps(value)
+
+
+class JsonResponse(Response):
+    """Starlette's JSONResponse, rendered by `encode_json`."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return encode_json(content)

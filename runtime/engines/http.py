@@ -21,6 +21,7 @@ import aiohttp
 
 from kascade.runtime.engines.base import Endpoint, TierError, TierErrorKind
 from kascade.runtime.sse import iter_sse_json
+from kascade.runtime.wire import decode_json, encode_json
 
 _PATHS = {Endpoint.chat: "/chat/completions", Endpoint.completion: "/completions"}
 
@@ -34,7 +35,7 @@ def new_pooled_session(*, max_connections: int = 512) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30.0),
         timeout=aiohttp.ClientTimeout(total=None),
         cookie_jar=aiohttp.DummyCookieJar(),  # tiers are APIs; no cookies to carry between callers
-        json_serialize=json.dumps,
+        json_serialize_bytes=encode_json,  # orjson: the body of every tier call
     )
 
 
@@ -80,7 +81,7 @@ class HttpEngine:
             raise unreachable(error) from error
         raise_for_tier_status(status, content)
         try:
-            answer = json.loads(content)
+            answer = decode_json(content)
         except ValueError as error:
             raise TierError(TierErrorKind.server, "the tier answered with something that is not JSON") from error
         if not isinstance(answer, dict):
