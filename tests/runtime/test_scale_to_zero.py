@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kascade.api.modelcascade import Accept, ModelCascade, OnTierError
+from kascade.runtime import tier_call
 from kascade.runtime.attempts import Attempts
 from kascade.runtime.cascade import Cascade, CascadeFailed
 from kascade.runtime.config import RouterConfig, TierConfig, router_config_from_cascade
@@ -24,7 +25,7 @@ from kascade.runtime.engines.http import HttpEngine
 from kascade.runtime.ledger import Ledger, TierCall
 from kascade.runtime.metrics import RouterMetrics
 from kascade.runtime.pre_routing import PassedOver
-from kascade.runtime.replica_absence import ReplicaAbsence
+from kascade.runtime.replica_absence import POLL_SECONDS, ReplicaAbsence
 
 ASK = {"model": "demo", "messages": [{"role": "user", "content": "Hi"}]}
 REFUSED = TierError(TierErrorKind.unavailable, "unreachable: connection refused", no_connection=True)
@@ -62,8 +63,32 @@ class Tier:
         pass
 
 
+class Clock:
+    """The cascade's latency clock, moved only by the sleeps of the tier calls: a wait's length is exact, and the
+    test does not wait it out."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 0.0
+        real_sleep = asyncio.sleep
+
+        async def sleep(seconds: float) -> None:
+            self.now += seconds
+            await real_sleep(0)
+
+        monkeypatch.setattr(tier_call.asyncio, "sleep", sleep)
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def cascade(
-    small: Tier, large: Tier, *, skip: bool = True, wait: float | None = None, **router: Any
+    small: Tier,
+    large: Tier,
+    *,
+    skip: bool = True,
+    wait: float | None = None,
+    clock: Clock | None = None,
+    **router: Any,
 ) -> tuple[Cascade, Ledger, RouterMetrics]:
     config = RouterConfig(
         cascade="demo",
@@ -75,7 +100,8 @@ def cascade(
     )
     ledger = Ledger({tier.name: tier.price for tier in config.tiers})
     metrics = RouterMetrics(CollectorRegistry(), "demo", ["small", "large"])
-    return Cascade(config, {"small": small, "large": large}, ledger, metrics), ledger, metrics
+    timing = {} if clock is None else {"latency_clock": clock}
+    return Cascade(config, {"small": small, "large": large}, ledger, metrics, **timing), ledger, metrics
 
 
 def test_a_tier_without_a_replica_is_skipped_at_once_and_counted_and_the_next_answers() -> None:
@@ -143,16 +169,16 @@ def test_a_refused_tier_that_does_not_scale_to_zero_is_retried_as_before() -> No
     assert small.calls == 2 and ledger.counter_slot().skipped_no_replica == {}
 
 
-def test_the_last_tier_at_zero_is_waited_for_within_its_cold_start_wait() -> None:
+def test_the_last_tier_at_zero_is_waited_for_within_its_cold_start_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     large = Tier(refusals=2)
-    runner, ledger, _ = cascade(Tier(0.1), large, wait=5.0)
+    runner, ledger, _ = cascade(Tier(0.1), large, wait=5.0, clock=Clock(monkeypatch))
     runner_absence = ReplicaAbsence.of(runner.tiers[-1].config)
     assert runner_absence.wait_seconds == 5.0 and not runner_absence.skip
     answer = asyncio.run(runner.answer(Endpoint.chat, ASK))
     assert answer.tier == "large" and large.calls == 3
     slot = ledger.counter_slot()
     assert slot.cold_start_waits == {"large": 1}
-    assert 0.9 <= slot.cold_start_wait_seconds < 5.0  # two polls of 0.5 s
+    assert slot.cold_start_wait_seconds == pytest.approx(2 * POLL_SECONDS)  # two refusals, a poll after each
     assert slot.tiers["large"].errors == 0  # the refusals while waiting are no failed calls
 
 
@@ -167,19 +193,19 @@ def cold_start_waits(metrics: RouterMetrics, tier: str) -> tuple[float, float]:
     return values["_count"], values["_sum"]
 
 
-def test_each_wait_for_the_last_tier_is_observed_in_the_cold_start_histogram() -> None:
-    runner, _, metrics = cascade(Tier(0.1), Tier(refusals=2), wait=5.0)
+def test_each_wait_for_the_last_tier_is_observed_in_the_cold_start_histogram(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner, _, metrics = cascade(Tier(0.1), Tier(refusals=2), wait=5.0, clock=Clock(monkeypatch))
     assert cold_start_waits(metrics, "large") == (0, 0)  # the series exists before the first wait
     answer = asyncio.run(runner.answer(Endpoint.chat, ASK))
     count, seconds = cold_start_waits(metrics, "large")
-    assert count == 1 and 0.9 <= seconds < 5.0  # two polls of 0.5 s
+    assert count == 1 and seconds == pytest.approx(2 * POLL_SECONDS)
     assert answer.trail == "small=0.1000,large"  # waited for, then asked: no skip
     asyncio.run(runner.answer(Endpoint.chat, ASK))  # a replica answers at once: no wait
     assert cold_start_waits(metrics, "large")[0] == 1
 
 
-def test_a_wait_past_the_cold_start_wait_fails_with_503() -> None:
-    runner, ledger, _ = cascade(Tier(0.1), Tier(refusals=100), wait=0.6)
+def test_a_wait_past_the_cold_start_wait_fails_with_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner, ledger, _ = cascade(Tier(0.1), Tier(refusals=100), wait=0.6, clock=Clock(monkeypatch))
     with pytest.raises(CascadeFailed) as failed:
         asyncio.run(runner.answer(Endpoint.chat, ASK))
     assert failed.value.status == 503
