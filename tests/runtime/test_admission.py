@@ -453,3 +453,10 @@ def test_an_autoscaled_tier_is_bounded_by_what_its_most_replicas_serve() -> None
     spec.spec.tiers[0] = small
     (config_small, _) = router_config_from_cascade(spec, {"small": None, "large": None}).tiers
     assert config_small.max_in_flight == 10  # engine transformers: 2 per replica, at maxReplicas, not at `replicas`
+
+
+def test_the_routers_bounds_reach_every_tier_without_its_own() -> None:
+    spec = _cascade(admission={"maxInFlightPerTier": 8, "maxQueuePerTier": 4})
+    small, large = router_config_from_cascade(spec, {"small": None, "large": None}).tiers
+    assert (large.max_in_flight, large.max_queue) == (8, 4)  # the router's, for a tier that names none
+    assert (small.max_in_flight, small.max_queue) == (6, 4)  # engine transformers: its own in-flight default
